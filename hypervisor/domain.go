@@ -1,0 +1,216 @@
+package hypervisor
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// MetadataNS is the XML namespace of dvm's element in a domain's <metadata>. A domain
+// carrying it is managed by dvm; every other domain on the host is left alone.
+const MetadataNS = "https://dvmproject.github.io/xmlns/guest/1"
+
+// Accelerator is how a node runs guest code.
+type Accelerator string
+
+const (
+	AccelKVM  Accelerator = "kvm"  // hardware virtualisation
+	AccelTCG  Accelerator = "tcg"  // QEMU's software emulation: hosts without working KVM
+	AccelTest Accelerator = "test" // libvirt's in-process test driver
+)
+
+// domainType is the libvirt <domain type=…> of an accelerator.
+func (a Accelerator) domainType() string {
+	switch a {
+	case AccelKVM:
+		return "kvm"
+	case AccelTest:
+		return "test"
+	}
+	return "qemu"
+}
+
+// GuestSpec is everything the hypervisor needs to define a guest's domain. The cluster
+// decides it; the node only turns it into libvirt XML.
+type GuestSpec struct {
+	Name        string
+	UUID        string // stable for the guest's life, across moves
+	OS          string // profile name; "" is DefaultProfile
+	CPUs        int
+	MemoryBytes int64
+	Disk        *Disk       // nil: no disk (a direct-boot guest)
+	Boot        *DirectBoot // nil: boot from the disk
+	NICs        []NIC
+	ConsoleLog  string // file that receives the serial console's output; "" for none
+}
+
+// Disk is the guest's boot disk, a file on the node (usually on shared storage).
+type Disk struct {
+	Path   string
+	Format string // "qcow2" or "raw"
+}
+
+// DirectBoot boots a kernel and initrd given as files, as the lab guest does.
+type DirectBoot struct {
+	Kernel, Initrd, Cmdline string
+}
+
+// NIC is one guest network interface attached to a bridge of the node.
+type NIC struct {
+	Bridge string
+	MAC    string
+}
+
+// GuestMetadata is dvm's element in a domain's <metadata>.
+type GuestMetadata struct {
+	XMLName      xml.Name `xml:"dvm:guest"`
+	NS           string   `xml:"xmlns:dvm,attr"`
+	Name         string   `xml:"dvm:name"`
+	OS           string   `xml:"dvm:os"`
+	ConsoleSpeed int      `xml:"dvm:console-speed"`
+}
+
+var errNoName = errors.New("guest has no name")
+
+// BuildDomain turns a guest spec into a libvirt domain definition for a node with the
+// given accelerator. It validates what would otherwise surface as an obscure libvirt
+// error later.
+func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) {
+	if spec.Name == "" {
+		return nil, errNoName
+	}
+	prof, err := LookupProfile(spec.OS)
+	if err != nil {
+		return nil, fmt.Errorf("guest %q: %w", spec.Name, err)
+	}
+	if spec.CPUs <= 0 {
+		return nil, fmt.Errorf("guest %q: cpus must be at least 1, not %d", spec.Name, spec.CPUs)
+	}
+	if spec.MemoryBytes < 1<<20 {
+		return nil, fmt.Errorf("guest %q: memory must be at least 1MiB, not %d bytes", spec.Name, spec.MemoryBytes)
+	}
+	if spec.Disk == nil && spec.Boot == nil {
+		return nil, fmt.Errorf("guest %q: neither a disk nor a kernel to boot", spec.Name)
+	}
+	meta, err := xml.Marshal(GuestMetadata{NS: MetadataNS, Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed})
+	if err != nil {
+		return nil, err
+	}
+	d := &libvirtxml.Domain{
+		Type:     accel.domainType(),
+		Name:     spec.Name,
+		UUID:     spec.UUID,
+		Metadata: &libvirtxml.DomainMetadata{XML: string(meta)},
+		Memory:   &libvirtxml.DomainMemory{Value: uint(spec.MemoryBytes >> 10), Unit: "KiB"},
+		VCPU:     &libvirtxml.DomainVCPU{Value: uint(spec.CPUs)},
+		OS: &libvirtxml.DomainOS{
+			Type: &libvirtxml.DomainOSType{Type: "hvm", Arch: "x86_64", Machine: prof.Machine},
+		},
+		Clock:      &libvirtxml.DomainClock{Offset: "utc"},
+		OnPoweroff: "destroy",
+		OnReboot:   "restart",
+		// A crashed guest stays down where it is: restarting it is the cluster's decision
+		// (on this node or another), never libvirt's behind the cluster's back.
+		OnCrash: "destroy",
+		Devices: &libvirtxml.DomainDeviceList{},
+	}
+	if accel == AccelTest {
+		d.OS.Type.Arch = "" // the test driver knows only its own arch
+	}
+	if accel == AccelKVM {
+		d.CPU = &libvirtxml.DomainCPU{Mode: "host-passthrough"}
+	}
+	if prof.ACPI {
+		d.Features = &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}, APIC: &libvirtxml.DomainFeatureAPIC{}}
+	}
+	if b := spec.Boot; b != nil {
+		d.OS.Kernel, d.OS.Initrd = b.Kernel, b.Initrd
+		d.OS.Cmdline = withConsole(b.Cmdline, prof.ConsoleSpeed)
+	} else {
+		d.OS.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "hd"}}
+	}
+	if disk := spec.Disk; disk != nil {
+		format := disk.Format
+		if format == "" {
+			format = "qcow2"
+		}
+		d.Devices.Disks = append(d.Devices.Disks, libvirtxml.DomainDisk{
+			Device: "disk",
+			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: format, Cache: "none", IO: "native"},
+			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: disk.Path}},
+			Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + "a", Bus: prof.DiskBus},
+		})
+	}
+	for i, nic := range spec.NICs {
+		if nic.Bridge == "" {
+			return nil, fmt.Errorf("guest %q: nic %d has no bridge", spec.Name, i)
+		}
+		iface := libvirtxml.DomainInterface{
+			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nic.Bridge}},
+			Model:  &libvirtxml.DomainInterfaceModel{Type: prof.NICModel},
+		}
+		if nic.MAC != "" {
+			iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: nic.MAC}
+		}
+		if prof.NICNoTSO {
+			iface.Driver = &libvirtxml.DomainInterfaceDriver{
+				Host:  &libvirtxml.DomainInterfaceDriverHost{TSO4: "off", TSO6: "off"},
+				Guest: &libvirtxml.DomainInterfaceDriverGuest{TSO4: "off", TSO6: "off"},
+			}
+		}
+		d.Devices.Interfaces = append(d.Devices.Interfaces, iface)
+	}
+	port := uint(0)
+	serial := libvirtxml.DomainSerial{
+		Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
+		Target: &libvirtxml.DomainSerialTarget{Port: &port},
+	}
+	if spec.ConsoleLog != "" {
+		serial.Log = &libvirtxml.DomainChardevLog{File: spec.ConsoleLog, Append: "on"}
+	}
+	d.Devices.Serials = []libvirtxml.DomainSerial{serial}
+	d.Devices.Consoles = []libvirtxml.DomainConsole{{
+		Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
+		Target: &libvirtxml.DomainConsoleTarget{Type: "serial", Port: &port},
+	}}
+	if prof.RNG {
+		d.Devices.RNGs = []libvirtxml.DomainRNG{{Model: "virtio", Backend: &libvirtxml.DomainRNGBackend{Random: &libvirtxml.DomainRNGBackendRandom{Device: "/dev/urandom"}}}}
+	}
+	if prof.Balloon {
+		d.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "virtio"}
+	} else {
+		d.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "none"}
+	}
+	return d, nil
+}
+
+// withConsole puts the profile's serial console on the kernel cmdline unless the image
+// already names one.
+func withConsole(cmdline string, speed int) string {
+	if strings.Contains(cmdline, "console=") {
+		return cmdline
+	}
+	c := "console=ttyS0," + strconv.Itoa(speed)
+	if cmdline == "" {
+		return c
+	}
+	return cmdline + " " + c
+}
+
+// ParseMetadata reads dvm's element from a domain's metadata; ok is false for a domain
+// that dvm does not manage.
+func ParseMetadata(s string) (GuestMetadata, bool) {
+	var m struct {
+		Name         string `xml:"name"`
+		OS           string `xml:"os"`
+		ConsoleSpeed int    `xml:"console-speed"`
+	}
+	if s == "" || xml.Unmarshal([]byte(s), &m) != nil || m.Name == "" {
+		return GuestMetadata{}, false
+	}
+	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed}, true
+}

@@ -1,0 +1,127 @@
+package hypervisor
+
+import (
+	"strings"
+	"testing"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// roundTrip builds a domain, marshals it as libvirt would receive it, and parses it back,
+// so the checks below see the XML, not the Go struct.
+func roundTrip(t *testing.T, spec GuestSpec, accel Accelerator) *libvirtxml.Domain {
+	t.Helper()
+	d, err := BuildDomain(spec, accel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := d.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back libvirtxml.Domain
+	if err := back.Unmarshal(x); err != nil {
+		t.Fatal(err)
+	}
+	return &back
+}
+
+func TestDomainPerProfile(t *testing.T) {
+	for _, name := range ProfileNames() {
+		t.Run(name, func(t *testing.T) {
+			spec := GuestSpec{Name: "g1", OS: name, CPUs: 2, MemoryBytes: 2 << 30,
+				Disk: &Disk{Path: "/shared/disks/g1.qcow2"},
+				NICs: []NIC{{Bridge: "dvmbr42", MAC: "52:54:00:12:34:56"}}, ConsoleLog: "/var/log/g1.log"}
+			d := roundTrip(t, spec, AccelTCG)
+			prof := Profiles[name]
+			if d.Type != "qemu" || d.OS.Type.Machine != prof.Machine || d.OS.Type.Arch != "x86_64" {
+				t.Errorf("type %q machine %q arch %q", d.Type, d.OS.Type.Machine, d.OS.Type.Arch)
+			}
+			if d.Memory.Value != 2<<20 || d.Memory.Unit != "KiB" || d.VCPU.Value != 2 {
+				t.Errorf("memory %d %s, vcpu %d", d.Memory.Value, d.Memory.Unit, d.VCPU.Value)
+			}
+			if len(d.Devices.Disks) != 1 {
+				t.Fatalf("%d disks", len(d.Devices.Disks))
+			}
+			disk := d.Devices.Disks[0]
+			if disk.Target.Bus != "virtio" || disk.Target.Dev != "vda" || disk.Source.File.File != "/shared/disks/g1.qcow2" || disk.Driver.Type != "qcow2" {
+				t.Errorf("disk %+v %+v", disk.Target, disk.Driver)
+			}
+			if len(d.Devices.Interfaces) != 1 {
+				t.Fatalf("%d interfaces", len(d.Devices.Interfaces))
+			}
+			nic := d.Devices.Interfaces[0]
+			if nic.Model.Type != "virtio" || nic.Source.Bridge.Bridge != "dvmbr42" || nic.MAC.Address != "52:54:00:12:34:56" {
+				t.Errorf("nic %+v", nic)
+			}
+			tsoOff := nic.Driver != nil && nic.Driver.Host.TSO4 == "off" && nic.Driver.Guest.TSO4 == "off"
+			if tsoOff != prof.NICNoTSO {
+				t.Errorf("tso off = %v, profile wants %v", tsoOff, prof.NICNoTSO)
+			}
+			if len(d.Devices.Serials) != 1 || d.Devices.Serials[0].Log.File != "/var/log/g1.log" || len(d.Devices.Consoles) != 1 || d.Devices.Consoles[0].Target.Type != "serial" {
+				t.Errorf("serial console missing or without log")
+			}
+			if (len(d.Devices.RNGs) == 1) != prof.RNG {
+				t.Errorf("rng devices %d, profile rng %v", len(d.Devices.RNGs), prof.RNG)
+			}
+			if d.OnCrash != "destroy" {
+				t.Errorf("on_crash %q: a crashed guest must stay down for the cluster to decide", d.OnCrash)
+			}
+			m, ok := ParseMetadata(d.Metadata.XML)
+			if !ok || m.Name != "g1" || m.OS != name || m.ConsoleSpeed != 115200 {
+				t.Errorf("metadata %q -> %+v %v", d.Metadata.XML, m, ok)
+			}
+		})
+	}
+}
+
+func TestDragonFlyDefaults(t *testing.T) {
+	d := roundTrip(t, GuestSpec{Name: "dfly", CPUs: 1, MemoryBytes: 1 << 30, Disk: &Disk{Path: "/d.qcow2"}}, AccelKVM)
+	if d.Type != "kvm" || d.CPU == nil || d.CPU.Mode != "host-passthrough" {
+		t.Errorf("kvm node: type %q cpu %+v", d.Type, d.CPU)
+	}
+	if d.OS.Type.Machine != "pc" || d.Devices.Disks[0].Target.Bus != "virtio" {
+		t.Errorf("DragonFly wants pc machine and virtio-blk (vbd), got %q %q", d.OS.Type.Machine, d.Devices.Disks[0].Target.Bus)
+	}
+	m, _ := ParseMetadata(d.Metadata.XML)
+	if m.OS != "dragonfly" || m.ConsoleSpeed != 115200 {
+		t.Errorf("default profile: %+v", m)
+	}
+}
+
+func TestDirectBootConsole(t *testing.T) {
+	d := roundTrip(t, GuestSpec{Name: "lab1", OS: "linux", CPUs: 1, MemoryBytes: 128 << 20,
+		Boot: &DirectBoot{Kernel: "/img/kernel", Initrd: "/img/initrd", Cmdline: "quiet"}}, AccelTCG)
+	if d.OS.Kernel != "/img/kernel" || d.OS.Initrd != "/img/initrd" || d.OS.Cmdline != "quiet console=ttyS0,115200" {
+		t.Errorf("direct boot: %q %q %q", d.OS.Kernel, d.OS.Initrd, d.OS.Cmdline)
+	}
+	if len(d.Devices.Disks) != 0 || len(d.OS.BootDevices) != 0 {
+		t.Errorf("a diskless direct-boot guest got disks or boot devices")
+	}
+	d = roundTrip(t, GuestSpec{Name: "lab2", OS: "linux", CPUs: 1, MemoryBytes: 128 << 20,
+		Boot: &DirectBoot{Kernel: "/k", Cmdline: "console=ttyS0"}}, AccelTCG)
+	if d.OS.Cmdline != "console=ttyS0" {
+		t.Errorf("an image's own console= must be kept, got %q", d.OS.Cmdline)
+	}
+}
+
+func TestBuildDomainRejects(t *testing.T) {
+	ok := GuestSpec{Name: "g", CPUs: 1, MemoryBytes: 1 << 30, Disk: &Disk{Path: "/d"}}
+	bad := map[string]func(s *GuestSpec){
+		"no name":     func(s *GuestSpec) { s.Name = "" },
+		"unknown os":  func(s *GuestSpec) { s.OS = "windows" },
+		"zero cpus":   func(s *GuestSpec) { s.CPUs = 0 },
+		"tiny memory": func(s *GuestSpec) { s.MemoryBytes = 1000 },
+		"no boot":     func(s *GuestSpec) { s.Disk = nil },
+		"nic bridge":  func(s *GuestSpec) { s.NICs = []NIC{{}} },
+	}
+	for name, mutate := range bad {
+		s := ok
+		mutate(&s)
+		if _, err := BuildDomain(s, AccelTCG); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if name == "unknown os" && !strings.Contains(err.Error(), "dragonfly") {
+			t.Errorf("unknown os error does not list the profiles: %v", err)
+		}
+	}
+}

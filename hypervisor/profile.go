@@ -1,0 +1,63 @@
+package hypervisor
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Profile is what a guest OS runs well on: the machine type, the buses of its disks and
+// NICs, and the quirks of its drivers. The domain builder reads only profiles, so adding
+// an OS is adding a profile, not a branch in the builder.
+type Profile struct {
+	Name    string
+	Machine string // QEMU machine type: "pc" (i440fx) for the BSDs, "q35" for Linux
+	DiskBus string // "virtio" gives virtio-blk: /dev/vbdN on DragonFly, vtbdN on FreeBSD, ld on NetBSD, sd on OpenBSD
+	// DiskTargetPrefix names the disk target dev ("vd" for virtio-blk).
+	DiskTargetPrefix string
+	NICModel         string // "virtio": vtnet(4) on DragonFly and FreeBSD, vioif(4) on NetBSD, vio(4) on OpenBSD
+	// NICNoTSO switches TCP segmentation offload off on the host and guest side of the
+	// NIC: DragonFly's vtnet is known to mishandle TSO, so its default is off.
+	NICNoTSO bool
+	// ConsoleSpeed is the serial console speed the guest's loader and kernel expect.
+	// libvirt has no baud setting for a pty, so this goes into the kernel cmdline of
+	// direct-boot guests and into the guest metadata, where tools and docs can read it.
+	ConsoleSpeed int
+	RNG          bool // a virtio RNG device, for OSes with a driver for it
+	Balloon      bool // a virtio balloon, for OSes whose driver is reliable
+	ACPI         bool
+}
+
+// Profiles are the OS profiles dvm knows. DragonFly BSD is the default.
+var Profiles = map[string]Profile{
+	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true},
+	"freebsd":   {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
+	"netbsd":    {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
+	"openbsd":   {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
+	"linux":     {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
+}
+
+// DefaultProfile is the profile of a guest that names none.
+const DefaultProfile = "dragonfly"
+
+// ProfileNames lists the known profiles, sorted, for error messages and help texts.
+func ProfileNames() []string {
+	names := make([]string, 0, len(Profiles))
+	for n := range Profiles {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// LookupProfile returns the profile of an OS name; "" is the default profile.
+func LookupProfile(os string) (Profile, error) {
+	if os == "" {
+		os = DefaultProfile
+	}
+	p, ok := Profiles[os]
+	if !ok {
+		return Profile{}, fmt.Errorf("unknown os %q: use one of %s", os, strings.Join(ProfileNames(), ", "))
+	}
+	return p, nil
+}
