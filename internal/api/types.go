@@ -1,0 +1,162 @@
+// Package api is dvm's HTTP/JSON API: the types on the wire, their validation, the
+// master's server and the client that vmctl and agents use.
+package api
+
+import "time"
+
+// Guest states as the API reports them. A guest's state joins what the cluster wants
+// (its desired state) with what its node last reported.
+const (
+	GuestPending   = "pending"   // not placed: no node fits (see pending_reason)
+	GuestStarting  = "starting"  // placed and wanted running, not running yet
+	GuestRunning   = "running"
+	GuestStopping  = "stopping"
+	GuestStopped   = "stopped"
+	GuestMigrating = "migrating" // a live migration to migrate_to is in progress
+	GuestDeleting  = "deleting"
+	GuestFailed    = "failed"  // its node could not carry out the last step (see error)
+	GuestUnknown   = "unknown" // its node has not reported for a while
+)
+
+// Node states.
+const (
+	NodeReady       = "ready"
+	NodeUnreachable = "unreachable" // no status report within the node timeout
+)
+
+// Failover policies.
+const (
+	FailoverNone    = "none"
+	FailoverRestart = "restart"
+	FailoverTwin    = "twin"
+)
+
+// Guest is a guest as the API shows it.
+type Guest struct {
+	Name          string            `json:"name"`
+	UUID          string            `json:"uuid"`
+	Node          string            `json:"node"`
+	State         string            `json:"state"`
+	OS            string            `json:"os"`
+	CPUs          int               `json:"cpus"`
+	MemoryBytes   int64             `json:"memory_bytes"`
+	DiskBytes     int64             `json:"disk_bytes"`
+	Image         string            `json:"image,omitempty"`
+	Failover      string            `json:"failover"`
+	Constraints   map[string]string `json:"constraints,omitempty"`
+	Desired       string            `json:"desired"` // "running" or "stopped"
+	MigrateTo     string            `json:"migrate_to,omitempty"`
+	PendingReason string            `json:"pending_reason,omitempty"`
+	Error         string            `json:"error,omitempty"`
+	LastMigration *Migration        `json:"last_migration,omitempty"`
+	CreatedAt     time.Time         `json:"created_at"`
+}
+
+// CreateGuest is the body of POST /v1/guests.
+type CreateGuest struct {
+	Name        string            `json:"name"`
+	OS          string            `json:"os,omitempty"`
+	CPUs        int               `json:"cpus"`
+	MemoryBytes int64             `json:"memory_bytes"`
+	DiskBytes   int64             `json:"disk_bytes,omitempty"`
+	Image       string            `json:"image,omitempty"`
+	Failover    string            `json:"failover,omitempty"`
+	Constraints map[string]string `json:"constraints,omitempty"`
+	// Start is whether the guest starts once placed; nil means yes.
+	Start *bool `json:"start,omitempty"`
+}
+
+// Node is a node as the API shows it.
+type Node struct {
+	Name                 string            `json:"name"`
+	State                string            `json:"state"`
+	Address              string            `json:"address"`
+	LibvirtURI           string            `json:"libvirt_uri"`
+	Accelerator          string            `json:"accelerator"`
+	HostCPUs             int               `json:"host_cpus"`
+	HostMemoryBytes      int64             `json:"host_memory_bytes"`
+	CPUs                 int               `json:"cpus"`         // pool share
+	MemoryBytes          int64             `json:"memory_bytes"` // pool share
+	AllocatedCPUs        int               `json:"allocated_cpus"`
+	AllocatedMemoryBytes int64             `json:"allocated_memory_bytes"`
+	Guests               int               `json:"guests"`
+	Labels               map[string]string `json:"labels,omitempty"`
+	Schedulable          bool              `json:"schedulable"`
+	LastSeen             time.Time         `json:"last_seen"`
+}
+
+// NodeStatus is what an agent reports: PUT /v1/nodes/{name}/status.
+type NodeStatus struct {
+	Address         string            `json:"address"`
+	LibvirtURI      string            `json:"libvirt_uri"` // as peers reach it, for migration
+	Accelerator     string            `json:"accelerator"`
+	HostCPUs        int               `json:"host_cpus"`
+	HostMemoryBytes int64             `json:"host_memory_bytes"`
+	CPUs            int               `json:"cpus"`
+	MemoryBytes     int64             `json:"memory_bytes"`
+	Labels          map[string]string `json:"labels,omitempty"`
+	Guests          []ObservedGuest   `json:"guests"`
+}
+
+// ObservedGuest is one guest as its node sees it.
+type ObservedGuest struct {
+	Name  string `json:"name"`
+	State string `json:"state"`           // hypervisor state: running, stopped, …
+	Error string `json:"error,omitempty"` // the last reconcile step that failed
+}
+
+// Assignment is what the master wants of a node: GET /v1/nodes/{name}/assignment.
+type Assignment struct {
+	Index  uint64          `json:"index"`
+	Guests []AssignedGuest `json:"guests"`
+}
+
+// AssignedGuest is one guest a node must hold.
+type AssignedGuest struct {
+	Name        string `json:"name"`
+	UUID        string `json:"uuid"`
+	OS          string `json:"os"`
+	CPUs        int    `json:"cpus"`
+	MemoryBytes int64  `json:"memory_bytes"`
+	DiskBytes   int64  `json:"disk_bytes"`
+	Image       string `json:"image,omitempty"`
+	Desired     string `json:"desired"` // running, stopped, deleted
+	// MigrateTo, when set, asks the node to live-migrate the guest to that node.
+	MigrateTo         string `json:"migrate_to,omitempty"`
+	MigrateLibvirtURI string `json:"migrate_libvirt_uri,omitempty"`
+	MigrateAddress    string `json:"migrate_address,omitempty"` // host of the destination's migration stream
+	// Incoming marks a guest that is migrating to this node: the node must leave its
+	// domain alone until the migration ends.
+	Incoming bool `json:"incoming,omitempty"`
+}
+
+// Migration is a finished (or failed) live migration.
+type Migration struct {
+	From            string    `json:"from"`
+	To              string    `json:"to"`
+	OK              bool      `json:"ok"`
+	Error           string    `json:"error,omitempty"`
+	TotalSeconds    float64   `json:"total_seconds"`
+	DowntimeSeconds float64   `json:"downtime_seconds"`
+	Bytes           uint64    `json:"bytes"`
+	FinishedAt      time.Time `json:"finished_at"`
+}
+
+// MigrateRequest is the body of POST /v1/guests/{name}/migrate.
+type MigrateRequest struct {
+	Node string `json:"node"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+	// Field names the request field that was wrong, for validation errors.
+	Field string `json:"field,omitempty"`
+}
+
+// Health is the body of GET /v1/health.
+type Health struct {
+	Status string `json:"status"`
+	Node   string `json:"node"`
+	Role   string `json:"role"`
+}

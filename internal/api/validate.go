@@ -1,0 +1,118 @@
+package api
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/units"
+)
+
+// FieldError is a request field that is wrong, and why.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+func fieldErr(field, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Limits of a guest. A guest outside them is refused at the API so that no node ever
+// sees a definition libvirt would reject.
+const (
+	MaxGuestCPUs   = 255 // QEMU's limit for the pc and q35 machines without x2apic tuning
+	MinGuestMemory = 64 << 20
+	MaxGuestMemory = 16 << 40
+	MinDisk        = 1 << 20
+	MaxDisk        = 64 << 40
+	DefaultDisk    = 20 << 30
+)
+
+var (
+	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	imageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	labelRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,62})$`)
+)
+
+// ValidateName checks a guest or node name: a DNS label (lowercase letters, digits and
+// dashes, at most 63), since it names the libvirt domain, the disk file and metrics.
+func ValidateName(field, name string) *FieldError {
+	if name == "" {
+		return fieldErr(field, "is empty: give a name such as web1")
+	}
+	if !nameRE.MatchString(name) {
+		return fieldErr(field, "%q is not a valid name: use 1 to 63 lowercase letters, digits and dashes, starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// Normalize fills defaults and validates a create request. It returns the first wrong
+// field; nothing is changed in the cluster for a request that fails here.
+func (c *CreateGuest) Normalize() *FieldError {
+	if e := ValidateName("name", c.Name); e != nil {
+		return e
+	}
+	if c.OS == "" {
+		c.OS = hypervisor.DefaultProfile
+	}
+	if _, err := hypervisor.LookupProfile(c.OS); err != nil {
+		return fieldErr("os", "%v", err)
+	}
+	if c.CPUs < 1 || c.CPUs > MaxGuestCPUs {
+		return fieldErr("cpus", "%d is out of range: give 1 to %d", c.CPUs, MaxGuestCPUs)
+	}
+	if c.MemoryBytes < MinGuestMemory || c.MemoryBytes > MaxGuestMemory {
+		return fieldErr("memory_bytes", "%s is out of range: give %s to %s", units.FormatBytes(c.MemoryBytes), units.FormatBytes(MinGuestMemory), units.FormatBytes(MaxGuestMemory))
+	}
+	if c.MemoryBytes%(1<<20) != 0 {
+		return fieldErr("memory_bytes", "%d is not a whole number of MiB", c.MemoryBytes)
+	}
+	if c.Image != "" && !imageRE.MatchString(c.Image) {
+		return fieldErr("image", "%q is not a valid image name: use lowercase letters, digits, dots, dashes and underscores", c.Image)
+	}
+	if c.DiskBytes == 0 && c.Image == "" {
+		c.DiskBytes = DefaultDisk
+	}
+	if c.DiskBytes != 0 && (c.DiskBytes < MinDisk || c.DiskBytes > MaxDisk) {
+		return fieldErr("disk_bytes", "%s is out of range: give %s to %s", units.FormatBytes(c.DiskBytes), units.FormatBytes(MinDisk), units.FormatBytes(MaxDisk))
+	}
+	if c.DiskBytes < 0 {
+		return fieldErr("disk_bytes", "must not be negative")
+	}
+	switch c.Failover {
+	case "":
+		c.Failover = FailoverRestart
+	case FailoverNone, FailoverRestart, FailoverTwin:
+	default:
+		return fieldErr("failover", "%q is not a failover policy: use none, restart or twin", c.Failover)
+	}
+	for k, v := range c.Constraints {
+		if !labelRE.MatchString(k) || (v != "" && !labelRE.MatchString(v)) {
+			return fieldErr("constraints", "%q=%q is not a valid label: use letters, digits, dots, dashes, underscores and slashes", k, v)
+		}
+	}
+	return nil
+}
+
+// ParseLabels reads "k=v,k=v" as written on the command line and in config files.
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || !labelRE.MatchString(k) || !labelRE.MatchString(v) {
+			return nil, fmt.Errorf("%q is not a label: write key=value (letters, digits, dots, dashes, underscores, slashes), separated by commas", kv)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("label %q given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
