@@ -1,0 +1,193 @@
+package failover
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Event is an input to Machine.Step.
+type Event interface{ isEvent() }
+
+// Tick advances the Machine's clock. Time never goes back: an older Now is
+// ignored. All timers run on the Now of the latest Tick; other events are
+// taken to happen at that time.
+type Tick struct{ Now time.Time }
+
+// Probe is a failure detector result about another node (memberlist's direct
+// and indirect probes). Via names the node that reached it for us when the
+// direct probe failed; Reachable false means neither worked.
+type Probe struct {
+	Node      string
+	Reachable bool
+	Via       string
+}
+
+// Health is a node's HealthReport, as gossiped.
+type Health struct {
+	Node   string
+	Report HealthReport
+}
+
+// LeaderObserved reports the raft leader of a generation's voters.
+type LeaderObserved struct {
+	Leader     string
+	Generation uint64
+}
+
+func (Tick) isEvent()           {}
+func (Probe) isEvent()          {}
+func (Health) isEvent()         {}
+func (LeaderObserved) isEvent() {}
+func (Message) isEvent()        {}
+
+// MsgType is the kind of a Message.
+type MsgType string
+
+const (
+	// MsgLease is a master's lease request, carrying its view.
+	MsgLease MsgType = "lease"
+	// MsgLeaseGrant answers MsgLease.
+	MsgLeaseGrant MsgType = "lease-grant"
+	// MsgVote is a semi-master's witness vote request for a new generation.
+	MsgVote MsgType = "vote"
+	// MsgVoteGrant answers MsgVote.
+	MsgVoteGrant MsgType = "vote-grant"
+	// MsgRefuse answers either request when the node holds a lease for
+	// another holder; it says which group the node follows.
+	MsgRefuse MsgType = "refuse"
+)
+
+// Message travels between Machines: returned inside Send, delivered with Step.
+// Lost, late and duplicate messages are safe.
+type Message struct {
+	Type     MsgType
+	From, To string
+	// Generation is the sender's generation, or for MsgVote the generation it
+	// proposes. Grants and refusals echo the request's.
+	Generation uint64
+	// SentAt is the requester's clock when it sent the request; grants echo
+	// it, so the requester times the lease from its own clock.
+	SentAt time.Time
+	// ActingUntil (MsgLease) is how long the master's majority lease holds,
+	// less the margin; zero if it is not acting. A granting node serves its
+	// HA guests no longer than this.
+	ActingUntil time.Time
+	// View (MsgLease) is the master's role table.
+	View *ClusterView
+	// Role and Uptime describe the sender (requests) or, in MsgRefuse, the
+	// holder the refusing node follows; Uptime is time in that role.
+	Role   Role
+	Uptime time.Duration
+	// Holder, Acting (MsgRefuse): the holder the node granted its lease to,
+	// and whether that holder was acting when last heard.
+	Holder string
+	Acting bool
+}
+
+func (m Message) String() string {
+	s := fmt.Sprintf("%s %s->%s g%d", m.Type, m.From, m.To, m.Generation)
+	if m.Type == MsgRefuse {
+		s += fmt.Sprintf(" holder=%s(%s acting=%v)", m.Holder, m.Role, m.Acting)
+	}
+	return s
+}
+
+// Action is an output of Machine.Step, for the caller to carry out.
+type Action interface {
+	fmt.Stringer
+	isAction()
+}
+
+// Send asks the caller to deliver Msg to Msg.To.
+type Send struct{ Msg Message }
+
+// Promote raises Node to role To (candidate to backup, backup to master).
+type Promote struct {
+	Node string
+	To   Role
+}
+
+// Demote takes management status from Node, or returns it to the ranked list
+// (To is candidate, node, backup or semi-master).
+type Demote struct {
+	Node string
+	To   Role
+}
+
+// ReplaceVoter changes the raft configuration: New takes Old's voter slot.
+type ReplaceVoter struct{ Old, New string }
+
+// DeclareLost tells the recovery planner that Node is lost: its guests may be
+// restarted or their twins promoted. The node has fenced itself by now.
+type DeclareLost struct{ Node, Why string }
+
+// Fence stops Node's restart and twin guests: its lease lapsed.
+type Fence struct{ Node string }
+
+// Unfence lets Node run its HA guests again: it holds a fresh lease from an
+// acting master.
+type Unfence struct{ Node string }
+
+// ReForm is forced raft recovery: Voters become the management group of
+// Generation.
+type ReForm struct {
+	Generation uint64
+	Voters     []string
+}
+
+// Hold puts Node on hold: it returned but is not fully functional.
+type Hold struct{ Node, Why string }
+
+// RequestVotes starts a semi-master's witness vote for Generation.
+type RequestVotes struct{ Generation uint64 }
+
+// Merge: this node's group yields to the group led by Into.
+type Merge struct {
+	Into   string
+	Reason string
+}
+
+// StopContacting: Node has been lost for GiveUpAfter; stop renewing its lease.
+type StopContacting struct{ Node string }
+
+// SolitudeShutdown: Node reached no other node for SolitudeAfter; it writes its
+// state and shuts its management down.
+type SolitudeShutdown struct{ Node string }
+
+// Notify is an event for operators (an alert rule turns it into a message).
+type Notify struct{ Node, Kind, Detail string }
+
+func (Send) isAction()             {}
+func (Promote) isAction()          {}
+func (Demote) isAction()           {}
+func (ReplaceVoter) isAction()     {}
+func (DeclareLost) isAction()      {}
+func (Fence) isAction()            {}
+func (Unfence) isAction()          {}
+func (ReForm) isAction()           {}
+func (Hold) isAction()             {}
+func (RequestVotes) isAction()     {}
+func (Merge) isAction()            {}
+func (StopContacting) isAction()   {}
+func (SolitudeShutdown) isAction() {}
+func (Notify) isAction()           {}
+
+func (a Send) String() string         { return "send " + a.Msg.String() }
+func (a Promote) String() string      { return fmt.Sprintf("promote %s to %s", a.Node, a.To) }
+func (a Demote) String() string       { return fmt.Sprintf("demote %s to %s", a.Node, a.To) }
+func (a ReplaceVoter) String() string { return fmt.Sprintf("replace-voter %s with %s", a.Old, a.New) }
+func (a DeclareLost) String() string  { return fmt.Sprintf("declare-lost %s (%s)", a.Node, a.Why) }
+func (a Fence) String() string        { return "fence " + a.Node }
+func (a Unfence) String() string      { return "unfence " + a.Node }
+func (a ReForm) String() string {
+	return fmt.Sprintf("re-form generation %d voters %s", a.Generation, strings.Join(a.Voters, ","))
+}
+func (a Hold) String() string { return fmt.Sprintf("hold %s (%s)", a.Node, a.Why) }
+func (a RequestVotes) String() string {
+	return fmt.Sprintf("request-votes generation %d", a.Generation)
+}
+func (a Merge) String() string            { return fmt.Sprintf("merge into %s (%s)", a.Into, a.Reason) }
+func (a StopContacting) String() string   { return "stop-contacting " + a.Node }
+func (a SolitudeShutdown) String() string { return "solitude-shutdown " + a.Node }
+func (a Notify) String() string           { return fmt.Sprintf("notify %s %s: %s", a.Kind, a.Node, a.Detail) }

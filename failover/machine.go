@@ -1,0 +1,760 @@
+package failover
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Grant is the lease a node has granted: to at most one holder at a time.
+// It must survive a restart (see HardState).
+type Grant struct {
+	Holder     string
+	Generation uint64
+	Until      time.Time
+}
+
+// HardState is what a node must write to its own disk before it carries out
+// the actions of a Step, and restore with RestartMachine: a node that forgot
+// its grant could grant a second lease while the first still holds.
+type HardState struct {
+	View  ClusterView
+	Grant Grant
+}
+
+// lease is a grant received by a holder, timed on the holder's own clock.
+type lease struct {
+	until      time.Time // request SentAt + LeaseDuration: never later than the granting node's own expiry
+	generation uint64
+}
+
+// holderInfo is what a node last heard from the holder of its grant.
+type holderInfo struct {
+	role        Role
+	actingUntil time.Time
+	uptime      time.Duration
+}
+
+// Machine is the role machine of one node. It is not safe for concurrent use:
+// one goroutine feeds it, as etcd-io/raft's RawNode.
+type Machine struct {
+	cfg  Config
+	view ClusterView
+	role Role
+	now  time.Time
+
+	grant        Grant
+	holder       holderInfo
+	serviceUntil time.Time
+	fenced       bool
+	shutDown     bool
+
+	reach       map[string]Probe
+	suspect     map[string]time.Time // not directly reachable since
+	health      map[string]HealthReport
+	lonelySince time.Time
+
+	// Held by a master or semi-master.
+	since           time.Time // when the current management role began
+	leases          map[string]lease
+	lastRenew       time.Time
+	quorumLostSince time.Time
+	stopped         map[string]bool
+	proposed        uint64
+	waiting         string
+
+	// lastGrant survives role changes: a node may be declared lost only
+	// LeaseDuration+LeaseMargin after its last grant arrived here.
+	lastGrant map[string]time.Time
+
+	// seen is the newest acting master this node heard from directly.
+	seen struct {
+		master     string
+		generation uint64
+		at         time.Time
+	}
+
+	out []Action
+}
+
+// NewMachine returns the Machine of node cfg.Self in a cluster whose role table
+// is view. The node starts fenced: it serves HA guests only once it holds a
+// lease from an acting master.
+func NewMachine(cfg Config, view ClusterView) (*Machine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := view.Validate(); err != nil {
+		return nil, err
+	}
+	if view.node(cfg.Self) == nil {
+		return nil, fmt.Errorf("%w: node %q (Config.Self) is not registered: add it to the view's Nodes", ErrBadView, cfg.Self)
+	}
+	m := &Machine{
+		cfg:       cfg.WithDefaults(),
+		view:      view.Clone(),
+		fenced:    true,
+		reach:     map[string]Probe{},
+		suspect:   map[string]time.Time{},
+		health:    map[string]HealthReport{},
+		leases:    map[string]lease{},
+		stopped:   map[string]bool{},
+		lastGrant: map[string]time.Time{},
+	}
+	m.role = m.view.Role(cfg.Self)
+	return m, nil
+}
+
+// RestartMachine returns the Machine of a node restarting from hs.
+func RestartMachine(cfg Config, hs HardState) (*Machine, error) {
+	m, err := NewMachine(cfg, hs.View)
+	if err != nil {
+		return nil, err
+	}
+	m.grant = hs.Grant
+	return m, nil
+}
+
+// Self is this node's name.
+func (m *Machine) Self() string { return m.cfg.Self }
+
+// Role is this node's own role.
+func (m *Machine) Role() Role { return m.role }
+
+// Generation is the generation of the view this node follows.
+func (m *Machine) Generation() uint64 { return m.view.Generation }
+
+// View returns a copy of the role table this node follows.
+func (m *Machine) View() ClusterView { return m.view.Clone() }
+
+// Fenced reports whether this node must not run restart or twin guests.
+func (m *Machine) Fenced() bool { return m.fenced }
+
+// Grant returns the lease this node has granted.
+func (m *Machine) Grant() Grant { return m.grant }
+
+// HardState returns what must be persisted before acting on a Step's actions.
+func (m *Machine) HardState() HardState { return HardState{View: m.view.Clone(), Grant: m.grant} }
+
+// ShutDown reports whether the node shut its management down after solitude.
+func (m *Machine) ShutDown() bool { return m.shutDown }
+
+// Acting reports whether this node is a master holding unexpired leases from a
+// majority of all registered nodes: only then may it schedule or declare nodes
+// lost.
+func (m *Machine) Acting() bool {
+	return m.role == RoleMaster && m.freshLeases(0) >= m.view.Majority()
+}
+
+// LeaseAges returns, for a master or semi-master, how long each node's lease
+// (or vote) has left, keyed by node; expired leases are left out.
+func (m *Machine) LeaseAges() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for n, l := range m.leases {
+		if l.until.After(m.now) {
+			out[n] = l.until.Sub(m.now)
+		}
+	}
+	return out
+}
+
+// Step feeds one event and returns the actions to carry out, in order. Persist
+// HardState before carrying out Send actions.
+func (m *Machine) Step(ev Event) []Action {
+	if m.shutDown {
+		return nil
+	}
+	switch e := ev.(type) {
+	case Tick:
+		if e.Now.Before(m.now) {
+			return nil
+		}
+		m.now = e.Now
+		m.tick()
+	case Probe:
+		m.probe(e)
+	case Health:
+		m.health[e.Node] = e.Report
+	case LeaderObserved:
+		m.leaderObserved(e)
+	case Message:
+		if e.To == m.cfg.Self {
+			m.receive(e)
+		}
+	}
+	out := m.out
+	m.out = nil
+	return out
+}
+
+func (m *Machine) emit(a ...Action) { m.out = append(m.out, a...) }
+
+func (m *Machine) tick() {
+	m.checkFence()
+	m.checkSolitude()
+	if m.shutDown {
+		return
+	}
+	switch m.role {
+	case RoleMaster:
+		m.tickMaster()
+	case RoleSemiMaster:
+		m.tickSemi()
+	case RoleBackup:
+		m.tickBackup()
+	}
+}
+
+func (m *Machine) checkFence() {
+	if !m.fenced && !m.now.Before(m.serviceUntil) {
+		m.fenced = true
+		m.emit(Fence{Node: m.cfg.Self})
+	}
+}
+
+func (m *Machine) checkSolitude() {
+	for _, n := range m.view.Nodes {
+		if n.Name == m.cfg.Self {
+			continue
+		}
+		if p, ok := m.reach[n.Name]; !ok || p.Reachable {
+			m.lonelySince = time.Time{}
+			return
+		}
+	}
+	if m.lonelySince.IsZero() {
+		m.lonelySince = m.now
+	}
+	if m.now.Sub(m.lonelySince) >= m.cfg.SolitudeAfter {
+		m.checkFence()
+		m.shutDown = true
+		m.emit(SolitudeShutdown{Node: m.cfg.Self},
+			Notify{Node: m.cfg.Self, Kind: "solitude", Detail: fmt.Sprintf("reached no node for %v: state written, management shut down", m.cfg.SolitudeAfter)})
+	}
+}
+
+func (m *Machine) probe(p Probe) {
+	if p.Node == m.cfg.Self {
+		return
+	}
+	m.reach[p.Node] = p
+	if p.Reachable && p.Via == "" {
+		delete(m.suspect, p.Node)
+		delete(m.stopped, p.Node) // it is back in contact: the seed contacts it again
+	} else if _, ok := m.suspect[p.Node]; !ok {
+		m.suspect[p.Node] = m.now
+	}
+}
+
+// direct reports whether n answered a direct probe. A node never probed
+// counts as reachable.
+func (m *Machine) direct(n string) bool {
+	p, ok := m.reach[n]
+	return !ok || (p.Reachable && p.Via == "")
+}
+
+func (m *Machine) reachable(n string) bool {
+	p, ok := m.reach[n]
+	return !ok || p.Reachable
+}
+
+// outFor reports whether n has been without a direct probe (any path if
+// noPath) for at least d.
+func (m *Machine) outFor(n string, d time.Duration, noPath bool) bool {
+	p, ok := m.reach[n]
+	if !ok || (p.Reachable && (p.Via == "" || !noPath)) {
+		return false
+	}
+	return m.now.Sub(m.suspect[n]) >= d
+}
+
+func (m *Machine) functional(n string) bool {
+	h, ok := m.health[n]
+	return ok && h.Functional(m.cfg.MinHealth)
+}
+
+func (m *Machine) uptime() time.Duration { return m.now.Sub(m.since) }
+
+func (m *Machine) freshLeases(generation uint64) int {
+	k := 0
+	for _, l := range m.leases {
+		if l.until.After(m.now) && l.generation >= generation {
+			k++
+		}
+	}
+	return k
+}
+
+// actingUntil is when the majority lease runs out, less the margin, so that
+// nodes stop serving before another master may act. Zero if not acting.
+func (m *Machine) actingUntil() time.Time {
+	if !m.Acting() {
+		return time.Time{}
+	}
+	var until []time.Time
+	for _, l := range m.leases {
+		if l.until.After(m.now) {
+			until = append(until, l.until)
+		}
+	}
+	slices.SortFunc(until, func(a, b time.Time) int { return b.Compare(a) })
+	return until[m.view.Majority()-1].Add(-m.cfg.LeaseMargin)
+}
+
+// mayGrant is the lease rule that makes two acting holders impossible.
+func (m *Machine) mayGrant(holder string, generation uint64) bool {
+	self := m.cfg.Self
+	if generation < m.view.Generation {
+		return false // the generation never goes back
+	}
+	if (m.role == RoleMaster || m.role == RoleSemiMaster) && holder != self {
+		return false // a holder merges before it follows another
+	}
+	live := m.now.Before(m.grant.Until)
+	if live && m.grant.Holder != holder {
+		return false // one holder at a time: wait for the lease to expire
+	}
+	if live && generation < m.grant.Generation {
+		return false
+	}
+	if m.seen.master != "" && m.seen.master != holder && m.seen.generation > generation &&
+		m.now.Sub(m.seen.at) < m.cfg.LeaseDuration {
+		return false // an acting master of a newer generation asked: let this lease lapse
+	}
+	return true
+}
+
+// doGrant records a grant. A lease grant to an acting master lets the node
+// serve until the earlier of its own lease expiry and the master's majority
+// lease; a vote does not extend service.
+func (m *Machine) doGrant(holder string, generation uint64, vote bool, actingUntil time.Time) {
+	until := m.now.Add(m.cfg.LeaseDuration)
+	m.grant = Grant{Holder: holder, Generation: generation, Until: until}
+	if vote {
+		return
+	}
+	serve := until
+	if actingUntil.Before(serve) {
+		serve = actingUntil
+	}
+	if serve.After(m.serviceUntil) {
+		m.serviceUntil = serve
+	}
+	if m.fenced && m.now.Before(m.serviceUntil) {
+		m.fenced = false
+		m.emit(Unfence{Node: m.cfg.Self})
+	}
+}
+
+func (m *Machine) send(msg Message) {
+	msg.From = m.cfg.Self
+	m.emit(Send{Msg: msg})
+}
+
+func (m *Machine) receive(msg Message) {
+	switch msg.Type {
+	case MsgLease, MsgVote:
+		acting := msg.Type == MsgLease && msg.ActingUntil.After(m.now)
+		m.noteGroup(msg.From, msg.Role, msg.Generation, acting, msg.Uptime, true)
+		if !m.mayGrant(msg.From, msg.Generation) {
+			m.send(m.refusal(msg))
+			return
+		}
+		vote := msg.Type == MsgVote
+		m.doGrant(msg.From, msg.Generation, vote, msg.ActingUntil)
+		m.holder = holderInfo{role: msg.Role, actingUntil: msg.ActingUntil, uptime: msg.Uptime}
+		if !vote && msg.View != nil {
+			m.adopt(*msg.View)
+		}
+		reply := MsgLeaseGrant
+		if vote {
+			reply = MsgVoteGrant
+		}
+		m.send(Message{Type: reply, To: msg.From, Generation: msg.Generation, SentAt: msg.SentAt})
+	case MsgLeaseGrant, MsgVoteGrant:
+		m.lastGrant[msg.From] = m.now
+		ok := (m.role == RoleMaster && msg.Type == MsgLeaseGrant && msg.Generation <= m.view.Generation) ||
+			(m.role == RoleSemiMaster && msg.Type == MsgVoteGrant && msg.Generation == m.proposed)
+		if ok {
+			until := msg.SentAt.Add(m.cfg.LeaseDuration)
+			if l := m.leases[msg.From]; until.After(l.until) {
+				m.leases[msg.From] = lease{until: until, generation: msg.Generation}
+			}
+		}
+	case MsgRefuse:
+		if m.reachable(msg.Holder) {
+			m.noteGroup(msg.Holder, msg.Role, msg.Generation, msg.Acting, msg.Uptime, false)
+		}
+	}
+}
+
+// refusal says which group this node follows, so the requester can apply the
+// scenario 5 rule.
+func (m *Machine) refusal(req Message) Message {
+	r := Message{Type: MsgRefuse, To: req.From, Generation: m.view.Generation, SentAt: req.SentAt}
+	switch {
+	case m.role == RoleMaster || m.role == RoleSemiMaster:
+		r.Holder, r.Role, r.Acting, r.Uptime = m.cfg.Self, m.role, m.Acting(), m.uptime()
+		if m.role == RoleSemiMaster {
+			r.Generation = m.proposed
+		}
+	case m.now.Before(m.grant.Until):
+		r.Holder, r.Generation = m.grant.Holder, max(m.grant.Generation, m.view.Generation)
+		r.Role, r.Acting, r.Uptime = m.holder.role, m.holder.actingUntil.After(m.now), m.holder.uptime
+	default:
+		r.Holder, r.Role = m.view.Master, RoleMaster
+	}
+	return r
+}
+
+// adopt follows the role table of the master this node granted its lease to.
+func (m *Machine) adopt(v ClusterView) {
+	if v.Generation < m.view.Generation {
+		return
+	}
+	m.view = v.Clone()
+	if m.role != RoleMaster && m.role != RoleSemiMaster {
+		if r := m.view.Role(m.cfg.Self); r != "" {
+			m.role = r
+		}
+	}
+}
+
+// noteGroup applies scenario 5 when this node meets another holder: the group
+// whose master holds the majority lease wins; where neither does, the lower
+// generation, then the longer uptime, then the lower name.
+func (m *Machine) noteGroup(holder string, role Role, generation uint64, acting bool, uptime time.Duration, direct bool) {
+	self := m.cfg.Self
+	if holder == "" || holder == self {
+		return
+	}
+	if direct && acting && role == RoleMaster && generation >= m.seen.generation {
+		m.seen.master, m.seen.generation, m.seen.at = holder, generation, m.now
+	}
+	switch m.role {
+	case RoleMaster:
+		if role != RoleMaster {
+			return // semi-masters yield to masters
+		}
+		mine := m.Acting()
+		switch {
+		case acting && mine:
+			return // impossible while leases hold; the simulation checks it
+		case acting:
+			m.merge(holder, "its master holds the majority lease")
+			return
+		case !mine && (generation < m.view.Generation ||
+			generation == m.view.Generation && (uptime > m.uptime() || uptime == m.uptime() && holder < self)):
+			m.merge(holder, "neither holds the majority lease; it has the lower generation or the longer uptime")
+			return
+		}
+		if generation >= m.view.Generation {
+			// This group wins but the other's nodes have seen a newer
+			// generation and will not go back: move past it.
+			m.view.Generation = generation + 1
+			m.view.Version = 1
+			m.emit(ReForm{Generation: m.view.Generation, Voters: slices.Clone(m.view.Voters)})
+			m.lastRenew = time.Time{}
+		}
+	case RoleSemiMaster:
+		switch {
+		case role == RoleMaster && acting && generation >= m.view.Generation:
+			m.merge(holder, "its master holds the majority lease")
+		case role == RoleSemiMaster && (generation > m.proposed ||
+			generation == m.proposed && (uptime > m.uptime() || uptime == m.uptime() && holder < self)):
+			m.merge(holder, "another semi-master is further along")
+		}
+	}
+}
+
+func (m *Machine) merge(into, why string) {
+	m.emit(Merge{Into: into, Reason: why})
+	m.role = m.view.listRole(m.cfg.Self)
+	m.leases = map[string]lease{}
+	m.proposed = 0
+	m.quorumLostSince = time.Time{}
+}
+
+func (m *Machine) leaderObserved(e LeaderObserved) {
+	self := m.cfg.Self
+	if e.Generation != m.view.Generation {
+		return
+	}
+	switch {
+	case e.Leader == self && m.role == RoleBackup:
+		// Scenario 4: raft elected this backup. The old master stays a voter
+		// with role backup until it is declared lost and replaced.
+		if old := m.view.Master; old != self && m.view.Role(old) == RoleMaster {
+			m.view.setRole(old, RoleBackup)
+		}
+		m.view.Master = self
+		m.view.setRole(self, RoleMaster)
+		m.view.Version++
+		m.becomeHolder(RoleMaster)
+		m.emit(Promote{Node: self, To: RoleMaster})
+	case e.Leader != self && m.role == RoleMaster:
+		m.role = RoleBackup
+		m.leases = map[string]lease{}
+		m.emit(Demote{Node: self, To: RoleBackup})
+	}
+}
+
+func (m *Machine) becomeHolder(r Role) {
+	m.role = r
+	m.since = m.now
+	m.leases = map[string]lease{}
+	m.lastRenew = time.Time{}
+	m.quorumLostSince = time.Time{}
+	m.waiting = ""
+}
+
+// tickBackup: scenario 2. When the master is out of reach even through other
+// nodes and the other backup is out of direct reach, raft cannot elect: the
+// backup becomes semi-master. If the master is reachable through others, this
+// backup is the one cut off (scenario 1 seen from the lost backup): it waits,
+// fenced once its lease lapses.
+func (m *Machine) tickBackup() {
+	self, ct := m.cfg.Self, m.cfg.ConfirmTimeout
+	if m.view.Master == self || !m.outFor(m.view.Master, ct, true) {
+		return
+	}
+	for _, v := range m.view.Voters {
+		if v != self && v != m.view.Master && m.view.Role(v) != RoleLost && !m.outFor(v, ct, false) {
+			return
+		}
+	}
+	m.becomeSemi("master and the other backup out of reach")
+}
+
+func (m *Machine) becomeSemi(why string) {
+	m.becomeHolder(RoleSemiMaster)
+	m.proposed = max(m.view.Generation, m.grant.Generation) + 1
+	m.emit(Notify{Node: m.cfg.Self, Kind: "semi-master", Detail: why},
+		RequestVotes{Generation: m.proposed})
+}
+
+func (m *Machine) tickSemi() {
+	self := m.cfg.Self
+	if m.lastRenew.IsZero() || m.now.Sub(m.lastRenew) >= m.cfg.RenewInterval {
+		m.lastRenew = m.now
+		if m.mayGrant(self, m.proposed) {
+			m.doGrant(self, m.proposed, true, time.Time{})
+			m.leases[self] = lease{until: m.now.Add(m.cfg.LeaseDuration), generation: m.proposed}
+		}
+		for _, n := range m.view.Nodes {
+			if n.Name != self {
+				m.send(Message{Type: MsgVote, To: n.Name, Generation: m.proposed, SentAt: m.now,
+					Role: RoleSemiMaster, Uptime: m.uptime()})
+			}
+		}
+	}
+	votes := m.freshLeases(m.proposed)
+	var cands []CandidateInfo
+	for _, n := range m.view.Nodes {
+		l := m.leases[n.Name]
+		if n.Name != self && n.Capable && m.functional(n.Name) && m.direct(n.Name) &&
+			l.until.After(m.now) && l.generation == m.proposed {
+			cands = append(cands, CandidateInfo{Node: n.Name, Health: m.health[n.Name], LostAt: n.LostAt})
+		}
+	}
+	need := 2 + m.cfg.Spares
+	if votes < m.view.Majority() {
+		return
+	}
+	if len(cands) < need {
+		if w := fmt.Sprintf("%d of %d candidates", len(cands), need); w != m.waiting {
+			m.waiting = w
+			m.emit(Notify{Node: self, Kind: "waiting", Detail: "witness majority held, " + w})
+		}
+		return
+	}
+	m.reForm(Rank(cands, m.now, m.cfg))
+}
+
+// reForm is the end of scenarios 2 and 3: with witness votes from a majority
+// of all registered nodes and enough candidates, the semi-master re-forms the
+// management group as generation g+1. The votes are leases, so it acts at
+// once; the old voters lose management status and are declared lost by the
+// master's loop if they stay out of reach.
+func (m *Machine) reForm(ranked []CandidateInfo) {
+	self := m.cfg.Self
+	b1, b2 := ranked[0].Node, ranked[1].Node
+	v := &m.view
+	old := v.Voters
+	v.Generation, v.Version, v.Master = m.proposed, 1, self
+	v.Voters = []string{self, b1, b2}
+	for i := range v.Nodes {
+		n := &v.Nodes[i]
+		switch {
+		case n.Name == self:
+			n.Role = RoleMaster
+		case n.Name == b1 || n.Name == b2:
+			n.Role = RoleBackup
+		case slices.Contains(old, n.Name) && (n.Role == RoleMaster || n.Role == RoleBackup):
+			n.Role = v.listRole(n.Name)
+		}
+	}
+	leases := m.leases
+	m.becomeHolder(RoleMaster)
+	m.leases = leases
+	m.proposed = 0
+	m.emit(ReForm{Generation: v.Generation, Voters: slices.Clone(v.Voters)},
+		Promote{Node: b1, To: RoleBackup}, Promote{Node: b2, To: RoleBackup})
+	m.renew()
+}
+
+func (m *Machine) renew() {
+	self := m.cfg.Self
+	m.lastRenew = m.now
+	au := m.actingUntil()
+	g := m.view.Generation
+	if m.mayGrant(self, g) {
+		m.doGrant(self, g, false, au)
+		m.leases[self] = lease{until: m.now.Add(m.cfg.LeaseDuration), generation: g}
+		m.lastGrant[self] = m.now
+	}
+	v := m.view.Clone()
+	for _, n := range m.view.Nodes {
+		if n.Name != self && !m.stopped[n.Name] {
+			m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: au,
+				View: &v, Role: RoleMaster, Uptime: m.uptime()})
+		}
+	}
+}
+
+func (m *Machine) tickMaster() {
+	self := m.cfg.Self
+	if m.lastRenew.IsZero() || m.now.Sub(m.lastRenew) >= m.cfg.RenewInterval {
+		m.renew()
+	}
+	// Scenario 3: no other voter in direct reach means raft has no quorum;
+	// the master steps down to semi-master.
+	live := false
+	for _, v := range m.view.Voters {
+		if v != self && m.view.Role(v) == RoleBackup && m.direct(v) {
+			live = true
+		}
+	}
+	if live {
+		m.quorumLostSince = time.Time{}
+	} else if m.quorumLostSince.IsZero() {
+		m.quorumLostSince = m.now
+	}
+	if !live && m.now.Sub(m.quorumLostSince) >= m.cfg.ConfirmTimeout {
+		m.becomeSemi("both backups out of reach")
+		return
+	}
+	if !m.Acting() {
+		return
+	}
+	changed := false
+	for i := range m.view.Nodes {
+		n := &m.view.Nodes[i]
+		switch {
+		case n.Name == self:
+		case m.direct(n.Name):
+			changed = m.checkReturn(n) || changed
+		case n.Role == RoleLost:
+			m.checkGiveUp(n)
+		default:
+			changed = m.checkLost(n) || changed
+		}
+	}
+	changed = m.fillVoters() || changed
+	if changed {
+		m.view.Version++
+		m.renew()
+	}
+}
+
+// checkLost: scenarios 1 and 4. A node out of reach through any path, or
+// reachable only through others for ConfirmTimeout, is declared lost, but
+// never before LeaseDuration+LeaseMargin after its last grant: by then it has
+// fenced itself.
+func (m *Machine) checkLost(n *NodeState) bool {
+	p := m.reach[n.Name]
+	why := "no path to it"
+	if p.Reachable {
+		if m.now.Sub(m.suspect[n.Name]) < m.cfg.ConfirmTimeout {
+			return false
+		}
+		why = fmt.Sprintf("reachable only via %s for %v", p.Via, m.cfg.ConfirmTimeout)
+	}
+	if m.now.Before(m.lastGrant[n.Name].Add(m.cfg.LeaseDuration + m.cfg.LeaseMargin)) {
+		return false
+	}
+	n.Role, n.LostAt = RoleLost, m.now
+	m.emit(DeclareLost{Node: n.Name, Why: why})
+	return true
+}
+
+// checkReturn: a lost node back in direct contact that has granted a lease
+// since is demoted and put back on the list, or held when not functional.
+func (m *Machine) checkReturn(n *NodeState) bool {
+	if n.Role != RoleLost && n.Role != RoleOnHold {
+		return false
+	}
+	if !m.lastGrant[n.Name].After(n.LostAt) {
+		return false
+	}
+	if m.functional(n.Name) {
+		to := m.view.listRole(n.Name)
+		n.Role = to
+		m.emit(Demote{Node: n.Name, To: to})
+		return true
+	}
+	if n.Role == RoleOnHold {
+		return false
+	}
+	why := "no health report"
+	if h, ok := m.health[n.Name]; ok {
+		why = fmt.Sprintf("network %.2f cpu %.2f disk %.2f, below %.2f", h.Network, h.CPU, h.Disk, m.cfg.MinHealth)
+	}
+	n.Role = RoleOnHold
+	m.emit(Hold{Node: n.Name, Why: why}, Notify{Node: n.Name, Kind: "on-hold", Detail: why})
+	return true
+}
+
+func (m *Machine) checkGiveUp(n *NodeState) {
+	if m.stopped[n.Name] || m.now.Sub(n.LostAt) < m.cfg.GiveUpAfter {
+		return
+	}
+	m.stopped[n.Name] = true
+	m.emit(StopContacting{Node: n.Name},
+		Notify{Node: n.Name, Kind: "gave-up", Detail: fmt.Sprintf("lost for %v: check the host", m.cfg.GiveUpAfter)})
+}
+
+// fillVoters replaces each voter that is no longer a backup with the best
+// ranked candidate that is functional, in direct reach and holding our lease.
+func (m *Machine) fillVoters() bool {
+	self := m.cfg.Self
+	changed := false
+	for i, v := range m.view.Voters {
+		if v == self || m.view.Role(v) == RoleBackup {
+			continue
+		}
+		var cands []CandidateInfo
+		for _, n := range m.view.Nodes {
+			if n.Role != RoleCandidate || !n.Capable || !m.functional(n.Name) || !m.direct(n.Name) ||
+				!m.leases[n.Name].until.After(m.now) {
+				continue
+			}
+			if n.Name != v && slices.Contains(m.view.Voters, n.Name) {
+				continue
+			}
+			cands = append(cands, CandidateInfo{Node: n.Name, Health: m.health[n.Name], LostAt: n.LostAt})
+		}
+		if len(cands) == 0 {
+			continue
+		}
+		best := Rank(cands, m.now, m.cfg)[0].Node
+		if best != v {
+			m.view.Voters[i] = best
+			m.emit(ReplaceVoter{Old: v, New: best})
+		}
+		m.view.setRole(best, RoleBackup)
+		m.emit(Promote{Node: best, To: RoleBackup})
+		changed = true
+	}
+	return changed
+}
