@@ -1,0 +1,146 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// agentConfig is node k's DIR/nodes/nK/dvmd.conf, the format dvmd agent reads:
+// one `key = value` a line, # comments.
+func agentConfig(dir string, k int) string {
+	var b strings.Builder
+	name, addr := nodeName(k), nodeAddr(k)
+	fmt.Fprintf(&b, "# dvm lab node %s: written by vmctl lab up\n", name)
+	kv := func(key, value string) { fmt.Fprintf(&b, "%s = %s\n", key, value) }
+	kv("name", name)
+	kv("libvirt_uri", "qemu:///system")
+	kv("advertise_libvirt_uri", libvirtURI(k))
+	kv("listen", net.JoinHostPort(addr, strconv.Itoa(AgentPort)))
+	kv("data_dir", filepath.Join(dir, "nodes", name, "data"))
+	kv("token_file", filepath.Join(dir, "token"))
+	// n1 runs the master until the replicated store exists.
+	kv("management", strconv.FormatBool(k == 1))
+	kv("master", MasterURL())
+	kv("images_dir", filepath.Join(dir, "shared", "images"))
+	kv("disks_dir", filepath.Join(dir, "shared", "disks"))
+	kv("reserved_cpus", "0")
+	kv("reserved_memory", "256MiB")
+	kv("cpu_overcommit", "4")
+	kv("memory_overcommit", "1.5")
+	kv("accelerator", "tcg")
+	kv("labels", fmt.Sprintf("rack=r%d", k))
+	return b.String()
+}
+
+// findDvmd resolves the agent binary: path if given, else dvmd next to the running
+// executable, else dvmd in $PATH.
+func findDvmd(path string) (string, error) {
+	if path != "" {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return "", err
+		}
+		if fi, err := os.Stat(abs); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("dvmd %s is not an executable file: build it with `go build -o %s ./cmd/dvmd`", abs, abs)
+		}
+		return abs, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "dvmd")
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("dvmd"); err == nil {
+		return filepath.Abs(p)
+	}
+	return "", errors.New("dvmd not found next to vmctl nor in $PATH: build it (`go build -o /usr/local/bin/dvmd ./cmd/dvmd`) or name it with --dvmd PATH")
+}
+
+// apiNode is the part of GET /v1/nodes the lab reads.
+type apiNode struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+}
+
+// waitMaster waits until n1's master answers /v1/health and lists every node.
+func (l *Lab) waitMaster(ctx context.Context, timeout time.Duration, token string) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	client := &http.Client{Timeout: 2 * time.Second}
+	want := len(l.st.Nodes)
+	var last string
+	for {
+		nodes, err := masterNodes(ctx, client, token)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case len(nodes) < want:
+			last = fmt.Sprintf("master lists %d of %d nodes", len(nodes), want)
+		default:
+			l.logf("master %s lists %d nodes", MasterURL(), len(nodes))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("master at %s not ready (%s): see the agent logs %s",
+				MasterURL(), last, filepath.Join(l.dir, "nodes", "n*", "dvmd.log"))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// masterNodes asks the master for its health, then for its nodes.
+func masterNodes(ctx context.Context, client *http.Client, token string) ([]apiNode, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, MasterURL()+"/v1/health", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /v1/health: %s", resp.Status)
+	}
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, MasterURL()+"/v1/nodes", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err = client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /v1/nodes: %s", resp.Status)
+	}
+	var nodes []apiNode
+	if err := json.NewDecoder(resp.Body).Decode(&nodes); err != nil {
+		return nil, fmt.Errorf("GET /v1/nodes: %w", err)
+	}
+	return nodes, nil
+}
+
+// waitAgent waits until the node's agent listens on its port.
+func (l *Lab) waitAgent(ctx context.Context, n nodeState) error {
+	addr := net.JoinHostPort(nodeAddr(n.Index), strconv.Itoa(AgentPort))
+	for {
+		c, err := dialIn(ctx, n.PID, addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: agent not listening on %s: see %s", n.Name, addr, filepath.Join(l.nodeDir(n.Name), "dvmd.log"))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

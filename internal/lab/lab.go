@@ -1,0 +1,503 @@
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+const (
+	// DefaultDir holds a lab's files when Options.Dir is empty.
+	DefaultDir = "/var/lib/dvm-lab"
+	// DefaultImageCache is where the guest image is built once and kept between labs.
+	DefaultImageCache = "/var/cache/dvm/lab-image"
+	// DefaultNodes is the size of a lab when Options.Nodes is 0.
+	DefaultNodes = 3
+	// MaxNodes bounds a lab: seven nodes fit the machines the project runs on (2 cores).
+	MaxNodes = 7
+	// Bridge joins the nodes in the root namespace.
+	Bridge = "dvmlab0"
+	// BridgeAddr is the root namespace's address on Bridge.
+	BridgeAddr = "10.77.0.1"
+	// AgentPort is where every node's dvmd agent listens.
+	AgentPort = 7460
+	// LibvirtPort is libvirtd's TCP port (qemu+tcp).
+	LibvirtPort = 16509
+
+	stateFile = "lab.json"
+)
+
+// ErrNoLab is returned by Load when DIR holds no lab state.
+var ErrNoLab = errors.New("no lab in this directory")
+
+// Options say what lab Up brings up.
+type Options struct {
+	// Nodes is the number of nodes, 1 to MaxNodes; 0 means DefaultNodes.
+	Nodes int
+	// Dir holds every file of the lab; empty means DefaultDir. Made absolute.
+	Dir string
+	// DvmdPath is the dvmd binary started as agent in every node. Empty means dvmd
+	// next to the running executable, else dvmd in $PATH.
+	DvmdPath string
+	// NoAgent starts nodes with libvirt only (no dvmd): for tests of the lab itself.
+	NoAgent bool
+	// ImageCache is where the guest image is built and cached; empty means
+	// DefaultImageCache.
+	ImageCache string
+	// Timeout bounds each wait of Up (libvirtd ready, master lists the nodes);
+	// 0 means 2 minutes.
+	Timeout time.Duration
+	// Log receives one line per step; nil discards them.
+	Log io.Writer
+}
+
+// Lab is a lab that is (or was) up, as recorded in DIR/lab.json.
+type Lab struct {
+	dir string
+	log io.Writer
+
+	mu sync.Mutex
+	st state
+}
+
+// state is the content of DIR/lab.json.
+type state struct {
+	Dir     string      `json:"dir"`
+	Up      bool        `json:"up"`
+	Created time.Time   `json:"created"`
+	Dvmd    string      `json:"dvmd,omitempty"`
+	NoAgent bool        `json:"no_agent"`
+	Image   string      `json:"image"`
+	Nodes   []nodeState `json:"nodes"`
+	Cuts    []Cut       `json:"cuts,omitempty"`
+}
+
+// nodeState is what the lab remembers of a node between commands.
+type nodeState struct {
+	Name     string `json:"name"`
+	Index    int    `json:"index"`
+	HostUUID string `json:"host_uuid"`
+	// PID is the root namespace's PID of the node's tini (its PID 1); 0 when the
+	// node is killed. PIDStart is that process's start time (clock ticks since boot,
+	// /proc/PID/stat field 22), so that a reused PID is never taken for the node.
+	PID      int    `json:"pid"`
+	PIDStart uint64 `json:"pid_start"`
+}
+
+// Cut is one fault of the network: Node's traffic to From (every peer and the root
+// namespace when From is empty) is dropped, both ways.
+type Cut struct {
+	Node string   `json:"node"`
+	From []string `json:"from,omitempty"`
+}
+
+// Node is how to reach one node of the lab.
+type Node struct {
+	Name       string `json:"name"`        // n1 … n7
+	Addr       string `json:"addr"`        // 10.77.0.(10+K)
+	LibvirtURI string `json:"libvirt_uri"` // qemu+tcp://ADDR/system
+	AgentURL   string `json:"agent_url"`   // http://ADDR:7460
+	Dir        string `json:"dir"`         // DIR/nodes/nK
+	PID        int    `json:"pid"`         // root namespace PID of the node's PID 1 (tini); 0 when killed
+}
+
+func nodeName(k int) string   { return fmt.Sprintf("n%d", k) }
+func nodeAddr(k int) string   { return fmt.Sprintf("10.77.0.%d", 10+k) }
+func vethName(k int) string   { return fmt.Sprintf("dvmlab-n%d", k) }
+func libvirtURI(k int) string { return "qemu+tcp://" + nodeAddr(k) + "/system" }
+func agentURL(k int) string   { return fmt.Sprintf("http://%s:%d", nodeAddr(k), AgentPort) }
+
+// MasterURL is the dvm API of the lab: the agent of n1 runs the master.
+func MasterURL() string { return agentURL(1) }
+
+// Dir is the lab's directory.
+func (l *Lab) Dir() string { return l.dir }
+
+// EnvFile is DIR/env: DVM_ADDR, DVM_TOKEN and DVM_LAB_NODES for vmctl, virsh and tests.
+func (l *Lab) EnvFile() string { return filepath.Join(l.dir, "env") }
+
+// TokenFile is DIR/token, the bearer token of the lab's dvm API.
+func (l *Lab) TokenFile() string { return filepath.Join(l.dir, "token") }
+
+// Token reads the lab's API token.
+func (l *Lab) Token() (string, error) {
+	b, err := os.ReadFile(l.TokenFile())
+	if err != nil {
+		return "", fmt.Errorf("read lab token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// ImageDir is DIR/shared/images/lab: the guest image's kernel, initrd and cmdline,
+// seen at the same path by every node.
+func (l *Lab) ImageDir() string { return filepath.Join(l.dir, "shared", "images", "lab") }
+
+// Nodes lists the lab's nodes in order.
+func (l *Lab) Nodes() []Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Node, 0, len(l.st.Nodes))
+	for _, n := range l.st.Nodes {
+		out = append(out, l.nodeOf(n))
+	}
+	return out
+}
+
+// Node returns the node called name.
+func (l *Lab) Node(name string) (Node, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.find(name)
+	if err != nil {
+		return Node{}, err
+	}
+	return l.nodeOf(*n), nil
+}
+
+func (l *Lab) nodeOf(n nodeState) Node {
+	return Node{
+		Name:       n.Name,
+		Addr:       nodeAddr(n.Index),
+		LibvirtURI: libvirtURI(n.Index),
+		AgentURL:   agentURL(n.Index),
+		Dir:        l.nodeDir(n.Name),
+		PID:        n.PID,
+	}
+}
+
+func (l *Lab) nodeDir(name string) string { return filepath.Join(l.dir, "nodes", name) }
+
+// find returns the node called name; l.mu is held.
+func (l *Lab) find(name string) (*nodeState, error) {
+	for i := range l.st.Nodes {
+		if l.st.Nodes[i].Name == name {
+			return &l.st.Nodes[i], nil
+		}
+	}
+	names := make([]string, 0, len(l.st.Nodes))
+	for _, n := range l.st.Nodes {
+		names = append(names, n.Name)
+	}
+	return nil, fmt.Errorf("lab in %s has no node %q (nodes: %s)", l.dir, name, strings.Join(names, ", "))
+}
+
+func (l *Lab) logf(format string, args ...any) {
+	if l.log != nil {
+		fmt.Fprintf(l.log, format+"\n", args...)
+	}
+}
+
+// Load reads the lab recorded in dir (empty means DefaultDir), up or down.
+func Load(dir string) (*Lab, error) {
+	dir, err := absDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s has no %s (bring one up with `vmctl lab up --dir %s`)", ErrNoLab, dir, stateFile, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load lab: %w", err)
+	}
+	l := &Lab{dir: dir}
+	if err := json.Unmarshal(b, &l.st); err != nil {
+		return nil, fmt.Errorf("load lab: %s is damaged: %w", filepath.Join(dir, stateFile), err)
+	}
+	return l, nil
+}
+
+// SetLog sets where the lab reports its steps (nil: nowhere).
+func (l *Lab) SetLog(w io.Writer) { l.log = w }
+
+// IsUp says whether the lab was brought up and not yet brought down.
+func (l *Lab) IsUp() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.st.Up
+}
+
+// save writes lab.json atomically; l.mu is held.
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(&l.st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(l.dir, stateFile), append(b, '\n'), 0o600)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func absDir(dir string) (string, error) {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("lab directory %q: %w", dir, err)
+	}
+	// A node mounts its private state over these paths; DIR below one of them would
+	// be hidden from the node (or from the root namespace), so shared storage and
+	// logs would not be shared.
+	for _, p := range []string{"/run", "/var/run", "/dev", "/proc", "/sys", "/etc/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"} {
+		if abs == p || strings.HasPrefix(abs, p+"/") {
+			return "", fmt.Errorf("lab directory %s is under %s, which every node mounts privately: choose another --dir (default %s)", abs, p, DefaultDir)
+		}
+	}
+	if abs == "/" {
+		return "", fmt.Errorf("lab directory cannot be /: choose another --dir (default %s)", DefaultDir)
+	}
+	return abs, nil
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func newUUID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+}
+
+// Up brings a lab up as opts say, or fails with nothing changed outside opts.Dir
+// (a lab that fails half way is brought down again). It needs root, the packages
+// Preflight names, and no other lab on the machine.
+func Up(ctx context.Context, opts Options) (*Lab, error) {
+	start := time.Now()
+	if opts.Nodes == 0 {
+		opts.Nodes = DefaultNodes
+	}
+	if opts.Nodes < 1 || opts.Nodes > MaxNodes {
+		return nil, fmt.Errorf("a lab has 1 to %d nodes, not %d: use --nodes 1..%d", MaxNodes, opts.Nodes, MaxNodes)
+	}
+	dir, err := absDir(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.ImageCache == "" {
+		opts.ImageCache = DefaultImageCache
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 2 * time.Minute
+	}
+	l := &Lab{dir: dir, log: opts.Log}
+
+	dvmd := ""
+	if !opts.NoAgent {
+		if dvmd, err = findDvmd(opts.DvmdPath); err != nil {
+			return nil, err
+		}
+	}
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	if err := checkNoLab(dir); err != nil {
+		return nil, err
+	}
+
+	l.logf("guest image: %s", opts.ImageCache)
+	img, err := EnsureImage(ctx, opts.ImageCache, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+
+	// From here on the machine changes; any failure brings the lab down again.
+	if err := resetDir(dir); err != nil {
+		return nil, err
+	}
+	if err := img.CopyTo(l.ImageDir()); err != nil {
+		return nil, err
+	}
+	token, err := newToken()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(l.TokenFile(), []byte(token), 0o600); err != nil {
+		return nil, fmt.Errorf("write lab token: %w", err)
+	}
+	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Image: img.Version}
+	for k := 1; k <= opts.Nodes; k++ {
+		u, err := newUUID()
+		if err != nil {
+			return nil, err
+		}
+		l.st.Nodes = append(l.st.Nodes, nodeState{Name: nodeName(k), Index: k, HostUUID: u})
+	}
+	l.mu.Lock()
+	err = l.save()
+	l.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("write lab state: %w", err)
+	}
+
+	fail := func(err error) (*Lab, error) {
+		l.logf("lab up failed, bringing it down: %v", err)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if derr := l.Down(dctx); derr != nil {
+			err = fmt.Errorf("%w (and bringing the lab down again failed: %v)", err, derr)
+		}
+		return nil, err
+	}
+
+	if err := createNetwork(dir); err != nil {
+		return fail(err)
+	}
+	l.logf("bridge %s %s/24, nftables table bridge %s", Bridge, BridgeAddr, nftTable)
+	for i := range l.st.Nodes {
+		if err := l.startNode(&l.st.Nodes[i]); err != nil {
+			return fail(err)
+		}
+	}
+	l.mu.Lock()
+	err = l.save()
+	l.mu.Unlock()
+	if err != nil {
+		return fail(fmt.Errorf("write lab state: %w", err))
+	}
+	if err := l.waitNodes(ctx, opts.Timeout, l.st.Nodes); err != nil {
+		return fail(err)
+	}
+	if err := l.writeEnv(token); err != nil {
+		return fail(err)
+	}
+	if !opts.NoAgent {
+		if err := l.waitMaster(ctx, opts.Timeout, token); err != nil {
+			return fail(err)
+		}
+	}
+	l.logf("lab up: %d nodes in %s (%.1fs); env in %s", len(l.st.Nodes), dir, time.Since(start).Seconds(), l.EnvFile())
+	return l, nil
+}
+
+// waitNodes waits until the libvirtd of every given node is ready, concurrently.
+func (l *Lab) waitNodes(ctx context.Context, timeout time.Duration, nodes []nodeState) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.waitNode(ctx, n)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// writeEnv writes DIR/env, the same form as `dvmd dev` plus DVM_LAB_NODES.
+func (l *Lab) writeEnv(token string) error {
+	var nodes []string
+	for _, n := range l.st.Nodes {
+		nodes = append(nodes, n.Name+"="+libvirtURI(n.Index))
+	}
+	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_LAB_NODES=%s\n", MasterURL(), token, strings.Join(nodes, ","))
+	if err := writeFileAtomic(l.EnvFile(), []byte(env), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", l.EnvFile(), err)
+	}
+	return nil
+}
+
+// resetDir removes what a previous lab left in dir (only the lab's own entries:
+// dir may hold other files) and creates the layout.
+func resetDir(dir string) error {
+	for _, e := range []string{"nodes", "shared", "token", "env", stateFile, stateFile + ".tmp"} {
+		if err := os.RemoveAll(filepath.Join(dir, e)); err != nil {
+			return fmt.Errorf("clean lab directory: %w", err)
+		}
+	}
+	for _, d := range []string{"nodes", "shared/images", "shared/disks"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return fmt.Errorf("create lab directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkNoLab refuses to bring a lab up over one that is still up.
+func checkNoLab(dir string) error {
+	l, err := Load(dir)
+	if errors.Is(err, ErrNoLab) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !l.st.Up {
+		return nil
+	}
+	for _, n := range l.st.Nodes {
+		if alive(n.PID, n.PIDStart) {
+			return fmt.Errorf("a lab is already up in %s (node %s runs as PID %d): bring it down first with `vmctl lab down --dir %s`", dir, n.Name, n.PID, dir)
+		}
+	}
+	return nil
+}
+
+// Down brings the lab down: every node's processes, the veths, the bridge and the
+// nftables table go. DIR stays with its logs. Down of a lab that is down does nothing.
+func (l *Lab) Down(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	for i := range l.st.Nodes {
+		if err := l.killNode(ctx, &l.st.Nodes[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := removeNetwork(l.st.Nodes); err != nil {
+		errs = append(errs, err)
+	}
+	l.st.Up = false
+	l.st.Cuts = nil
+	if err := l.save(); err != nil {
+		errs = append(errs, fmt.Errorf("write lab state: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("lab down: %w", err)
+	}
+	l.logf("lab down: %s", l.dir)
+	return nil
+}
+
+// Purge removes DIR's lab files (state, token, env, nodes, shared storage) after Down.
+func (l *Lab) Purge() error {
+	if l.IsUp() {
+		return fmt.Errorf("lab in %s is up: bring it down before purging", l.dir)
+	}
+	for _, e := range []string{"nodes", "shared", "token", "env", stateFile} {
+		if err := os.RemoveAll(filepath.Join(l.dir, e)); err != nil {
+			return fmt.Errorf("purge lab: %w", err)
+		}
+	}
+	return nil
+}

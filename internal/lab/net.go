@@ -1,0 +1,319 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// nftTable is the lab's own nftables table (family bridge: the nodes' traffic
+// crosses dvmlab0 as bridged frames). Up creates it, Down deletes it, and Cut and
+// Heal replace its rules as a whole from the recorded cuts.
+const nftTable = "dvmlab"
+
+// bridgeAliasPrefix marks dvmlab0 with the DIR of the lab that owns it, so that an
+// error can say which lab to bring down.
+const bridgeAliasPrefix = "dvm-lab "
+
+// createNetwork makes dvmlab0 with 10.77.0.1/24 and the empty nftables table.
+func createNetwork(dir string) error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return fmt.Errorf("create bridge %s: %w", Bridge, err)
+	}
+	link, err := netlink.LinkByName(Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", Bridge, err)
+	}
+	if err := netlink.LinkSetAlias(link, bridgeAliasPrefix+dir); err != nil {
+		return fmt.Errorf("bridge %s: set alias: %w", Bridge, err)
+	}
+	addr, _ := netlink.ParseAddr(BridgeAddr + "/24")
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("bridge %s: add %s: %w", Bridge, addr, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bridge %s: up: %w", Bridge, err)
+	}
+	return applyCuts(nil)
+}
+
+// removeNetwork deletes what createNetwork and addVeth made; missing parts are fine.
+func removeNetwork(nodes []nodeState) error {
+	var errs []error
+	for _, n := range nodes {
+		if err := delVeth(n.Index); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if link, err := netlink.LinkByName(Bridge); err == nil {
+		if err := netlink.LinkDel(link); err != nil {
+			errs = append(errs, fmt.Errorf("delete bridge %s: %w", Bridge, err))
+		}
+	}
+	if nftHasTable() {
+		if out, err := exec.Command("nft", "delete", "table", "bridge", nftTable).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("nft delete table bridge %s: %v: %s", nftTable, err, strings.TrimSpace(string(out))))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// addVeth makes the veth pair of node k: dvmlab-nK on the bridge, eth0 in the
+// network namespace of pid (the node script configures it).
+func addVeth(k, pid int) error {
+	br, err := netlink.LinkByName(Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", Bridge, err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: vethName(k), MasterIndex: br.Attrs().Index},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsPid(pid),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", vethName(k), err)
+	}
+	if err := netlink.LinkSetUp(veth); err != nil {
+		return fmt.Errorf("veth %s up: %w", vethName(k), err)
+	}
+	return nil
+}
+
+// delVeth deletes node k's veth pair if it still exists.
+func delVeth(k int) error {
+	link, err := netlink.LinkByName(vethName(k))
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("veth %s: %w", vethName(k), err)
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &nf) {
+		return fmt.Errorf("delete veth %s: %w", vethName(k), err)
+	}
+	return nil
+}
+
+func nftHasTable() bool {
+	return exec.Command("nft", "list", "table", "bridge", nftTable).Run() == nil
+}
+
+// nftRules renders the lab's table for cuts. A cut from every peer drops all frames
+// in or out of the node's veth (ARP too: a pulled cable); a cut from some peers
+// drops IPv4 between the node's address and theirs, both ways.
+func nftRules(cuts []Cut) string {
+	var b strings.Builder
+	// "table …" then "delete table …" makes the replacement atomic and idempotent.
+	fmt.Fprintf(&b, "table bridge %s\ndelete table bridge %s\n", nftTable, nftTable)
+	var fwd, in, out []string
+	for _, c := range cuts {
+		k := nodeIndex(c.Node)
+		if len(c.From) == 0 {
+			v := vethName(k)
+			fwd = append(fwd, fmt.Sprintf("iifname %q drop", v), fmt.Sprintf("oifname %q drop", v))
+			in = append(in, fmt.Sprintf("iifname %q drop", v))
+			out = append(out, fmt.Sprintf("oifname %q drop", v))
+			continue
+		}
+		for _, p := range c.From {
+			a, z := nodeAddr(k), nodeAddr(nodeIndex(p))
+			fwd = append(fwd, fmt.Sprintf("ip saddr %s ip daddr %s drop", a, z), fmt.Sprintf("ip saddr %s ip daddr %s drop", z, a))
+		}
+	}
+	fmt.Fprintf(&b, "table bridge %s {\n", nftTable)
+	for _, ch := range []struct {
+		name  string
+		rules []string
+	}{{"forward", fwd}, {"input", in}, {"output", out}} {
+		fmt.Fprintf(&b, "\tchain %s {\n\t\ttype filter hook %s priority 0; policy accept;\n", ch.name, ch.name)
+		for _, r := range ch.rules {
+			fmt.Fprintf(&b, "\t\t%s\n", r)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// applyCuts replaces the lab's nftables table with the rules for cuts.
+func applyCuts(cuts []Cut) error {
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(nftRules(cuts))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft table bridge %s: %v: %s", nftTable, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// nodeIndex is K of "nK"; 0 if name is no node name.
+func nodeIndex(name string) int {
+	var k int
+	if _, err := fmt.Sscanf(name, "n%d", &k); err != nil || nodeName(k) != name {
+		return 0
+	}
+	return k
+}
+
+// Cut drops node's traffic to the nodes in from, both ways; with from empty, to
+// every peer and to the root namespace (vmctl, virsh on the host). Cuts add up
+// until Heal.
+func (l *Lab) Cut(node string, from []string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.st.Up {
+		return fmt.Errorf("lab in %s is down", l.dir)
+	}
+	if _, err := l.find(node); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	var peers []string
+	for _, p := range from {
+		if _, err := l.find(p); err != nil {
+			return fmt.Errorf("cut %s --from %s: %w", node, p, err)
+		}
+		if p == node {
+			return fmt.Errorf("cut %s --from %s: a node cannot be cut from itself", node, p)
+		}
+		if !seen[p] {
+			seen[p] = true
+			peers = append(peers, p)
+		}
+	}
+	cuts := append(slices.Clone(l.st.Cuts), Cut{Node: node, From: peers})
+	if err := applyCuts(cuts); err != nil {
+		return err
+	}
+	l.st.Cuts = cuts
+	if len(peers) == 0 {
+		l.logf("node %s cut from every peer", node)
+	} else {
+		l.logf("node %s cut from %s", node, strings.Join(peers, ", "))
+	}
+	return l.save()
+}
+
+// Heal undoes the cuts that involve node (every cut when node is ""), so that its
+// traffic flows again.
+func (l *Lab) Heal(node string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.st.Up {
+		return fmt.Errorf("lab in %s is down", l.dir)
+	}
+	if node != "" {
+		if _, err := l.find(node); err != nil {
+			return err
+		}
+	}
+	cuts := healCuts(l.st.Cuts, node)
+	if err := applyCuts(cuts); err != nil {
+		return err
+	}
+	l.st.Cuts = cuts
+	if node == "" {
+		l.logf("every cut healed")
+	} else {
+		l.logf("node %s healed", node)
+	}
+	return l.save()
+}
+
+// healCuts is cuts without what involves node (nothing, when node is "").
+func healCuts(cuts []Cut, node string) []Cut {
+	var out []Cut
+	if node == "" {
+		return nil
+	}
+	for _, c := range cuts {
+		if c.Node == node {
+			continue
+		}
+		if len(c.From) > 0 && slices.Contains(c.From, node) {
+			// Keep the rest of this cut; a cut left with no peer is gone, not "all".
+			rest := slices.DeleteFunc(slices.Clone(c.From), func(p string) bool { return p == node })
+			if len(rest) == 0 {
+				continue
+			}
+			c.From = rest
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// Cuts lists the cuts in force.
+func (l *Lab) Cuts() []Cut {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.st.Cuts)
+}
+
+// DialFrom opens a TCP connection to address from inside node's network namespace,
+// as a process of that node would: what tests use to see what a cut does.
+func (l *Lab) DialFrom(ctx context.Context, node, address string) (net.Conn, error) {
+	l.mu.Lock()
+	n, err := l.find(node)
+	if err != nil {
+		l.mu.Unlock()
+		return nil, err
+	}
+	pid, start := n.PID, n.PIDStart
+	l.mu.Unlock()
+	if !alive(pid, start) {
+		return nil, fmt.Errorf("node %s is not running", node)
+	}
+	return dialIn(ctx, pid, address)
+}
+
+// dialIn dials address over TCP from the network namespace of pid, giving up after
+// 2 seconds at most.
+func dialIn(ctx context.Context, pid int, address string) (net.Conn, error) {
+	target, err := netns.GetFromPid(pid)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace of PID %d: %w", pid, err)
+	}
+	defer target.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// The socket belongs to the namespace of the thread that creates it. The
+		// thread goes back to its own namespace after; if it cannot, it stays locked
+		// and ends with this goroutine, so no other goroutine runs in the node.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", address)
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}

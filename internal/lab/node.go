@@ -1,0 +1,420 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+// nodeScript is run by tini as the only child of a node's PID 1. It makes the
+// node's private mounts, configures eth0 (which the root namespace moves in), starts
+// virtlogd and libvirtd, marks libvirtd ready, then runs the dvmd agent again and
+// again as a service manager would (or sleeps, for a lab without agent). When the
+// script ends, tini ends and with it the node.
+var nodeScript = template.Must(template.New("node.sh").Funcs(template.FuncMap{"q": shellQuote}).Parse(`#!/bin/sh
+# Node {{.Name}} of the dvm lab in {{.Dir}}; written by vmctl lab up. PID 1 is tini.
+set -eu
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C
+nodedir={{q .NodeDir}}
+log() { echo "$(date -u +%H:%M:%S.%N | cut -c1-12) {{.Name}}: $*"; }
+
+log "starting (pid namespace init: tini)"
+hostname {{.Name}}
+mount --make-rprivate /
+# What a host keeps to itself. /sys stays the root namespace's: libvirt needs the
+# cgroup v1 controllers mounted there. DIR, and so DIR/shared, stays shared.
+mount -t tmpfs -o mode=0755 dvmlab-run /run
+mount -t tmpfs -o mode=1777 dvmlab-shm /dev/shm
+mount --bind "$nodedir/hosts" /etc/hosts
+mount --bind "$nodedir/etc/libvirt" /etc/libvirt
+mount --bind "$nodedir/lib/libvirt" /var/lib/libvirt
+mount --bind "$nodedir/log/libvirt" /var/log/libvirt
+mount --bind "$nodedir/cache/libvirt" /var/cache/libvirt
+
+ip link set lo up
+i=0
+while ! ip link show eth0 >/dev/null 2>&1; do
+	i=$((i + 1))
+	if [ "$i" -gt 200 ]; then log "eth0 did not appear in 10s"; exit 1; fi
+	sleep 0.05
+done
+ip addr add {{.Addr}}/24 dev eth0
+ip link set eth0 up
+log "eth0 {{.Addr}}/24"
+
+virtlogd -d
+libvirtd_ready() {
+	i=0
+	while [ "$i" -lt 300 ]; do
+		if virsh -q -c qemu:///system capabilities >/dev/null 2>&1; then return 0; fi
+		i=$((i + 1))
+		sleep 0.1
+	done
+	return 1
+}
+libvirtd -d --listen
+# The first start right after boot has been seen to fail ("libvirtd quit during
+# handshake"): start it once more before calling the node broken.
+if ! libvirtd_ready; then
+	log "libvirtd not ready after 30s; starting it once more"
+	if [ -f /run/libvirtd.pid ]; then kill "$(cat /run/libvirtd.pid)" 2>/dev/null || true; sleep 1; fi
+	libvirtd -d --listen
+	if ! libvirtd_ready; then log "libvirtd not ready: see $nodedir/log/libvirt/libvirtd.log"; exit 1; fi
+fi
+log "libvirtd ready at {{.LibvirtURI}}"
+touch "$nodedir/libvirtd.ready"
+{{if .Dvmd}}
+while :; do
+	log "starting dvmd agent (log: $nodedir/dvmd.log)"
+	{{q .Dvmd}} agent --config "$nodedir/dvmd.conf" >>"$nodedir/dvmd.log" 2>&1 || log "dvmd agent exited with status $?"
+	sleep 1
+done
+{{else}}
+log "no agent (lab up without agent)"
+exec sleep infinity
+{{end}}`))
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// libvirtdConf is the node's libvirtd.conf: TCP without auth (lab addresses only)
+// and a host UUID of its own, since libvirt refuses to migrate to a host with its
+// own UUID.
+const libvirtdConf = `# dvm lab node %s: written by vmctl lab up
+listen_tcp = 1
+listen_tls = 0
+auth_tcp = "none"
+host_uuid = "%s"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+`
+
+// qemuConf keeps the libvirtds of the lab from relabelling the files they share
+// (images on shared storage) and from colliding in the one cgroup tree they share.
+const qemuConf = `# dvm lab node %s: written by vmctl lab up
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+cgroup_controllers = [ ]
+security_driver = "none"
+`
+
+const virtlogdConf = `# dvm lab node %s: written by vmctl lab up
+log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
+`
+
+// prepareNode writes the node's files. fresh clears the libvirt state a host loses
+// when it reboots (and, since a rebooted lab node comes back empty of guests, the
+// persistent domain definitions in etc/libvirt); logs and the agent's data stay.
+func (l *Lab) prepareNode(n *nodeState) error {
+	nd := l.nodeDir(n.Name)
+	for _, d := range []string{"etc", "lib", "cache", "libvirtd.ready"} {
+		if err := os.RemoveAll(filepath.Join(nd, d)); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	for _, d := range []string{"etc/libvirt/qemu", "lib/libvirt/qemu", "lib/libvirt/images", "log/libvirt/qemu", "cache/libvirt", "data"} {
+		if err := os.MkdirAll(filepath.Join(nd, d), 0o755); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	var hosts strings.Builder
+	hosts.WriteString("# dvm lab: written by vmctl lab up\n127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+	for _, o := range l.st.Nodes {
+		fmt.Fprintf(&hosts, "%s\t%s\n", nodeAddr(o.Index), o.Name)
+	}
+	var script bytes.Buffer
+	err := nodeScript.Execute(&script, map[string]string{
+		"Name": n.Name, "Dir": l.dir, "NodeDir": nd, "Addr": nodeAddr(n.Index),
+		"LibvirtURI": libvirtURI(n.Index), "Dvmd": l.st.Dvmd,
+	})
+	if err != nil {
+		return err
+	}
+	files := []struct {
+		path, data string
+		mode       os.FileMode
+	}{
+		{"etc/libvirt/libvirtd.conf", fmt.Sprintf(libvirtdConf, n.Name, n.HostUUID), 0o644},
+		{"etc/libvirt/qemu.conf", fmt.Sprintf(qemuConf, n.Name), 0o644},
+		{"etc/libvirt/virtlogd.conf", fmt.Sprintf(virtlogdConf, n.Name), 0o644},
+		{"etc/libvirt/libvirt.conf", "", 0o644},
+		{"hosts", hosts.String(), 0o644},
+		{"node.sh", script.String(), 0o755},
+		{"dvmd.conf", agentConfig(l.dir, n.Index), 0o644},
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(nd, f.path), []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
+// startNode starts the node's namespaces and PID 1, then gives it its eth0.
+// It does not wait for libvirtd: see waitNode.
+func (l *Lab) startNode(n *nodeState) error {
+	if err := l.prepareNode(n); err != nil {
+		return err
+	}
+	nd := l.nodeDir(n.Name)
+	logf, err := os.OpenFile(filepath.Join(nd, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("unshare", "--mount", "--net", "--uts", "--pid", "--fork", "--mount-proc",
+		"--propagation", "private", "tini", "--", "/bin/sh", filepath.Join(nd, "node.sh"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root"}
+	// Its own session: the node outlives vmctl and takes no signal from its terminal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("node %s: start unshare: %w", n.Name, err)
+	}
+	// unshare waits for tini and ends with it; reap it while this process lives.
+	go cmd.Wait() //nolint:errcheck
+
+	pid, err := childOf(cmd.Process.Pid, 5*time.Second)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("node %s: %w (see %s)", n.Name, err, filepath.Join(nd, "node.log"))
+	}
+	n.PID, n.PIDStart = pid, procStart(pid)
+	if err := addVeth(n.Index, pid); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		n.PID, n.PIDStart = 0, 0
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	l.logf("node %s: PID %d, %s on %s", n.Name, pid, nodeAddr(n.Index), vethName(n.Index))
+	return nil
+}
+
+// childOf returns the first child of pid, waiting up to timeout for it.
+func childOf(pid int, timeout time.Duration) (int, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if err == nil {
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				return strconv.Atoi(f[0])
+			}
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("unshare (PID %d) started no tini within %s", pid, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// procStart is the start time of pid (field 22 of /proc/PID/stat), 0 if it is gone.
+func procStart(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(f[19], 10, 64)
+	return v
+}
+
+// alive says whether pid is still the process that started at start.
+func alive(pid int, start uint64) bool {
+	return pid > 0 && start != 0 && procStart(pid) == start
+}
+
+// pidNS is the PID namespace of pid ("pid:[4026532…]"), "" if pid is gone.
+func pidNS(pid int) string {
+	s, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	if err != nil {
+		return ""
+	}
+	return s
+}
+
+// nsMembers lists the processes in PID namespace ns.
+func nsMembers(ns string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pidNS(pid) == ns {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// NodeProcesses lists the root namespace PIDs of every process of the node (its
+// tini, libvirtd, virtlogd, qemu, agent …); none when the node is killed.
+func (l *Lab) NodeProcesses(name string) ([]int, error) {
+	l.mu.Lock()
+	n, err := l.find(name)
+	if err != nil {
+		l.mu.Unlock()
+		return nil, err
+	}
+	pid, start := n.PID, n.PIDStart
+	l.mu.Unlock()
+	if !alive(pid, start) {
+		return nil, nil
+	}
+	ns := pidNS(pid)
+	if ns == "" {
+		return nil, nil
+	}
+	return nsMembers(ns), nil
+}
+
+// killNode ends every process of the node at once (SIGKILL to its PID 1) and waits
+// until they are gone and the node's veth with them; l.mu is held.
+func (l *Lab) killNode(ctx context.Context, n *nodeState) error {
+	if alive(n.PID, n.PIDStart) {
+		ns := pidNS(n.PID)
+		if err := syscall.Kill(n.PID, syscall.SIGKILL); err != nil {
+			return fmt.Errorf("kill node %s (PID %d): %w", n.Name, n.PID, err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		for ns != "" && len(nsMembers(ns)) > 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("kill node %s: processes %v still alive after SIGKILL of its PID 1", n.Name, nsMembers(ns))
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	n.PID, n.PIDStart = 0, 0
+	// The veth goes with the node's network namespace, a moment after its last
+	// process; delete it here so that a restart can create it again at once.
+	return delVeth(n.Index)
+}
+
+// waitNode waits until the node's libvirtd is ready: the node script marked it
+// ready (virsh answered on the unix socket) and its TCP port answers on eth0.
+func (l *Lab) waitNode(ctx context.Context, n nodeState) error {
+	nd := l.nodeDir(n.Name)
+	ready := filepath.Join(nd, "libvirtd.ready")
+	for {
+		if !alive(n.PID, n.PIDStart) {
+			return fmt.Errorf("node %s died while starting: see %s and %s\n%s", n.Name,
+				filepath.Join(nd, "node.log"), filepath.Join(nd, "log/libvirt/libvirtd.log"), tail(filepath.Join(nd, "node.log"), 8))
+		}
+		if _, err := os.Stat(ready); err == nil {
+			c, err := dialIn(ctx, n.PID, net.JoinHostPort(nodeAddr(n.Index), strconv.Itoa(LibvirtPort)))
+			if err == nil {
+				c.Close()
+				l.logf("node %s: libvirtd ready at %s", n.Name, libvirtURI(n.Index))
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: libvirtd not ready: %w: see %s and %s\n%s", n.Name, ctx.Err(),
+				filepath.Join(nd, "node.log"), filepath.Join(nd, "log/libvirt/libvirtd.log"), tail(filepath.Join(nd, "node.log"), 8))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// tail returns the last n lines of a file, indented, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "    " + strings.Join(lines, "\n    ")
+}
+
+// Kill ends every process of the node at once, like a power loss: libvirtd,
+// virtlogd, the agent and every guest's qemu. The node stays down until Restart.
+func (l *Lab) Kill(node string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.find(node)
+	if err != nil {
+		return err
+	}
+	if !l.st.Up {
+		return fmt.Errorf("lab in %s is down", l.dir)
+	}
+	if !alive(n.PID, n.PIDStart) {
+		return fmt.Errorf("node %s is not running: bring it back with `vmctl lab restart %s`", node, node)
+	}
+	if err := l.killNode(context.Background(), n); err != nil {
+		return err
+	}
+	l.logf("node %s killed", node)
+	return l.save()
+}
+
+// Restart brings the node up again as a host that rebooted: killed first if it
+// runs, then started with empty libvirt state (no guests, fresh /var/lib/libvirt and
+// /run); shared storage, logs and the agent's data dir stay, and so do the cuts.
+func (l *Lab) Restart(ctx context.Context, node string) error {
+	l.mu.Lock()
+	n, err := l.find(node)
+	if err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	if !l.st.Up {
+		l.mu.Unlock()
+		return fmt.Errorf("lab in %s is down: bring it up with `vmctl lab up --dir %s`", l.dir, l.dir)
+	}
+	if err := l.killNode(ctx, n); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	err = l.startNode(n)
+	if err == nil {
+		err = l.save()
+	}
+	ns, agent := *n, !l.st.NoAgent
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := l.waitNode(wctx, ns); err != nil {
+		return err
+	}
+	if agent {
+		if err := l.waitAgent(wctx, ns); err != nil {
+			return err
+		}
+	}
+	l.logf("node %s restarted", node)
+	return nil
+}
