@@ -20,13 +20,13 @@ import (
 // its own namespace; everything it does in testNS goes through a netlink handle bound to
 // it, or through `nsenter --net` for commands, so nothing ever reaches the root namespace.
 type testNS struct {
-	t    *testing.T
+	t    testing.TB
 	ns   netns.NsHandle
 	path string // /proc/PID/fd/N: usable by this process and by nsenter
 	h    *netlink.Handle
 }
 
-func newTestNS(t *testing.T) *testNS {
+func newTestNS(t testing.TB) *testNS {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

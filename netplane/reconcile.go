@@ -138,11 +138,40 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 
 	rn := &run{h: r.h}
 	want := map[string]bool{}
+	type wired struct {
+		n      *netPlan
+		br, vx netlink.Link
+	}
+	var ready []wired
 	for i := range p.nets {
 		n := &p.nets[i]
 		want[r.BridgeName(n.VNI)] = true
 		want[r.VXLANName(n.VNI)] = true
-		r.network(rn, p, n, underlay, owned)
+		if br, vx := r.network(rn, n, p.local, underlay, owned); br != nil {
+			ready = append(ready, wired{n, br, vx})
+		}
+	}
+
+	// Entries: one dump per table for the whole namespace (the kernel does not filter
+	// bridge FDB dumps by device), then each network's share.
+	if len(ready) > 0 {
+		fdb, err := dumpByLink(r.h, unix.AF_BRIDGE)
+		if err != nil {
+			rn.errs = append(rn.errs, &OpError{Op: "list", Object: "fdb", Device: "all", Err: err})
+		}
+		neigh4, err4 := dumpByLink(r.h, unix.AF_INET)
+		neigh6, err6 := dumpByLink(r.h, unix.AF_INET6)
+		if err := errors.Join(err4, err6); err != nil {
+			rn.errs = append(rn.errs, &OpError{Op: "list", Object: "neighbours", Device: "all", Err: err})
+		}
+		for _, w := range ready {
+			if fdb != nil {
+				r.fdb(rn, p, w.n, w.vx, fdb[w.vx.Attrs().Index])
+			}
+			if err4 == nil && err6 == nil {
+				r.neigh(rn, w.n, w.br, append(neigh4[w.br.Attrs().Index], neigh6[w.br.Attrs().Index]...))
+			}
+		}
 	}
 
 	// Devices of networks no longer desired: VXLAN devices first, so a bridge is never
@@ -196,8 +225,8 @@ func (r *Reconciler) underlay(name string, local netip.Addr) (netlink.Link, erro
 	return nil, invalid("LocalVTEP %s is not an address of any link in this namespace: assign it to the underlay link or set Underlay", local)
 }
 
-// network reconciles the devices and entries of one network.
-func (r *Reconciler) network(rn *run, p *plan, n *netPlan, underlay netlink.Link, owned map[string]netlink.Link) {
+// network reconciles the devices of one network. It returns the bridge and VXLAN device when both are in place, nil otherwise.
+func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, underlay netlink.Link, owned map[string]netlink.Link) (netlink.Link, netlink.Link) {
 	h := r.h
 	brName, vxName := r.BridgeName(n.VNI), r.VXLANName(n.VNI)
 
@@ -205,7 +234,7 @@ func (r *Reconciler) network(rn *run, p *plan, n *netPlan, underlay netlink.Link
 	if br != nil && br.Type() != "bridge" {
 		l := br
 		if rn.do("delete", l.Type()+" (not a bridge)", brName, func() error { return h.LinkDel(l) }) != nil {
-			return
+			return nil, nil
 		}
 		br = nil
 	}
@@ -213,28 +242,28 @@ func (r *Reconciler) network(rn *run, p *plan, n *netPlan, underlay netlink.Link
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU = brName, n.mtu
 		if rn.do("add", "bridge", brName, func() error { return h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}) }) != nil {
-			return
+			return nil, nil
 		}
 		if br = r.fetch(rn, brName); br == nil {
-			return
+			return nil, nil
 		}
 	}
 
 	wantVX := &netlink.Vxlan{
 		VxlanId:      int(n.VNI),
 		VtepDevIndex: underlay.Attrs().Index,
-		SrcAddr:      net.IP(p.local.AsSlice()),
+		SrcAddr:      net.IP(local.AsSlice()),
 		Port:         VXLANPort,
 		Learning:     false,
 		UDPCSum:      true,
 	}
-	vxDesc := fmt.Sprintf("vxlan (vni %d, local %s, dev %s, dstport %d, nolearning)", n.VNI, p.local, underlay.Attrs().Name, VXLANPort)
+	vxDesc := fmt.Sprintf("vxlan (vni %d, local %s, dev %s, dstport %d, nolearning)", n.VNI, local, underlay.Attrs().Name, VXLANPort)
 	vx := owned[vxName]
 	if vx != nil {
 		if why := vxlanMismatch(vx, wantVX); why != "" {
 			l := vx
 			if rn.do("delete", "vxlan ("+why+")", vxName, func() error { return h.LinkDel(l) }) != nil {
-				return
+				return nil, nil
 			}
 			vx = nil
 		}
@@ -243,10 +272,10 @@ func (r *Reconciler) network(rn *run, p *plan, n *netPlan, underlay netlink.Link
 		wantVX.LinkAttrs = netlink.NewLinkAttrs()
 		wantVX.Name, wantVX.MTU = vxName, n.mtu
 		if rn.do("add", vxDesc, vxName, func() error { return h.LinkAdd(wantVX) }) != nil {
-			return
+			return nil, nil
 		}
 		if vx = r.fetch(rn, vxName); vx == nil {
-			return
+			return nil, nil
 		}
 	}
 
@@ -259,11 +288,11 @@ func (r *Reconciler) network(rn *run, p *plan, n *netPlan, underlay netlink.Link
 	}
 	if vx.Attrs().MasterIndex != br.Attrs().Index {
 		if rn.do("set", "master "+brName, vxName, func() error { return h.LinkSetMasterByIndex(vx, br.Attrs().Index) }) != nil {
-			return
+			return nil, nil
 		}
 	}
 	// neigh_suppress on the tunnel port: the bridge answers ARP/ND for remote guests from
-	// the neighbour entries below instead of flooding the request to every node; requests
+	// its neighbour entries instead of flooding the request to every node; requests
 	// for unknown addresses are still flooded.
 	pi, err := h.LinkGetProtinfo(vx)
 	if err != nil {
@@ -278,8 +307,20 @@ func (r *Reconciler) network(rn *run, p *plan, n *netPlan, underlay netlink.Link
 		}
 	}
 
-	r.fdb(rn, p, n, vx)
-	r.neigh(rn, n, br)
+	return br, vx
+}
+
+// dumpByLink lists the neighbour table of family (AF_BRIDGE: the FDB) grouped by link index.
+func dumpByLink(h *netlink.Handle, family int) (map[int][]netlink.Neigh, error) {
+	entries, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(0, family) })
+	if err != nil {
+		return nil, err
+	}
+	m := map[int][]netlink.Neigh{}
+	for _, e := range entries {
+		m[e.LinkIndex] = append(m[e.LinkIndex], e)
+	}
+	return m, nil
 }
 
 // fetch re-reads a link after creating it, for its index and kernel-chosen attributes.
@@ -321,13 +362,8 @@ func addrOf(ip net.IP) (netip.Addr, bool) {
 // fdb reconciles the VXLAN device's own forwarding table: one all-zero entry per peer
 // (head-end replication of broadcast, unknown unicast and multicast) and one entry per
 // remote guest MAC naming the VTEP of the node it runs on.
-func (r *Reconciler) fdb(rn *run, p *plan, n *netPlan, vx netlink.Link) {
+func (r *Reconciler) fdb(rn *run, p *plan, n *netPlan, vx netlink.Link, entries []netlink.Neigh) {
 	h, dev, idx := r.h, vx.Attrs().Name, vx.Attrs().Index
-	entries, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(idx, unix.AF_BRIDGE) })
-	if err != nil {
-		rn.errs = append(rn.errs, &OpError{Op: "list", Object: "fdb", Device: dev, Err: err})
-		return
-	}
 	flood := map[netip.Addr]bool{}
 	uni := map[string][]netip.Addr{}
 	macs := map[string]net.HardwareAddr{}
@@ -404,19 +440,12 @@ func (r *Reconciler) fdb(rn *run, p *plan, n *netPlan, vx netlink.Link) {
 
 // neigh reconciles permanent neighbour entries (remote guest IP -> MAC) on the bridge.
 // Entries the kernel resolved itself (not permanent) are left to the kernel.
-func (r *Reconciler) neigh(rn *run, n *netPlan, br netlink.Link) {
+func (r *Reconciler) neigh(rn *run, n *netPlan, br netlink.Link, entries []netlink.Neigh) {
 	h, dev, idx := r.h, br.Attrs().Name, br.Attrs().Index
 	have := map[netip.Addr]netlink.Neigh{}
-	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
-		entries, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(idx, family) })
-		if err != nil {
-			rn.errs = append(rn.errs, &OpError{Op: "list", Object: "neighbours", Device: dev, Err: err})
-			return
-		}
-		for _, e := range entries {
-			if ip, ok := addrOf(e.IP); ok && e.LinkIndex == idx {
-				have[ip] = e
-			}
+	for _, e := range entries {
+		if ip, ok := addrOf(e.IP); ok && e.LinkIndex == idx {
+			have[ip] = e
 		}
 	}
 	entry := func(ip netip.Addr, mac net.HardwareAddr) *netlink.Neigh {
