@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -74,6 +75,19 @@ func (r *Reconciler) BridgeName(vni uint32) string { return bridgeName(r.prefix,
 
 // VXLANName is the VXLAN device of network vni under this reconciler's prefix.
 func (r *Reconciler) VXLANName(vni uint32) string { return vxlanName(r.prefix, vni) }
+
+// BridgeMTU is the MTU of network vni's bridge as set by the last Reconcile. Guest NICs
+// should get it too (libvirt <mtu size='…'/>): libvirt gives the tap device the bridge's
+// MTU by itself, but only an explicit <mtu> tells the guest's virtio NIC.
+func (r *Reconciler) BridgeMTU(vni uint32) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, err := r.h.LinkByName(r.BridgeName(vni))
+	if err != nil {
+		return 0, &OpError{Op: "get", Object: "mtu", Device: r.BridgeName(vni), Err: err}
+	}
+	return l.Attrs().MTU, nil
+}
 
 // run collects the changes and errors of one Reconcile.
 type run struct {
@@ -241,7 +255,7 @@ func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, underlay net
 	if br == nil {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU = brName, n.mtu
-		if rn.do("add", "bridge", brName, func() error { return h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}) }) != nil {
+		if rn.do("add", "bridge", brName, func() error { return r.create(&netlink.Bridge{LinkAttrs: attrs}) }) != nil {
 			return nil, nil
 		}
 		if br = r.fetch(rn, brName); br == nil {
@@ -271,7 +285,7 @@ func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, underlay net
 	if vx == nil {
 		wantVX.LinkAttrs = netlink.NewLinkAttrs()
 		wantVX.Name, wantVX.MTU = vxName, n.mtu
-		if rn.do("add", vxDesc, vxName, func() error { return h.LinkAdd(wantVX) }) != nil {
+		if rn.do("add", vxDesc, vxName, func() error { return r.create(wantVX) }) != nil {
 			return nil, nil
 		}
 		if vx = r.fetch(rn, vxName); vx == nil {
@@ -321,6 +335,24 @@ func dumpByLink(h *netlink.Handle, family int) (map[int][]netlink.Neigh, error) 
 		m[e.LinkIndex] = append(m[e.LinkIndex], e)
 	}
 	return m, nil
+}
+
+// create adds a link with IPv6 address generation off, set while it is still down: a
+// node has no business on its guests' networks, and a link-local address on the bridge
+// would make the node reachable from every guest and chatty (MLD, router solicitations)
+// across the overlay. Addresses someone assigns later are left alone.
+func (r *Reconciler) create(l netlink.Link) error {
+	if err := r.h.LinkAdd(l); err != nil {
+		return err
+	}
+	if err := r.h.LinkSetIP6AddrGenMode(l, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
+		// A link that would come up with a link-local address is not the one we want.
+		if derr := r.h.LinkDel(l); derr != nil {
+			return fmt.Errorf("set addrgenmode none: %w (and delete again: %v)", err, derr)
+		}
+		return fmt.Errorf("set addrgenmode none: %w", err)
+	}
+	return nil
 }
 
 // fetch re-reads a link after creating it, for its index and kernel-chosen attributes.

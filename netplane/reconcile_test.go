@@ -76,6 +76,16 @@ func TestReconcileFromEmpty(t *testing.T) {
 			t.Errorf("%s is down", l.Attrs().Name)
 		}
 	}
+	for _, l := range []netlink.Link{br, vx} {
+		as, err := ns.h.AddrList(l, netlink.FAMILY_ALL)
+		ns.must(err)
+		if len(as) != 0 {
+			t.Errorf("%s has addresses %v; the node must have none on guest networks", l.Attrs().Name, as)
+		}
+	}
+	if m, err := r.BridgeMTU(42); err != nil || m != 1450 {
+		t.Errorf("BridgeMTU(42) = %d, %v; want 1450", m, err)
+	}
 	pi, err := ns.h.LinkGetProtinfo(vx)
 	ns.must(err)
 	if !pi.NeighSuppress {
