@@ -1,0 +1,82 @@
+package scheduler
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+var benchOpts = Options{Strategy: Pack, FailureDomains: []string{"rack", "zone"}}
+
+type baseline struct {
+	used, placed int
+	rate         float64 // placements per second
+}
+
+var (
+	baselineMu sync.Mutex
+	baselines  = map[int]baseline{}
+)
+
+// exhaustiveBaseline places the same guests on the same nodes with the exhaustive
+// best-fit loop, once per node count and test binary run.
+func exhaustiveBaseline(nodes []Node, guests []Guest) baseline {
+	baselineMu.Lock()
+	defer baselineMu.Unlock()
+	if b, ok := baselines[len(nodes)]; ok {
+		return b
+	}
+	e := newExhaustive(nodes, benchOpts)
+	placed := 0
+	start := time.Now()
+	for _, g := range guests {
+		if p, _ := e.place(g); p >= 0 {
+			placed++
+		}
+	}
+	elapsed := time.Since(start)
+	b := baseline{used: e.nodesUsed(), placed: placed, rate: float64(len(guests)) / elapsed.Seconds()}
+	baselines[len(nodes)] = b
+	return b
+}
+
+// BenchmarkPlace places 100 000 mixed guests (see benchGuests) on 1 000, 10 000 and
+// 100 000 nodes (see benchNodes) with Pack, and compares with an exhaustive best-fit
+// placement of the same guests on the same nodes, computed in the same run:
+//
+//	placements/s           Place calls per second (building the Scheduler not timed)
+//	nodes_vs_bestfit       nodes used / nodes used by exhaustive best fit
+//	speedup_vs_exhaustive  placements/s / exhaustive best fit's placements/s
+//	placed, placed_bestfit guests placed by each (they must agree for the ratio to mean much)
+func BenchmarkPlace(b *testing.B) {
+	guests := benchGuests(100000, 7)
+	for _, n := range []int{1000, 10000, 100000} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			nodes := benchNodes(n, 3)
+			base := exhaustiveBaseline(nodes, guests)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var used, placed int
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				s := New(nodes, nil, benchOpts)
+				b.StartTimer()
+				placed = 0
+				for _, g := range guests {
+					if _, err := s.Place(g); err == nil {
+						placed++
+					}
+				}
+				b.StopTimer()
+				used = s.nodesUsed()
+			}
+			rate := float64(b.N) * float64(len(guests)) / b.Elapsed().Seconds()
+			b.ReportMetric(rate, "placements/s")
+			b.ReportMetric(float64(used)/float64(base.used), "nodes_vs_bestfit")
+			b.ReportMetric(rate/base.rate, "speedup_vs_exhaustive")
+			b.ReportMetric(float64(placed), "placed")
+			b.ReportMetric(float64(base.placed), "placed_bestfit")
+		})
+	}
+}

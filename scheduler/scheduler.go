@@ -1,0 +1,686 @@
+package scheduler
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+	"strings"
+)
+
+// classBits bounds the number of memory classes of a capacity index to 2^classBits: free
+// memory is ordered to 1/8192 of the largest node (128 MiB on a 1 TiB node, never finer
+// than 1 MiB).
+const classBits = 13
+
+// Scheduler holds a snapshot of the nodes and of the guests placed on them. It is not
+// safe for concurrent use: the master owns one and calls it from one goroutine.
+type Scheduler struct {
+	opts      Options
+	nodes     []nodeState
+	byNode    map[string]int32
+	global    *capIndex // every accepting node
+	atoms     map[string]*atom
+	atomList  []*atom
+	pools     []*atom // atoms with their own capacity index
+	reqs      map[string]*req
+	optsErr   error
+	chunks    [][]placed // guests by id, in chunks so growing never copies them
+	nguests   int32
+	freeSlots []int32
+	byGuest   map[string]int32
+	domainIDs map[string]int32
+	problems  []string
+
+	// HA admission control: free capacity over accepting nodes, and a cached sum of the
+	// K largest per-node keys (see ha.go).
+	freeCPUTotal, freeMemTotal int64
+	haTopCPU, haTopMem         int64
+	haDirty                    bool
+
+	keyBuf, reqBuf []byte
+	keysBuf        []string
+}
+
+type nodeState struct {
+	name             string
+	cpus             int32
+	mem              int64
+	freeCPU          int32
+	freeMem          int64
+	schedulable      bool
+	draining         bool
+	excluded         bool // taken out while a plan is computed
+	accel            string
+	profiles         []string
+	labels           map[string]string
+	domains          []int32 // per failure-domain level: domain id, -1 = node not labelled
+	first            int32 // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
+	count            int32 // guests whose primary or twin is here
+	haCPU, haMem     int64   // demand of restart and twin guests here, for HA admission
+	usedCPU, usedMem int64   // capacity used as reported, before the scheduler's own books
+}
+
+func (n *nodeState) accepting() bool { return n.schedulable && !n.draining && !n.excluded }
+
+type placed struct {
+	g    Guest
+	node int32
+	twin int32 // -1 unless twin
+	live bool
+	// Links of the per-node guest lists: [0] for the primary's node, [1] for the twin's.
+	next, prev [2]int32 // slot+1, 0 = none
+}
+
+const chunkBits = 12
+
+func (s *Scheduler) guest(id int32) *placed {
+	return &s.chunks[id>>chunkBits][id&(1<<chunkBits-1)]
+}
+
+// guestsOn lists the ids of the guests whose primary or twin is on node n.
+func (s *Scheduler) guestsOn(n int32) []int32 {
+	ids := make([]int32, 0, s.nodes[n].count)
+	for slot := s.nodes[n].first; slot != 0; {
+		id, k := (slot-1)/2, (slot-1)%2
+		ids = append(ids, id)
+		slot = s.guest(id).next[k]
+	}
+	return ids
+}
+
+// New builds a scheduler over a snapshot. Node.Allocated* is the capacity in use on each
+// node and should include the guests in existing; where it is smaller than the sum of
+// existing guests on the node (for example left zero), that sum is used instead. Existing
+// assignments naming unknown nodes or repeated guests are skipped and listed by Problems.
+func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
+	optsErr := opts.Validate()
+	if optsErr != nil {
+		// Place reports the bad options; keep the structures sound meanwhile.
+		opts.FailureDomains = nil
+	}
+	s := &Scheduler{
+		opts:      opts,
+		nodes:     make([]nodeState, len(nodes)),
+		byNode:    make(map[string]int32, len(nodes)),
+		atoms:     map[string]*atom{},
+		reqs:      map[string]*req{},
+		byGuest:   map[string]int32{},
+		domainIDs: map[string]int32{},
+		optsErr:   optsErr,
+	}
+	var maxMem int64 = 1
+	for i, n := range nodes {
+		if _, dup := s.byNode[n.Name]; dup {
+			s.problems = append(s.problems, fmt.Sprintf("node %q listed twice: the later entry is ignored for lookups by name", n.Name))
+		} else {
+			s.byNode[n.Name] = int32(i)
+		}
+		ns := &s.nodes[i]
+		s.setStatic(ns, n)
+		ns.usedCPU, ns.usedMem = int64(n.AllocatedCPUs), n.AllocatedMemoryBytes
+		if n.MemoryBytes > maxMem {
+			maxMem = n.MemoryBytes
+		}
+	}
+	// Existing guests: sum them per node, then settle each node's used capacity.
+	sumCPU := make([]int64, len(nodes))
+	sumMem := make([]int64, len(nodes))
+	for _, a := range existing {
+		p, t, err := s.assignmentNodes(a)
+		if err == nil {
+			_, dup := s.byGuest[a.Guest.Name]
+			switch {
+			case dup || a.Guest.Name == "":
+				err = fmt.Errorf("guest %q: %w", a.Guest.Name, ErrGuestExists)
+			case a.Guest.CPUs <= 0 || a.Guest.MemoryBytes <= 0:
+				err = fmt.Errorf("%w %q: %d CPUs, %d bytes", ErrInvalidGuest, a.Guest.Name, a.Guest.CPUs, a.Guest.MemoryBytes)
+			}
+		}
+		if err != nil {
+			s.problems = append(s.problems, fmt.Sprintf("existing assignment skipped: %v", err))
+			continue
+		}
+		for _, n := range []int32{p, t} {
+			if n >= 0 {
+				sumCPU[n] += int64(a.Guest.CPUs)
+				sumMem[n] += a.Guest.MemoryBytes
+			}
+		}
+		s.addGuest(a.Guest, p, t)
+	}
+	for i := range s.nodes {
+		ns := &s.nodes[i]
+		ns.usedCPU = max(ns.usedCPU, sumCPU[i])
+		ns.usedMem = max(ns.usedMem, sumMem[i])
+		ns.freeCPU = clamp32(int64(ns.cpus) - ns.usedCPU)
+		ns.freeMem = ns.mem - ns.usedMem
+	}
+	shift := uint(20)
+	if l := bits.Len64(uint64(maxMem)); l > classBits+20 {
+		shift = uint(l - classBits)
+	}
+	s.global = newCapIndex(len(nodes), int(maxMem>>shift)+1, shift)
+	for i := range s.nodes {
+		ns := &s.nodes[i]
+		if ns.accepting() {
+			s.global.put(int32(i), ns.freeCPU, ns.freeMem)
+			s.freeCPUTotal += int64(max(ns.freeCPU, 0))
+			s.freeMemTotal += max(ns.freeMem, 0)
+		}
+	}
+	s.haDirty = true
+	return s
+}
+
+func clamp32(v int64) int32 {
+	if v > math.MaxInt32 {
+		return math.MaxInt32
+	}
+	if v < math.MinInt32 {
+		return math.MinInt32
+	}
+	return int32(v)
+}
+
+func (s *Scheduler) setStatic(ns *nodeState, n Node) {
+	ns.name = n.Name
+	ns.cpus = clamp32(int64(n.CPUs))
+	ns.mem = n.MemoryBytes
+	ns.schedulable = n.Schedulable
+	ns.draining = n.Draining
+	ns.accel = n.Accelerator
+	ns.profiles = append([]string(nil), n.Profiles...)
+	ns.labels = make(map[string]string, len(n.Labels))
+	for k, v := range n.Labels {
+		ns.labels[k] = v
+	}
+	// A domain at level i is the path of label values from i up to the broadest level,
+	// so rack "r1" of zone "a" and rack "r1" of zone "b" are different racks.
+	fd := s.opts.FailureDomains
+	ns.domains = make([]int32, len(fd))
+	for i := range fd {
+		v, ok := n.Labels[fd[i]]
+		if !ok {
+			ns.domains[i] = -1
+			continue
+		}
+		var key strings.Builder
+		fmt.Fprintf(&key, "%d", i)
+		key.WriteString("\x00" + v)
+		for _, k := range fd[i+1:] {
+			key.WriteString("\x00" + n.Labels[k])
+		}
+		id, ok := s.domainIDs[key.String()]
+		if !ok {
+			id = int32(len(s.domainIDs))
+			s.domainIDs[key.String()] = id
+		}
+		ns.domains[i] = id
+	}
+}
+
+// Problems lists what New skipped in its input.
+func (s *Scheduler) Problems() []string { return append([]string(nil), s.problems...) }
+
+func (s *Scheduler) assignmentNodes(a Assignment) (p, t int32, err error) {
+	p, t = -1, -1
+	var ok bool
+	if p, ok = s.byNode[a.Node]; !ok {
+		return -1, -1, fmt.Errorf("guest %q: node %q: %w", a.Guest.Name, a.Node, ErrUnknownNode)
+	}
+	if a.Guest.Failover == FailoverTwin {
+		if t, ok = s.byNode[a.TwinNode]; !ok {
+			return -1, -1, fmt.Errorf("guest %q: twin node %q: %w", a.Guest.Name, a.TwinNode, ErrUnknownNode)
+		}
+		if t == p {
+			return -1, -1, fmt.Errorf("guest %q: twin on its primary's node %q: %w", a.Guest.Name, a.Node, ErrInvalidGuest)
+		}
+	} else if a.TwinNode != "" {
+		return -1, -1, fmt.Errorf("guest %q: twin node %q given but failover is %q: %w", a.Guest.Name, a.TwinNode, a.Guest.Failover, ErrInvalidGuest)
+	}
+	return p, t, nil
+}
+
+// addGuest records a guest on p (and twin t) without touching capacity.
+func (s *Scheduler) addGuest(g Guest, p, t int32) int32 {
+	var id int32
+	if k := len(s.freeSlots); k > 0 {
+		id = s.freeSlots[k-1]
+		s.freeSlots = s.freeSlots[:k-1]
+	} else {
+		id = s.nguests
+		s.nguests++
+		if int(id>>chunkBits) == len(s.chunks) {
+			s.chunks = append(s.chunks, make([]placed, 1<<chunkBits))
+		}
+	}
+	pg := s.guest(id)
+	*pg = placed{g: g, node: p, twin: t, live: true}
+	s.byGuest[g.Name] = id
+	ha := haGuest(&g)
+	for k, n := range [2]int32{p, t} {
+		if n < 0 {
+			continue
+		}
+		ns := &s.nodes[n]
+		slot := id*2 + int32(k) + 1
+		pg.next[k] = ns.first
+		if ns.first != 0 {
+			s.guest((ns.first-1)/2).prev[(ns.first-1)%2] = slot
+		}
+		ns.first = slot
+		ns.count++
+		if ha {
+			ns.haCPU += int64(g.CPUs)
+			ns.haMem += g.MemoryBytes
+		}
+	}
+	return id
+}
+
+func (s *Scheduler) dropGuest(id int32) {
+	pg := s.guest(id)
+	ha := haGuest(&pg.g)
+	for k, n := range [2]int32{pg.node, pg.twin} {
+		if n < 0 {
+			continue
+		}
+		ns := &s.nodes[n]
+		prev, next := pg.prev[k], pg.next[k]
+		if prev != 0 {
+			s.guest((prev-1)/2).next[(prev-1)%2] = next
+		} else {
+			ns.first = next
+		}
+		if next != 0 {
+			s.guest((next-1)/2).prev[(next-1)%2] = prev
+		}
+		ns.count--
+		if ha {
+			ns.haCPU -= int64(pg.g.CPUs)
+			ns.haMem -= pg.g.MemoryBytes
+			s.haDirty = true
+		}
+	}
+	delete(s.byGuest, pg.g.Name)
+	*pg = placed{}
+	s.freeSlots = append(s.freeSlots, id)
+}
+
+// haGuest: the guest needs capacity again when a node it is on is lost (a restart, or a
+// new twin).
+func haGuest(g *Guest) bool { return g.Failover == FailoverRestart || g.Failover == FailoverTwin }
+
+// take changes node n's free capacity by -cpu, -mem (give back with negative values) and
+// keeps the indexes and totals in step.
+func (s *Scheduler) take(n int32, cpu int32, mem int64) {
+	ns := &s.nodes[n]
+	if ns.accepting() {
+		s.freeCPUTotal -= int64(max(ns.freeCPU, 0))
+		s.freeMemTotal -= max(ns.freeMem, 0)
+	}
+	ns.freeCPU -= cpu
+	ns.freeMem -= mem
+	ns.usedCPU += int64(cpu)
+	ns.usedMem += mem
+	if cpu < 0 || mem < 0 {
+		s.haDirty = true // a node's key may have grown
+	}
+	if ns.accepting() {
+		s.freeCPUTotal += int64(max(ns.freeCPU, 0))
+		s.freeMemTotal += max(ns.freeMem, 0)
+	}
+	s.reindex(n)
+}
+
+// reindex puts node n into, or takes it out of, every capacity index it belongs to.
+func (s *Scheduler) reindex(n int32) {
+	ns := &s.nodes[n]
+	if !ns.accepting() {
+		s.global.remove(n)
+		for _, a := range s.pools {
+			a.pool.remove(n)
+		}
+		return
+	}
+	s.global.put(n, ns.freeCPU, ns.freeMem)
+	for _, a := range s.pools {
+		if a.has(n) {
+			a.pool.put(n, ns.freeCPU, ns.freeMem)
+		}
+	}
+}
+
+// setExcluded takes node n out of consideration (or puts it back) while a plan is made.
+func (s *Scheduler) setExcluded(n int32, on bool) {
+	ns := &s.nodes[n]
+	if ns.accepting() {
+		s.freeCPUTotal -= int64(max(ns.freeCPU, 0))
+		s.freeMemTotal -= max(ns.freeMem, 0)
+	}
+	ns.excluded = on
+	if ns.accepting() {
+		s.freeCPUTotal += int64(max(ns.freeCPU, 0))
+		s.freeMemTotal += max(ns.freeMem, 0)
+	}
+	s.haDirty = true
+	s.reindex(n)
+}
+
+func (s *Scheduler) strategy(g *Guest) Strategy {
+	if g.Strategy != "" {
+		return g.Strategy
+	}
+	if s.opts.Strategy != "" {
+		return s.opts.Strategy
+	}
+	return Spread
+}
+
+// checkGuest rejects a guest the scheduler cannot reason about; nothing is changed.
+func (s *Scheduler) checkGuest(g *Guest) error {
+	if s.optsErr != nil {
+		return fmt.Errorf("scheduler options: %w", s.optsErr)
+	}
+	switch {
+	case g.Name == "":
+		return fmt.Errorf("%w: the guest has no name", ErrInvalidGuest)
+	case g.CPUs <= 0 || g.CPUs > math.MaxInt32:
+		return fmt.Errorf("%w %q: %d CPUs: give at least 1", ErrInvalidGuest, g.Name, g.CPUs)
+	case g.MemoryBytes <= 0:
+		return fmt.Errorf("%w %q: %d bytes of memory: give more than 0", ErrInvalidGuest, g.Name, g.MemoryBytes)
+	}
+	switch g.Failover {
+	case "", FailoverNone, FailoverRestart, FailoverTwin:
+	default:
+		return fmt.Errorf("%w %q: failover %q unknown: use %q, %q or %q", ErrInvalidGuest, g.Name, g.Failover, FailoverNone, FailoverRestart, FailoverTwin)
+	}
+	switch g.Strategy {
+	case "", Pack, Spread:
+	default:
+		return fmt.Errorf("%w %q: strategy %q unknown: use %q or %q", ErrInvalidGuest, g.Name, g.Strategy, Pack, Spread)
+	}
+	if _, dup := s.byGuest[g.Name]; dup {
+		return fmt.Errorf("guest %q: %w; release it first", g.Name, ErrGuestExists)
+	}
+	return nil
+}
+
+// Place chooses a node (and a twin node for Failover "twin") and records the allocation,
+// so successive calls see each other. When nothing fits the error is *Unplaceable.
+func (s *Scheduler) Place(g Guest) (Placement, error) {
+	if err := s.checkGuest(&g); err != nil {
+		return Placement{}, err
+	}
+	r := s.resolve(&g)
+	strat := s.strategy(&g)
+	cpu, mem := int32(g.CPUs), g.MemoryBytes
+	p := s.search(r, strat, cpu, mem, -1, -1)
+	if p < 0 {
+		return Placement{}, s.unplaceable(&g, r, -1, -1)
+	}
+	pl := Placement{Node: s.nodes[p].name}
+	t := int32(-1)
+	copies := int64(1)
+	if g.Failover == FailoverTwin {
+		var level int
+		var warn string
+		t, level, warn = s.searchTwin(r, strat, cpu, mem, p)
+		if t < 0 {
+			return Placement{}, s.unplaceable(&g, r, p, level)
+		}
+		if warn != "" {
+			pl.Warnings = append(pl.Warnings, warn)
+		}
+		pl.TwinNode = s.nodes[t].name
+		copies = 2
+	}
+	if short := s.headroomShort(copies*int64(cpu), copies*mem); short != "" {
+		if !s.opts.HAWarnOnly {
+			return Placement{}, &Unplaceable{Guest: g.Name, Nodes: len(s.nodes),
+				Reasons: map[Reason]int{ReasonHAHeadroom: len(s.nodes)}, Headroom: short}
+		}
+		pl.Warnings = append(pl.Warnings, "admitted below the HA reserve: "+short)
+	}
+	s.commit(g, p, t)
+	return pl, nil
+}
+
+func (s *Scheduler) commit(g Guest, p, t int32) {
+	s.take(p, int32(g.CPUs), g.MemoryBytes)
+	if t >= 0 {
+		s.take(t, int32(g.CPUs), g.MemoryBytes)
+	}
+	s.addGuest(g, p, t)
+}
+
+// Assign records a guest the master placed itself (or moved by a plan), without
+// filters: the master has the final word. Errors name what was wrong; nothing changes.
+func (s *Scheduler) Assign(a Assignment) error {
+	if err := s.checkGuest(&a.Guest); err != nil {
+		return err
+	}
+	p, t, err := s.assignmentNodes(a)
+	if err != nil {
+		return err
+	}
+	s.commit(a.Guest, p, t)
+	return nil
+}
+
+// Release forgets a guest and frees its capacity; unknown names are ignored (releasing
+// twice is harmless).
+func (s *Scheduler) Release(guestName string) {
+	id, ok := s.byGuest[guestName]
+	if !ok {
+		return
+	}
+	pg := *s.guest(id)
+	s.take(pg.node, -int32(pg.g.CPUs), -pg.g.MemoryBytes)
+	if pg.twin >= 0 {
+		s.take(pg.twin, -int32(pg.g.CPUs), -pg.g.MemoryBytes)
+	}
+	s.dropGuest(id)
+}
+
+// Lookup returns where a guest is recorded.
+func (s *Scheduler) Lookup(guestName string) (Assignment, bool) {
+	id, ok := s.byGuest[guestName]
+	if !ok {
+		return Assignment{}, false
+	}
+	pg := s.guest(id)
+	a := Assignment{Guest: pg.g, Node: s.nodes[pg.node].name}
+	if pg.twin >= 0 {
+		a.TwinNode = s.nodes[pg.twin].name
+	}
+	return a, true
+}
+
+// Free returns a node's free pool share as the scheduler's books have it.
+func (s *Scheduler) Free(node string) (cpus int, memoryBytes int64, err error) {
+	n, ok := s.byNode[node]
+	if !ok {
+		return 0, 0, fmt.Errorf("node %q: %w", node, ErrUnknownNode)
+	}
+	return int(s.nodes[n].freeCPU), s.nodes[n].freeMem, nil
+}
+
+// UpdateNode replaces what the scheduler knows of an existing node: state, labels,
+// profiles, pool share. The guests recorded on it stay; the node's used capacity is the
+// larger of n.Allocated* and the sum of those guests. Adding a node needs New.
+func (s *Scheduler) UpdateNode(n Node) error {
+	id, ok := s.byNode[n.Name]
+	if !ok {
+		return fmt.Errorf("update node %q: %w; build a new Scheduler to add nodes", n.Name, ErrUnknownNode)
+	}
+	ns := &s.nodes[id]
+	if ns.accepting() {
+		s.freeCPUTotal -= int64(max(ns.freeCPU, 0))
+		s.freeMemTotal -= max(ns.freeMem, 0)
+	}
+	var sumCPU, sumMem int64
+	for _, gid := range s.guestsOn(id) {
+		sumCPU += int64(s.guest(gid).g.CPUs)
+		sumMem += s.guest(gid).g.MemoryBytes
+	}
+	excluded, first, count, haCPU, haMem := ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem
+	*ns = nodeState{}
+	s.setStatic(ns, n)
+	ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem = excluded, first, count, haCPU, haMem
+	ns.usedCPU = max(int64(n.AllocatedCPUs), sumCPU)
+	ns.usedMem = max(n.AllocatedMemoryBytes, sumMem)
+	ns.freeCPU = clamp32(int64(ns.cpus) - ns.usedCPU)
+	ns.freeMem = ns.mem - ns.usedMem
+	if ns.accepting() {
+		s.freeCPUTotal += int64(max(ns.freeCPU, 0))
+		s.freeMemTotal += max(ns.freeMem, 0)
+	}
+	for _, a := range s.atomList {
+		in := ns.matches(a)
+		if a.has(id) != in {
+			a.set(id, in)
+			a.list = nil // rebuilt by plan
+			if a.pool != nil && !in {
+				a.pool.remove(id)
+			}
+		}
+	}
+	for _, r := range s.reqs {
+		s.plan(r)
+	}
+	s.reindex(id)
+	s.haDirty = true
+	return nil
+}
+
+// search returns the best node for a guest of r, cpu, mem under strat, or -1. With p >= 0
+// it searches a twin for primary p, separated at failure-domain level (-1: any other node).
+func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32, level int) int32 {
+	if r.small {
+		return s.searchList(r, strat, cpu, mem, p, level)
+	}
+	x := r.pool
+	need := int8(cpuBucket(cpu))
+	lo := x.class(mem)
+	if strat == Pack {
+		for c := x.nextClass(lo, need); c >= 0; c = x.nextClass(c+1, need) {
+			m := x.mask[c] >> uint(need) << uint(need)
+			for m != 0 {
+				b := bits.TrailingZeros64(m)
+				m &= m - 1
+				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
+					if s.fits(id-1, r, cpu, mem, p, level) {
+						return id - 1
+					}
+				}
+			}
+		}
+		return -1
+	}
+	for c := x.prevClass(x.classes-1, need); c >= lo; c = x.prevClass(c-1, need) {
+		m := x.mask[c] >> uint(need) << uint(need)
+		for m != 0 {
+			b := 63 - bits.LeadingZeros64(m)
+			m &^= 1 << uint(b)
+			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
+				if s.fits(id-1, r, cpu, mem, p, level) {
+					return id - 1
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// fits checks what the index does not guarantee for a node it yielded.
+func (s *Scheduler) fits(n int32, r *req, cpu int32, mem int64, p int32, level int) bool {
+	ns := &s.nodes[n]
+	if ns.freeCPU < cpu || ns.freeMem < mem {
+		return false
+	}
+	for _, a := range r.atoms {
+		if a != r.covered && !a.has(n) {
+			return false
+		}
+	}
+	if p >= 0 {
+		if n == p || (level >= 0 && !s.separated(n, p, level)) {
+			return false
+		}
+	}
+	return true
+}
+
+// searchList looks at every member of a small atom; exact best (or most free) fit.
+func (s *Scheduler) searchList(r *req, strat Strategy, cpu int32, mem int64, p int32, level int) int32 {
+	best := int32(-1)
+	for _, n := range r.covered.list {
+		ns := &s.nodes[n]
+		if !ns.accepting() || !s.fits(n, r, cpu, mem, p, level) {
+			continue
+		}
+		if best < 0 {
+			best = n
+			continue
+		}
+		bs := &s.nodes[best]
+		if strat == Pack {
+			if ns.freeMem < bs.freeMem || (ns.freeMem == bs.freeMem && ns.freeCPU < bs.freeCPU) {
+				best = n
+			}
+		} else if ns.freeMem > bs.freeMem || (ns.freeMem == bs.freeMem && ns.freeCPU > bs.freeCPU) {
+			best = n
+		}
+	}
+	return best
+}
+
+// searchTwin finds the twin node for primary p: in a different domain at the broadest
+// failure-domain level that has room, at worst at the most specific level where p is
+// labelled. It returns the node (or -1), the most specific level tried (for reasons),
+// and a warning when the twin had to settle for a narrower separation.
+func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p int32) (int32, int, string) {
+	doms := s.nodes[p].domains
+	specific := -1
+	for lv := len(doms) - 1; lv >= 0; lv-- {
+		if doms[lv] < 0 {
+			continue
+		}
+		specific = lv
+		if t := s.search(r, strat, cpu, mem, p, lv); t >= 0 {
+			var warn string
+			for broad := len(doms) - 1; broad > lv; broad-- {
+				if doms[broad] >= 0 {
+					warn = fmt.Sprintf("twin shares %s %q with its primary: no other %s has room",
+						s.opts.FailureDomains[broad], s.nodes[p].labels[s.opts.FailureDomains[broad]], s.opts.FailureDomains[broad])
+					break
+				}
+			}
+			return t, lv, warn
+		}
+	}
+	if specific >= 0 {
+		return -1, specific, ""
+	}
+	return s.search(r, strat, cpu, mem, p, -1), -1, ""
+}
+
+// unplaceable counts, over every node, the first filter rejecting the guest (or its twin
+// when p >= 0).
+func (s *Scheduler) unplaceable(g *Guest, r *req, p int32, level int) *Unplaceable {
+	u := &Unplaceable{Guest: g.Name, Nodes: len(s.nodes), Reasons: map[Reason]int{}, Twin: p >= 0}
+	cpu, mem := int32(g.CPUs), g.MemoryBytes
+	for i := range s.nodes {
+		var why Reason
+		if p >= 0 {
+			why = s.twinVerdict(int32(i), r, cpu, mem, p, level)
+		} else {
+			why = s.verdict(int32(i), r, cpu, mem)
+		}
+		if why != "" {
+			u.Reasons[why]++
+		}
+	}
+	return u
+}
