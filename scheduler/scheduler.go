@@ -54,8 +54,8 @@ type nodeState struct {
 	profiles         []string
 	labels           map[string]string
 	domains          []int32 // per failure-domain level: domain id, -1 = node not labelled
-	first            int32 // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
-	count            int32 // guests whose primary or twin is here
+	first            int32   // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
+	count            int32   // guests whose primary or twin is here
 	haCPU, haMem     int64   // demand of restart and twin guests here, for HA admission
 	usedCPU, usedMem int64   // capacity used as reported, before the scheduler's own books
 }
@@ -266,7 +266,7 @@ func (s *Scheduler) addGuest(g Guest, p, t int32) int32 {
 		slot := id*2 + int32(k) + 1
 		pg.next[k] = ns.first
 		if ns.first != 0 {
-			s.guest((ns.first-1)/2).prev[(ns.first-1)%2] = slot
+			s.guest((ns.first - 1) / 2).prev[(ns.first-1)%2] = slot
 		}
 		ns.first = slot
 		ns.count++
@@ -288,12 +288,12 @@ func (s *Scheduler) dropGuest(id int32) {
 		ns := &s.nodes[n]
 		prev, next := pg.prev[k], pg.next[k]
 		if prev != 0 {
-			s.guest((prev-1)/2).next[(prev-1)%2] = next
+			s.guest((prev - 1) / 2).next[(prev-1)%2] = next
 		} else {
 			ns.first = next
 		}
 		if next != 0 {
-			s.guest((next-1)/2).prev[(next-1)%2] = prev
+			s.guest((next - 1) / 2).prev[(next-1)%2] = prev
 		}
 		ns.count--
 		if ha {
