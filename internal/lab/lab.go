@@ -206,6 +206,9 @@ func Load(dir string) (*Lab, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s has no %s (bring one up with `vmctl lab up --dir %s`)", ErrNoLab, dir, stateFile, dir)
 	}
+	if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+		return nil, ErrNotRoot
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load lab: %w", err)
 	}
@@ -309,14 +312,14 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	l := &Lab{dir: dir, log: opts.Log}
 
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
 	dvmd := ""
 	if !opts.NoAgent {
 		if dvmd, err = findDvmd(opts.DvmdPath); err != nil {
 			return nil, err
 		}
-	}
-	if err := Preflight(); err != nil {
-		return nil, err
 	}
 	if err := checkNoLab(dir); err != nil {
 		return nil, err
@@ -466,6 +469,9 @@ func checkNoLab(dir string) error {
 // Down brings the lab down: every node's processes, the veths, the bridge and the
 // nftables table go. DIR stays with its logs. Down of a lab that is down does nothing.
 func (l *Lab) Down(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var errs []error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -169,6 +170,9 @@ func nodeIndex(name string) int {
 // every peer and to the root namespace (vmctl, virsh on the host). Cuts add up
 // until Heal.
 func (l *Lab) Cut(node string, from []string) error {
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.st.Up {
@@ -207,6 +211,9 @@ func (l *Lab) Cut(node string, from []string) error {
 // Heal undoes the cuts that involve node (every cut when node is ""), so that its
 // traffic flows again.
 func (l *Lab) Heal(node string) error {
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.st.Up {

@@ -359,6 +359,9 @@ func tail(path string, n int) string {
 // Kill ends every process of the node at once, like a power loss: libvirtd,
 // virtlogd, the agent and every guest's qemu. The node stays down until Restart.
 func (l *Lab) Kill(node string) error {
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n, err := l.find(node)
@@ -382,6 +385,9 @@ func (l *Lab) Kill(node string) error {
 // runs, then started with empty libvirt state (no guests, fresh /var/lib/libvirt and
 // /run); shared storage, logs and the agent's data dir stay, and so do the cuts.
 func (l *Lab) Restart(ctx context.Context, node string) error {
+	if os.Geteuid() != 0 {
+		return ErrNotRoot
+	}
 	l.mu.Lock()
 	n, err := l.find(node)
 	if err != nil {

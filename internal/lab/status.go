@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,9 @@ type NodeStatus struct {
 // Status reports every node of the lab. It asks from inside each node, so a cut
 // does not hide a node's own health.
 func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
+	if os.Geteuid() != 0 {
+		return nil, ErrNotRoot
+	}
 	l.mu.Lock()
 	nodes := make([]nodeState, len(l.st.Nodes))
 	copy(nodes, l.st.Nodes)
