@@ -1,0 +1,217 @@
+// dvmd is dvm's daemon: the node agent on every host, and the master on management
+// nodes. `dvmd dev` runs a whole cluster in one process on libvirt's test driver.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/config"
+	"github.com/dvmproject/dvm/internal/daemon"
+	"github.com/dvmproject/dvm/internal/master"
+	"github.com/dvmproject/dvm/internal/metrics"
+	"github.com/dvmproject/dvm/internal/version"
+	"github.com/dvmproject/dvm/scheduler"
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	app := &cli.App{
+		Name:    "dvmd",
+		Usage:   "dvm's node agent and master",
+		Version: version.Version,
+		Commands: []*cli.Command{
+			{
+				Name:      "agent",
+				Usage:     "run this host as a dvm node",
+				ArgsUsage: " ",
+				Description: "Runs the node agent over this host's libvirt, as the config file says. A node with\n" +
+					"`management = true` also runs the master and serves the API.\n\n" +
+					"Example:\n  dvmd agent --config /etc/dvm/dvmd.conf",
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "config `FILE`", Value: "/etc/dvm/dvmd.conf"}},
+				Action: runAgent,
+			},
+			{
+				Name:      "dev",
+				Usage:     "run a whole dev cluster in this process, on libvirt's test driver",
+				ArgsUsage: " ",
+				Description: "Runs N nodes, each on its own in-process libvirt test hypervisor with its own\n" +
+					"capacity, and a master. State survives a restart (DIR/state.db). Writes DIR/env:\n" +
+					"  set -a; . DIR/env; set +a; vmctl node ls",
+				Flags: []cli.Flag{
+					&cli.IntFlag{Name: "nodes", Value: 3, Usage: "number of nodes (1 to 64)"},
+					&cli.StringFlag{Name: "listen", Value: "127.0.0.1:7460", Usage: "API `ADDR`"},
+					&cli.StringFlag{Name: "data-dir", Value: "./dvm-dev", Usage: "state `DIR`"},
+				},
+				Action: runDev,
+			},
+		},
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "dvmd:", err)
+		os.Exit(1)
+	}
+}
+
+func logger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+}
+
+func runAgent(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: dvmd agent takes only --config", c.Args().First())
+	}
+	cfg, err := config.Load(c.String("config"))
+	if err != nil {
+		return err
+	}
+	log := logger(cfg.LogLevel)
+	ctx, cancel := signalContext()
+	defer cancel()
+	reg := metrics.New()
+	var token string
+	var m *daemon.Master
+	if cfg.Management {
+		if token, err = api.LoadOrCreateToken(cfg.TokenFile); err != nil {
+			return err
+		}
+		if m, err = daemon.OpenMaster(cfg.DataDir, cfg.NodeTimeout, scheduler.Options{}, log); err != nil {
+			return err
+		}
+		defer m.Close()
+		reg.MustRegister(m.Collector())
+		go m.Run(ctx)
+	} else if token, err = api.ReadToken(cfg.TokenFile); err != nil {
+		return fmt.Errorf("token: %w (copy the cluster's token file from a management node)", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	var mm *master.Master
+	if m != nil {
+		mm = m.Master
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- daemon.Serve(ctx, ln, master.Handler(mm, cfg.Name, token, reg)) }()
+	masterAddr := cfg.Master
+	if masterAddr == "" {
+		masterAddr = "http://" + cfg.Advertise
+	}
+	client, err := api.NewClient(masterAddr, token)
+	if err != nil {
+		return err
+	}
+	a, node, err := daemon.NewAgent(cfg, client, reg, log)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	go a.Run(ctx)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// devCapacity gives dev nodes different sizes, as real racks have.
+func devCapacity(i int) hypervisor.Capacity {
+	sizes := []hypervisor.Capacity{{CPUs: 16, MemoryBytes: 64 << 30}, {CPUs: 24, MemoryBytes: 96 << 30}, {CPUs: 32, MemoryBytes: 128 << 30}}
+	return sizes[i%len(sizes)]
+}
+
+func runDev(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: dvmd dev takes only flags", c.Args().First())
+	}
+	n := c.Int("nodes")
+	if n < 1 || n > 64 {
+		return fmt.Errorf("--nodes %d: give 1 to 64", n)
+	}
+	dir, err := filepath.Abs(c.String("data-dir"))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	log := logger("info")
+	ctx, cancel := signalContext()
+	defer cancel()
+	ln, err := net.Listen("tcp", c.String("listen"))
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another dvmd dev running? use --listen)", c.String("listen"), err)
+	}
+	token, err := api.LoadOrCreateToken(filepath.Join(dir, "token"))
+	if err != nil {
+		return err
+	}
+	m, err := daemon.OpenMaster(dir, 5*time.Second, scheduler.Options{Strategy: scheduler.Spread}, log)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	reg := metrics.New()
+	reg.MustRegister(m.Collector())
+	go m.Run(ctx)
+	addr := "http://" + ln.Addr().String()
+	errc := make(chan error, 1)
+	go func() { errc <- daemon.Serve(ctx, ln, master.Handler(m.Master, "dev", token, reg)) }()
+	client, err := api.NewClient(addr, token)
+	if err != nil {
+		return err
+	}
+	hvDir := filepath.Join(dir, "hypervisors")
+	if err := os.MkdirAll(hvDir, 0o700); err != nil {
+		return err
+	}
+	var names []string
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("n%d", i+1)
+		uri, err := hypervisor.TestDriverURI(hvDir, name, devCapacity(i))
+		if err != nil {
+			return err
+		}
+		cfg := config.Defaults()
+		cfg.Name, cfg.LibvirtURI, cfg.AdvertiseLibvirtURI = name, uri, uri
+		cfg.DataDir = filepath.Join(dir, "nodes", name)
+		cfg.Advertise = ln.Addr().String()
+		cfg.Labels = map[string]string{"rack": fmt.Sprintf("r%d", i%3+1)}
+		a, node, err := daemon.NewAgent(cfg, client, reg, log)
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		go a.Run(ctx)
+		names = append(names, name)
+	}
+	if err := daemon.WriteEnv(filepath.Join(dir, "env"), addr, token); err != nil {
+		return fmt.Errorf("write env file: %w", err)
+	}
+	log.Info("dev cluster up", "nodes", strings.Join(names, ","), "api", addr, "env", filepath.Join(dir, "env"))
+	fmt.Fprintf(os.Stderr, "dvm dev cluster: %d nodes, API at %s\n  set -a; . %s; set +a\n  vmctl node ls\n", n, addr, filepath.Join(dir, "env"))
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}

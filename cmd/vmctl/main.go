@@ -1,0 +1,474 @@
+// vmctl is the operator's CLI for dvm: `vmctl NOUN VERB`.
+//
+// Exit codes: 0 success, 1 error, 2 the guest cannot be placed (the reason is printed).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/units"
+	"github.com/dvmproject/dvm/internal/version"
+	"github.com/urfave/cli/v2"
+)
+
+// exitError carries an exit code through urfave/cli.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func main() {
+	app := newApp(os.Stdout)
+	if err := app.Run(interspersed(app, os.Args)); err != nil {
+		code := 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		fmt.Fprintln(os.Stderr, "vmctl:", err)
+		os.Exit(code)
+	}
+}
+
+func newApp(out io.Writer) *cli.App {
+	return &cli.App{
+		Name:    "vmctl",
+		Usage:   "run guests on a dvm cluster",
+		Version: version.Version,
+		Writer:  out,
+		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes;\n" +
+			"the first that answers is used) with the token in DVM_TOKEN.\n\n" +
+			"Exit codes: 0 success, 1 error, 2 the guest cannot be placed.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "addr", EnvVars: []string{"DVM_ADDR"}, Usage: "API `ADDRS`, comma-separated"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"DVM_TOKEN"}, Usage: "API `TOKEN`"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+		},
+		Before: func(c *cli.Context) error {
+			if o := c.String("output"); o != "table" && o != "json" {
+				return fmt.Errorf("--output %q: use table or json", o)
+			}
+			return nil
+		},
+		Commands: []*cli.Command{nodeCommand(), vmCommand(), labCommand(),
+			{Name: "version", Usage: "print vmctl's version", Action: func(c *cli.Context) error {
+				fmt.Fprintln(c.App.Writer, "vmctl", version.Version)
+				return nil
+			}},
+		},
+	}
+}
+
+func client(c *cli.Context) (*api.Client, error) {
+	tok := c.String("token")
+	if tok == "" {
+		return nil, errors.New("no API token: set DVM_TOKEN or --token (for a dev cluster: set -a; . DATA_DIR/env; set +a)")
+	}
+	return api.NewClient(c.String("addr"), tok)
+}
+
+func jsonOut(c *cli.Context) bool { return c.String("output") == "json" }
+
+func printJSON(c *cli.Context, v any) error {
+	enc := json.NewEncoder(c.App.Writer)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(c *cli.Context, header string, rows [][]string) {
+	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, header)
+	for _, r := range rows {
+		fmt.Fprintln(w, strings.Join(r, "\t"))
+	}
+	w.Flush()
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("give exactly one %s: vmctl %s %s %s", what, c.Lineage()[1].Command.Name, c.Command.Name, strings.ToUpper(what))
+	}
+	return c.Args().First(), nil
+}
+
+func nodeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "node",
+		Usage: "the cluster's nodes",
+		Subcommands: []*cli.Command{{
+			Name:    "ls",
+			Aliases: []string{"list"},
+			Usage:   "list nodes with their capacity and allocation",
+			Action: func(c *cli.Context) error {
+				cl, err := client(c)
+				if err != nil {
+					return err
+				}
+				var nodes []api.Node
+				if err := cl.Do(c.Context, "GET", "/v1/nodes", nil, &nodes); err != nil {
+					return err
+				}
+				if jsonOut(c) {
+					return printJSON(c, nodes)
+				}
+				var rows [][]string
+				for _, n := range nodes {
+					rows = append(rows, []string{n.Name, n.State, n.Accelerator,
+						fmt.Sprintf("%d/%d", n.AllocatedCPUs, n.CPUs),
+						units.FormatBytes(n.AllocatedMemoryBytes) + "/" + units.FormatBytes(n.MemoryBytes),
+						fmt.Sprint(n.Guests), labels(n.Labels)})
+				}
+				table(c, "NAME\tSTATE\tACCEL\tCPUS\tMEMORY\tGUESTS\tLABELS", rows)
+				return nil
+			},
+		}},
+	}
+}
+
+func labels(m map[string]string) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, k+"="+v)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func vmCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "vm",
+		Usage: "guests",
+		Subcommands: []*cli.Command{
+			vmCreate(),
+			{Name: "ls", Aliases: []string{"list"}, Usage: "list guests", Action: vmList},
+			{Name: "show", Usage: "show one guest", ArgsUsage: "NAME", Action: vmShow},
+			{Name: "start", Usage: "start a guest", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDesired("start", api.GuestRunning)},
+			{Name: "stop", Usage: "shut a guest down (ACPI, then forced after the node's shutdown timeout)", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDesired("stop", api.GuestStopped)},
+			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a guest and its disk", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDelete},
+			{Name: "migrate", Usage: "live-migrate a running guest to another node", ArgsUsage: "NAME",
+				Description: "Example:\n  vmctl vm migrate web --to n2",
+				Flags:       []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "destination `NODE`"}},
+				Action:      vmMigrate},
+		},
+	}
+}
+
+func waitFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "no-wait", Usage: "return once the cluster accepted the request"},
+		&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "how long to wait"},
+	}
+}
+
+func vmCreate() *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "create a guest and start it where the scheduler places it",
+		ArgsUsage: "NAME",
+		Description: "Examples:\n" +
+			"  vmctl vm create web --os dragonfly --cpus 2 --memory 2GiB --disk 20GiB\n" +
+			"  vmctl vm create lab1 --os linux --image lab --cpus 1 --memory 128MiB\n\n" +
+			"Waits until the guest runs. Exits 2 when no node can take it (it stays pending and\n" +
+			"is placed when room appears).",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "os", Value: hypervisor.DefaultProfile, Usage: "guest OS profile: " + strings.Join(hypervisor.ProfileNames(), ", ")},
+			&cli.IntFlag{Name: "cpus", Value: 1, Usage: "virtual CPUs"},
+			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512MiB or 2GiB"},
+			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE` (default 20GiB without --image, none with a kernel image)"},
+			&cli.StringFlag{Name: "image", Usage: "image `NAME` in the nodes' images directory (lab: the lab guest)"},
+			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
+			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
+			&cli.BoolFlag{Name: "stopped", Usage: "create it without starting it"},
+		}, waitFlags()...),
+		Action: func(c *cli.Context) error {
+			name, err := oneArg(c, "name")
+			if err != nil {
+				return err
+			}
+			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover")}
+			if req.MemoryBytes, err = units.ParseBytes(c.String("memory")); err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			if s := c.String("disk"); s != "" {
+				if req.DiskBytes, err = units.ParseBytes(s); err != nil {
+					return fmt.Errorf("--disk: %w", err)
+				}
+				if req.DiskBytes == 0 {
+					return errors.New("--disk 0: leave --disk out for no disk (with --image), or give a size")
+				}
+			}
+			if s := c.String("constraint"); s != "" {
+				if req.Constraints, err = api.ParseLabels(s); err != nil {
+					return fmt.Errorf("--constraint: %w", err)
+				}
+			}
+			if c.Bool("stopped") {
+				f := false
+				req.Start = &f
+			}
+			// Validate here too, so a bad flag fails before any request is sent.
+			check := req
+			if fe := check.Normalize(); fe != nil {
+				if fe.Field == "name" {
+					return fmt.Errorf("NAME: %s", fe.Msg)
+				}
+				return fmt.Errorf("--%s: %s", flagOf(fe.Field), fe.Msg)
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			var g api.Guest
+			if err := cl.Do(c.Context, "POST", "/v1/guests", req, &g); err != nil {
+				return err
+			}
+			if g.State == api.GuestPending {
+				printGuest(c, g)
+				return &exitError{2, fmt.Sprintf("guest %s cannot be placed now: %s (it stays pending and is placed when room appears)", g.Name, g.PendingReason)}
+			}
+			want := api.GuestRunning
+			if c.Bool("stopped") {
+				want = api.GuestStopped
+			}
+			if !c.Bool("no-wait") {
+				if g, err = waitState(c, cl, name, want); err != nil {
+					return err
+				}
+			}
+			printGuest(c, g)
+			return nil
+		},
+	}
+}
+
+// flagOf maps an API field to the CLI flag that sets it.
+func flagOf(field string) string {
+	switch field {
+	case "memory_bytes":
+		return "memory"
+	case "disk_bytes":
+		return "disk"
+	case "constraints":
+		return "constraint"
+	}
+	return field
+}
+
+func printGuest(c *cli.Context, g api.Guest) {
+	if jsonOut(c) {
+		printJSON(c, g)
+		return
+	}
+	table(c, "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER", [][]string{guestRow(g)})
+}
+
+func guestRow(g api.Guest) []string {
+	node := g.Node
+	if node == "" {
+		node = "-"
+	}
+	if g.MigrateTo != "" {
+		node += "->" + g.MigrateTo
+	}
+	return []string{g.Name, g.State, node, g.OS, fmt.Sprint(g.CPUs), units.FormatBytes(g.MemoryBytes), g.Failover}
+}
+
+func vmList(c *cli.Context) error {
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var guests []api.Guest
+	if err := cl.Do(c.Context, "GET", "/v1/guests", nil, &guests); err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		return printJSON(c, guests)
+	}
+	var rows [][]string
+	for _, g := range guests {
+		rows = append(rows, guestRow(g))
+	}
+	table(c, "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER", rows)
+	return nil
+}
+
+func getGuest(c *cli.Context, cl *api.Client, name string) (api.Guest, error) {
+	var g api.Guest
+	err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name), nil, &g)
+	return g, err
+}
+
+func vmShow(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	g, err := getGuest(c, cl, name)
+	if err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		return printJSON(c, g)
+	}
+	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	p := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(w, "%s:\t%s\n", k, v)
+		}
+	}
+	p("Name", g.Name)
+	p("UUID", g.UUID)
+	p("State", g.State)
+	p("Desired", g.Desired)
+	p("Node", g.Node)
+	p("Migrating to", g.MigrateTo)
+	p("OS", g.OS)
+	p("CPUs", fmt.Sprint(g.CPUs))
+	p("Memory", units.FormatBytes(g.MemoryBytes))
+	if g.DiskBytes > 0 {
+		p("Disk", units.FormatBytes(g.DiskBytes))
+	}
+	p("Image", g.Image)
+	p("Failover", g.Failover)
+	p("Constraints", labels(g.Constraints))
+	p("Pending", g.PendingReason)
+	p("Error", g.Error)
+	if m := g.LastMigration; m != nil {
+		out := "ok"
+		if !m.OK {
+			out = "failed: " + m.Error
+		}
+		p("Last migration", fmt.Sprintf("%s -> %s, %s, total %.2fs, downtime %.0fms", m.From, m.To, out, m.TotalSeconds, m.DowntimeSeconds*1000))
+	}
+	p("Created", g.CreatedAt.Format(time.RFC3339))
+	return w.Flush()
+}
+
+// waitState polls a guest until it reaches want, fails, or the timeout passes.
+func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, error) {
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	for {
+		g, err := getGuest(c, cl, name)
+		if err != nil {
+			return g, err
+		}
+		switch g.State {
+		case want:
+			return g, nil
+		case api.GuestFailed:
+			return g, fmt.Errorf("guest %s failed on node %s: %s", name, g.Node, g.Error)
+		case api.GuestPending:
+			if want != api.GuestStopped {
+				return g, &exitError{2, fmt.Sprintf("guest %s cannot be placed: %s", name, g.PendingReason)}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return g, fmt.Errorf("guest %s is %s, not %s, after %s (see vmctl vm show %s)", name, g.State, want, c.Duration("timeout"), name)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func vmDesired(verb, want string) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		name, err := oneArg(c, "name")
+		if err != nil {
+			return err
+		}
+		cl, err := client(c)
+		if err != nil {
+			return err
+		}
+		var g api.Guest
+		if err := cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/"+verb, nil, &g); err != nil {
+			return err
+		}
+		if !c.Bool("no-wait") && g.State != api.GuestPending {
+			if g, err = waitState(c, cl, name, want); err != nil {
+				return err
+			}
+		}
+		printGuest(c, g)
+		return nil
+	}
+}
+
+func vmDelete(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	path := "/v1/guests/" + url.PathEscape(name)
+	if err := cl.Do(c.Context, "DELETE", path, nil, nil); err != nil {
+		return err
+	}
+	if !c.Bool("no-wait") {
+		ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+		defer cancel()
+		for {
+			err := cl.Do(ctx, "GET", path, nil, nil)
+			var se *api.StatusError
+			if errors.As(err, &se) && se.Code == 404 {
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("guest %s is still being deleted after %s (see vmctl vm show %s)", name, c.Duration("timeout"), name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if !jsonOut(c) {
+		fmt.Fprintf(c.App.Writer, "guest %s deleted\n", name)
+	}
+	return nil
+}
+
+func vmMigrate(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	to := c.String("to")
+	if fe := api.ValidateName("to", to); fe != nil {
+		return fmt.Errorf("--to: %s", fe.Msg)
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var m api.Migration
+	if err := cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/migrate", api.MigrateRequest{Node: to}, &m); err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		return printJSON(c, m)
+	}
+	fmt.Fprintf(c.App.Writer, "guest %s migrated %s -> %s: total %.2fs, downtime %.0fms, %s transferred\n",
+		name, m.From, m.To, m.TotalSeconds, m.DowntimeSeconds*1000, units.FormatBytes(int64(m.Bytes)))
+	return nil
+}

@@ -1,0 +1,378 @@
+// Package agent is the node agent's reconcile loop: it reads the node's assignment from
+// the master with blocking queries, makes libvirt match it, and reports what the node
+// really runs.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/store"
+)
+
+// Config is what an agent needs.
+type Config struct {
+	Name       string
+	Node       *hypervisor.Node
+	Share      hypervisor.Share
+	Labels     map[string]string
+	Client     *api.Client
+	Address    string // host:port where this node's dvmd listens, as peers reach it
+	LibvirtURI string // this node's libvirt as peers reach it, for migration
+	ImagesDir  string // images, by name: DIR/NAME/{kernel,initrd,cmdline} or DIR/NAME/disk.qcow2
+	DisksDir   string // guest disks (shared storage on a real cluster)
+	ConsoleDir string // serial console logs
+	// ShutdownTimeout is how long a guest gets to power off before it is destroyed.
+	ShutdownTimeout time.Duration
+	// ReportInterval is the period of status reports (the master's liveness signal).
+	ReportInterval time.Duration
+	Log            *slog.Logger
+}
+
+// Agent runs one node.
+type Agent struct {
+	cfg  Config
+	pool hypervisor.Capacity
+
+	mu     sync.Mutex
+	errs   map[string]string // guest -> last failed step
+	busy   map[string]bool   // guests with a slow step (shutdown, migration) in flight
+	report chan struct{}     // asks for a status report now
+
+	latest *api.Assignment // the last assignment read; guarded by mu
+	resync chan struct{}   // asks for a reconcile of latest now
+}
+
+// New checks the node's share and prepares its disk pool.
+func New(cfg Config) (*Agent, error) {
+	pool, err := cfg.Share.PoolShare(cfg.Node.HostCapacity())
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", cfg.Name, err)
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.ReportInterval <= 0 {
+		cfg.ReportInterval = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.DisksDir != "" {
+		if err := cfg.Node.EnsureDiskPool(cfg.DisksDir); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ConsoleDir != "" {
+		if err := os.MkdirAll(cfg.ConsoleDir, 0o750); err != nil {
+			return nil, fmt.Errorf("console log directory: %w", err)
+		}
+	}
+	return &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, report: make(chan struct{}, 1), resync: make(chan struct{}, 1)}, nil
+}
+
+// PoolShare is what the node offers to the cluster.
+func (a *Agent) PoolShare() hypervisor.Capacity { return a.pool }
+
+// Run reconciles until ctx ends.
+func (a *Agent) Run(ctx context.Context) {
+	go a.reportLoop(ctx)
+	go a.eventLoop(ctx)
+	go a.reconcileLoop(ctx)
+	var index uint64
+	for ctx.Err() == nil {
+		var asg api.Assignment
+		path := fmt.Sprintf("/v1/nodes/%s/assignment?index=%d&wait=30s", url.PathEscape(a.cfg.Name), index)
+		if err := a.cfg.Client.Do(ctx, "GET", path, nil, &asg); err != nil {
+			if ctx.Err() == nil {
+				a.cfg.Log.Warn("read assignment", "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		// A master whose index went back (a fresh state) must not make this node drop its
+		// guests on the strength of an empty list; the reconcile never destroys unassigned
+		// guests, and the index simply follows the master.
+		index = asg.Index
+		a.mu.Lock()
+		a.latest = &asg
+		a.mu.Unlock()
+		a.requestResync()
+	}
+}
+
+func (a *Agent) requestResync() {
+	select {
+	case a.resync <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop reconciles the latest assignment when it changes, when a guest changes
+// state on the node (a guest that died while wanted running starts again), and every
+// few seconds in case an event was missed.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.resync:
+		case <-t.C:
+		}
+		a.mu.Lock()
+		asg := a.latest
+		a.mu.Unlock()
+		if asg != nil {
+			a.reconcile(ctx, *asg)
+			a.requestReport()
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func (a *Agent) requestReport() {
+	select {
+	case a.report <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) setErr(guest string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		delete(a.errs, guest)
+		return
+	}
+	a.errs[guest] = err.Error()
+	a.cfg.Log.Warn("reconcile guest", "guest", guest, "err", err)
+}
+
+// startSlow runs fn for guest in the background unless a slow step of that guest is
+// already running.
+func (a *Agent) startSlow(guest string, fn func()) {
+	a.mu.Lock()
+	if a.busy[guest] {
+		a.mu.Unlock()
+		return
+	}
+	a.busy[guest] = true
+	a.mu.Unlock()
+	go func() {
+		fn()
+		a.mu.Lock()
+		delete(a.busy, guest)
+		a.mu.Unlock()
+		a.requestReport()
+	}()
+}
+
+// reconcile makes libvirt match the assignment. It never touches a dvm guest that the
+// assignment does not name: removing a guest from a node is the master's explicit act
+// (delete, migration), never an inference from absence.
+func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
+	present := map[string]hypervisor.State{}
+	if list, err := a.cfg.Node.List(); err == nil {
+		for _, g := range list {
+			present[g.Name] = g.State
+		}
+	} else {
+		a.cfg.Log.Warn("list guests", "err", err)
+		return
+	}
+	for _, g := range asg.Guests {
+		g := g
+		if g.Incoming {
+			continue
+		}
+		state, defined := present[g.Name]
+		switch {
+		case g.Desired == store.DesiredDeleted:
+			a.startSlow(g.Name, func() {
+				err := a.cfg.Node.Undefine(g.Name)
+				if err == nil && g.DiskBytes > 0 {
+					err = a.cfg.Node.DeleteDisk(g.Name)
+				}
+				a.setErr(g.Name, err)
+			})
+		case g.MigrateTo != "":
+			if state == hypervisor.StateRunning {
+				a.startSlow(g.Name, func() { a.migrate(ctx, g) })
+			}
+		default:
+			if !defined {
+				if err := a.define(g); err != nil {
+					a.setErr(g.Name, err)
+					continue
+				}
+				state = hypervisor.StateStopped
+			}
+			switch {
+			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
+				a.setErr(g.Name, a.cfg.Node.Start(g.Name))
+			case g.Desired == store.DesiredStopped && state == hypervisor.StateRunning:
+				a.startSlow(g.Name, func() {
+					a.setErr(g.Name, a.cfg.Node.Shutdown(ctx, g.Name, a.cfg.ShutdownTimeout))
+				})
+			default:
+				a.setErr(g.Name, nil)
+			}
+		}
+	}
+}
+
+// define builds a guest's domain from its assignment, the image it names and its disk.
+func (a *Agent) define(g api.AssignedGuest) error {
+	spec := hypervisor.GuestSpec{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes}
+	if a.cfg.ConsoleDir != "" {
+		spec.ConsoleLog = filepath.Join(a.cfg.ConsoleDir, g.Name+".log")
+	}
+	backing := ""
+	if g.Image != "" {
+		dir := filepath.Join(a.cfg.ImagesDir, g.Image)
+		kernel := filepath.Join(dir, "kernel")
+		disk := filepath.Join(dir, "disk.qcow2")
+		switch {
+		case fileExists(kernel):
+			spec.Boot = &hypervisor.DirectBoot{Kernel: kernel}
+			if initrd := filepath.Join(dir, "initrd"); fileExists(initrd) {
+				spec.Boot.Initrd = initrd
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
+				spec.Boot.Cmdline = strings.TrimSpace(string(b))
+			}
+		case fileExists(disk):
+			backing = disk
+		default:
+			return fmt.Errorf("image %q not found on node %s: expected %s or %s", g.Image, a.cfg.Name, kernel, disk)
+		}
+	}
+	if g.DiskBytes > 0 || backing != "" {
+		size := g.DiskBytes
+		if size == 0 {
+			size = api.DefaultDisk
+		}
+		path, err := a.cfg.Node.EnsureDisk(g.Name, size, backing)
+		if err != nil {
+			return err
+		}
+		spec.Disk = &hypervisor.Disk{Path: path, Format: "qcow2"}
+	}
+	return a.cfg.Node.Define(spec)
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// migrate carries out a migration the master asked for and reports the outcome, whether
+// libvirt succeeded or not: the master changes the guest's node only on success.
+func (a *Agent) migrate(ctx context.Context, g api.AssignedGuest) {
+	migrateURI := ""
+	if g.MigrateAddress != "" {
+		migrateURI = "tcp://" + g.MigrateAddress
+	}
+	a.cfg.Log.Info("migrating", "guest", g.Name, "to", g.MigrateTo, "uri", g.MigrateLibvirtURI)
+	stats, err := a.cfg.Node.Migrate(g.Name, g.MigrateLibvirtURI, migrateURI)
+	res := api.Migration{OK: err == nil, TotalSeconds: stats.Total.Seconds(), DowntimeSeconds: stats.Downtime.Seconds(), Bytes: stats.Bytes}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	path := fmt.Sprintf("/v1/guests/%s/migration?node=%s", url.PathEscape(g.Name), url.QueryEscape(a.cfg.Name))
+	for try := 0; try < 30 && ctx.Err() == nil; try++ {
+		err := a.cfg.Client.Do(ctx, "POST", path, res, nil)
+		var se *api.StatusError
+		if err == nil || errors.As(err, &se) {
+			if err != nil {
+				a.cfg.Log.Warn("report migration", "guest", g.Name, "err", err)
+			}
+			return
+		}
+		sleep(ctx, time.Second)
+	}
+}
+
+// status is what the node reports now.
+func (a *Agent) status() api.NodeStatus {
+	host := a.cfg.Node.HostCapacity()
+	st := api.NodeStatus{
+		Address: a.cfg.Address, LibvirtURI: a.cfg.LibvirtURI, Accelerator: string(a.cfg.Node.Accelerator()),
+		HostCPUs: host.CPUs, HostMemoryBytes: host.MemoryBytes, CPUs: a.pool.CPUs, MemoryBytes: a.pool.MemoryBytes,
+		Labels: a.cfg.Labels, Guests: []api.ObservedGuest{},
+	}
+	list, err := a.cfg.Node.List()
+	if err != nil {
+		a.cfg.Log.Warn("list guests", "err", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, g := range list {
+		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.errs[g.Name]})
+	}
+	for name, e := range a.errs {
+		if !containsGuest(list, name) {
+			st.Guests = append(st.Guests, api.ObservedGuest{Name: name, State: "absent", Error: e})
+		}
+	}
+	return st
+}
+
+func containsGuest(list []hypervisor.Guest, name string) bool {
+	for _, g := range list {
+		if g.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Agent) reportLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ReportInterval)
+	defer t.Stop()
+	path := "/v1/nodes/" + url.PathEscape(a.cfg.Name) + "/status"
+	for {
+		if err := a.cfg.Client.Do(ctx, "PUT", path, a.status(), nil); err != nil && ctx.Err() == nil {
+			a.cfg.Log.Warn("report status", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.report:
+		}
+	}
+}
+
+// eventLoop turns libvirt's lifecycle events into prompt status reports, so a guest that
+// started or died shows up without waiting for the next period.
+func (a *Agent) eventLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-a.cfg.Node.Events():
+			a.cfg.Log.Debug("domain event", "guest", ev.Guest, "state", ev.State, "detail", ev.Detail)
+			a.requestReport()
+			a.requestResync()
+		}
+	}
+}

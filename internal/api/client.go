@@ -1,0 +1,100 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client talks to a dvm API. Addrs may name several management nodes; each request
+// goes to the first that answers, so clients survive a master change.
+type Client struct {
+	Addrs []string
+	Token string
+	HTTP  *http.Client
+}
+
+// NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
+func NewClient(addrs, token string) (*Client, error) {
+	c := &Client{Token: token, HTTP: &http.Client{Timeout: 10 * time.Minute}}
+	for _, a := range strings.Split(addrs, ",") {
+		a = strings.TrimRight(strings.TrimSpace(a), "/")
+		if a == "" {
+			continue
+		}
+		u, err := url.Parse(a)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("address %q is not a URL such as http://127.0.0.1:7460", a)
+		}
+		c.Addrs = append(c.Addrs, a)
+	}
+	if len(c.Addrs) == 0 {
+		return nil, errors.New("no API address: set DVM_ADDR or --addr (for a dev cluster: set -a; . DATA_DIR/env)")
+	}
+	return c, nil
+}
+
+// StatusError is an error answer of the API.
+type StatusError struct {
+	Code  int
+	Msg   string
+	Field string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Do sends a request with a JSON body (nil for none) and decodes the JSON answer into
+// out (nil to ignore it). A connection failure moves on to the next address; an answer,
+// even an error, ends the search.
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	var lastErr error
+	for _, addr := range c.Addrs {
+		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			lastErr = err
+			if ctx.Err() != nil {
+				return err
+			}
+			continue
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode >= 300 {
+			var e Error
+			if json.Unmarshal(data, &e) != nil || e.Error == "" {
+				e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+			}
+			return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
+		}
+		if out != nil && len(data) > 0 {
+			return json.Unmarshal(data, out)
+		}
+		return nil
+	}
+	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
+}

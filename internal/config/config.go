@@ -1,0 +1,204 @@
+// Package config reads dvmd's node config file: one `key = value` per line, `#` starts a
+// comment. Parsing is strict: an unknown key, a repeated key or a bad value is an error
+// that names the key and the line, and the daemon does not start.
+package config
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/units"
+)
+
+// Node is a dvmd node's configuration.
+type Node struct {
+	Name                string
+	LibvirtURI          string
+	AdvertiseLibvirtURI string
+	Listen              string
+	Advertise           string // host:port peers use to reach this dvmd; default: Listen
+	DataDir             string
+	TokenFile           string
+	Management          bool
+	Master              string // comma-separated API addresses of management nodes
+	ImagesDir           string
+	DisksDir            string
+	Share               hypervisor.Share
+	Accelerator         string
+	Labels              map[string]string
+	ShutdownTimeout     time.Duration
+	NodeTimeout         time.Duration
+	LogLevel            string
+}
+
+// Defaults are the values of keys a file leaves out.
+func Defaults() Node {
+	return Node{
+		LibvirtURI: "qemu:///system", Listen: "127.0.0.1:7460", DataDir: "/var/lib/dvm",
+		Accelerator: "auto", ShutdownTimeout: 30 * time.Second, NodeTimeout: 5 * time.Second,
+		Share:       hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},
+		Labels:      map[string]string{}, LogLevel: "info",
+	}
+}
+
+// Load reads a config file.
+func Load(path string) (Node, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Node{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	n, err := Parse(f)
+	if err != nil {
+		return Node{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
+// Parse reads a config from r.
+func Parse(r io.Reader) (Node, error) {
+	n := Defaults()
+	seen := map[string]int{}
+	sc := bufio.NewScanner(r)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if i := strings.Index(text, "#"); i >= 0 {
+			text = text[:i]
+		}
+		text = strings.TrimSpace(text)
+		if text == "" {
+			continue
+		}
+		key, val, ok := strings.Cut(text, "=")
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		if !ok || key == "" {
+			return Node{}, fmt.Errorf("line %d: %q is not `key = value`", line, text)
+		}
+		if prev, dup := seen[key]; dup {
+			return Node{}, fmt.Errorf("line %d: key %s already set on line %d", line, key, prev)
+		}
+		seen[key] = line
+		if err := n.set(key, val); err != nil {
+			return Node{}, fmt.Errorf("line %d: %s: %w", line, key, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return Node{}, err
+	}
+	if err := n.Validate(); err != nil {
+		return Node{}, err
+	}
+	return n, nil
+}
+
+func (n *Node) set(key, val string) error {
+	var err error
+	switch key {
+	case "name":
+		if fe := api.ValidateName("name", val); fe != nil {
+			return fmt.Errorf("%s", fe.Msg)
+		}
+		n.Name = val
+	case "libvirt_uri":
+		n.LibvirtURI = val
+	case "advertise_libvirt_uri":
+		n.AdvertiseLibvirtURI = val
+	case "listen":
+		n.Listen = val
+	case "advertise":
+		n.Advertise = val
+	case "data_dir":
+		n.DataDir = val
+	case "token_file":
+		n.TokenFile = val
+	case "management":
+		n.Management, err = strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", val)
+		}
+	case "master":
+		if _, err := api.NewClient(val, "x"); err != nil {
+			return err
+		}
+		n.Master = val
+	case "images_dir":
+		n.ImagesDir = val
+	case "disks_dir":
+		n.DisksDir = val
+	case "reserved_cpus":
+		n.Share.ReservedCPUs, err = strconv.Atoi(val)
+		if err != nil || n.Share.ReservedCPUs < 0 {
+			return fmt.Errorf("%q is not a whole number of cpus", val)
+		}
+	case "reserved_memory":
+		n.Share.ReservedMemoryBytes, err = units.ParseBytes(val)
+	case "cpu_overcommit":
+		n.Share.CPUOvercommit, err = parseRatio(val)
+	case "memory_overcommit":
+		n.Share.MemoryOvercommit, err = parseRatio(val)
+	case "accelerator":
+		if val != "auto" && val != "kvm" && val != "tcg" {
+			return fmt.Errorf("%q is not auto, kvm or tcg", val)
+		}
+		n.Accelerator = val
+	case "labels":
+		n.Labels, err = api.ParseLabels(val)
+	case "shutdown_timeout":
+		n.ShutdownTimeout, err = parseDuration(val)
+	case "node_timeout":
+		n.NodeTimeout, err = parseDuration(val)
+	case "log_level":
+		if val != "debug" && val != "info" && val != "warn" && val != "error" {
+			return fmt.Errorf("%q is not debug, info, warn or error", val)
+		}
+		n.LogLevel = val
+	default:
+		return fmt.Errorf("unknown key: see configs/dvmd.conf for the keys dvmd reads")
+	}
+	return err
+}
+
+func parseRatio(s string) (float64, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 1 || f > 64 {
+		return 0, fmt.Errorf("%q is not a ratio between 1 and 64", s)
+	}
+	return f, nil
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration such as 30s", s)
+	}
+	return d, nil
+}
+
+// Validate checks what no single key can: required keys and their combinations.
+func (n *Node) Validate() error {
+	if n.Name == "" {
+		return fmt.Errorf("name is required: give the node a name such as n1")
+	}
+	if !n.Management && n.Master == "" {
+		return fmt.Errorf("master is required on a node that is not a management node: give the master's API address, such as http://10.0.0.1:7460")
+	}
+	if n.TokenFile == "" {
+		n.TokenFile = n.DataDir + "/token"
+	}
+	if n.Advertise == "" {
+		n.Advertise = n.Listen
+	}
+	if n.AdvertiseLibvirtURI == "" {
+		n.AdvertiseLibvirtURI = n.LibvirtURI
+	}
+	return n.Share.Validate()
+}

@@ -1,0 +1,60 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFull(t *testing.T) {
+	n, err := Parse(strings.NewReader(`
+# a lab node
+name = n2
+libvirt_uri = qemu:///system
+advertise_libvirt_uri = qemu+tcp://10.77.0.12/system   # peers migrate here
+listen = 10.77.0.12:7460
+data_dir = /lab/n2
+token_file = /lab/token
+master = http://10.77.0.11:7460,http://10.77.0.12:7460
+images_dir = /lab/shared/images
+disks_dir = /lab/shared/disks
+reserved_cpus = 0
+reserved_memory = 256MiB
+cpu_overcommit = 4
+memory_overcommit = 1.5
+accelerator = tcg
+labels = rack=r2,zone=z1
+shutdown_timeout = 10s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Name != "n2" || n.Share.ReservedMemoryBytes != 256<<20 || n.Share.MemoryOvercommit != 1.5 || n.Labels["rack"] != "r2" ||
+		n.ShutdownTimeout != 10*time.Second || n.Advertise != "10.77.0.12:7460" || n.Accelerator != "tcg" {
+		t.Fatalf("parsed %+v", n)
+	}
+}
+
+func TestParseErrorsNameKeyAndLine(t *testing.T) {
+	cases := map[string]string{
+		"name = n1\nmaster = http://m:7460\ncolour = blue\n":        "line 3: colour: unknown key",
+		"name = n1\nmaster = http://m:7460\nreserved_memory = lots": "line 3: reserved_memory",
+		"name = n1\nname = n2\nmaster = http://m:7460":              "line 2: key name already set on line 1",
+		"name = N_1\nmaster = http://m:7460":                        "line 1: name",
+		"name = n1\nmaster = http://m:7460\ncpu_overcommit = 0.5":    "line 3: cpu_overcommit",
+		"name = n1\nmaster = http://m:7460\naccelerator = xen":       "line 3: accelerator",
+		"name = n1\nmaster = ftp://m":                                "line 2: master",
+		"name = n1\nmaster = http://m:7460\njust words":              "line 3",
+		"name = n1\nmaster = http://m:7460\nmanagement = maybe":      "line 3: management",
+		"name = n1\nmaster = http://m:7460\nlabels = rack":           "line 3: labels",
+		"name = n1\nmaster = http://m:7460\nshutdown_timeout = -1s":  "line 3: shutdown_timeout",
+		"master = http://m:7460":                                     "name is required",
+		"name = n1":                                                  "master is required",
+	}
+	for in, want := range cases {
+		_, err := Parse(strings.NewReader(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error containing %q", in, err, want)
+		}
+	}
+}

@@ -1,0 +1,109 @@
+// Package daemon wires dvmd's parts together: the master with its store and API, and
+// node agents over their hypervisors. `dvmd agent` runs one node; `dvmd dev` runs several
+// in one process on libvirt's test driver.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/agent"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/config"
+	"github.com/dvmproject/dvm/internal/master"
+	"github.com/dvmproject/dvm/internal/metrics"
+	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/scheduler"
+)
+
+// Master is a running management role with its store.
+type Master struct {
+	*master.Master
+	st *store.Store
+}
+
+// OpenMaster opens the state in dataDir and makes a master over it.
+func OpenMaster(dataDir string, nodeTimeout time.Duration, sched scheduler.Options, log *slog.Logger) (*Master, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	st, err := store.Open(filepath.Join(dataDir, "state.db"))
+	if err != nil {
+		return nil, err
+	}
+	m, err := master.New(st, master.Options{NodeTimeout: nodeTimeout, Scheduler: sched, Log: log})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &Master{Master: m, st: st}, nil
+}
+
+// Close closes the master's state.
+func (m *Master) Close() error { return m.st.Close() }
+
+// Serve serves handler on a listener until ctx ends.
+func Serve(ctx context.Context, ln net.Listener, handler http.Handler) error {
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// NewAgent opens a node's hypervisor and makes its agent.
+func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *slog.Logger) (*agent.Agent, *hypervisor.Node, error) {
+	node, err := hypervisor.Open(hypervisor.Options{
+		URI: cfg.LibvirtURI, Accelerator: cfg.Accelerator,
+		OnError: func(op string) { reg.LibvirtErrors.WithLabelValues(cfg.Name, op).Inc() },
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	disks := cfg.DisksDir
+	if disks == "" {
+		disks = filepath.Join(cfg.DataDir, "disks")
+	}
+	a, err := agent.New(agent.Config{
+		Name: cfg.Name, Node: node, Share: cfg.Share, Labels: cfg.Labels, Client: client,
+		Address: cfg.Advertise, LibvirtURI: cfg.AdvertiseLibvirtURI, ImagesDir: cfg.ImagesDir,
+		DisksDir: disks, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
+		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
+	})
+	if err != nil {
+		node.Close()
+		return nil, nil, err
+	}
+	log.Info("node ready", "node", cfg.Name, "libvirt", cfg.LibvirtURI, "accelerator", node.Accelerator(),
+		"host_cpus", node.HostCapacity().CPUs, "host_memory_bytes", node.HostCapacity().MemoryBytes,
+		"pool_cpus", a.PoolShare().CPUs, "pool_memory_bytes", a.PoolShare().MemoryBytes)
+	return a, node, nil
+}
+
+// WriteEnv writes the env file that points vmctl at a cluster: DVM_ADDR and DVM_TOKEN
+// lines (plus extra lines), mode 0600, replaced atomically.
+func WriteEnv(path, addrs, token string, extra ...string) error {
+	body := "DVM_ADDR=" + addrs + "\nDVM_TOKEN=" + token + "\n"
+	for _, e := range extra {
+		body += e + "\n"
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,66 @@
+package master
+
+import (
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exports the cluster's state at scrape time, read from the store, so the
+// figures are never stale copies.
+type Collector struct{ m *Master }
+
+// Collector returns the master's metrics collector.
+func (m *Master) Collector() prometheus.Collector { return Collector{m} }
+
+var (
+	descNodeCPUs      = prometheus.NewDesc("dvm_node_cpus", "CPUs the node offers to guests (its pool share, after host reservation and overcommit).", []string{"node"}, nil)
+	descNodeMemory    = prometheus.NewDesc("dvm_node_memory_bytes", "Memory the node offers to guests (its pool share).", []string{"node"}, nil)
+	descNodeAllocCPU  = prometheus.NewDesc("dvm_node_allocated_cpus", "CPUs of the guests placed on the node.", []string{"node"}, nil)
+	descNodeAllocMem  = prometheus.NewDesc("dvm_node_allocated_memory_bytes", "Memory of the guests placed on the node.", []string{"node"}, nil)
+	descNodeHostCPUs  = prometheus.NewDesc("dvm_node_host_cpus", "CPUs of the node's host, before reservation.", []string{"node"}, nil)
+	descNodeHostMem   = prometheus.NewDesc("dvm_node_host_memory_bytes", "Memory of the node's host, before reservation.", []string{"node"}, nil)
+	descNodeUp        = prometheus.NewDesc("dvm_node_up", "1 when the node reported within the node timeout, else 0.", []string{"node"}, nil)
+	descNodeInfo      = prometheus.NewDesc("dvm_node_info", "Static facts of a node, as labels.", []string{"node", "accelerator", "libvirt_uri"}, nil)
+	descGuests        = prometheus.NewDesc("dvm_guests", "Guests by state.", []string{"state"}, nil)
+	descGuestsPolicy  = prometheus.NewDesc("dvm_guests_by_failover", "Guests by failover policy.", []string{"failover"}, nil)
+	descGuestInfo     = prometheus.NewDesc("dvm_guest_info", "A guest and where it is placed, as labels; domain is the libvirt domain name.", []string{"domain", "node", "os", "failover", "state"}, nil)
+	allGuestStates    = []string{api.GuestPending, api.GuestStarting, api.GuestRunning, api.GuestStopping, api.GuestStopped, api.GuestMigrating, api.GuestDeleting, api.GuestFailed, api.GuestUnknown}
+	allFailoverPolicy = []string{api.FailoverNone, api.FailoverRestart, api.FailoverTwin}
+)
+
+func (c Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo} {
+		ch <- d
+	}
+}
+
+func (c Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, n := range c.m.Nodes() {
+		g := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, n.Name) }
+		g(descNodeCPUs, float64(n.CPUs))
+		g(descNodeMemory, float64(n.MemoryBytes))
+		g(descNodeAllocCPU, float64(n.AllocatedCPUs))
+		g(descNodeAllocMem, float64(n.AllocatedMemoryBytes))
+		g(descNodeHostCPUs, float64(n.HostCPUs))
+		g(descNodeHostMem, float64(n.HostMemoryBytes))
+		up := 0.0
+		if n.State == api.NodeReady {
+			up = 1
+		}
+		g(descNodeUp, up)
+		ch <- prometheus.MustNewConstMetric(descNodeInfo, prometheus.GaugeValue, 1, n.Name, n.Accelerator, n.LibvirtURI)
+	}
+	byState := map[string]int{}
+	byPolicy := map[string]int{}
+	for _, g := range c.m.Guests() {
+		byState[g.State]++
+		byPolicy[g.Failover]++
+		ch <- prometheus.MustNewConstMetric(descGuestInfo, prometheus.GaugeValue, 1, g.Name, g.Node, g.OS, g.Failover, g.State)
+	}
+	for _, s := range allGuestStates {
+		ch <- prometheus.MustNewConstMetric(descGuests, prometheus.GaugeValue, float64(byState[s]), s)
+	}
+	for _, p := range allFailoverPolicy {
+		ch <- prometheus.MustNewConstMetric(descGuestsPolicy, prometheus.GaugeValue, float64(byPolicy[p]), p)
+	}
+}

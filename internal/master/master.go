@@ -1,0 +1,334 @@
+// Package master is the cluster's management role: it keeps the desired state in the
+// store, places guests with the scheduler, hands every node its assignment and joins the
+// nodes' reports into what operators see.
+package master
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/scheduler"
+)
+
+// Options configure a master.
+type Options struct {
+	// NodeTimeout is how long a node may go without a status report before it is shown
+	// as unreachable and no longer gets new guests.
+	NodeTimeout time.Duration
+	Scheduler   scheduler.Options
+	Log         *slog.Logger
+}
+
+// Errors a caller must tell apart.
+var (
+	ErrNotFound   = errors.New("not found")
+	ErrConflict   = errors.New("conflict")
+	ErrBadRequest = errors.New("bad request")
+)
+
+// Master is the management role of a cluster.
+type Master struct {
+	st   *store.Store
+	opts Options
+	log  *slog.Logger
+
+	// mu serialises decisions that read the state and then change it (placement,
+	// migration starts), so two requests cannot both take the same free capacity.
+	mu sync.Mutex
+
+	obsMu    sync.RWMutex
+	lastSeen map[string]time.Time                      // node -> last status report
+	observed map[string]map[string]api.ObservedGuest // node -> guest -> state
+
+	migMu   sync.Mutex
+	pending map[string]chan api.Migration // guest -> waiter of a migration in flight
+
+	kick chan struct{} // wakes the placement loop
+}
+
+// New makes a master over a store.
+func New(st *store.Store, opts Options) (*Master, error) {
+	if err := opts.Scheduler.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.NodeTimeout <= 0 {
+		opts.NodeTimeout = 5 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	return &Master{
+		st: st, opts: opts, log: opts.Log,
+		lastSeen: map[string]time.Time{},
+		observed: map[string]map[string]api.ObservedGuest{},
+		pending:  map[string]chan api.Migration{},
+		kick:     make(chan struct{}, 1),
+	}, nil
+}
+
+// Store is the master's state store.
+func (m *Master) Store() *store.Store { return m.st }
+
+// Run places pending guests whenever the cluster changes, until ctx ends.
+func (m *Master) Run(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.kick:
+		case <-tick.C:
+		}
+		m.placePending()
+	}
+}
+
+func (m *Master) wake() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// nodeReady says whether a node reported recently.
+func (m *Master) nodeReady(name string, now time.Time) bool {
+	m.obsMu.RLock()
+	defer m.obsMu.RUnlock()
+	t, ok := m.lastSeen[name]
+	return ok && now.Sub(t) < m.opts.NodeTimeout
+}
+
+// schedulerView builds the scheduler's snapshot from the state: every placed guest that
+// is not deleted holds its CPU and memory on its node, stopped or not, so starting a
+// stopped guest never fails for want of room.
+func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRecord) *scheduler.Scheduler {
+	now := time.Now()
+	sn := make([]scheduler.Node, 0, len(nodes))
+	for _, n := range nodes {
+		sn = append(sn, scheduler.Node{
+			Name: n.Name, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
+			Schedulable: !n.Unschedulable && m.nodeReady(n.Name, now),
+			Draining:    n.Draining, Accelerator: n.Accelerator, Labels: n.Labels,
+		})
+	}
+	var existing []scheduler.Assignment
+	for _, g := range guests {
+		if g.Node == "" {
+			continue
+		}
+		existing = append(existing, scheduler.Assignment{Guest: schedGuest(g), Node: g.Node, TwinNode: g.TwinNode})
+	}
+	return scheduler.New(sn, existing, m.opts.Scheduler)
+}
+
+func schedGuest(g store.GuestRecord) scheduler.Guest {
+	return scheduler.Guest{Name: g.Name, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes, Failover: g.Failover, Constraints: g.Constraints}
+}
+
+// CreateGuest validates, records and places a new guest. A guest that fits nowhere is
+// kept as pending with the reason and placed as soon as room appears.
+func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
+	if fe := req.Normalize(); fe != nil {
+		return api.Guest{}, fe
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.st.Guest(req.Name); ok {
+		return api.Guest{}, fmt.Errorf("guest %q %w: choose another name or delete it first", req.Name, ErrConflict)
+	}
+	desired := store.DesiredRunning
+	if req.Start != nil && !*req.Start {
+		desired = store.DesiredStopped
+	}
+	g := store.GuestRecord{
+		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
+		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
+		Desired: desired, CreatedAt: time.Now().UTC(),
+	}
+	nodes, guests, _ := m.st.Snapshot()
+	m.place(&g, m.schedulerView(nodes, guests))
+	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
+		return api.Guest{}, err
+	}
+	m.log.Info("guest created", "guest", g.Name, "node", g.Node, "pending", g.PendingReason)
+	return m.view(g, time.Now()), nil
+}
+
+// place sets g's node, or its pending reason.
+func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) {
+	p, err := s.Place(schedGuest(*g))
+	if err != nil {
+		g.Node, g.TwinNode = "", ""
+		g.PendingReason = err.Error()
+		var u *scheduler.Unplaceable
+		if errors.As(err, &u) {
+			g.PendingReason = u.Error()
+		}
+		return
+	}
+	g.Node, g.TwinNode, g.PendingReason = p.Node, p.TwinNode, ""
+}
+
+// placePending tries again to place every pending guest, in creation order.
+func (m *Master) placePending() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	nodes, guests, _ := m.st.Snapshot()
+	var todo []store.GuestRecord
+	for _, g := range guests {
+		if g.Node == "" && g.Desired != store.DesiredDeleted {
+			todo = append(todo, g)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	sort.Slice(todo, func(i, j int) bool { return todo[i].CreatedAt.Before(todo[j].CreatedAt) })
+	s := m.schedulerView(nodes, guests)
+	var cmds []store.Command
+	for i := range todo {
+		g := todo[i]
+		before := g.PendingReason
+		m.place(&g, s)
+		if g.Node != "" || g.PendingReason != before {
+			cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+			if g.Node != "" {
+				m.log.Info("pending guest placed", "guest", g.Name, "node", g.Node)
+			}
+		}
+	}
+	if len(cmds) > 0 {
+		if _, err := m.st.Apply(cmds...); err != nil {
+			m.log.Error("place pending guests", "err", err)
+		}
+	}
+}
+
+// Guests lists every guest.
+func (m *Master) Guests() []api.Guest {
+	_, guests, _ := m.st.Snapshot()
+	now := time.Now()
+	out := make([]api.Guest, 0, len(guests))
+	for _, g := range guests {
+		out = append(out, m.view(g, now))
+	}
+	return out
+}
+
+// Guest shows one guest.
+func (m *Master) Guest(name string) (api.Guest, error) {
+	g, ok := m.st.Guest(name)
+	if !ok {
+		return api.Guest{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
+	}
+	return m.view(g, time.Now()), nil
+}
+
+// view joins a guest's record with its node's last report.
+func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
+	out := api.Guest{
+		Name: g.Name, UUID: g.UUID, Node: g.Node, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
+		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
+		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
+	}
+	if len(g.LastMigration) > 0 {
+		var mig api.Migration
+		if json.Unmarshal(g.LastMigration, &mig) == nil {
+			out.LastMigration = &mig
+		}
+	}
+	out.State = m.state(g, now, &out.Error)
+	return out
+}
+
+func (m *Master) state(g store.GuestRecord, now time.Time, errOut *string) string {
+	if g.Node == "" {
+		return api.GuestPending
+	}
+	if !m.nodeReady(g.Node, now) {
+		return api.GuestUnknown
+	}
+	m.obsMu.RLock()
+	obs, seen := m.observed[g.Node][g.Name]
+	m.obsMu.RUnlock()
+	*errOut = obs.Error
+	switch {
+	case g.Desired == store.DesiredDeleted:
+		return api.GuestDeleting
+	case g.MigrateTo != "":
+		return api.GuestMigrating
+	case obs.Error != "" && obs.State != "running":
+		return api.GuestFailed
+	case g.Desired == store.DesiredRunning && seen && obs.State == "running":
+		return api.GuestRunning
+	case g.Desired == store.DesiredRunning:
+		return api.GuestStarting
+	case seen && obs.State == "running":
+		return api.GuestStopping
+	}
+	return api.GuestStopped
+}
+
+// SetDesired asks for a guest to be running or stopped.
+func (m *Master) SetDesired(name, desired string) (api.Guest, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.st.Guest(name)
+	if !ok {
+		return api.Guest{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
+	}
+	if g.Desired == store.DesiredDeleted {
+		return api.Guest{}, fmt.Errorf("guest %q is being deleted: %w", name, ErrConflict)
+	}
+	if g.Desired != desired {
+		g.Desired = desired
+		if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
+			return api.Guest{}, err
+		}
+	}
+	return m.view(g, time.Now()), nil
+}
+
+// DeleteGuest marks a guest for deletion. Its node removes the domain and disk and then
+// reports it gone, which removes the record; a guest on no node is removed at once.
+func (m *Master) DeleteGuest(name string) (api.Guest, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.st.Guest(name)
+	if !ok {
+		return api.Guest{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
+	}
+	if g.MigrateTo != "" {
+		return api.Guest{}, fmt.Errorf("guest %q is migrating to %s: %w; delete it when the migration ends", name, g.MigrateTo, ErrConflict)
+	}
+	if g.Node == "" {
+		_, err := m.st.Apply(store.Command{Op: store.OpDeleteGuest, Name: name})
+		g.Desired = store.DesiredDeleted
+		return api.Guest{Name: g.Name, State: "deleted"}, err
+	}
+	g.Desired = store.DesiredDeleted
+	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
+		return api.Guest{}, err
+	}
+	return m.view(g, time.Now()), nil
+}
+
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

@@ -1,0 +1,235 @@
+package master
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/store"
+)
+
+// ReportStatus records a node's status report: it registers a new node, updates what
+// changed in its record, and keeps what it observed for the guests' states. A guest
+// marked deleted that its node no longer reports is removed.
+func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
+	if fe := api.ValidateName("node", name); fe != nil {
+		return fe
+	}
+	if st.CPUs <= 0 || st.MemoryBytes <= 0 {
+		return &api.FieldError{Field: "cpus", Msg: "a node must offer at least one cpu and some memory"}
+	}
+	now := time.Now()
+	obs := make(map[string]api.ObservedGuest, len(st.Guests))
+	for _, g := range st.Guests {
+		obs[g.Name] = g
+	}
+	m.obsMu.Lock()
+	_, known := m.lastSeen[name]
+	m.lastSeen[name] = now
+	m.observed[name] = obs
+	m.obsMu.Unlock()
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var cmds []store.Command
+	old, ok := m.st.Node(name)
+	rec := old
+	rec.Name, rec.Address, rec.LibvirtURI, rec.Accelerator = name, st.Address, st.LibvirtURI, st.Accelerator
+	rec.HostCPUs, rec.HostMemory, rec.CPUs, rec.MemoryBytes = st.HostCPUs, st.HostMemoryBytes, st.CPUs, st.MemoryBytes
+	rec.Labels = st.Labels
+	if !ok {
+		rec.RegisteredAt = now.UTC()
+		m.log.Info("node registered", "node", name, "cpus", st.CPUs, "memory_bytes", st.MemoryBytes)
+	}
+	if !ok || !sameNode(old, rec) {
+		cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &rec})
+	}
+	_, guests, _ := m.st.Snapshot()
+	for _, g := range guests {
+		if g.Node == name && g.Desired == store.DesiredDeleted {
+			if _, present := obs[g.Name]; !present {
+				cmds = append(cmds, store.Command{Op: store.OpDeleteGuest, Name: g.Name})
+			}
+		}
+	}
+	if len(cmds) > 0 {
+		if _, err := m.st.Apply(cmds...); err != nil {
+			return err
+		}
+	}
+	if !known {
+		m.wake() // a node (back) online may take pending guests
+	}
+	return nil
+}
+
+func sameNode(a, b store.NodeRecord) bool {
+	return a.Address == b.Address && a.LibvirtURI == b.LibvirtURI && a.Accelerator == b.Accelerator &&
+		a.HostCPUs == b.HostCPUs && a.HostMemory == b.HostMemory && a.CPUs == b.CPUs &&
+		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels)
+}
+
+// Nodes lists the nodes with their allocation.
+func (m *Master) Nodes() []api.Node {
+	nodes, guests, _ := m.st.Snapshot()
+	now := time.Now()
+	out := make([]api.Node, 0, len(nodes))
+	for _, n := range nodes {
+		v := api.Node{
+			Name: n.Name, Address: n.Address, LibvirtURI: n.LibvirtURI, Accelerator: n.Accelerator,
+			HostCPUs: n.HostCPUs, HostMemoryBytes: n.HostMemory, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
+			Labels: n.Labels, Schedulable: !n.Unschedulable && !n.Draining, State: api.NodeUnreachable,
+		}
+		if m.nodeReady(n.Name, now) {
+			v.State = api.NodeReady
+		}
+		m.obsMu.RLock()
+		v.LastSeen = m.lastSeen[n.Name].UTC()
+		m.obsMu.RUnlock()
+		for _, g := range guests {
+			if g.Node == n.Name {
+				v.AllocatedCPUs += g.CPUs
+				v.AllocatedMemoryBytes += g.MemoryBytes
+				v.Guests++
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// Assignment returns what node must hold, waiting up to wait for a change past index.
+func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait time.Duration) api.Assignment {
+	if wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		m.st.Wait(wctx, index)
+		cancel()
+	}
+	nodes, guests, idx := m.st.Snapshot()
+	byName := map[string]store.NodeRecord{}
+	for _, n := range nodes {
+		byName[n.Name] = n
+	}
+	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}}
+	for _, g := range guests {
+		ag := api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
+			DiskBytes: g.DiskBytes, Image: g.Image, Desired: g.Desired}
+		switch {
+		case g.Node == node:
+			if g.MigrateTo != "" {
+				dest := byName[g.MigrateTo]
+				ag.MigrateTo, ag.MigrateLibvirtURI, ag.MigrateAddress = g.MigrateTo, dest.LibvirtURI, hostOf(dest.Address)
+			}
+			a.Guests = append(a.Guests, ag)
+		case g.MigrateTo == node:
+			ag.Incoming = true
+			a.Guests = append(a.Guests, ag)
+		}
+	}
+	return a
+}
+
+// Migrate live-migrates a running guest to another node and waits for the outcome. The
+// guest's node changes in the state only when its node reports libvirt's success.
+func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, error) {
+	m.mu.Lock()
+	g, ok := m.st.Guest(name)
+	switch {
+	case !ok:
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
+	case g.Node == "":
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("guest %q is pending on no node: %w", name, ErrConflict)
+	case g.Node == to:
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("guest %q already runs on %s: %w", name, to, ErrBadRequest)
+	case g.MigrateTo != "":
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("guest %q is already migrating to %s: %w", name, g.MigrateTo, ErrConflict)
+	case g.Desired != store.DesiredRunning:
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("guest %q is not running (desired %s): %w; live migration moves running guests", name, g.Desired, ErrConflict)
+	}
+	if _, ok := m.st.Node(to); !ok {
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("node %q %w", to, ErrNotFound)
+	}
+	// The destination must fit the guest as the scheduler sees it, and be ready.
+	nodes, guests, _ := m.st.Snapshot()
+	others := guests[:0:0]
+	for _, o := range guests {
+		if o.Name != name {
+			others = append(others, o)
+		}
+	}
+	for _, v := range m.schedulerView(nodes, others).Explain(schedGuest(g)).Verdicts {
+		if v.Node == to && v.Reason != "" {
+			m.mu.Unlock()
+			return api.Migration{}, fmt.Errorf("node %s cannot take guest %q: %s: %w", to, name, v.Reason, ErrConflict)
+		}
+	}
+	done := make(chan api.Migration, 1)
+	m.migMu.Lock()
+	m.pending[name] = done
+	m.migMu.Unlock()
+	g.MigrateTo = to
+	_, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g})
+	m.mu.Unlock()
+	if err != nil {
+		return api.Migration{}, err
+	}
+	m.log.Info("migration started", "guest", name, "from", g.Node, "to", to)
+	select {
+	case res := <-done:
+		if !res.OK {
+			return res, fmt.Errorf("migrate guest %q from %s to %s: %s", name, res.From, res.To, res.Error)
+		}
+		return res, nil
+	case <-ctx.Done():
+		return api.Migration{}, fmt.Errorf("guest %q: still migrating to %s; watch `vmctl vm show %s`", name, to, name)
+	}
+}
+
+// MigrationDone records the outcome a source node reports.
+func (m *Master) MigrationDone(node, name string, res api.Migration) error {
+	m.mu.Lock()
+	g, ok := m.st.Guest(name)
+	if !ok || g.Node != node || g.MigrateTo == "" {
+		m.mu.Unlock()
+		return fmt.Errorf("guest %q is not migrating away from %s: %w", name, node, ErrConflict)
+	}
+	res.From, res.To, res.FinishedAt = node, g.MigrateTo, time.Now().UTC()
+	if res.OK {
+		g.Node = g.MigrateTo
+	}
+	g.MigrateTo = ""
+	g.LastMigration, _ = json.Marshal(res)
+	_, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g})
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	m.log.Info("migration finished", "guest", name, "from", res.From, "to", res.To, "ok", res.OK, "error", res.Error,
+		"total_seconds", res.TotalSeconds, "downtime_seconds", res.DowntimeSeconds)
+	m.migMu.Lock()
+	if ch, ok := m.pending[name]; ok {
+		ch <- res
+		delete(m.pending, name)
+	}
+	m.migMu.Unlock()
+	return nil
+}
+
+// hostOf returns the host of a host:port address.
+func hostOf(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == ':' {
+			return addr[:i]
+		}
+	}
+	return addr
+}
