@@ -7,8 +7,8 @@ import "time"
 // Guest states as the API reports them. A guest's state joins what the cluster wants
 // (its desired state) with what its node last reported.
 const (
-	GuestPending   = "pending"   // not placed: no node fits (see pending_reason)
-	GuestStarting  = "starting"  // placed and wanted running, not running yet
+	GuestPending   = "pending"  // not placed: no node fits (see pending_reason)
+	GuestStarting  = "starting" // placed and wanted running, not running yet
 	GuestRunning   = "running"
 	GuestStopping  = "stopping"
 	GuestStopped   = "stopped"

@@ -43,8 +43,8 @@ func Defaults() Node {
 	return Node{
 		LibvirtURI: "qemu:///system", Listen: "127.0.0.1:7460", DataDir: "/var/lib/dvm",
 		Accelerator: "auto", ShutdownTimeout: 30 * time.Second, NodeTimeout: 5 * time.Second,
-		Share:       hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},
-		Labels:      map[string]string{}, LogLevel: "info",
+		Share:  hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},
+		Labels: map[string]string{}, LogLevel: "info",
 	}
 }
 

@@ -36,7 +36,9 @@ func (c Collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, n := range c.m.Nodes() {
-		g := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, n.Name) }
+		g := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, n.Name)
+		}
 		g(descNodeCPUs, float64(n.CPUs))
 		g(descNodeMemory, float64(n.MemoryBytes))
 		g(descNodeAllocCPU, float64(n.AllocatedCPUs))

@@ -46,7 +46,7 @@ type Master struct {
 	mu sync.Mutex
 
 	obsMu    sync.RWMutex
-	lastSeen map[string]time.Time                      // node -> last status report
+	lastSeen map[string]time.Time                    // node -> last status report
 	observed map[string]map[string]api.ObservedGuest // node -> guest -> state
 
 	migMu   sync.Mutex
