@@ -9,12 +9,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
-	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/daemon"
@@ -132,86 +128,24 @@ func runAgent(c *cli.Context) error {
 	}
 }
 
-// devCapacity gives dev nodes different sizes, as real racks have.
-func devCapacity(i int) hypervisor.Capacity {
-	sizes := []hypervisor.Capacity{{CPUs: 16, MemoryBytes: 64 << 30}, {CPUs: 24, MemoryBytes: 96 << 30}, {CPUs: 32, MemoryBytes: 128 << 30}}
-	return sizes[i%len(sizes)]
-}
-
 func runDev(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q: dvmd dev takes only flags", c.Args().First())
 	}
-	n := c.Int("nodes")
-	if n < 1 || n > 64 {
-		return fmt.Errorf("--nodes %d: give 1 to 64", n)
-	}
-	dir, err := filepath.Abs(c.String("data-dir"))
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	log := logger("info")
 	ctx, cancel := signalContext()
 	defer cancel()
-	ln, err := net.Listen("tcp", c.String("listen"))
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another dvmd dev running? use --listen)", c.String("listen"), err)
-	}
-	token, err := api.LoadOrCreateToken(filepath.Join(dir, "token"))
+	log := logger("info")
+	d, err := daemon.StartDev(ctx, daemon.DevOptions{Nodes: c.Int("nodes"), Listen: c.String("listen"), DataDir: c.String("data-dir"), Log: log})
 	if err != nil {
 		return err
 	}
-	m, err := daemon.OpenMaster(dir, 5*time.Second, scheduler.Options{Strategy: scheduler.Spread}, log)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	reg := metrics.New()
-	reg.MustRegister(m.Collector())
-	go m.Run(ctx)
-	addr := "http://" + ln.Addr().String()
-	errc := make(chan error, 1)
-	go func() { errc <- daemon.Serve(ctx, ln, master.Handler(m.Master, "dev", token, reg)) }()
-	client, err := api.NewClient(addr, token)
-	if err != nil {
-		return err
-	}
-	hvDir := filepath.Join(dir, "hypervisors")
-	if err := os.MkdirAll(hvDir, 0o700); err != nil {
-		return err
-	}
-	var names []string
-	for i := 0; i < n; i++ {
-		name := fmt.Sprintf("n%d", i+1)
-		uri, err := hypervisor.TestDriverURI(hvDir, name, devCapacity(i))
-		if err != nil {
-			return err
-		}
-		cfg := config.Defaults()
-		cfg.Name, cfg.LibvirtURI, cfg.AdvertiseLibvirtURI = name, uri, uri
-		cfg.DataDir = filepath.Join(dir, "nodes", name)
-		cfg.Advertise = ln.Addr().String()
-		cfg.Labels = map[string]string{"rack": fmt.Sprintf("r%d", i%3+1)}
-		a, node, err := daemon.NewAgent(cfg, client, reg, log)
-		if err != nil {
-			return err
-		}
-		defer node.Close()
-		go a.Run(ctx)
-		names = append(names, name)
-	}
-	if err := daemon.WriteEnv(filepath.Join(dir, "env"), addr, token); err != nil {
-		return fmt.Errorf("write env file: %w", err)
-	}
-	log.Info("dev cluster up", "nodes", strings.Join(names, ","), "api", addr, "env", filepath.Join(dir, "env"))
-	fmt.Fprintf(os.Stderr, "dvm dev cluster: %d nodes, API at %s\n  set -a; . %s; set +a\n  vmctl node ls\n", n, addr, filepath.Join(dir, "env"))
+	defer d.Stop()
+	log.Info("dev cluster up", "nodes", len(d.Nodes), "api", d.Addr, "env", d.EnvFile)
+	fmt.Fprintf(os.Stderr, "dvm dev cluster: %d nodes, API at %s\n  set -a; . %s; set +a\n  vmctl node ls\n", len(d.Nodes), d.Addr, d.EnvFile)
 	select {
 	case <-ctx.Done():
 		return nil
-	case err := <-errc:
-		return err
+	case <-d.Stopped():
+		return d.Err()
 	}
 }

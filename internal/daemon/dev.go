@@ -1,0 +1,138 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/config"
+	"github.com/dvmproject/dvm/internal/master"
+	"github.com/dvmproject/dvm/internal/metrics"
+	"github.com/dvmproject/dvm/scheduler"
+)
+
+// DevOptions configure a dev cluster.
+type DevOptions struct {
+	Nodes   int
+	Listen  string // API address; "127.0.0.1:0" picks a free port
+	DataDir string
+	Log     *slog.Logger
+}
+
+// Dev is a whole cluster in one process: a master and N agents, each agent on its own
+// libvirt test-driver hypervisor.
+type Dev struct {
+	Addr    string // API URL
+	Token   string
+	EnvFile string
+	Nodes   []*hypervisor.Node
+	master  *Master
+	cancel  context.CancelFunc
+	stopped chan struct{} // closed when the API server has stopped
+	err     error         // why it stopped; set before stopped is closed
+}
+
+// devCapacity gives dev nodes different sizes, as real racks have.
+func devCapacity(i int) hypervisor.Capacity {
+	sizes := []hypervisor.Capacity{{CPUs: 16, MemoryBytes: 64 << 30}, {CPUs: 24, MemoryBytes: 96 << 30}, {CPUs: 32, MemoryBytes: 128 << 30}}
+	return sizes[i%len(sizes)]
+}
+
+// StartDev starts a dev cluster; its state lives in DataDir and survives a restart.
+func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
+	if o.Nodes < 1 || o.Nodes > 64 {
+		return nil, fmt.Errorf("--nodes %d: give 1 to 64", o.Nodes)
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	dir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	token, err := api.LoadOrCreateToken(filepath.Join(dir, "token"))
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w (is another dvmd dev running? use --listen)", o.Listen, err)
+	}
+	m, err := OpenMaster(dir, 5*time.Second, scheduler.Options{Strategy: scheduler.Spread}, o.Log)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	d := &Dev{Addr: "http://" + ln.Addr().String(), Token: token, EnvFile: filepath.Join(dir, "env"), master: m, cancel: cancel, stopped: make(chan struct{})}
+	fail := func(err error) (*Dev, error) {
+		d.Stop()
+		return nil, err
+	}
+	reg := metrics.New()
+	reg.MustRegister(m.Collector())
+	go m.Run(ctx)
+	go func() {
+		d.err = Serve(ctx, ln, master.Handler(m.Master, "dev", token, reg))
+		close(d.stopped)
+	}()
+	client, err := api.NewClient(d.Addr, token)
+	if err != nil {
+		return fail(err)
+	}
+	hvDir := filepath.Join(dir, "hypervisors")
+	if err := os.MkdirAll(hvDir, 0o700); err != nil {
+		return fail(err)
+	}
+	for i := 0; i < o.Nodes; i++ {
+		name := fmt.Sprintf("n%d", i+1)
+		uri, err := hypervisor.TestDriverURI(hvDir, name, devCapacity(i))
+		if err != nil {
+			return fail(err)
+		}
+		cfg := config.Defaults()
+		cfg.Name, cfg.LibvirtURI, cfg.AdvertiseLibvirtURI = name, uri, uri
+		cfg.DataDir = filepath.Join(dir, "nodes", name)
+		cfg.Advertise = ln.Addr().String()
+		cfg.Labels = map[string]string{"rack": fmt.Sprintf("r%d", i%3+1)}
+		a, node, err := NewAgent(cfg, client, reg, o.Log)
+		if err != nil {
+			return fail(err)
+		}
+		d.Nodes = append(d.Nodes, node)
+		go a.Run(ctx)
+	}
+	if err := WriteEnv(d.EnvFile, d.Addr, token); err != nil {
+		return fail(fmt.Errorf("write env file: %w", err))
+	}
+	return d, nil
+}
+
+// Stopped is closed when the cluster's API server stops; Err then says why.
+func (d *Dev) Stopped() <-chan struct{} { return d.stopped }
+
+// Err is why the API server stopped (nil after Stop).
+func (d *Dev) Err() error { return d.err }
+
+// Stop ends the cluster and closes its state.
+func (d *Dev) Stop() {
+	d.cancel()
+	<-d.stopped
+	d.closeAll()
+}
+
+func (d *Dev) closeAll() {
+	for _, n := range d.Nodes {
+		n.Close()
+	}
+	d.master.Close()
+}
