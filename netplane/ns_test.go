@@ -145,16 +145,19 @@ func (n *testNS) neighs(dev string) []string {
 	return out
 }
 
-// snapshot is every link with its kernel-visible state and every FDB and neighbour entry
-// in the namespace, as text: equal snapshots mean nothing changed.
+// snapshot is every link with its configuration, every FDB entry on our links and every
+// permanent neighbour entry in the namespace, as text: equal snapshots mean nothing was changed.
 func (n *testNS) snapshot() string {
 	n.t.Helper()
 	links, err := n.h.LinkList()
 	n.must(err)
 	var lines []string
+	ours := map[int]bool{}
 	for _, l := range links {
 		a := l.Attrs()
-		line := fmt.Sprintf("link %d %s %s mtu=%d master=%d flags=%v mac=%v", a.Index, a.Name, l.Type(), a.MTU, a.MasterIndex, a.Flags, a.HardwareAddr)
+		_, _, ours[a.Index] = parseOwned(DefaultPrefix, a.Name)
+		// Admin state only: the running (carrier) flag follows asynchronously.
+		line := fmt.Sprintf("link %d %s %s mtu=%d master=%d up=%v mac=%v", a.Index, a.Name, l.Type(), a.MTU, a.MasterIndex, a.Flags&net.FlagUp != 0, a.HardwareAddr)
 		if vx, ok := l.(*netlink.Vxlan); ok {
 			line += fmt.Sprintf(" vni=%d local=%v dev=%d port=%d learning=%v", vx.VxlanId, vx.SrcAddr, vx.VtepDevIndex, vx.Port, vx.Learning)
 		}
@@ -164,6 +167,12 @@ func (n *testNS) snapshot() string {
 		es, err := n.h.NeighList(0, fam)
 		n.must(err)
 		for _, e := range es {
+			if fam == unix.AF_BRIDGE && !ours[e.LinkIndex] {
+				continue // other links' FDB: their multicast lists, which IPv6 DAD changes
+			}
+			if fam != unix.AF_BRIDGE && e.State&unix.NUD_PERMANENT == 0 {
+				continue // resolved and aged by the kernel itself, not configuration
+			}
 			lines = append(lines, fmt.Sprintf("neigh fam=%d dev=%d %v %v state=%#x flags=%#x", fam, e.LinkIndex, e.HardwareAddr, e.IP, e.State, e.Flags))
 		}
 	}

@@ -114,15 +114,24 @@ func (lab *overlayLab) unplug(name string) {
 	g.node = -1
 }
 
-// ping sends echo requests from guest from to guest to until one is answered (at most 5 s).
+// ping sends echo requests from guest from to guest to until one is answered.
 func (lab *overlayLab) ping(from, to string) string {
 	lab.t.Helper()
 	src := lab.nodes[lab.guests[from].node].ns
 	sent := func() uint64 { return src.link(VXLANName(blue.VNI)).Attrs().Statistics.TxPackets }
 	before := sent()
-	out, err := lab.guests[from].ns.run("busybox", "ping", "-c", "1", "-w", "5", lab.guests[to].ip.String())
+	// A freshly plugged port forwards only once the kernel's link watcher has seen its
+	// carrier (rate-limited to one run a second), so the first echo may be lost: send up to
+	// ten, one at a time, and stop at the first answer.
+	var out string
+	var err error
+	for range 10 {
+		if out, err = lab.guests[from].ns.run("busybox", "ping", "-c", "1", "-W", "1", lab.guests[to].ip.String()); err == nil {
+			break
+		}
+	}
 	if err != nil {
-		lab.t.Fatalf("ping %s -> %s over the overlay failed: %v\n%s", from, to, err, out)
+		lab.t.Fatalf("ping %s -> %s over the overlay failed 10 times: %v\n%s", from, to, err, out)
 	}
 	if sent() == before {
 		lab.t.Fatalf("ping %s -> %s was answered, but not through %s", from, to, VXLANName(blue.VNI))

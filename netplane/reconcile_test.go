@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 func blueDesired() Desired {
@@ -340,7 +341,7 @@ func TestInvalidDesiredChangesNothing(t *testing.T) {
 				t.Fatalf("changes on invalid input: %v", cs)
 			}
 			if after := ns.snapshot(); after != before {
-				t.Fatal("invalid input changed the namespace")
+				t.Fatalf("invalid input changed the namespace:\n%s\n----\n%s", before, after)
 			}
 		})
 	}
@@ -409,4 +410,69 @@ func TestParseOwned(t *testing.T) {
 			t.Errorf("parseOwned(%q) = %q %d %v, want %q %d %v", c.name, kind, vni, ok, c.kind, c.vni, c.ok)
 		}
 	}
+}
+
+// Someone (an operator, another tool) changed our devices: Reconcile puts them back and
+// says what it did.
+func TestReconcileRepairsDrift(t *testing.T) {
+	ns := newTestNS(t)
+	ns.underlay("10.77.0.1/24", 1500)
+	r := ns.reconciler("")
+	d := blueDesired()
+	reconcileOK(t, r, d)
+
+	br, vx := ns.link("dvmbr42"), ns.link("dvmvx42")
+	ns.must(ns.h.LinkSetNoMaster(vx))
+	ns.must(ns.h.LinkSetDown(br))
+	ns.must(ns.h.LinkSetMTU(br, 1300))
+	ns.must(ns.h.NeighDel(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF,
+		HardwareAddr: mac("52:54:00:00:00:13"), IP: addr("10.77.0.3").AsSlice()}))
+	ns.must(ns.h.NeighSet(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF, State: fdbState,
+		HardwareAddr: mac("52:54:00:00:00:12"), IP: addr("10.77.0.9").AsSlice()}))
+	ns.must(ns.h.NeighAppend(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF, State: fdbState,
+		HardwareAddr: zeroMAC, IP: addr("10.77.0.9").AsSlice()}))
+
+	wantChanges(t, reconcileOK(t, r, d),
+		"set mtu 1450 (was 1300) on dvmbr42",
+		"set master dvmbr42 on dvmvx42",
+		"set neigh_suppress on on dvmvx42", // port flags go with the port
+		"set up on dvmbr42",
+		"delete flood fdb 00:00:00:00:00:00→10.77.0.9 on dvmvx42",
+		"replace fdb 52:54:00:00:00:12→10.77.0.2 (was 10.77.0.9) on dvmvx42",
+		"add fdb 52:54:00:00:00:13→10.77.0.3 on dvmvx42",
+		"add neigh 192.168.42.12→52:54:00:00:00:12 on dvmbr42") // the kernel flushes neighbours of a link set down
+	wantChanges(t, reconcileOK(t, r, d))
+}
+
+// Attributes a live VXLAN device cannot change (here: the local VTEP), or a device of the
+// wrong kind under one of our names, mean delete and add; the entries come back with it.
+func TestReconcileRecreatesDevices(t *testing.T) {
+	ns := newTestNS(t)
+	ns.underlay("10.77.0.1/24", 1500)
+	a := netlink.NewLinkAttrs()
+	a.Name = "dvmvx42" // our name, but a bridge
+	ns.must(ns.h.LinkAdd(&netlink.Bridge{LinkAttrs: a}))
+	r := ns.reconciler("")
+	d := blueDesired()
+	cs := reconcileOK(t, r, d)
+	if cs[0].String() != "add bridge on dvmbr42" || cs[1].String() != "delete vxlan (not a vxlan device but bridge) on dvmvx42" {
+		t.Fatalf("changes = %v", cs)
+	}
+
+	a2, err := netlink.ParseAddr("10.77.0.5/24")
+	ns.must(err)
+	ns.must(ns.h.AddrAdd(ns.link("ul0"), a2))
+	d.LocalVTEP = addr("10.77.0.5")
+	cs = reconcileOK(t, r, d)
+	if cs[0].String() != "delete vxlan (local 10.77.0.1, want 10.77.0.5) on dvmvx42" {
+		t.Fatalf("changes = %v", cs)
+	}
+	vx := ns.link("dvmvx42").(*netlink.Vxlan)
+	if !vx.SrcAddr.Equal(addr("10.77.0.5").AsSlice()) || vx.MasterIndex != ns.link("dvmbr42").Attrs().Index {
+		t.Fatalf("recreated vxlan: local %v master %d", vx.SrcAddr, vx.MasterIndex)
+	}
+	if got := ns.fdb("dvmvx42"); len(got) != 4 {
+		t.Fatalf("fdb after recreate = %q", got)
+	}
+	wantChanges(t, reconcileOK(t, r, d))
 }
