@@ -45,6 +45,10 @@ type req struct {
 	pool    *capIndex
 	covered *atom // the atom the pool or list already guarantees; not checked again
 	small   bool  // search covered.list exhaustively
+	// pinned has bit i set when a constraint names failure-domain level i's key: every
+	// candidate then shares the primary's domain at that level, so a twin search there
+	// would only walk nodes it must reject.
+	pinned uint64
 }
 
 func (s *Scheduler) atomFor(kind Reason, key, value string) *atom {
@@ -115,6 +119,11 @@ func (s *Scheduler) resolve(g *Guest) *req {
 	for _, k := range keys {
 		r.atoms = append(r.atoms, s.atomFor(ReasonLabel, k, g.Constraints[k]))
 	}
+	for lv, k := range s.opts.FailureDomains {
+		if _, ok := g.Constraints[k]; ok && lv < 64 {
+			r.pinned |= 1 << lv
+		}
+	}
 	s.plan(r)
 	s.reqs[string(s.reqBuf)] = r
 	return r
@@ -148,7 +157,7 @@ func (s *Scheduler) plan(r *req) {
 	if best.pool == nil {
 		best.pool = newCapIndex(len(s.nodes), s.global.classes, s.global.shift)
 		best.list = nil
-		for i := range s.nodes {
+		for i := len(s.nodes) - 1; i >= 0; i-- {
 			n := &s.nodes[i]
 			if best.has(int32(i)) && n.accepting() {
 				best.pool.put(int32(i), n.freeCPU, n.freeMem)

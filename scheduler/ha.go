@@ -44,7 +44,7 @@ func (s *Scheduler) headroomShort(needCPU, needMem int64) string {
 		unit = "node"
 	}
 	return fmt.Sprintf("%s: restarting the guests of any %d lost %s needs %d CPUs and %s kept free, placing leaves %d CPUs and %s; add nodes or lower the reserve",
-		ReasonHAHeadroom, k, unit, s.haTopCPU, gib(s.haTopMem), s.freeCPUTotal-needCPU, gib(s.freeMemTotal-needMem))
+		ReasonHAHeadroom, k, unit, s.haTopCPU, fmtGiB(s.haTopMem), s.freeCPUTotal-needCPU, fmtGiB(s.freeMemTotal-needMem))
 }
 
 func (s *Scheduler) headroomOK(needCPU, needMem int64) bool {
@@ -79,7 +79,7 @@ func topSum(v []int64, k int) int64 {
 	return sum
 }
 
-func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
+func fmtGiB(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
 
 // Headroom reports the HA reserve: the CPUs and memory that must stay free, and what is
 // free now. With HAReserveNodes 0 the reserve is zero.

@@ -160,7 +160,8 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		shift = uint(l - classBits)
 	}
 	s.global = newCapIndex(len(nodes), int(maxMem>>shift)+1, shift)
-	for i := range s.nodes {
+	// Buckets are filled at the front: in reverse, so equal nodes come in snapshot order.
+	for i := len(s.nodes) - 1; i >= 0; i-- {
 		ns := &s.nodes[i]
 		if ns.accepting() {
 			s.global.put(int32(i), ns.freeCPU, ns.freeMem)
@@ -648,6 +649,9 @@ func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p i
 			continue
 		}
 		specific = lv
+		if lv < 64 && r.pinned&(1<<lv) != 0 {
+			continue
+		}
 		if t := s.search(r, strat, cpu, mem, p, lv); t >= 0 {
 			var warn string
 			for broad := len(doms) - 1; broad > lv; broad-- {
