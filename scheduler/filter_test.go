@@ -230,7 +230,7 @@ func TestPlaceReleaseBooks(t *testing.T) {
 func TestNewWithExisting(t *testing.T) {
 	a := node("a", 16, 64)
 	a.AllocatedCPUs, a.AllocatedMemoryBytes = 8, 8*gib // includes g1 and something else
-	b := node("b", 16, 64)                              // Allocated left zero
+	b := node("b", 16, 64)                             // Allocated left zero
 	existing := []Assignment{
 		{Guest: guest("g1", 2, 4), Node: "a"},
 		{Guest: guest("g2", 4, 16), Node: "b"},
