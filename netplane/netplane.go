@@ -63,7 +63,7 @@ type Endpoint struct {
 // Desired is everything one node needs to know to wire its guests' networks.
 type Desired struct {
 	LocalVTEP netip.Addr   // this node's tunnel address on the cluster network
-	Underlay  string       // underlay link name (MTU, vxlan binding); "" = the link holding LocalVTEP
+	Underlay  string       // underlay link name (MTU, vxlan binding); "" = the link holding LocalVTEP, or by route to the peers when that is loopback
 	Networks  []Network    // networks this node's guests need; others with our prefix are removed
 	Peers     []netip.Addr // other nodes' VTEPs: flood list (all-zero FDB entries) for broadcast, unknown unicast, multicast
 	Endpoints []Endpoint   // guest NICs on OTHER nodes: static FDB (MAC -> VTEP) and neighbour (IP -> MAC) entries

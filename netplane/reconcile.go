@@ -131,11 +131,11 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 	if err != nil {
 		return nil, err
 	}
-	underlay, err := r.underlay(d.Underlay, p.local)
+	ul, err := r.underlay(d.Underlay, p.local, p.peers)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.resolveMTU(underlay.Attrs().Name, underlay.Attrs().MTU); err != nil {
+	if err := p.resolveMTU(ul.name, ul.mtu); err != nil {
 		return nil, err
 	}
 
@@ -161,7 +161,7 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 		n := &p.nets[i]
 		want[r.BridgeName(n.VNI)] = true
 		want[r.VXLANName(n.VNI)] = true
-		if br, vx := r.network(rn, n, p.local, underlay, owned); br != nil {
+		if br, vx := r.network(rn, n, p.local, ul, owned); br != nil {
 			ready = append(ready, wired{n, br, vx})
 		}
 	}
@@ -210,14 +210,23 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 	return rn.changes, errors.Join(rn.errs...)
 }
 
-// underlay finds the link the overlay runs over: the named one, or the one holding local.
-func (r *Reconciler) underlay(name string, local netip.Addr) (netlink.Link, error) {
+// underlay is what the overlay runs over.
+type underlay struct {
+	name string // for messages: a link name, or "route to PEER via LINK"
+	mtu  int    // 0 = unknown (routed VTEP without reachable peers)
+	bind int    // ifindex the VXLAN device is bound to; 0 = none (routed VTEP)
+}
+
+// underlay finds the link the overlay runs over: the named one; else the link holding
+// LocalVTEP; else, when LocalVTEP sits on loopback (a routed VTEP, as in BGP fabrics),
+// the links the routes to the peers leave by, taking the smallest MTU and binding to none.
+func (r *Reconciler) underlay(name string, local netip.Addr, peers []netip.Addr) (underlay, error) {
 	if name != "" {
 		l, err := r.h.LinkByName(name)
 		if err != nil {
-			return nil, invalid("underlay link %q: %v: name an existing link, or leave Underlay empty to use the link holding LocalVTEP %s", name, err, local)
+			return underlay{}, invalid("underlay link %q: %v: name an existing link, or leave Underlay empty to use the link holding LocalVTEP %s", name, err, local)
 		}
-		return l, nil
+		return underlay{name: name, mtu: l.Attrs().MTU, bind: l.Attrs().Index}, nil
 	}
 	family := unix.AF_INET
 	if local.Is6() {
@@ -225,22 +234,49 @@ func (r *Reconciler) underlay(name string, local netip.Addr) (netlink.Link, erro
 	}
 	addrs, err := dump(func() ([]netlink.Addr, error) { return r.h.AddrList(nil, family) })
 	if err != nil {
-		return nil, &OpError{Op: "list", Object: "addresses", Device: "all", Err: err}
+		return underlay{}, &OpError{Op: "list", Object: "addresses", Device: "all", Err: err}
 	}
+	var holder netlink.Link
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == local {
-			l, err := r.h.LinkByIndex(a.LinkIndex)
-			if err != nil {
-				return nil, &OpError{Op: "get", Object: "link holding " + local.String(), Device: fmt.Sprintf("ifindex %d", a.LinkIndex), Err: err}
+			if holder, err = r.h.LinkByIndex(a.LinkIndex); err != nil {
+				return underlay{}, &OpError{Op: "get", Object: "link holding " + local.String(), Device: fmt.Sprintf("ifindex %d", a.LinkIndex), Err: err}
 			}
-			return l, nil
+			break
 		}
 	}
-	return nil, invalid("LocalVTEP %s is not an address of any link in this namespace: assign it to the underlay link or set Underlay", local)
+	if holder == nil {
+		return underlay{}, invalid("LocalVTEP %s is not an address of any link in this namespace: assign it to the underlay link or set Underlay", local)
+	}
+	if holder.Attrs().Flags&net.FlagLoopback == 0 {
+		return underlay{name: holder.Attrs().Name, mtu: holder.Attrs().MTU, bind: holder.Attrs().Index}, nil
+	}
+	// Routed VTEP. A peer without a route is skipped here: the entries of the other
+	// peers and of moved guests must still be applied while one node is unreachable.
+	u := underlay{name: "routes from " + holder.Attrs().Name}
+	for _, peer := range peers {
+		routes, err := r.h.RouteGet(net.IP(peer.AsSlice()))
+		if err != nil || len(routes) == 0 {
+			continue
+		}
+		l, err := r.h.LinkByIndex(routes[0].LinkIndex)
+		if err != nil {
+			continue
+		}
+		mtu := l.Attrs().MTU
+		if routes[0].MTU > 0 && routes[0].MTU < mtu {
+			mtu = routes[0].MTU
+		}
+		if u.mtu == 0 || mtu < u.mtu {
+			u.mtu = mtu
+			u.name = "route to " + peer.String() + " via " + l.Attrs().Name
+		}
+	}
+	return u, nil
 }
 
 // network reconciles the devices of one network. It returns the bridge and VXLAN device when both are in place, nil otherwise.
-func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, underlay netlink.Link, owned map[string]netlink.Link) (netlink.Link, netlink.Link) {
+func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, ul underlay, owned map[string]netlink.Link) (netlink.Link, netlink.Link) {
 	h := r.h
 	brName, vxName := r.BridgeName(n.VNI), r.VXLANName(n.VNI)
 
@@ -265,13 +301,17 @@ func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, underlay net
 
 	wantVX := &netlink.Vxlan{
 		VxlanId:      int(n.VNI),
-		VtepDevIndex: underlay.Attrs().Index,
+		VtepDevIndex: ul.bind,
 		SrcAddr:      net.IP(local.AsSlice()),
 		Port:         VXLANPort,
 		Learning:     false,
 		UDPCSum:      true,
 	}
-	vxDesc := fmt.Sprintf("vxlan (vni %d, local %s, dev %s, dstport %d, nolearning)", n.VNI, local, underlay.Attrs().Name, VXLANPort)
+	dev := ""
+	if ul.bind != 0 {
+		dev = ", dev " + ul.name
+	}
+	vxDesc := fmt.Sprintf("vxlan (vni %d, local %s%s, dstport %d, nolearning)", n.VNI, local, dev, VXLANPort)
 	vx := owned[vxName]
 	if vx != nil {
 		if why := vxlanMismatch(vx, wantVX); why != "" {

@@ -2,6 +2,7 @@ package netplane
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -115,6 +116,9 @@ func TestReconcileTwiceChangesNothing(t *testing.T) {
 	d.Networks = append(d.Networks, Network{Name: "red", VNI: 7, CIDR: prefix("fd00:7::/64"), MTU: 1400})
 	d.Endpoints = append(d.Endpoints, Endpoint{Network: "red", MAC: mac("52:54:00:00:07:01"), IP: addr("fd00:7::1"), VTEP: addr("10.77.0.2")})
 	reconcileOK(t, r, d)
+	if got, want := ns.neighs("dvmbr7"), []string{"fd00:7::1→52:54:00:00:07:01"}; !slices.Equal(got, want) {
+		t.Fatalf("IPv6 neighbours = %q, want %q", got, want)
+	}
 	before := ns.snapshot()
 
 	wantChanges(t, reconcileOK(t, r, d))
@@ -278,6 +282,30 @@ func TestMTUDerivation(t *testing.T) {
 		wantChanges(t, reconcileOK(t, r, d),
 			"set mtu 8950 (was 1450) on dvmvx42",
 			"set mtu 8950 (was 1450) on dvmbr42")
+	})
+
+	t.Run("routed VTEP on loopback", func(t *testing.T) {
+		ns := newTestNS(t)
+		ns.underlay("10.78.0.1/24", 9000)
+		lo := ns.link("lo")
+		vtep, err := netlink.ParseAddr("10.77.0.1/32")
+		ns.must(err)
+		ns.must(ns.h.AddrAdd(lo, vtep))
+		_, dst, _ := net.ParseCIDR("10.77.0.2/32")
+		ns.must(ns.h.RouteAdd(&netlink.Route{Dst: dst, Gw: net.ParseIP("10.78.0.2"), LinkIndex: ns.link("ul0").Attrs().Index}))
+		r := ns.reconciler("")
+		d := Desired{LocalVTEP: addr("10.77.0.1"), Networks: []Network{{Name: "blue", VNI: 42, CIDR: prefix("192.168.42.0/24")}}}
+
+		_, err = r.Reconcile(d)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "cannot derive the MTU: LocalVTEP is on loopback") {
+			t.Fatalf("no peers: err = %v", err)
+		}
+		d.Peers = []netip.Addr{addr("10.77.0.2"), addr("10.77.0.3")} // .3 has no route: skipped
+		reconcileOK(t, r, d)
+		vx := ns.link("dvmvx42").(*netlink.Vxlan)
+		if vx.MTU != 8950 || vx.VtepDevIndex != 0 {
+			t.Fatalf("routed VTEP: mtu %d bound to ifindex %d, want 8950 and unbound", vx.MTU, vx.VtepDevIndex)
+		}
 	})
 
 	t.Run("explicit MTU above the underlay", func(t *testing.T) {

@@ -139,12 +139,16 @@ func checkVTEP(a, local netip.Addr) error {
 	return nil
 }
 
-// resolveMTU fills in each network's MTU from the underlay MTU.
+// resolveMTU fills in each network's MTU from the underlay MTU (0 = unknown).
 func (p *plan) resolveMTU(underlay string, underlayMTU int) error {
 	max := underlayMTU - p.overhead
 	for i := range p.nets {
 		n := &p.nets[i]
 		switch {
+		case underlayMTU == 0 && n.MTU == 0:
+			return invalid("network %q: cannot derive the MTU: LocalVTEP is on loopback and no peer has a route yet: set Underlay, or the network's MTU", n.Name)
+		case underlayMTU == 0:
+			n.mtu = n.MTU
 		case n.MTU == 0:
 			n.mtu = max
 		case n.MTU > max:
