@@ -49,6 +49,9 @@ type req struct {
 	// candidate then shares the primary's domain at that level, so a twin search there
 	// would only walk nodes it must reject.
 	pinned uint64
+	// within: this requirement narrowed to one value of the broadest failure-domain
+	// label, for twin searches that must leave the primary's (large) domain.
+	within map[string]*req
 }
 
 func (s *Scheduler) atomFor(kind Reason, key, value string) *atom {

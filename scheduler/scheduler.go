@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"strings"
 )
 
@@ -29,7 +30,9 @@ type Scheduler struct {
 	freeSlots []int32
 	byGuest   map[string]int32
 	domainIDs map[string]int32
-	problems  []string
+	// Values of the broadest failure-domain label (zones, say), sorted.
+	broadValues []string
+	problems    []string
 
 	// HA admission control: free capacity over accepting nodes, and a cached sum of the
 	// K largest per-node keys (see ha.go).
@@ -155,6 +158,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		ns.freeCPU = clamp32(int64(ns.cpus) - ns.usedCPU)
 		ns.freeMem = ns.mem - ns.usedMem
 	}
+	s.collectBroadValues()
 	shift := uint(20)
 	if l := bits.Len64(uint64(maxMem)); l > classBits+20 {
 		shift = uint(l - classBits)
@@ -547,8 +551,12 @@ func (s *Scheduler) UpdateNode(n Node) error {
 			}
 		}
 	}
+	s.collectBroadValues()
 	for _, r := range s.reqs {
 		s.plan(r)
+		for _, w := range r.within {
+			s.plan(w)
+		}
 	}
 	s.reindex(id)
 	s.haDirty = true
@@ -625,12 +633,72 @@ func (s *Scheduler) searchList(r *req, strat Strategy, cpu int32, mem int64, p i
 			best = n
 			continue
 		}
-		bs := &s.nodes[best]
-		if strat == Pack {
-			if ns.freeMem < bs.freeMem || (ns.freeMem == bs.freeMem && ns.freeCPU < bs.freeCPU) {
-				best = n
+		if s.better(strat, n, best) {
+			best = n
+		}
+	}
+	return best
+}
+
+// better: node a scores higher than node b under strat.
+func (s *Scheduler) better(strat Strategy, a, b int32) bool {
+	na, nb := &s.nodes[a], &s.nodes[b]
+	if strat == Pack {
+		return na.freeMem < nb.freeMem || (na.freeMem == nb.freeMem && na.freeCPU < nb.freeCPU)
+	}
+	return na.freeMem > nb.freeMem || (na.freeMem == nb.freeMem && na.freeCPU > nb.freeCPU)
+}
+
+// maxSplitDomains: up to this many broadest domains (zones), a twin that must leave its
+// primary's domain is searched in each other domain's own index; beyond, the walk skips
+// the primary's domain node by node.
+const maxSplitDomains = 16
+
+func (s *Scheduler) collectBroadValues() {
+	s.broadValues = s.broadValues[:0]
+	fd := s.opts.FailureDomains
+	if len(fd) == 0 {
+		return
+	}
+	seen := map[string]bool{}
+	for i := range s.nodes {
+		if v, ok := s.nodes[i].labels[fd[len(fd)-1]]; ok && !seen[v] {
+			seen[v] = true
+			s.broadValues = append(s.broadValues, v)
+		}
+	}
+	slices.Sort(s.broadValues)
+}
+
+// searchApart searches a twin for primary p, separated at level lv. Skipping the
+// primary's domain node by node costs as many steps as it has fitting nodes, which for a
+// zone that alone has room is a third of the cluster; so at the broadest level, when the
+// primary's domain is large and the domains few, each other domain is searched through
+// its own index and the best answer kept.
+func (s *Scheduler) searchApart(r *req, strat Strategy, cpu int32, mem int64, p int32, lv int) int32 {
+	fd := s.opts.FailureDomains
+	if r.small || lv != len(fd)-1 || len(s.broadValues) > maxSplitDomains {
+		return s.search(r, strat, cpu, mem, p, lv)
+	}
+	own := s.nodes[p].labels[fd[lv]]
+	if s.atomFor(ReasonLabel, fd[lv], own).count <= smallAtom {
+		return s.search(r, strat, cpu, mem, p, lv)
+	}
+	best := int32(-1)
+	for _, v := range s.broadValues {
+		if v == own {
+			continue
+		}
+		w, ok := r.within[v]
+		if !ok {
+			w = &req{atoms: append(slices.Clone(r.atoms), s.atomFor(ReasonLabel, fd[lv], v)), pinned: r.pinned}
+			s.plan(w)
+			if r.within == nil {
+				r.within = map[string]*req{}
 			}
-		} else if ns.freeMem > bs.freeMem || (ns.freeMem == bs.freeMem && ns.freeCPU > bs.freeCPU) {
+			r.within[v] = w
+		}
+		if n := s.search(w, strat, cpu, mem, -1, -1); n >= 0 && (best < 0 || s.better(strat, n, best)) {
 			best = n
 		}
 	}
@@ -652,7 +720,7 @@ func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p i
 		if lv < 64 && r.pinned&(1<<lv) != 0 {
 			continue
 		}
-		if t := s.search(r, strat, cpu, mem, p, lv); t >= 0 {
+		if t := s.searchApart(r, strat, cpu, mem, p, lv); t >= 0 {
 			var warn string
 			for broad := len(doms) - 1; broad > lv; broad-- {
 				if doms[broad] >= 0 {

@@ -1,0 +1,162 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// The segment-tree descents agree with a plain scan over the classes.
+func TestCapIndexAgainstScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, classes := range []int{1, 2, 3, 7, 64, 100} {
+		x := newCapIndex(200, classes, 0)
+		free := make([][2]int64, 200)
+		for step := 0; step < 3000; step++ {
+			n := int32(rng.IntN(200))
+			cpu, mem := int32(rng.IntN(80)-4), int64(rng.IntN(classes+2)-1)
+			x.put(n, cpu, mem)
+			free[n] = [2]int64{int64(cpu), mem}
+			lo, need := rng.IntN(classes+1)-1, int8(rng.IntN(cpuBuckets))
+			wantNext, wantPrev := -1, -1
+			for c := 0; c < classes; c++ {
+				top := int8(-1)
+				for i := range free {
+					if free[i][0] >= 1 && free[i][1] >= 1 && x.class(free[i][1]) == c {
+						top = max(top, int8(cpuBucket(int32(free[i][0]))))
+					}
+				}
+				if top >= need && c >= lo && wantNext < 0 {
+					wantNext = c
+				}
+				if top >= need && c <= lo {
+					wantPrev = c
+				}
+			}
+			if got := x.nextClass(lo, need); got != wantNext {
+				t.Fatalf("classes %d step %d: nextClass(%d, %d) = %d, want %d", classes, step, lo, need, got, wantNext)
+			}
+			if got := x.prevClass(lo, need); got != wantPrev {
+				t.Fatalf("classes %d step %d: prevClass(%d, %d) = %d, want %d", classes, step, lo, need, got, wantPrev)
+			}
+		}
+	}
+}
+
+// reference finds, by looking at every node of s, the best node for g (p < 0) or for
+// its twin apart from p at level, exactly as the filters define it.
+func reference(s *Scheduler, g *Guest, p int32, level int) int32 {
+	r := s.resolve(g)
+	strat := s.strategy(g)
+	best := int32(-1)
+	for i := range s.nodes {
+		n := int32(i)
+		var why Reason
+		if p >= 0 {
+			why = s.twinVerdict(n, r, int32(g.CPUs), g.MemoryBytes, p, level)
+		} else {
+			why = s.verdict(n, r, int32(g.CPUs), g.MemoryBytes)
+		}
+		if why == "" && (best < 0 || s.better(strat, n, best)) {
+			best = n
+		}
+	}
+	return best
+}
+
+// referenceTwin applies the twin rule (broadest labelled level first) by exhaustive search.
+func referenceTwin(s *Scheduler, g *Guest, p int32) int32 {
+	doms := s.nodes[p].domains
+	labelled := false
+	for lv := len(doms) - 1; lv >= 0; lv-- {
+		if doms[lv] < 0 {
+			continue
+		}
+		labelled = true
+		if t := reference(s, g, p, lv); t >= 0 {
+			return t
+		}
+	}
+	if labelled {
+		return -1
+	}
+	return reference(s, g, p, -1)
+}
+
+// Every placement the index makes is one the exhaustive search calls best, to the
+// resolution of a memory class: same node found or not, same memory class, on the same
+// state, over thousands of placements and releases on clusters big enough that the
+// atoms get their own indexes and zones are searched apart.
+func TestIndexAgreesWithExhaustive(t *testing.T) {
+	for _, strat := range []Strategy{Pack, Spread} {
+		for _, n := range []int{60, 1200} {
+			t.Run(fmt.Sprintf("%s/nodes=%d", strat, n), func(t *testing.T) {
+				nodes := benchNodes(n, uint64(n))
+				// Unlabel a few nodes and add a small atom.
+				for i := 0; i < n; i += 97 {
+					delete(nodes[i].Labels, "rack")
+					nodes[i].Labels["gpu"] = "yes"
+				}
+				s := New(nodes, nil, Options{Strategy: strat, FailureDomains: []string{"rack", "zone"}})
+				guests := benchGuests(4*n, uint64(n)+1)
+				for i := range guests {
+					if i%50 == 0 {
+						guests[i].Constraints = map[string]string{"gpu": "yes"}
+					}
+				}
+				rng := rand.New(rand.NewPCG(3, 4))
+				var placed []string
+				for i, g := range guests {
+					if len(placed) > 0 && rng.IntN(4) == 0 {
+						k := rng.IntN(len(placed))
+						s.Release(placed[k])
+						placed[k] = placed[len(placed)-1]
+						placed = placed[:len(placed)-1]
+					}
+					want := reference(s, &g, -1, -1)
+					wantCls := -1
+					if want >= 0 {
+						wantCls = s.global.class(s.nodes[want].freeMem)
+					}
+					p, err := s.Place(g)
+					if err != nil {
+						var u *Unplaceable
+						if want >= 0 && !(g.Failover == FailoverTwin && asUnplaceable(err, &u) && u.Twin) {
+							t.Fatalf("guest %d: refused (%v), reference %s", i, err, s.nodes[want].name)
+						}
+						if want >= 0 {
+							if tw := referenceTwin(s, &g, want); tw >= 0 {
+								t.Fatalf("guest %d: twin refused (%v) but reference twin %s", i, err, s.nodes[tw].name)
+							}
+						}
+						continue
+					}
+					if want < 0 {
+						t.Fatalf("guest %d: placed on %s, reference found nothing", i, p.Node)
+					}
+					placed = append(placed, g.Name)
+					got := s.byNode[p.Node]
+					cls := func(n int32) int { return s.global.class(s.nodes[n].freeMem) }
+					if gotCls := s.global.class(s.nodes[got].freeMem + g.MemoryBytes); gotCls != wantCls {
+						t.Fatalf("guest %d %+v: index chose %s (class %d), reference %s (class %d)",
+							i, g, p.Node, gotCls, s.nodes[want].name, wantCls)
+					}
+					if p.TwinNode != "" {
+						// Check the twin against the reference for the chosen primary,
+						// with the twin's allocation given back.
+						tn := s.byNode[p.TwinNode]
+						s.take(tn, -int32(g.CPUs), -g.MemoryBytes)
+						wt := referenceTwin(s, &g, got)
+						if wt < 0 || cls(tn) != cls(wt) {
+							t.Fatalf("guest %d: twin %s, reference twin %d", i, p.TwinNode, wt)
+						}
+						s.take(tn, int32(g.CPUs), g.MemoryBytes)
+					}
+				}
+			})
+		}
+	}
+}
+
+func asUnplaceable(err error, u **Unplaceable) bool { return errors.As(err, u) }
