@@ -1,0 +1,137 @@
+package scheduler
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func restart(name string, cpus int, memGiB int64) Guest {
+	g := guest(name, cpus, memGiB)
+	g.Failover = FailoverRestart
+	return g
+}
+
+// Admission control keeps room to restart the restart guests (and rebuild the twins) of
+// any K lost nodes.
+func TestHAAdmission(t *testing.T) {
+	three := []Node{node("a", 8, 32), node("b", 8, 32), node("c", 8, 32)}
+	cases := []struct {
+		name     string
+		nodes    []Node
+		opts     Options
+		before   []Guest // placed first, must all be admitted
+		guests   []Guest // placed in order
+		admitted int     // how many of guests are admitted before the first refusal
+		refusal  Reason  // "" = ReasonHAHeadroom
+		warnOnly bool
+	}{
+		{
+			name:  "off: fill the cluster",
+			nodes: three, opts: Options{Strategy: Spread},
+			guests: repeat(13, func(i int) Guest { return restart(fmt.Sprint("r", i), 2, 4) }), admitted: 12,
+			refusal: ReasonNotEnoughCPU,
+		},
+		{
+			// Losing any one node must leave 8 CPUs free for its guests: 16 of 24 usable.
+			name:  "one node",
+			nodes: three, opts: Options{Strategy: Spread, HAReserveNodes: 1},
+			guests: repeat(9, func(i int) Guest { return restart(fmt.Sprint("r", i), 2, 4) }), admitted: 8,
+		},
+		{
+			name:  "one node, by memory",
+			nodes: three, opts: Options{Strategy: Spread, HAReserveNodes: 1},
+			guests: repeat(9, func(i int) Guest { return restart(fmt.Sprint("r", i), 1, 8) }), admitted: 8,
+		},
+		{
+			name:  "two nodes",
+			nodes: three, opts: Options{Strategy: Spread, HAReserveNodes: 2},
+			guests: repeat(5, func(i int) Guest { return restart(fmt.Sprint("r", i), 2, 4) }), admitted: 4,
+		},
+		{
+			name:  "twins count twice",
+			nodes: three, opts: Options{Strategy: Spread, HAReserveNodes: 1},
+			guests: repeat(5, func(i int) Guest { return twin(fmt.Sprint("t", i), 2, 4) }), admitted: 4,
+		},
+		{
+			// Node a is full of guests nobody restarts: losing it needs nothing, so the
+			// worst loss is b or c, and their 8 CPUs must stay free.
+			name:  "guests without failover only shrink the reserve",
+			nodes: three, opts: Options{Strategy: Pack, HAReserveNodes: 1},
+			before: repeat(4, func(i int) Guest { return guest(fmt.Sprint("n", i), 2, 4) }),
+			guests: repeat(5, func(i int) Guest { return restart(fmt.Sprint("r", i), 2, 4) }), admitted: 4,
+		},
+		{
+			name:  "warn only",
+			nodes: three, opts: Options{Strategy: Spread, HAReserveNodes: 1, HAWarnOnly: true},
+			guests: repeat(10, func(i int) Guest { return restart(fmt.Sprint("r", i), 2, 4) }), admitted: 10, warnOnly: true,
+		},
+		{
+			name:   "a cordoned node's free share does not count",
+			nodes:  []Node{node("a", 8, 32), node("b", 8, 32), func() Node { n := node("c", 8, 32); n.Schedulable = false; return n }()},
+			opts:   Options{Strategy: Spread, HAReserveNodes: 1},
+			guests: repeat(5, func(i int) Guest { return restart(fmt.Sprint("r", i), 2, 4) }), admitted: 4,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(tc.nodes, nil, tc.opts)
+			for _, g := range tc.before {
+				if _, err := s.Place(g); err != nil {
+					t.Fatalf("before: %v", err)
+				}
+			}
+			for i, g := range tc.guests {
+				p, err := s.Place(g)
+				if i < tc.admitted {
+					if err != nil {
+						t.Fatalf("guest %d refused: %v", i, err)
+					}
+					warned := strings.Contains(strings.Join(p.Warnings, ";"), "HA reserve")
+					if shouldWarn := tc.warnOnly && i >= 8; warned != shouldWarn {
+						t.Fatalf("guest %d: warnings %q, want warning %v", i, p.Warnings, shouldWarn)
+					}
+					continue
+				}
+				u := unplaceable(t, err)
+				if tc.refusal != "" {
+					if u.Reasons[tc.refusal] != len(tc.nodes) {
+						t.Fatalf("guest %d: %v, want %s", i, err, tc.refusal)
+					}
+				} else {
+					if u.Reasons[ReasonHAHeadroom] == 0 || !strings.Contains(err.Error(), "lost node") || !strings.Contains(err.Error(), "add nodes or lower the reserve") {
+						t.Fatalf("guest %d: %v (reasons %v)", i, err, u.Reasons)
+					}
+					if e := s.Explain(g); e.Headroom == "" || e.Summary() != e.Headroom {
+						t.Fatalf("Explain does not show the headroom: %+v", e)
+					}
+				}
+				// Refused: nothing taken. Releasing one guest makes room again.
+				s.Release(tc.guests[0].Name)
+				if _, err := s.Place(g); err != nil {
+					t.Fatalf("after a release: %v", err)
+				}
+				return
+			}
+		})
+	}
+}
+
+func repeat(n int, f func(int) Guest) []Guest {
+	out := make([]Guest, n)
+	for i := range out {
+		out[i] = f(i)
+	}
+	return out
+}
+
+func TestHeadroomReport(t *testing.T) {
+	s := New([]Node{node("a", 8, 32), node("b", 4, 16)}, nil, Options{HAReserveNodes: 1})
+	if _, err := s.Place(restart("r", 2, 4)); err != nil {
+		t.Fatal(err)
+	}
+	rc, fc, rm, fm := s.Headroom()
+	if rc != 8 || fc != 10 || rm != 32*gib || fm != 44*gib {
+		t.Fatalf("Headroom = %d CPUs of %d free, %d of %d bytes", rc, fc, rm, fm)
+	}
+}
