@@ -64,7 +64,8 @@ type Message struct {
 	Type     MsgType
 	From, To string
 	// Generation is the sender's generation, or for MsgVote the generation it
-	// proposes. Grants and refusals echo the request's.
+	// proposes; grants echo the request's; a refusal gives the generation of
+	// the view the refusing node follows (it grants to no older one).
 	Generation uint64
 	// SentAt is the requester's clock when it sent the request; grants echo
 	// it, so the requester times the lease from its own clock.
@@ -75,20 +76,25 @@ type Message struct {
 	ActingUntil time.Time
 	// View (MsgLease) is the master's role table.
 	View *ClusterView
-	// Role and Uptime describe the sender (requests) or, in MsgRefuse, the
-	// holder the refusing node follows; Uptime is time in that role.
-	Role   Role
-	Uptime time.Duration
-	// Holder, Acting (MsgRefuse): the holder the node granted its lease to,
-	// and whether that holder was acting when last heard.
-	Holder string
+	// Role and Since describe the sender (requests) or, in MsgRefuse, the
+	// holder the refusing node follows; Since is when it took that role, so
+	// the seed's "longer uptime" is the earlier Since, the same answer on
+	// both sides.
+	Role  Role
+	Since time.Time
+	// Acting (MsgLease) says the master holds its majority lease; in
+	// MsgRefuse it says whether the holder did when last heard.
 	Acting bool
+	// Holder, HolderGeneration (MsgRefuse): the holder the node granted its
+	// lease to and its generation (proposed, for a semi-master).
+	Holder           string
+	HolderGeneration uint64
 }
 
 func (m Message) String() string {
 	s := fmt.Sprintf("%s %s->%s g%d", m.Type, m.From, m.To, m.Generation)
 	if m.Type == MsgRefuse {
-		s += fmt.Sprintf(" holder=%s(%s acting=%v)", m.Holder, m.Role, m.Acting)
+		s += fmt.Sprintf(" holder=%s(%s g%d acting=%v)", m.Holder, m.Role, m.HolderGeneration, m.Acting)
 	}
 	return s
 }

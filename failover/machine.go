@@ -30,9 +30,9 @@ type lease struct {
 
 // holderInfo is what a node last heard from the holder of its grant.
 type holderInfo struct {
-	role        Role
-	actingUntil time.Time
-	uptime      time.Duration
+	role   Role
+	acting bool
+	since  time.Time
 }
 
 // Machine is the role machine of one node. It is not safe for concurrent use:
@@ -53,6 +53,7 @@ type Machine struct {
 	suspect     map[string]time.Time // not directly reachable since
 	health      map[string]HealthReport
 	lonelySince time.Time
+	lastActing  time.Time // last lease request from an acting master, or acting ourselves
 
 	// Held by a master or semi-master.
 	since           time.Time // when the current management role began
@@ -159,9 +160,17 @@ func (m *Machine) LeaseAges() map[string]time.Duration {
 }
 
 // Step feeds one event and returns the actions to carry out, in order. Persist
-// HardState before carrying out Send actions.
+// HardState before carrying out Send actions. The first event must be a Tick:
+// until the Machine knows the time, it ignores every event but Health (a
+// grant timed from a zero clock would expire before it was given).
 func (m *Machine) Step(ev Event) []Action {
 	if m.shutDown {
+		return nil
+	}
+	if _, ok := ev.(Tick); !ok && m.now.IsZero() {
+		if h, ok := ev.(Health); ok {
+			m.health[h.Node] = h.Report
+		}
 		return nil
 	}
 	switch e := ev.(type) {
@@ -190,6 +199,9 @@ func (m *Machine) Step(ev Event) []Action {
 func (m *Machine) emit(a ...Action) { m.out = append(m.out, a...) }
 
 func (m *Machine) tick() {
+	if m.lastActing.IsZero() || m.Acting() {
+		m.lastActing = m.now
+	}
 	m.checkFence()
 	m.checkSolitude()
 	if m.shutDown {
@@ -203,6 +215,36 @@ func (m *Machine) tick() {
 	case RoleBackup:
 		m.tickBackup()
 	}
+	if m.role != RoleMaster && m.role != RoleSemiMaster {
+		m.checkOrphan()
+	}
+}
+
+// checkOrphan covers what the seed's scenarios leave open: every survivor of
+// the management group merged away or was never told of the new one. A
+// functional management-capable node that has heard from no acting master for
+// twice ConfirmTimeout (plus a stagger by its place in the table, so that not
+// all start at once), while the master it knows is out of reach, becomes
+// semi-master. Leases keep this safe; the scenario 5 rules settle rivals.
+func (m *Machine) checkOrphan() {
+	self := m.cfg.Self
+	n := m.view.node(self)
+	if n == nil || !n.Capable || !m.functional(self) {
+		return
+	}
+	wait := 2 * m.cfg.ConfirmTimeout
+	for i := range m.view.Nodes {
+		if m.view.Nodes[i].Name == self {
+			wait += time.Duration(i) * m.cfg.RenewInterval
+		}
+	}
+	if m.now.Sub(m.lastActing) < wait {
+		return
+	}
+	if m.view.Master != self && !m.outFor(m.view.Master, m.cfg.ConfirmTimeout, true) {
+		return
+	}
+	m.becomeSemi("no acting master heard from for " + wait.String())
 }
 
 func (m *Machine) checkFence() {
@@ -273,7 +315,11 @@ func (m *Machine) functional(n string) bool {
 	return ok && h.Functional(m.cfg.MinHealth)
 }
 
-func (m *Machine) uptime() time.Duration { return m.now.Sub(m.since) }
+// before reports whether a holder that took its role at since (named name)
+// has the longer uptime than this one: the earlier start, then the lower name.
+func (m *Machine) before(since time.Time, name string) bool {
+	return since.Before(m.since) || since.Equal(m.since) && name < m.cfg.Self
+}
 
 func (m *Machine) freshLeases(generation uint64) int {
 	k := 0
@@ -354,15 +400,18 @@ func (m *Machine) send(msg Message) {
 func (m *Machine) receive(msg Message) {
 	switch msg.Type {
 	case MsgLease, MsgVote:
-		acting := msg.Type == MsgLease && msg.ActingUntil.After(m.now)
-		m.noteGroup(msg.From, msg.Role, msg.Generation, acting, msg.Uptime, true)
+		acting := msg.Type == MsgLease && msg.Acting
+		if acting {
+			m.lastActing = m.now
+		}
+		m.noteGroup(msg.From, msg.Role, msg.Generation, acting, msg.Since, true)
 		if !m.mayGrant(msg.From, msg.Generation) {
 			m.send(m.refusal(msg))
 			return
 		}
 		vote := msg.Type == MsgVote
 		m.doGrant(msg.From, msg.Generation, vote, msg.ActingUntil)
-		m.holder = holderInfo{role: msg.Role, actingUntil: msg.ActingUntil, uptime: msg.Uptime}
+		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since}
 		if !vote && msg.View != nil {
 			m.adopt(*msg.View)
 		}
@@ -382,8 +431,16 @@ func (m *Machine) receive(msg Message) {
 			}
 		}
 	case MsgRefuse:
-		if m.reachable(msg.Holder) {
-			m.noteGroup(msg.Holder, msg.Role, msg.Generation, msg.Acting, msg.Uptime, false)
+		if msg.Holder != "" && m.reachable(msg.Holder) {
+			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Acting, msg.Since, false)
+		}
+		// The node follows a newer generation than we offer: it never goes
+		// back, so move past it.
+		switch {
+		case m.role == RoleMaster && msg.Generation > m.view.Generation:
+			m.raise(msg.Generation + 1)
+		case m.role == RoleSemiMaster && msg.Generation >= m.proposed:
+			m.propose(msg.Generation + 1)
 		}
 	}
 }
@@ -394,15 +451,14 @@ func (m *Machine) refusal(req Message) Message {
 	r := Message{Type: MsgRefuse, To: req.From, Generation: m.view.Generation, SentAt: req.SentAt}
 	switch {
 	case m.role == RoleMaster || m.role == RoleSemiMaster:
-		r.Holder, r.Role, r.Acting, r.Uptime = m.cfg.Self, m.role, m.Acting(), m.uptime()
+		r.Holder, r.Role, r.Acting, r.Since = m.cfg.Self, m.role, m.Acting(), m.since
+		r.HolderGeneration = m.view.Generation
 		if m.role == RoleSemiMaster {
-			r.Generation = m.proposed
+			r.HolderGeneration = m.proposed
 		}
 	case m.now.Before(m.grant.Until):
-		r.Holder, r.Generation = m.grant.Holder, max(m.grant.Generation, m.view.Generation)
-		r.Role, r.Acting, r.Uptime = m.holder.role, m.holder.actingUntil.After(m.now), m.holder.uptime
-	default:
-		r.Holder, r.Role = m.view.Master, RoleMaster
+		r.Holder, r.HolderGeneration = m.grant.Holder, m.grant.Generation
+		r.Role, r.Acting, r.Since = m.holder.role, m.holder.acting, m.holder.since
 	}
 	return r
 }
@@ -422,8 +478,10 @@ func (m *Machine) adopt(v ClusterView) {
 
 // noteGroup applies scenario 5 when this node meets another holder: the group
 // whose master holds the majority lease wins; where neither does, the lower
-// generation, then the longer uptime, then the lower name.
-func (m *Machine) noteGroup(holder string, role Role, generation uint64, acting bool, uptime time.Duration, direct bool) {
+// generation, then the longer uptime (earlier Since), then the lower name. A
+// semi-master yields to any master it can reach (the seed: if another
+// management node is reachable, the survivor is the one cut off).
+func (m *Machine) noteGroup(holder string, role Role, generation uint64, acting bool, since time.Time, direct bool) {
 	self := m.cfg.Self
 	if holder == "" || holder == self {
 		return
@@ -444,31 +502,53 @@ func (m *Machine) noteGroup(holder string, role Role, generation uint64, acting 
 			m.merge(holder, "its master holds the majority lease")
 			return
 		case !mine && (generation < m.view.Generation ||
-			generation == m.view.Generation && (uptime > m.uptime() || uptime == m.uptime() && holder < self)):
-			m.merge(holder, "neither holds the majority lease; it has the lower generation or the longer uptime")
+			generation == m.view.Generation && m.before(since, holder)):
+			m.merge(holder, "neither holds the majority lease; lower generation or longer uptime")
 			return
 		}
 		if generation >= m.view.Generation {
-			// This group wins but the other's nodes have seen a newer
-			// generation and will not go back: move past it.
-			m.view.Generation = generation + 1
-			m.view.Version = 1
-			m.emit(ReForm{Generation: m.view.Generation, Voters: slices.Clone(m.view.Voters)})
-			m.lastRenew = time.Time{}
+			m.raise(generation + 1)
 		}
 	case RoleSemiMaster:
 		switch {
-		case role == RoleMaster && acting && generation >= m.view.Generation:
-			m.merge(holder, "its master holds the majority lease")
+		case role == RoleMaster && (acting || generation >= m.view.Generation):
+			m.merge(holder, "a master is in reach")
 		case role == RoleSemiMaster && (generation > m.proposed ||
-			generation == m.proposed && (uptime > m.uptime() || uptime == m.uptime() && holder < self)):
-			m.merge(holder, "another semi-master is further along")
+			generation == m.proposed && m.before(since, holder)):
+			m.merge(holder, "another semi-master has the longer uptime")
+		case role == RoleSemiMaster && generation < m.proposed:
+			return
 		}
 	}
 }
 
+// raise moves a winning master past a generation the other group's nodes have
+// seen: they never go back, so they would not grant to it otherwise.
+func (m *Machine) raise(generation uint64) {
+	if generation <= m.view.Generation {
+		return
+	}
+	m.view.Generation = generation
+	m.view.Version = 1
+	m.emit(ReForm{Generation: generation, Voters: slices.Clone(m.view.Voters)})
+	m.lastRenew = time.Time{}
+}
+
+// propose moves a semi-master's witness vote to a newer generation.
+func (m *Machine) propose(generation uint64) {
+	if generation <= m.proposed {
+		return
+	}
+	m.proposed = generation
+	m.leases = map[string]lease{}
+	m.lastRenew = time.Time{}
+	m.waiting = ""
+	m.emit(RequestVotes{Generation: generation})
+}
+
 func (m *Machine) merge(into, why string) {
 	m.emit(Merge{Into: into, Reason: why})
+	m.lastActing = m.now // give the winner time before this node tries again
 	m.role = m.view.listRole(m.cfg.Self)
 	m.leases = map[string]lease{}
 	m.proposed = 0
@@ -528,9 +608,9 @@ func (m *Machine) tickBackup() {
 
 func (m *Machine) becomeSemi(why string) {
 	m.becomeHolder(RoleSemiMaster)
-	m.proposed = max(m.view.Generation, m.grant.Generation) + 1
-	m.emit(Notify{Node: m.cfg.Self, Kind: "semi-master", Detail: why},
-		RequestVotes{Generation: m.proposed})
+	m.proposed = 0
+	m.emit(Notify{Node: m.cfg.Self, Kind: "semi-master", Detail: why})
+	m.propose(max(m.view.Generation, m.grant.Generation) + 1)
 }
 
 func (m *Machine) tickSemi() {
@@ -544,7 +624,7 @@ func (m *Machine) tickSemi() {
 		for _, n := range m.view.Nodes {
 			if n.Name != self {
 				m.send(Message{Type: MsgVote, To: n.Name, Generation: m.proposed, SentAt: m.now,
-					Role: RoleSemiMaster, Uptime: m.uptime()})
+					Role: RoleSemiMaster, Since: m.since})
 			}
 		}
 	}
@@ -615,10 +695,18 @@ func (m *Machine) renew() {
 	}
 	v := m.view.Clone()
 	for _, n := range m.view.Nodes {
-		if n.Name != self && !m.stopped[n.Name] {
-			m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: au,
-				View: &v, Role: RoleMaster, Uptime: m.uptime()})
+		if n.Name == self || m.stopped[n.Name] {
+			continue
 		}
+		// A node serves no longer than its last grant that reached us plus
+		// LeaseDuration: a grant lost on the way must not let it serve past
+		// the moment checkLost may declare it lost.
+		until := au
+		if limit := m.lastGrant[n.Name].Add(m.cfg.LeaseDuration); limit.Before(until) {
+			until = limit
+		}
+		m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: until,
+			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since})
 	}
 }
 

@@ -17,8 +17,9 @@ type ClusterView struct {
 	Version uint64
 	// Master is the node that leads this generation.
 	Master string
-	// Voters are the raft voters: the master and the two backups. A lost
-	// voter stays listed until a candidate replaces it.
+	// Voters are the raft voters: the master and the two backups. A voter
+	// that lost management status (lost, on-hold, or back on the list) stays
+	// listed until a candidate replaces it.
 	Voters []string
 	// Nodes are all registered nodes, sorted by name.
 	Nodes []NodeState
@@ -73,8 +74,8 @@ func (v ClusterView) Validate() error {
 		if n == nil {
 			return bad("voter %q is not registered", name)
 		}
-		if n.Role != RoleMaster && n.Role != RoleBackup && n.Role != RoleLost {
-			return bad("voter %q has role %s: voters are master, backup, or lost until replaced", name, n.Role)
+		if !n.Capable {
+			return bad("voter %q is not management-capable", name)
 		}
 	}
 	if !slices.Contains(v.Voters, v.Master) {
