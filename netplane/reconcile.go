@@ -2,6 +2,7 @@ package netplane
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"maps"
@@ -291,6 +292,14 @@ func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, ul underlay,
 	if br == nil {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU = brName, n.mtu
+		// A bridge with an address of its own keeps it; otherwise the kernel gives it the
+		// lowest MAC of its ports, changing it as guest ports come and go, and every
+		// change of address flushes the bridge's neighbour entries, permanent ones too.
+		var err error
+		if attrs.HardwareAddr, err = randomMAC(); err != nil {
+			rn.errs = append(rn.errs, &OpError{Op: "add", Object: "bridge", Device: brName, Err: err})
+			return nil, nil
+		}
 		if rn.do("add", "bridge", brName, func() error { return r.create(&netlink.Bridge{LinkAttrs: attrs}) }) != nil {
 			return nil, nil
 		}
@@ -395,6 +404,16 @@ func (r *Reconciler) create(l netlink.Link) error {
 	return nil
 }
 
+// randomMAC is a random locally administered unicast MAC.
+func randomMAC() (net.HardwareAddr, error) {
+	m := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(m); err != nil {
+		return nil, fmt.Errorf("random MAC: %w", err)
+	}
+	m[0] = m[0]&^1 | 2
+	return m, nil
+}
+
 // fetch re-reads a link after creating it, for its index and kernel-chosen attributes.
 func (r *Reconciler) fetch(rn *run, name string) netlink.Link {
 	l, err := r.h.LinkByName(name)
@@ -439,10 +458,17 @@ func (r *Reconciler) fdb(rn *run, p *plan, n *netPlan, vx netlink.Link, entries 
 	flood := map[netip.Addr]bool{}
 	uni := map[string][]netip.Addr{}
 	macs := map[string]net.HardwareAddr{}
+	learned := map[string]bool{} // the bridge's dynamic entries on the tunnel port
 	for _, e := range entries {
+		if e.LinkIndex != idx {
+			continue
+		}
+		if e.Flags&unix.NTF_SELF == 0 && e.State&(unix.NUD_PERMANENT|unix.NUD_NOARP) == 0 {
+			learned[e.HardwareAddr.String()] = true
+		}
 		// NTF_SELF entries with a destination are the VXLAN driver's; entries without
-		// NTF_SELF are the bridge's (learned or local) and not ours to manage.
-		if e.LinkIndex != idx || e.Flags&unix.NTF_SELF == 0 || e.IP == nil {
+		// NTF_SELF are the bridge's (learned or local), not ours but for the case below.
+		if e.Flags&unix.NTF_SELF == 0 || e.IP == nil {
 			continue
 		}
 		ip, ok := addrOf(e.IP)
@@ -506,6 +532,15 @@ func (r *Reconciler) fdb(rn *run, p *plan, n *netPlan, vx netlink.Link, entries 
 		}
 		for _, ip := range uni[m] {
 			rn.do("delete", label("fdb", m, ip), dev, func() error { return h.NeighDel(entry(macs[m], ip)) })
+		}
+		// The guest is no longer behind the tunnel: gone, or moved onto this node. Forget
+		// what the bridge learned about it on the tunnel port, or the bridge would keep
+		// sending its frames into the tunnel until the entry ages out (300 s) or the guest
+		// happens to send a frame from its new port.
+		if learned[m] {
+			rn.do("delete", "learned bridge fdb "+m, dev, func() error {
+				return h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: unix.NTF_MASTER, HardwareAddr: macs[m]})
+			})
 		}
 	}
 }

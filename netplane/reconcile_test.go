@@ -472,6 +472,32 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	wantChanges(t, reconcileOK(t, r, d))
 }
 
+// Guest ports come and go on the bridge; its address, and with it its neighbour entries,
+// stay (a bridge that takes its ports' lowest MAC would flush them at every change).
+func TestGuestPortsLeaveBridgeAndNeighboursAlone(t *testing.T) {
+	ns := newTestNS(t)
+	ns.underlay("10.77.0.1/24", 1500)
+	r := ns.reconciler("")
+	d := blueDesired()
+	reconcileOK(t, r, d)
+	brMAC := ns.link("dvmbr42").Attrs().HardwareAddr.String()
+
+	a := netlink.NewLinkAttrs()
+	a.Name, a.HardwareAddr = "vnet0", mac("02:00:00:00:00:01") // lower than any MAC the bridge has
+	ns.must(ns.h.LinkAdd(&netlink.Veth{LinkAttrs: a, PeerName: "vnet0p"}))
+	ns.must(ns.h.LinkSetMaster(ns.link("vnet0"), ns.link("dvmbr42")))
+	ns.must(ns.h.LinkSetUp(ns.link("vnet0")))
+	ns.must(ns.h.LinkDel(ns.link("vnet0")))
+
+	if got := ns.link("dvmbr42").Attrs().HardwareAddr.String(); got != brMAC {
+		t.Fatalf("bridge MAC changed from %s to %s with a guest port", brMAC, got)
+	}
+	if got := ns.neighs("dvmbr42"); len(got) != 1 {
+		t.Fatalf("neighbour entries after guest port churn: %q", got)
+	}
+	wantChanges(t, reconcileOK(t, r, d))
+}
+
 // Attributes a live VXLAN device cannot change (here: the local VTEP), or a device of the
 // wrong kind under one of our names, mean delete and add; the entries come back with it.
 func TestReconcileRecreatesDevices(t *testing.T) {
