@@ -292,3 +292,30 @@ func TestUpdateNode(t *testing.T) {
 		t.Fatalf("update of unknown node: %v", err)
 	}
 }
+
+// Explain of a placed guest judges it as if it were not placed, and changes nothing.
+func TestExplainPlacedGuest(t *testing.T) {
+	d := node("d", 8, 32)
+	d.Draining = true
+	s := New([]Node{node("a", 4, 16), node("b", 2, 4), d}, nil, Options{Strategy: Spread})
+	g := guest("web", 4, 16)
+	if p, err := s.Place(g); err != nil || p.Node != "a" {
+		t.Fatalf("Place = %+v, %v", p, err)
+	}
+	before := freeAll(s)
+	e := s.Explain(g)
+	want := []Verdict{{"a", ""}, {"b", ReasonNotEnoughCPU}, {"d", ReasonDraining}}
+	if !reflect.DeepEqual(e.Verdicts, want) || e.Node != "a" || e.Summary() != "fits on 1 of 3 nodes; would go to a" {
+		t.Fatalf("Explain = %+v (%s)", e, e.Summary())
+	}
+	if after := freeAll(s); !reflect.DeepEqual(before, after) {
+		t.Fatalf("Explain changed the snapshot")
+	}
+	if a, ok := s.Lookup("web"); !ok || a.Node != "a" {
+		t.Fatalf("Explain lost the guest: %+v %v", a, ok)
+	}
+	bad := guest("", 1, 1)
+	if e := s.Explain(bad); e.Error == "" || e.Summary() != e.Error {
+		t.Fatalf("invalid guest: %+v", e)
+	}
+}

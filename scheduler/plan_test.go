@@ -1,0 +1,230 @@
+package scheduler
+
+import (
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// freeAll records every node's free share, to show a plan changed nothing.
+func freeAll(s *Scheduler) map[string][2]int64 {
+	out := map[string][2]int64{}
+	for i := range s.nodes {
+		c, m, _ := s.Free(s.nodes[i].name)
+		out[s.nodes[i].name] = [2]int64{int64(c), m}
+	}
+	return out
+}
+
+func assign(t *testing.T, s *Scheduler, g Guest, node, twinNode string) {
+	t.Helper()
+	if err := s.Assign(Assignment{Guest: g, Node: node, TwinNode: twinNode}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sortMoves(m []Move) []Move {
+	sort.Slice(m, func(i, j int) bool { return m[i].Guest < m[j].Guest })
+	return m
+}
+
+func TestEvacuate(t *testing.T) {
+	// a is evacuated. b and c are in other racks; d shares a's rack and has most room.
+	nodes := []Node{
+		node("a", 32, 128, "rack=r1"),
+		node("b", 16, 64, "rack=r2"),
+		node("c", 16, 48, "rack=r3"),
+		node("d", 16, 100, "rack=r1"),
+	}
+	setup := func() *Scheduler {
+		s := New(nodes, nil, Options{Strategy: Spread, FailureDomains: []string{"rack"}})
+		assign(t, s, guest("plain", 2, 4), "a", "")
+		assign(t, s, restart("rs", 2, 8), "a", "")
+		assign(t, s, twin("tw-primary-here", 2, 4), "a", "b")
+		assign(t, s, twin("tw-twin-here", 2, 4), "c", "a")
+		return s
+	}
+	cases := []struct {
+		name     string
+		lost     bool
+		moves    []Move
+		lostList []string
+	}{
+		{
+			name: "drain",
+			moves: []Move{
+				{Guest: "plain", Action: ActionMigrate, From: "a", To: "d"},
+				{Guest: "rs", Action: ActionMigrate, From: "a", To: "d"},
+				// The new primary b's twin goes to another rack than b: d has most room.
+				{Guest: "tw-primary-here", Action: ActionPromote, From: "a", To: "b", NewTwin: "d"},
+				{Guest: "tw-twin-here", Action: ActionNewTwin, From: "a", NewTwin: "d"},
+			},
+		},
+		{
+			name: "lost",
+			lost: true,
+			moves: []Move{
+				{Guest: "rs", Action: ActionRestart, From: "a", To: "d"},
+				{Guest: "tw-primary-here", Action: ActionPromote, From: "a", To: "b", NewTwin: "d"},
+				{Guest: "tw-twin-here", Action: ActionNewTwin, From: "a", NewTwin: "d"},
+			},
+			lostList: []string{"plain"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := setup()
+			before := freeAll(s)
+			var plan Plan
+			if tc.lost {
+				plan = s.EvacuateLost("a")
+			} else {
+				plan = s.Evacuate("a")
+			}
+			if !reflect.DeepEqual(sortMoves(plan.Moves), tc.moves) {
+				t.Fatalf("moves\n%+v\nwant\n%+v", plan.Moves, tc.moves)
+			}
+			if !reflect.DeepEqual(plan.Lost, tc.lostList) || len(plan.Unplaced) != 0 {
+				t.Fatalf("lost %v unplaced %v", plan.Lost, plan.Unplaced)
+			}
+			if after := freeAll(s); !reflect.DeepEqual(before, after) {
+				t.Fatalf("planning changed the snapshot:\n%v\n%v", before, after)
+			}
+		})
+	}
+
+	t.Run("twins keep their separation", func(t *testing.T) {
+		// Only d (a's rack... and b's) has room: the new twin may not go there.
+		s := New([]Node{
+			node("a", 32, 128, "rack=r1"),
+			node("b", 16, 64, "rack=r2"),
+			node("d", 16, 100, "rack=r2"),
+		}, nil, Options{Strategy: Spread, FailureDomains: []string{"rack"}})
+		assign(t, s, twin("tw", 2, 4), "a", "b")
+		plan := s.Evacuate("a")
+		want := []Move{{Guest: "tw", Action: ActionPromote, From: "a", To: "b"}}
+		if !reflect.DeepEqual(plan.Moves, want) || len(plan.Unplaced) != 1 || !plan.Unplaced[0].Twin ||
+			plan.Unplaced[0].Reasons[ReasonTwinSameDomain] != 1 || !strings.Contains(strings.Join(plan.Warnings, ";"), `"tw" runs without a twin`) {
+			t.Fatalf("plan %+v unplaced %+v", plan, plan.Unplaced)
+		}
+	})
+
+	t.Run("unplaceable guests are listed with reasons", func(t *testing.T) {
+		s := New([]Node{node("a", 32, 128), node("b", 4, 8), node("c", 4, 8)}, nil, Options{})
+		assign(t, s, guest("big", 8, 16), "a", "")
+		assign(t, s, guest("small", 1, 1), "a", "")
+		plan := s.Evacuate("a")
+		if len(plan.Moves) != 1 || plan.Moves[0].Guest != "small" || len(plan.Unplaced) != 1 ||
+			plan.Unplaced[0].Guest != "big" || plan.Unplaced[0].Reasons[ReasonNotEnoughCPU] != 2 || plan.Unplaced[0].Reasons[ReasonUnschedulable] != 1 {
+			t.Fatalf("plan %+v, unplaced %+v", plan, plan.Unplaced)
+		}
+	})
+
+	t.Run("largest first", func(t *testing.T) {
+		s := New([]Node{node("a", 32, 128), node("b", 8, 16), node("c", 4, 16)}, nil, Options{Strategy: Pack})
+		assign(t, s, guest("s1", 2, 8), "a", "")
+		assign(t, s, guest("big", 4, 16), "a", "")
+		assign(t, s, guest("s2", 2, 8), "a", "")
+		plan := s.Evacuate("a")
+		if len(plan.Unplaced) != 0 || len(plan.Moves) != 3 || plan.Moves[0].Guest != "big" {
+			t.Fatalf("plan %+v", plan)
+		}
+	})
+
+	t.Run("drain warns when the HA reserve breaks", func(t *testing.T) {
+		s := New([]Node{node("a", 8, 32), node("b", 8, 32), node("c", 8, 32)}, nil, Options{Strategy: Spread, HAReserveNodes: 1})
+		for _, g := range []Guest{restart("r1", 4, 4), restart("r2", 4, 4), restart("r3", 2, 2)} {
+			if _, err := s.Place(g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		plan := s.Evacuate("a")
+		if len(plan.Moves) != 1 || !strings.Contains(strings.Join(plan.Warnings, ";"), "after this drain") {
+			t.Fatalf("plan %+v", plan)
+		}
+		if plan := s.Evacuate("nowhere"); len(plan.Warnings) != 1 || !strings.Contains(plan.Warnings[0], "unknown node") {
+			t.Fatalf("unknown node: %+v", plan)
+		}
+	})
+}
+
+func TestRebalance(t *testing.T) {
+	cases := []struct {
+		name     string
+		nodes    []Node
+		guests   map[string][]Guest // by node
+		maxMoves int
+		moves    int
+	}{
+		{
+			name:     "all on one node",
+			nodes:    []Node{node("a", 16, 64), node("b", 16, 64)},
+			guests:   map[string][]Guest{"a": {guest("g1", 4, 8), guest("g2", 4, 8), guest("g3", 4, 8), guest("g4", 4, 8)}},
+			maxMoves: 10, moves: 2,
+		},
+		{
+			name:     "bounded by maxMoves",
+			nodes:    []Node{node("a", 16, 64), node("b", 16, 64)},
+			guests:   map[string][]Guest{"a": {guest("g1", 4, 8), guest("g2", 4, 8), guest("g3", 4, 8), guest("g4", 4, 8)}},
+			maxMoves: 1, moves: 1,
+		},
+		{
+			name:     "already even",
+			nodes:    []Node{node("a", 16, 64), node("b", 16, 64)},
+			guests:   map[string][]Guest{"a": {guest("g1", 4, 8)}, "b": {guest("g2", 4, 8)}},
+			maxMoves: 10, moves: 0,
+		},
+		{
+			name:     "twins stay",
+			nodes:    []Node{node("a", 16, 64), node("b", 16, 64), node("c", 16, 64)},
+			guests:   map[string][]Guest{"a": {twin("t1", 8, 8), twin("t2", 8, 8)}},
+			maxMoves: 10, moves: 0,
+		},
+		{
+			name: "filters apply",
+			nodes: []Node{node("a", 16, 64), func() Node {
+				n := node("b", 16, 64)
+				n.Accelerator = "tcg"
+				return n
+			}()},
+			guests: map[string][]Guest{"a": {func() Guest {
+				g := guest("g1", 8, 8)
+				g.Accelerator = "kvm"
+				return g
+			}(), func() Guest {
+				g := guest("g2", 8, 8)
+				g.Accelerator = "kvm"
+				return g
+			}()}},
+			maxMoves: 10, moves: 0,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(tc.nodes, nil, Options{})
+			for n, gs := range tc.guests {
+				for _, g := range gs {
+					tn := ""
+					if g.Failover == FailoverTwin {
+						tn = "c"
+					}
+					assign(t, s, g, n, tn)
+				}
+			}
+			before := freeAll(s)
+			plan := s.Rebalance(tc.maxMoves)
+			if len(plan.Moves) != tc.moves {
+				t.Fatalf("moves %+v, want %d", plan.Moves, tc.moves)
+			}
+			for _, m := range plan.Moves {
+				if m.Action != ActionMigrate || m.From != "a" || m.To != "b" {
+					t.Fatalf("move %+v", m)
+				}
+			}
+			if after := freeAll(s); !reflect.DeepEqual(before, after) {
+				t.Fatalf("planning changed the snapshot")
+			}
+		})
+	}
+}
