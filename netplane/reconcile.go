@@ -92,7 +92,6 @@ func (r *Reconciler) BridgeMTU(vni uint32) (int, error) {
 
 // run collects the changes and errors of one Reconcile.
 type run struct {
-	h       *netlink.Handle
 	changes Changes
 	errs    []error
 }
@@ -151,7 +150,7 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 		}
 	}
 
-	rn := &run{h: r.h}
+	rn := &run{}
 	want := map[string]bool{}
 	type wired struct {
 		n      *netPlan
@@ -189,8 +188,8 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 		}
 	}
 
-	// Devices of networks no longer desired: VXLAN devices first, so a bridge is never
-	// left with a dangling tunnel port for a moment.
+	// Devices of networks no longer desired: each tunnel before its bridge, so traffic
+	// stops arriving before the switch it would enter goes.
 	var stale []netlink.Link
 	for name, l := range owned {
 		if !want[name] {
@@ -276,7 +275,8 @@ func (r *Reconciler) underlay(name string, local netip.Addr, peers []netip.Addr)
 	return u, nil
 }
 
-// network reconciles the devices of one network. It returns the bridge and VXLAN device when both are in place, nil otherwise.
+// network reconciles the devices of one network. It returns the bridge and the VXLAN
+// device when both are in place, nils otherwise (the failure is recorded in rn).
 func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, ul underlay, owned map[string]netlink.Link) (netlink.Link, netlink.Link) {
 	h := r.h
 	brName, vxName := r.BridgeName(n.VNI), r.VXLANName(n.VNI)
@@ -342,8 +342,13 @@ func (r *Reconciler) network(rn *run, n *netPlan, local netip.Addr, ul underlay,
 		}
 	}
 
-	// MTU: tunnel first, so the bridge never advertises more than its port carries.
-	for _, l := range []netlink.Link{vx, br} {
+	// MTU: the bridge never above its tunnel port, so raise the tunnel first and lower
+	// the bridge first.
+	order := []netlink.Link{vx, br}
+	if n.mtu < vx.Attrs().MTU {
+		order = []netlink.Link{br, vx}
+	}
+	for _, l := range order {
 		if l.Attrs().MTU != n.mtu {
 			l := l
 			rn.do("set", fmt.Sprintf("mtu %d (was %d)", n.mtu, l.Attrs().MTU), l.Attrs().Name, func() error { return h.LinkSetMTU(l, n.mtu) })
