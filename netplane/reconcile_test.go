@@ -272,7 +272,7 @@ func TestMTUDerivation(t *testing.T) {
 		})
 	}
 
-	t.Run("underlay MTU raised later", func(t *testing.T) {
+	t.Run("MTU changed later", func(t *testing.T) {
 		ns := newTestNS(t)
 		ns.underlay("10.77.0.1/24", 1500)
 		r := ns.reconciler("")
@@ -282,6 +282,10 @@ func TestMTUDerivation(t *testing.T) {
 		wantChanges(t, reconcileOK(t, r, d),
 			"set mtu 8950 (was 1450) on dvmvx42",
 			"set mtu 8950 (was 1450) on dvmbr42")
+		d.Networks[0].MTU = 1400
+		wantChanges(t, reconcileOK(t, r, d),
+			"set mtu 1400 (was 8950) on dvmbr42",
+			"set mtu 1400 (was 8950) on dvmvx42")
 	})
 
 	t.Run("routed VTEP on loopback", func(t *testing.T) {
