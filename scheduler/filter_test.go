@@ -195,8 +195,16 @@ func TestStrategies(t *testing.T) {
 			}
 		})
 	}
+	// Spread weighs CPU against memory: the node with the most free memory has almost
+	// no CPUs left, so the guest goes where the scarcer resource stays most free.
+	cpuPoor := node("cpu-poor", 16, 64)
+	cpuPoor.AllocatedCPUs = 14
+	s := New([]Node{cpuPoor, node("balanced", 16, 60)}, nil, Options{Strategy: Spread})
+	if p, _ := s.Place(guest("g", 1, 1)); p.Node != "balanced" {
+		t.Fatalf("spread balance: got %s, want balanced", p.Node)
+	}
 	// Equal memory: Pack takes the node with the fewest free CPUs that fit.
-	s := New([]Node{node("many", 64, 32), node("few", 4, 32), node("too-few", 1, 32)}, nil, Options{Strategy: Pack})
+	s = New([]Node{node("many", 64, 32), node("few", 4, 32), node("too-few", 1, 32)}, nil, Options{Strategy: Pack})
 	if p, _ := s.Place(guest("g", 2, 8)); p.Node != "few" {
 		t.Fatalf("pack on CPU: got %s, want few", p.Node)
 	}

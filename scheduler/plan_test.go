@@ -56,9 +56,10 @@ func TestEvacuate(t *testing.T) {
 			moves: []Move{
 				{Guest: "plain", Action: ActionMigrate, From: "a", To: "d"},
 				{Guest: "rs", Action: ActionMigrate, From: "a", To: "d"},
-				// The new primary b's twin goes to another rack than b: d has most room.
-				{Guest: "tw-primary-here", Action: ActionPromote, From: "a", To: "b", NewTwin: "d"},
-				{Guest: "tw-twin-here", Action: ActionNewTwin, From: "a", NewTwin: "d"},
+				// The new primary b's twin goes to another rack than b: d has the most
+				// free memory, but after two guests c has the larger share of CPUs left.
+				{Guest: "tw-primary-here", Action: ActionPromote, From: "a", To: "b", NewTwin: "c"},
+				{Guest: "tw-twin-here", Action: ActionNewTwin, From: "a", NewTwin: "b"},
 			},
 		},
 		{
@@ -67,7 +68,7 @@ func TestEvacuate(t *testing.T) {
 			moves: []Move{
 				{Guest: "rs", Action: ActionRestart, From: "a", To: "d"},
 				{Guest: "tw-primary-here", Action: ActionPromote, From: "a", To: "b", NewTwin: "d"},
-				{Guest: "tw-twin-here", Action: ActionNewTwin, From: "a", NewTwin: "d"},
+				{Guest: "tw-twin-here", Action: ActionNewTwin, From: "a", NewTwin: "b"},
 			},
 			lostList: []string{"plain"},
 		},

@@ -587,19 +587,43 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		}
 		return -1
 	}
+	// Spread: among the first spreadSample fitting nodes in order of most free memory,
+	// the one left with the largest free share of its scarcer resource, so a node with
+	// memory to spare but few CPUs is not drained of CPUs first.
+	best, seen := int32(-1), 0
+	var bestScore float64
 	for c := x.prevClass(x.classes-1, need); c >= lo; c = x.prevClass(c-1, need) {
 		m := x.mask[c] >> uint(need) << uint(need)
 		for m != 0 {
 			b := 63 - bits.LeadingZeros64(m)
 			m &^= 1 << uint(b)
 			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
-				if s.fits(id-1, r, cpu, mem, p, level) {
-					return id - 1
+				n := id - 1
+				if !s.fits(n, r, cpu, mem, p, level) {
+					continue
+				}
+				if sc := s.nodes[n].spreadScore(cpu, mem); best < 0 || sc > bestScore {
+					best, bestScore = n, sc
+				}
+				if seen++; seen == spreadSample {
+					return best
 				}
 			}
 		}
 	}
-	return -1
+	return best
+}
+
+// spreadSample is how many fitting nodes Spread scores (Nomad's limited candidate
+// sampling, with the candidates taken from the top of the free-memory order).
+const spreadSample = 8
+
+// spreadScore is the share of its scarcer resource node n has left after taking cpu, mem.
+func (n *nodeState) spreadScore(cpu int32, mem int64) float64 {
+	if n.cpus <= 0 || n.mem <= 0 {
+		return 0
+	}
+	return min(float64(n.freeCPU-cpu)/float64(n.cpus), float64(n.freeMem-mem)/float64(n.mem))
 }
 
 // fits checks what the index does not guarantee for a node it yielded.
@@ -633,20 +657,20 @@ func (s *Scheduler) searchList(r *req, strat Strategy, cpu int32, mem int64, p i
 			best = n
 			continue
 		}
-		if s.better(strat, n, best) {
+		if s.better(strat, n, best, cpu, mem) {
 			best = n
 		}
 	}
 	return best
 }
 
-// better: node a scores higher than node b under strat.
-func (s *Scheduler) better(strat Strategy, a, b int32) bool {
+// better: node a scores higher than node b under strat for a guest of cpu, mem.
+func (s *Scheduler) better(strat Strategy, a, b int32, cpu int32, mem int64) bool {
 	na, nb := &s.nodes[a], &s.nodes[b]
 	if strat == Pack {
 		return na.freeMem < nb.freeMem || (na.freeMem == nb.freeMem && na.freeCPU < nb.freeCPU)
 	}
-	return na.freeMem > nb.freeMem || (na.freeMem == nb.freeMem && na.freeCPU > nb.freeCPU)
+	return na.spreadScore(cpu, mem) > nb.spreadScore(cpu, mem)
 }
 
 // maxSplitDomains: up to this many broadest domains (zones), a twin that must leave its
@@ -698,7 +722,7 @@ func (s *Scheduler) searchApart(r *req, strat Strategy, cpu int32, mem int64, p 
 			}
 			r.within[v] = w
 		}
-		if n := s.search(w, strat, cpu, mem, -1, -1); n >= 0 && (best < 0 || s.better(strat, n, best)) {
+		if n := s.search(w, strat, cpu, mem, -1, -1); n >= 0 && (best < 0 || s.better(strat, n, best, cpu, mem)) {
 			best = n
 		}
 	}
