@@ -312,6 +312,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	l := &Lab{dir: dir, log: opts.Log}
 
+	// A lab up in this DIR is named before the bridge it holds.
+	if err := checkNoLab(dir); err != nil {
+		return nil, err
+	}
 	if err := Preflight(); err != nil {
 		return nil, err
 	}
@@ -320,9 +324,6 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		if dvmd, err = findDvmd(opts.DvmdPath); err != nil {
 			return nil, err
 		}
-	}
-	if err := checkNoLab(dir); err != nil {
-		return nil, err
 	}
 
 	l.logf("guest image: %s", opts.ImageCache)

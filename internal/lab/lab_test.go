@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,15 @@ func TestLab(t *testing.T) {
 	before := takeSnapshot(t, "")
 	l := labtest.Start(t, lab.Options{Nodes: 3, NoAgent: true})
 	ctx := context.Background()
+	labNS := map[string]bool{}
+	noteNS := func() {
+		for _, n := range l.Nodes() {
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", n.PID)); err == nil {
+				labNS[ns] = true
+			}
+		}
+	}
+	noteNS()
 
 	t.Run("libvirt", func(t *testing.T) {
 		for _, n := range l.Nodes() {
@@ -172,6 +182,7 @@ func TestLab(t *testing.T) {
 		if err := l.Restart(ctx, "n2"); err != nil {
 			t.Fatal(err)
 		}
+		noteNS()
 		conn := connect(t, n2.LibvirtURI)
 		doms, err := conn.ListAllDomains(0)
 		if err != nil {
@@ -193,7 +204,10 @@ func TestLab(t *testing.T) {
 			t.Fatal(err)
 		}
 		after := takeSnapshot(t, l.Dir())
-		before.compare(t, after, l.Dir())
+		if len(labNS) < 3 {
+			t.Errorf("lab PID namespaces seen: %v, want one a node at least", labNS)
+		}
+		before.compare(t, after, l.Dir(), labNS)
 		if _, err := os.Stat(filepath.Join(n2.Dir, "node.log")); err != nil {
 			t.Errorf("logs in DIR after down: %v", err)
 		}
@@ -310,14 +324,23 @@ func procStat(pid int) string {
 	return procComm(pid) + " " + f[19]
 }
 
-// snapshot is what of the machine a lab could leave behind.
+// snapshot is what of the machine a lab could leave behind. Other engineers' tests
+// may run beside this one (a libvirtd of their own, namespaces, links), so what is
+// compared is what the lab could have made: processes in a node's PID namespace or
+// naming DIR, links called dvmlab*, mounts on the paths a node mounts privately or
+// under DIR, the nftables table dvmlab, and files of the host's libvirt paths that
+// name DIR or the test guest.
 type snapshot struct {
-	procs  map[string]string // "pid start" → command line
+	procs  map[string]string // "pid comm start" → "pidns cmdline"
 	links  []string
 	mounts []string
 	tables []string
-	files  []string // under the host's own libvirt and /run/libvirt paths
+	files  []string
 }
+
+// labMounts are the paths a node mounts privately; a mount on one of them in the
+// root namespace would be a leak.
+var labMounts = []string{"/run", "/dev/shm", "/etc/hosts", "/etc/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/proc"}
 
 func takeSnapshot(t *testing.T, dir string) snapshot {
 	t.Helper()
@@ -330,8 +353,9 @@ func takeSnapshot(t *testing.T, dir string) snapshot {
 			continue
 		}
 		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
 		if st := procStat(pid); st != "" {
-			s.procs[strconv.Itoa(pid)+" "+st] = strings.ReplaceAll(string(cmd), "\x00", " ")
+			s.procs[strconv.Itoa(pid)+" "+st] = ns + " " + strings.ReplaceAll(string(cmd), "\x00", " ")
 		}
 	}
 	ifs, err := net.Interfaces()
@@ -346,58 +370,71 @@ func takeSnapshot(t *testing.T, dir string) snapshot {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(mi)), "\n") {
-		f := strings.Fields(line)
-		s.mounts = append(s.mounts, f[4]) // mount point
+		s.mounts = append(s.mounts, strings.Fields(line)[4]) // mount point
 	}
 	out, err := exec.Command("nft", "list", "tables").Output()
 	if err != nil {
 		t.Fatalf("nft list tables: %v", err)
 	}
-	s.tables = strings.Fields(string(out))
-	for _, root := range []string{"/etc/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/run/libvirt", "/dev/shm"} {
-		filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-			if err == nil {
-				s.files = append(s.files, fmt.Sprintf("%s %d %s", p, fi.Size(), fi.ModTime().Format(time.RFC3339Nano)))
-			}
-			return nil
-		})
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		s.tables = append(s.tables, strings.TrimSpace(line))
 	}
-	slices.Sort(s.links)
-	slices.Sort(s.mounts)
-	slices.Sort(s.tables)
+	if dir != "" {
+		for _, root := range []string{"/etc/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/run/libvirt", "/dev/shm", "/etc/hosts"} {
+			filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+				if err != nil || !fi.Mode().IsRegular() {
+					return nil
+				}
+				if strings.Contains(p, "labguest") {
+					s.files = append(s.files, p)
+				} else if fi.Size() < 1<<20 {
+					if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir) {
+						s.files = append(s.files, p)
+					}
+				}
+				return nil
+			})
+		}
+	}
 	return s
 }
 
-// compare fails t for what after has and s had not. Links and processes are
-// compared by what the lab makes (other tests may run beside this one); mounts,
-// nftables tables and the host's libvirt files in full.
-func (s snapshot) compare(t *testing.T, after snapshot, dir string) {
+// compare fails t for what the lab left in after that s had not. labNS are the PID
+// namespaces the lab's nodes had.
+func (s snapshot) compare(t *testing.T, after snapshot, dir string, labNS map[string]bool) {
 	t.Helper()
-	for k, cmd := range after.procs {
+	for k, v := range after.procs {
 		if _, ok := s.procs[k]; ok {
 			continue
 		}
-		comm := strings.Fields(k)[1]
-		if strings.Contains(cmd, dir) || strings.HasPrefix(comm, "qemu-system") || slices.Contains([]string{"tini", "libvirtd", "virtlogd"}, comm) {
+		ns, cmd, _ := strings.Cut(v, " ")
+		if labNS[ns] || strings.Contains(cmd, dir) {
 			t.Errorf("process left after down: %s %s", k, cmd)
 		}
 	}
 	for _, l := range after.links {
-		if !slices.Contains(s.links, l) || strings.HasPrefix(l, "dvmlab") {
-			if strings.HasPrefix(l, "dvmlab") || strings.HasPrefix(l, "veth") {
-				t.Errorf("link left after down: %s", l)
-			} else {
-				t.Logf("new link %s (not the lab's)", l)
-			}
+		if strings.HasPrefix(l, "dvmlab") {
+			t.Errorf("link left after down: %s", l)
 		}
 	}
-	if !slices.Equal(s.mounts, after.mounts) {
-		t.Errorf("mounts changed:\nbefore %v\nafter  %v", s.mounts, after.mounts)
+	count := func(ms []string) map[string]int {
+		c := map[string]int{}
+		for _, m := range ms {
+			if slices.Contains(labMounts, m) || strings.HasPrefix(m, dir+"/") {
+				c[m]++
+			}
+		}
+		return c
 	}
-	if !slices.Equal(s.tables, after.tables) {
-		t.Errorf("nftables tables changed: before %v, after %v", s.tables, after.tables)
+	if b, a := count(s.mounts), count(after.mounts); !reflect.DeepEqual(b, a) {
+		t.Errorf("mounts on the lab's paths changed: before %v, after %v", b, a)
 	}
-	if !slices.Equal(s.files, after.files) {
-		t.Errorf("files outside DIR changed:\nbefore %v\nafter  %v", s.files, after.files)
+	for _, tbl := range after.tables {
+		if strings.Contains(tbl, "dvmlab") {
+			t.Errorf("nftables table left after down: %s", tbl)
+		}
+	}
+	for _, f := range after.files {
+		t.Errorf("file outside DIR written by the lab: %s", f)
 	}
 }

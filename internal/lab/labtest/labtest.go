@@ -46,7 +46,7 @@ func Start(t testing.TB, opts lab.Options) *lab.Lab {
 	if opts.Log == nil {
 		opts.Log = logWriter{t}
 	}
-	lock(t)
+	Lock(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, opts)
@@ -114,9 +114,10 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// lock takes the machine's lab lock until the test ends (after the lab is down:
-// cleanups run last-registered first).
-func lock(t testing.TB) {
+// Lock takes the machine's lab lock until the test ends (after the lab is down:
+// cleanups run last-registered first). Start takes it; a test calling lab.Up
+// itself takes it first.
+func Lock(t testing.TB) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
 		t.Fatalf("labtest: %v", err)

@@ -1,0 +1,181 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestAgentConfig(t *testing.T) {
+	want := `# dvm lab node n2: written by vmctl lab up
+name = n2
+libvirt_uri = qemu:///system
+advertise_libvirt_uri = qemu+tcp://10.77.0.12/system
+listen = 10.77.0.12:7460
+data_dir = /var/lib/dvm-lab/nodes/n2/data
+token_file = /var/lib/dvm-lab/token
+management = false
+master = http://10.77.0.11:7460
+images_dir = /var/lib/dvm-lab/shared/images
+disks_dir = /var/lib/dvm-lab/shared/disks
+reserved_cpus = 0
+reserved_memory = 256MiB
+cpu_overcommit = 4
+memory_overcommit = 1.5
+accelerator = tcg
+labels = rack=r2
+`
+	if got := agentConfig("/var/lib/dvm-lab", 2); got != want {
+		t.Errorf("agent config of n2:\n%s\nwant:\n%s", got, want)
+	}
+	if got := agentConfig("/var/lib/dvm-lab", 1); !strings.Contains(got, "\nmanagement = true\n") || !strings.Contains(got, "\nmaster = http://10.77.0.11:7460\n") {
+		t.Errorf("agent config of n1 must run the master:\n%s", got)
+	}
+}
+
+func TestNftRules(t *testing.T) {
+	got := nftRules([]Cut{{Node: "n3", From: []string{"n1"}}, {Node: "n2"}})
+	for _, rule := range []string{
+		"ip saddr 10.77.0.13 ip daddr 10.77.0.11 drop",
+		"ip saddr 10.77.0.11 ip daddr 10.77.0.13 drop",
+		`iifname "dvmlab-n2" drop`,
+		`oifname "dvmlab-n2" drop`,
+		"table bridge dvmlab\ndelete table bridge dvmlab\n",
+	} {
+		if !strings.Contains(got, rule) {
+			t.Errorf("rules lack %q:\n%s", rule, got)
+		}
+	}
+	if empty := nftRules(nil); strings.Contains(empty, "drop") {
+		t.Errorf("rules without cuts drop something:\n%s", empty)
+	}
+}
+
+func TestHealCuts(t *testing.T) {
+	cuts := []Cut{{Node: "n3", From: []string{"n1", "n2"}}, {Node: "n2"}, {Node: "n4", From: []string{"n1"}}}
+	for _, tc := range []struct {
+		node string
+		want []Cut
+	}{
+		{"", nil},
+		{"n1", []Cut{{Node: "n3", From: []string{"n2"}}, {Node: "n2"}}},
+		{"n2", []Cut{{Node: "n3", From: []string{"n1"}}, {Node: "n4", From: []string{"n1"}}}},
+		{"n3", []Cut{{Node: "n2"}, {Node: "n4", From: []string{"n1"}}}},
+		{"n5", cuts},
+	} {
+		if got := healCuts(cuts, tc.node); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("heal %q: %+v, want %+v", tc.node, got, tc.want)
+		}
+	}
+	if len(cuts[0].From) != 2 {
+		t.Errorf("healCuts changed its input: %+v", cuts)
+	}
+}
+
+func TestDescribeCuts(t *testing.T) {
+	cuts := []Cut{{Node: "n3", From: []string{"n1"}}, {Node: "n2"}}
+	for node, want := range map[string]string{"n1": "n3,n2", "n2": "all", "n3": "n1,n2", "n4": "n2"} {
+		if got := describeCuts(node, cuts); got != want {
+			t.Errorf("cuts of %s: %q, want %q", node, got, want)
+		}
+	}
+}
+
+func TestUpRejectsBadOptions(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{Nodes: 8, Dir: dir}, "1 to 7 nodes"},
+		{Options{Nodes: -1, Dir: dir}, "1 to 7 nodes"},
+		{Options{Dir: "/run/lab"}, "under /run"},
+		{Options{Dir: "/var/lib/libvirt/lab"}, "under /var/lib/libvirt"},
+		{Options{Dir: "/"}, "cannot be /"},
+	} {
+		_, err := Up(context.Background(), tc.opts)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Up(%+v): %v, want an error saying %q", tc.opts, err, tc.want)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("rejected Up wrote %v into %s", ents, dir)
+	}
+}
+
+func TestLoadWithoutLab(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Load(dir)
+	if !errors.Is(err, ErrNoLab) || !strings.Contains(err.Error(), "vmctl lab up --dir "+dir) {
+		t.Errorf("Load of an empty dir: %v, want ErrNoLab saying how to bring one up", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, stateFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("Load of a broken state: %v, want an error saying it is damaged", err)
+	}
+}
+
+func TestFindDvmd(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "dvmd")
+	if _, err := findDvmd(p); err == nil || !strings.Contains(err.Error(), "go build") {
+		t.Errorf("missing dvmd: %v, want an error saying how to build it", err)
+	}
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := findDvmd(p); err != nil || got != p {
+		t.Errorf("findDvmd(%s) = %q, %v", p, got, err)
+	}
+}
+
+func TestMissingError(t *testing.T) {
+	err := &MissingError{Packages: []string{"tini", "nftables"}, Details: []string{"no tini (package tini)", "no nft (package nftables)"}}
+	if !strings.Contains(err.Error(), "apt-get install -y --no-install-recommends tini nftables") {
+		t.Errorf("missing packages error does not say how to install them: %v", err)
+	}
+}
+
+func TestNodeScript(t *testing.T) {
+	l := &Lab{dir: "/srv/it's lab", st: state{Dvmd: "/usr/local/bin/dvmd", Nodes: []nodeState{{Name: "n1", Index: 1}}}}
+	var b strings.Builder
+	if err := nodeScript.Execute(&b, map[string]string{"Name": "n1", "Dir": l.dir, "NodeDir": l.nodeDir("n1"),
+		"Addr": "10.77.0.11", "LibvirtURI": libvirtURI(1), "Dvmd": l.st.Dvmd}); err != nil {
+		t.Fatal(err)
+	}
+	s := b.String()
+	for _, want := range []string{`nodedir='/srv/it'\''s lab/nodes/n1'`, "'/usr/local/bin/dvmd' agent --config \"$nodedir/dvmd.conf\"", "libvirtd -d --listen", "ip addr add 10.77.0.11/24 dev eth0"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("node script lacks %q:\n%s", want, s)
+		}
+	}
+	sh := exec.Command("sh", "-n")
+	sh.Stdin = strings.NewReader(s)
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Errorf("node script is not valid sh: %v: %s", err, out)
+	}
+	if strings.Contains(s, "sleep infinity") {
+		t.Error("node script with an agent sleeps instead of running it")
+	}
+}
+
+func TestGuestScriptsParse(t *testing.T) {
+	for _, p := range []string{"guest/init", "guest/lib/lab.sh", "guest/lab.d/tick.sh"} {
+		b, err := guestFiles.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh := exec.Command("sh", "-n")
+		sh.Stdin = strings.NewReader(string(b))
+		if out, err := sh.CombinedOutput(); err != nil {
+			t.Errorf("%s is not valid sh: %v: %s", p, err, out)
+		}
+	}
+}
