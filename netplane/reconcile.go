@@ -122,7 +122,8 @@ func dump[T any](f func() ([]T, error)) ([]T, error) {
 // (errors.Is(err, ErrInvalid)) changes nothing. Otherwise Reconcile carries on past a
 // failed operation and returns every failure joined, each an *OpError naming device and
 // operation; the Changes made before and after a failure are still returned. Calling it
-// again with the same d changes nothing and returns empty Changes.
+// again with the same d changes nothing and returns empty Changes. The zero Desired
+// removes every device of ours.
 func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -131,12 +132,14 @@ func (r *Reconciler) Reconcile(d Desired) (Changes, error) {
 	if err != nil {
 		return nil, err
 	}
-	ul, err := r.underlay(d.Underlay, p.local, p.peers)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.resolveMTU(ul.name, ul.mtu); err != nil {
-		return nil, err
+	var ul underlay
+	if len(p.nets) > 0 {
+		if ul, err = r.underlay(d.Underlay, p.local, p.peers); err != nil {
+			return nil, err
+		}
+		if err := p.resolveMTU(ul.name, ul.mtu); err != nil {
+			return nil, err
+		}
 	}
 
 	links, err := dump(r.h.LinkList)

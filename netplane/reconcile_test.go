@@ -175,6 +175,16 @@ func TestNetworkRemovedDeletesOnlyOurDevices(t *testing.T) {
 	if ns.hasLink("dvmbr42") || ns.hasLink("dvmvx42") {
 		t.Fatal("devices of network blue left after removing it")
 	}
+
+	// The zero Desired (a node leaving) removes all of ours, even once the node's tunnel
+	// address is gone.
+	reconcileOK(t, r, blueDesired())
+	vtep, err := netlink.ParseAddr("10.77.0.1/24")
+	ns.must(err)
+	ns.must(ns.h.AddrDel(ns.link("ul0"), vtep))
+	wantChanges(t, reconcileOK(t, r, Desired{}),
+		"delete vxlan (network no longer desired) on dvmvx42",
+		"delete bridge (network no longer desired) on dvmbr42")
 	for _, name := range []string{"br-keep", "vxkeep", "dvmfoo", "dvmbr042", "ul0"} {
 		if !ns.hasLink(name) {
 			t.Errorf("foreign device %s was deleted", name)

@@ -29,6 +29,9 @@ func invalid(format string, args ...any) error {
 
 // validate checks everything that does not need the kernel. underlayMTU is filled in later.
 func validate(d Desired) (*plan, error) {
+	if !d.LocalVTEP.IsValid() && len(d.Networks) == 0 && len(d.Peers) == 0 && len(d.Endpoints) == 0 {
+		return &plan{}, nil // nothing wanted: remove what is ours (a node leaving, drained)
+	}
 	if !d.LocalVTEP.IsValid() {
 		return nil, invalid("LocalVTEP is not set: give this node's tunnel address on the cluster network")
 	}
