@@ -65,8 +65,12 @@ type Machine struct {
 	waiting         string
 
 	// lastGrant survives role changes: a node may be declared lost only
-	// LeaseDuration+LeaseMargin after its last grant arrived here.
+	// LeaseDuration+LeaseMargin after its last grant arrived here. It is not
+	// persisted: after a restart, started (the first Tick) stands in for it,
+	// since nothing promised before the restart outlives it by more than
+	// LeaseDuration.
 	lastGrant map[string]time.Time
+	started   time.Time
 
 	// seen is the newest acting master this node heard from directly.
 	seen struct {
@@ -177,6 +181,9 @@ func (m *Machine) Step(ev Event) []Action {
 	case Tick:
 		if e.Now.Before(m.now) {
 			return nil
+		}
+		if m.started.IsZero() {
+			m.started = e.Now
 		}
 		m.now = e.Now
 		m.tick()
@@ -768,7 +775,11 @@ func (m *Machine) checkLost(n *NodeState) bool {
 		}
 		why = fmt.Sprintf("reachable only via %s for %v", p.Via, m.cfg.ConfirmTimeout)
 	}
-	if m.now.Before(m.lastGrant[n.Name].Add(m.cfg.LeaseDuration + m.cfg.LeaseMargin)) {
+	last := m.lastGrant[n.Name]
+	if last.Before(m.started) {
+		last = m.started
+	}
+	if m.now.Before(last.Add(m.cfg.LeaseDuration + m.cfg.LeaseMargin)) {
 		return false
 	}
 	n.Role, n.LostAt = RoleLost, m.now

@@ -34,13 +34,25 @@ func TestSimulation(t *testing.T) {
 			seeds = append(seeds, uint64(s))
 		}
 	}
+	stats := map[string]int{}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			t.Parallel()
-			if err := simulate(seed, *simSteps, nil); err != nil {
+			if err := simulate(seed, *simSteps, stats); err != nil {
 				t.Fatalf("%v\nreplay: go test ./failover -run 'TestSimulation$' -seed %d -steps %d -v", err, seed, *simSteps)
 			}
 		})
+	}
+	t.Logf("%d seeds x %d steps: %v", len(seeds), *simSteps, stats)
+	if *simSeed != 0 || t.Failed() {
+		return
+	}
+	// A simulation that never reaches a scenario proves nothing about it.
+	for _, kind := range []string{"kill", "revive", "partition", "cut", "heal", "health", "isolate",
+		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "merge",
+		"hold", "demote", "stop-contacting", "solitude-shutdown", "fence", "unfence"} {
+		if stats[kind] == 0 {
+			t.Errorf("the fixed seeds never reached %q: widen the fault mix", kind)
+		}
 	}
 }
 
@@ -64,7 +76,7 @@ func simCluster(rng *rand.Rand) (*failovertest.Cluster, error) {
 		view.Nodes = append(view.Nodes, n)
 		health[n.Name] = randomHealth(rng, true)
 	}
-	cfg := failover.Config{GiveUpAfter: 20 * time.Second, SolitudeAfter: 40 * time.Second}
+	cfg := failover.Config{GiveUpAfter: 20 * time.Second, SolitudeAfter: 20 * time.Second}
 	c, err := failovertest.New(cfg, view, health)
 	if err != nil {
 		return nil, err
@@ -95,6 +107,16 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 	}
 	var story []string
 	c.Observe = func(r failovertest.Record) {
+		if stats != nil {
+			kind, _, _ := strings.Cut(r.Text, " ")
+			switch {
+			case strings.HasPrefix(r.Text, "promote "+r.Node+" to master"):
+				kind = "raft-elected"
+			case strings.HasPrefix(r.Text, "notify semi-master"):
+				kind = "semi-master"
+			}
+			stats[kind]++
+		}
 		story = append(story, r.String())
 		if len(story) > 400 {
 			story = story[len(story)-300:]
@@ -115,7 +137,8 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 	}
 	note := func(kind string) {
 		if stats != nil {
-			stats[kind]++
+			k, _, _ := strings.Cut(kind, " ")
+			stats[k]++
 		}
 		story = append(story, fmt.Sprintf("%5.1fs fault: %s", c.Elapsed().Seconds(), kind))
 	}
@@ -161,6 +184,14 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 			n := nodes[rng.IntN(len(nodes))]
 			note("health " + n)
 			c.SetHealth(n, randomHealth(rng, rng.IntN(3) != 0))
+		case r < 54:
+			n := nodes[rng.IntN(len(nodes))]
+			note("isolate " + n)
+			for _, o := range nodes {
+				if o != n {
+					c.Cut(n, o)
+				}
+			}
 		}
 		c.Step()
 		if err := c.Err(); err != nil {
