@@ -21,6 +21,22 @@ func (n *Node) EnsureDiskPool(dir string) error {
 		return fmt.Errorf("disk pool directory %q must be an absolute path", dir)
 	}
 	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
+	if err == nil {
+		// A pool left from an earlier configuration may point elsewhere: follow the
+		// configuration. Volumes are files in the directory; nothing is deleted.
+		if x, xerr := pool.GetXMLDesc(0); xerr == nil {
+			var def libvirtxml.StoragePool
+			if def.Unmarshal(x) == nil && def.Target != nil && filepath.Clean(def.Target.Path) != filepath.Clean(dir) {
+				_ = pool.Destroy()
+				if uerr := pool.Undefine(); uerr != nil {
+					pool.Free()
+					return n.fail("pool", fmt.Errorf("move disk pool from %s to %s: %w", def.Target.Path, dir, uerr))
+				}
+				pool.Free()
+				err = libvirt.Error{Code: libvirt.ERR_NO_STORAGE_POOL}
+			}
+		}
+	}
 	if err != nil {
 		var lv libvirt.Error
 		if !errors.As(err, &lv) || lv.Code != libvirt.ERR_NO_STORAGE_POOL {
@@ -34,13 +50,17 @@ func (n *Node) EnsureDiskPool(dir string) error {
 		if pool, err = n.conn.StoragePoolDefineXML(x, 0); err != nil {
 			return n.fail("pool", fmt.Errorf("define disk pool at %s: %w", dir, err))
 		}
-		if err := pool.Build(libvirt.STORAGE_POOL_BUILD_NEW); err != nil {
-			// The directory may already exist (shared storage made by another node).
-			_ = err
-		}
 		_ = pool.SetAutostart(true)
 	}
 	defer pool.Free()
+	// Build makes the directory when it is missing (a fresh node, or shared storage not
+	// yet used); on an existing directory it changes nothing.
+	if err := pool.Build(libvirt.STORAGE_POOL_BUILD_NO_OVERWRITE); err != nil {
+		var lv libvirt.Error
+		if !errors.As(err, &lv) || lv.Code != libvirt.ERR_OPERATION_INVALID {
+			n.onErr("pool")
+		}
+	}
 	if active, _ := pool.IsActive(); !active {
 		if err := pool.Create(0); err != nil {
 			return n.fail("pool", fmt.Errorf("start disk pool at %s: %w", dir, err))

@@ -1,0 +1,77 @@
+# Shared set-up for scripts/demo and scripts/test: root, Debian packages, Go, libvirtd.
+# Sourced, not run.
+
+die() { echo "dvm: $*" >&2; exit 1; }
+say() { echo "== $*" >&2; }
+
+# Packages dvm builds and tests with. libvirt-dev for the cgo binding; qemu and libvirtd
+# for real guests; busybox-static, cpio and tini for the lab guest and nodes; iproute2
+# and nftables for the lab network; prometheus for promtool.
+DVM_PACKAGES="gcc pkg-config libc6-dev libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu \
+libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio tini iproute2 nftables prometheus \
+ca-certificates"
+
+ensure_root() {
+	if [ "$(id -u)" -ne 0 ]; then
+		if command -v sudo >/dev/null 2>&1; then
+			say "re-running as root with sudo (packages, libvirtd and the lab need root)"
+			exec sudo -E "$0" "$@"
+		fi
+		die "needs root (to install packages and run libvirtd and the lab): run as root or install sudo"
+	fi
+}
+
+ensure_packages() {
+	command -v apt-get >/dev/null 2>&1 || die "needs a Debian or Ubuntu machine (apt-get); on others install: $DVM_PACKAGES"
+	missing=""
+	for p in $DVM_PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+	done
+	if [ -n "$missing" ]; then
+		say "installing:$missing"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq || die "apt-get update failed"
+		# shellcheck disable=SC2086
+		apt-get install -y -qq --no-install-recommends $missing >/dev/null || die "apt-get install failed:$missing"
+	fi
+}
+
+ensure_go() {
+	export PATH="$PATH:/usr/local/go/bin:/root/go/bin"
+	command -v go >/dev/null 2>&1 || die "needs Go 1.21 or newer on PATH (go.mod asks for $(awk '/^go /{print $2}' go.mod); a newer toolchain is fetched through the Go module proxy)"
+}
+
+# start_libvirtd starts virtlogd and libvirtd when they are not running: with systemd
+# through its units, without it (containers, CI) by hand.
+start_libvirtd() {
+	# Without udev (containers, CI) /dev/kvm stays root-only. QEMU then runs as
+	# libvirt-qemu without KVM while libvirtd (root) sees KVM usable, and libvirt throws
+	# its capability cache away on every define (seconds each). Set what Debian's udev
+	# rule sets on every normal host.
+	if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+		chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+	fi
+	if virsh -c qemu:///system version >/dev/null 2>&1; then return; fi
+	if [ -d /run/systemd/system ]; then
+		systemctl start virtlogd.socket libvirtd.socket libvirtd.service || true
+	else
+		# Look at the host's sockets, not at processes: lab nodes run their own daemons
+		# in their namespaces, and those must not count. tini -s adopts and reaps the
+		# QEMU processes libvirtd double-forks: where PID 1 does not reap orphans (a
+		# container), their zombies otherwise hang libvirtd's next QEMU start.
+		mkdir -p /var/log/libvirt
+		[ -S /run/libvirt/virtlogd-sock ] || setsid tini -s -- virtlogd >>/var/log/libvirt/dvm-virtlogd.log 2>&1 </dev/null &
+		setsid tini -s -- libvirtd >>/var/log/libvirt/dvm-libvirtd.log 2>&1 </dev/null &
+	fi
+	for _ in $(seq 1 50); do
+		virsh -c qemu:///system version >/dev/null 2>&1 && return
+		sleep 0.2
+	done
+	die "libvirtd does not answer at qemu:///system: see /var/log/libvirt/libvirtd.log"
+}
+
+build() {
+	say "building dvmd and vmctl into ./bin"
+	mkdir -p bin
+	go build -o bin/ ./cmd/dvmd ./cmd/vmctl || die "go build failed"
+}
