@@ -16,8 +16,9 @@ import (
 //
 // and the right side is the sum of the K largest keys D(x)+F(x). A restart or twin guest
 // placed on x moves capacity from F(x) to D(x), so keys only shrink when guests are
-// placed: the cached sum stays a safe upper bound and is recomputed (O(nodes)) only when
-// a key may have grown (a release, a node change) or before refusing.
+// placed: the cached sum stays a safe upper bound and is recomputed (O(nodes log nodes))
+// only when a key may have grown (a release, a node change), or before refusing unless
+// no key changed since the last recompute (so a run of refusals costs O(1) each).
 //
 // Like vSphere's percentage policy this counts capacity, not how it is cut: a free share
 // split over many nodes may still not fit one large guest. Evacuate does the exact
@@ -35,9 +36,11 @@ func (s *Scheduler) headroomShort(needCPU, needMem int64) string {
 	if s.headroomOK(needCPU, needMem) {
 		return ""
 	}
-	s.haRecompute()
-	if s.headroomOK(needCPU, needMem) {
-		return ""
+	if !s.haExact {
+		s.haRecompute()
+		if s.headroomOK(needCPU, needMem) {
+			return ""
+		}
 	}
 	unit := "nodes"
 	if k == 1 {
@@ -67,7 +70,7 @@ func (s *Scheduler) haRecompute() {
 		mem = append(mem, km)
 	}
 	s.haTopCPU, s.haTopMem = topSum(cpu, k), topSum(mem, k)
-	s.haDirty = false
+	s.haDirty, s.haExact = false, true
 }
 
 func topSum(v []int64, k int) int64 {

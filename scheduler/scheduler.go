@@ -38,7 +38,8 @@ type Scheduler struct {
 	// K largest per-node keys (see ha.go).
 	freeCPUTotal, freeMemTotal int64
 	haTopCPU, haTopMem         int64
-	haDirty                    bool
+	haDirty                    bool // a key may have grown: the cached sums may be low
+	haExact                    bool // the cached sums are exact (no key shrank since)
 
 	keyBuf, reqBuf []byte
 	keysBuf        []string
@@ -452,6 +453,9 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 }
 
 func (s *Scheduler) commit(g Guest, p, t int32) {
+	if !haGuest(&g) {
+		s.haExact = false // p's key shrinks: the cached sum is now an upper bound
+	}
 	s.take(p, int32(g.CPUs), g.MemoryBytes)
 	if t >= 0 {
 		s.take(t, int32(g.CPUs), g.MemoryBytes)
