@@ -15,7 +15,7 @@ import (
 // namespace per guest whose eth0 is a veth port on its node's bridge. Only these
 // namespaces carry traffic.
 type overlayLab struct {
-	t      *testing.T
+	t      testing.TB
 	sw     *testNS
 	nodes  []*labNode
 	guests map[string]*labGuest
@@ -37,7 +37,7 @@ type labGuest struct {
 
 var blue = Network{Name: "blue", VNI: 42, CIDR: prefix("192.168.42.0/24")}
 
-func newOverlayLab(t *testing.T, nodes int) *overlayLab {
+func newOverlayLab(t testing.TB, nodes int) *overlayLab {
 	lab := &overlayLab{t: t, sw: newTestNS(t), guests: map[string]*labGuest{}}
 	a := netlink.NewLinkAttrs()
 	a.Name = "sw0"
