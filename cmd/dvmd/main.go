@@ -6,18 +6,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/daemon"
-	"github.com/dvmproject/dvm/internal/master"
-	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/internal/version"
-	"github.com/dvmproject/dvm/scheduler"
 	"github.com/urfave/cli/v2"
 )
 
@@ -80,51 +75,16 @@ func runAgent(c *cli.Context) error {
 	log := logger(cfg.LogLevel)
 	ctx, cancel := signalContext()
 	defer cancel()
-	reg := metrics.New()
-	var token string
-	var m *daemon.Master
-	if cfg.Management {
-		if token, err = api.LoadOrCreateToken(cfg.TokenFile); err != nil {
-			return err
-		}
-		if m, err = daemon.OpenMaster(cfg.DataDir, cfg.NodeTimeout, scheduler.Options{}, log); err != nil {
-			return err
-		}
-		defer m.Close()
-		reg.MustRegister(m.Collector())
-		go m.Run(ctx)
-	} else if token, err = api.ReadToken(cfg.TokenFile); err != nil {
-		return fmt.Errorf("token: %w (copy the cluster's token file from a management node)", err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	var mm *master.Master
-	if m != nil {
-		mm = m.Master
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- daemon.Serve(ctx, ln, master.Handler(mm, cfg.Name, token, reg)) }()
-	masterAddr := cfg.Master
-	if masterAddr == "" {
-		masterAddr = "http://" + cfg.Advertise
-	}
-	client, err := api.NewClient(masterAddr, token)
+	n, err := daemon.StartNode(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	a, node, err := daemon.NewAgent(cfg, client, reg, log)
-	if err != nil {
-		return err
-	}
-	defer node.Close()
-	go a.Run(ctx)
+	defer n.Stop()
 	select {
 	case <-ctx.Done():
 		return nil
-	case err := <-errc:
-		return err
+	case <-n.Done():
+		return n.Err()
 	}
 }
 

@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/config"
+	"github.com/dvmproject/dvm/internal/lab"
+	"github.com/dvmproject/dvm/internal/lab/labtest"
+)
+
+// TestRealQEMUGuest runs dvmd on this host's libvirtd (qemu:///system) under TCG: a
+// real guest (the lab kernel and busybox initramfs) is created through the API, boots,
+// runs, answers an ACPI shutdown by powering itself off, and is deleted.
+func TestRealQEMUGuest(t *testing.T) {
+	labtest.Require(t)
+	hv, err := hypervisor.Open(hypervisor.Options{URI: "qemu:///system", Accelerator: "tcg"})
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("libvirtd at qemu:///system: %v (scripts/test starts it)", err)
+		}
+		t.Skipf("no libvirtd at qemu:///system: %v", err)
+	}
+	hv.Close()
+
+	img, err := lab.EnsureImage(context.Background(), lab.DefaultImageCache, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// QEMU runs as libvirt-qemu on a stock host: it must be able to reach the kernel.
+	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
+		if strings.HasPrefix(d, os.TempDir()+"/") {
+			os.Chmod(d, 0o755)
+		}
+	}
+	if err := img.CopyTo(filepath.Join(dir, "images", "lab")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Defaults()
+	cfg.Name, cfg.Management = "host1", true
+	cfg.Listen, cfg.Advertise = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.TokenFile = filepath.Join(dir, "data"), filepath.Join(dir, "data", "token")
+	cfg.ImagesDir, cfg.DisksDir = filepath.Join(dir, "images"), filepath.Join(dir, "disks")
+	cfg.Accelerator, cfg.ShutdownTimeout = "tcg", 60*time.Second
+	cfg.Share.ReservedCPUs, cfg.Share.ReservedMemoryBytes = 0, 256<<20
+	n, err := StartNode(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop()
+	c, err := api.NewClient(n.Addr, n.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	name := fmt.Sprintf("dvmtest-qemu-%d", os.Getpid())
+	waitFor(t, "node registered", func() bool {
+		var ns []api.Node
+		return c.Do(ctx, "GET", "/v1/nodes", nil, &ns) == nil && len(ns) == 1 && ns[0].State == api.NodeReady
+	})
+	t.Cleanup(func() { n.HV.Undefine(name) })
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverNone}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, name+" running", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestRunning })
+	console := filepath.Join(cfg.DataDir, "console", name+".log")
+	waitLong(t, "the guest's init on its console", 2*time.Minute, func() bool { return fileHas(console, "dvm-lab-guest: up") })
+	x, err := n.HV.DomainXML(name)
+	if err != nil || !strings.Contains(x, "type='qemu'") {
+		t.Fatalf("domain is not a TCG qemu domain: %v\n%s", err, x)
+	}
+
+	if err := c.Do(ctx, "POST", "/v1/guests/"+name+"/stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, name+" stopped", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestStopped })
+	if !fileHas(console, "dvm-lab-guest: power button") {
+		t.Fatalf("the guest did not shut down on ACPI (forced off instead); console:\n%s", tail(console))
+	}
+
+	if err := c.Do(ctx, "DELETE", "/v1/guests/"+name, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, name+" deleted", time.Minute, func() bool {
+		_, err := n.HV.State(name)
+		return errors.Is(err, hypervisor.ErrNotFound)
+	})
+}
+
+func waitLong(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting after %s: %s", limit, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func fileHas(path, s string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && strings.Contains(string(b), s)
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
