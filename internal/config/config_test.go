@@ -58,3 +58,14 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		}
 	}
 }
+
+// TestShippedExampleParses keeps configs/dvmd.conf, the documented reference, valid.
+func TestShippedExampleParses(t *testing.T) {
+	n, err := Load("../../configs/dvmd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Name != "n1" || n.Share.CPUOvercommit != 4 || n.Labels["zone"] != "z1" {
+		t.Fatalf("parsed %+v", n)
+	}
+}
