@@ -27,7 +27,8 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 }
 
-// validate checks everything that does not need the kernel. underlayMTU is filled in later.
+// validate checks everything that does not need the kernel; MTUs are resolved later,
+// once the underlay is known (resolveMTU).
 func validate(d Desired) (*plan, error) {
 	if !d.LocalVTEP.IsValid() && len(d.Networks) == 0 && len(d.Peers) == 0 && len(d.Endpoints) == 0 {
 		return &plan{}, nil // nothing wanted: remove what is ours (a node leaving, drained)
@@ -137,7 +138,7 @@ func checkVTEP(a, local netip.Addr) error {
 		return fmt.Errorf("not a unicast address")
 	}
 	if a == local {
-		return fmt.Errorf("equals LocalVTEP")
+		return fmt.Errorf("equals LocalVTEP: leave this node out")
 	}
 	return nil
 }
