@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Provisions one Vagrant lab host: libvirt, QEMU, Go, dvmd built from /vagrant, a node
-# config, and dvmd under systemd. Arguments: NAME ADDR MASTER_ADDR MANAGEMENT RACK.
+# config, and dvmd under systemd. Arguments: NAME ADDR MASTER_ADDR MANAGEMENT RACK TOKEN.
 set -euo pipefail
-name=$1 addr=$2 master=$3 management=$4 rack=$5
+name=$1 addr=$2 master=$3 management=$4 rack=$5 token=$6
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends libvirt-daemon-system libvirt-daemon-driver-qemu \
@@ -11,11 +11,7 @@ cd /vagrant
 GOTOOLCHAIN=auto go build -o /usr/local/bin/ ./cmd/dvmd ./cmd/vmctl
 install -d -m 0700 /var/lib/dvm /etc/dvm
 install -d /var/lib/dvm/images /var/lib/dvm/disks
-# The token: made on the management node, shared through the synced folder once.
-if [ "$management" = true ] && [ ! -f /vagrant/.dvm-token ]; then
-	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >/vagrant/.dvm-token
-fi
-install -m 0600 /vagrant/.dvm-token /var/lib/dvm/token
+(umask 077; printf '%s\n' "$token" >/var/lib/dvm/token)
 cat >/etc/dvm/dvmd.conf <<EOT
 name = $name
 libvirt_uri = qemu:///system
