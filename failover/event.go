@@ -82,6 +82,11 @@ type Message struct {
 	// both sides.
 	Role  Role
 	Since time.Time
+	// Formed is the generation the sender's (or holder's) group was formed
+	// in. A winning master raises its Generation past what the other group's
+	// nodes have seen, but scenario 5 compares Formed, so both sides of a
+	// meeting pick the same winner however late their news is.
+	Formed uint64
 	// Acting (MsgLease) says the master holds its majority lease; in
 	// MsgRefuse it says whether the holder did when last heard.
 	Acting bool

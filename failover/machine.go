@@ -33,6 +33,7 @@ type holderInfo struct {
 	role   Role
 	acting bool
 	since  time.Time
+	formed uint64
 }
 
 // Machine is the role machine of one node. It is not safe for concurrent use:
@@ -57,6 +58,7 @@ type Machine struct {
 
 	// Held by a master or semi-master.
 	since           time.Time // when the current management role began
+	formed          uint64    // the generation this holder's group was formed in; raise keeps it
 	leases          map[string]lease
 	lastRenew       time.Time
 	quorumLostSince time.Time
@@ -107,6 +109,7 @@ func NewMachine(cfg Config, view ClusterView) (*Machine, error) {
 		lastGrant: map[string]time.Time{},
 	}
 	m.role = m.view.Role(cfg.Self)
+	m.formed = m.view.Generation // a master from the table (or a restart) formed its group here
 	return m, nil
 }
 
@@ -183,7 +186,7 @@ func (m *Machine) Step(ev Event) []Action {
 			return nil
 		}
 		if m.started.IsZero() {
-			m.started = e.Now
+			m.started, m.since = e.Now, e.Now
 		}
 		m.now = e.Now
 		m.tick()
@@ -383,6 +386,9 @@ func (m *Machine) mayGrant(holder string, generation uint64) bool {
 func (m *Machine) doGrant(holder string, generation uint64, vote bool, actingUntil time.Time) {
 	until := m.now.Add(m.cfg.LeaseDuration)
 	m.grant = Grant{Holder: holder, Generation: generation, Until: until}
+	if holder == m.cfg.Self {
+		m.holder = holderInfo{role: m.role, acting: !actingUntil.IsZero(), since: m.since, formed: m.formed}
+	}
 	if vote {
 		return
 	}
@@ -411,14 +417,14 @@ func (m *Machine) receive(msg Message) {
 		if acting {
 			m.lastActing = m.now
 		}
-		m.noteGroup(msg.From, msg.Role, msg.Generation, acting, msg.Since, true)
+		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Formed, acting, msg.Since, true)
 		if !m.mayGrant(msg.From, msg.Generation) {
 			m.send(m.refusal(msg))
 			return
 		}
 		vote := msg.Type == MsgVote
 		m.doGrant(msg.From, msg.Generation, vote, msg.ActingUntil)
-		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since}
+		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, formed: msg.Formed}
 		if !vote && msg.View != nil {
 			m.adopt(*msg.View)
 		}
@@ -439,7 +445,7 @@ func (m *Machine) receive(msg Message) {
 		}
 	case MsgRefuse:
 		if msg.Holder != "" && m.reachable(msg.Holder) {
-			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Acting, msg.Since, false)
+			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Acting, msg.Since, false)
 		}
 		// The node follows a newer generation than we offer: it never goes
 		// back, so move past it.
@@ -458,14 +464,14 @@ func (m *Machine) refusal(req Message) Message {
 	r := Message{Type: MsgRefuse, To: req.From, Generation: m.view.Generation, SentAt: req.SentAt}
 	switch {
 	case m.role == RoleMaster || m.role == RoleSemiMaster:
-		r.Holder, r.Role, r.Acting, r.Since = m.cfg.Self, m.role, m.Acting(), m.since
+		r.Holder, r.Role, r.Acting, r.Since, r.Formed = m.cfg.Self, m.role, m.Acting(), m.since, m.formed
 		r.HolderGeneration = m.view.Generation
 		if m.role == RoleSemiMaster {
 			r.HolderGeneration = m.proposed
 		}
 	case m.now.Before(m.grant.Until):
 		r.Holder, r.HolderGeneration = m.grant.Holder, m.grant.Generation
-		r.Role, r.Acting, r.Since = m.holder.role, m.holder.acting, m.holder.since
+		r.Role, r.Acting, r.Since, r.Formed = m.holder.role, m.holder.acting, m.holder.since, m.holder.formed
 	}
 	return r
 }
@@ -488,7 +494,7 @@ func (m *Machine) adopt(v ClusterView) {
 // generation, then the longer uptime (earlier Since), then the lower name. A
 // semi-master yields to any master it can reach (the seed: if another
 // management node is reachable, the survivor is the one cut off).
-func (m *Machine) noteGroup(holder string, role Role, generation uint64, acting bool, since time.Time, direct bool) {
+func (m *Machine) noteGroup(holder string, role Role, generation, formed uint64, acting bool, since time.Time, direct bool) {
 	self := m.cfg.Self
 	if holder == "" || holder == self {
 		return
@@ -508,20 +514,20 @@ func (m *Machine) noteGroup(holder string, role Role, generation uint64, acting 
 		case acting:
 			m.merge(holder, "its master holds the majority lease")
 			return
-		case !mine && (generation < m.view.Generation ||
-			generation == m.view.Generation && m.before(since, holder)):
+		case !mine && (formed < m.formed || formed == m.formed && m.before(since, holder)):
 			m.merge(holder, "neither holds the majority lease; lower generation or longer uptime")
 			return
 		}
-		if generation >= m.view.Generation {
+		if generation > m.view.Generation {
 			m.raise(generation + 1)
 		}
 	case RoleSemiMaster:
 		switch {
 		case role == RoleMaster && (acting || generation >= m.view.Generation):
 			m.merge(holder, "a master is in reach")
-		case role == RoleSemiMaster && (generation > m.proposed ||
-			generation == m.proposed && m.before(since, holder)):
+		case role == RoleSemiMaster && generation > m.proposed:
+			m.merge(holder, "another semi-master proposes a newer generation")
+		case role == RoleSemiMaster && generation == m.proposed && m.before(since, holder):
 			m.merge(holder, "another semi-master has the longer uptime")
 		case role == RoleSemiMaster && generation < m.proposed:
 			return
@@ -589,6 +595,7 @@ func (m *Machine) leaderObserved(e LeaderObserved) {
 func (m *Machine) becomeHolder(r Role) {
 	m.role = r
 	m.since = m.now
+	m.formed = m.view.Generation
 	m.leases = map[string]lease{}
 	m.lastRenew = time.Time{}
 	m.quorumLostSince = time.Time{}
@@ -631,7 +638,7 @@ func (m *Machine) tickSemi() {
 		for _, n := range m.view.Nodes {
 			if n.Name != self {
 				m.send(Message{Type: MsgVote, To: n.Name, Generation: m.proposed, SentAt: m.now,
-					Role: RoleSemiMaster, Since: m.since})
+					Role: RoleSemiMaster, Since: m.since, Formed: m.proposed})
 			}
 		}
 	}
@@ -682,7 +689,7 @@ func (m *Machine) reForm(ranked []CandidateInfo) {
 		}
 	}
 	leases := m.leases
-	m.becomeHolder(RoleMaster)
+	m.becomeHolder(RoleMaster) // formed: the new generation
 	m.leases = leases
 	m.proposed = 0
 	m.emit(ReForm{Generation: v.Generation, Voters: slices.Clone(v.Voters)},
@@ -713,7 +720,7 @@ func (m *Machine) renew() {
 			until = limit
 		}
 		m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: until,
-			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since})
+			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since, Formed: m.formed})
 	}
 }
 
@@ -732,11 +739,15 @@ func (m *Machine) tickMaster() {
 	}
 	if live {
 		m.quorumLostSince = time.Time{}
-	} else if m.quorumLostSince.IsZero() {
-		m.quorumLostSince = m.now
-	}
-	if !live && m.now.Sub(m.quorumLostSince) >= m.cfg.ConfirmTimeout {
-		m.becomeSemi("both backups out of reach")
+	} else {
+		// Without a voter in reach nothing can be committed: no node is
+		// declared lost and no voter replaced until the group re-forms.
+		if m.quorumLostSince.IsZero() {
+			m.quorumLostSince = m.now
+		}
+		if m.now.Sub(m.quorumLostSince) >= m.cfg.ConfirmTimeout {
+			m.becomeSemi("both backups out of reach")
+		}
 		return
 	}
 	if !m.Acting() {

@@ -46,7 +46,7 @@ func (r Role) Valid() bool {
 // of solitude; dvm's defaults are short because guests are waiting.
 const (
 	DefaultConfirmTimeout = 3 * time.Second
-	DefaultLeaseDuration  = 2 * time.Second
+	DefaultLeaseDuration  = 4 * time.Second
 	DefaultLeaseMargin    = 500 * time.Millisecond
 	DefaultRenewInterval  = 500 * time.Millisecond
 	DefaultGiveUpAfter    = 2 * time.Minute

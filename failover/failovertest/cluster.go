@@ -143,6 +143,7 @@ func (c *Cluster) Kill(n string) error {
 		c.hard[n] = m.HardState()
 		delete(c.machines, n)
 		c.guests[n] = false
+		c.acting[n] = false
 		c.record(n, "killed")
 	}
 	return nil
@@ -340,6 +341,7 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 		c.hard[n] = m.HardState()
 		delete(c.machines, n)
 		c.guests[n] = false
+		c.acting[n] = false
 	}
 	if r := m.Role(); r != c.role[n] {
 		c.record(n, fmt.Sprintf("role %s -> %s", c.role[n], r))
