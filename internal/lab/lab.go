@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -229,6 +230,30 @@ func (l *Lab) IsUp() bool {
 	return l.st.Up
 }
 
+// lock takes l.mu and the lab's directory lock (DIR/lab.lock) and reads the state
+// again, so that vmctl commands run at once (`lab kill n2 & lab cut n3`) do not
+// lose each other's changes. unlock releases both.
+func (l *Lab) lock() (unlock func(), err error) {
+	l.mu.Lock()
+	f, err := os.OpenFile(filepath.Join(l.dir, "lab.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		l.mu.Unlock()
+		return nil, fmt.Errorf("lock lab: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		l.mu.Unlock()
+		return nil, fmt.Errorf("lock lab: %w", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(l.dir, stateFile)); err == nil {
+		var st state
+		if json.Unmarshal(b, &st) == nil {
+			l.st = st
+		}
+	}
+	return func() { f.Close(); l.mu.Unlock() }, nil
+}
+
 // save writes lab.json atomically; l.mu is held.
 func (l *Lab) save() error {
 	b, err := json.MarshalIndent(&l.st, "", "  ")
@@ -365,7 +390,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		l.logf("lab up failed, bringing it down: %v", err)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if derr := l.Down(dctx); derr != nil {
+		l.mu.Lock()
+		derr := l.down(dctx)
+		l.mu.Unlock()
+		if derr != nil {
 			err = fmt.Errorf("%w (and bringing the lab down again failed: %v)", err, derr)
 		}
 		return nil, err
@@ -376,15 +404,16 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	l.logf("bridge %s %s/24, nftables table bridge %s", Bridge, BridgeAddr, nftTable)
 	for i := range l.st.Nodes {
-		if err := l.startNode(&l.st.Nodes[i]); err != nil {
+		err := l.startNode(&l.st.Nodes[i])
+		if err == nil {
+			// Saved node by node, so that `lab down` finds every node Up started.
+			l.mu.Lock()
+			err = l.save()
+			l.mu.Unlock()
+		}
+		if err != nil {
 			return fail(err)
 		}
-	}
-	l.mu.Lock()
-	err = l.save()
-	l.mu.Unlock()
-	if err != nil {
-		return fail(fmt.Errorf("write lab state: %w", err))
 	}
 	if err := l.waitNodes(ctx, opts.Timeout, l.st.Nodes); err != nil {
 		return fail(err)
@@ -473,8 +502,16 @@ func (l *Lab) Down(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return l.down(ctx)
+}
+
+// down is Down with l.mu held, on the state in memory.
+func (l *Lab) down(ctx context.Context) error {
 	var errs []error
 	for i := range l.st.Nodes {
 		if err := l.killNode(ctx, &l.st.Nodes[i]); err != nil {
@@ -501,7 +538,7 @@ func (l *Lab) Purge() error {
 	if l.IsUp() {
 		return fmt.Errorf("lab in %s is up: bring it down before purging", l.dir)
 	}
-	for _, e := range []string{"nodes", "shared", "token", "env", stateFile} {
+	for _, e := range []string{"nodes", "shared", "token", "env", stateFile, "lab.lock"} {
 		if err := os.RemoveAll(filepath.Join(l.dir, e)); err != nil {
 			return fmt.Errorf("purge lab: %w", err)
 		}

@@ -438,3 +438,61 @@ func (s snapshot) compare(t *testing.T, after snapshot, dir string, labNS map[st
 		t.Errorf("file outside DIR written by the lab: %s", f)
 	}
 }
+
+// TestLabAgent brings a lab up with this module's dvmd as agent: the master on n1
+// lists every node, and a restarted node's agent comes back.
+func TestLabAgent(t *testing.T) {
+	l := labtest.Up(t, 3)
+	ctx := context.Background()
+	fi, err := os.Stat(l.TokenFile())
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("token file: %v, mode %v; want mode 0600", err, fi.Mode().Perm())
+	}
+	token, err := l.Token()
+	if err != nil || len(token) != 64 {
+		t.Errorf("token %q, %v: want 32 bytes in hex", token, err)
+	}
+	env, err := os.ReadFile(l.EnvFile())
+	if err != nil || !strings.Contains(string(env), "DVM_TOKEN="+token+"\n") {
+		t.Errorf("env file lacks the token: %q, %v", env, err)
+	}
+	st, err := l.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.State != lab.StateRunning || !s.Libvirt || !s.Agent {
+			t.Errorf("node %s: %+v; want running with libvirtd and agent answering", s.Name, s)
+		}
+	}
+	if err := l.Restart(ctx, "n3"); err != nil {
+		t.Fatal(err)
+	}
+	st, err = l.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st[2].Agent {
+		t.Errorf("n3 after restart: %+v; want its agent answering", st[2])
+	}
+}
+
+// BenchmarkUp measures `lab up` of 3 nodes (libvirt only, image cached) and down.
+func BenchmarkUp(b *testing.B) {
+	labtest.Require(b)
+	labtest.Lock(b)
+	var up time.Duration
+	for i := 0; i < b.N; i++ {
+		dir := b.TempDir()
+		start := time.Now()
+		l, err := lab.Up(context.Background(), lab.Options{Nodes: 3, NoAgent: true, Dir: dir})
+		if err != nil {
+			b.Fatal(err)
+		}
+		up += time.Since(start)
+		if err := l.Down(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(up.Seconds()/float64(b.N), "s/up")
+}

@@ -179,3 +179,29 @@ func TestGuestScriptsParse(t *testing.T) {
 		}
 	}
 }
+
+func TestUpNamesMissingPackages(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no program of the lab's packages is found
+	err := CheckPackages()
+	var miss *MissingError
+	if !errors.As(err, &miss) {
+		t.Fatalf("CheckPackages with an empty PATH: %v, want a *MissingError", err)
+	}
+	for _, pkg := range []string{"tini", "nftables", "libvirt-daemon-system", "qemu-system-x86", "busybox-static", "cpio"} {
+		if !contains(miss.Packages, pkg) {
+			t.Errorf("missing packages %v lack %s", miss.Packages, pkg)
+		}
+	}
+	dir := t.TempDir()
+	_, err = Up(context.Background(), Options{Dir: dir, NoAgent: true})
+	want := error(miss)
+	if os.Geteuid() != 0 {
+		want = ErrNotRoot
+	}
+	if err == nil || err.Error() != want.Error() {
+		t.Errorf("Up without the packages: %v, want %v", err, want)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("Up without the packages wrote %v into %s", ents, dir)
+	}
+}

@@ -173,8 +173,11 @@ func (l *Lab) Cut(node string, from []string) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if !l.st.Up {
 		return fmt.Errorf("lab in %s is down", l.dir)
 	}
@@ -214,8 +217,11 @@ func (l *Lab) Heal(node string) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if !l.st.Up {
 		return fmt.Errorf("lab in %s is down", l.dir)
 	}

@@ -362,8 +362,11 @@ func (l *Lab) Kill(node string) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	n, err := l.find(node)
 	if err != nil {
 		return err
@@ -388,18 +391,21 @@ func (l *Lab) Restart(ctx context.Context, node string) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	l.mu.Lock()
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
 	n, err := l.find(node)
 	if err != nil {
-		l.mu.Unlock()
+		unlock()
 		return err
 	}
 	if !l.st.Up {
-		l.mu.Unlock()
+		unlock()
 		return fmt.Errorf("lab in %s is down: bring it up with `vmctl lab up --dir %s`", l.dir, l.dir)
 	}
 	if err := l.killNode(ctx, n); err != nil {
-		l.mu.Unlock()
+		unlock()
 		return err
 	}
 	err = l.startNode(n)
@@ -407,7 +413,7 @@ func (l *Lab) Restart(ctx context.Context, node string) error {
 		err = l.save()
 	}
 	ns, agent := *n, !l.st.NoAgent
-	l.mu.Unlock()
+	unlock()
 	if err != nil {
 		return err
 	}
