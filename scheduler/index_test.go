@@ -108,6 +108,29 @@ func TestIndexAgreesWithExhaustive(t *testing.T) {
 				rng := rand.New(rand.NewPCG(3, 4))
 				var placed []string
 				for i, g := range guests {
+					if i%40 == 0 {
+						// Nodes change under the index: drain, cordon, relabel.
+						k := rng.IntN(n)
+						nd := nodes[k]
+						nd.Labels = map[string]string{}
+						for lk, lv := range nodes[k].Labels {
+							nd.Labels[lk] = lv
+						}
+						switch rng.IntN(4) {
+						case 0:
+							nd.Draining = !nd.Draining
+						case 1:
+							nd.Schedulable = !nd.Schedulable
+						case 2:
+							nd.Labels["disk"] = "ssd"
+						case 3:
+							nd.Labels["zone"] = fmt.Sprint("z", rng.IntN(3))
+						}
+						nodes[k] = nd
+						if err := s.UpdateNode(nd); err != nil {
+							t.Fatal(err)
+						}
+					}
 					if len(placed) > 0 && rng.IntN(4) == 0 {
 						k := rng.IntN(len(placed))
 						s.Release(placed[k])
