@@ -577,16 +577,29 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 	need := int8(cpuBucket(cpu))
 	lo := x.class(mem)
 	if strat == Pack {
+		// The first class with a fitting node holds the best fit to a class's width;
+		// within it, up to packSample fitting nodes are compared exactly.
+		best, seen := int32(-1), 0
 		for c := x.nextClass(lo, need); c >= 0; c = x.nextClass(c+1, need) {
 			m := x.mask[c] >> uint(need) << uint(need)
 			for m != 0 {
 				b := bits.TrailingZeros64(m)
 				m &= m - 1
 				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
-					if s.fits(id-1, r, cpu, mem, p, level) {
-						return id - 1
+					n := id - 1
+					if !s.fits(n, r, cpu, mem, p, level) {
+						continue
+					}
+					if best < 0 || s.better(Pack, n, best, cpu, mem) {
+						best = n
+					}
+					if seen++; seen == packSample {
+						return best
 					}
 				}
+			}
+			if best >= 0 {
+				return best
 			}
 		}
 		return -1
@@ -617,6 +630,9 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 	}
 	return best
 }
+
+// packSample bounds how many fitting nodes of the best memory class Pack compares.
+const packSample = 16
 
 // spreadSample is how many fitting nodes Spread scores (Nomad's limited candidate
 // sampling, with the candidates taken from the top of the free-memory order).
