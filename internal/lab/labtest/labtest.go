@@ -126,6 +126,9 @@ func Lock(t testing.TB) {
 	if err != nil {
 		t.Fatalf("labtest: %v", err)
 	}
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		t.Logf("labtest: another test's lab holds %s; waiting for it", lockPath)
+	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 		f.Close()
 		t.Fatalf("labtest: lock %s: %v", lockPath, err)
