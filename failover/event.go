@@ -35,7 +35,21 @@ type LeaderObserved struct {
 	Generation uint64
 }
 
+// GroupSeen reports another management group, for instance from memberlist
+// metadata: its holder (master or semi-master), generation, the generation it
+// was formed in, whether it holds the majority lease, and since when the
+// holder has held its role. The Machine applies the scenario 5 rule to it.
+type GroupSeen struct {
+	Holder     string
+	Role       Role
+	Generation uint64
+	Formed     uint64
+	Acting     bool
+	Since      time.Time
+}
+
 func (Tick) isEvent()           {}
+func (GroupSeen) isEvent()      {}
 func (Probe) isEvent()          {}
 func (Health) isEvent()         {}
 func (LeaderObserved) isEvent() {}

@@ -154,6 +154,32 @@ func (m *Machine) Acting() bool {
 	return m.role == RoleMaster && m.freshLeases(0) >= m.view.Majority()
 }
 
+// Status is what `vmctl cluster status` and the metrics show of one node.
+type Status struct {
+	Self       string
+	Role       Role
+	Generation uint64
+	Acting     bool
+	Fenced     bool
+	Grant      Grant
+	// LeaseAges (master or semi-master): time left on each node's lease.
+	LeaseAges map[string]time.Duration
+	// Candidates are the table's candidates, best first.
+	Candidates []CandidateInfo
+}
+
+// Status returns this node's status.
+func (m *Machine) Status() Status {
+	var cands []CandidateInfo
+	for _, n := range m.view.Nodes {
+		if n.Role == RoleCandidate {
+			cands = append(cands, CandidateInfo{Node: n.Name, Health: m.health[n.Name], LostAt: n.LostAt})
+		}
+	}
+	return Status{Self: m.cfg.Self, Role: m.role, Generation: m.view.Generation, Acting: m.Acting(),
+		Fenced: m.fenced, Grant: m.grant, LeaseAges: m.LeaseAges(), Candidates: Rank(cands, m.now, m.cfg)}
+}
+
 // LeaseAges returns, for a master or semi-master, how long each node's lease
 // (or vote) has left, keyed by node; expired leases are left out.
 func (m *Machine) LeaseAges() map[string]time.Duration {
@@ -196,6 +222,10 @@ func (m *Machine) Step(ev Event) []Action {
 		m.health[e.Node] = e.Report
 	case LeaderObserved:
 		m.leaderObserved(e)
+	case GroupSeen:
+		if m.reachable(e.Holder) {
+			m.noteGroup(e.Holder, e.Role, e.Generation, e.Formed, e.Acting, e.Since, false)
+		}
 	case Message:
 		if e.To == m.cfg.Self {
 			m.receive(e)
