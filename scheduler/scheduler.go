@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"math/bits"
 	"slices"
@@ -46,22 +47,21 @@ type Scheduler struct {
 }
 
 type nodeState struct {
-	name             string
-	cpus             int32
-	mem              int64
-	freeCPU          int32
-	freeMem          int64
-	schedulable      bool
-	draining         bool
-	excluded         bool // taken out while a plan is computed
-	accel            string
-	profiles         []string
-	labels           map[string]string
-	domains          []int32 // per failure-domain level: domain id, -1 = node not labelled
-	first            int32   // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
-	count            int32   // guests whose primary or twin is here
-	haCPU, haMem     int64   // demand of restart and twin guests here, for HA admission
-	usedCPU, usedMem int64   // capacity used as reported, before the scheduler's own books
+	name         string
+	cpus         int32
+	mem          int64
+	freeCPU      int32
+	freeMem      int64
+	schedulable  bool
+	draining     bool
+	excluded     bool // taken out while a plan is computed
+	accel        string
+	profiles     []string
+	labels       map[string]string
+	domains      []int32 // per failure-domain level: domain id, -1 = node not labelled
+	first        int32   // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
+	count        int32   // guests whose primary or twin is here
+	haCPU, haMem int64   // demand of restart and twin guests here, for HA admission
 }
 
 func (n *nodeState) accepting() bool { return n.schedulable && !n.draining && !n.excluded }
@@ -70,7 +70,6 @@ type placed struct {
 	g    Guest
 	node int32
 	twin int32 // -1 unless twin
-	live bool
 	// Links of the per-node guest lists: [0] for the primary's node, [1] for the twin's.
 	next, prev [2]int32 // slot+1, 0 = none
 }
@@ -113,15 +112,18 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		optsErr:   optsErr,
 	}
 	var maxMem int64 = 1
+	usedCPU := make([]int64, len(nodes))
+	usedMem := make([]int64, len(nodes))
 	for i, n := range nodes {
+		ns := &s.nodes[i]
+		s.setStatic(ns, n)
 		if _, dup := s.byNode[n.Name]; dup {
-			s.problems = append(s.problems, fmt.Sprintf("node %q listed twice: the later entry is ignored for lookups by name", n.Name))
+			s.problems = append(s.problems, fmt.Sprintf("node %q listed twice: the later entry is not used", n.Name))
+			ns.schedulable = false
 		} else {
 			s.byNode[n.Name] = int32(i)
 		}
-		ns := &s.nodes[i]
-		s.setStatic(ns, n)
-		ns.usedCPU, ns.usedMem = int64(n.AllocatedCPUs), n.AllocatedMemoryBytes
+		usedCPU[i], usedMem[i] = int64(n.AllocatedCPUs), n.AllocatedMemoryBytes
 		if n.MemoryBytes > maxMem {
 			maxMem = n.MemoryBytes
 		}
@@ -154,10 +156,8 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 	}
 	for i := range s.nodes {
 		ns := &s.nodes[i]
-		ns.usedCPU = max(ns.usedCPU, sumCPU[i])
-		ns.usedMem = max(ns.usedMem, sumMem[i])
-		ns.freeCPU = clamp32(int64(ns.cpus) - ns.usedCPU)
-		ns.freeMem = ns.mem - ns.usedMem
+		ns.freeCPU = clamp32(int64(ns.cpus) - max(usedCPU[i], sumCPU[i]))
+		ns.freeMem = ns.mem - max(usedMem[i], sumMem[i])
 	}
 	s.collectBroadValues()
 	shift := uint(20)
@@ -261,7 +261,7 @@ func (s *Scheduler) addGuest(g Guest, p, t int32) int32 {
 		}
 	}
 	pg := s.guest(id)
-	*pg = placed{g: g, node: p, twin: t, live: true}
+	*pg = placed{g: g, node: p, twin: t}
 	s.byGuest[g.Name] = id
 	ha := haGuest(&g)
 	for k, n := range [2]int32{p, t} {
@@ -327,8 +327,6 @@ func (s *Scheduler) take(n int32, cpu int32, mem int64) {
 	}
 	ns.freeCPU -= cpu
 	ns.freeMem -= mem
-	ns.usedCPU += int64(cpu)
-	ns.usedMem += mem
 	if cpu < 0 || mem < 0 {
 		s.haDirty = true // a node's key may have grown
 	}
@@ -453,6 +451,9 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 }
 
 func (s *Scheduler) commit(g Guest, p, t int32) {
+	if len(g.Constraints) > 0 {
+		g.Constraints = maps.Clone(g.Constraints) // the caller may reuse its map
+	}
 	if !haGuest(&g) {
 		s.haExact = false // p's key shrinks: the cached sum is now an upper bound
 	}
@@ -537,10 +538,8 @@ func (s *Scheduler) UpdateNode(n Node) error {
 	*ns = nodeState{}
 	s.setStatic(ns, n)
 	ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem = excluded, first, count, haCPU, haMem
-	ns.usedCPU = max(int64(n.AllocatedCPUs), sumCPU)
-	ns.usedMem = max(n.AllocatedMemoryBytes, sumMem)
-	ns.freeCPU = clamp32(int64(ns.cpus) - ns.usedCPU)
-	ns.freeMem = ns.mem - ns.usedMem
+	ns.freeCPU = clamp32(int64(ns.cpus) - max(int64(n.AllocatedCPUs), sumCPU))
+	ns.freeMem = ns.mem - max(n.AllocatedMemoryBytes, sumMem)
 	if ns.accepting() {
 		s.freeCPUTotal += int64(max(ns.freeCPU, 0))
 		s.freeMemTotal += max(ns.freeMem, 0)
