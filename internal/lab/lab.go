@@ -518,7 +518,7 @@ func (l *Lab) down(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := removeNetwork(l.st.Nodes); err != nil {
+	if err := removeNetwork(l.dir, l.st.Nodes); err != nil {
 		errs = append(errs, err)
 	}
 	l.st.Up = false

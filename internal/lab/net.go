@@ -48,15 +48,21 @@ func createNetwork(dir string) error {
 	return applyCuts(nil)
 }
 
-// removeNetwork deletes what createNetwork and addVeth made; missing parts are fine.
-func removeNetwork(nodes []nodeState) error {
+// removeNetwork deletes what createNetwork and addVeth made for the lab in dir;
+// missing parts are fine. A bridge that another lab owns (two `lab up` at once:
+// the second one fails) is left alone, with its veths and nftables table.
+func removeNetwork(dir string, nodes []nodeState) error {
+	link, err := netlink.LinkByName(Bridge)
+	if err == nil && link.Attrs().Alias != bridgeAliasPrefix+dir {
+		return nil
+	}
 	var errs []error
 	for _, n := range nodes {
 		if err := delVeth(n.Index); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if link, err := netlink.LinkByName(Bridge); err == nil {
+	if link != nil {
 		if err := netlink.LinkDel(link); err != nil {
 			errs = append(errs, fmt.Errorf("delete bridge %s: %w", Bridge, err))
 		}
