@@ -29,10 +29,12 @@ type Health struct {
 	Report HealthReport
 }
 
-// LeaderObserved reports the raft leader of a generation's voters.
+// LeaderObserved reports the raft leader of a generation's voters and its
+// term.
 type LeaderObserved struct {
 	Leader     string
 	Generation uint64
+	Term       uint64
 }
 
 // GroupSeen reports another management group, for instance from memberlist
@@ -44,6 +46,7 @@ type GroupSeen struct {
 	Role       Role
 	Generation uint64
 	Formed     uint64
+	Term       uint64
 	Acting     bool
 	Since      time.Time
 }
@@ -101,6 +104,9 @@ type Message struct {
 	// nodes have seen, but scenario 5 compares Formed, so both sides of a
 	// meeting pick the same winner however late their news is.
 	Formed uint64
+	// Term is the raft term in which the sender (or holder) leads its
+	// generation: of two masters of one generation, the newer term leads.
+	Term uint64
 	// Acting (MsgLease) says the master holds its majority lease; in
 	// MsgRefuse it says whether the holder did when last heard.
 	Acting bool

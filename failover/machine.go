@@ -20,6 +20,10 @@ type Grant struct {
 type HardState struct {
 	View  ClusterView
 	Grant Grant
+	// Term is the raft term in which this node last led (or saw led) its
+	// generation; a restarted old master keeps its old term and so loses to
+	// the leader raft elected meanwhile.
+	Term uint64
 }
 
 // lease is a grant received by a holder, timed on the holder's own clock.
@@ -34,6 +38,7 @@ type holderInfo struct {
 	acting bool
 	since  time.Time
 	formed uint64
+	term   uint64
 }
 
 // Machine is the role machine of one node. It is not safe for concurrent use:
@@ -45,6 +50,7 @@ type Machine struct {
 	now  time.Time
 
 	grant        Grant
+	term         uint64 // raft term of the view's generation, from LeaderObserved
 	holder       holderInfo
 	serviceUntil time.Time
 	fenced       bool
@@ -120,6 +126,7 @@ func RestartMachine(cfg Config, hs HardState) (*Machine, error) {
 		return nil, err
 	}
 	m.grant = hs.Grant
+	m.term = hs.Term
 	return m, nil
 }
 
@@ -142,7 +149,9 @@ func (m *Machine) Fenced() bool { return m.fenced }
 func (m *Machine) Grant() Grant { return m.grant }
 
 // HardState returns what must be persisted before acting on a Step's actions.
-func (m *Machine) HardState() HardState { return HardState{View: m.view.Clone(), Grant: m.grant} }
+func (m *Machine) HardState() HardState {
+	return HardState{View: m.view.Clone(), Grant: m.grant, Term: m.term}
+}
 
 // ShutDown reports whether the node shut its management down after solitude.
 func (m *Machine) ShutDown() bool { return m.shutDown }
@@ -224,7 +233,7 @@ func (m *Machine) Step(ev Event) []Action {
 		m.leaderObserved(e)
 	case GroupSeen:
 		if m.reachable(e.Holder) {
-			m.noteGroup(e.Holder, e.Role, e.Generation, e.Formed, e.Acting, e.Since, false)
+			m.noteGroup(e.Holder, e.Role, e.Generation, e.Formed, e.Term, e.Acting, e.Since, false)
 		}
 	case Message:
 		if e.To == m.cfg.Self {
@@ -387,8 +396,9 @@ func (m *Machine) actingUntil() time.Time {
 	return until[m.view.Majority()-1].Add(-m.cfg.LeaseMargin)
 }
 
-// mayGrant is the lease rule that makes two acting holders impossible.
-func (m *Machine) mayGrant(holder string, generation uint64) bool {
+// mayGrant is the lease rule that makes two acting holders impossible, and
+// keeps nodes with a working master.
+func (m *Machine) mayGrant(holder string, generation uint64, vote bool) bool {
 	self := m.cfg.Self
 	if generation < m.view.Generation {
 		return false // the generation never goes back
@@ -403,9 +413,13 @@ func (m *Machine) mayGrant(holder string, generation uint64) bool {
 	if live && generation < m.grant.Generation {
 		return false
 	}
-	if m.seen.master != "" && m.seen.master != holder && m.seen.generation > generation &&
-		m.now.Sub(m.seen.at) < m.cfg.LeaseDuration {
-		return false // an acting master of a newer generation asked: let this lease lapse
+	if m.seen.master != "" && m.seen.master != holder && m.now.Sub(m.seen.at) < m.cfg.LeaseDuration {
+		if m.seen.generation > generation {
+			return false // an acting master of a newer generation asked: let this lease lapse
+		}
+		if vote && m.seen.generation >= m.view.Generation {
+			return false // a witness vote is for when no master acts; one just asked
+		}
 	}
 	return true
 }
@@ -417,7 +431,7 @@ func (m *Machine) doGrant(holder string, generation uint64, vote bool, actingUnt
 	until := m.now.Add(m.cfg.LeaseDuration)
 	m.grant = Grant{Holder: holder, Generation: generation, Until: until}
 	if holder == m.cfg.Self {
-		m.holder = holderInfo{role: m.role, acting: !actingUntil.IsZero(), since: m.since, formed: m.formed}
+		m.holder = holderInfo{role: m.role, acting: !actingUntil.IsZero(), since: m.since, formed: m.formed, term: m.term}
 	}
 	if vote {
 		return
@@ -447,14 +461,14 @@ func (m *Machine) receive(msg Message) {
 		if acting {
 			m.lastActing = m.now
 		}
-		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Formed, acting, msg.Since, true)
-		if !m.mayGrant(msg.From, msg.Generation) {
+		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Formed, msg.Term, acting, msg.Since, true)
+		if !m.mayGrant(msg.From, msg.Generation, msg.Type == MsgVote) {
 			m.send(m.refusal(msg))
 			return
 		}
 		vote := msg.Type == MsgVote
 		m.doGrant(msg.From, msg.Generation, vote, msg.ActingUntil)
-		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, formed: msg.Formed}
+		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, formed: msg.Formed, term: msg.Term}
 		if !vote && msg.View != nil {
 			m.adopt(*msg.View)
 		}
@@ -475,7 +489,7 @@ func (m *Machine) receive(msg Message) {
 		}
 	case MsgRefuse:
 		if msg.Holder != "" && m.reachable(msg.Holder) {
-			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Acting, msg.Since, false)
+			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Term, msg.Acting, msg.Since, false)
 		}
 		// The node follows a newer generation than we offer: it never goes
 		// back, so move past it.
@@ -494,14 +508,14 @@ func (m *Machine) refusal(req Message) Message {
 	r := Message{Type: MsgRefuse, To: req.From, Generation: m.view.Generation, SentAt: req.SentAt}
 	switch {
 	case m.role == RoleMaster || m.role == RoleSemiMaster:
-		r.Holder, r.Role, r.Acting, r.Since, r.Formed = m.cfg.Self, m.role, m.Acting(), m.since, m.formed
+		r.Holder, r.Role, r.Acting, r.Since, r.Formed, r.Term = m.cfg.Self, m.role, m.Acting(), m.since, m.formed, m.term
 		r.HolderGeneration = m.view.Generation
 		if m.role == RoleSemiMaster {
 			r.HolderGeneration = m.proposed
 		}
 	case m.now.Before(m.grant.Until):
 		r.Holder, r.HolderGeneration = m.grant.Holder, m.grant.Generation
-		r.Role, r.Acting, r.Since, r.Formed = m.holder.role, m.holder.acting, m.holder.since, m.holder.formed
+		r.Role, r.Acting, r.Since, r.Formed, r.Term = m.holder.role, m.holder.acting, m.holder.since, m.holder.formed, m.holder.term
 	}
 	return r
 }
@@ -524,7 +538,7 @@ func (m *Machine) adopt(v ClusterView) {
 // generation, then the longer uptime (earlier Since), then the lower name. A
 // semi-master yields to any master it can reach (the seed: if another
 // management node is reachable, the survivor is the one cut off).
-func (m *Machine) noteGroup(holder string, role Role, generation, formed uint64, acting bool, since time.Time, direct bool) {
+func (m *Machine) noteGroup(holder string, role Role, generation, formed, term uint64, acting bool, since time.Time, direct bool) {
 	self := m.cfg.Self
 	if holder == "" || holder == self {
 		return
@@ -539,6 +553,14 @@ func (m *Machine) noteGroup(holder string, role Role, generation, formed uint64,
 		}
 		mine := m.Acting()
 		switch {
+		case generation == m.view.Generation && term != m.term:
+			// Two leaders of one generation: raft's newer term is the
+			// leader, whatever the leases say this instant (the old
+			// leader's lapse soon).
+			if term > m.term {
+				m.merge(holder, "raft elected it in a newer term")
+			}
+			return
 		case acting && mine:
 			return // impossible while leases hold; the simulation checks it
 		case acting:
@@ -600,9 +622,10 @@ func (m *Machine) merge(into, why string) {
 
 func (m *Machine) leaderObserved(e LeaderObserved) {
 	self := m.cfg.Self
-	if e.Generation != m.view.Generation {
+	if e.Generation != m.view.Generation || e.Term < m.term {
 		return
 	}
+	m.term = e.Term
 	switch {
 	case e.Leader == self && m.role == RoleBackup:
 		// Scenario 4: raft elected this backup. The old master stays a voter
@@ -661,7 +684,7 @@ func (m *Machine) tickSemi() {
 	self := m.cfg.Self
 	if m.lastRenew.IsZero() || m.now.Sub(m.lastRenew) >= m.cfg.RenewInterval {
 		m.lastRenew = m.now
-		if m.mayGrant(self, m.proposed) {
+		if m.mayGrant(self, m.proposed, true) {
 			m.doGrant(self, m.proposed, true, time.Time{})
 			m.leases[self] = lease{until: m.now.Add(m.cfg.LeaseDuration), generation: m.proposed}
 		}
@@ -719,6 +742,7 @@ func (m *Machine) reForm(ranked []CandidateInfo) {
 		}
 	}
 	leases := m.leases
+	m.term = 1                 // forced recovery starts a new raft configuration
 	m.becomeHolder(RoleMaster) // formed: the new generation
 	m.leases = leases
 	m.proposed = 0
@@ -732,7 +756,7 @@ func (m *Machine) renew() {
 	m.lastRenew = m.now
 	au := m.actingUntil()
 	g := m.view.Generation
-	if m.mayGrant(self, g) {
+	if m.mayGrant(self, g, false) {
 		m.doGrant(self, g, false, au)
 		m.leases[self] = lease{until: m.now.Add(m.cfg.LeaseDuration), generation: g}
 		m.lastGrant[self] = m.now
@@ -750,7 +774,7 @@ func (m *Machine) renew() {
 			until = limit
 		}
 		m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: until,
-			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since, Formed: m.formed})
+			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since, Formed: m.formed, Term: m.term})
 	}
 }
 

@@ -58,6 +58,7 @@ type Cluster struct {
 	role     map[string]failover.Role
 	acting   map[string]bool
 	leader   map[uint64]string
+	term     map[uint64]uint64
 	down     map[uint64]time.Time
 	err      error
 }
@@ -84,6 +85,7 @@ func New(cfg failover.Config, view failover.ClusterView, health map[string]failo
 		role:            map[string]failover.Role{},
 		acting:          map[string]bool{},
 		leader:          map[uint64]string{view.Generation: view.Master},
+		term:            map[uint64]uint64{},
 		down:            map[uint64]time.Time{},
 	}
 	c.now = c.start
@@ -333,6 +335,7 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 			}
 		case failover.ReForm:
 			c.leader[a.Generation] = n
+			c.term[a.Generation] = max(c.term[a.Generation], 1)
 			delete(c.down, a.Generation)
 		}
 		c.record(n, a.String())
@@ -435,10 +438,11 @@ func (c *Cluster) elect() {
 			pick = eligible[c.Rand.IntN(len(eligible))]
 		}
 		c.leader[g] = pick
+		c.term[g]++
 		delete(c.down, g)
 		for _, v := range voters {
 			if c.Linked(pick, v) && c.machines[v] != nil {
-				c.stepNode(v, failover.LeaderObserved{Leader: pick, Generation: g})
+				c.stepNode(v, failover.LeaderObserved{Leader: pick, Generation: g, Term: c.term[g]})
 			}
 		}
 	}
