@@ -1,0 +1,38 @@
+// Package cluster holds a dvm cluster's credentials and its gossip membership.
+//
+// # Trust model
+//
+// A cluster has its own certificate authority, made once by `dvmd cluster init` on the
+// operator's machine: ca.crt, ca.key and gossip.key (32 random bytes). The CA signs only
+// node certificates: one per node, naming the node (common name and DNS SAN) and the IP
+// addresses it is reached at, valid one year, for both TLS server and client use. Nothing
+// else is signed; the CA cannot sign intermediate CAs.
+//
+// Who holds what: ca.key stays with the operator (the cluster directory) and never goes
+// to a node. Each node holds ca.crt, gossip.key and its own node-NAME.crt and
+// node-NAME.key, made by `dvmd cluster issue` and copied to it. Key files are 0600 and
+// Load refuses them when others can read them.
+//
+// How a node joins: it loads its credentials, gossips with memberlist encrypted under the
+// gossip key (AES-256-GCM on every UDP packet and TCP stream), and talks raft, the API
+// and agent traffic over mutual TLS 1.3 where both sides present a certificate from the
+// cluster's CA. A peer's node name is taken from its verified certificate (PeerName),
+// never from what it says; messages sent with Members.Send are signed with the sender's
+// node key, so the receiver knows which node sent them even though all nodes share the
+// gossip key.
+//
+// What an attacker without these files can do: see that gossip and TLS traffic flows
+// and how much, and drop, delay or replay packets — a network attacker can always make a
+// node look failed, which the role machine's leases make safe. It cannot read or forge
+// gossip (packets without the key are dropped, so it cannot join or inject members or
+// metadata), cannot connect to raft or the API (the TLS handshake fails without a
+// certificate from the CA), and cannot pose as a node to another node. A replayed Send
+// message reaches only its addressee, as the same message from the same sender, so its
+// receiver must tolerate duplicates (failover's messages do).
+//
+// What a stolen node's files give: that node's identity until its certificate expires,
+// and the gossip key. With them one can gossip as any name and publish false metadata
+// (gossip is authenticated by the shared key, not per node), but cannot pose as another
+// node on raft, the API or Send. The remedy is a new cluster key set: there is no
+// revocation list yet. A stolen ca.key gives the whole cluster.
+package cluster

@@ -1,0 +1,511 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Probe defaults: a LAN where guests wait for a lost node's recovery. A dead node is
+// declared about 1 to 2 s after it stops answering: probed every 300 ms, 150 ms for the
+// direct answer, then 3 other members probe it indirectly (the seed's "ask the others
+// whether it is reachable through them"), then a suspicion period of 0.9 s that grows to
+// 3.6 s when no other member confirms the suspicion (so one member's bad link does not
+// declare a node dead). Members scale these up by themselves when their own host is
+// overloaded (memberlist's awareness), which avoids false alarms from a busy host.
+const (
+	DefaultProbeInterval           = 300 * time.Millisecond
+	DefaultProbeTimeout            = 150 * time.Millisecond
+	DefaultSuspicionMult           = 3
+	DefaultSuspicionMaxTimeoutMult = 4
+	DefaultIndirectChecks          = 3
+	// DefaultMessageBuffer is how many received messages wait unread before newer ones
+	// are dropped (and counted): the role machine's messages tolerate loss.
+	DefaultMessageBuffer = 1024
+)
+
+var (
+	// ErrUnknownNode is returned by Send for a node that is not a live member.
+	ErrUnknownNode = errors.New("no such live member")
+	// ErrMetaTooLarge is returned when Meta does not fit memberlist's 512 bytes.
+	ErrMetaTooLarge = errors.New("node metadata too large")
+)
+
+// Meta is what a node tells every member about itself, gossiped with its membership.
+// Scores are 0..1, higher is better, as failover.HealthReport.
+type Meta struct {
+	// API is the host:port of the node's dvmd API.
+	API string `json:"api,omitempty"`
+	// Management says the node may hold a management role (master, backup, candidate).
+	Management bool    `json:"mgmt,omitempty"`
+	Network    float64 `json:"net,omitempty"`
+	CPU        float64 `json:"cpu,omitempty"`
+	Disk       float64 `json:"disk,omitempty"`
+	// UpSince is when the host came up; its uptime is the time since, so Meta need not
+	// be updated as it grows.
+	UpSince time.Time `json:"up,omitzero"`
+	// Downtime is the host's downtime record over the tracked window.
+	Downtime time.Duration `json:"down,omitempty"`
+}
+
+// MemberState is a member's state as gossip sees it.
+type MemberState string
+
+const (
+	StateAlive   MemberState = "alive"
+	StateSuspect MemberState = "suspect" // missed probes; declared dead unless it refutes in time
+	StateDead    MemberState = "dead"    // failed: declared dead by failure detection
+	StateLeft    MemberState = "left"    // left on purpose (Leave)
+)
+
+// Member is one node as gossip knows it.
+type Member struct {
+	Name  string
+	Addr  netip.AddrPort // gossip address
+	State MemberState
+	Meta  Meta
+	// MetaErr is set when the node's metadata could not be read (a newer or foreign
+	// version); Meta is then zero.
+	MetaErr error
+}
+
+// EventKind is what happened to a member.
+type EventKind string
+
+const (
+	EventJoin   EventKind = "join"
+	EventLeave  EventKind = "leave"  // left on purpose
+	EventFailed EventKind = "failed" // suspected, then declared dead
+	EventUpdate EventKind = "update" // its Meta changed
+)
+
+// Event is a membership change seen by this node.
+type Event struct {
+	Kind   EventKind
+	Member Member
+}
+
+// Message is a user message received with Send. From is the sender's node name, checked
+// against the sender's certificate from the cluster's CA.
+type Message struct {
+	From    string
+	Payload []byte
+}
+
+// MemberConfig configures Join.
+type MemberConfig struct {
+	// Credentials give the node's name (from its certificate), the gossip key, and the
+	// key that signs messages sent with Send. Required.
+	Credentials *Credentials
+	// BindAddr and BindPort are where gossip listens, UDP and TCP on the same port.
+	// BindAddr defaults to 0.0.0.0; BindPort 0 lets the OS choose (tests), so a daemon
+	// sets it (memberlist's usual port is 7946).
+	BindAddr string
+	BindPort int
+	// AdvertiseAddr and AdvertisePort are what other members dial; defaults: the bound
+	// address (a private address of the host when bound to 0.0.0.0) and port.
+	AdvertiseAddr string
+	AdvertisePort int
+	// Peers are host:port gossip addresses of members to join. Empty starts alone.
+	Peers []string
+	Meta  Meta
+	// Failure detection; zero values take the defaults above.
+	ProbeInterval           time.Duration
+	ProbeTimeout            time.Duration
+	SuspicionMult           int
+	SuspicionMaxTimeoutMult int
+	IndirectChecks          int
+	MessageBuffer           int
+	// Log receives memberlist's own log lines at their levels; nil discards them.
+	Log *slog.Logger
+}
+
+// Members is this node's membership in the cluster's gossip.
+type Members struct {
+	ml     *memberlist.Memberlist
+	creds  *Credentials
+	log    *slog.Logger
+	events *queue[Event]
+	msgs   *queue[Message]
+	peers  certCache
+
+	metaMu sync.Mutex
+	meta   []byte
+
+	droppedMsgs atomic.Uint64
+	refused     atomic.Uint64
+}
+
+// Join starts gossip for the node of cfg.Credentials and joins cfg.Peers. Gossip (UDP)
+// and push/pull and messages (TCP) are encrypted and authenticated with the gossip key
+// (AES-256-GCM); packets without it are dropped, so a host without the key cannot join.
+// Join fails if Peers is not empty and none of them could be joined; to wait for peers
+// instead, give no Peers and call JoinPeers until it succeeds.
+func Join(cfg MemberConfig) (*Members, error) {
+	if cfg.Credentials == nil {
+		return nil, errors.New("join: no credentials: load them with cluster.Load")
+	}
+	metaJSON, err := encodeMeta(cfg.Meta)
+	if err != nil {
+		return nil, err
+	}
+	lg := cfg.Log
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	bufSize := cfg.MessageBuffer
+	if bufSize <= 0 {
+		bufSize = DefaultMessageBuffer
+	}
+	m := &Members{
+		creds: cfg.Credentials, log: lg, meta: metaJSON,
+		events: newQueue[Event](0), msgs: newQueue[Message](bufSize),
+		peers: certCache{pool: cfg.Credentials.pool, names: map[[32]byte]verified{}},
+	}
+
+	conf := memberlist.DefaultLANConfig()
+	conf.Name = cfg.Credentials.Node()
+	conf.SecretKey = cfg.Credentials.gossipKey
+	conf.GossipVerifyIncoming = true
+	conf.GossipVerifyOutgoing = true
+	conf.BindAddr = or(cfg.BindAddr, "0.0.0.0")
+	conf.BindPort = cfg.BindPort
+	conf.AdvertiseAddr = cfg.AdvertiseAddr
+	conf.AdvertisePort = cfg.AdvertisePort
+	if conf.AdvertisePort == 0 {
+		conf.AdvertisePort = conf.BindPort
+	}
+	conf.ProbeInterval = orDur(cfg.ProbeInterval, DefaultProbeInterval)
+	conf.ProbeTimeout = orDur(cfg.ProbeTimeout, DefaultProbeTimeout)
+	conf.SuspicionMult = orInt(cfg.SuspicionMult, DefaultSuspicionMult)
+	conf.SuspicionMaxTimeoutMult = orInt(cfg.SuspicionMaxTimeoutMult, DefaultSuspicionMaxTimeoutMult)
+	conf.IndirectChecks = orInt(cfg.IndirectChecks, DefaultIndirectChecks)
+	if conf.ProbeTimeout >= conf.ProbeInterval {
+		return nil, fmt.Errorf("join: probe timeout %s is not below probe interval %s: the indirect probes need the rest of the interval", conf.ProbeTimeout, conf.ProbeInterval)
+	}
+	// Spread news of a failure quickly; on a LAN the extra packets cost nothing.
+	conf.GossipInterval = 100 * time.Millisecond
+	// Bounds a Send to a node that stopped answering.
+	conf.TCPTimeout = 5 * time.Second
+	conf.Delegate = (*delegate)(m)
+	conf.Events = (*eventDelegate)(m)
+	conf.Conflict = (*eventDelegate)(m)
+	conf.Logger = log.New(&logWriter{lg}, "", 0)
+
+	ml, err := memberlist.Create(conf)
+	if err != nil {
+		return nil, fmt.Errorf("join: start gossip on %s:%d: %w", conf.BindAddr, cfg.BindPort, err)
+	}
+	m.ml = ml
+	if len(cfg.Peers) > 0 {
+		if _, err := m.JoinPeers(cfg.Peers...); err != nil {
+			m.Shutdown()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// JoinPeers contacts members at the given host:port addresses and returns how many
+// answered. It fails only when none did.
+func (m *Members) JoinPeers(addrs ...string) (int, error) {
+	n, err := m.ml.Join(addrs)
+	if n == 0 {
+		return 0, fmt.Errorf("join %s: no member answered: check that they are up and that this node has the cluster's gossip.key (a wrong key looks like no answer): %w",
+			strings.Join(addrs, ","), err)
+	}
+	return n, nil
+}
+
+// Name is this node's name.
+func (m *Members) Name() string { return m.creds.Node() }
+
+// Addr is this node's advertised gossip address, for others' Peers.
+func (m *Members) Addr() string { return m.ml.LocalNode().Address() }
+
+// Members returns the live and suspect members, this node included, sorted by name.
+func (m *Members) Members() []Member {
+	nodes := m.ml.Members()
+	out := make([]Member, 0, len(nodes))
+	for _, n := range nodes {
+		out = append(out, toMember(n))
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Events delivers membership changes in the order seen. It is never full (events queue
+// in memory until read) and is closed by Shutdown.
+func (m *Members) Events() <-chan Event { return m.events.out }
+
+// Messages delivers messages sent to this node with Send. Messages not read in time are
+// dropped beyond MessageBuffer (see DroppedMessages). Closed by Shutdown.
+func (m *Members) Messages() <-chan Message { return m.msgs.out }
+
+// DroppedMessages counts received messages dropped because Messages was not read.
+func (m *Members) DroppedMessages() uint64 { return m.droppedMsgs.Load() }
+
+// RefusedMessages counts received messages refused because their signature, certificate
+// or addressee was wrong.
+func (m *Members) RefusedMessages() uint64 { return m.refused.Load() }
+
+// UpdateMeta replaces this node's Meta and gossips it; other members get EventUpdate.
+func (m *Members) UpdateMeta(meta Meta) error {
+	b, err := encodeMeta(meta)
+	if err != nil {
+		return err
+	}
+	m.metaMu.Lock()
+	m.meta = b
+	m.metaMu.Unlock()
+	return m.ml.UpdateNode(5 * time.Second)
+}
+
+// Send sends msg to node over TCP, encrypted with the gossip key and signed with this
+// node's certificate key, so the receiver learns the sender's name from its certificate.
+// Receivers must treat payloads as possibly late or repeated (a message recorded on the
+// wire can be sent again to the same node), as failover's messages are.
+func (m *Members) Send(node string, msg []byte) error {
+	if node == m.Name() {
+		return fmt.Errorf("send to %q: that is this node", node)
+	}
+	var to *memberlist.Node
+	for _, n := range m.ml.Members() {
+		if n.Name == node {
+			to = n
+			break
+		}
+	}
+	if to == nil {
+		return fmt.Errorf("send to %q: %w", node, ErrUnknownNode)
+	}
+	env, err := seal(m.creds, node, msg)
+	if err != nil {
+		return fmt.Errorf("send to %q: %w", node, err)
+	}
+	if err := m.ml.SendReliable(to, env); err != nil {
+		return fmt.Errorf("send to %q: %w", node, err)
+	}
+	return nil
+}
+
+// Leave tells the other members that this node leaves (they see EventLeave rather than
+// EventFailed), waiting up to timeout for the news to go out. Call Shutdown after.
+func (m *Members) Leave(timeout time.Duration) error { return m.ml.Leave(timeout) }
+
+// Shutdown stops gossip at once, without telling anyone: others will declare this node
+// failed. Events and Messages are closed.
+func (m *Members) Shutdown() error {
+	err := m.ml.Shutdown()
+	m.events.close()
+	m.msgs.close()
+	return err
+}
+
+func toMember(n *memberlist.Node) Member {
+	mem := Member{Name: n.Name, State: toState(n.State)}
+	if ip, ok := netip.AddrFromSlice(n.Addr); ok {
+		mem.Addr = netip.AddrPortFrom(ip.Unmap(), n.Port)
+	}
+	if len(n.Meta) > 0 {
+		if err := json.Unmarshal(n.Meta, &mem.Meta); err != nil {
+			mem.Meta = Meta{}
+			mem.MetaErr = fmt.Errorf("node %q metadata: %w", n.Name, err)
+		}
+	}
+	return mem
+}
+
+func toState(s memberlist.NodeStateType) MemberState {
+	switch s {
+	case memberlist.StateSuspect:
+		return StateSuspect
+	case memberlist.StateDead:
+		return StateDead
+	case memberlist.StateLeft:
+		return StateLeft
+	default:
+		return StateAlive
+	}
+}
+
+func encodeMeta(meta Meta) ([]byte, error) {
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return nil, fmt.Errorf("node metadata: %w", err)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("%w: %d bytes of JSON, at most %d: shorten the API address", ErrMetaTooLarge, len(b), memberlist.MetaMaxSize)
+	}
+	return b, nil
+}
+
+// delegate is memberlist's Delegate. memberlist calls it from its network goroutines;
+// every method returns quickly.
+type delegate Members
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.metaMu.Lock()
+	defer d.metaMu.Unlock()
+	return d.meta
+}
+
+func (d *delegate) NotifyMsg(b []byte) {
+	m := (*Members)(d)
+	from, payload, err := open(&m.peers, m.Name(), b, time.Now())
+	if err != nil {
+		m.refused.Add(1)
+		m.log.Warn("refused cluster message", "err", err)
+		return
+	}
+	if !m.msgs.push(Message{From: from, Payload: payload}) {
+		m.droppedMsgs.Add(1)
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// eventDelegate is memberlist's EventDelegate and ConflictDelegate. memberlist calls it
+// with its node lock held, so it only queues.
+type eventDelegate Members
+
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
+	d.events.push(Event{Kind: EventJoin, Member: toMember(n)})
+}
+
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	kind := EventFailed
+	if n.State == memberlist.StateLeft {
+		kind = EventLeave
+	}
+	d.events.push(Event{Kind: kind, Member: toMember(n)})
+}
+
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) {
+	d.events.push(Event{Kind: EventUpdate, Member: toMember(n)})
+}
+
+func (d *eventDelegate) NotifyConflict(existing, other *memberlist.Node) {
+	d.log.Error("two hosts gossip under one node name: give each host its own node credentials",
+		"node", existing.Name, "known", existing.Address(), "other", other.Address())
+}
+
+// queue is an in-memory FIFO feeding a channel, so memberlist's goroutines never block
+// on a slow reader. max > 0 bounds it (push reports false when full).
+type queue[T any] struct {
+	mu     sync.Mutex
+	items  []T
+	max    int
+	closed bool
+	wake   chan struct{}
+	done   chan struct{}
+	out    chan T
+}
+
+func newQueue[T any](max int) *queue[T] {
+	q := &queue[T]{max: max, wake: make(chan struct{}, 1), done: make(chan struct{}), out: make(chan T)}
+	go q.run()
+	return q
+}
+
+func (q *queue[T]) push(v T) bool {
+	q.mu.Lock()
+	if q.closed || (q.max > 0 && len(q.items) >= q.max) {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, v)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (q *queue[T]) close() {
+	q.mu.Lock()
+	if !q.closed {
+		q.closed = true
+		close(q.done)
+	}
+	q.mu.Unlock()
+}
+
+func (q *queue[T]) run() {
+	defer close(q.out)
+	for {
+		q.mu.Lock()
+		if len(q.items) == 0 {
+			q.mu.Unlock()
+			select {
+			case <-q.wake:
+				continue
+			case <-q.done:
+				return
+			}
+		}
+		v := q.items[0]
+		var zero T
+		q.items[0] = zero
+		q.items = q.items[1:]
+		q.mu.Unlock()
+		select {
+		case q.out <- v:
+		case <-q.done:
+			return
+		}
+	}
+}
+
+// logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog records.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if strings.HasPrefix(line, prefix) {
+			level = l
+			line = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+			break
+		}
+	}
+	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "), "component", "gossip")
+	return len(p), nil
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func orDur(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func orInt(i, def int) int {
+	if i <= 0 {
+		return def
+	}
+	return i
+}

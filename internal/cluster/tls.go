@@ -1,0 +1,168 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// HandshakeTimeout bounds a TLS handshake on an accepted connection, so that a peer
+// that connects and says nothing cannot hold a goroutine forever.
+const HandshakeTimeout = 10 * time.Second
+
+// ServerTLS is the configuration for a node's listeners (raft, API, agent traffic):
+// TLS 1.3 only, the node's certificate, and a client certificate signed by the cluster's
+// CA required of every peer. Use PeerName to learn which node connected.
+func (c *Credentials) ServerTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{c.cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    c.pool,
+	}
+}
+
+// ClientTLS is the configuration for dialing another node: TLS 1.3 only, the node's
+// certificate as client certificate, and the server's certificate checked against the
+// cluster's CA and against the name dialed. Nodes' certificates carry their node name
+// and IP addresses, so dialing "10.0.0.5:7460" checks the IP and setting ServerName to
+// "n2" checks that the peer is node n2.
+func (c *Credentials) ClientTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{c.cert},
+		RootCAs:      c.pool,
+	}
+}
+
+// PeerName returns the node name of the peer of a TLS connection made with ServerTLS or
+// ClientTLS, completing the handshake if it has not happened yet. The name comes from a
+// certificate chain verified against the cluster's CA, never from the peer's words.
+func PeerName(conn net.Conn) (string, error) {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		if sc, isServer := conn.(*serverConn); isServer {
+			if err := sc.handshake(); err != nil {
+				return "", err
+			}
+			tc = sc.Conn
+		} else {
+			return "", fmt.Errorf("connection from %s is not TLS: use ServerTLS or ClientTLS", conn.RemoteAddr())
+		}
+	}
+	if err := tc.Handshake(); err != nil {
+		return "", fmt.Errorf("TLS handshake with %s: %w", conn.RemoteAddr(), err)
+	}
+	cs := tc.ConnectionState()
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return "", fmt.Errorf("peer %s presented no certificate verified against the cluster's CA", conn.RemoteAddr())
+	}
+	name := cs.VerifiedChains[0][0].Subject.CommonName
+	if err := ValidateNodeName(name); err != nil {
+		return "", fmt.Errorf("peer %s: %w", conn.RemoteAddr(), err)
+	}
+	return name, nil
+}
+
+// StreamLayer is hashicorp/raft's StreamLayer over mutual TLS with the cluster's
+// credentials: give it to raft.NewNetworkTransport. Only nodes with a certificate from
+// the cluster's CA can connect, and raft dials only servers whose certificate names the
+// address dialed.
+type StreamLayer struct {
+	ln        net.Listener
+	advertise net.Addr
+	server    *tls.Config
+	client    *tls.Config
+	// Refused, if set, is called (from raft's connection goroutine) when a peer fails
+	// the TLS handshake on the listener: a host without the cluster's credentials, or
+	// one with an expired certificate. Set it before giving the layer to raft.
+	Refused func(remote net.Addr, err error)
+}
+
+var _ raft.StreamLayer = (*StreamLayer)(nil)
+
+// RaftStreamLayer wraps ln (a plain TCP listener; the layer adds TLS) for raft.
+// advertise is the address other nodes dial to reach ln; nil means ln.Addr().
+func (c *Credentials) RaftStreamLayer(ln net.Listener, advertise net.Addr) *StreamLayer {
+	if advertise == nil {
+		advertise = ln.Addr()
+	}
+	return &StreamLayer{ln: ln, advertise: advertise, server: c.ServerTLS(), client: c.ClientTLS()}
+}
+
+// Accept returns the next connection. Its handshake runs on first use, in the caller's
+// connection goroutine, so that a slow peer does not hold up the others.
+func (s *StreamLayer) Accept() (net.Conn, error) {
+	conn, err := s.ln.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &serverConn{Conn: tls.Server(conn, s.server), refused: s.Refused}, nil
+}
+
+// Close closes the listener.
+func (s *StreamLayer) Close() error { return s.ln.Close() }
+
+// Addr is the advertised address.
+func (s *StreamLayer) Addr() net.Addr { return s.advertise }
+
+// Dial connects to a raft server and completes the TLS handshake within timeout.
+func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(string(address))
+	if err != nil {
+		return nil, fmt.Errorf("raft address %q: %w", address, err)
+	}
+	cfg := s.client.Clone()
+	cfg.ServerName = host
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
+	conn, err := d.DialContext(ctx, "tcp", string(address))
+	if err != nil {
+		return nil, fmt.Errorf("raft dial %s: %w", address, err)
+	}
+	return conn, nil
+}
+
+// serverConn is an accepted TLS connection whose handshake runs once, with a deadline,
+// on first read or write.
+type serverConn struct {
+	*tls.Conn
+	refused func(net.Addr, error)
+	once    sync.Once
+	err     error
+}
+
+func (c *serverConn) handshake() error {
+	c.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
+		defer cancel()
+		if err := c.Conn.HandshakeContext(ctx); err != nil {
+			c.err = fmt.Errorf("TLS handshake with %s: %w", c.RemoteAddr(), err)
+			if c.refused != nil {
+				c.refused(c.RemoteAddr(), err)
+			}
+			c.Conn.Close()
+		}
+	})
+	return c.err
+}
+
+func (c *serverConn) Read(b []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *serverConn) Write(b []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
