@@ -33,18 +33,18 @@ func (s *Scheduler) Explain(g Guest) Explanation {
 	if p < 0 {
 		return e
 	}
-	copies := int64(1)
+	t := int32(-1)
 	if g.Failover == FailoverTwin {
-		t, level, _ := s.searchTwin(r, strat, cpu, mem, p)
+		var level int
+		t, level, _ = s.searchTwin(r, strat, cpu, mem, p)
 		if t < 0 {
 			u := s.unplaceable(&g, r, p, level)
 			e.TwinReasons = u.Reasons
 			return e
 		}
 		e.TwinNode = s.nodes[t].name
-		copies = 2
 	}
 	e.Node = s.nodes[p].name
-	e.Headroom = s.headroomShort(copies*int64(cpu), copies*mem)
+	e.Headroom = s.headroomShort(&g, p, t)
 	return e
 }

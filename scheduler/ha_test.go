@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -133,5 +134,77 @@ func TestHeadroomReport(t *testing.T) {
 	rc, fc, rm, fm := s.Headroom()
 	if rc != 8 || fc != 10 || rm != 32*gib || fm != 44*gib {
 		t.Fatalf("Headroom = %d CPUs of %d free, %d of %d bytes", rc, fc, rm, fm)
+	}
+}
+
+// The invariant admission control keeps, checked by brute force over every set of K lost
+// nodes after every admitted guest: the others' free share holds the lost nodes' restart
+// and twin guests, in CPUs and in memory. And a refusal is never needless: forcing the
+// refused guest in where Place would have put it breaks the invariant.
+func TestHAInvariant(t *testing.T) {
+	for _, k := range []int{1, 2} {
+		t.Run(fmt.Sprint("K=", k), func(t *testing.T) {
+			nodes := benchNodes(12, 5)
+			for i := range nodes {
+				nodes[i].Schedulable, nodes[i].Draining = true, i == 3
+			}
+			s := New(nodes, nil, Options{Strategy: Pack, HAReserveNodes: k})
+			holds := func() bool {
+				for a := range s.nodes {
+					for b := a; b < len(s.nodes); b++ {
+						if k == 1 && b != a || k == 2 && b == a {
+							continue
+						}
+						var needC, needM, freeC, freeM int64
+						for i := range s.nodes {
+							ns := &s.nodes[i]
+							if i == a || i == b {
+								needC += ns.haCPU
+								needM += ns.haMem
+							} else if ns.accepting() {
+								freeC += int64(max(ns.freeCPU, 0))
+								freeM += max(ns.freeMem, 0)
+							}
+						}
+						if freeC < needC || freeM < needM {
+							return false
+						}
+					}
+				}
+				return true
+			}
+			admitted, refused := 0, 0
+			for i, g := range benchGuests(3000, 6) {
+				g.Constraints, g.Accelerator, g.OS = nil, "", ""
+				_, err := s.Place(g)
+				if err == nil {
+					admitted++
+					if !holds() {
+						t.Fatalf("guest %d %+v admitted but the HA invariant is broken", i, g)
+					}
+					continue
+				}
+				var u *Unplaceable
+				if !errors.As(err, &u) || u.Headroom == "" {
+					continue // does not fit at all
+				}
+				refused++
+				e := s.Explain(g)
+				if e.Node == "" || e.Headroom == "" {
+					t.Fatalf("guest %d: Explain disagrees with the refusal: %+v", i, e)
+				}
+				if err := s.Assign(Assignment{Guest: g, Node: e.Node, TwinNode: e.TwinNode}); err != nil {
+					t.Fatal(err)
+				}
+				if holds() {
+					t.Fatalf("guest %d %+v refused needlessly: on %s it keeps the invariant", i, g, e.Node)
+				}
+				s.Release(g.Name)
+			}
+			if admitted < 100 || refused < 10 {
+				t.Fatalf("admitted %d, refused %d: the test needs both", admitted, refused)
+			}
+			t.Logf("admitted %d, refused %d", admitted, refused)
+		})
 	}
 }

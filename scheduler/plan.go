@@ -136,7 +136,7 @@ func (s *Scheduler) evacuate(node string, lost bool) Plan {
 		}
 		plan.Moves = append(plan.Moves, Move{Guest: g.Name, Action: action, From: node, To: s.nodes[n].name})
 	}
-	if short := s.headroomShort(0, 0); short != "" {
+	if short := s.headroomShort(nil, -1, -1); short != "" {
 		what := "after this drain"
 		if lost {
 			what = "after this loss"

@@ -425,7 +425,6 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 	}
 	pl := Placement{Node: s.nodes[p].name}
 	t := int32(-1)
-	copies := int64(1)
 	if g.Failover == FailoverTwin {
 		var level int
 		var warn string
@@ -437,9 +436,8 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 			pl.Warnings = append(pl.Warnings, warn)
 		}
 		pl.TwinNode = s.nodes[t].name
-		copies = 2
 	}
-	if short := s.headroomShort(copies*int64(cpu), copies*mem); short != "" {
+	if short := s.headroomShort(&g, p, t); short != "" {
 		if !s.opts.HAWarnOnly {
 			return Placement{}, &Unplaceable{Guest: g.Name, Nodes: len(s.nodes),
 				Reasons: map[Reason]int{ReasonHAHeadroom: len(s.nodes)}, Headroom: short}
