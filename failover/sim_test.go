@@ -47,7 +47,7 @@ func TestSimulation(t *testing.T) {
 		return
 	}
 	// A simulation that never reaches a scenario proves nothing about it.
-	for _, kind := range []string{"kill", "revive", "partition", "cut", "heal", "health", "isolate",
+	for _, kind := range []string{"kill", "revive", "partition", "cut", "heal", "health", "isolate", "one-way",
 		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "merge",
 		"hold", "demote", "stop-contacting", "solitude-shutdown", "fence", "unfence"} {
 		if stats[kind] == 0 {
@@ -184,7 +184,13 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 			n := nodes[rng.IntN(len(nodes))]
 			note("health " + n)
 			c.SetHealth(n, randomHealth(rng, rng.IntN(3) != 0))
-		case r < 54:
+		case r < 58:
+			a, b := nodes[rng.IntN(len(nodes))], nodes[rng.IntN(len(nodes))]
+			if a != b {
+				note("one-way " + a + " " + b)
+				c.CutOneWay(a, b)
+			}
+		case r < 62:
 			n := nodes[rng.IntN(len(nodes))]
 			note("isolate " + n)
 			for _, o := range nodes {

@@ -217,6 +217,11 @@ func (h *harness) do1(cmd string, input []string) ([]string, error) {
 			}
 		}
 		return nil, nil
+	case "cut-one-way":
+		if len(bare) != 2 {
+			return nil, fmt.Errorf("usage: cut-one-way FROM TO")
+		}
+		return nil, h.c.CutOneWay(bare[0], bare[1])
 	case "cut", "heal":
 		if words[0] == "heal" && len(bare) == 0 {
 			h.c.HealAll()

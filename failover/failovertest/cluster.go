@@ -49,7 +49,7 @@ type Cluster struct {
 	names    []string
 	machines map[string]*failover.Machine
 	hard     map[string]failover.HardState
-	cut      map[[2]string]bool
+	cut      map[[2]string]bool // directed: {from, to}
 	health   map[string]failover.HealthReport
 	guests   map[string]bool // a node runs its HA guests
 	inflight []failover.Message
@@ -182,26 +182,28 @@ func (c *Cluster) Revive(n string) error {
 	return nil
 }
 
-func key(a, b string) [2]string {
-	if a > b {
-		a, b = b, a
-	}
-	return [2]string{a, b}
-}
-
 // Cut breaks the link between a and b, both ways.
 func (c *Cluster) Cut(a, b string) error {
-	if err := c.known(a); err != nil {
+	if err := c.CutOneWay(a, b); err != nil {
 		return err
 	}
-	if err := c.known(b); err != nil {
+	return c.CutOneWay(b, a)
+}
+
+// CutOneWay drops what from sends to to; the other way still works. Probes
+// (which need an answer) and raft then see the pair as cut.
+func (c *Cluster) CutOneWay(from, to string) error {
+	if err := c.known(from); err != nil {
 		return err
 	}
-	c.cut[key(a, b)] = true
+	if err := c.known(to); err != nil {
+		return err
+	}
+	c.cut[[2]string{from, to}] = true
 	return nil
 }
 
-// Heal restores the link between a and b.
+// Heal restores the link between a and b, both ways.
 func (c *Cluster) Heal(a, b string) error {
 	if err := c.known(a); err != nil {
 		return err
@@ -209,7 +211,8 @@ func (c *Cluster) Heal(a, b string) error {
 	if err := c.known(b); err != nil {
 		return err
 	}
-	delete(c.cut, key(a, b))
+	delete(c.cut, [2]string{a, b})
+	delete(c.cut, [2]string{b, a})
 	return nil
 }
 
@@ -238,16 +241,20 @@ func (c *Cluster) Partition(groups ...[]string) error {
 	}
 	for _, a := range c.names {
 		for _, b := range c.names {
-			if a < b && group[a] != group[b] {
-				c.cut[key(a, b)] = true
+			if group[a] != group[b] {
+				c.cut[[2]string{a, b}] = true
 			}
 		}
 	}
 	return nil
 }
 
-// Linked reports whether a and b can talk.
-func (c *Cluster) Linked(a, b string) bool { return a == b || !c.cut[key(a, b)] }
+// Linked reports whether a and b can talk both ways.
+func (c *Cluster) Linked(a, b string) bool {
+	return a == b || !c.cut[[2]string{a, b}] && !c.cut[[2]string{b, a}]
+}
+
+func (c *Cluster) carries(from, to string) bool { return !c.cut[[2]string{from, to}] }
 
 // SetHealth changes node n's health report and gossips it to every running
 // node.
@@ -304,7 +311,7 @@ func (c *Cluster) Step() {
 	msgs := c.inflight
 	c.inflight = nil
 	for _, msg := range msgs {
-		if c.machines[msg.To] != nil && c.Linked(msg.From, msg.To) {
+		if c.machines[msg.To] != nil && c.carries(msg.From, msg.To) {
 			c.stepNode(msg.To, msg)
 		}
 	}
