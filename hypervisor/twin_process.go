@@ -1,0 +1,438 @@
+package hypervisor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+	"github.com/digitalocean/go-qemu/qmp/raw"
+	"github.com/vishvananda/netlink"
+)
+
+// Twin is one running half of a twin: a QEMU process this node started, its QMP
+// monitor, and what dvm knows of its replication. The runner restarts nothing by
+// itself: when the process ends, Exited is closed and the cluster decides. Methods are
+// safe for concurrent use; QMP commands to one half run one at a time.
+type Twin struct {
+	spec TwinSpec
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has ended and been reaped
+	// exitErr is the process's end as exec reports it; read only after done.
+	exitErr error
+	mon     *qmp.SocketMonitor
+	api     *raw.Monitor
+
+	mu       sync.Mutex
+	role     TwinRole  // a secondary becomes primary by Failover
+	state    TwinState // what Status reports besides QEMU's own view
+	promoted bool      // a former secondary: its rewriter filter stays first on the NIC
+	syncBase int64     // query-migrate's dirty-sync-count when COLO started
+	stopped  bool
+}
+
+// TwinState is a twin's protection as an operator sees it.
+type TwinState string
+
+const (
+	TwinProtected   TwinState = "protected"   // COLO runs: a failover loses nothing
+	TwinSyncing     TwinState = "syncing"     // the secondary is being brought level
+	TwinUnprotected TwinState = "unprotected" // one half alone: its loss loses the guest
+)
+
+// How long the runner waits for QEMU's monitor after starting it, and for each QMP
+// command when the caller's context has no deadline.
+const (
+	twinStartTimeout = 20 * time.Second
+	twinQMPTimeout   = 30 * time.Second
+)
+
+// StartPrimary starts the primary half of a twin: the guest runs (or waits, with
+// spec.Paused) with its disk as a one-child quorum, ready for Pair to add the
+// replication child, the packet filters and the secondary.
+func StartPrimary(ctx context.Context, spec TwinSpec) (*Twin, error) {
+	if spec.Role != TwinPrimary {
+		return nil, fmt.Errorf("start primary of twin %q: spec has role %q", spec.Guest.Name, spec.Role)
+	}
+	return startTwin(ctx, spec)
+}
+
+// StartSecondary starts the secondary half of a twin: QEMU waits for the primary's
+// migration stream on spec.Links.Migrate, its disk layered as COLO wants it (the copy
+// of the disk under a hidden and an active overlay made here, in RunDir).
+func StartSecondary(ctx context.Context, spec TwinSpec) (*Twin, error) {
+	if spec.Role != TwinSecondary {
+		return nil, fmt.Errorf("start secondary of twin %q: spec has role %q", spec.Guest.Name, spec.Role)
+	}
+	return startTwin(ctx, spec)
+}
+
+func startTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	name := spec.Guest.Name
+	fail := func(err error) error { return fmt.Errorf("start %s of twin %q: %w", spec.Role, name, err) }
+	bin, err := exec.LookPath(spec.qemu())
+	if err != nil {
+		return nil, fail(fmt.Errorf("%w: install qemu-system-x86 or set the QEMU binary", err))
+	}
+	if err := os.MkdirAll(spec.RunDir, 0o700); err != nil {
+		return nil, fail(err)
+	}
+	if pid, ok := runningPid(spec); ok {
+		return nil, fail(fmt.Errorf("a QEMU (pid %d) already runs from %s: stop it first", pid, spec.RunDir))
+	}
+	// What a process that was killed left behind.
+	for _, f := range []string{twinQMPSocket, twinPidfile, twinCompareIn, twinCompareOut, twinActive, twinHidden} {
+		if err := removeIfExists(spec.path(f)); err != nil {
+			return nil, fail(err)
+		}
+	}
+	if spec.Role == TwinSecondary && spec.Guest.Disk != nil {
+		if err := makeOverlays(ctx, spec); err != nil {
+			return nil, fail(err)
+		}
+	}
+	var tap *os.File
+	if len(spec.Guest.NICs) == 1 {
+		if tap, err = openTap(spec); err != nil {
+			cleanupTwinFiles(spec)
+			return nil, fail(err)
+		}
+		defer tap.Close() // QEMU holds its own copy; the tap goes when QEMU ends
+	}
+	args, err := TwinCommand(spec, 3)
+	if err != nil {
+		cleanupTwinFiles(spec)
+		return nil, err
+	}
+	logf, err := os.OpenFile(spec.path(twinQEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		cleanupTwinFiles(spec)
+		return nil, fail(err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "%s dvm: starting %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if tap != nil {
+		cmd.ExtraFiles = []*os.File{tap} // fd 3
+	}
+	// Its own session and process group: a signal to the agent's terminal or group
+	// does not reach the guest, and Stop can signal QEMU and any helper it forks.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		cleanupTwinFiles(spec)
+		return nil, fail(err)
+	}
+	t := &Twin{spec: spec, cmd: cmd, done: make(chan struct{}), role: spec.Role, state: TwinUnprotected}
+	go func() {
+		t.exitErr = cmd.Wait()
+		close(t.done)
+	}()
+	if err := t.connect(ctx); err != nil {
+		t.kill()
+		cleanupTwinFiles(spec)
+		return nil, fail(err)
+	}
+	return t, nil
+}
+
+// connect waits for QEMU's QMP socket and completes the QMP handshake.
+func (t *Twin) connect(ctx context.Context) error {
+	deadline := time.Now().Add(twinStartTimeout)
+	sock := t.spec.path(twinQMPSocket)
+	for {
+		select {
+		case <-t.done:
+			return fmt.Errorf("QEMU ended at start (%v): %s", t.exitErr, t.logTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no QMP monitor at %s after %s: %s", sock, twinStartTimeout, t.logTail())
+		}
+		mon, err := qmp.NewSocketMonitor("unix", sock, time.Second)
+		if err == nil {
+			err = mon.Connect()
+			if err == nil {
+				t.mon, t.api = mon, raw.NewMonitor(mon)
+				return nil
+			}
+			mon.Disconnect()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logTail is the end of the QEMU log, where QEMU says why it refused to start.
+func (t *Twin) logTail() string {
+	b, _ := os.ReadFile(t.spec.path(twinQEMULog))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var keep []string
+	for i := len(lines) - 1; i >= 0 && len(keep) < 3; i-- {
+		if !strings.Contains(lines[i], "dvm: starting") {
+			keep = append([]string{lines[i]}, keep...)
+		}
+	}
+	if len(keep) == 0 {
+		return "(QEMU logged nothing)"
+	}
+	return strings.Join(keep, " | ")
+}
+
+// Name is the guest's name; Role the part this half plays now.
+func (t *Twin) Name() string { return t.spec.Guest.Name }
+
+func (t *Twin) Role() TwinRole {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.role
+}
+
+// Spec is the spec the half was started from.
+func (t *Twin) Spec() TwinSpec { return t.spec }
+
+// PID is the QEMU process's id.
+func (t *Twin) PID() int { return t.cmd.Process.Pid }
+
+// Exited is closed when the QEMU process has ended, whatever ended it.
+func (t *Twin) Exited() <-chan struct{} { return t.done }
+
+// ExitError is how the process ended (nil for a clean exit); valid once Exited is closed.
+func (t *Twin) ExitError() error {
+	<-t.done
+	return t.exitErr
+}
+
+// Stop ends the QEMU process as libvirt's destroy does, more gently first: QMP quit,
+// then SIGTERM to its process group after half of grace, SIGKILL after the other half.
+// It then removes the sockets, pidfile and overlays the half made; the QEMU log and the
+// console log stay. Stop on a half whose process already ended only cleans up.
+func (t *Twin) Stop(grace time.Duration) error {
+	t.mu.Lock()
+	t.stopped = true
+	t.mu.Unlock()
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	select {
+	case <-t.done:
+	default:
+		ctx, cancel := context.WithTimeout(context.Background(), grace/2)
+		_ = t.do(ctx, "quit", t.api.Quit)
+		cancel()
+		if !t.waitExit(grace / 2) {
+			_ = syscall.Kill(-t.PID(), syscall.SIGTERM)
+			if !t.waitExit(grace / 2) {
+				t.kill()
+			}
+		}
+	}
+	if t.mon != nil {
+		t.mon.Disconnect()
+	}
+	if err := cleanupTwinFiles(t.spec); err != nil {
+		return fmt.Errorf("stop %s of twin %q: clean up: %w", t.spec.Role, t.Name(), err)
+	}
+	return nil
+}
+
+func (t *Twin) waitExit(d time.Duration) bool {
+	select {
+	case <-t.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// kill ends the process group at once and waits until the process is reaped.
+func (t *Twin) kill() {
+	_ = syscall.Kill(-t.PID(), syscall.SIGKILL)
+	<-t.done
+}
+
+// cleanupTwinFiles removes what a half made in its RunDir, except logs.
+func cleanupTwinFiles(spec TwinSpec) error {
+	var errs []error
+	for _, f := range []string{twinQMPSocket, twinPidfile, twinCompareIn, twinCompareOut, twinActive, twinHidden} {
+		errs = append(errs, removeIfExists(spec.path(f)))
+	}
+	return errors.Join(errs...)
+}
+
+// runningPid reports a live QEMU whose pidfile is in the spec's RunDir and whose
+// command line names the same QMP socket (a recycled pid is not mistaken for it).
+func runningPid(spec TwinSpec) (int, bool) {
+	b, err := os.ReadFile(spec.path(twinPidfile))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return 0, false
+	}
+	return pid, bytes.Contains(cmdline, []byte(spec.path(twinQMPSocket)))
+}
+
+// makeOverlays creates the secondary's active and hidden qcow2 overlays with the
+// virtual size of its copy of the disk, as COLO requires.
+func makeOverlays(ctx context.Context, spec TwinSpec) error {
+	d := spec.Guest.Disk
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", "-f", diskFormat(d), d.Path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("read the size of disk %s: qemu-img: %v: %s", d.Path, err, strings.TrimSpace(string(out)))
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil || info.VirtualSize <= 0 {
+		return fmt.Errorf("read the size of disk %s: qemu-img info gave no virtual-size", d.Path)
+	}
+	for _, f := range []string{twinActive, twinHidden} {
+		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", spec.path(f), strconv.FormatInt(info.VirtualSize, 10)).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("create overlay %s: qemu-img: %v: %s", spec.path(f), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// TwinTapName is the tap device of a twin half's NIC: unique per guest and role, so
+// both halves can run on one node (as in tests), and within the 15 bytes Linux allows.
+func TwinTapName(guest string, role TwinRole) string {
+	h := fnv.New32a()
+	h.Write([]byte(guest))
+	return fmt.Sprintf("dvt%c%08x", role[0], h.Sum32())
+}
+
+// openTap creates the NIC's tap on the NIC's bridge and returns its file, which QEMU
+// inherits. The tap is not persistent: it disappears when the last holder of the file
+// (QEMU) ends, so a crash leaves no device behind. No vnet header: COLO's filters and
+// compare would need to be told of one on both halves.
+func openTap(spec TwinSpec) (*os.File, error) {
+	nic := spec.Guest.NICs[0]
+	br, err := netlink.LinkByName(nic.Bridge)
+	if err != nil {
+		return nil, fmt.Errorf("NIC bridge %q: %w: create the bridge first", nic.Bridge, err)
+	}
+	name := TwinTapName(spec.Guest.Name, spec.Role)
+	if old, err := netlink.LinkByName(name); err == nil {
+		// A persistent leftover of another tool: ours vanish with their QEMU.
+		return nil, fmt.Errorf("a device %s (%s) already exists: remove it", name, old.Type())
+	}
+	tap := &netlink.Tuntap{
+		LinkAttrs:  netlink.LinkAttrs{Name: name},
+		Mode:       netlink.TUNTAP_MODE_TAP,
+		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_ONE_QUEUE,
+		Queues:     1,
+		NonPersist: true,
+	}
+	if err := netlink.LinkAdd(tap); err != nil {
+		return nil, fmt.Errorf("create tap %s: %w", name, err)
+	}
+	closeAll := func() {
+		for _, f := range tap.Fds {
+			f.Close()
+		}
+	}
+	if err := netlink.LinkSetMaster(tap, br); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("put tap %s on bridge %s: %w", name, nic.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(tap); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("set tap %s up: %w", name, err)
+	}
+	for _, f := range tap.Fds[1:] {
+		f.Close()
+	}
+	return tap.Fds[0], nil
+}
+
+// do runs one QMP exchange, bounded by ctx (or twinQMPTimeout when ctx has no
+// deadline) and by the process's end: go-qemu's Run has no timeout of its own.
+func (t *Twin) do(ctx context.Context, op string, f func() error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, twinQMPTimeout)
+		defer cancel()
+	}
+	ch := make(chan error, 1)
+	go func() { ch <- f() }()
+	var err error
+	select {
+	case err = <-ch:
+	case <-ctx.Done():
+		err = fmt.Errorf("no answer: %w", ctx.Err())
+	case <-t.done:
+		err = fmt.Errorf("QEMU ended (%v)", t.exitErr)
+	}
+	if err != nil {
+		return fmt.Errorf("%s of twin %q: %s: %w", t.spec.Role, t.Name(), op, err)
+	}
+	return nil
+}
+
+// qmpRun runs a command that go-qemu's generated API lacks (or types too old for
+// QEMU 7.2), decoding its return value into out when out is not nil.
+func (t *Twin) qmpRun(ctx context.Context, execute string, args any, out any) error {
+	cmd, err := json.Marshal(qmp.Command{Execute: execute, Args: args})
+	if err != nil {
+		return err
+	}
+	return t.do(ctx, execute, func() error {
+		b, err := t.mon.Run(cmd)
+		if err != nil {
+			return err
+		}
+		if out == nil {
+			return nil
+		}
+		var r struct {
+			Return json.RawMessage `json:"return"`
+		}
+		if err := json.Unmarshal(b, &r); err != nil {
+			return err
+		}
+		return json.Unmarshal(r.Return, out)
+	})
+}
+
+// hmp runs a human monitor command (drive_add and drive_del have no QMP form in 7.2)
+// and turns its printed complaint into an error.
+func (t *Twin) hmp(ctx context.Context, line string) error {
+	var out string
+	if err := t.qmpRun(ctx, "human-monitor-command", map[string]string{"command-line": line}, &out); err != nil {
+		return err
+	}
+	if out = strings.TrimSpace(out); out != "" && !strings.HasPrefix(out, "OK") {
+		return fmt.Errorf("%s of twin %q: %s: %s", t.spec.Role, t.Name(), line, out)
+	}
+	return nil
+}
+
+// hostPort formats an address for QEMU's host= / port= options.
+func hostPort(addr string) (string, string) {
+	h, p, _ := net.SplitHostPort(addr)
+	return h, p
+}
