@@ -160,7 +160,7 @@ func (s *Scheduler) plan(r *req) {
 	if best.pool == nil {
 		best.pool = newCapIndex(len(s.nodes), s.global.classes, s.global.shift)
 		best.list = nil
-		for i := len(s.nodes) - 1; i >= 0; i-- {
+		for i := len(s.nodes) - 1; i >= 0; i-- { // in reverse: see buildIndexes
 			n := &s.nodes[i]
 			if best.has(int32(i)) && n.accepting() {
 				best.pool.put(int32(i), n.freeCPU, n.freeMem)

@@ -296,34 +296,61 @@ func TestUpdateNode(t *testing.T) {
 	if c, _, _ := s.Free("b"); c != 15 {
 		t.Fatalf("update lost the guest on b: %d CPUs free", c)
 	}
-	if err := s.UpdateNode(node("new", 1, 1)); !errors.Is(err, ErrUnknownNode) {
-		t.Fatalf("update of unknown node: %v", err)
+	// A new node joins and takes the guest nobody else could.
+	if err := s.UpdateNode(node("new", 8, 16, "zone=z1")); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s.Place(g); err != nil || p.Node != "new" {
+		t.Fatalf("after a node joined: %+v, %v", p, err)
+	}
+	if err := s.UpdateNode(Node{}); err == nil {
+		t.Fatal("a node without a name was accepted")
 	}
 }
 
-// Explain of a placed guest judges it as if it were not placed, and changes nothing.
-func TestExplainPlacedGuest(t *testing.T) {
-	d := node("d", 8, 32)
-	d.Draining = true
-	s := New([]Node{node("a", 4, 16), node("b", 2, 4), d}, nil, Options{Strategy: Spread})
-	g := guest("web", 4, 16)
-	if p, err := s.Place(g); err != nil || p.Node != "a" {
-		t.Fatalf("Place = %+v, %v", p, err)
+// Hosts joining one by one are indexed as if the scheduler had been built with them: the
+// index still finds a node exactly when the exhaustive search does, in the same memory
+// class, after atoms, pools and zone searches were set up on a one-node cluster.
+func TestNodesJoin(t *testing.T) {
+	nodes := benchNodes(700, 21)
+	opts := Options{Strategy: Pack, FailureDomains: []string{"rack", "zone"}}
+	s := New(nodes[:1], nil, opts)
+	classes := s.global.classes
+	guests := benchGuests(3000, 22)
+	for _, g := range guests[:500] { // atoms exist before the others join; most do not fit
+		s.Place(g)
 	}
-	before := freeAll(s)
-	e := s.Explain(g)
-	want := []Verdict{{"a", ""}, {"b", ReasonNotEnoughCPU}, {"d", ReasonDraining}}
-	if !reflect.DeepEqual(e.Verdicts, want) || e.Node != "a" || e.Summary() != "fits on 1 of 3 nodes; would go to a" {
-		t.Fatalf("Explain = %+v (%s)", e, e.Summary())
+	for _, n := range nodes[1:] {
+		if err := s.UpdateNode(n); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if after := freeAll(s); !reflect.DeepEqual(before, after) {
-		t.Fatalf("Explain changed the snapshot")
+	if s.global.classes <= classes {
+		t.Fatalf("memory classes not widened for larger nodes: %d, first node has %d GiB", s.global.classes, nodes[0].MemoryBytes>>30)
 	}
-	if a, ok := s.Lookup("web"); !ok || a.Node != "a" {
-		t.Fatalf("Explain lost the guest: %+v %v", a, ok)
+	placed := 0
+	for i, g := range guests[500:] {
+		if g.Failover == FailoverTwin {
+			g.Failover = FailoverRestart
+		}
+		want := reference(s, &g, -1, -1)
+		wantCls := -1
+		if want >= 0 {
+			wantCls = s.global.class(s.nodes[want].freeMem)
+		}
+		p, err := s.Place(g)
+		if (err == nil) != (want >= 0) {
+			t.Fatalf("guest %d: placed %+v (%v), reference %d", i, p, err, want)
+		}
+		if err != nil {
+			continue
+		}
+		placed++
+		if got := s.global.class(s.nodes[s.byNode[p.Node]].freeMem + g.MemoryBytes); got != wantCls {
+			t.Fatalf("guest %d on %s: class %d, reference class %d", i, p.Node, got, wantCls)
+		}
 	}
-	bad := guest("", 1, 1)
-	if e := s.Explain(bad); e.Error == "" || e.Summary() != e.Error {
-		t.Fatalf("invalid guest: %+v", e)
+	if placed < 2400 {
+		t.Fatalf("only %d of 2500 placed after 699 nodes joined", placed)
 	}
 }

@@ -111,7 +111,6 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		domainIDs: map[string]int32{},
 		optsErr:   optsErr,
 	}
-	var maxMem int64 = 1
 	usedCPU := make([]int64, len(nodes))
 	usedMem := make([]int64, len(nodes))
 	for i, n := range nodes {
@@ -124,9 +123,6 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 			s.byNode[n.Name] = int32(i)
 		}
 		usedCPU[i], usedMem[i] = int64(n.AllocatedCPUs), n.AllocatedMemoryBytes
-		if n.MemoryBytes > maxMem {
-			maxMem = n.MemoryBytes
-		}
 	}
 	// Existing guests: sum them per node, then settle each node's used capacity.
 	sumCPU := make([]int64, len(nodes))
@@ -160,22 +156,42 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		ns.freeMem = ns.mem - max(usedMem[i], sumMem[i])
 	}
 	s.collectBroadValues()
-	shift := uint(20)
-	if l := bits.Len64(uint64(maxMem)); l > classBits+20 {
-		shift = uint(l - classBits)
-	}
-	s.global = newCapIndex(len(nodes), int(maxMem>>shift)+1, shift)
-	// Buckets are filled at the front: in reverse, so equal nodes come in snapshot order.
-	for i := len(s.nodes) - 1; i >= 0; i-- {
-		ns := &s.nodes[i]
-		if ns.accepting() {
-			s.global.put(int32(i), ns.freeCPU, ns.freeMem)
+	s.buildIndexes()
+	for i := range s.nodes {
+		if ns := &s.nodes[i]; ns.accepting() {
 			s.freeCPUTotal += int64(max(ns.freeCPU, 0))
 			s.freeMemTotal += max(ns.freeMem, 0)
 		}
 	}
 	s.haDirty = true
 	return s
+}
+
+// buildIndexes (re)builds the global capacity index and every atom's, with memory classes
+// sized to the largest node. Requirements must be planned again afterwards.
+func (s *Scheduler) buildIndexes() {
+	var maxMem int64 = 1
+	for i := range s.nodes {
+		maxMem = max(maxMem, s.nodes[i].mem)
+	}
+	shift := uint(20)
+	if l := bits.Len64(uint64(maxMem)); l > classBits+20 {
+		shift = uint(l - classBits)
+	}
+	fill := func(member func(int32) bool) *capIndex {
+		x := newCapIndex(len(s.nodes), int(maxMem>>shift)+1, shift)
+		// Buckets are filled at the front: in reverse, so equal nodes come in snapshot order.
+		for i := len(s.nodes) - 1; i >= 0; i-- {
+			if ns := &s.nodes[i]; ns.accepting() && member(int32(i)) {
+				x.put(int32(i), ns.freeCPU, ns.freeMem)
+			}
+		}
+		return x
+	}
+	s.global = fill(func(int32) bool { return true })
+	for _, a := range s.pools {
+		a.pool = fill(a.has)
+	}
 }
 
 func clamp32(v int64) int32 {
@@ -514,13 +530,17 @@ func (s *Scheduler) Free(node string) (cpus int, memoryBytes int64, err error) {
 	return int(s.nodes[n].freeCPU), s.nodes[n].freeMem, nil
 }
 
-// UpdateNode replaces what the scheduler knows of an existing node: state, labels,
-// profiles, pool share. The guests recorded on it stay; the node's used capacity is the
-// larger of n.Allocated* and the sum of those guests. Adding a node needs New.
+// UpdateNode replaces what the scheduler knows of a node (state, labels, profiles, pool
+// share), or adds it when the name is new: a host that joins takes guests at once. The
+// guests recorded on it stay; the node's used capacity is the larger of n.Allocated* and
+// the sum of those guests. Nodes are never removed: mark them unschedulable.
 func (s *Scheduler) UpdateNode(n Node) error {
+	if n.Name == "" {
+		return fmt.Errorf("update node: the node has no name")
+	}
 	id, ok := s.byNode[n.Name]
 	if !ok {
-		return fmt.Errorf("update node %q: %w; build a new Scheduler to add nodes", n.Name, ErrUnknownNode)
+		id = s.addNode(n.Name)
 	}
 	ns := &s.nodes[id]
 	if ns.accepting() {
@@ -553,6 +573,9 @@ func (s *Scheduler) UpdateNode(n Node) error {
 		}
 	}
 	s.collectBroadValues()
+	if ns.mem>>s.global.shift >= int64(s.global.classes) {
+		s.buildIndexes() // larger than any node so far: widen the memory classes
+	}
 	for _, r := range s.reqs {
 		s.plan(r)
 		for _, w := range r.within {
@@ -562,6 +585,32 @@ func (s *Scheduler) UpdateNode(n Node) error {
 	s.reindex(id)
 	s.haDirty = true
 	return nil
+}
+
+// addNode appends an empty, unschedulable node and grows every per-node structure.
+func (s *Scheduler) addNode(name string) int32 {
+	id := int32(len(s.nodes))
+	s.nodes = append(s.nodes, nodeState{name: name, domains: make([]int32, len(s.opts.FailureDomains))})
+	s.byNode[name] = id
+	for _, x := range append([]*capIndex{s.global}, s.poolIndexes()...) {
+		x.next = append(x.next, 0)
+		x.prev = append(x.prev, 0)
+		x.at = append(x.at, 0)
+	}
+	for _, a := range s.atomList {
+		if int(id)/64 >= len(a.members) {
+			a.members = append(a.members, 0)
+		}
+	}
+	return id
+}
+
+func (s *Scheduler) poolIndexes() []*capIndex {
+	out := make([]*capIndex, len(s.pools))
+	for i, a := range s.pools {
+		out[i] = a.pool
+	}
+	return out
 }
 
 // search returns the best node for a guest of r, cpu, mem under strat, or -1. With p >= 0
