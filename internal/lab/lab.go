@@ -145,6 +145,7 @@ func (l *Lab) ImageDir() string { return filepath.Join(l.dir, "shared", "images"
 // Nodes lists the lab's nodes in order.
 func (l *Lab) Nodes() []Node {
 	l.mu.Lock()
+	l.reload()
 	defer l.mu.Unlock()
 	out := make([]Node, 0, len(l.st.Nodes))
 	for _, n := range l.st.Nodes {
@@ -156,6 +157,7 @@ func (l *Lab) Nodes() []Node {
 // Node returns the node called name.
 func (l *Lab) Node(name string) (Node, error) {
 	l.mu.Lock()
+	l.reload()
 	defer l.mu.Unlock()
 	n, err := l.find(name)
 	if err != nil {
@@ -226,6 +228,7 @@ func (l *Lab) SetLog(w io.Writer) { l.log = w }
 // IsUp says whether the lab was brought up and not yet brought down.
 func (l *Lab) IsUp() bool {
 	l.mu.Lock()
+	l.reload()
 	defer l.mu.Unlock()
 	return l.st.Up
 }
@@ -245,13 +248,22 @@ func (l *Lab) lock() (unlock func(), err error) {
 		l.mu.Unlock()
 		return nil, fmt.Errorf("lock lab: %w", err)
 	}
-	if b, err := os.ReadFile(filepath.Join(l.dir, stateFile)); err == nil {
-		var st state
-		if json.Unmarshal(b, &st) == nil {
-			l.st = st
-		}
-	}
+	l.reload()
 	return func() { f.Close(); l.mu.Unlock() }, nil
+}
+
+// reload reads the state again from lab.json, which another process (vmctl lab
+// kill, in a test's shell) may have changed; l.mu is held. A state that cannot be
+// read leaves the one in memory.
+func (l *Lab) reload() {
+	b, err := os.ReadFile(filepath.Join(l.dir, stateFile))
+	if err != nil {
+		return
+	}
+	var st state
+	if json.Unmarshal(b, &st) == nil {
+		l.st = st
+	}
 }
 
 // save writes lab.json atomically; l.mu is held.

@@ -160,7 +160,13 @@ func TestLab(t *testing.T) {
 		if len(qemus) == 0 {
 			t.Fatalf("n2 runs no qemu before the kill (processes %v): the guest test failed?", procs)
 		}
-		if err := l.Kill("n2"); err != nil {
+		// Killed through another Lab of the same DIR, as `vmctl lab kill n2` would:
+		// l sees it too.
+		other, err := lab.Load(l.Dir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Kill("n2"); err != nil {
 			t.Fatal(err)
 		}
 		for pid, stat := range qemus {

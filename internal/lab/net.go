@@ -275,6 +275,7 @@ func healCuts(cuts []Cut, node string) []Cut {
 // Cuts lists the cuts in force.
 func (l *Lab) Cuts() []Cut {
 	l.mu.Lock()
+	l.reload()
 	defer l.mu.Unlock()
 	return slices.Clone(l.st.Cuts)
 }
@@ -283,6 +284,7 @@ func (l *Lab) Cuts() []Cut {
 // as a process of that node would: what tests use to see what a cut does.
 func (l *Lab) DialFrom(ctx context.Context, node, address string) (net.Conn, error) {
 	l.mu.Lock()
+	l.reload()
 	n, err := l.find(node)
 	if err != nil {
 		l.mu.Unlock()

@@ -275,6 +275,7 @@ func nsMembers(ns string) []int {
 // tini, libvirtd, virtlogd, qemu, agent …); none when the node is killed.
 func (l *Lab) NodeProcesses(name string) ([]int, error) {
 	l.mu.Lock()
+	l.reload()
 	n, err := l.find(name)
 	if err != nil {
 		l.mu.Unlock()

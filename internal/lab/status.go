@@ -34,6 +34,7 @@ func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
 		return nil, ErrNotRoot
 	}
 	l.mu.Lock()
+	l.reload()
 	nodes := make([]nodeState, len(l.st.Nodes))
 	copy(nodes, l.st.Nodes)
 	cuts := l.st.Cuts
