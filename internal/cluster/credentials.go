@@ -350,7 +350,7 @@ func hasUsage(c *x509.Certificate, u x509.ExtKeyUsage) bool {
 // missing turns a missing file into an error that says how to make it.
 func missing(path string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s does not exist: make cluster credentials with dvmd cluster init and node credentials with dvmd cluster issue, then copy the node's files there", path)
+		return fmt.Errorf("%s: %w: make cluster credentials with dvmd cluster init and node credentials with dvmd cluster issue, then copy the node's files there", path, fs.ErrNotExist)
 	}
 	return err
 }

@@ -1,0 +1,195 @@
+package cluster
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// logFSM records applied entries and hands them to a channel.
+type logFSM struct {
+	mu      sync.Mutex
+	entries []string
+	applied chan string
+}
+
+func newLogFSM() *logFSM { return &logFSM{applied: make(chan string, 16)} }
+
+func (f *logFSM) Apply(l *raft.Log) any {
+	f.mu.Lock()
+	f.entries = append(f.entries, string(l.Data))
+	f.mu.Unlock()
+	select {
+	case f.applied <- string(l.Data):
+	default:
+	}
+	return nil
+}
+
+func (f *logFSM) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.entries)
+}
+
+func (f *logFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, errors.New("no snapshots in this test") }
+func (f *logFSM) Restore(io.ReadCloser) error         { return errors.New("no snapshots in this test") }
+
+type raftNode struct {
+	id        raft.ServerID
+	addr      raft.ServerAddress
+	layer     *StreamLayer
+	transport *raft.NetworkTransport
+	fsm       *logFSM
+	raft      *raft.Raft
+	refused   chan error
+}
+
+// startRaftNode starts a real raft instance with in-memory stores over a TLS stream
+// layer made from creds, listening on a port the OS chooses.
+func startRaftNode(t *testing.T, creds *Credentials) *raftNode {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &raftNode{id: raft.ServerID(creds.Node()), fsm: newLogFSM(), refused: make(chan error, 64)}
+	n.layer = creds.RaftStreamLayer(ln, nil)
+	n.layer.Refused = func(_ net.Addr, err error) {
+		select {
+		case n.refused <- err:
+		default:
+		}
+	}
+	n.addr = raft.ServerAddress(ln.Addr().String())
+	n.transport = raft.NewNetworkTransport(n.layer, 3, 2*time.Second, io.Discard)
+	t.Cleanup(func() { n.transport.Close() })
+	return n
+}
+
+func (n *raftNode) start(t *testing.T, bootstrap []raft.Server) {
+	t.Helper()
+	cfg := raft.DefaultConfig()
+	cfg.LocalID = n.id
+	cfg.HeartbeatTimeout = 300 * time.Millisecond
+	cfg.ElectionTimeout = 300 * time.Millisecond
+	cfg.LeaderLeaseTimeout = 150 * time.Millisecond
+	cfg.CommitTimeout = 10 * time.Millisecond
+	cfg.Logger = hclog.NewNullLogger()
+	logs, stable, snaps := raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore()
+	if err := raft.BootstrapCluster(cfg, logs, stable, snaps, n.transport, raft.Configuration{Servers: bootstrap}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := raft.NewRaft(cfg, n.fsm, logs, stable, snaps, n.transport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.raft = r
+	t.Cleanup(func() { r.Shutdown().Error() })
+}
+
+func (n *raftNode) server() raft.Server {
+	return raft.Server{Suffrage: raft.Voter, ID: n.id, Address: n.addr}
+}
+
+// untilDeadline is a channel closed shortly before the test's deadline (go test
+// -timeout), so a wait that never ends fails with a message rather than a panic.
+func untilDeadline(t *testing.T) <-chan time.Time {
+	d, ok := t.Deadline()
+	if !ok {
+		return nil
+	}
+	return time.After(time.Until(d) - 5*time.Second)
+}
+
+func waitLeader(t *testing.T, nodes ...*raftNode) *raftNode {
+	t.Helper()
+	deadline := untilDeadline(t)
+	for {
+		for _, n := range nodes {
+			if n.raft.State() == raft.Leader {
+				return n
+			}
+		}
+		select {
+		case <-deadline:
+			t.Fatal("no leader elected")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func waitApplied(t *testing.T, n *raftNode, want string) {
+	t.Helper()
+	deadline := untilDeadline(t)
+	for {
+		select {
+		case got := <-n.fsm.applied:
+			if got == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("%s never applied %q", n.id, want)
+		}
+	}
+}
+
+func TestRaftOverMutualTLS(t *testing.T) {
+	_, creds := newCluster(t, "n1", "n2")
+	_, foreign := newCluster(t, "n3")
+	n1, n2 := startRaftNode(t, creds["n1"]), startRaftNode(t, creds["n2"])
+	voters := []raft.Server{n1.server(), n2.server()}
+	n1.start(t, voters)
+	n2.start(t, voters)
+
+	leader := waitLeader(t, n1, n2)
+	follower := n1
+	if leader == n1 {
+		follower = n2
+	}
+	if err := leader.raft.Apply([]byte("guest web1 on n2"), 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(t, follower, "guest web1 on n2")
+
+	// A host with another cluster's certificate runs raft, believing itself a voter of
+	// the same group, and campaigns. Every connection it makes is refused.
+	n3 := startRaftNode(t, foreign["n3"])
+	n3.start(t, append(voters, n3.server()))
+	var resp raft.RequestVoteResponse
+	req := &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ID: []byte("n3"), Addr: []byte(n3.addr)}, Term: 1 << 40, LastLogIndex: 1 << 40, LastLogTerm: 1 << 40}
+	err := n3.transport.RequestVote(n1.id, n1.addr, req, &resp)
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("foreign RequestVote to n1: err %v, want a certificate error", err)
+	}
+	select {
+	case err := <-n1.refused:
+		t.Logf("n1 refused the foreign raft: %v", err)
+	case <-untilDeadline(t):
+		t.Fatal("n1's stream layer reported no refused handshake")
+	}
+	// The real group goes on: a new entry still commits on both, and the foreign raft,
+	// which can never get a vote, has applied nothing.
+	leader = waitLeader(t, n1, n2)
+	if err := leader.raft.Apply([]byte("guest web2 on n1"), 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*raftNode{n1, n2} {
+		if n != leader {
+			waitApplied(t, n, "guest web2 on n1")
+		}
+	}
+	if c := n3.fsm.count(); c != 0 || n3.raft.State() == raft.Leader {
+		t.Errorf("foreign raft applied %d entries, state %s", c, n3.raft.State())
+	}
+	if term := leader.raft.Stats()["term"]; term == "1099511627776" {
+		t.Errorf("the foreign raft's vote request reached the group: term %s", term)
+	}
+}
