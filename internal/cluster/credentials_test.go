@@ -239,7 +239,9 @@ func TestLoadErrors(t *testing.T) {
 		{"gossip key too short", func(t *testing.T, d string) {
 			os.WriteFile(filepath.Join(d, GossipKeyFile), []byte("c2hvcnQ=\n"), 0o600)
 		}, "n1", nil, "does not hold a base64 key of 32 bytes"},
-		{"foreign CA", func(t *testing.T, d string) { copyFile(t, filepath.Join(other, CACertFile), filepath.Join(d, CACertFile)) }, "n1", ErrForeign, "not signed by"},
+		{"foreign CA", func(t *testing.T, d string) {
+			copyFile(t, filepath.Join(other, CACertFile), filepath.Join(d, CACertFile))
+		}, "n1", ErrForeign, "not signed by"},
 		{"foreign node certificate", func(t *testing.T, d string) {
 			copyFile(t, filepath.Join(other, NodeCertFile("n1")), filepath.Join(d, NodeCertFile("n1")))
 		}, "n1", ErrForeign, "certificate from another cluster"},

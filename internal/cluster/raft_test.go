@@ -39,8 +39,10 @@ func (f *logFSM) count() int {
 	return len(f.entries)
 }
 
-func (f *logFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, errors.New("no snapshots in this test") }
-func (f *logFSM) Restore(io.ReadCloser) error         { return errors.New("no snapshots in this test") }
+func (f *logFSM) Snapshot() (raft.FSMSnapshot, error) {
+	return nil, errors.New("no snapshots in this test")
+}
+func (f *logFSM) Restore(io.ReadCloser) error { return errors.New("no snapshots in this test") }
 
 type raftNode struct {
 	id        raft.ServerID
