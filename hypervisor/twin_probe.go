@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,25 +43,36 @@ var (
 // ErrTwinUnsupported that names every missing part, or a plain error when the probe
 // itself could not run.
 func ProbeTwinSupport(ctx context.Context, qemu string) (TwinSupport, error) {
-	if qemu == "" {
-		qemu = DefaultQEMU
-	}
-	bin, err := exec.LookPath(qemu)
-	if err != nil {
-		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: %w: install qemu-system-x86", err)
-	}
-	dir, err := os.MkdirTemp("", "dvm-twin-probe-")
+	bin, version, types, schema, err := queryQEMUFeatures(ctx, qemu)
 	if err != nil {
 		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: %w", err)
 	}
+	sup := CheckTwinSupport(types, schema)
+	sup.Version = version
+	return sup, sup.Err(bin)
+}
+
+// queryQEMUFeatures runs the QEMU binary with no guest and returns its version, its QOM
+// types and its QMP schema.
+func queryQEMUFeatures(ctx context.Context, qemu string) (bin, version string, types []string, schema []SchemaEntry, err error) {
+	if qemu == "" {
+		qemu = DefaultQEMU
+	}
+	if bin, err = exec.LookPath(qemu); err != nil {
+		return "", "", nil, nil, fmt.Errorf("%w: install qemu-system-x86", err)
+	}
+	dir, err := os.MkdirTemp("", "dvm-twin-probe-")
+	if err != nil {
+		return bin, "", nil, nil, err
+	}
 	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "qmp.sock")
+	sock, schemaSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "schema.sock")
 	cmd := exec.CommandContext(ctx, bin, "-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-S",
-		"-qmp", "unix:"+qemuOpt(sock)+",server=on,wait=off")
+		"-qmp", "unix:"+qemuOpt(sock)+",server=on,wait=off", "-qmp", "unix:"+qemuOpt(schemaSock)+",server=on,wait=off")
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: start %s: %w", bin, err)
+		return bin, "", nil, nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -69,7 +81,7 @@ func ProbeTwinSupport(ctx context.Context, qemu string) (TwinSupport, error) {
 		<-done
 	}()
 	var mon *qmp.SocketMonitor
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for deadline := time.Now().Add(10 * time.Second); mon == nil; {
 		if m, err := qmp.NewSocketMonitor("unix", sock, time.Second); err == nil {
 			if err := m.Connect(); err == nil {
 				mon = m
@@ -80,43 +92,72 @@ func ProbeTwinSupport(ctx context.Context, qemu string) (TwinSupport, error) {
 		select {
 		case err := <-done:
 			done <- err
-			return TwinSupport{}, fmt.Errorf("probe QEMU for twins: %s is not a QEMU that answers QMP (%v): %s", bin, err, strings.TrimSpace(out.String()))
+			return bin, "", nil, nil, fmt.Errorf("%s is not a QEMU that answers QMP (%v): %s", bin, err, strings.TrimSpace(out.String()))
 		case <-ctx.Done():
-			return TwinSupport{}, fmt.Errorf("probe QEMU for twins: %w", ctx.Err())
+			return bin, "", nil, nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return TwinSupport{}, fmt.Errorf("probe QEMU for twins: %s gave no QMP monitor in 10s", bin)
+			return bin, "", nil, nil, fmt.Errorf("%s gave no QMP monitor in 10s", bin)
 		}
 	}
 	defer mon.Disconnect()
-	api := raw.NewMonitor(mon)
-	types, err := api.QomListTypes(nil, nil)
-	if err != nil {
-		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: qom-list-types: %w", err)
-	}
-	var names []string
-	for _, t := range types {
-		names = append(names, t.Name)
-	}
-	b, err := mon.Run([]byte(`{"execute":"query-qmp-schema"}`))
-	if err != nil {
-		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: query-qmp-schema: %w", err)
-	}
-	var schema struct {
-		Return []SchemaEntry `json:"return"`
-	}
-	if err := json.Unmarshal(b, &schema); err != nil {
-		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: query-qmp-schema: %w", err)
-	}
-	sup := CheckTwinSupport(names, schema.Return)
 	if mon.Version != nil {
-		sup.Version = mon.Version.String()
+		version = mon.Version.String()
 	}
-	if err := sup.Err(bin); err != nil {
-		return sup, err
+	infos, err := raw.NewMonitor(mon).QomListTypes(nil, nil)
+	if err != nil {
+		return bin, version, nil, nil, fmt.Errorf("qom-list-types: %w", err)
 	}
-	return sup, nil
+	for _, t := range infos {
+		types = append(types, t.Name)
+	}
+	if schema, err = querySchema(schemaSock); err != nil {
+		return bin, version, nil, nil, fmt.Errorf("query-qmp-schema: %w", err)
+	}
+	return bin, version, types, schema, nil
+}
+
+// querySchema reads query-qmp-schema on a QMP socket of its own: the answer is
+// hundreds of KiB on one line, beyond the 64 KiB line go-qemu's SocketMonitor reads.
+func querySchema(sock string) ([]SchemaEntry, error) {
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	dec, enc := json.NewDecoder(c), json.NewEncoder(c)
+	var greeting map[string]any
+	if err := dec.Decode(&greeting); err != nil {
+		return nil, err
+	}
+	var r struct {
+		Return json.RawMessage `json:"return"`
+		Event  string          `json:"event"`
+		Error  *struct {
+			Desc string `json:"desc"`
+		} `json:"error"`
+	}
+	for _, cmd := range []string{"qmp_capabilities", "query-qmp-schema"} {
+		if err := enc.Encode(map[string]string{"execute": cmd}); err != nil {
+			return nil, err
+		}
+		for {
+			r.Event, r.Error, r.Return = "", nil, nil
+			if err := dec.Decode(&r); err != nil {
+				return nil, err
+			}
+			if r.Event == "" {
+				break
+			}
+		}
+		if r.Error != nil {
+			return nil, fmt.Errorf("%s: %s", cmd, r.Error.Desc)
+		}
+	}
+	var schema []SchemaEntry
+	return schema, json.Unmarshal(r.Return, &schema)
 }
 
 // SchemaEntry is one entry of QEMU's query-qmp-schema: a command, or an enum with its
