@@ -533,11 +533,14 @@ func (m *Machine) adopt(v ClusterView) {
 	}
 }
 
-// noteGroup applies scenario 5 when this node meets another holder: the group
+// noteGroup applies scenario 5 when this node meets another holder. Two
+// masters of one generation: raft's newer term leads. Otherwise the group
 // whose master holds the majority lease wins; where neither does, the lower
-// generation, then the longer uptime (earlier Since), then the lower name. A
-// semi-master yields to any master it can reach (the seed: if another
-// management node is reachable, the survivor is the one cut off).
+// generation the group was formed in, then the longer uptime (earlier Since),
+// then the lower name. Every input is fixed for the life of a group, so both
+// sides pick the same winner however late their news. A semi-master yields to
+// any master it can reach (the seed: if another management node is reachable,
+// the survivor is the one cut off), and to a semi-master further along.
 func (m *Machine) noteGroup(holder string, role Role, generation, formed, term uint64, acting bool, since time.Time, direct bool) {
 	self := m.cfg.Self
 	if holder == "" || holder == self {
