@@ -60,14 +60,15 @@ type Meta struct {
 	Downtime time.Duration `json:"down,omitempty"`
 }
 
-// MemberState is a member's state as gossip sees it.
+// MemberState is a member's state as this node last learned it. There is no "suspect":
+// memberlist v0.7.0 does not tell its users which members it suspects
+// (hashicorp/memberlist#293), so a member is alive until it is declared dead.
 type MemberState string
 
 const (
-	StateAlive   MemberState = "alive"
-	StateSuspect MemberState = "suspect" // missed probes; declared dead unless it refutes in time
-	StateDead    MemberState = "dead"    // failed: declared dead by failure detection
-	StateLeft    MemberState = "left"    // left on purpose (Leave)
+	StateAlive MemberState = "alive"
+	StateDead  MemberState = "dead" // failed: suspected, then declared dead by failure detection
+	StateLeft  MemberState = "left" // left on purpose (Leave)
 )
 
 // Member is one node as gossip knows it.
@@ -75,6 +76,8 @@ type Member struct {
 	Name  string
 	Addr  netip.AddrPort // gossip address
 	State MemberState
+	// Since is when this node learned the current State.
+	Since time.Time
 	Meta  Meta
 	// MetaErr is set when the node's metadata could not be read (a newer or foreign
 	// version); Meta is then zero.
@@ -141,6 +144,12 @@ type Members struct {
 	msgs   *queue[Message]
 	peers  certCache
 
+	// table is every member seen, in its last state; leaving holds members that said
+	// they are leaving, so that their departure is reported as a leave, not a failure.
+	tableMu sync.Mutex
+	table   map[string]Member
+	leaving map[string]bool
+
 	metaMu sync.Mutex
 	meta   []byte
 
@@ -173,6 +182,7 @@ func Join(cfg MemberConfig) (*Members, error) {
 		creds: cfg.Credentials, log: lg, meta: metaJSON,
 		events: newQueue[Event](0), msgs: newQueue[Message](bufSize),
 		peers: certCache{pool: cfg.Credentials.pool, names: map[[32]byte]verified{}},
+		table: map[string]Member{}, leaving: map[string]bool{},
 	}
 
 	conf := memberlist.DefaultLANConfig()
@@ -235,15 +245,28 @@ func (m *Members) Name() string { return m.creds.Node() }
 // Addr is this node's advertised gossip address, for others' Peers.
 func (m *Members) Addr() string { return m.ml.LocalNode().Address() }
 
-// Members returns the live and suspect members, this node included, sorted by name.
+// Members returns every member this node has seen since it started, this node included,
+// in its last state (alive, dead or left), sorted by name.
 func (m *Members) Members() []Member {
-	nodes := m.ml.Members()
-	out := make([]Member, 0, len(nodes))
-	for _, n := range nodes {
-		out = append(out, toMember(n))
+	m.tableMu.Lock()
+	out := make([]Member, 0, len(m.table))
+	for _, mem := range m.table {
+		out = append(out, mem)
 	}
+	m.tableMu.Unlock()
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// Alive returns the names of the members currently alive, this node included, sorted.
+func (m *Members) Alive() []string {
+	var names []string
+	for _, mem := range m.Members() {
+		if mem.State == StateAlive {
+			names = append(names, mem.Name)
+		}
+	}
+	return names
 }
 
 // Events delivers membership changes in the order seen. It is never full (events queue
@@ -291,7 +314,7 @@ func (m *Members) Send(node string, msg []byte) error {
 	if to == nil {
 		return fmt.Errorf("send to %q: %w", node, ErrUnknownNode)
 	}
-	env, err := seal(m.creds, node, msg)
+	env, err := seal(m.creds, kindUser, node, msg)
 	if err != nil {
 		return fmt.Errorf("send to %q: %w", node, err)
 	}
@@ -301,9 +324,41 @@ func (m *Members) Send(node string, msg []byte) error {
 	return nil
 }
 
-// Leave tells the other members that this node leaves (they see EventLeave rather than
-// EventFailed), waiting up to timeout for the news to go out. Call Shutdown after.
-func (m *Members) Leave(timeout time.Duration) error { return m.ml.Leave(timeout) }
+// Leave tells the other members that this node leaves, so they see EventLeave rather
+// than EventFailed, waiting up to timeout for the news to go out. Call Shutdown after.
+// A member that could not be told in time reports a failure instead.
+func (m *Members) Leave(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	// memberlist marks a node that leaves as "left" but does not tell its users
+	// (hashicorp/memberlist#293), so each member is first told with a signed notice.
+	var wg sync.WaitGroup
+	for _, n := range m.ml.Members() {
+		if n.Name == m.Name() {
+			continue
+		}
+		env, err := seal(m.creds, kindLeaving, n.Name, nil)
+		if err != nil {
+			return fmt.Errorf("leave: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.ml.SendReliable(n, env); err != nil {
+				m.log.Warn("leave: could not tell a member; it will see a failure", "node", n.Name, "err", err)
+			}
+		}()
+	}
+	sent := make(chan struct{})
+	go func() { wg.Wait(); close(sent) }()
+	select {
+	case <-sent:
+	case <-time.After(time.Until(deadline)):
+	}
+	if err := m.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	return nil
+}
 
 // Shutdown stops gossip at once, without telling anyone: others will declare this node
 // failed. Events and Messages are closed.
@@ -314,8 +369,8 @@ func (m *Members) Shutdown() error {
 	return err
 }
 
-func toMember(n *memberlist.Node) Member {
-	mem := Member{Name: n.Name, State: toState(n.State)}
+func toMember(n *memberlist.Node, state MemberState) Member {
+	mem := Member{Name: n.Name, State: state, Since: time.Now()}
 	if ip, ok := netip.AddrFromSlice(n.Addr); ok {
 		mem.Addr = netip.AddrPortFrom(ip.Unmap(), n.Port)
 	}
@@ -326,19 +381,6 @@ func toMember(n *memberlist.Node) Member {
 		}
 	}
 	return mem
-}
-
-func toState(s memberlist.NodeStateType) MemberState {
-	switch s {
-	case memberlist.StateSuspect:
-		return StateSuspect
-	case memberlist.StateDead:
-		return StateDead
-	case memberlist.StateLeft:
-		return StateLeft
-	default:
-		return StateAlive
-	}
 }
 
 func encodeMeta(meta Meta) ([]byte, error) {
@@ -364,10 +406,16 @@ func (d *delegate) NodeMeta(limit int) []byte {
 
 func (d *delegate) NotifyMsg(b []byte) {
 	m := (*Members)(d)
-	from, payload, err := open(&m.peers, m.Name(), b, time.Now())
+	kind, from, payload, err := open(&m.peers, m.Name(), b, time.Now())
 	if err != nil {
 		m.refused.Add(1)
 		m.log.Warn("refused cluster message", "err", err)
+		return
+	}
+	if kind == kindLeaving {
+		m.tableMu.Lock()
+		m.leaving[from] = true
+		m.tableMu.Unlock()
 		return
 	}
 	if !m.msgs.push(Message{From: from, Payload: payload}) {
@@ -380,24 +428,36 @@ func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // eventDelegate is memberlist's EventDelegate and ConflictDelegate. memberlist calls it
-// with its node lock held, so it only queues.
+// with its node lock held, so it only records and queues. (The Node's State field is
+// always "alive" in memberlist v0.7.0, hashicorp/memberlist#293: states come from which
+// method is called and from leave notices.)
 type eventDelegate Members
 
-func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
-	d.events.push(Event{Kind: EventJoin, Member: toMember(n)})
-}
-
-func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
-	kind := EventFailed
-	if n.State == memberlist.StateLeft {
-		kind = EventLeave
+func (d *eventDelegate) record(kind EventKind, n *memberlist.Node) {
+	d.tableMu.Lock()
+	state := StateAlive
+	switch kind {
+	case EventJoin:
+		delete(d.leaving, n.Name)
+	case EventFailed:
+		state = StateDead
+		if d.leaving[n.Name] {
+			kind, state = EventLeave, StateLeft
+		}
+		delete(d.leaving, n.Name)
 	}
-	d.events.push(Event{Kind: kind, Member: toMember(n)})
+	mem := toMember(n, state)
+	if old, ok := d.table[n.Name]; ok && old.State == state {
+		mem.Since = old.Since
+	}
+	d.table[n.Name] = mem
+	d.tableMu.Unlock()
+	d.events.push(Event{Kind: kind, Member: mem})
 }
 
-func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) {
-	d.events.push(Event{Kind: EventUpdate, Member: toMember(n)})
-}
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node)   { d.record(EventJoin, n) }
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node)  { d.record(EventFailed, n) }
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { d.record(EventUpdate, n) }
 
 func (d *eventDelegate) NotifyConflict(existing, other *memberlist.Node) {
 	d.log.Error("two hosts gossip under one node name: give each host its own node credentials",
