@@ -161,58 +161,60 @@ func (n *nodeState) use(cpu int32, mem int64) float64 {
 }
 
 // Rebalance plans at most maxMoves live migrations that even out load: each move takes a
-// guest off the most used node (dominant share of CPU or memory) to the node where the
-// larger of the two nodes' shares ends lowest, and only when that lowers the most used
-// node's share. Twin guests stay (moving a lockstep pair costs more than it evens out);
-// filters apply; each guest moves at most once. The snapshot is not changed.
+// guest off the most used node (dominant share of CPU or memory) to the node Spread would
+// choose for it, when that lowers the larger of the two nodes' shares; a node none of
+// whose guests can go anywhere better is passed over. Twin guests stay (moving a lockstep
+// pair costs more than it evens out); filters apply; each guest moves at most once. Each
+// move costs one pass over the nodes plus an index search per guest of the hot node. The
+// snapshot is not changed.
 func (s *Scheduler) Rebalance(maxMoves int) Plan {
 	var plan Plan
 	j := &journal{s: s}
 	defer j.undo()
 	moved := map[int32]bool{}
-	for len(plan.Moves) < maxMoves {
+	stuck := map[int32]bool{}
+	for tries := 0; len(plan.Moves) < maxMoves && tries < 2*maxMoves+8; tries++ {
 		hot, cold := int32(-1), int32(-1)
+		var hotUse, coldUse float64
 		for i := range s.nodes {
 			ns := &s.nodes[i]
 			if !ns.accepting() {
 				continue
 			}
 			u := ns.use(0, 0)
-			if hot < 0 || u > s.nodes[hot].use(0, 0) {
-				hot = int32(i)
+			if !stuck[int32(i)] && (hot < 0 || u > hotUse) {
+				hot, hotUse = int32(i), u
 			}
-			if cold < 0 || u < s.nodes[cold].use(0, 0) {
-				cold = int32(i)
+			if cold < 0 || u < coldUse {
+				cold, coldUse = int32(i), u
 			}
 		}
-		if hot < 0 || s.nodes[hot].use(0, 0)-s.nodes[cold].use(0, 0) < rebalanceGap {
+		if hot < 0 || hotUse-coldUse < rebalanceGap {
 			break
 		}
 		hs := &s.nodes[hot]
-		before := hs.use(0, 0)
-		bestG, bestN, bestScore := int32(-1), int32(-1), before
+		bestG, bestN, bestScore := int32(-1), int32(-1), hotUse
+		s.setExcluded(hot, true)
 		for _, id := range s.guestsOn(hot) {
 			pg := s.guest(id)
 			if pg.twin >= 0 || pg.node != hot || moved[id] {
 				continue
 			}
 			g := &pg.g
-			r := s.resolve(g)
 			cpu, mem := int32(g.CPUs), g.MemoryBytes
-			after := hs.use(-cpu, -mem)
-			for i := range s.nodes {
-				n := int32(i)
-				if n == hot || s.verdict(n, r, cpu, mem) != "" {
-					continue
-				}
-				score := max(after, s.nodes[n].use(cpu, mem))
-				if score < bestScore-1e-9 || (bestG >= 0 && score < bestScore+1e-9 && g.MemoryBytes < s.guest(bestG).g.MemoryBytes) {
-					bestG, bestN, bestScore = id, n, score
-				}
+			n := s.search(s.resolve(g), Spread, cpu, mem, -1, -1)
+			if n < 0 {
+				continue
+			}
+			score := max(hs.use(-cpu, -mem), s.nodes[n].use(cpu, mem))
+			if score < bestScore-1e-9 || (bestG >= 0 && score < bestScore+1e-9 && g.MemoryBytes < s.guest(bestG).g.MemoryBytes) {
+				bestG, bestN, bestScore = id, n, score
 			}
 		}
+		s.setExcluded(hot, false)
 		if bestG < 0 {
-			break
+			stuck[hot] = true
+			continue
 		}
 		g := s.guest(bestG).g
 		j.take(hot, &g, -1)

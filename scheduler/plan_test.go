@@ -229,3 +229,22 @@ func TestRebalance(t *testing.T) {
 		})
 	}
 }
+
+// A hot node nothing can leave is passed over; the next hottest is evened out.
+func TestRebalancePassesOverStuckNodes(t *testing.T) {
+	s := New([]Node{node("a", 16, 64), node("t", 16, 64), node("b", 16, 64), node("c", 16, 64)}, nil, Options{})
+	assign(t, s, twin("t1", 8, 8), "a", "t")
+	assign(t, s, twin("t2", 8, 8), "a", "t")
+	for _, g := range []Guest{guest("g1", 4, 8), guest("g2", 4, 8), guest("g3", 4, 8), guest("g4", 4, 8)} {
+		assign(t, s, g, "b", "")
+	}
+	plan := s.Rebalance(10)
+	if len(plan.Moves) != 2 {
+		t.Fatalf("moves %+v, want 2 from b to c", plan.Moves)
+	}
+	for _, m := range plan.Moves {
+		if m.From != "b" || m.To != "c" {
+			t.Fatalf("move %+v, want b to c", m)
+		}
+	}
+}
