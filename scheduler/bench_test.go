@@ -126,3 +126,36 @@ func BenchmarkPlaceOptions(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPlans measures plans on 10 000 nodes holding the 100 000 benchmark guests
+// (packed, so nodes are full): evacuating the node with the most guests, and a rebalance
+// of up to 100 moves.
+func BenchmarkPlans(b *testing.B) {
+	nodes := benchNodes(10000, 3)
+	s := New(nodes, nil, benchOpts)
+	for _, g := range benchGuests(100000, 7) {
+		s.Place(g)
+	}
+	busiest := int32(0)
+	for i := range s.nodes {
+		if s.nodes[i].count > s.nodes[busiest].count {
+			busiest = int32(i)
+		}
+	}
+	name := s.nodes[busiest].name
+	b.Run("evacuate", func(b *testing.B) {
+		var plan Plan
+		for i := 0; i < b.N; i++ {
+			plan = s.Evacuate(name)
+		}
+		b.ReportMetric(float64(len(plan.Moves)), "moves")
+		b.ReportMetric(float64(len(plan.Unplaced)), "unplaced")
+	})
+	b.Run("rebalance=100", func(b *testing.B) {
+		var plan Plan
+		for i := 0; i < b.N; i++ {
+			plan = s.Rebalance(100)
+		}
+		b.ReportMetric(float64(len(plan.Moves)), "moves")
+	})
+}
