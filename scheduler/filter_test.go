@@ -354,3 +354,30 @@ func TestNodesJoin(t *testing.T) {
 		t.Fatalf("only %d of 2500 placed after 699 nodes joined", placed)
 	}
 }
+
+func TestOptionsValidate(t *testing.T) {
+	cases := []struct {
+		opts Options
+		says string // "" = valid
+	}{
+		{Options{}, ""},
+		{Options{Strategy: Pack, FailureDomains: []string{"rack", "zone"}, HAReserveNodes: 2}, ""},
+		{Options{Strategy: "tetris"}, `strategy "tetris" unknown`},
+		{Options{HAReserveNodes: -1}, "must be 0 (off) or more"},
+		{Options{FailureDomains: []string{"rack", "rack"}}, "distinct, non-empty"},
+		{Options{FailureDomains: []string{""}}, "distinct, non-empty"},
+	}
+	for _, tc := range cases {
+		err := tc.opts.Validate()
+		if (tc.says == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.says)) {
+			t.Errorf("%+v: %v, want %q", tc.opts, err, tc.says)
+		}
+		// A scheduler built with bad options refuses to place, saying why.
+		if err != nil {
+			_, perr := New([]Node{node("a", 4, 4)}, nil, tc.opts).Place(guest("g", 1, 1))
+			if perr == nil || !strings.Contains(perr.Error(), tc.says) {
+				t.Errorf("%+v: Place = %v", tc.opts, perr)
+			}
+		}
+	}
+}
