@@ -431,6 +431,29 @@ func newSerial() (*big.Int, error) {
 	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 }
 
+// ParseIPs parses node addresses as given on a command line: each entry an IP address,
+// or several separated by commas.
+func ParseIPs(list []string) ([]net.IP, error) {
+	var ips []net.IP
+	for _, entry := range list {
+		for _, s := range strings.Split(entry, ",") {
+			s = strings.TrimSpace(s)
+			if s == "" {
+				continue
+			}
+			ip := net.ParseIP(s)
+			if ip == nil {
+				return nil, fmt.Errorf("%q is not an IP address: give addresses such as 10.0.0.5 or fd00::5", s)
+			}
+			ips = append(ips, ip)
+		}
+	}
+	if len(ips) == 0 {
+		return nil, errors.New("no IP address given: give the addresses other nodes reach the node at, such as 10.0.0.5")
+	}
+	return ips, nil
+}
+
 func validateDNSName(d string) error {
 	if len(d) == 0 || len(d) > 253 {
 		return fmt.Errorf("DNS name %q is not valid: give a host name such as n1.lab.example", d)

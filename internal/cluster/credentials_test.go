@@ -339,3 +339,15 @@ func keys(m map[string][]byte) []string {
 	slices.Sort(ks)
 	return ks
 }
+
+func TestParseIPs(t *testing.T) {
+	ips, err := ParseIPs([]string{"10.0.0.5, fd00::5", "127.0.0.1"})
+	if err != nil || len(ips) != 3 || !ips[1].Equal(net.ParseIP("fd00::5")) {
+		t.Errorf("ParseIPs: %v %v", ips, err)
+	}
+	for in, want := range map[string]string{"10.0.0.300": `"10.0.0.300" is not an IP address`, "": "no IP address given", " , ": "no IP address given", "n1": `"n1" is not an IP address`} {
+		if _, err := ParseIPs([]string{in}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseIPs(%q): %v, want %q", in, err, want)
+		}
+	}
+}
