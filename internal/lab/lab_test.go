@@ -523,3 +523,45 @@ func BenchmarkUp(b *testing.B) {
 	}
 	b.ReportMetric(up.Seconds()/float64(b.N), "s/up")
 }
+
+// TestUpFailsCleanly starts nodes with an agent that exits at once: Up must fail,
+// point at the agent logs, and leave no node, bridge or nftables table behind.
+func TestUpFailsCleanly(t *testing.T) {
+	labtest.Require(t)
+	labtest.Lock(t)
+	dvmd := filepath.Join(t.TempDir(), "dvmd")
+	if err := os.WriteFile(dvmd, []byte("#!/bin/sh\necho broken agent >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	_, err := lab.Up(context.Background(), lab.Options{Nodes: 2, Dir: dir, DvmdPath: dvmd, Timeout: 20 * time.Second})
+	if err == nil {
+		t.Fatal("lab up with an agent that exits at once succeeded")
+	}
+	t.Logf("lab up failed as it should: %v", err)
+	if !strings.Contains(err.Error(), "dvmd.log") {
+		t.Errorf("lab up error does not point at the agent logs: %v", err)
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "nodes", "n1", "dvmd.log"))
+	if !strings.Contains(string(log), "broken agent") {
+		t.Errorf("n1's dvmd.log lacks the agent's output: %q", log)
+	}
+	l, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.IsUp() {
+		t.Error("a lab that failed to come up is recorded as up")
+	}
+	for _, n := range l.Nodes() {
+		if procs, _ := l.NodeProcesses(n.Name); len(procs) != 0 || n.PID != 0 {
+			t.Errorf("node %s left running: PID %d, processes %v", n.Name, n.PID, procs)
+		}
+	}
+	if _, err := net.InterfaceByName(lab.Bridge); err == nil {
+		t.Errorf("bridge %s left after a failed lab up", lab.Bridge)
+	}
+	if out, _ := exec.Command("nft", "list", "tables").Output(); strings.Contains(string(out), "dvmlab") {
+		t.Errorf("nftables table left after a failed lab up: %s", out)
+	}
+}
