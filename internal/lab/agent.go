@@ -93,8 +93,9 @@ func (l *Lab) waitMaster(ctx context.Context, timeout time.Duration, token strin
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("master at %s not ready (%s): see the agent logs %s",
-				MasterURL(), last, filepath.Join(l.dir, "nodes", "n*", "dvmd.log"))
+			n1 := filepath.Join(l.dir, "nodes", "n1", "dvmd.log")
+			return fmt.Errorf("master at %s not ready (%s): see the agent logs %s; %s ends:\n%s",
+				MasterURL(), last, filepath.Join(l.dir, "nodes", "n*", "dvmd.log"), n1, tail(n1, 5))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
