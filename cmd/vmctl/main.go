@@ -156,6 +156,9 @@ func vmCommand() *cli.Command {
 			vmCreate(),
 			{Name: "ls", Aliases: []string{"list"}, Usage: "list guests", Action: vmList},
 			{Name: "show", Usage: "show one guest", ArgsUsage: "NAME", Action: vmShow},
+			{Name: "why", Usage: "say why a guest is pending, or where it could go", ArgsUsage: "NAME",
+				Description: "Counts the nodes the scheduler rejects per reason, for example\n" +
+					"  3 nodes: not enough memory; 1 node: draining", Action: vmWhy},
 			{Name: "start", Usage: "start a guest", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDesired("start", api.GuestRunning)},
 			{Name: "stop", Usage: "shut a guest down (ACPI, then forced after the node's shutdown timeout)", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDesired("stop", api.GuestStopped)},
 			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a guest and its disk", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDelete},
@@ -351,6 +354,12 @@ func vmShow(c *cli.Context) error {
 	p("Failover", g.Failover)
 	p("Constraints", labels(g.Constraints))
 	p("Pending", g.PendingReason)
+	if g.State == api.GuestPending {
+		var why api.Why
+		if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/why", nil, &why); err == nil {
+			p("Why", why.Summary)
+		}
+	}
 	p("Error", g.Error)
 	if m := g.LastMigration; m != nil {
 		out := "ok"
@@ -470,5 +479,40 @@ func vmMigrate(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "guest %s migrated %s -> %s: total %.2fs, downtime %.0fms, %s transferred\n",
 		name, m.From, m.To, m.TotalSeconds, m.DowntimeSeconds*1000, units.FormatBytes(int64(m.Bytes)))
+	return nil
+}
+
+func vmWhy(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var why api.Why
+	if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/why", nil, &why); err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		return printJSON(c, why)
+	}
+	fmt.Fprintf(c.App.Writer, "guest %s is %s", why.Guest, why.State)
+	if why.Node != "" {
+		fmt.Fprintf(c.App.Writer, " on %s", why.Node)
+	}
+	fmt.Fprintf(c.App.Writer, "\n%s\n", why.Summary)
+	var rows [][]string
+	for r, n := range why.Reasons {
+		rows = append(rows, []string{fmt.Sprint(n), r})
+	}
+	for r, n := range why.TwinReasons {
+		rows = append(rows, []string{fmt.Sprint(n), "twin: " + r})
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i][1] < rows[j][1] })
+	if len(rows) > 0 {
+		table(c, "NODES\tREASON", rows)
+	}
 	return nil
 }

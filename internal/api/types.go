@@ -160,3 +160,25 @@ type Health struct {
 	Node   string `json:"node"`
 	Role   string `json:"role"`
 }
+
+// Why is the answer of GET /v1/guests/{name}/why: how the scheduler sees the guest now.
+type Why struct {
+	Guest        string         `json:"guest"`
+	State        string         `json:"state"`
+	Node         string         `json:"node,omitempty"`
+	Nodes        int            `json:"nodes"`    // nodes looked at
+	Feasible     int            `json:"feasible"` // nodes that could take it now
+	Reasons      map[string]int `json:"reasons"`  // rejected nodes per reason
+	TwinReasons  map[string]int `json:"twin_reasons,omitempty"`
+	Headroom     string         `json:"headroom,omitempty"` // HA admission control's objection
+	Summary      string         `json:"summary"`            // "3 nodes: not enough memory; 1 node: draining"
+	WouldPlaceOn string         `json:"would_place_on,omitempty"`
+	WouldTwinOn  string         `json:"would_twin_on,omitempty"`
+}
+
+// JoinRequest is the body of POST /v1/cluster/join: a management node asks to follow
+// the replicated state.
+type JoinRequest struct {
+	Name        string `json:"name"`
+	RaftAddress string `json:"raft_address"`
+}

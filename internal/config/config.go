@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -27,6 +28,8 @@ type Node struct {
 	DataDir             string
 	TokenFile           string
 	Management          bool
+	RaftListen          string // raft between management nodes; default: listen's host, port 7461
+	Bootstrap           bool   // form a new cluster (one node, once, when the cluster is created)
 	Master              string // comma-separated API addresses of management nodes
 	ImagesDir           string
 	DisksDir            string
@@ -125,6 +128,16 @@ func (n *Node) set(key, val string) error {
 		if err != nil {
 			return fmt.Errorf("%q is not true or false", val)
 		}
+	case "raft_listen":
+		if _, _, err := net.SplitHostPort(val); err != nil {
+			return fmt.Errorf("%q is not host:port", val)
+		}
+		n.RaftListen = val
+	case "bootstrap":
+		n.Bootstrap, err = strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", val)
+		}
 	case "master":
 		if _, err := api.NewClient(val, "x"); err != nil {
 			return err
@@ -196,6 +209,16 @@ func (n *Node) Validate() error {
 	}
 	if n.Advertise == "" {
 		n.Advertise = n.Listen
+	}
+	if n.Bootstrap && !n.Management {
+		return fmt.Errorf("bootstrap = true needs management = true: only a management node can form the cluster")
+	}
+	if n.RaftListen == "" {
+		host, _, err := net.SplitHostPort(n.Listen)
+		if err != nil {
+			return fmt.Errorf("listen %q is not host:port", n.Listen)
+		}
+		n.RaftListen = net.JoinHostPort(host, "7461")
 	}
 	if n.AdvertiseLibvirtURI == "" {
 		n.AdvertiseLibvirtURI = n.LibvirtURI

@@ -6,7 +6,7 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,24 +22,36 @@ import (
 	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/dvmproject/dvm/scheduler"
+	"github.com/hashicorp/raft"
 )
 
-// Master is a running management role with its store.
+// Master is a running management role with its replica of the cluster state.
 type Master struct {
 	*master.Master
 	st *store.Store
 }
 
-// OpenMaster opens the state in dataDir and makes a master over it.
-func OpenMaster(dataDir string, nodeTimeout time.Duration, sched scheduler.Options, log *slog.Logger) (*Master, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
-	}
-	st, err := store.Open(filepath.Join(dataDir, "state.db"))
+// MasterConfig says how to open a master.
+type MasterConfig struct {
+	Name        string
+	DataDir     string
+	Transport   raft.Transport
+	Bootstrap   bool
+	NodeTimeout time.Duration
+	Scheduler   scheduler.Options
+	Log         *slog.Logger
+	RaftLog     io.Writer
+}
+
+// OpenMaster opens this node's replica of the cluster state (DataDir/raft) and makes a
+// master over it. It acts only while its raft is the leader.
+func OpenMaster(c MasterConfig) (*Master, error) {
+	st, err := store.Open(store.Config{NodeID: c.Name, Dir: filepath.Join(c.DataDir, "raft"), Transport: c.Transport,
+		Bootstrap: c.Bootstrap, LogOutput: c.RaftLog})
 	if err != nil {
 		return nil, err
 	}
-	m, err := master.New(st, master.Options{NodeTimeout: nodeTimeout, Scheduler: sched, Log: log})
+	m, err := master.New(st, master.Options{NodeTimeout: c.NodeTimeout, Scheduler: c.Scheduler, Log: c.Log})
 	if err != nil {
 		st.Close()
 		return nil, err

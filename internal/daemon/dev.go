@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/dvmproject/dvm/internal/master"
 	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/scheduler"
+	"github.com/hashicorp/raft"
 )
 
 // DevOptions configure a dev cluster.
@@ -67,7 +69,10 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w (is another dvmd dev running? use --listen)", o.Listen, err)
 	}
-	m, err := OpenMaster(dir, 5*time.Second, scheduler.Options{Strategy: scheduler.Spread}, o.Log)
+	// One management node: a raft of one voter, in process.
+	_, trans := raft.NewInmemTransport("")
+	m, err := OpenMaster(MasterConfig{Name: "dev", DataDir: dir, Transport: trans, Bootstrap: true, NodeTimeout: 5 * time.Second,
+		Scheduler: scheduler.Options{Strategy: scheduler.Spread}, Log: o.Log, RaftLog: io.Discard})
 	if err != nil {
 		ln.Close()
 		return nil, err

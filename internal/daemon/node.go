@@ -3,15 +3,18 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"strings"
+	"time"
 
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/master"
 	"github.com/dvmproject/dvm/internal/metrics"
-	"github.com/dvmproject/dvm/scheduler"
+	"github.com/hashicorp/raft"
 )
 
 // Node is a running dvmd: an agent over its hypervisor, its /metrics and /v1/health
@@ -36,7 +39,13 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		if n.Token, err = api.LoadOrCreateToken(cfg.TokenFile); err != nil {
 			return nil, err
 		}
-		if n.master, err = OpenMaster(cfg.DataDir, cfg.NodeTimeout, scheduler.Options{}, log); err != nil {
+		trans, err := raft.NewTCPTransport(cfg.RaftListen, nil, 3, 10*time.Second, io.Discard)
+		if err != nil {
+			return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftListen, err)
+		}
+		if n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, Bootstrap: cfg.Bootstrap,
+			NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}}); err != nil {
+			trans.Close()
 			return nil, err
 		}
 		reg.MustRegister(n.master.Collector())
@@ -67,6 +76,9 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	if n.master != nil {
 		mm = n.master.Master
 		go mm.Run(ctx)
+		if !cfg.Bootstrap {
+			go master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: cfg.RaftListen})
+		}
 	}
 	go func() {
 		n.err = Serve(ctx, ln, master.Handler(mm, cfg.Name, n.Token, reg))
@@ -102,4 +114,12 @@ func (n *Node) closeMaster() {
 	if n.master != nil {
 		n.master.Close()
 	}
+}
+
+// logWriter sends raft's log lines to the daemon's logger.
+type logWriter struct{ log *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Warn(strings.TrimSpace(string(p)), "component", "raft")
+	return len(p), nil
 }

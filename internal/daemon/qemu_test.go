@@ -48,7 +48,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := config.Defaults()
-	cfg.Name, cfg.Management = "host1", true
+	cfg.Name, cfg.Management, cfg.Bootstrap, cfg.RaftListen = "host1", true, true, "127.0.0.1:0"
 	cfg.Listen, cfg.Advertise = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.TokenFile = filepath.Join(dir, "data"), filepath.Join(dir, "data", "token")
 	cfg.ImagesDir, cfg.DisksDir = filepath.Join(dir, "images"), filepath.Join(dir, "disks")
@@ -75,7 +75,7 @@ func TestRealQEMUGuest(t *testing.T) {
 	}
 	waitLong(t, name+" running", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestRunning })
 	console := filepath.Join(cfg.DataDir, "console", name+".log")
-	waitLong(t, "the guest's init on its console", 2*time.Minute, func() bool { return fileHas(console, "dvm-lab-guest: up") })
+	waitLong(t, "the guest's init on its console", 2*time.Minute, func() bool { return fileHas(console, "dvm-lab-guest: acpi ready") })
 	x, err := n.HV.DomainXML(name)
 	if err != nil || !strings.Contains(x, "type='qemu'") {
 		t.Fatalf("domain is not a TCG qemu domain: %v\n%s", err, x)
@@ -85,7 +85,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLong(t, name+" stopped", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestStopped })
-	if !fileHas(console, "dvm-lab-guest: power button") {
+	if !fileHas(console, "dvm-lab-guest: power button: powering off") {
 		t.Fatalf("the guest did not shut down on ACPI (forced off instead); console:\n%s", tail(console))
 	}
 

@@ -35,6 +35,9 @@ const GuestCmdline = "console=ttyS0"
 var guestModules = []string{
 	"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
 	"virtio_blk", "failover", "net_failover", "virtio_net",
+	// The ACPI power button and the event device acpid reads it from: a guest that
+	// powers off on ACPI shutdown lets `vmctl vm stop` stop it cleanly.
+	"button", "evdev",
 }
 
 // Image is the lab guest image in its cache.

@@ -40,11 +40,13 @@ func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Hand
 		h.route(mux, "GET /v1/guests", h.listGuests)
 		h.route(mux, "POST /v1/guests", h.createGuest)
 		h.route(mux, "GET /v1/guests/{name}", h.getGuest)
+		h.route(mux, "GET /v1/guests/{name}/why", h.why)
 		h.route(mux, "DELETE /v1/guests/{name}", h.deleteGuest)
 		h.route(mux, "POST /v1/guests/{name}/start", h.desired(store.DesiredRunning))
 		h.route(mux, "POST /v1/guests/{name}/stop", h.desired(store.DesiredStopped))
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.migrate)
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
+		h.route(mux, "POST /v1/cluster/join", h.join)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !h.authorized(r) {
@@ -88,6 +90,10 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 			writeErr(sw, http.StatusUnauthorized, "missing or wrong bearer token: set DVM_TOKEN or --token", "")
 			return
 		}
+		if !h.m.IsLeader() {
+			h.m.forward(sw, r)
+			return
+		}
 		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
 		fn(sw, r)
 	})
@@ -113,6 +119,8 @@ func fail(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusNotFound, err.Error(), "")
 	case errors.Is(err, ErrConflict):
 		writeErr(w, http.StatusConflict, err.Error(), "")
+	case errors.Is(err, store.ErrNotLeader):
+		writeErr(w, http.StatusServiceUnavailable, "this node lost the master role meanwhile: retry", "")
 	case errors.Is(err, ErrBadRequest):
 		writeErr(w, http.StatusBadRequest, err.Error(), "")
 	default:
@@ -275,6 +283,28 @@ func (h *handler) migrationDone(w http.ResponseWriter, r *http.Request) {
 	}
 	node := r.URL.Query().Get("node")
 	if err := h.m.MigrationDone(node, r.PathValue("name"), res); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) why(w http.ResponseWriter, r *http.Request) {
+	why, err := h.m.Why(r.PathValue("name"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, why)
+}
+
+func (h *handler) join(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinRequest
+	if err := decode(r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	if err := h.m.Join(req); err != nil {
 		fail(w, err)
 		return
 	}

@@ -181,6 +181,9 @@ func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) {
 
 // placePending tries again to place every pending guest, in creation order.
 func (m *Master) placePending() {
+	if !m.IsLeader() {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	nodes, guests, _ := m.st.Snapshot()
@@ -331,4 +334,25 @@ func newUUID() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// Why explains where a guest could go now and why other nodes cannot take it: the
+// answer to "why is my guest pending".
+func (m *Master) Why(name string) (api.Why, error) {
+	g, ok := m.st.Guest(name)
+	if !ok {
+		return api.Why{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
+	}
+	nodes, guests, _ := m.st.Snapshot()
+	e := m.schedulerView(nodes, guests).Explain(schedGuest(g))
+	w := api.Why{Guest: name, State: m.view(g, time.Now()).State, Node: g.Node, Nodes: e.Nodes, Feasible: e.Feasible,
+		Reasons: map[string]int{}, TwinReasons: map[string]int{}, Headroom: e.Headroom, Summary: e.Summary(),
+		WouldPlaceOn: e.Node, WouldTwinOn: e.TwinNode}
+	for r, n := range e.Reasons {
+		w.Reasons[string(r)] = n
+	}
+	for r, n := range e.TwinReasons {
+		w.TwinReasons[string(r)] = n
+	}
+	return w, nil
 }

@@ -160,13 +160,9 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 	}
 	// The destination must fit the guest as the scheduler sees it, and be ready.
 	nodes, guests, _ := m.st.Snapshot()
-	others := guests[:0:0]
-	for _, o := range guests {
-		if o.Name != name {
-			others = append(others, o)
-		}
-	}
-	for _, v := range m.schedulerView(nodes, others).Explain(schedGuest(g)).Verdicts {
+	// Explain weighs the guest as if it were not placed, so its own allocation on the
+	// source does not count against it.
+	for _, v := range m.schedulerView(nodes, guests).Explain(schedGuest(g)).Verdicts {
 		if v.Node == to && v.Reason != "" {
 			m.mu.Unlock()
 			return api.Migration{}, fmt.Errorf("node %s cannot take guest %q: %s: %w", to, name, v.Reason, ErrConflict)

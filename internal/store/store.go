@@ -1,8 +1,8 @@
 // Package store keeps the cluster's desired state: nodes, guests and their placements.
-// Changes are small commands applied in order, each raising the store's index; readers
-// wait on the index (blocking queries). The commands are what a replicated log carries:
-// this package applies them to a bbolt file on one node, and the same Apply is the state
-// machine a raft log feeds.
+// Changes are small commands, replicated with hashicorp/raft (log and stable store in
+// bbolt, snapshots on disk) and applied in log order on every management node; readers
+// wait on the applied index (blocking queries). Writes go through the raft leader, which
+// is the cluster's master.
 package store
 
 import (
@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/hashicorp/raft"
 )
 
 // NodeRecord is a node the cluster knows.
@@ -68,6 +68,7 @@ const (
 	OpDeleteNode  Op = "delete_node"
 	OpPutGuest    Op = "put_guest"
 	OpDeleteGuest Op = "delete_guest"
+	OpSetMeta     Op = "set_meta"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
@@ -77,122 +78,46 @@ type Command struct {
 	Node  *NodeRecord  `json:"node,omitempty"`
 	Guest *GuestRecord `json:"guest,omitempty"`
 	Name  string       `json:"name,omitempty"` // for deletes
+	Meta  *Meta        `json:"meta,omitempty"`
 }
 
-// ErrConflict: a guest with that name already exists.
-var ErrConflict = errors.New("already exists")
+// ErrNotLeader: this node is not the master; the write must go to the leader.
+var ErrNotLeader = errors.New("not the master")
 
-var (
-	bucketNodes  = []byte("nodes")
-	bucketGuests = []byte("guests")
-	bucketMeta   = []byte("meta")
-	keyIndex     = []byte("index")
-)
-
-// Store is the cluster state of one node, persisted in a bbolt file.
+// Store is the replicated cluster state as this node has applied it.
 type Store struct {
-	db *bolt.DB
-
 	mu      sync.RWMutex
 	index   uint64
 	nodes   map[string]*NodeRecord
 	guests  map[string]*GuestRecord
+	meta    Meta
 	changed chan struct{} // closed and replaced on every apply
+
+	r       *raft.Raft
+	closers []func() error
 }
 
-// Open loads the store from path, creating it when missing.
-func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("open state file %s: %w (is another dvmd using it?)", path, err)
-	}
-	s := &Store{db: db, nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, changed: make(chan struct{})}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketNodes, bucketGuests, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		if v := tx.Bucket(bucketMeta).Get(keyIndex); v != nil {
-			if err := json.Unmarshal(v, &s.index); err != nil {
-				return fmt.Errorf("index: %w", err)
-			}
-		}
-		if err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-			var n NodeRecord
-			if err := json.Unmarshal(v, &n); err != nil {
-				return fmt.Errorf("node %s: %w", k, err)
-			}
-			s.nodes[n.Name] = &n
-			return nil
-		}); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketGuests).ForEach(func(k, v []byte) error {
-			var g GuestRecord
-			if err := json.Unmarshal(v, &g); err != nil {
-				return fmt.Errorf("guest %s: %w", k, err)
-			}
-			s.guests[g.Name] = &g
-			return nil
-		})
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("load state file %s: %w", path, err)
-	}
-	return s, nil
+// Meta is cluster-wide state that is neither a node nor a guest.
+type Meta struct {
+	// Generation of the management group: raised when the group is re-formed after it
+	// lost its quorum (the seed's scenarios 2 and 3).
+	Generation uint64 `json:"generation"`
 }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+func newState() *Store {
+	return &Store{nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, changed: make(chan struct{})}
+}
 
-// Apply persists and applies commands as one step, raising the index by one.
-func (s *Store) Apply(cmds ...Command) (uint64, error) {
+// applyBatch applies one log entry's commands at index.
+func (s *Store) applyBatch(cmds []Command, index uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	next := s.index + 1
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, c := range cmds {
-			if err := persist(tx, c); err != nil {
-				return err
-			}
-		}
-		v, _ := json.Marshal(next)
-		return tx.Bucket(bucketMeta).Put(keyIndex, v)
-	})
-	if err != nil {
-		return 0, fmt.Errorf("write state: %w", err)
-	}
 	for _, c := range cmds {
 		s.apply(c)
 	}
-	s.index = next
+	s.index = index
 	close(s.changed)
 	s.changed = make(chan struct{})
-	return next, nil
-}
-
-func persist(tx *bolt.Tx, c Command) error {
-	switch c.Op {
-	case OpPutNode:
-		v, err := json.Marshal(c.Node)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketNodes).Put([]byte(c.Node.Name), v)
-	case OpDeleteNode:
-		return tx.Bucket(bucketNodes).Delete([]byte(c.Name))
-	case OpPutGuest:
-		v, err := json.Marshal(c.Guest)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketGuests).Put([]byte(c.Guest.Name), v)
-	case OpDeleteGuest:
-		return tx.Bucket(bucketGuests).Delete([]byte(c.Name))
-	}
-	return fmt.Errorf("unknown command %q", c.Op)
 }
 
 func (s *Store) apply(c Command) {
@@ -207,7 +132,65 @@ func (s *Store) apply(c Command) {
 		s.guests[g.Name] = &g
 	case OpDeleteGuest:
 		delete(s.guests, c.Name)
+	case OpSetMeta:
+		s.meta = *c.Meta
 	}
+}
+
+// Apply replicates commands as one log entry and returns its index once this node has
+// applied it. Only the leader can write: elsewhere the error is ErrNotLeader.
+func (s *Store) Apply(cmds ...Command) (uint64, error) {
+	for _, c := range cmds {
+		if err := c.check(); err != nil {
+			return 0, err
+		}
+	}
+	data, err := json.Marshal(cmds)
+	if err != nil {
+		return 0, err
+	}
+	f := s.r.Apply(data, 10*time.Second)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return 0, fmt.Errorf("replicate state change: %w", err)
+	}
+	if err, ok := f.Response().(error); ok && err != nil {
+		return 0, err
+	}
+	return f.Index(), nil
+}
+
+func (c Command) check() error {
+	switch c.Op {
+	case OpPutNode:
+		if c.Node == nil || c.Node.Name == "" {
+			return errors.New("put_node without a node")
+		}
+	case OpPutGuest:
+		if c.Guest == nil || c.Guest.Name == "" {
+			return errors.New("put_guest without a guest")
+		}
+	case OpDeleteNode, OpDeleteGuest:
+		if c.Name == "" {
+			return fmt.Errorf("%s without a name", c.Op)
+		}
+	case OpSetMeta:
+		if c.Meta == nil {
+			return errors.New("set_meta without meta")
+		}
+	default:
+		return fmt.Errorf("unknown command %q", c.Op)
+	}
+	return nil
+}
+
+// Meta returns the cluster-wide state.
+func (s *Store) Meta() Meta {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.meta
 }
 
 // Index is the index of the last applied change.

@@ -2,17 +2,42 @@ package store
 
 import (
 	"context"
-	"path/filepath"
+	"io"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
-func TestStoreSurvivesReopen(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
-	s, err := Open(path)
+// single opens a one-node cluster in dir, as `dvmd dev` does.
+func single(t *testing.T, dir string) *Store {
+	t.Helper()
+	_, tr := raft.NewInmemTransport("")
+	s, err := Open(Config{NodeID: "n1", Dir: dir, Transport: tr, Bootstrap: true, LogOutput: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "leadership", s.IsLeader)
+	return s
+}
+
+func waitTrue(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStoreSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	s := single(t, dir)
 	if _, err := s.Apply(Command{Op: OpPutNode, Node: &NodeRecord{Name: "n1", CPUs: 8}}); err != nil {
 		t.Fatal(err)
 	}
@@ -22,51 +47,131 @@ func TestStoreSurvivesReopen(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Apply(Command{Op: OpDeleteGuest, Name: "db"}); err != nil {
+	if _, err := s.Apply(Command{Op: OpDeleteGuest, Name: "db"}, Command{Op: OpSetMeta, Meta: &Meta{Generation: 3}}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 
-	s, err = Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = single(t, dir)
 	defer s.Close()
-	nodes, guests, idx := s.Snapshot()
-	if idx != 3 || len(nodes) != 1 || nodes[0].CPUs != 8 || len(guests) != 1 || guests[0].Name != "web" || guests[0].Node != "n1" {
-		t.Fatalf("after reopen: index %d nodes %+v guests %+v", idx, nodes, guests)
+	waitTrue(t, "log replayed", func() bool { _, ok := s.Guest("web"); return ok })
+	nodes, guests, _ := s.Snapshot()
+	if len(nodes) != 1 || nodes[0].CPUs != 8 || len(guests) != 1 || guests[0].Node != "n1" || s.Meta().Generation != 3 {
+		t.Fatalf("after reopen: nodes %+v guests %+v meta %+v", nodes, guests, s.Meta())
+	}
+}
+
+func TestApplyRefusesBadCommands(t *testing.T) {
+	s := single(t, t.TempDir())
+	defer s.Close()
+	before := s.Index()
+	for _, c := range []Command{{Op: "drop_tables"}, {Op: OpPutGuest}, {Op: OpDeleteNode}, {Op: OpSetMeta}} {
+		if _, err := s.Apply(c); err == nil {
+			t.Errorf("Apply(%+v) accepted", c)
+		}
+	}
+	if s.Index() != before {
+		t.Fatal("a refused command reached the log")
 	}
 }
 
 func TestWaitReturnsOnChange(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	s := single(t, t.TempDir())
+	defer s.Close()
+	start := s.Index()
+	got := make(chan uint64)
+	go func() { got <- s.Wait(context.Background(), start) }()
+	idx, err := s.Apply(Command{Op: OpPutNode, Node: &NodeRecord{Name: "n1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	got := make(chan uint64)
-	go func() { got <- s.Wait(context.Background(), 0) }()
-	if _, err := s.Apply(Command{Op: OpPutNode, Node: &NodeRecord{Name: "n1"}}); err != nil {
-		t.Fatal(err)
-	}
-	if idx := <-got; idx != 1 {
-		t.Fatalf("Wait returned %d, want 1", idx)
+	if w := <-got; w < idx {
+		t.Fatalf("Wait returned %d before the write at %d", w, idx)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
-	if idx := s.Wait(ctx, 1); idx != 1 {
-		t.Fatalf("Wait with nothing new returned %d", idx)
+	if w := s.Wait(ctx, idx); w != idx {
+		t.Fatalf("Wait with nothing new returned %d, want %d", w, idx)
 	}
 }
 
 func TestSecondOpenFails(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
-	s, err := Open(path)
-	if err != nil {
+	dir := t.TempDir()
+	s := single(t, dir)
+	defer s.Close()
+	_, tr := raft.NewInmemTransport("")
+	if _, err := Open(Config{NodeID: "n1", Dir: dir, Transport: tr, Bootstrap: true, LogOutput: io.Discard}); err == nil {
+		t.Fatal("a second dvmd could open the same state")
+	}
+}
+
+// TestThreeVotersReplicateAndFailOver: writes on the leader reach both followers; a
+// follower's write is refused with ErrNotLeader; after the leader stops, the two left
+// elect a new one that has every write and accepts new ones; a snapshot keeps the log
+// short and a fresh replica catches up from it.
+func TestThreeVotersReplicateAndFailOver(t *testing.T) {
+	names := []string{"n1", "n2", "n3"}
+	trs := map[string]*raft.InmemTransport{}
+	for _, n := range names {
+		_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+	}
+	for _, a := range names {
+		for _, b := range names {
+			if a != b {
+				trs[a].Connect(raft.ServerAddress(b), trs[b])
+			}
+		}
+	}
+	stores := map[string]*Store{}
+	for _, n := range names {
+		s, err := Open(Config{NodeID: n, Dir: t.TempDir(), Transport: trs[n], Bootstrap: n == "n1", SnapshotThreshold: 16, LogOutput: io.Discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[n] = s
+		defer s.Close()
+	}
+	leader := stores["n1"]
+	waitTrue(t, "n1 leads", leader.IsLeader)
+	for _, n := range names[1:] {
+		if err := leader.Raft().AddVoter(raft.ServerID(n), raft.ServerAddress(n), 0, 0).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 40; i++ {
+		if _, err := leader.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "g" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Desired: DesiredRunning}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range names[1:] {
+		s := stores[n]
+		waitTrue(t, n+" replicated", func() bool { _, g, _ := s.Snapshot(); return len(g) == 40 })
+		if _, err := s.Apply(Command{Op: OpPutNode, Node: &NodeRecord{Name: "x"}}); err == nil || !isNotLeader(err) {
+			t.Fatalf("write on follower %s: %v, want ErrNotLeader", n, err)
+		}
+	}
+	if err := leader.Raft().Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	if _, err := Open(path); err == nil {
-		t.Fatal("a second dvmd could open the same state file")
+	leader.Close()
+	for _, tr := range trs {
+		tr.Disconnect("n1")
+	}
+	var next *Store
+	waitTrue(t, "a new leader", func() bool {
+		for _, n := range names[1:] {
+			if stores[n].IsLeader() {
+				next = stores[n]
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := next.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "after", Desired: DesiredRunning}}); err != nil {
+		t.Fatalf("new leader refuses writes: %v", err)
+	}
+	_, g, _ := next.Snapshot()
+	if len(g) != 41 {
+		t.Fatalf("new leader has %d guests, want 41", len(g))
 	}
 }

@@ -1,0 +1,115 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/store"
+	"github.com/hashicorp/raft"
+)
+
+// Voters is the size of the management group: the master and two backups, as the seed
+// has it. Other management-capable nodes follow the log as non-voting candidates, so any
+// of them can be promoted with the state already in hand.
+const Voters = 3
+
+// IsLeader says whether this node is the master now.
+func (m *Master) IsLeader() bool { return m.st.IsLeader() }
+
+// leaderURL is the API address of the master, or nil when there is none now.
+func (m *Master) leaderURL() *url.URL {
+	name := m.st.Leader()
+	if name == "" {
+		return nil
+	}
+	n, ok := m.st.Node(name)
+	if !ok || n.Address == "" {
+		return nil
+	}
+	u, err := url.Parse("http://" + n.Address)
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
+// forward sends a request that only the master can answer to the master. A request
+// already forwarded once is not forwarded again, so two nodes that each think the other
+// leads cannot bounce it between them.
+func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
+	u := m.leaderURL()
+	if u == nil || r.Header.Get("X-Dvm-Forwarded") != "" {
+		writeErr(w, http.StatusServiceUnavailable, "no master is elected right now: retry in a moment", "")
+		return
+	}
+	p := httputil.NewSingleHostReverseProxy(u)
+	p.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		writeErr(w, http.StatusBadGateway, fmt.Sprintf("master %s did not answer: %v", u.Host, err), "")
+	}
+	r.Header.Set("X-Dvm-Forwarded", "1")
+	p.ServeHTTP(w, r)
+}
+
+// Join adds a management node to the replicated state: as a voter while the group has
+// fewer than Voters, else as a non-voting candidate that follows the log.
+func (m *Master) Join(req api.JoinRequest) error {
+	if fe := api.ValidateName("name", req.Name); fe != nil {
+		return fe
+	}
+	if req.RaftAddress == "" {
+		return &api.FieldError{Field: "raft_address", Msg: "is empty: give host:port of the node's raft listener"}
+	}
+	r := m.st.Raft()
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	voters := 0
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(req.Name) && s.Address == raft.ServerAddress(req.RaftAddress) {
+			return nil // already a member
+		}
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	var fut raft.IndexFuture
+	if voters < Voters {
+		fut = r.AddVoter(raft.ServerID(req.Name), raft.ServerAddress(req.RaftAddress), 0, 10*time.Second)
+	} else {
+		fut = r.AddNonvoter(raft.ServerID(req.Name), raft.ServerAddress(req.RaftAddress), 0, 10*time.Second)
+	}
+	if err := fut.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) {
+			return fmt.Errorf("%w: %v", store.ErrNotLeader, err)
+		}
+		return fmt.Errorf("add management node %s: %w", req.Name, err)
+	}
+	m.log.Info("management node joined", "node", req.Name, "raft", req.RaftAddress, "voter", voters < Voters)
+	return nil
+}
+
+// JoinLoop asks the cluster at client to take this node into its management group,
+// until this node is in the raft configuration or ctx ends.
+func JoinLoop(ctx context.Context, st *store.Store, client *api.Client, req api.JoinRequest) {
+	for ctx.Err() == nil {
+		if f := st.Raft().GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				if s.ID == raft.ServerID(req.Name) {
+					return
+				}
+			}
+		}
+		_ = client.Do(ctx, "POST", "/v1/cluster/join", req, nil)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}

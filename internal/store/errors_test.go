@@ -1,0 +1,5 @@
+package store
+
+import "errors"
+
+func isNotLeader(err error) bool { return errors.Is(err, ErrNotLeader) }
