@@ -171,7 +171,7 @@ type snapshot struct {
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	s := (*Store)(f)
 	nodes, guests, idx := s.Snapshot()
-	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Meta: s.Meta()}, nil
+	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Networks: s.Networks(), Meta: s.Meta()}, nil
 }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
@@ -185,6 +185,10 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer s.mu.Unlock()
 	s.nodes = map[string]*NodeRecord{}
 	s.guests = map[string]*GuestRecord{}
+	s.nets = map[string]*NetworkRecord{}
+	for i := range snap.Networks {
+		s.nets[snap.Networks[i].Name] = &snap.Networks[i]
+	}
 	for i := range snap.Nodes {
 		s.nodes[snap.Nodes[i].Name] = &snap.Nodes[i]
 	}

@@ -50,7 +50,26 @@ type GuestRecord struct {
 	MigrateTo     string            `json:"migrate_to,omitempty"`
 	PendingReason string            `json:"pending_reason,omitempty"`
 	LastMigration json.RawMessage   `json:"last_migration,omitempty"`
-	CreatedAt     time.Time         `json:"created_at"`
+	// NICs are the guest's network interfaces; each keeps its MAC for the guest's life,
+	// across moves.
+	NICs      []NICRecord `json:"nics,omitempty"`
+	CreatedAt time.Time   `json:"created_at"`
+}
+
+// NICRecord is one guest network interface.
+type NICRecord struct {
+	Network string `json:"network"`
+	MAC     string `json:"mac"`
+	IP      string `json:"ip,omitempty"` // address within the network's CIDR, when dvm assigned one
+}
+
+// NetworkRecord is a virtual network: a VXLAN overlay between the nodes whose guests use it.
+type NetworkRecord struct {
+	Name      string    `json:"name"`
+	VNI       uint32    `json:"vni"`
+	CIDR      string    `json:"cidr"`
+	MTU       int       `json:"mtu,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Desired states of a guest.
@@ -69,16 +88,19 @@ const (
 	OpPutGuest    Op = "put_guest"
 	OpDeleteGuest Op = "delete_guest"
 	OpSetMeta     Op = "set_meta"
+	OpPutNetwork  Op = "put_network"
+	OpDelNetwork  Op = "delete_network"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
 // same commands give the same state on every node that applies them.
 type Command struct {
-	Op    Op           `json:"op"`
-	Node  *NodeRecord  `json:"node,omitempty"`
-	Guest *GuestRecord `json:"guest,omitempty"`
-	Name  string       `json:"name,omitempty"` // for deletes
-	Meta  *Meta        `json:"meta,omitempty"`
+	Op    Op             `json:"op"`
+	Node  *NodeRecord    `json:"node,omitempty"`
+	Guest *GuestRecord   `json:"guest,omitempty"`
+	Name  string         `json:"name,omitempty"` // for deletes
+	Meta  *Meta          `json:"meta,omitempty"`
+	Net   *NetworkRecord `json:"network,omitempty"`
 }
 
 // ErrNotLeader: this node is not the master; the write must go to the leader.
@@ -90,6 +112,7 @@ type Store struct {
 	index   uint64
 	nodes   map[string]*NodeRecord
 	guests  map[string]*GuestRecord
+	nets    map[string]*NetworkRecord
 	meta    Meta
 	changed chan struct{} // closed and replaced on every apply
 
@@ -105,7 +128,7 @@ type Meta struct {
 }
 
 func newState() *Store {
-	return &Store{nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, changed: make(chan struct{})}
+	return &Store{nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, nets: map[string]*NetworkRecord{}, changed: make(chan struct{})}
 }
 
 // applyBatch applies one log entry's commands at index.
@@ -134,6 +157,11 @@ func (s *Store) apply(c Command) {
 		delete(s.guests, c.Name)
 	case OpSetMeta:
 		s.meta = *c.Meta
+	case OpPutNetwork:
+		n := *c.Net
+		s.nets[n.Name] = &n
+	case OpDelNetwork:
+		delete(s.nets, c.Name)
 	}
 }
 
@@ -172,7 +200,11 @@ func (c Command) check() error {
 		if c.Guest == nil || c.Guest.Name == "" {
 			return errors.New("put_guest without a guest")
 		}
-	case OpDeleteNode, OpDeleteGuest:
+	case OpPutNetwork:
+		if c.Net == nil || c.Net.Name == "" {
+			return errors.New("put_network without a network")
+		}
+	case OpDeleteNode, OpDeleteGuest, OpDelNetwork:
 		if c.Name == "" {
 			return fmt.Errorf("%s without a name", c.Op)
 		}
@@ -255,4 +287,27 @@ func (s *Store) Snapshot() ([]NodeRecord, []GuestRecord, uint64) {
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
 	sort.Slice(guests, func(i, j int) bool { return guests[i].Name < guests[j].Name })
 	return nodes, guests, s.index
+}
+
+// Networks returns copies of all networks, sorted by name.
+func (s *Store) Networks() []NetworkRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]NetworkRecord, 0, len(s.nets))
+	for _, n := range s.nets {
+		out = append(out, *n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Network returns a copy of one network.
+func (s *Store) Network(name string) (NetworkRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n, ok := s.nets[name]
+	if !ok {
+		return NetworkRecord{}, false
+	}
+	return *n, true
 }
