@@ -162,10 +162,11 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 }
 
 type snapshot struct {
-	Index  uint64        `json:"index"`
-	Nodes  []NodeRecord  `json:"nodes"`
-	Guests []GuestRecord `json:"guests"`
-	Meta   Meta          `json:"meta"`
+	Index    uint64          `json:"index"`
+	Nodes    []NodeRecord    `json:"nodes"`
+	Guests   []GuestRecord   `json:"guests"`
+	Networks []NetworkRecord `json:"networks"`
+	Meta     Meta            `json:"meta"`
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
