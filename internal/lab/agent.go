@@ -28,8 +28,9 @@ func agentConfig(dir string, k int) string {
 	kv("listen", net.JoinHostPort(addr, strconv.Itoa(AgentPort)))
 	kv("data_dir", filepath.Join(dir, "nodes", name, "data"))
 	kv("token_file", filepath.Join(dir, "token"))
-	// n1 runs the master until the replicated store exists.
+	// n1 forms the cluster; the management group grows as other nodes join.
 	kv("management", strconv.FormatBool(k == 1))
+	kv("bootstrap", strconv.FormatBool(k == 1))
 	kv("master", MasterURL())
 	kv("images_dir", filepath.Join(dir, "shared", "images"))
 	kv("disks_dir", filepath.Join(dir, "shared", "disks"))
