@@ -49,6 +49,7 @@ type Guest struct {
 	PendingReason string            `json:"pending_reason,omitempty"`
 	Error         string            `json:"error,omitempty"`
 	LastMigration *Migration        `json:"last_migration,omitempty"`
+	NICs          []NIC             `json:"nics,omitempty"`
 	CreatedAt     time.Time         `json:"created_at"`
 }
 
@@ -64,6 +65,8 @@ type CreateGuest struct {
 	Constraints map[string]string `json:"constraints,omitempty"`
 	// Start is whether the guest starts once placed; nil means yes.
 	Start *bool `json:"start,omitempty"`
+	// Networks get one NIC each, in this order (eth0 first), with a MAC and an address.
+	Networks []string `json:"networks,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -109,6 +112,7 @@ type ObservedGuest struct {
 type Assignment struct {
 	Index  uint64          `json:"index"`
 	Guests []AssignedGuest `json:"guests"`
+	Net    *NetAssignment  `json:"net,omitempty"` // nil: no guest of the node uses a network
 }
 
 // AssignedGuest is one guest a node must hold.
@@ -127,7 +131,8 @@ type AssignedGuest struct {
 	MigrateAddress    string `json:"migrate_address,omitempty"` // host of the destination's migration stream
 	// Incoming marks a guest that is migrating to this node: the node must leave its
 	// domain alone until the migration ends.
-	Incoming bool `json:"incoming,omitempty"`
+	Incoming bool          `json:"incoming,omitempty"`
+	NICs     []AssignedNIC `json:"nics,omitempty"`
 }
 
 // Migration is a finished (or failed) live migration.
