@@ -51,6 +51,16 @@ type GroupSeen struct {
 	Since      time.Time
 }
 
+// Register adds a host that joined the cluster to the master's role table: a
+// candidate when it is management-capable, else a plain node. Other Machines
+// ignore it; they learn of the node from the master's view. Registering a known
+// node changes nothing.
+type Register struct {
+	Node    string
+	Capable bool
+}
+
+func (Register) isEvent()       {}
 func (Tick) isEvent()           {}
 func (GroupSeen) isEvent()      {}
 func (Probe) isEvent()          {}

@@ -3,6 +3,7 @@ package failover
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -229,6 +230,8 @@ func (m *Machine) Step(ev Event) []Action {
 		m.probe(e)
 	case Health:
 		m.health[e.Node] = e.Report
+	case Register:
+		m.register(e)
 	case LeaderObserved:
 		m.leaderObserved(e)
 	case GroupSeen:
@@ -788,12 +791,15 @@ func (m *Machine) tickMaster() {
 	}
 	// Scenario 3: no other voter in direct reach means raft has no quorum;
 	// the master steps down to semi-master.
-	live := false
+	// Raft commits with a majority of the voters: count self and the backups in
+	// direct reach. A group of one (a new cluster) is its own quorum.
+	inReach := 1
 	for _, v := range m.view.Voters {
 		if v != self && m.view.Role(v) == RoleBackup && m.direct(v) {
-			live = true
+			inReach++
 		}
 	}
+	live := inReach > len(m.view.Voters)/2
 	if live {
 		m.quorumLostSince = time.Time{}
 	} else {
@@ -891,6 +897,23 @@ func (m *Machine) checkGiveUp(n *NodeState) {
 		Notify{Node: n.Name, Kind: "gave-up", Detail: fmt.Sprintf("lost for %v: check the host", m.cfg.GiveUpAfter)})
 }
 
+// register is "pop in more hardware": the master puts a joining host on its
+// table and sends it a lease request at once, so it is counted, ranked and can
+// serve HA guests without any other step.
+func (m *Machine) register(e Register) {
+	if m.role != RoleMaster || e.Node == "" || m.view.node(e.Node) != nil {
+		return
+	}
+	r := RoleNode
+	if e.Capable {
+		r = RoleCandidate
+	}
+	m.view.Nodes = append(m.view.Nodes, NodeState{Name: e.Node, Role: r, Capable: e.Capable})
+	slices.SortFunc(m.view.Nodes, func(a, b NodeState) int { return strings.Compare(a.Name, b.Name) })
+	m.view.Version++
+	m.renew()
+}
+
 // fillVoters replaces each voter that is no longer a backup with the best
 // ranked candidate that is functional, in direct reach and holding our lease.
 func (m *Machine) fillVoters() bool {
@@ -919,6 +942,25 @@ func (m *Machine) fillVoters() bool {
 			m.view.Voters[i] = best
 			m.emit(ReplaceVoter{Old: v, New: best})
 		}
+		m.view.setRole(best, RoleBackup)
+		m.emit(Promote{Node: best, To: RoleBackup})
+		changed = true
+	}
+	// A group formed with fewer voters (a new cluster starts with one) grows to
+	// the master and two backups as candidates arrive.
+	for len(m.view.Voters) < 3 {
+		var cands []CandidateInfo
+		for _, n := range m.view.Nodes {
+			if n.Role == RoleCandidate && n.Capable && m.functional(n.Name) && m.direct(n.Name) &&
+				m.leases[n.Name].until.After(m.now) && !slices.Contains(m.view.Voters, n.Name) {
+				cands = append(cands, CandidateInfo{Node: n.Name, Health: m.health[n.Name], LostAt: n.LostAt})
+			}
+		}
+		if len(cands) == 0 {
+			break
+		}
+		best := Rank(cands, m.now, m.cfg)[0].Node
+		m.view.Voters = append(m.view.Voters, best)
 		m.view.setRole(best, RoleBackup)
 		m.emit(Promote{Node: best, To: RoleBackup})
 		changed = true

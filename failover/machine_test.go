@@ -61,7 +61,8 @@ func TestViewValidate(t *testing.T) {
 		{"unknown role", func(v *failover.ClusterView) { v.Nodes[4].Role = "boss" }, "unknown role"},
 		{"semi-master", func(v *failover.ClusterView) { v.Nodes[3].Role = failover.RoleSemiMaster }, "never written"},
 		{"incapable backup", func(v *failover.ClusterView) { v.Nodes[2].Capable = false }, "not management-capable"},
-		{"two voters", func(v *failover.ClusterView) { v.Voters = v.Voters[:2] }, "2 voters"},
+		{"four voters", func(v *failover.ClusterView) { v.Voters = append(v.Voters, "n4") }, "4 voters"},
+		{"no voters", func(v *failover.ClusterView) { v.Voters = nil }, "0 voters"},
 		{"master not voter", func(v *failover.ClusterView) { v.Master = "n4" }, "not among the voters"},
 		{"unregistered voter", func(v *failover.ClusterView) { v.Voters[2] = "n9" }, "not registered"},
 		{"backup not voter", func(v *failover.ClusterView) { v.Nodes[3].Role = failover.RoleBackup }, "not a voter"},
@@ -167,5 +168,56 @@ func TestRankKeepsInput(t *testing.T) {
 	out := failover.Rank(in, t0, failover.Config{})
 	if in[0].Node != "b" || out[0].Node != "a" {
 		t.Fatalf("Rank must sort a copy: in %v out %v", in, out)
+	}
+}
+
+// TestRegisterGrowsANewCluster: a cluster starts as one management node; hosts that
+// join are registered, get leases at once, and the first two capable ones become
+// backups, so the group reaches a master and two backups with no operator step.
+func TestRegisterGrowsANewCluster(t *testing.T) {
+	view := failover.ClusterView{Generation: 1, Version: 1, Master: "n1", Voters: []string{"n1"},
+		Nodes: []failover.NodeState{{Name: "n1", Role: failover.RoleMaster, Capable: true}}}
+	m, err := failover.NewMachine(failover.Config{Self: "n1"}, view)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	good := failover.HealthReport{Network: 1, CPU: 1, Disk: 1}
+	m.Step(failover.Tick{Now: now})
+	if !m.Acting() {
+		t.Fatal("a master alone in a one-node cluster must act")
+	}
+	promoted := map[string]bool{}
+	for i, n := range []string{"n2", "n3", "n4"} {
+		acts := m.Step(failover.Register{Node: n, Capable: true})
+		var lease *failover.Message
+		for _, a := range acts {
+			if s, ok := a.(failover.Send); ok && s.Msg.To == n && s.Msg.Type == failover.MsgLease {
+				msg := s.Msg
+				lease = &msg
+			}
+		}
+		if lease == nil {
+			t.Fatalf("register %s sent it no lease request: %v", n, acts)
+		}
+		if lease.View == nil || lease.View.Role(n) != failover.RoleCandidate {
+			t.Fatalf("the view sent to %s does not list it as a candidate", n)
+		}
+		m.Step(failover.Health{Node: n, Report: good})
+		m.Step(failover.Probe{Node: n, Reachable: true})
+		m.Step(failover.Message{Type: failover.MsgLeaseGrant, From: n, To: "n1", Generation: lease.Generation, SentAt: lease.SentAt})
+		now = now.Add(time.Duration(i+1) * 100 * time.Millisecond)
+		for _, a := range m.Step(failover.Tick{Now: now}) {
+			if p, ok := a.(failover.Promote); ok && p.To == failover.RoleBackup {
+				promoted[p.Node] = true
+			}
+		}
+	}
+	v := m.View()
+	if len(v.Voters) != 3 || !promoted["n2"] || !promoted["n3"] || promoted["n4"] || v.Role("n4") != failover.RoleCandidate {
+		t.Fatalf("voters %v, promoted %v, n4 %s", v.Voters, promoted, v.Role("n4"))
+	}
+	if m.Step(failover.Register{Node: "n2", Capable: true}) != nil && m.View().Version != v.Version {
+		t.Fatal("registering a known node changed the view")
 	}
 }

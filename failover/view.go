@@ -66,8 +66,10 @@ func (v ClusterView) Validate() error {
 			return bad("node %q is %s but not management-capable: set Capable or make it a plain node", n.Name, n.Role)
 		}
 	}
-	if len(v.Voters) != 3 {
-		return bad("%d voters %v: the management group is a master and two backups", len(v.Voters), v.Voters)
+	// A new cluster starts with its first management node alone and grows to a master
+	// and two backups as capable hosts join.
+	if len(v.Voters) < 1 || len(v.Voters) > 3 {
+		return bad("%d voters %v: the management group is a master and up to two backups", len(v.Voters), v.Voters)
 	}
 	for _, name := range v.Voters {
 		n := v.node(name)
