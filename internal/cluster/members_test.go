@@ -125,7 +125,9 @@ func TestMembersJoinFailLeave(t *testing.T) {
 	if err := n2.Leave(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	ev := waitEvent(t, n1, "leave of n2", func(e Event) bool { return e.Member.Name == "n2" && e.Kind != EventUpdate })
+	ev := waitEvent(t, n1, "leave of n2", func(e Event) bool {
+		return e.Member.Name == "n2" && (e.Kind == EventLeave || e.Kind == EventFailed)
+	})
 	if ev.Kind != EventLeave || ev.Member.State != StateLeft {
 		t.Errorf("n1 saw n2 leave as %s (state %s), want leave", ev.Kind, ev.Member.State)
 	}
