@@ -47,6 +47,10 @@ func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Hand
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.migrate)
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
+		h.route(mux, "GET /v1/networks", h.listNetworks)
+		h.route(mux, "POST /v1/networks", h.createNetwork)
+		h.route(mux, "GET /v1/networks/{name}", h.getNetwork)
+		h.route(mux, "DELETE /v1/networks/{name}", h.deleteNetwork)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !h.authorized(r) {

@@ -156,6 +156,11 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 		Desired: desired, CreatedAt: time.Now().UTC(),
 	}
 	nodes, guests, _ := m.st.Snapshot()
+	nics, err := m.allocNICs(req.Networks, guests)
+	if err != nil {
+		return api.Guest{}, err
+	}
+	g.NICs = nics
 	m.place(&g, m.schedulerView(nodes, guests))
 	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
 		return api.Guest{}, err
@@ -243,6 +248,7 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		Name: g.Name, UUID: g.UUID, Node: g.Node, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
+		NICs: nicViews(g.NICs),
 	}
 	if len(g.LastMigration) > 0 {
 		var mig api.Migration

@@ -129,6 +129,7 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 			a.Guests = append(a.Guests, ag)
 		}
 	}
+	m.addNetworks(&a, node, nodes, guests)
 	return a
 }
 
