@@ -31,6 +31,9 @@ const (
 	DefaultSuspicionMult           = 3
 	DefaultSuspicionMaxTimeoutMult = 4
 	DefaultIndirectChecks          = 3
+	// leaveNoticeWindow is how long after a member's leave notice its departure is
+	// reported as a leave rather than a failure: Leave's timeout, with room.
+	leaveNoticeWindow = 30 * time.Second
 	// DefaultMessageBuffer is how many received messages wait unread before newer ones
 	// are dropped (and counted): the role machine's messages tolerate loss.
 	DefaultMessageBuffer = 1024
@@ -145,10 +148,11 @@ type Members struct {
 	peers  certCache
 
 	// table is every member seen, in its last state; leaving holds members that said
-	// they are leaving, so that their departure is reported as a leave, not a failure.
+	// they are leaving (and when), so that their departure is reported as a leave, not
+	// a failure.
 	tableMu sync.Mutex
 	table   map[string]Member
-	leaving map[string]bool
+	leaving map[string]time.Time
 
 	metaMu sync.Mutex
 	meta   []byte
@@ -182,7 +186,7 @@ func Join(cfg MemberConfig) (*Members, error) {
 		creds: cfg.Credentials, log: lg, meta: metaJSON,
 		events: newQueue[Event](0), msgs: newQueue[Message](bufSize),
 		peers: certCache{pool: cfg.Credentials.pool, names: map[[32]byte]verified{}},
-		table: map[string]Member{}, leaving: map[string]bool{},
+		table: map[string]Member{}, leaving: map[string]time.Time{},
 	}
 
 	conf := memberlist.DefaultLANConfig()
@@ -231,6 +235,9 @@ func Join(cfg MemberConfig) (*Members, error) {
 // JoinPeers contacts members at the given host:port addresses and returns how many
 // answered. It fails only when none did.
 func (m *Members) JoinPeers(addrs ...string) (int, error) {
+	if len(addrs) == 0 {
+		return 0, errors.New("join: no peer addresses given: give host:port of a member's gossip")
+	}
 	n, err := m.ml.Join(addrs)
 	if n == 0 {
 		return 0, fmt.Errorf("join %s: no member answered: check that they are up and that this node has the cluster's gossip.key (a wrong key looks like no answer): %w",
@@ -414,7 +421,7 @@ func (d *delegate) NotifyMsg(b []byte) {
 	}
 	if kind == kindLeaving {
 		m.tableMu.Lock()
-		m.leaving[from] = true
+		m.leaving[from] = time.Now()
 		m.tableMu.Unlock()
 		return
 	}
@@ -441,7 +448,10 @@ func (d *eventDelegate) record(kind EventKind, n *memberlist.Node) {
 		delete(d.leaving, n.Name)
 	case EventFailed:
 		state = StateDead
-		if d.leaving[n.Name] {
+		// A notice counts only for a departure soon after it, so that a notice recorded
+		// and replayed by someone on the network cannot make a later crash look like a
+		// leave.
+		if at, ok := d.leaving[n.Name]; ok && time.Since(at) < leaveNoticeWindow {
 			kind, state = EventLeave, StateLeft
 		}
 		delete(d.leaving, n.Name)

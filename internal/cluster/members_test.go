@@ -231,6 +231,9 @@ func TestJoinBadConfig(t *testing.T) {
 	if err := m.UpdateMeta(big); !errors.Is(err, ErrMetaTooLarge) {
 		t.Errorf("large meta update: %v", err)
 	}
+	if _, err := m.JoinPeers(); err == nil || !strings.Contains(err.Error(), "no peer addresses given") {
+		t.Errorf("JoinPeers without addresses: %v", err)
+	}
 	if _, err := join(t, creds["n1"], Meta{}, "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "no member answered") {
 		t.Errorf("join with no peer up: %v", err)
 	}

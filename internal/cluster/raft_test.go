@@ -195,3 +195,36 @@ func TestRaftOverMutualTLS(t *testing.T) {
 		t.Errorf("the foreign raft's vote request reached the group: term %s", term)
 	}
 }
+
+func TestRaftDialChecksAddress(t *testing.T) {
+	_, creds := newCluster(t, "n1", "n2")
+	// n1's certificate lists 127.0.0.1; a raft server at 127.0.0.2 holding it is refused.
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := creds["n1"].RaftStreamLayer(ln, nil)
+	defer server.Close()
+	go func() {
+		for {
+			conn, err := server.Accept()
+			if err != nil {
+				return
+			}
+			go func() { conn.Read(make([]byte, 1)); conn.Close() }()
+		}
+	}()
+	lnClient, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := creds["n2"].RaftStreamLayer(lnClient, nil)
+	defer client.Close()
+	_, err = client.Dial(raft.ServerAddress(ln.Addr().String()), 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "dvmd cluster issue --ip 127.0.0.2") {
+		t.Errorf("dial a server whose certificate lacks its address: %v", err)
+	}
+	if _, err := client.Dial("no-port", time.Second); err == nil || !strings.Contains(err.Error(), `raft address "no-port"`) {
+		t.Errorf("dial a bad address: %v", err)
+	}
+}

@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -124,6 +126,10 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
 	conn, err := d.DialContext(ctx, "tcp", string(address))
 	if err != nil {
+		var hostErr x509.HostnameError
+		if errors.As(err, &hostErr) {
+			return nil, fmt.Errorf("raft dial %s: %w: the node there must have a certificate listing %s (dvmd cluster issue --ip %s)", address, err, host, host)
+		}
 		return nil, fmt.Errorf("raft dial %s: %w", address, err)
 	}
 	return conn, nil
