@@ -63,6 +63,7 @@ type DirectBoot struct {
 type NIC struct {
 	Bridge string
 	MAC    string
+	MTU    int // 0: libvirt's default; a guest on an overlay needs the bridge's MTU, told to its virtio NIC
 }
 
 // GuestMetadata is dvm's element in a domain's <metadata>.
@@ -155,6 +156,12 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		}
 		if nic.MAC != "" {
 			iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: nic.MAC}
+		}
+		if nic.MTU < 0 || nic.MTU > 65535 {
+			return nil, fmt.Errorf("guest %q: nic %d: MTU %d is out of range 0..65535", spec.Name, i, nic.MTU)
+		}
+		if nic.MTU > 0 {
+			iface.MTU = &libvirtxml.DomainInterfaceMTU{Size: uint(nic.MTU)}
 		}
 		if prof.NICNoTSO {
 			iface.Driver = &libvirtxml.DomainInterfaceDriver{

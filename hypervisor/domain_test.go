@@ -114,6 +114,7 @@ func TestBuildDomainRejects(t *testing.T) {
 		"tiny memory": func(s *GuestSpec) { s.MemoryBytes = 1000 },
 		"no boot":     func(s *GuestSpec) { s.Disk = nil },
 		"nic bridge":  func(s *GuestSpec) { s.NICs = []NIC{{}} },
+		"nic mtu":     func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "dvmbr1", MTU: -1}} },
 	}
 	for name, mutate := range bad {
 		s := ok
@@ -123,5 +124,21 @@ func TestBuildDomainRejects(t *testing.T) {
 		} else if name == "unknown os" && !strings.Contains(err.Error(), "dragonfly") {
 			t.Errorf("unknown os error does not list the profiles: %v", err)
 		}
+	}
+}
+
+// TestNICMTU: an overlay NIC carries the bridge's MTU to the guest (<mtu size=…/>), and a
+// NIC without one gets no <mtu> element.
+func TestNICMTU(t *testing.T) {
+	d := roundTrip(t, GuestSpec{Name: "g", OS: "linux", CPUs: 1, MemoryBytes: 128 << 20, Boot: &DirectBoot{Kernel: "/k"},
+		NICs: []NIC{{Bridge: "dvmbr42", MAC: "52:54:00:00:00:01", MTU: 1450}, {Bridge: "br0"}}}, AccelTCG)
+	if len(d.Devices.Interfaces) != 2 {
+		t.Fatalf("%d interfaces", len(d.Devices.Interfaces))
+	}
+	if m := d.Devices.Interfaces[0].MTU; m == nil || m.Size != 1450 {
+		t.Errorf("overlay NIC mtu %+v; want 1450", m)
+	}
+	if m := d.Devices.Interfaces[1].MTU; m != nil {
+		t.Errorf("NIC without MTU got %+v", m)
 	}
 }
