@@ -33,6 +33,7 @@
 // What a stolen node's files give: that node's identity until its certificate expires,
 // and the gossip key. With them one can gossip as any name and publish false metadata
 // (gossip is authenticated by the shared key, not per node), but cannot pose as another
-// node on raft, the API or Send. The remedy is a new cluster key set: there is no
+// node on raft, the API or Send; and where the raft layer's Allow admits only the
+// management nodes, a plain node's files do not reach raft at all. The remedy is a new cluster key set: there is no
 // revocation list yet. A stolen ca.key gives the whole cluster.
 package cluster

@@ -228,3 +228,31 @@ func TestRaftDialChecksAddress(t *testing.T) {
 		t.Errorf("dial a bad address: %v", err)
 	}
 }
+
+func TestRaftAllowKeepsOtherNodesOff(t *testing.T) {
+	_, creds := newCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := startRaftNode(t, creds["n1"]), startRaftNode(t, creds["n2"]), startRaftNode(t, creds["n3"])
+	// n3 holds a valid certificate of this cluster but no management role.
+	n1.layer.Allow = func(node string) bool { return node == "n2" }
+	go func() {
+		for rpc := range n1.transport.Consumer() {
+			rpc.Respond(&raft.RequestVoteResponse{Term: 1}, nil)
+		}
+	}()
+	req := &raft.RequestVoteRequest{Term: 1}
+	var resp raft.RequestVoteResponse
+	if err := n2.transport.RequestVote(n1.id, n1.addr, req, &resp); err != nil {
+		t.Fatalf("allowed node n2: %v", err)
+	}
+	if err := n3.transport.RequestVote(n1.id, n1.addr, req, &resp); err == nil {
+		t.Fatal("node n3 reached raft past Allow")
+	}
+	select {
+	case err := <-n1.refused:
+		if !strings.Contains(err.Error(), `node "n3" is not allowed`) {
+			t.Errorf("refusal: %v", err)
+		}
+	case <-untilDeadline(t):
+		t.Fatal("no refusal reported")
+	}
+}

@@ -80,9 +80,15 @@ type StreamLayer struct {
 	advertise net.Addr
 	server    *tls.Config
 	client    *tls.Config
+	// Allow, if set, is asked (from raft's connection goroutine) about each peer that
+	// passed the TLS handshake, by node name; a peer it refuses is disconnected. Use it
+	// to keep nodes that hold no management role off the raft port. It must be quick
+	// and safe for concurrent use. Set it before giving the layer to raft.
+	Allow func(node string) bool
 	// Refused, if set, is called (from raft's connection goroutine) when a peer fails
-	// the TLS handshake on the listener: a host without the cluster's credentials, or
-	// one with an expired certificate. Set it before giving the layer to raft.
+	// the TLS handshake on the listener (a host without the cluster's credentials, or
+	// with an expired certificate) or is refused by Allow. Set it before giving the
+	// layer to raft.
 	Refused func(remote net.Addr, err error)
 }
 
@@ -104,7 +110,7 @@ func (s *StreamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverConn{Conn: tls.Server(conn, s.server), refused: s.Refused}, nil
+	return &serverConn{Conn: tls.Server(conn, s.server), allow: s.Allow, refused: s.Refused}, nil
 }
 
 // Close closes the listener.
@@ -139,6 +145,7 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 // on first read or write.
 type serverConn struct {
 	*tls.Conn
+	allow   func(string) bool
 	refused func(net.Addr, error)
 	once    sync.Once
 	err     error
@@ -148,7 +155,15 @@ func (c *serverConn) handshake() error {
 	c.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 		defer cancel()
-		if err := c.Conn.HandshakeContext(ctx); err != nil {
+		err := c.Conn.HandshakeContext(ctx)
+		if err == nil && c.allow != nil {
+			// The handshake verified the chain, so the name is the certificate's.
+			name := c.Conn.ConnectionState().VerifiedChains[0][0].Subject.CommonName
+			if !c.allow(name) {
+				err = fmt.Errorf("node %q is not allowed on this port", name)
+			}
+		}
+		if err != nil {
 			c.err = fmt.Errorf("TLS handshake with %s: %w", c.RemoteAddr(), err)
 			if c.refused != nil {
 				c.refused(c.RemoteAddr(), err)
