@@ -182,13 +182,6 @@ func Join(cfg MemberConfig) (*Members, error) {
 	if bufSize <= 0 {
 		bufSize = DefaultMessageBuffer
 	}
-	m := &Members{
-		creds: cfg.Credentials, log: lg, meta: metaJSON,
-		events: newQueue[Event](0), msgs: newQueue[Message](bufSize),
-		peers: certCache{pool: cfg.Credentials.pool, names: map[[32]byte]verified{}},
-		table: map[string]Member{}, leaving: map[string]time.Time{},
-	}
-
 	conf := memberlist.DefaultLANConfig()
 	conf.Name = cfg.Credentials.Node()
 	conf.SecretKey = cfg.Credentials.gossipKey
@@ -213,6 +206,12 @@ func Join(cfg MemberConfig) (*Members, error) {
 	conf.GossipInterval = 100 * time.Millisecond
 	// Bounds a Send to a node that stopped answering.
 	conf.TCPTimeout = 5 * time.Second
+	m := &Members{
+		creds: cfg.Credentials, log: lg, meta: metaJSON,
+		events: newQueue[Event](0), msgs: newQueue[Message](bufSize),
+		peers: certCache{pool: cfg.Credentials.pool, names: map[[32]byte]verified{}},
+		table: map[string]Member{}, leaving: map[string]time.Time{},
+	}
 	conf.Delegate = (*delegate)(m)
 	conf.Events = (*eventDelegate)(m)
 	conf.Conflict = (*eventDelegate)(m)
@@ -220,6 +219,8 @@ func Join(cfg MemberConfig) (*Members, error) {
 
 	ml, err := memberlist.Create(conf)
 	if err != nil {
+		m.events.close()
+		m.msgs.close()
 		return nil, fmt.Errorf("join: start gossip on %s:%d: %w", conf.BindAddr, cfg.BindPort, err)
 	}
 	m.ml = ml
