@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -54,9 +55,10 @@ type raftNode struct {
 	refused   chan error
 }
 
-// startRaftNode starts a real raft instance with in-memory stores over a TLS stream
-// layer made from creds, listening on a port the OS chooses.
-func startRaftNode(t *testing.T, creds *Credentials) *raftNode {
+// startRaftNode makes the TLS stream layer and raft transport of a node, listening on a
+// port the OS chooses; allow, if given, are the only nodes its listener admits. start
+// then runs a real raft instance with in-memory stores on it.
+func startRaftNode(t *testing.T, creds *Credentials, allow ...string) *raftNode {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,6 +71,9 @@ func startRaftNode(t *testing.T, creds *Credentials) *raftNode {
 		case n.refused <- err:
 		default:
 		}
+	}
+	if len(allow) > 0 {
+		n.layer.Allow = func(node string) bool { return slices.Contains(allow, node) }
 	}
 	n.addr = raft.ServerAddress(ln.Addr().String())
 	n.transport = raft.NewNetworkTransport(n.layer, 3, 2*time.Second, io.Discard)
@@ -231,9 +236,9 @@ func TestRaftDialChecksAddress(t *testing.T) {
 
 func TestRaftAllowKeepsOtherNodesOff(t *testing.T) {
 	_, creds := newCluster(t, "n1", "n2", "n3")
-	n1, n2, n3 := startRaftNode(t, creds["n1"]), startRaftNode(t, creds["n2"]), startRaftNode(t, creds["n3"])
 	// n3 holds a valid certificate of this cluster but no management role.
-	n1.layer.Allow = func(node string) bool { return node == "n2" }
+	n1 := startRaftNode(t, creds["n1"], "n2")
+	n2, n3 := startRaftNode(t, creds["n2"]), startRaftNode(t, creds["n3"])
 	go func() {
 		for rpc := range n1.transport.Consumer() {
 			rpc.Respond(&raft.RequestVoteResponse{Term: 1}, nil)
