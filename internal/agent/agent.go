@@ -37,6 +37,7 @@ type Config struct {
 	// ReportInterval is the period of status reports (the master's liveness signal).
 	ReportInterval time.Duration
 	Log            *slog.Logger
+	Net            NetConfig // guest networking (networks.go)
 }
 
 // Agent runs one node.
@@ -51,6 +52,8 @@ type Agent struct {
 
 	latest *api.Assignment // the last assignment read; guarded by mu
 	resync chan struct{}   // asks for a reconcile of latest now
+
+	net netAgent // guest networks (networks.go)
 }
 
 // New checks the node's share and prepares its disk pool.
@@ -189,6 +192,7 @@ func (a *Agent) startSlow(guest string, fn func()) {
 // assignment does not name: removing a guest from a node is the master's explicit act
 // (delete, migration), never an inference from absence.
 func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
+	a.reconcileNetworks(asg)
 	present := map[string]hypervisor.State{}
 	if list, err := a.cfg.Node.List(); err == nil {
 		for _, g := range list {
@@ -265,6 +269,7 @@ func (a *Agent) define(g api.AssignedGuest) error {
 			return fmt.Errorf("image %q not found on node %s: expected %s or %s", g.Image, a.cfg.Name, kernel, disk)
 		}
 	}
+	a.attachNICs(&spec, g)
 	if g.DiskBytes > 0 || backing != "" {
 		size := g.DiskBytes
 		if size == 0 {
@@ -326,7 +331,7 @@ func (a *Agent) status() api.NodeStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, g := range list {
-		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.errs[g.Name]})
+		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.guestError(g.Name)})
 	}
 	for name, e := range a.errs {
 		if !containsGuest(list, name) {

@@ -95,6 +95,8 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 		Address: cfg.Advertise, LibvirtURI: cfg.AdvertiseLibvirtURI, ImagesDir: cfg.ImagesDir,
 		DisksDir: disks, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
 		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
+		// On libvirt's test driver (dvmd dev) guests have no taps: networks stay objects.
+		Net: agent.NetConfig{Disabled: node.Accelerator() == hypervisor.AccelTest},
 	})
 	if err != nil {
 		node.Close()
