@@ -133,6 +133,22 @@ func waitLeader(t *testing.T, nodes ...*raftNode) *raftNode {
 	}
 }
 
+// apply commits entry through whichever node leads, trying again if leadership moves
+// meanwhile (a loaded test machine can miss a heartbeat), and returns the leader.
+func apply(t *testing.T, entry string, nodes ...*raftNode) *raftNode {
+	t.Helper()
+	for {
+		leader := waitLeader(t, nodes...)
+		err := leader.raft.Apply([]byte(entry), 5*time.Second).Error()
+		if err == nil {
+			return leader
+		}
+		if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+			t.Fatalf("apply %q on %s: %v", entry, leader.id, err)
+		}
+	}
+}
+
 func waitApplied(t *testing.T, n *raftNode, want string) {
 	t.Helper()
 	deadline := untilDeadline(t)
@@ -156,15 +172,9 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	n1.start(t, voters)
 	n2.start(t, voters)
 
-	leader := waitLeader(t, n1, n2)
-	follower := n1
-	if leader == n1 {
-		follower = n2
-	}
-	if err := leader.raft.Apply([]byte("guest web1 on n2"), 5*time.Second).Error(); err != nil {
-		t.Fatal(err)
-	}
-	waitApplied(t, follower, "guest web1 on n2")
+	apply(t, "guest web1 on n2", n1, n2)
+	waitApplied(t, n1, "guest web1 on n2")
+	waitApplied(t, n2, "guest web1 on n2")
 
 	// A host with another cluster's certificate runs raft, believing itself a voter of
 	// the same group, and campaigns. Every connection it makes is refused.
@@ -184,15 +194,9 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	}
 	// The real group goes on: a new entry still commits on both, and the foreign raft,
 	// which can never get a vote, has applied nothing.
-	leader = waitLeader(t, n1, n2)
-	if err := leader.raft.Apply([]byte("guest web2 on n1"), 5*time.Second).Error(); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []*raftNode{n1, n2} {
-		if n != leader {
-			waitApplied(t, n, "guest web2 on n1")
-		}
-	}
+	leader := apply(t, "guest web2 on n1", n1, n2)
+	waitApplied(t, n1, "guest web2 on n1")
+	waitApplied(t, n2, "guest web2 on n1")
 	if c := n3.fsm.count(); c != 0 || n3.raft.State() == raft.Leader {
 		t.Errorf("foreign raft applied %d entries, state %s", c, n3.raft.State())
 	}
