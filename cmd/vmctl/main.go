@@ -64,7 +64,7 @@ func newApp(out io.Writer) *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{nodeCommand(), vmCommand(), labCommand(),
+		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), labCommand(),
 			{Name: "version", Usage: "print vmctl's version", Action: func(c *cli.Context) error {
 				fmt.Fprintln(c.App.Writer, "vmctl", version.Version)
 				return nil
@@ -196,6 +196,7 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
 			&cli.BoolFlag{Name: "stopped", Usage: "create it without starting it"},
+			netFlag(),
 		}, waitFlags()...),
 		Action: func(c *cli.Context) error {
 			name, err := oneArg(c, "name")
@@ -222,6 +223,9 @@ func vmCreate() *cli.Command {
 			if c.Bool("stopped") {
 				f := false
 				req.Start = &f
+			}
+			if req.Networks, err = parseNetFlag(c.String("net")); err != nil {
+				return err
 			}
 			// Validate here too, so a bad flag fails before any request is sent.
 			check := req
@@ -267,6 +271,8 @@ func flagOf(field string) string {
 		return "disk"
 	case "constraints":
 		return "constraint"
+	case "networks":
+		return "net"
 	}
 	return field
 }
@@ -353,6 +359,7 @@ func vmShow(c *cli.Context) error {
 	p("Image", g.Image)
 	p("Failover", g.Failover)
 	p("Constraints", labels(g.Constraints))
+	p("NICs", nicsLine(g.NICs))
 	p("Pending", g.PendingReason)
 	if g.State == api.GuestPending {
 		var why api.Why

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/urfave/cli/v2"
+)
+
+// netCommand is `vmctl net`: virtual networks (VXLAN overlays between the nodes whose
+// guests use them).
+func netCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "net",
+		Usage: "virtual networks that guests attach to (vmctl vm create … --net NAME)",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "create a network",
+				ArgsUsage: "NAME",
+				Description: "Example:\n  vmctl net create blue --vni 42 --cidr 192.168.42.0/24\n\n" +
+					"Each guest NIC on it gets a MAC (52:54:00:xx:xx:xx) and the lowest free address of\n" +
+					"the CIDR; both stay with the guest when it moves. A direct-boot image gets its first\n" +
+					"NIC's address on the kernel command line as dvm.ip=ADDR/PREFIX.",
+				Flags: []cli.Flag{
+					&cli.UintFlag{Name: "vni", Required: true, Usage: "VXLAN network identifier `N`, 1 to 16777215, unique in the cluster"},
+					&cli.StringFlag{Name: "cidr", Required: true, Usage: "guests' address range, such as 192.168.42.0/24 or fd42::/64"},
+					&cli.IntFlag{Name: "mtu", Usage: "guest MTU (default: the nodes' underlay MTU minus the VXLAN overhead, 1450 on 1500)"},
+				},
+				Action: netCreate,
+			},
+			{Name: "ls", Aliases: []string{"list"}, Usage: "list networks and the guests on them", Action: netList},
+			{Name: "show", Usage: "show one network", ArgsUsage: "NAME", Action: netShow},
+			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a network no guest uses", ArgsUsage: "NAME", Action: netDelete},
+		},
+	}
+}
+
+func netCreate(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	vni := c.Uint("vni")
+	if vni > api.MaxVNI {
+		return fmt.Errorf("--vni %d is out of range: give 1 to %d", vni, api.MaxVNI)
+	}
+	req := api.CreateNetwork{Name: name, VNI: uint32(vni), CIDR: c.String("cidr"), MTU: c.Int("mtu")}
+	check := req
+	if fe := check.Normalize(); fe != nil {
+		if fe.Field == "name" {
+			return fmt.Errorf("NAME: %s", fe.Msg)
+		}
+		return fmt.Errorf("--%s: %s", fe.Field, fe.Msg)
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var n api.Network
+	if err := cl.Do(c.Context, "POST", "/v1/networks", req, &n); err != nil {
+		var se *api.StatusError
+		if errors.As(err, &se) && se.Field != "" && se.Field != "name" {
+			return fmt.Errorf("--%s: %s", se.Field, strings.TrimPrefix(se.Msg, se.Field+": "))
+		}
+		return err
+	}
+	return printNetworks(c, []api.Network{n}, true)
+}
+
+func netList(c *cli.Context) error {
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var nets []api.Network
+	if err := cl.Do(c.Context, "GET", "/v1/networks", nil, &nets); err != nil {
+		return err
+	}
+	return printNetworks(c, nets, false)
+}
+
+func netShow(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var n api.Network
+	if err := cl.Do(c.Context, "GET", "/v1/networks/"+url.PathEscape(name), nil, &n); err != nil {
+		return err
+	}
+	return printNetworks(c, []api.Network{n}, true)
+}
+
+func printNetworks(c *cli.Context, nets []api.Network, one bool) error {
+	if jsonOut(c) {
+		if one && len(nets) == 1 {
+			return printJSON(c, nets[0])
+		}
+		return printJSON(c, nets)
+	}
+	var rows [][]string
+	for _, n := range nets {
+		mtu := "auto"
+		if n.MTU > 0 {
+			mtu = fmt.Sprint(n.MTU)
+		}
+		guests := strings.Join(n.Guests, ",")
+		if guests == "" {
+			guests = "-"
+		}
+		rows = append(rows, []string{n.Name, fmt.Sprint(n.VNI), n.CIDR, mtu, guests})
+	}
+	table(c, "NAME\tVNI\tCIDR\tMTU\tGUESTS", rows)
+	return nil
+}
+
+func netDelete(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	if err := cl.Do(c.Context, "DELETE", "/v1/networks/"+url.PathEscape(name), nil, nil); err != nil {
+		return err
+	}
+	if !jsonOut(c) {
+		fmt.Fprintf(c.App.Writer, "network %s deleted\n", name)
+	}
+	return nil
+}
+
+// netFlag is `--net NAME[,NAME]` of vm create.
+func netFlag() cli.Flag {
+	return &cli.StringFlag{Name: "net", Usage: "attach to networks `NAME[,NAME]`, one NIC each (eth0 first; see vmctl net)"}
+}
+
+// parseNetFlag reads --net into the create request's networks.
+func parseNetFlag(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, n := range strings.Split(s, ",") {
+		out = append(out, strings.TrimSpace(n))
+	}
+	if fe := api.ValidateNetworkList(out); fe != nil {
+		return nil, fmt.Errorf("--net: %s", fe.Msg)
+	}
+	return out, nil
+}
+
+// nicsLine shows a guest's NICs in vm show: "blue 52:54:00:12:34:56 192.168.42.1/24, …".
+func nicsLine(nics []api.NIC) string {
+	var parts []string
+	for _, n := range nics {
+		p := n.Network + " " + n.MAC
+		if n.IP != "" {
+			p += " " + n.IP
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
+}
