@@ -73,6 +73,12 @@ type TwinSpec struct {
 	MigrationBandwidth int64
 }
 
+// twinMachine is the machine type of every twin, whatever its profile says: QEMU 7.2's
+// COLO secondary aborts loading a checkpoint of a q35 machine ("memory_region_add_
+// subregion_common: Assertion `!subregion->container' failed", seen on Debian's 7.2),
+// and i440fx ("pc") works. Guests of the q35 profiles (linux) run on it as well.
+const twinMachine = "pc"
+
 // ErrTwinUnsupported: COLO cannot serve this guest or this node. The wrapping error
 // says what is missing or which device is at fault.
 var ErrTwinUnsupported = errors.New("twin not supported")
@@ -86,6 +92,7 @@ const (
 	twinCompareOut = "compare-out.sock" // primary: packets colo-compare lets out
 	twinActive     = "secondary-active.qcow2"
 	twinHidden     = "secondary-hidden.qcow2"
+	twinTraceFIFO  = "colo-trace.fifo"
 )
 
 // Validate checks a twin half's spec: what BuildDomain checks for every guest, plus what
@@ -111,20 +118,29 @@ func (s TwinSpec) Validate() error {
 	if err := checkTwinDevices(g); err != nil {
 		return err
 	}
-	links := []struct{ name, addr string }{{"migrate", s.Links.Migrate}}
+	if err := s.checkLinks(s.Links); err != nil {
+		return err
+	}
+	if s.CheckpointInterval < 0 || s.MigrationBandwidth < 0 {
+		return fmt.Errorf("twin %q: checkpoint interval and migration bandwidth must not be negative", g.Name)
+	}
+	return nil
+}
+
+// checkLinks checks the addresses of the links this guest's devices need.
+func (s TwinSpec) checkLinks(l TwinLinks) error {
+	g := s.Guest
+	links := []struct{ name, addr string }{{"migrate", l.Migrate}}
 	if g.Disk != nil {
-		links = append(links, struct{ name, addr string }{"nbd", s.Links.NBD})
+		links = append(links, struct{ name, addr string }{"nbd", l.NBD})
 	}
 	if len(g.NICs) > 0 {
-		links = append(links, struct{ name, addr string }{"mirror", s.Links.Mirror}, struct{ name, addr string }{"compare", s.Links.Compare})
+		links = append(links, struct{ name, addr string }{"mirror", l.Mirror}, struct{ name, addr string }{"compare", l.Compare})
 	}
 	for _, l := range links {
 		if _, _, err := splitHostPort(l.addr); err != nil {
 			return fmt.Errorf("twin %q: %s link %q: %v: give host:port", g.Name, l.name, l.addr, err)
 		}
-	}
-	if s.CheckpointInterval < 0 || s.MigrationBandwidth < 0 {
-		return fmt.Errorf("twin %q: checkpoint interval and migration bandwidth must not be negative", g.Name)
 	}
 	return nil
 }
@@ -186,11 +202,17 @@ func TwinCommand(s TwinSpec, tapFD int) ([]string, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
+	return twinCommand(s, tapFD)
+}
+
+// twinCommand builds the command line of a spec that was validated, or of the
+// probe's guest-less pair.
+func twinCommand(s TwinSpec, tapFD int) ([]string, error) {
 	g := s.Guest
 	prof, _ := LookupProfile(g.OS)
 	args := []string{
 		"-name", "guest=" + qemuOpt(g.Name) + ",debug-threads=on",
-		"-machine", prof.Machine + ",accel=" + string(s.Accel),
+		"-machine", twinMachine + ",accel=" + string(s.Accel),
 		"-m", strconv.FormatInt(g.MemoryBytes>>20, 10),
 		"-smp", strconv.Itoa(g.CPUs),
 		// Only the devices below: no default NIC, VGA, floppy or CD whose state would
@@ -200,6 +222,10 @@ func TwinCommand(s TwinSpec, tapFD int) ([]string, error) {
 		"-msg", "timestamp=on",
 		"-qmp", "unix:" + qemuOpt(s.path(twinQMPSocket)) + ",server=on,wait=off",
 		"-pidfile", s.path(twinPidfile),
+		// COLO's checkpoint messages, read by the runner from a pipe: QEMU 7.2 has no
+		// QMP counter or duration of checkpoints, its trace events are the only record.
+		"-D", s.path(twinTraceFIFO),
+		"-trace", "enable=colo_send_message", "-trace", "enable=colo_receive_message", "-trace", "enable=colo_vm_state_change",
 	}
 	if g.UUID != "" {
 		args = append(args, "-uuid", g.UUID)

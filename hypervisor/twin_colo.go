@@ -11,6 +11,10 @@ import (
 	"github.com/digitalocean/go-qemu/qmp/raw"
 )
 
+// ErrTwinStuck: the primary's guest did not run again after a COLO checkpoint; QEMU's
+// COLO thread is wedged and the guest frozen. Only stopping the process ends it.
+var ErrTwinStuck = errors.New("primary frozen after a COLO checkpoint")
+
 // ErrTwinState: the operation does not fit the half's role or state (Failover on a
 // primary, Protect on a half already protected, …).
 var ErrTwinState = errors.New("wrong role or state for this twin operation")
@@ -97,9 +101,7 @@ func (t *Twin) Protect(ctx context.Context, links TwinLinks) error {
 	if role != TwinPrimary || state != TwinUnprotected {
 		return fmt.Errorf("protect twin %q: this half is a %s %s: %w", t.Name(), state, role, ErrTwinState)
 	}
-	probe := t.spec
-	probe.Links = links
-	if err := probe.Validate(); err != nil {
+	if err := t.spec.checkLinks(links); err != nil {
 		return fmt.Errorf("protect twin %q: %w", t.Name(), err)
 	}
 	t.setState(TwinSyncing)
@@ -162,18 +164,23 @@ func (t *Twin) protect(ctx context.Context, links TwinLinks) error {
 	if err := t.qmpRun(ctx, "migrate", map[string]string{"uri": "tcp:" + bracketIPv6(mh) + ":" + mp}, nil); err != nil {
 		return err
 	}
-	mi, err := t.waitMigration(ctx)
-	if err != nil {
+	if _, err := t.waitMigration(ctx); err != nil {
 		return err
 	}
-	t.mu.Lock()
-	t.syncBase = mi.RAM.DirtySyncCount
-	t.mu.Unlock()
-	// COLO starts the guest after the first checkpoint; make sure, whatever the version.
-	if st, err := t.runState(ctx); err == nil && st != "running" && st != "colo" {
-		return t.do(ctx, "cont", t.api.Cont)
+	// COLO's thread resumes the guest after the first checkpoint (a paused or fresh
+	// primary included); until then QEMU refuses "cont".
+	for {
+		st, err := t.runState(ctx)
+		if err != nil {
+			return err
+		}
+		if st == "running" {
+			return nil
+		}
+		if err := t.sleep(ctx, "the guest to run in COLO"); err != nil {
+			return err
+		}
 	}
-	return nil
 }
 
 // mirrorDisk copies the running guest's disk into the secondary's copy over NBD, then
@@ -351,8 +358,7 @@ func (t *Twin) waitChardevs(ctx context.Context, ids ...string) error {
 type migrationInfo struct {
 	Status string `json:"status"`
 	RAM    struct {
-		Remaining      int64 `json:"remaining"`
-		DirtySyncCount int64 `json:"dirty-sync-count"`
+		Remaining int64 `json:"remaining"`
 	} `json:"ram"`
 	ErrorDesc string `json:"error-desc"`
 }
@@ -593,20 +599,25 @@ type TwinStatus struct {
 	// SyncRemaining the bytes of memory still to copy while it is syncing.
 	Migration     string
 	SyncRemaining int64
-	// Checkpoints counts the primary's checkpoints since COLO started. QEMU 7.2 has no
-	// such counter; every checkpoint syncs the dirty-page bitmap once, so this is the
-	// growth of query-migrate's dirty-sync-count. QEMU 7.2 reports no checkpoint
-	// duration at all.
-	Checkpoints int64
+	// Checkpoints counts the primary's checkpoints since it started, LastCheckpoint is
+	// how long the last one took (from the request to the secondary's "loaded") and
+	// LastCheckpointAt when it ended. QEMU 7.2 has no QMP figure for these; the runner
+	// reads them from COLO's trace events.
+	LastCheckpoint   time.Duration
+	LastCheckpointAt time.Time
+	Checkpoints      int64
 }
 
 // Status asks QEMU where the half's replication stands. A half that was protected and
 // whose COLO ended without a failover (QEMU gave up on the peer) reports unprotected.
 func (t *Twin) Status(ctx context.Context) (TwinStatus, error) {
 	t.mu.Lock()
-	s := TwinStatus{Role: t.role, State: t.state}
-	base := t.syncBase
+	s := TwinStatus{Role: t.role, State: t.state, Checkpoints: t.checkpoints, LastCheckpoint: t.lastCheckpoint, LastCheckpointAt: t.checkpointAt}
 	t.mu.Unlock()
+	// Asked over QMP, a wedged primary would not answer at all.
+	if at, stuck := t.stuckSince(); stuck {
+		return s, fmt.Errorf("twin %q: checkpoint %d ended at %s and the guest has not run since: %w", t.Name(), s.Checkpoints, at.UTC().Format(time.RFC3339Nano), ErrTwinStuck)
+	}
 	var err error
 	if s.RunState, err = t.runState(ctx); err != nil {
 		return s, err
@@ -622,9 +633,6 @@ func (t *Twin) Status(ctx context.Context) (TwinStatus, error) {
 			return s, err
 		}
 		s.Migration, s.SyncRemaining = mi.Status, mi.RAM.Remaining
-		if cs.Mode == "primary" && base > 0 {
-			s.Checkpoints = mi.RAM.DirtySyncCount - base
-		}
 	}
 	switch {
 	case cs.Mode == "primary" || cs.Mode == "secondary":

@@ -27,6 +27,8 @@ type TwinSupport struct {
 	Commands map[string]bool
 	// XColo says the migration capability x-colo exists.
 	XColo bool
+	// Checkpoints says a probe pair ran on after its checkpoints.
+	Checkpoints bool
 }
 
 // What a twin needs of QEMU.
@@ -42,14 +44,87 @@ var (
 // lists what the binary was built with). It returns an error wrapping
 // ErrTwinUnsupported that names every missing part, or a plain error when the probe
 // itself could not run.
-func ProbeTwinSupport(ctx context.Context, qemu string) (TwinSupport, error) {
+//
+// When every part is there, it then runs a guest-less pair on loopback under accel for
+// a few checkpoints (about two seconds): Debian's QEMU 7.2.22 has every part, pairs,
+// and then freezes the primary for good at the end of its first checkpoint (its COLO
+// thread still holds the big QEMU lock when it takes it again to restart the guest).
+// A node must not pair a real guest on such a QEMU, so that is refused too.
+func ProbeTwinSupport(ctx context.Context, qemu string, accel Accelerator) (TwinSupport, error) {
 	bin, version, types, schema, err := queryQEMUFeatures(ctx, qemu)
 	if err != nil {
 		return TwinSupport{}, fmt.Errorf("probe QEMU for twins: %w", err)
 	}
 	sup := CheckTwinSupport(types, schema)
 	sup.Version = version
-	return sup, sup.Err(bin)
+	if err := sup.Err(bin); err != nil {
+		return sup, err
+	}
+	if err := probeCheckpoints(ctx, bin, accel); err != nil {
+		return sup, fmt.Errorf("probe QEMU for twins: %s (%s): %w", bin, version, err)
+	}
+	sup.Checkpoints = true
+	return sup, nil
+}
+
+// probeCheckpoints pairs two guest-less QEMUs (firmware only, 32 MiB) on loopback
+// with checkpoints every 200 ms and waits until the primary has run on after two of
+// them, or is found frozen after one.
+func probeCheckpoints(ctx context.Context, bin string, accel Accelerator) error {
+	if accel != AccelKVM {
+		accel = AccelTCG
+	}
+	dir, err := os.MkdirTemp("", "dvmtwp")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	links := TwinLinks{Migrate: l.Addr().String()}
+	l.Close()
+	spec := func(role TwinRole) TwinSpec {
+		return TwinSpec{
+			Guest: GuestSpec{Name: "dvm-colo-probe", CPUs: 1, MemoryBytes: 32 << 20},
+			Role:  role, Accel: accel, RunDir: filepath.Join(dir, string(role)), Links: links, QEMU: bin,
+			Paused: true, CheckpointInterval: 200 * time.Millisecond,
+		}
+	}
+	p, err := launchTwin(ctx, spec(TwinPrimary))
+	if err != nil {
+		return err
+	}
+	defer p.Stop(2 * time.Second)
+	s, err := launchTwin(ctx, spec(TwinSecondary))
+	if err != nil {
+		return err
+	}
+	defer s.Stop(2 * time.Second)
+	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := Pair(pctx, p, s); err != nil {
+		return fmt.Errorf("pair of the probe: %w", err)
+	}
+	for {
+		if _, stuck := p.stuckSince(); stuck {
+			return fmt.Errorf("%w: a COLO checkpoint leaves the primary frozen (its guest never runs again), so twins cannot run on this QEMU; install one whose COLO checkpoints work (ProbeTwinSupport tells)", ErrTwinUnsupported)
+		}
+		p.mu.Lock()
+		n, waiting := p.checkpoints, p.awaitResume
+		p.mu.Unlock()
+		if n >= 2 && !waiting {
+			return nil
+		}
+		select {
+		case <-pctx.Done():
+			return fmt.Errorf("the probe pair made %d checkpoints in 20s: %w", n, pctx.Err())
+		case <-p.Exited():
+			return fmt.Errorf("the probe's primary ended: %v: %s", p.ExitError(), p.logTail())
+		case <-time.After(twinPollInterval):
+		}
+	}
 }
 
 // queryQEMUFeatures runs the QEMU binary with no guest and returns its version, its QOM

@@ -1,6 +1,7 @@
 package hypervisor
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,8 +41,14 @@ type Twin struct {
 	role     TwinRole  // a secondary becomes primary by Failover
 	state    TwinState // what Status reports besides QEMU's own view
 	promoted bool      // a former secondary: its rewriter filter stays first on the NIC
-	syncBase int64     // query-migrate's dirty-sync-count when COLO started
 	stopped  bool
+
+	// From COLO's trace events (readTrace).
+	checkpoints    int64
+	lastCheckpoint time.Duration
+	checkpointAt   time.Time // when the last checkpoint ended
+	requestAt      time.Time // when the checkpoint under way was requested
+	awaitResume    bool      // a checkpoint ended and the guest has not run since
 }
 
 // TwinState is a twin's protection as an operator sees it.
@@ -57,6 +65,9 @@ const (
 const (
 	twinStartTimeout = 20 * time.Second
 	twinQMPTimeout   = 30 * time.Second
+	// A checkpoint's end is followed by the guest's restart within milliseconds; a
+	// primary that has not restarted after this long is wedged.
+	twinResumeLimit = 2 * time.Second
 )
 
 // StartPrimary starts the primary half of a twin: the guest runs (or waits, with
@@ -83,6 +94,11 @@ func startTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	return launchTwin(ctx, spec)
+}
+
+// launchTwin starts the QEMU process of a validated spec (or of the probe's own).
+func launchTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 	name := spec.Guest.Name
 	fail := func(err error) error { return fmt.Errorf("start %s of twin %q: %w", spec.Role, name, err) }
 	bin, err := exec.LookPath(spec.qemu())
@@ -96,7 +112,7 @@ func startTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 		return nil, fail(fmt.Errorf("a QEMU (pid %d) already runs from %s: stop it first", pid, spec.RunDir))
 	}
 	// What a process that was killed left behind.
-	for _, f := range []string{twinQMPSocket, twinPidfile, twinCompareIn, twinCompareOut, twinActive, twinHidden} {
+	for _, f := range twinRunFiles {
 		if err := removeIfExists(spec.path(f)); err != nil {
 			return nil, fail(err)
 		}
@@ -114,13 +130,20 @@ func startTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 		}
 		defer tap.Close() // QEMU holds its own copy; the tap goes when QEMU ends
 	}
-	args, err := TwinCommand(spec, 3)
+	trace, err := openTraceFIFO(spec.path(twinTraceFIFO))
 	if err != nil {
+		cleanupTwinFiles(spec)
+		return nil, fail(err)
+	}
+	args, err := twinCommand(spec, 3)
+	if err != nil {
+		trace.Close()
 		cleanupTwinFiles(spec)
 		return nil, err
 	}
 	logf, err := os.OpenFile(spec.path(twinQEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
+		trace.Close()
 		cleanupTwinFiles(spec)
 		return nil, fail(err)
 	}
@@ -135,12 +158,21 @@ func startTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 	// does not reach the guest, and Stop can signal QEMU and any helper it forks.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
+		trace.Close()
 		cleanupTwinFiles(spec)
 		return nil, fail(err)
 	}
 	t := &Twin{spec: spec, cmd: cmd, done: make(chan struct{}), role: spec.Role, state: TwinUnprotected}
+	traced := make(chan struct{})
 	go func() {
-		t.exitErr = cmd.Wait()
+		t.readTrace(trace)
+		close(traced)
+	}()
+	go func() {
+		err := cmd.Wait()
+		trace.Close() // ends readTrace: the runner holds the pipe's write end too
+		<-traced
+		t.exitErr = err
 		close(t.done)
 	}()
 	if err := t.connect(ctx); err != nil {
@@ -267,10 +299,13 @@ func (t *Twin) kill() {
 	<-t.done
 }
 
+// twinRunFiles are what a half makes in its RunDir besides the QEMU log.
+var twinRunFiles = []string{twinQMPSocket, twinPidfile, twinCompareIn, twinCompareOut, twinActive, twinHidden, twinTraceFIFO}
+
 // cleanupTwinFiles removes what a half made in its RunDir, except logs.
 func cleanupTwinFiles(spec TwinSpec) error {
 	var errs []error
-	for _, f := range []string{twinQMPSocket, twinPidfile, twinCompareIn, twinCompareOut, twinActive, twinHidden} {
+	for _, f := range twinRunFiles {
 		errs = append(errs, removeIfExists(spec.path(f)))
 	}
 	return errors.Join(errs...)
@@ -435,4 +470,65 @@ func (t *Twin) hmp(ctx context.Context, line string) error {
 func hostPort(addr string) (string, string) {
 	h, p, _ := net.SplitHostPort(addr)
 	return h, p
+}
+
+// openTraceFIFO makes the pipe QEMU writes its trace events into (-D) and opens it
+// for reading and writing: QEMU's open then never blocks, and the runner never sees an
+// end of file while QEMU restarts its log.
+func openTraceFIFO(path string) (*os.File, error) {
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		return nil, fmt.Errorf("trace pipe %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("trace pipe %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// traceRE matches the lines of QEMU's log trace backend that the runner reads:
+// "PID@SEC.USEC:colo_receive_message Receive 'vmstate-loaded' message" and
+// "PID@SEC.USEC:colo_vm_state_change Change 'stop' => 'run'".
+var traceRE = regexp.MustCompile(`^(?:\d+@(\d+)\.(\d{6}):)?colo_(send_message|receive_message|vm_state_change) \w+ '([a-z-]+)'(?: => '([a-z]+)')?`)
+
+// readTrace counts the checkpoints of a primary and times each, from the request to
+// the secondary's "vmstate-loaded", and notes whether the guest ran again after it,
+// until the pipe is closed. It must keep reading: a full pipe would stall QEMU.
+func (t *Twin) readTrace(f *os.File) {
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m := traceRE.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		at := time.Now()
+		if m[1] != "" {
+			sec, _ := strconv.ParseInt(m[1], 10, 64)
+			usec, _ := strconv.ParseInt(m[2], 10, 64)
+			at = time.Unix(sec, usec*1000)
+		}
+		t.mu.Lock()
+		switch {
+		case m[3] == "send_message" && m[4] == "checkpoint-request":
+			t.requestAt = at
+		case m[3] == "receive_message" && m[4] == "vmstate-loaded" && !t.requestAt.IsZero():
+			t.checkpoints++
+			t.lastCheckpoint = at.Sub(t.requestAt)
+			t.checkpointAt = at
+			t.requestAt = time.Time{}
+			t.awaitResume = true
+		case m[3] == "vm_state_change" && m[4] == "stop" && m[5] == "run":
+			t.awaitResume = false
+		}
+		t.mu.Unlock()
+	}
+}
+
+// stuckSince reports a primary whose guest has not run again since a checkpoint ended
+// longer than twinResumeLimit ago: QEMU's COLO thread is wedged (Debian's QEMU 7.2
+// does this after every first checkpoint; see ProbeTwinSupport).
+func (t *Twin) stuckSince() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.checkpointAt, t.awaitResume && time.Since(t.checkpointAt) > twinResumeLimit
 }
