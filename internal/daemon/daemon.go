@@ -33,21 +33,22 @@ type Master struct {
 
 // MasterConfig says how to open a master.
 type MasterConfig struct {
-	Name        string
-	DataDir     string
-	Transport   raft.Transport
-	Bootstrap   bool
-	NodeTimeout time.Duration
-	Scheduler   scheduler.Options
-	Log         *slog.Logger
-	RaftLog     io.Writer
+	Name         string
+	DataDir      string
+	Transport    raft.Transport
+	NewTransport func() (raft.Transport, error)
+	Bootstrap    bool
+	NodeTimeout  time.Duration
+	Scheduler    scheduler.Options
+	Log          *slog.Logger
+	RaftLog      io.Writer
 }
 
 // OpenMaster opens this node's replica of the cluster state (DataDir/raft) and makes a
 // master over it. It acts only while its raft is the leader.
 func OpenMaster(c MasterConfig) (*Master, error) {
 	st, err := store.Open(store.Config{NodeID: c.Name, Dir: filepath.Join(c.DataDir, "raft"), Transport: c.Transport,
-		Bootstrap: c.Bootstrap, LogOutput: c.RaftLog})
+		NewTransport: c.NewTransport, Bootstrap: c.Bootstrap, LogOutput: c.RaftLog})
 	if err != nil {
 		return nil, err
 	}

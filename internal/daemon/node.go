@@ -43,7 +43,11 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		if err != nil {
 			return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftListen, err)
 		}
-		if n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, Bootstrap: cfg.Bootstrap,
+		cfg.RaftListen = string(trans.LocalAddr()) // a port of 0 was chosen now
+		renew := func() (raft.Transport, error) {
+			return raft.NewTCPTransport(cfg.RaftListen, nil, 3, 10*time.Second, io.Discard)
+		}
+		if n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew, Bootstrap: cfg.Bootstrap,
 			NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}}); err != nil {
 			trans.Close()
 			return nil, err

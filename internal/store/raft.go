@@ -24,6 +24,9 @@ type Config struct {
 	// Transport carries raft between management nodes; on a real cluster it is mutual
 	// TLS with the cluster's credentials. Its local address is this node's raft address.
 	Transport raft.Transport
+	// NewTransport makes a fresh transport on the same address. raft closes its
+	// transport when it stops, so Reform, which stops and starts raft, needs it.
+	NewTransport func() (raft.Transport, error)
 	// Bootstrap forms a new cluster with this node as its only voter when it has no
 	// state yet. Exactly one node does this when a cluster is created; the others join.
 	Bootstrap bool
@@ -74,6 +77,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
 	s := newState()
+	s.rc, s.logs, s.snaps, s.trans, s.newTrans = rc, logs, snaps, cfg.Transport, cfg.NewTransport
 	s.closers = append(s.closers, logs.Close)
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, logs, snaps)
@@ -95,9 +99,6 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.r = r
-	if c, ok := cfg.Transport.(io.Closer); ok {
-		s.closers = append(s.closers, c.Close)
-	}
 	return s, nil
 }
 
@@ -110,6 +111,7 @@ func or(d, def time.Duration) time.Duration {
 
 // Close stops this node's raft and closes its files.
 func (s *Store) Close() error {
+	// raft closes its transport when it shuts down.
 	err := s.r.Shutdown().Error()
 	for _, c := range s.closers {
 		if cerr := c(); err == nil {
@@ -212,3 +214,47 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (s *snapshot) Release() {}
+
+// Members returns the servers of this node's raft configuration (voters and
+// non-voters), as this node last knew it; it needs no leader.
+func (s *Store) Members() ([]raft.Server, error) {
+	f := s.r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	return f.Configuration().Servers, nil
+}
+
+// Reform is forced recovery (the seed's scenarios 2 and 3 made safe by the role
+// machine's witness votes): this node's raft is stopped, its configuration replaced by
+// voters, and raft started again. Every node of the new group does this; the one with
+// the longest log is elected and brings the others level. Only the role machine may
+// call it, after it won a majority of witness votes for the new generation.
+func (s *Store) Reform(voters []raft.Server) error {
+	if len(voters) == 0 {
+		return errors.New("reform: no voters")
+	}
+	if s.newTrans == nil {
+		return errors.New("reform: the store was opened without NewTransport")
+	}
+	s.reformMu.Lock()
+	defer s.reformMu.Unlock()
+	if err := s.r.Shutdown().Error(); err != nil {
+		return fmt.Errorf("reform: stop raft: %w", err)
+	}
+	trans, err := s.newTrans()
+	if err != nil {
+		return fmt.Errorf("reform: transport: %w", err)
+	}
+	s.trans = trans
+	conf := raft.Configuration{Servers: voters}
+	if err := raft.RecoverCluster(s.rc, (*fsm)(s), s.logs, s.logs, s.snaps, s.trans, conf); err != nil {
+		return fmt.Errorf("reform: recover configuration: %w", err)
+	}
+	r, err := raft.NewRaft(s.rc, (*fsm)(s), s.logs, s.logs, s.snaps, s.trans)
+	if err != nil {
+		return fmt.Errorf("reform: start raft: %w", err)
+	}
+	s.r = r
+	return nil
+}

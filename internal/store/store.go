@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 // NodeRecord is a node the cluster knows.
@@ -118,6 +119,14 @@ type Store struct {
 
 	r       *raft.Raft
 	closers []func() error
+
+	// What Reform needs to stop and start raft again.
+	reformMu sync.Mutex
+	rc       *raft.Config
+	logs     *raftboltdb.BoltStore
+	snaps    raft.SnapshotStore
+	trans    raft.Transport
+	newTrans func() (raft.Transport, error)
 }
 
 // Meta is cluster-wide state that is neither a node nor a guest.

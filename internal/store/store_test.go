@@ -175,3 +175,85 @@ func TestThreeVotersReplicateAndFailOver(t *testing.T) {
 		t.Fatalf("new leader has %d guests, want 41", len(g))
 	}
 }
+
+// TestReformAfterQuorumLoss: of three voters two are gone for good; the survivor and a
+// non-voter that followed the log re-form as a group of two, elect a leader that has
+// every write, and accept new ones.
+func TestReformAfterQuorumLoss(t *testing.T) {
+	names := []string{"n1", "n2", "n3", "n4"}
+	trs := map[string]*raft.InmemTransport{}
+	for _, n := range names {
+		_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+	}
+	alive := names
+	connect := func(nodes ...string) {
+		alive = nodes
+		for _, a := range names {
+			trs[a].DisconnectAll()
+		}
+		for _, a := range nodes {
+			for _, b := range nodes {
+				if a != b {
+					trs[a].Connect(raft.ServerAddress(b), trs[b])
+				}
+			}
+		}
+	}
+	connect(names...)
+	stores := map[string]*Store{}
+	for _, n := range names {
+		n := n
+		// A fresh transport replaces the one raft closed, wired to the nodes alive now.
+		renew := func() (raft.Transport, error) {
+			_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+			connect(alive...)
+			return trs[n], nil
+		}
+		s, err := Open(Config{NodeID: n, Dir: t.TempDir(), Transport: trs[n], NewTransport: renew, Bootstrap: n == "n1", LogOutput: io.Discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[n] = s
+		defer s.Close()
+	}
+	waitTrue(t, "n1 leads", stores["n1"].IsLeader)
+	r := stores["n1"].Raft()
+	for _, n := range []string{"n2", "n3"} {
+		if err := r.AddVoter(raft.ServerID(n), raft.ServerAddress(n), 0, 0).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.AddNonvoter("n4", "n4", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stores["n1"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "keep", Desired: DesiredRunning}}); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "n4 follows", func() bool { _, ok := stores["n4"].Guest("keep"); return ok })
+
+	// n1 and n2 are lost: n3 alone has no quorum.
+	connect("n3", "n4")
+	waitTrue(t, "n3 without a leader", func() bool { return stores["n3"].Leader() == "" || stores["n3"].Leader() == "n1" })
+	voters := []raft.Server{{ID: "n3", Address: "n3", Suffrage: raft.Voter}, {ID: "n4", Address: "n4", Suffrage: raft.Voter}}
+	for _, n := range []string{"n3", "n4"} {
+		if err := stores[n].Reform(voters); err != nil {
+			t.Fatalf("reform on %s: %v", n, err)
+		}
+	}
+	var leader *Store
+	waitTrue(t, "a leader of the re-formed group", func() bool {
+		for _, n := range []string{"n3", "n4"} {
+			if stores[n].IsLeader() {
+				leader = stores[n]
+				return true
+			}
+		}
+		return false
+	})
+	if _, ok := leader.Guest("keep"); !ok {
+		t.Fatal("the re-formed group lost a committed write")
+	}
+	if _, err := leader.Apply(Command{Op: OpSetMeta, Meta: &Meta{Generation: 2}}); err != nil {
+		t.Fatalf("re-formed group refuses writes: %v", err)
+	}
+}
