@@ -22,6 +22,7 @@ func main() {
 		Usage:   "dvm's node agent and master",
 		Version: version.Version,
 		Commands: []*cli.Command{
+			clusterCommand(),
 			{
 				Name:      "agent",
 				Usage:     "run this host as a dvm node",
