@@ -352,12 +352,13 @@ func makeOverlays(ctx context.Context, spec TwinSpec) error {
 	return nil
 }
 
-// TwinTapName is the tap device of a twin half's NIC: unique per guest and role, so
-// both halves can run on one node (as in tests), and within the 15 bytes Linux allows.
-func TwinTapName(guest string, role TwinRole) string {
+// TwinTapName is the tap device of a twin half's NIC: one per half (guest, role and
+// run directory), so that halves of one guest can share a node (as in tests), and
+// within the 15 bytes Linux allows.
+func TwinTapName(spec TwinSpec) string {
 	h := fnv.New32a()
-	h.Write([]byte(guest))
-	return fmt.Sprintf("dvt%c%08x", role[0], h.Sum32())
+	h.Write([]byte(spec.Guest.Name + "\x00" + spec.RunDir))
+	return fmt.Sprintf("dvt%c%08x", spec.Role[0], h.Sum32())
 }
 
 // openTap creates the NIC's tap on the NIC's bridge and returns its file, which QEMU
@@ -370,7 +371,7 @@ func openTap(spec TwinSpec) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("NIC bridge %q: %w: create the bridge first", nic.Bridge, err)
 	}
-	name := TwinTapName(spec.Guest.Name, spec.Role)
+	name := TwinTapName(spec)
 	if old, err := netlink.LinkByName(name); err == nil {
 		// A persistent leftover of another tool: ours vanish with their QEMU.
 		return nil, fmt.Errorf("a device %s (%s) already exists: remove it", name, old.Type())

@@ -297,10 +297,23 @@ func TestTwinPrimaryLost(t *testing.T) {
 	if err := p.Stop(time.Second); err != nil {
 		t.Error(err)
 	}
-	if err := s.Stop(5 * time.Second); err != nil {
+
+	// The new primary is protected again by a new secondary: its packet links are
+	// made anew on its own addresses, its filters go before its rewriter, and its
+	// disk (the former replica's, overlays merged) is mirrored to the new copy.
+	s2 := l.start(l.spec(TwinSecondary, "s2", l.disk("secondary2.raw", ""), l.links()))
+	t0 = time.Now()
+	if err := Pair(ctx, s, s2); err != nil {
 		t.Fatal(err)
 	}
-	checkCleanedUp(t, p, s)
+	t.Logf("re-protection of the promoted secondary: %s", time.Since(t0).Round(time.Millisecond))
+	inCOLO(t, s, s2, false)
+	for _, h := range []*Twin{s, s2} {
+		if err := h.Stop(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkCleanedUp(t, p, s, s2)
 }
 
 // TestTwinSecondaryLost: a fresh pair (the primary paused, the disks copies), the
@@ -422,8 +435,8 @@ func checkCleanedUp(t *testing.T, halves ...*Twin) {
 				t.Errorf("%s left %s behind", h.spec.Role, f)
 			}
 		}
-		if _, err := netlink.LinkByName(TwinTapName(h.Name(), h.spec.Role)); err == nil {
-			t.Errorf("%s left tap %s behind", h.spec.Role, TwinTapName(h.Name(), h.spec.Role))
+		if _, err := netlink.LinkByName(TwinTapName(h.spec)); err == nil {
+			t.Errorf("%s left tap %s behind", h.spec.Role, TwinTapName(h.spec))
 		}
 	}
 }

@@ -177,9 +177,18 @@ func TestTwinOperationRefusals(t *testing.T) {
 }
 
 func TestTwinTapName(t *testing.T) {
-	p, s := TwinTapName("web", TwinPrimary), TwinTapName("web", TwinSecondary)
-	if p == s || len(p) > 15 || len(s) > 15 || p == TwinTapName("db", TwinPrimary) {
-		t.Errorf("tap names %q %q: want distinct per guest and role, at most 15 bytes", p, s)
+	p, s := twinTestSpec(TwinPrimary), twinTestSpec(TwinSecondary)
+	s2 := s
+	s2.RunDir += "2"
+	other := p
+	other.Guest.Name = "db"
+	names := map[string]bool{}
+	for _, spec := range []TwinSpec{p, s, s2, other} {
+		n := TwinTapName(spec)
+		if len(n) > 15 || names[n] {
+			t.Errorf("tap name %q: want one per half, at most 15 bytes", n)
+		}
+		names[n] = true
 	}
 }
 
