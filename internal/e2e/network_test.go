@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +19,11 @@ import (
 	"time"
 
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/daemon"
 	"github.com/dvmproject/dvm/internal/lab"
 	"github.com/dvmproject/dvm/internal/lab/labtest"
+	"github.com/dvmproject/dvm/netplane"
+	"libvirt.org/go/libvirtxml"
 )
 
 // probeInterval is the lab guest's ping period (guest/lab.d/ping.sh).
@@ -58,8 +64,8 @@ func TestOverlayFollowsGuest(t *testing.T) {
 	t.Logf("pa on %s (%s %s), pb on %s (%s %s)", a.Node, a.NICs[0].MAC, addrA, b.Node, macB, addrB)
 
 	watchA := watchPings(t, consolePath(l, a.Node, "pa"), addrB)
-	waitFor(t, "pa's pings to pb answered across the overlay", 3*time.Minute, func() bool { return watchA.okSince(0) >= 10 })
-	waitFor(t, "pb's pings to pa answered", time.Minute, func() bool {
+	waitNet(t, "pa's pings to pb answered across the overlay", 3*time.Minute, func() bool { return watchA.okSince(0) >= 10 })
+	waitNet(t, "pb's pings to pa answered", time.Minute, func() bool {
 		return bytes.Contains(readFile(consolePath(l, b.Node, "pb")), []byte("ping "+addrA+" ok seq"))
 	})
 	c.wantFDB(a.Node, macB, b.Node)
@@ -69,7 +75,7 @@ func TestOverlayFollowsGuest(t *testing.T) {
 	mark := watchA.len()
 	out := c.run("vm", "migrate", "pb", "--to", to)
 	t.Logf("%s", strings.TrimSpace(out))
-	waitFor(t, "pa's pings answered again after the migration", time.Minute, func() bool { return watchA.okAfterLoss(mark) >= 10 })
+	waitNet(t, "pa's pings answered again after the migration", time.Minute, func() bool { return watchA.okAfterLoss(mark) >= 10 })
 	g := watchA.gap(mark)
 	t.Logf("FIGURE migration: %d probes lost in a row = %v traffic gap (host-observed %v) while pb moved %s -> %s",
 		g.lost, time.Duration(g.lost)*probeInterval, g.host.Round(time.Millisecond), b.Node, to)
@@ -86,19 +92,19 @@ func TestOverlayFollowsGuest(t *testing.T) {
 	killed := time.Now()
 	c.run("lab", "kill", to, "--dir", l.Dir())
 	var moved api.Guest
-	waitFor(t, "pb restarted on another node after lab kill "+to+" (the cluster's recovery of a lost node's guests)", 3*time.Minute, func() bool {
+	waitNet(t, "pb restarted on another node after lab kill "+to+" (the cluster's recovery of a lost node's guests)", 3*time.Minute, func() bool {
 		moved = c.guest("pb")
 		return moved.Node != "" && moved.Node != to && moved.State == api.GuestRunning
 	})
 	restarted := time.Since(killed)
-	waitFor(t, "pa's pings answered by the restarted pb", 2*time.Minute, func() bool { return watchA.okAfterLoss(mark) >= 10 })
+	waitNet(t, "pa's pings answered by the restarted pb", 2*time.Minute, func() bool { return watchA.okAfterLoss(mark) >= 10 })
 	g = watchA.gap(mark)
 	t.Logf("FIGURE restart: pb running on %s %v after lab kill %s; %d probes lost in a row = %v traffic gap (host-observed %v)",
 		moved.Node, restarted.Round(time.Millisecond), to, g.lost, time.Duration(g.lost)*probeInterval, g.host.Round(time.Millisecond))
 	if len(moved.NICs) != 1 || moved.NICs[0].MAC != macB || moved.NICs[0].IP != addrB+"/24" {
 		t.Errorf("pb's NIC after the restart: %+v; want %s %s", moved.NICs, macB, addrB)
 	}
-	waitFor(t, "the restarted pb's pings to pa answered", time.Minute, func() bool {
+	waitNet(t, "the restarted pb's pings to pa answered", time.Minute, func() bool {
 		return bytes.Contains(readFile(consolePath(l, moved.Node, "pb")), []byte("ping "+addrA+" ok seq"))
 	})
 	if moved.Node != a.Node {
@@ -368,4 +374,74 @@ func (p probe) String() string {
 		return "restart"
 	}
 	return fmt.Sprintf("%v seq %d", p.ok, p.seq)
+}
+
+// waitNet polls cond; the limit only ends a broken run, it asserts no speed.
+func waitNet(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %s waiting for %s", limit, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDevClusterNetworks: on `dvmd dev` (libvirt's test driver, no root) networks are
+// cluster objects and guests get their NICs in their domains, but the kernel is left
+// alone: no bridge or VXLAN device appears in this process's namespace.
+func TestDevClusterNetworks(t *testing.T) {
+	d, err := daemon.StartDev(context.Background(), daemon.DevOptions{Nodes: 3, Listen: "127.0.0.1:0", DataDir: t.TempDir(),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Stop)
+	c, err := api.NewClient(d.Addr, d.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	waitNet(t, "three nodes ready", 30*time.Second, func() bool {
+		var ns []api.Node
+		return c.Do(ctx, "GET", "/v1/nodes", nil, &ns) == nil && len(ns) == 3 && ns[0].State == api.NodeReady && ns[2].State == api.NodeReady
+	})
+	if err := c.Do(ctx, "POST", "/v1/networks", api.CreateNetwork{Name: "blue", VNI: 4242, CIDR: "192.168.42.0/24", MTU: 1400}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var g api.Guest
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "web", CPUs: 1, MemoryBytes: 256 << 20, Networks: []string{"blue"}}, &g); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.NICs) != 1 || g.NICs[0].IP != "192.168.42.1/24" {
+		t.Fatalf("NICs %+v", g.NICs)
+	}
+	waitNet(t, "web running", 30*time.Second, func() bool {
+		return c.Do(ctx, "GET", "/v1/guests/web", nil, &g) == nil && g.State == api.GuestRunning
+	})
+	var x string
+	for i, n := range d.Nodes {
+		if g.Node == fmt.Sprintf("n%d", i+1) {
+			if x, err = n.DomainXML("web"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(x); err != nil {
+		t.Fatalf("domain XML of web: %v\n%s", err, x)
+	}
+	ifs := dom.Devices.Interfaces
+	if len(ifs) != 1 || ifs[0].Source == nil || ifs[0].Source.Bridge == nil || ifs[0].Source.Bridge.Bridge != netplane.BridgeName(4242) ||
+		ifs[0].MAC == nil || ifs[0].MAC.Address != g.NICs[0].MAC || ifs[0].MTU == nil || ifs[0].MTU.Size != 1400 {
+		t.Fatalf("web's interfaces: %s", x)
+	}
+	if _, err := net.InterfaceByName(netplane.BridgeName(4242)); err == nil {
+		t.Errorf("dvmd dev made bridge %s in this namespace: the dev cluster must leave the kernel alone", netplane.BridgeName(4242))
+	}
+	err = c.Do(ctx, "DELETE", "/v1/networks/blue", nil, nil)
+	if se, ok := err.(*api.StatusError); !ok || se.Code != 409 || !strings.Contains(se.Msg, "web") {
+		t.Errorf("delete of blue while web uses it: %v; want 409 naming web", err)
+	}
 }
