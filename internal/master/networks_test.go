@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -288,5 +289,59 @@ func TestFreeAddr(t *testing.T) {
 	}
 	if a, ok := freeAddr(netip.MustParsePrefix("fd00::/126"), nil); !ok || a.String() != "fd00::1" {
 		t.Errorf("IPv6: %v %v", a, ok)
+	}
+}
+
+// BenchmarkAssignmentNetworks: one node's assignment in a cluster of 100 nodes and 5000
+// guests, each with a NIC on one of 20 networks (the master answers this for every node
+// on every state change).
+func BenchmarkAssignmentNetworks(b *testing.B) {
+	_, tr := raft.NewInmemTransport("")
+	st, err := store.Open(store.Config{NodeID: "m1", Dir: b.TempDir(), Transport: tr, Bootstrap: true, LogOutput: io.Discard})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.WaitLeader(10 * time.Second); err != nil {
+		b.Fatal(err)
+	}
+	for !st.IsLeader() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	m, err := New(st, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var cmds []store.Command
+	for i := 0; i < 100; i++ {
+		cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &store.NodeRecord{Name: fmt.Sprintf("n%d", i), Address: fmt.Sprintf("10.77.%d.%d:7460", i/250, i%250+1)}})
+	}
+	for i := 0; i < 20; i++ {
+		cmds = append(cmds, store.Command{Op: store.OpPutNetwork, Net: &store.NetworkRecord{Name: fmt.Sprintf("net%d", i), VNI: uint32(i + 1), CIDR: fmt.Sprintf("10.%d.0.0/16", i+100)}})
+	}
+	if _, err := st.Apply(cmds...); err != nil {
+		b.Fatal(err)
+	}
+	cmds = cmds[:0]
+	for i := 0; i < 5000; i++ {
+		g := store.GuestRecord{Name: fmt.Sprintf("g%d", i), Node: fmt.Sprintf("n%d", i%100), Desired: store.DesiredRunning,
+			NICs: []store.NICRecord{{Network: fmt.Sprintf("net%d", i%20), MAC: fmt.Sprintf("52:54:00:%02x:%02x:%02x", i>>16, (i>>8)&0xff, i&0xff), IP: fmt.Sprintf("10.%d.%d.%d/16", i%20+100, (i/250)%250, i%250+1)}}}
+		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+		if len(cmds) == 500 {
+			if _, err := st.Apply(cmds...); err != nil {
+				b.Fatal(err)
+			}
+			cmds = cmds[:0]
+		}
+	}
+	ctx := context.Background()
+	a := m.Assignment(ctx, "n7", 0, 0)
+	if a.Net == nil || len(a.Net.Endpoints) == 0 {
+		b.Fatalf("no network assignment: %+v", a.Net)
+	}
+	b.ReportMetric(float64(len(a.Net.Endpoints)), "endpoints")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		m.Assignment(ctx, "n7", 0, 0)
 	}
 }
