@@ -7,12 +7,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -24,13 +26,13 @@ import (
 
 // twinLab is what a twin test runs on: the lab guest image, a bridge, a disk.
 type twinLab struct {
-	t      *testing.T
+	t      testing.TB
 	img    lab.Image
 	bridge string
 	dir    string
 }
 
-func newTwinLab(t *testing.T, bridge string) *twinLab {
+func newTwinLab(t testing.TB, bridge string) *twinLab {
 	t.Helper()
 	requireQEMU(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -71,7 +73,7 @@ func newTwinLab(t *testing.T, bridge string) *twinLab {
 }
 
 // freePort is a loopback port nothing listens on now.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +174,7 @@ func (c console) last() int {
 }
 
 // waitConsole polls a console log until ok holds, failing after limit.
-func waitConsole(t *testing.T, path string, limit time.Duration, what string, ok func(console) bool) console {
+func waitConsole(t testing.TB, path string, limit time.Duration, what string, ok func(console) bool) console {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
@@ -187,7 +189,7 @@ func waitConsole(t *testing.T, path string, limit time.Duration, what string, ok
 	}
 }
 
-func status(t *testing.T, tw *Twin) TwinStatus {
+func status(t testing.TB, tw *Twin) TwinStatus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -201,7 +203,7 @@ func status(t *testing.T, tw *Twin) TwinStatus {
 // inCOLO checks both halves report protection and that the secondary's replica prints
 // the same ticks as the primary. fresh says the pair started before the guest booted,
 // so the replica's console shows that boot too.
-func inCOLO(t *testing.T, p, s *Twin, fresh bool) {
+func inCOLO(t testing.TB, p, s *Twin, fresh bool) {
 	t.Helper()
 	ps, ss := status(t, p), status(t, s)
 	if ps.State != TwinProtected || ps.COLOMode != "primary" || ps.Migration != "colo" || ss.State != TwinProtected || ss.COLOMode != "secondary" {
@@ -232,7 +234,7 @@ func containsInt(s []int, n int) bool {
 
 // ticksGoOn checks that after a takeover the console goes on counting from where the
 // guest was, without a boot.
-func ticksGoOn(t *testing.T, path string, before console, from int) console {
+func ticksGoOn(t testing.TB, path string, before console, from int) console {
 	t.Helper()
 	after := waitConsole(t, path, 10*time.Second, "three more ticks", func(c console) bool { return len(c.ticks) >= len(before.ticks)+3 })
 	next := after.ticks[len(before.ticks):]
@@ -427,7 +429,7 @@ func TestTwinCheckpoints(t *testing.T) {
 }
 
 // checkCleanedUp: stopped halves leave no socket, pidfile, overlay or tap.
-func checkCleanedUp(t *testing.T, halves ...*Twin) {
+func checkCleanedUp(t testing.TB, halves ...*Twin) {
 	t.Helper()
 	for _, h := range halves {
 		for _, f := range twinRunFiles {
@@ -446,4 +448,55 @@ func lastBytes(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
+}
+
+// BenchmarkTwinTakeover measures a takeover: a fresh pair in COLO, kill -9 of the
+// primary, Failover on the secondary. Metrics: failover-ms (kill to Failover done) and
+// kill-to-tick-ms (kill to the first new tick on the secondary's console; the guest
+// ticks once a second, so this has a second's granularity), each the median of b.N.
+//
+//	go test ./hypervisor -run '^$' -bench TwinTakeover -benchtime 5x
+func BenchmarkTwinTakeover(b *testing.B) {
+	l := newTwinLab(b, "dvmtwb1")
+	var failovers, ticks []float64
+	for i := 0; i < b.N; i++ {
+		links := l.links()
+		pdisk := l.disk(fmt.Sprintf("p%d.raw", i), "")
+		pspec := l.spec(TwinPrimary, fmt.Sprintf("p%d", i), pdisk, links)
+		pspec.Paused = true
+		p := l.start(pspec)
+		s := l.start(l.spec(TwinSecondary, fmt.Sprintf("s%d", i), l.disk(fmt.Sprintf("s%d.raw", i), pdisk.Path), links))
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		if err := Pair(ctx, p, s); err != nil {
+			b.Fatal(err)
+		}
+		waitConsole(b, s.spec.Guest.ConsoleLog, 30*time.Second, "replica tick 2", func(c console) bool { return c.last() >= 2 })
+		before := readConsole(s.spec.Guest.ConsoleLog)
+		kill := time.Now()
+		if err := syscall.Kill(p.PID(), syscall.SIGKILL); err != nil {
+			b.Fatal(err)
+		}
+		<-p.Exited()
+		if err := s.Failover(ctx); err != nil {
+			b.Fatal(err)
+		}
+		failovers = append(failovers, float64(time.Since(kill).Microseconds())/1000)
+		waitConsole(b, s.spec.Guest.ConsoleLog, 10*time.Second, "a tick after the takeover", func(c console) bool { return len(c.ticks) > len(before.ticks) })
+		ticks = append(ticks, float64(time.Since(kill).Microseconds())/1000)
+		cancel()
+		p.Stop(time.Second)
+		s.Stop(5 * time.Second)
+	}
+	b.ReportMetric(median(failovers), "failover-ms")
+	b.ReportMetric(median(ticks), "kill-to-tick-ms")
+	b.Logf("failover ms %v; kill to tick ms %v", failovers, ticks)
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
 }

@@ -193,7 +193,7 @@ func TestTwinTapName(t *testing.T) {
 }
 
 // requireQEMU fails in CI and skips elsewhere when this machine cannot run QEMU tests.
-func requireQEMU(t *testing.T) {
+func requireQEMU(t testing.TB) {
 	t.Helper()
 	why := ""
 	if _, err := exec.LookPath(DefaultQEMU); err != nil {
