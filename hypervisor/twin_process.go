@@ -172,6 +172,10 @@ func launchTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 		err := cmd.Wait()
 		trace.Close() // ends readTrace: the runner holds the pipe's write end too
 		<-traced
+		if f, ferr := os.OpenFile(spec.path(twinQEMULog), os.O_WRONLY|os.O_APPEND, 0); ferr == nil {
+			fmt.Fprintf(f, "%s dvm: QEMU ended: %v\n", time.Now().UTC().Format(time.RFC3339Nano), exitText(err))
+			f.Close()
+		}
 		t.exitErr = err
 		close(t.done)
 	}()
@@ -181,6 +185,13 @@ func launchTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 		return nil, fail(err)
 	}
 	return t, nil
+}
+
+func exitText(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
 }
 
 // connect waits for QEMU's QMP socket and completes the QMP handshake.

@@ -3,6 +3,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -262,5 +263,52 @@ func TestProbeTwinSupport(t *testing.T) {
 	}
 	if _, err := ProbeTwinSupport(ctx, "/nonexistent/qemu", AccelTCG); err == nil || !strings.Contains(err.Error(), "install") {
 		t.Errorf("probe of a missing binary: %v", err)
+	}
+}
+
+// readTrace turns QEMU's COLO trace lines into checkpoint counts and durations, and
+// notes a primary that did not run again after a checkpoint.
+func TestTwinReadTrace(t *testing.T) {
+	feed := func(lines []string) *Twin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tw := &Twin{}
+		done := make(chan struct{})
+		go func() { tw.readTrace(r); close(done) }()
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+		w.Close()
+		<-done
+		return tw
+	}
+	one := []string{
+		"100@1795601054.651555:colo_receive_message Receive 'checkpoint-ready' message",
+		"100@1795601054.654847:colo_vm_state_change Change 'stop' => 'run'",
+		"100@1795601055.654320:colo_send_message Send 'checkpoint-request' message",
+		"100@1795601055.654330:colo_receive_message Receive 'checkpoint-reply' message",
+		"100@1795601055.654397:colo_vm_state_change Change 'run' => 'stop'",
+		"something else QEMU logs",
+		"100@1795601055.738869:colo_receive_message Receive 'vmstate-loaded' message",
+		"100@1795601055.740000:colo_vm_state_change Change 'stop' => 'run'",
+	}
+	tw := feed(one)
+	if tw.checkpoints != 1 || tw.lastCheckpoint != 84549*time.Microsecond || tw.awaitResume {
+		t.Errorf("one checkpoint: count %d, took %s, awaiting resume %v: want 1, 84.549ms, false", tw.checkpoints, tw.lastCheckpoint, tw.awaitResume)
+	}
+	// Lines without timestamps (QEMU without -msg timestamp=on) are timed on arrival.
+	tw = feed(append(one, "colo_send_message Send 'checkpoint-request' message", "colo_receive_message Receive 'vmstate-loaded' message"))
+	if tw.checkpoints != 2 || !tw.awaitResume || tw.lastCheckpoint < 0 {
+		t.Fatalf("two checkpoints: count %d, took %s, awaiting resume %v: want 2, ≥0, true", tw.checkpoints, tw.lastCheckpoint, tw.awaitResume)
+	}
+	tw.checkpointAt = time.Now().Add(-2 * twinResumeLimit)
+	if _, stuck := tw.stuckSince(); !stuck {
+		t.Error("a primary not resumed long after its checkpoint is not reported stuck")
+	}
+	tw.awaitResume = false
+	if _, stuck := tw.stuckSince(); stuck {
+		t.Error("a resumed primary is reported stuck")
 	}
 }
