@@ -26,7 +26,8 @@ const twinPollInterval = 100 * time.Millisecond
 // Pair starts COLO between a primary and a secondary both run by this process (both on
 // this node, or a caller that holds both ends). Across nodes, each node's agent calls
 // the secondary's PrepareSecondary and then the primary's Protect, which is all Pair
-// does. The secondary's Links say where the halves meet.
+// does. The secondary's Links say where the halves meet. On failure the primary runs
+// alone as before and the secondary is left as it is, to be stopped.
 func Pair(ctx context.Context, primary, secondary *Twin) error {
 	if primary.Name() != secondary.Name() {
 		return fmt.Errorf("pair twin %q with %q: %w: both halves must be the same guest", primary.Name(), secondary.Name(), ErrTwinState)
@@ -248,27 +249,29 @@ func (t *Twin) sleep(ctx context.Context, what string) error {
 // a former secondary gets the local ones too, and its filters go before its rewriter.
 func (t *Twin) addCompare(ctx context.Context, links TwinLinks) error {
 	t.mu.Lock()
-	promoted := t.promoted
+	promoted, have, local := t.promoted, t.packetLinks, t.localCompare
 	t.mu.Unlock()
-	if promoted || links.Mirror != t.spec.Links.Mirror || links.Compare != t.spec.Links.Compare {
-		if !promoted {
+	want := TwinLinks{Mirror: links.Mirror, Compare: links.Compare}
+	if have != want {
+		if have.Mirror != "" {
 			for _, id := range []string{"mirror0", "compare1"} {
 				if err := t.do(ctx, "chardev-remove "+id, func() error { return t.api.ChardevRemove(id) }); err != nil {
 					return err
 				}
 			}
+			t.setPacketLinks(TwinLinks{}, local)
 		}
 		for _, c := range []struct {
 			id, addr string
-		}{{"mirror0", links.Mirror}, {"compare1", links.Compare}} {
+		}{{"mirror0", want.Mirror}, {"compare1", want.Compare}} {
 			h, p := hostPort(c.addr)
 			if err := t.chardevAdd(ctx, c.id, map[string]any{"type": "inet", "data": map[string]string{"host": h, "port": p}}, true); err != nil {
 				return err
 			}
 		}
-		t.spec.Links.Mirror, t.spec.Links.Compare = links.Mirror, links.Compare
+		t.setPacketLinks(want, local)
 	}
-	if promoted {
+	if !local {
 		for _, c := range []struct {
 			id, path string
 			server   bool
@@ -285,6 +288,7 @@ func (t *Twin) addCompare(ctx context.Context, links TwinLinks) error {
 				return err
 			}
 		}
+		t.setPacketLinks(want, true)
 	}
 	filter := func(props map[string]any) map[string]any {
 		props["netdev"] = "hn0"
@@ -315,6 +319,12 @@ func (t *Twin) addCompare(ctx context.Context, links TwinLinks) error {
 	// The secondary connects to both sockets on its own (every second); migrating
 	// before it has would lose the packets mirrored meanwhile.
 	return t.waitChardevs(ctx, "mirror0", "compare1")
+}
+
+func (t *Twin) setPacketLinks(l TwinLinks, local bool) {
+	t.mu.Lock()
+	t.packetLinks, t.localCompare = l, local
+	t.mu.Unlock()
 }
 
 func (t *Twin) chardevAdd(ctx context.Context, id string, addr map[string]any, server bool) error {

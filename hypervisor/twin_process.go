@@ -41,7 +41,10 @@ type Twin struct {
 	role     TwinRole  // a secondary becomes primary by Failover
 	state    TwinState // what Status reports besides QEMU's own view
 	promoted bool      // a former secondary: its rewriter filter stays first on the NIC
-	stopped  bool
+	// The primary's packet-compare chardevs: the TCP ones on these addresses (zero:
+	// none), and whether the local unix ones exist.
+	packetLinks  TwinLinks
+	localCompare bool
 
 	// From COLO's trace events (readTrace).
 	checkpoints    int64
@@ -163,6 +166,9 @@ func launchTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 		return nil, fail(err)
 	}
 	t := &Twin{spec: spec, cmd: cmd, done: make(chan struct{}), role: spec.Role, state: TwinUnprotected}
+	if spec.Role == TwinPrimary && len(spec.Guest.NICs) == 1 {
+		t.packetLinks, t.localCompare = TwinLinks{Mirror: spec.Links.Mirror, Compare: spec.Links.Compare}, true
+	}
 	traced := make(chan struct{})
 	go func() {
 		t.readTrace(trace)
@@ -267,9 +273,6 @@ func (t *Twin) ExitError() error {
 // It then removes the sockets, pidfile and overlays the half made; the QEMU log and the
 // console log stay. Stop on a half whose process already ended only cleans up.
 func (t *Twin) Stop(grace time.Duration) error {
-	t.mu.Lock()
-	t.stopped = true
-	t.mu.Unlock()
 	if grace <= 0 {
 		grace = 10 * time.Second
 	}

@@ -358,10 +358,9 @@ func TestTwinSecondaryLost(t *testing.T) {
 		t.Error(err)
 	}
 
-	// Protected again by a new secondary, its disk mirrored from the running primary.
-	links2 := l.links()
-	links2.Mirror, links2.Compare = links.Mirror, links.Compare
-	s2 := l.start(l.spec(TwinSecondary, "s2", l.disk("secondary2.raw", ""), links2))
+	// Protected again by a new secondary, its disk mirrored from the running primary,
+	// the packet links moved to new addresses.
+	s2 := l.start(l.spec(TwinSecondary, "s2", l.disk("secondary2.raw", ""), l.links()))
 	t0 = time.Now()
 	if err := Pair(ctx, p, s2); err != nil {
 		t.Fatal(err)
