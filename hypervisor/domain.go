@@ -46,6 +46,9 @@ type GuestSpec struct {
 	Boot        *DirectBoot // nil: boot from the disk
 	NICs        []NIC
 	ConsoleLog  string // file that receives the serial console's output; "" for none
+	// Failover is the guest's policy (none, restart, twin), kept in the domain's
+	// metadata so a node cut off from the cluster knows which guests to fence.
+	Failover string
 }
 
 // Disk is the guest's boot disk, a file on the node (usually on shared storage).
@@ -73,6 +76,7 @@ type GuestMetadata struct {
 	Name         string   `xml:"dvm:name"`
 	OS           string   `xml:"dvm:os"`
 	ConsoleSpeed int      `xml:"dvm:console-speed"`
+	Failover     string   `xml:"dvm:failover,omitempty"`
 }
 
 var errNoName = errors.New("guest has no name")
@@ -97,7 +101,7 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if spec.Disk == nil && spec.Boot == nil {
 		return nil, fmt.Errorf("guest %q: neither a disk nor a kernel to boot", spec.Name)
 	}
-	meta, err := xml.Marshal(GuestMetadata{NS: MetadataNS, Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed})
+	meta, err := xml.Marshal(GuestMetadata{NS: MetadataNS, Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover})
 	if err != nil {
 		return nil, err
 	}
@@ -215,9 +219,10 @@ func ParseMetadata(s string) (GuestMetadata, bool) {
 		Name         string `xml:"name"`
 		OS           string `xml:"os"`
 		ConsoleSpeed int    `xml:"console-speed"`
+		Failover     string `xml:"failover"`
 	}
 	if s == "" || xml.Unmarshal([]byte(s), &m) != nil || m.Name == "" {
 		return GuestMetadata{}, false
 	}
-	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed}, true
+	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover}, true
 }

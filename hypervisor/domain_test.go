@@ -76,7 +76,7 @@ func TestDomainPerProfile(t *testing.T) {
 }
 
 func TestDragonFlyDefaults(t *testing.T) {
-	d := roundTrip(t, GuestSpec{Name: "dfly", CPUs: 1, MemoryBytes: 1 << 30, Disk: &Disk{Path: "/d.qcow2"}}, AccelKVM)
+	d := roundTrip(t, GuestSpec{Name: "dfly", CPUs: 1, MemoryBytes: 1 << 30, Disk: &Disk{Path: "/d.qcow2"}, Failover: "restart"}, AccelKVM)
 	if d.Type != "kvm" || d.CPU == nil || d.CPU.Mode != "host-passthrough" {
 		t.Errorf("kvm node: type %q cpu %+v", d.Type, d.CPU)
 	}
@@ -84,7 +84,7 @@ func TestDragonFlyDefaults(t *testing.T) {
 		t.Errorf("DragonFly wants pc machine and virtio-blk (vbd), got %q %q", d.OS.Type.Machine, d.Devices.Disks[0].Target.Bus)
 	}
 	m, _ := ParseMetadata(d.Metadata.XML)
-	if m.OS != "dragonfly" || m.ConsoleSpeed != 115200 {
+	if m.OS != "dragonfly" || m.ConsoleSpeed != 115200 || m.Failover != "restart" {
 		t.Errorf("default profile: %+v", m)
 	}
 }

@@ -359,9 +359,10 @@ func (n *Node) Undefine(name string) error {
 
 // Guest is a dvm guest found on the node.
 type Guest struct {
-	Name  string
-	OS    string
-	State State
+	Name     string
+	OS       string
+	Failover string // from the domain's metadata
+	State    State
 }
 
 // List returns the dvm guests defined or running on the node; domains without dvm's
@@ -382,7 +383,7 @@ func (n *Node) List() ([]Guest, error) {
 					st = stateOf(s)
 				}
 				name, _ := d.GetName()
-				out = append(out, Guest{Name: name, OS: m.OS, State: st})
+				out = append(out, Guest{Name: name, OS: m.OS, Failover: m.Failover, State: st})
 			}
 		}
 		d.Free()

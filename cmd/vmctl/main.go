@@ -64,7 +64,7 @@ func newApp(out io.Writer) *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), labCommand(),
+		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), clusterCommand(), eventsCommand(), labCommand(),
 			{Name: "version", Usage: "print vmctl's version", Action: func(c *cli.Context) error {
 				fmt.Fprintln(c.App.Writer, "vmctl", version.Version)
 				return nil

@@ -36,8 +36,13 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// ReportInterval is the period of status reports (the master's liveness signal).
 	ReportInterval time.Duration
-	Log            *slog.Logger
-	Net            NetConfig // guest networking (networks.go)
+	// Fencing makes the node start fenced and obey Fence/Unfence from its role machine.
+	// Off for `dvmd dev`, which has no role machine.
+	Fencing bool
+	// FenceGrace is how long the node stays fenced before it stops its HA guests.
+	FenceGrace time.Duration
+	Log        *slog.Logger
+	Net        NetConfig // guest networking (networks.go)
 }
 
 // Agent runs one node.
@@ -54,6 +59,9 @@ type Agent struct {
 	resync chan struct{}   // asks for a reconcile of latest now
 
 	net netAgent // guest networks (networks.go)
+
+	fenced   bool // no lease: HA guests must not run; guarded by mu
+	fencedAt time.Time
 }
 
 // New checks the node's share and prepares its disk pool.
@@ -81,7 +89,13 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("console log directory: %w", err)
 		}
 	}
-	return &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, report: make(chan struct{}, 1), resync: make(chan struct{}, 1)}, nil
+	if cfg.FenceGrace <= 0 {
+		cfg.FenceGrace = 700 * time.Millisecond
+	}
+	// A node with a role machine starts fenced, as its machine does: it has no lease
+	// until the master's first request arrives.
+	return &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, report: make(chan struct{}, 1),
+		resync: make(chan struct{}, 1), fenced: cfg.Fencing, fencedAt: time.Now()}, nil
 }
 
 // PoolShare is what the node offers to the cluster.
@@ -92,6 +106,9 @@ func (a *Agent) Run(ctx context.Context) {
 	go a.reportLoop(ctx)
 	go a.eventLoop(ctx)
 	go a.reconcileLoop(ctx)
+	if a.cfg.Fencing {
+		go a.fenceLoop(ctx)
+	}
 	var index uint64
 	for ctx.Err() == nil {
 		var asg api.Assignment
@@ -209,6 +226,26 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 		}
 		state, defined := present[g.Name]
 		switch {
+		case g.Evict:
+			if defined {
+				a.startSlow(g.Name, func() {
+					a.cfg.Log.Warn("removing a guest the cluster moved away while this node was lost", "guest", g.Name)
+					a.setErr(g.Name, a.cfg.Node.Undefine(g.Name)) // the disk stays: the guest's node uses it
+				})
+			}
+		case g.Standby:
+			// A twin's standby: defined, never running here while its primary runs.
+			if !defined {
+				if err := a.define(g); err != nil {
+					a.setErr(g.Name, err)
+				}
+				continue
+			}
+			if state == hypervisor.StateRunning || state == hypervisor.StatePaused {
+				a.setErr(g.Name, a.cfg.Node.Destroy(g.Name))
+				continue
+			}
+			a.setErr(g.Name, nil)
 		case g.Desired == store.DesiredDeleted:
 			a.startSlow(g.Name, func() {
 				err := a.cfg.Node.Undefine(g.Name)
@@ -231,6 +268,10 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 			}
 			switch {
 			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
+				if isHA(g.Failover) && a.Fenced() {
+					a.setErr(g.Name, errFenced)
+					continue
+				}
 				a.setErr(g.Name, a.cfg.Node.Start(g.Name))
 			case g.Desired == store.DesiredStopped && state == hypervisor.StateRunning:
 				a.startSlow(g.Name, func() {
@@ -245,7 +286,7 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 
 // define builds a guest's domain from its assignment, the image it names and its disk.
 func (a *Agent) define(g api.AssignedGuest) error {
-	spec := hypervisor.GuestSpec{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes}
+	spec := hypervisor.GuestSpec{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes, Failover: g.Failover}
 	if a.cfg.ConsoleDir != "" {
 		spec.ConsoleLog = filepath.Join(a.cfg.ConsoleDir, g.Name+".log")
 	}

@@ -16,12 +16,14 @@ const (
 	GuestDeleting  = "deleting"
 	GuestFailed    = "failed"  // its node could not carry out the last step (see error)
 	GuestUnknown   = "unknown" // its node has not reported for a while
+	GuestLost      = "lost"    // its node was lost and its policy is none: not restarted
 )
 
 // Node states.
 const (
 	NodeReady       = "ready"
 	NodeUnreachable = "unreachable" // no status report within the node timeout
+	NodeLost        = "lost"        // declared lost by the role machine; its guests were recovered
 )
 
 // Failover policies.
@@ -124,6 +126,7 @@ type AssignedGuest struct {
 	MemoryBytes int64  `json:"memory_bytes"`
 	DiskBytes   int64  `json:"disk_bytes"`
 	Image       string `json:"image,omitempty"`
+	Failover    string `json:"failover"`
 	Desired     string `json:"desired"` // running, stopped, deleted
 	// MigrateTo, when set, asks the node to live-migrate the guest to that node.
 	MigrateTo         string `json:"migrate_to,omitempty"`
@@ -133,6 +136,13 @@ type AssignedGuest struct {
 	// domain alone until the migration ends.
 	Incoming bool          `json:"incoming,omitempty"`
 	NICs     []AssignedNIC `json:"nics,omitempty"`
+	// Standby marks a twin's standby copy: defined on this node, not started, until the
+	// guest's node is lost and the twin is promoted.
+	Standby bool `json:"standby,omitempty"`
+	// Evict marks a guest this node still has although the cluster placed it elsewhere
+	// (it was recovered while this node was lost): the node stops and undefines it,
+	// and leaves its disk alone, which the guest's new node uses.
+	Evict bool `json:"evict,omitempty"`
 }
 
 // Migration is a finished (or failed) live migration.
@@ -186,4 +196,34 @@ type Why struct {
 type JoinRequest struct {
 	Name        string `json:"name"`
 	RaftAddress string `json:"raft_address"`
+}
+
+// ClusterStatus is GET /v1/cluster: the management group as the master sees it.
+type ClusterStatus struct {
+	Generation uint64        `json:"generation"`
+	Master     string        `json:"master"`
+	Acting     bool          `json:"acting"` // the master holds leases from a majority of nodes
+	Voters     []string      `json:"voters"`
+	Candidates []string      `json:"candidates"` // ranked, best first
+	Nodes      []ClusterNode `json:"nodes"`
+}
+
+// ClusterNode is one node's role: master, backup, candidate, node, semi-master,
+// on-hold or lost.
+type ClusterNode struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+	// LeaseSeconds is what is left of the lease the node granted the master.
+	LeaseSeconds float64   `json:"lease_seconds"`
+	LostAt       time.Time `json:"lost_at,omitzero"`
+}
+
+// Event is one entry of GET /v1/events.
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"`
+	Node   string    `json:"node,omitempty"`
+	Guest  string    `json:"guest,omitempty"`
+	Detail string    `json:"detail"`
 }

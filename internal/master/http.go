@@ -47,6 +47,8 @@ func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Hand
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.migrate)
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
+		h.route(mux, "GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, h.m.ClusterStatus()) })
+		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
 		h.route(mux, "POST /v1/networks", h.createNetwork)
 		h.route(mux, "GET /v1/networks/{name}", h.getNetwork)
@@ -125,6 +127,8 @@ func fail(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusConflict, err.Error(), "")
 	case errors.Is(err, store.ErrNotLeader):
 		writeErr(w, http.StatusServiceUnavailable, "this node lost the master role meanwhile: retry", "")
+	case errors.Is(err, ErrNotActing):
+		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
 	case errors.Is(err, ErrBadRequest):
 		writeErr(w, http.StatusBadRequest, err.Error(), "")
 	default:
@@ -313,4 +317,24 @@ func (h *handler) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) events(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var after uint64
+	var wait time.Duration
+	var err error
+	if s := q.Get("after"); s != "" {
+		if after, err = strconv.ParseUint(s, 10, 64); err != nil {
+			writeErr(w, http.StatusBadRequest, "after must be a whole number (an event's seq)", "after")
+			return
+		}
+	}
+	if s := q.Get("wait"); s != "" {
+		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > 5*time.Minute {
+			writeErr(w, http.StatusBadRequest, "wait must be a duration up to 5m, such as 30s", "wait")
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, h.m.Events(r.Context(), after, wait))
 }

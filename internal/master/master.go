@@ -26,7 +26,23 @@ type Options struct {
 	NodeTimeout time.Duration
 	Scheduler   scheduler.Options
 	Log         *slog.Logger
+	// Authority, when set, says whether this master may act (the role machine's
+	// majority lease). Without it (a dev cluster) the raft leader acts.
+	Authority Authority
+	// Metrics receives recovery outcomes and durations; nil records nothing.
+	Metrics Recorder
 }
+
+// Recorder is where the master reports what operators measure.
+type Recorder interface {
+	RecoveryOutcome(outcome string)
+	RecoveryDone(d time.Duration)
+}
+
+type noRecorder struct{}
+
+func (noRecorder) RecoveryOutcome(string)     {}
+func (noRecorder) RecoveryDone(time.Duration) {}
 
 // Errors a caller must tell apart.
 var (
@@ -53,6 +69,11 @@ type Master struct {
 	pending map[string]chan api.Migration // guest -> waiter of a migration in flight
 
 	kick chan struct{} // wakes the placement loop
+
+	reg      Recorder
+	roles    RoleSource
+	recMu    sync.Mutex
+	recStart map[string]time.Time // guest -> when its node was declared lost
 }
 
 // New makes a master over a store.
@@ -66,12 +87,17 @@ func New(st *store.Store, opts Options) (*Master, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = noRecorder{}
+	}
 	return &Master{
 		st: st, opts: opts, log: opts.Log,
 		lastSeen: map[string]time.Time{},
 		observed: map[string]map[string]api.ObservedGuest{},
 		pending:  map[string]chan api.Migration{},
 		kick:     make(chan struct{}, 1),
+		reg:      opts.Metrics,
+		recStart: map[string]time.Time{},
 	}, nil
 }
 
@@ -117,7 +143,7 @@ func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRec
 	for _, n := range nodes {
 		sn = append(sn, scheduler.Node{
 			Name: n.Name, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
-			Schedulable: !n.Unschedulable && m.nodeReady(n.Name, now),
+			Schedulable: !n.Unschedulable && n.LostAt.IsZero() && m.nodeReady(n.Name, now),
 			Draining:    n.Draining, Accelerator: n.Accelerator, Labels: n.Labels,
 		})
 	}
@@ -140,6 +166,9 @@ func schedGuest(g store.GuestRecord) scheduler.Guest {
 func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 	if fe := req.Normalize(); fe != nil {
 		return api.Guest{}, fe
+	}
+	if err := m.mustAct(); err != nil {
+		return api.Guest{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -186,7 +215,7 @@ func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) {
 
 // placePending tries again to place every pending guest, in creation order.
 func (m *Master) placePending() {
-	if !m.IsLeader() {
+	if !m.acting() {
 		return
 	}
 	m.mu.Lock()
@@ -264,6 +293,9 @@ func (m *Master) state(g store.GuestRecord, now time.Time, errOut *string) strin
 	if g.Node == "" {
 		return api.GuestPending
 	}
+	if g.Lost {
+		return api.GuestLost
+	}
 	if !m.nodeReady(g.Node, now) {
 		return api.GuestUnknown
 	}
@@ -290,6 +322,9 @@ func (m *Master) state(g store.GuestRecord, now time.Time, errOut *string) strin
 
 // SetDesired asks for a guest to be running or stopped.
 func (m *Master) SetDesired(name, desired string) (api.Guest, error) {
+	if err := m.mustAct(); err != nil {
+		return api.Guest{}, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g, ok := m.st.Guest(name)
@@ -299,8 +334,13 @@ func (m *Master) SetDesired(name, desired string) (api.Guest, error) {
 	if g.Desired == store.DesiredDeleted {
 		return api.Guest{}, fmt.Errorf("guest %q is being deleted: %w", name, ErrConflict)
 	}
-	if g.Desired != desired {
+	if g.Desired != desired || (g.Lost && desired == store.DesiredRunning) {
 		g.Desired = desired
+		if g.Lost && desired == store.DesiredRunning {
+			// An operator brings back a guest lost with its node: place it anew.
+			g.Lost, g.Node, g.TwinNode = false, "", ""
+			defer m.wake()
+		}
 		if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
 			return api.Guest{}, err
 		}
@@ -311,6 +351,9 @@ func (m *Master) SetDesired(name, desired string) (api.Guest, error) {
 // DeleteGuest marks a guest for deletion. Its node removes the domain and disk and then
 // reports it gone, which removes the record; a guest on no node is removed at once.
 func (m *Master) DeleteGuest(name string) (api.Guest, error) {
+	if err := m.mustAct(); err != nil {
+		return api.Guest{}, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g, ok := m.st.Guest(name)
@@ -320,7 +363,7 @@ func (m *Master) DeleteGuest(name string) (api.Guest, error) {
 	if g.MigrateTo != "" {
 		return api.Guest{}, fmt.Errorf("guest %q is migrating to %s: %w; delete it when the migration ends", name, g.MigrateTo, ErrConflict)
 	}
-	if g.Node == "" {
+	if g.Node == "" || g.Lost {
 		_, err := m.st.Apply(store.Command{Op: store.OpDeleteGuest, Name: name})
 		g.Desired = store.DesiredDeleted
 		return api.Guest{Name: g.Name, State: "deleted"}, err

@@ -49,6 +49,9 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	}
 	_, guests, _ := m.st.Snapshot()
 	for _, g := range guests {
+		if g.Node == name && obs[g.Name].State == "running" {
+			m.recoveryDone(name, g.Name)
+		}
 		if g.Node == name && g.Desired == store.DesiredDeleted {
 			if _, present := obs[g.Name]; !present {
 				cmds = append(cmds, store.Command{Op: store.OpDeleteGuest, Name: g.Name})
@@ -86,6 +89,9 @@ func (m *Master) Nodes() []api.Node {
 		if m.nodeReady(n.Name, now) {
 			v.State = api.NodeReady
 		}
+		if !n.LostAt.IsZero() {
+			v.State = api.NodeLost
+		}
 		m.obsMu.RLock()
 		v.LastSeen = m.lastSeen[n.Name].UTC()
 		m.obsMu.RUnlock()
@@ -114,9 +120,15 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 		byName[n.Name] = n
 	}
 	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}}
+	observed := map[string]bool{}
+	m.obsMu.RLock()
+	for g := range m.observed[node] {
+		observed[g] = true
+	}
+	m.obsMu.RUnlock()
 	for _, g := range guests {
 		ag := api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
-			DiskBytes: g.DiskBytes, Image: g.Image, Desired: g.Desired}
+			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: g.Desired}
 		switch {
 		case g.Node == node:
 			if g.MigrateTo != "" {
@@ -136,6 +148,9 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 // Migrate live-migrates a running guest to another node and waits for the outcome. The
 // guest's node changes in the state only when its node reports libvirt's success.
 func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, error) {
+	if err := m.mustAct(); err != nil {
+		return api.Migration{}, err
+	}
 	m.mu.Lock()
 	g, ok := m.st.Guest(name)
 	switch {

@@ -4,6 +4,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -16,6 +18,8 @@ type Registry struct {
 	Migrations         *prometheus.CounterVec
 	MigrationDuration  prometheus.Histogram
 	MigrationDowntime  prometheus.Histogram
+	Recoveries         *prometheus.CounterVec
+	RecoveryDuration   prometheus.Histogram
 }
 
 // New makes a registry with the process and Go collectors and dvm's own metrics.
@@ -45,8 +49,30 @@ func New() *Registry {
 			Help:    "Guest downtime of successful live migrations, as libvirt measured it.",
 			Buckets: []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2, 5},
 		}),
+		Recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dvm_recoveries_total",
+			Help: "Guests of lost nodes, by outcome: ok (running again), pending (nowhere to go yet), lost (policy none).",
+		}, []string{"outcome"}),
+		RecoveryDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "dvm_recovery_duration_seconds",
+			Help:    "Time from a node declared lost to each of its guests running again elsewhere.",
+			Buckets: []float64{.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120},
+		}),
+	}
+	for _, o := range []string{"ok", "pending", "lost"} {
+		r.Recoveries.WithLabelValues(o)
 	}
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		r.APIRequestDuration, r.LibvirtErrors, r.Migrations, r.MigrationDuration, r.MigrationDowntime)
+		r.APIRequestDuration, r.LibvirtErrors, r.Migrations, r.MigrationDuration, r.MigrationDowntime,
+		r.Recoveries, r.RecoveryDuration)
 	return r
+}
+
+// RecoveryOutcome counts one guest of a lost node by outcome.
+func (r *Registry) RecoveryOutcome(outcome string) { r.Recoveries.WithLabelValues(outcome).Inc() }
+
+// RecoveryDone records a guest running again after its node was lost.
+func (r *Registry) RecoveryDone(d time.Duration) {
+	r.Recoveries.WithLabelValues("ok").Inc()
+	r.RecoveryDuration.Observe(d.Seconds())
 }

@@ -168,13 +168,14 @@ type snapshot struct {
 	Nodes    []NodeRecord    `json:"nodes"`
 	Guests   []GuestRecord   `json:"guests"`
 	Networks []NetworkRecord `json:"networks"`
+	Events   []EventRecord   `json:"events"`
 	Meta     Meta            `json:"meta"`
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	s := (*Store)(f)
 	nodes, guests, idx := s.Snapshot()
-	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Networks: s.Networks(), Meta: s.Meta()}, nil
+	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Networks: s.Networks(), Events: s.Events(0), Meta: s.Meta()}, nil
 }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
@@ -198,6 +199,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	for i := range snap.Guests {
 		s.guests[snap.Guests[i].Name] = &snap.Guests[i]
 	}
+	s.events = snap.Events
 	s.meta = snap.Meta
 	s.index = snap.Index
 	close(s.changed)

@@ -32,6 +32,8 @@ type NodeRecord struct {
 	Unschedulable bool              `json:"unschedulable,omitempty"`
 	Draining      bool              `json:"draining,omitempty"`
 	RegisteredAt  time.Time         `json:"registered_at"`
+	// LostAt is when the role machine declared the node lost; zero while it is not.
+	LostAt time.Time `json:"lost_at,omitzero"`
 }
 
 // GuestRecord is a guest the cluster keeps, with where it runs and what is wanted of it.
@@ -50,7 +52,10 @@ type GuestRecord struct {
 	TwinNode      string            `json:"twin_node,omitempty"`
 	MigrateTo     string            `json:"migrate_to,omitempty"`
 	PendingReason string            `json:"pending_reason,omitempty"`
-	LastMigration json.RawMessage   `json:"last_migration,omitempty"`
+	// Lost marks a guest with failover "none" whose node was lost: it is not restarted,
+	// and is reported until an operator deletes or starts it.
+	Lost          bool            `json:"lost,omitempty"`
+	LastMigration json.RawMessage `json:"last_migration,omitempty"`
 	// NICs are the guest's network interfaces; each keeps its MAC for the guest's life,
 	// across moves.
 	NICs      []NICRecord `json:"nics,omitempty"`
@@ -73,6 +78,20 @@ type NetworkRecord struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// EventRecord is something that happened in the cluster and why, for operators:
+// "node n2 lost: …", "guest web restarted on n3 in 2.1 s".
+type EventRecord struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"`
+	Node   string    `json:"node,omitempty"`
+	Guest  string    `json:"guest,omitempty"`
+	Detail string    `json:"detail"`
+}
+
+// MaxEvents is how many events the cluster keeps; older ones are dropped.
+const MaxEvents = 2000
+
 // Desired states of a guest.
 const (
 	DesiredRunning = "running"
@@ -91,6 +110,7 @@ const (
 	OpSetMeta     Op = "set_meta"
 	OpPutNetwork  Op = "put_network"
 	OpDelNetwork  Op = "delete_network"
+	OpEvent       Op = "event"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
@@ -102,6 +122,7 @@ type Command struct {
 	Name  string         `json:"name,omitempty"` // for deletes
 	Meta  *Meta          `json:"meta,omitempty"`
 	Net   *NetworkRecord `json:"network,omitempty"`
+	Event *EventRecord   `json:"event,omitempty"`
 }
 
 // ErrNotLeader: this node is not the master; the write must go to the leader.
@@ -114,6 +135,7 @@ type Store struct {
 	nodes   map[string]*NodeRecord
 	guests  map[string]*GuestRecord
 	nets    map[string]*NetworkRecord
+	events  []EventRecord
 	meta    Meta
 	changed chan struct{} // closed and replaced on every apply
 
@@ -171,6 +193,16 @@ func (s *Store) apply(c Command) {
 		s.nets[n.Name] = &n
 	case OpDelNetwork:
 		delete(s.nets, c.Name)
+	case OpEvent:
+		e := *c.Event
+		e.Seq = 1
+		if n := len(s.events); n > 0 {
+			e.Seq = s.events[n-1].Seq + 1
+		}
+		s.events = append(s.events, e)
+		if len(s.events) > MaxEvents {
+			s.events = append([]EventRecord(nil), s.events[len(s.events)-MaxEvents:]...)
+		}
 	}
 }
 
@@ -208,6 +240,10 @@ func (c Command) check() error {
 	case OpPutGuest:
 		if c.Guest == nil || c.Guest.Name == "" {
 			return errors.New("put_guest without a guest")
+		}
+	case OpEvent:
+		if c.Event == nil || c.Event.Kind == "" {
+			return errors.New("event without a kind")
 		}
 	case OpPutNetwork:
 		if c.Net == nil || c.Net.Name == "" {
@@ -319,4 +355,12 @@ func (s *Store) Network(name string) (NetworkRecord, bool) {
 		return NetworkRecord{}, false
 	}
 	return *n, true
+}
+
+// Events returns the events after seq, oldest first.
+func (s *Store) Events(after uint64) []EventRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i := sort.Search(len(s.events), func(i int) bool { return s.events[i].Seq > after })
+	return append([]EventRecord(nil), s.events[i:]...)
 }

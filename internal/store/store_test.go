@@ -257,3 +257,20 @@ func TestReformAfterQuorumLoss(t *testing.T) {
 		t.Fatalf("re-formed group refuses writes: %v", err)
 	}
 }
+
+func TestEventsKeepOrderAndBound(t *testing.T) {
+	s := single(t, t.TempDir())
+	defer s.Close()
+	for i := 0; i < MaxEvents+5; i++ {
+		if _, err := s.Apply(Command{Op: OpEvent, Event: &EventRecord{Kind: "test", Detail: "x"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := s.Events(0)
+	if len(all) != MaxEvents || all[0].Seq != 6 || all[len(all)-1].Seq != MaxEvents+5 {
+		t.Fatalf("%d events, seq %d..%d", len(all), all[0].Seq, all[len(all)-1].Seq)
+	}
+	if got := s.Events(MaxEvents + 3); len(got) != 2 {
+		t.Fatalf("after %d: %d events", MaxEvents+3, len(got))
+	}
+}

@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/lab"
+	"github.com/dvmproject/dvm/internal/lab/labtest"
+	"libvirt.org/go/libvirt"
+)
+
+// cluster is a lab with the vmctl built for it.
+type cluster struct {
+	t     *testing.T
+	lab   *lab.Lab
+	vmctl string
+	env   []string
+}
+
+// upCluster brings up an n-node lab running this tree's dvmd.
+func upCluster(t *testing.T, n int) *cluster {
+	t.Helper()
+	labtest.Require(t)
+	dvmd, vmctl := labtest.Build(t)
+	l := labtest.Start(t, lab.Options{Nodes: n, DvmdPath: dvmd})
+	env, err := os.ReadFile(l.EnvFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, lab: l, vmctl: vmctl, env: os.Environ()}
+	for _, line := range strings.Split(strings.TrimSpace(string(env)), "\n") {
+		c.env = append(c.env, line)
+	}
+	return c
+}
+
+// run runs vmctl and returns its stdout, failing the test on a non-zero exit.
+func (c *cluster) run(args ...string) string {
+	c.t.Helper()
+	out, code := c.try(args...)
+	if code != 0 {
+		c.t.Fatalf("vmctl %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+// try runs vmctl and returns its combined output and exit code.
+func (c *cluster) try(args ...string) (string, int) {
+	c.t.Helper()
+	cmd := exec.Command(c.vmctl, args...)
+	cmd.Env = c.env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), ee.ExitCode()
+	}
+	if err != nil {
+		c.t.Fatalf("vmctl %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), 0
+}
+
+func (c *cluster) guest(name string) api.Guest {
+	c.t.Helper()
+	var g api.Guest
+	if err := json.Unmarshal([]byte(c.run("-o", "json", "vm", "show", name)), &g); err != nil {
+		c.t.Fatal(err)
+	}
+	return g
+}
+
+// domainState asks a node's own libvirtd, as virsh would, for a domain's state; ok is
+// false when the node has no such domain.
+func (c *cluster) domainState(node, name string) (libvirt.DomainState, bool) {
+	c.t.Helper()
+	n, err := c.lab.Node(node)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	conn, err := libvirt.NewConnect(n.LibvirtURI)
+	if err != nil {
+		c.t.Fatalf("connect to %s at %s: %v", node, n.LibvirtURI, err)
+	}
+	defer conn.Close()
+	d, err := conn.LookupDomainByName(name)
+	if err != nil {
+		return 0, false
+	}
+	defer d.Free()
+	st, _, err := d.GetState()
+	if err != nil {
+		return 0, false
+	}
+	return st, true
+}
+
+// waitFor polls cond; the limit only ends a broken run, it asserts no speed.
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %s waiting for %s", limit, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

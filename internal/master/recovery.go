@@ -1,0 +1,185 @@
+package master
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/scheduler"
+)
+
+// Authority says whether this master may act: it is the raft leader and holds
+// unexpired leases from a majority of all nodes (the role machine). A master that
+// cannot act writes nothing, so two groups cut apart can never both act.
+type Authority interface {
+	Acting() bool
+}
+
+// ErrNotActing: this master holds no majority lease now.
+var ErrNotActing = errors.New("this master does not hold leases from a majority of nodes now: retry in a moment")
+
+func (m *Master) acting() bool {
+	return m.IsLeader() && (m.opts.Authority == nil || m.opts.Authority.Acting())
+}
+
+func (m *Master) mustAct() error {
+	if !m.acting() {
+		return ErrNotActing
+	}
+	return nil
+}
+
+// Record keeps an event in the replicated state, where `vmctl events` reads it. Only
+// the master writes; elsewhere the event is logged only.
+func (m *Master) Record(kind, node, guest, detail string) {
+	m.log.Info("event", "kind", kind, "node", node, "guest", guest, "detail", detail)
+	if !m.IsLeader() {
+		return
+	}
+	e := store.EventRecord{Time: time.Now().UTC(), Kind: kind, Node: node, Guest: guest, Detail: detail}
+	if _, err := m.st.Apply(store.Command{Op: store.OpEvent, Event: &e}); err != nil {
+		m.log.Warn("record event", "err", err)
+	}
+}
+
+// RecoverNode carries out what "node lost" means for its guests, as the role machine
+// declared it (the node has fenced itself by now): restart guests are placed again and
+// started on their new nodes, twins are promoted on their twin's node and get a new
+// twin, and guests with policy none are marked lost. Guests that fit nowhere stay
+// pending and are placed as soon as room appears.
+func (m *Master) RecoverNode(node, why string) {
+	if err := m.mustAct(); err != nil {
+		m.log.Warn("recover node: not acting", "node", node)
+		return
+	}
+	declared := time.Now()
+	m.Record("node-lost", node, "", why)
+	m.mu.Lock()
+	nodes, guests, _ := m.st.Snapshot()
+	var cmds []store.Command
+	for i := range nodes {
+		if nodes[i].Name == node && nodes[i].LostAt.IsZero() {
+			nodes[i].LostAt = declared.UTC()
+			n := nodes[i]
+			cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &n})
+		}
+	}
+	s := m.schedulerView(nodes, guests)
+	plan := s.EvacuateLost(node)
+	byName := map[string]store.GuestRecord{}
+	for _, g := range guests {
+		byName[g.Name] = g
+	}
+	type outcome struct{ guest, detail string }
+	var events []outcome
+	for _, mv := range plan.Moves {
+		g, ok := byName[mv.Guest]
+		if !ok {
+			continue
+		}
+		switch mv.Action {
+		case scheduler.ActionRestart:
+			g.Node, g.MigrateTo = mv.To, ""
+			events = append(events, outcome{g.Name, fmt.Sprintf("restarting on %s", mv.To)})
+		case scheduler.ActionPromote:
+			g.Node, g.TwinNode, g.MigrateTo = mv.To, mv.NewTwin, ""
+			events = append(events, outcome{g.Name, fmt.Sprintf("twin promoted on %s, new twin on %s", mv.To, orNone(mv.NewTwin))})
+		case scheduler.ActionNewTwin:
+			g.TwinNode = mv.NewTwin
+			events = append(events, outcome{g.Name, fmt.Sprintf("twin lost with %s, new twin on %s", node, orNone(mv.NewTwin))})
+		default:
+			continue
+		}
+		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+		if g.Desired == store.DesiredRunning {
+			m.recovering(g.Name, declared)
+		}
+		delete(byName, g.Name)
+	}
+	for _, u := range plan.Unplaced {
+		g, ok := byName[u.Guest]
+		if !ok || g.Node != node {
+			continue
+		}
+		g.Node, g.TwinNode, g.MigrateTo, g.PendingReason = "", "", "", u.Error()
+		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+		events = append(events, outcome{g.Name, "nowhere to restart: " + u.Error()})
+		m.recovering(g.Name, declared)
+		m.reg.RecoveryOutcome("pending")
+	}
+	for _, name := range plan.Lost {
+		g, ok := byName[name]
+		if !ok {
+			continue
+		}
+		g.Lost = true
+		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+		events = append(events, outcome{g.Name, "lost with its node (failover none): not restarted"})
+		m.reg.RecoveryOutcome("lost")
+	}
+	var err error
+	if len(cmds) > 0 {
+		_, err = m.st.Apply(cmds...)
+	}
+	m.mu.Unlock()
+	if err != nil {
+		m.log.Error("recover node", "node", node, "err", err)
+		return
+	}
+	sort.Slice(events, func(i, j int) bool { return events[i].guest < events[j].guest })
+	for _, e := range events {
+		m.Record("recovery", node, e.guest, e.detail)
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none (no room)"
+	}
+	return s
+}
+
+// NodeReturned clears a node's lost mark when the role machine has taken it back.
+func (m *Master) NodeReturned(node string) {
+	if !m.IsLeader() {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.st.Node(node)
+	if !ok || n.LostAt.IsZero() {
+		return
+	}
+	n.LostAt = time.Time{}
+	if _, err := m.st.Apply(store.Command{Op: store.OpPutNode, Node: &n}); err != nil {
+		m.log.Warn("node returned", "node", node, "err", err)
+		return
+	}
+	go m.Record("node-returned", node, "", "back in the cluster: its old copies of recovered guests are removed")
+}
+
+// recovering notes that guest is being brought back after its node was lost at t;
+// the report that shows it running ends the recovery and is measured.
+func (m *Master) recovering(guest string, t time.Time) {
+	m.recMu.Lock()
+	m.recStart[guest] = t
+	m.recMu.Unlock()
+}
+
+// recoveryDone is called when a node reports guest running.
+func (m *Master) recoveryDone(node, guest string) {
+	m.recMu.Lock()
+	t, ok := m.recStart[guest]
+	if ok {
+		delete(m.recStart, guest)
+	}
+	m.recMu.Unlock()
+	if !ok {
+		return
+	}
+	d := time.Since(t)
+	m.reg.RecoveryDone(d)
+	go m.Record("recovered", node, guest, fmt.Sprintf("guest %s running on %s %.1f s after its node was declared lost", guest, node, d.Seconds()))
+}

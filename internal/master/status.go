@@ -1,0 +1,94 @@
+package master
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/dvmproject/dvm/failover"
+	"github.com/dvmproject/dvm/internal/api"
+)
+
+// RoleSource is the role machine of the node this master runs on.
+type RoleSource interface {
+	Status() (failover.Status, failover.ClusterView, bool)
+}
+
+// SetRoles gives the master its node's role machine, for `vmctl cluster status`.
+func (m *Master) SetRoles(r RoleSource) { m.roles = r }
+
+// ClusterStatus reports the management group: roles, generation, the ranked
+// candidates and lease ages, as the master's role machine sees them.
+func (m *Master) ClusterStatus() api.ClusterStatus {
+	out := api.ClusterStatus{Generation: m.st.Meta().Generation, Master: m.st.Leader(), Acting: m.acting()}
+	if out.Generation == 0 {
+		out.Generation = 1
+	}
+	roles := map[string]string{}
+	leases := map[string]time.Duration{}
+	if m.roles != nil {
+		if st, view, ok := m.roles.Status(); ok {
+			out.Generation, out.Master, out.Voters = view.Generation, view.Master, view.Voters
+			for _, n := range view.Nodes {
+				roles[n.Name] = string(n.Role)
+			}
+			if st.Role == failover.RoleSemiMaster {
+				roles[st.Self] = string(st.Role)
+			}
+			leases = st.LeaseAges
+			for _, c := range st.Candidates {
+				out.Candidates = append(out.Candidates, c.Node)
+			}
+		}
+	}
+	nodes, _, _ := m.st.Snapshot()
+	seen := map[string]bool{}
+	for _, n := range nodes {
+		seen[n.Name] = true
+		role := roles[n.Name]
+		if role == "" {
+			role = string(failover.RoleNode)
+		}
+		cn := api.ClusterNode{Name: n.Name, Role: role}
+		if d, ok := leases[n.Name]; ok {
+			cn.LeaseSeconds = d.Seconds()
+		}
+		if !n.LostAt.IsZero() {
+			cn.LostAt = n.LostAt
+		}
+		out.Nodes = append(out.Nodes, cn)
+	}
+	for name, role := range roles {
+		if !seen[name] {
+			cn := api.ClusterNode{Name: name, Role: role}
+			if d, ok := leases[name]; ok {
+				cn.LeaseSeconds = d.Seconds()
+			}
+			out.Nodes = append(out.Nodes, cn)
+		}
+	}
+	sort.Slice(out.Nodes, func(i, j int) bool { return out.Nodes[i].Name < out.Nodes[j].Name })
+	return out
+}
+
+// Events returns the events after seq, waiting up to wait for one when there is none.
+func (m *Master) Events(ctx context.Context, after uint64, wait time.Duration) []api.Event {
+	deadline := time.Now().Add(wait)
+	for {
+		idx := m.st.Index()
+		evs := m.st.Events(after)
+		if len(evs) > 0 || wait <= 0 || time.Now().After(deadline) {
+			out := make([]api.Event, 0, len(evs))
+			for _, e := range evs {
+				out = append(out, api.Event{Seq: e.Seq, Time: e.Time, Kind: e.Kind, Node: e.Node, Guest: e.Guest, Detail: e.Detail})
+			}
+			return out
+		}
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		m.st.Wait(wctx, idx)
+		cancel()
+		if ctx.Err() != nil {
+			return []api.Event{}
+		}
+	}
+}
