@@ -191,9 +191,18 @@ func TestLab(t *testing.T) {
 
 	t.Run("restart", func(t *testing.T) {
 		if err := l.Restart(ctx, "n2"); err != nil {
-			t.Fatal(err)
+			b, _ := os.ReadFile(filepath.Join(n2.Dir, "node.log"))
+			t.Fatalf("%v\nn2's node.log:\n%s", err, b)
 		}
 		noteNS()
+		// The root namespace (connect) and n1 reach the restarted n2 at once: its
+		// eth0 kept its MAC, so no neighbour cache points elsewhere.
+		c, err := l.DialFrom(ctx, "n1", net.JoinHostPort(n2.Addr, strconv.Itoa(lab.LibvirtPort)))
+		if err != nil {
+			t.Errorf("n1 cannot reach the restarted n2: %v", err)
+		} else {
+			c.Close()
+		}
 		conn := connect(t, n2.LibvirtURI)
 		doms, err := conn.ListAllDomains(0)
 		if err != nil {

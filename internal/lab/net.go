@@ -27,7 +27,7 @@ const bridgeAliasPrefix = "dvm-lab "
 
 // createNetwork makes dvmlab0 with 10.77.0.1/24 and the empty nftables table.
 func createNetwork(dir string) error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge}}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge, HardwareAddr: labMAC(0, 1)}}
 	if err := netlink.LinkAdd(br); err != nil {
 		return fmt.Errorf("create bridge %s: %w", Bridge, err)
 	}
@@ -75,6 +75,17 @@ func removeNetwork(dir string, nodes []nodeState) error {
 	return errors.Join(errs...)
 }
 
+// BridgeOwner returns the DIR of the lab whose bridge dvmlab0 exists on this
+// machine; ok is false when there is no bridge (or no lab's mark on it).
+func BridgeOwner() (dir string, ok bool) {
+	link, err := netlink.LinkByName(Bridge)
+	if err != nil {
+		return "", false
+	}
+	dir, ok = strings.CutPrefix(link.Attrs().Alias, bridgeAliasPrefix)
+	return dir, ok && dir != ""
+}
+
 // addVeth makes the veth pair of node k: dvmlab-nK on the bridge, eth0 in the
 // network namespace of pid (the node script configures it).
 func addVeth(k, pid int) error {
@@ -83,9 +94,10 @@ func addVeth(k, pid int) error {
 		return fmt.Errorf("bridge %s: %w", Bridge, err)
 	}
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: vethName(k), MasterIndex: br.Attrs().Index},
-		PeerName:      "eth0",
-		PeerNamespace: netlink.NsPid(pid),
+		LinkAttrs:        netlink.LinkAttrs{Name: vethName(k), MasterIndex: br.Attrs().Index, HardwareAddr: labMAC(1, k)},
+		PeerName:         "eth0",
+		PeerNamespace:    netlink.NsPid(pid),
+		PeerHardwareAddr: labMAC(0, 10+k),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", vethName(k), err)
@@ -94,6 +106,15 @@ func addVeth(k, pid int) error {
 		return fmt.Errorf("veth %s up: %w", vethName(k), err)
 	}
 	return nil
+}
+
+// labMAC is a fixed, locally administered MAC address (02:77:00:00:hi:lo). A node's
+// eth0 keeps its MAC across Restart, as a rebooted host keeps its NIC's: with a new
+// one, the root namespace and the other nodes would send to the old MAC from their
+// neighbour caches until the entries expire (half a minute and more). The bridge's
+// MAC is set for the same reason: otherwise it follows its ports.
+func labMAC(hi, lo int) net.HardwareAddr {
+	return net.HardwareAddr{0x02, 0x77, 0, 0, byte(hi), byte(lo)}
 }
 
 // delVeth deletes node k's veth pair if it still exists.

@@ -49,6 +49,7 @@ func Start(t testing.TB, opts lab.Options) *lab.Lab {
 	Lock(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	downLeftover(ctx, t)
 	l, err := lab.Up(ctx, opts)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
@@ -134,6 +135,26 @@ func Lock(t testing.TB) {
 		t.Fatalf("labtest: lock %s: %v", lockPath, err)
 	}
 	t.Cleanup(func() { f.Close() })
+}
+
+// downLeftover brings down a lab that a test binary left up when it was killed
+// (timeout, ^C) before its cleanup: with the lock held no live test owns a lab, and
+// one in a test's temporary directory is no operator's. Any other lab is left
+// alone, and lab.Up then says whose it is.
+func downLeftover(ctx context.Context, t testing.TB) {
+	t.Helper()
+	dir, ok := lab.BridgeOwner()
+	if !ok || !strings.HasPrefix(dir, filepath.Join(os.TempDir(), "Test")) {
+		return
+	}
+	old, err := lab.Load(dir)
+	if err != nil {
+		return
+	}
+	t.Logf("labtest: bringing down the lab a killed test left in %s", dir)
+	if err := old.Down(ctx); err != nil {
+		t.Logf("labtest: %v", err)
+	}
 }
 
 // logWriter sends the lab's step lines to the test log.
