@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -29,6 +30,13 @@ type Node struct {
 	TokenFile           string
 	Management          bool
 	RaftListen          string // raft between management nodes; default: listen's host, port 7461
+	GossipListen        string // memberlist (UDP and TCP); default: listen's host, port 7462
+	GossipPeers         []string
+	CredentialsDir      string // ca.crt, gossip.key, node-NAME.crt/key from `dvmd cluster issue`
+	LeaseDuration       time.Duration
+	LeaseMargin         time.Duration
+	ConfirmTimeout      time.Duration
+	FenceGrace          time.Duration
 	Bootstrap           bool   // form a new cluster (one node, once, when the cluster is created)
 	Master              string // comma-separated API addresses of management nodes
 	ImagesDir           string
@@ -45,6 +53,8 @@ type Node struct {
 func Defaults() Node {
 	return Node{
 		LibvirtURI: "qemu:///system", Listen: "127.0.0.1:7460", DataDir: "/var/lib/dvm",
+		LeaseDuration: 2 * time.Second, LeaseMargin: time.Second, ConfirmTimeout: 1500 * time.Millisecond,
+		FenceGrace:  700 * time.Millisecond,
 		Accelerator: "auto", ShutdownTimeout: 30 * time.Second, NodeTimeout: 5 * time.Second,
 		Share:  hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},
 		Labels: map[string]string{}, LogLevel: "info",
@@ -133,6 +143,29 @@ func (n *Node) set(key, val string) error {
 			return fmt.Errorf("%q is not host:port", val)
 		}
 		n.RaftListen = val
+	case "gossip_listen":
+		if _, _, err := net.SplitHostPort(val); err != nil {
+			return fmt.Errorf("%q is not host:port", val)
+		}
+		n.GossipListen = val
+	case "gossip_peers":
+		for _, p := range strings.Split(val, ",") {
+			p = strings.TrimSpace(p)
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				return fmt.Errorf("%q is not host:port (a peer's gossip_listen)", p)
+			}
+			n.GossipPeers = append(n.GossipPeers, p)
+		}
+	case "credentials_dir":
+		n.CredentialsDir = val
+	case "lease_duration":
+		n.LeaseDuration, err = parseDuration(val)
+	case "lease_margin":
+		n.LeaseMargin, err = parseDuration(val)
+	case "confirm_timeout":
+		n.ConfirmTimeout, err = parseDuration(val)
+	case "fence_grace":
+		n.FenceGrace, err = parseDuration(val)
 	case "bootstrap":
 		n.Bootstrap, err = strconv.ParseBool(val)
 		if err != nil {
@@ -219,6 +252,27 @@ func (n *Node) Validate() error {
 			return fmt.Errorf("listen %q is not host:port", n.Listen)
 		}
 		n.RaftListen = net.JoinHostPort(host, "7461")
+	}
+	if n.GossipListen == "" {
+		host, _, _ := net.SplitHostPort(n.Listen)
+		n.GossipListen = net.JoinHostPort(host, "7462")
+	}
+	if len(n.GossipPeers) == 0 && n.Master != "" {
+		// Gossip with the management nodes, on the gossip port of their API hosts.
+		for _, m := range strings.Split(n.Master, ",") {
+			if u, err := url.Parse(strings.TrimSpace(m)); err == nil && u.Hostname() != "" {
+				n.GossipPeers = append(n.GossipPeers, net.JoinHostPort(u.Hostname(), "7462"))
+			}
+		}
+	}
+	// The guarantee that a guest never runs twice: a node stops its HA guests
+	// FenceGrace after its lease lapsed, and the master declares it lost no sooner than
+	// LeaseMargin after that.
+	if n.FenceGrace >= n.LeaseMargin {
+		return fmt.Errorf("fence_grace %v must be shorter than lease_margin %v: a node must stop its guests before the master may restart them", n.FenceGrace, n.LeaseMargin)
+	}
+	if n.LeaseMargin >= n.LeaseDuration {
+		return fmt.Errorf("lease_margin %v must be shorter than lease_duration %v", n.LeaseMargin, n.LeaseDuration)
 	}
 	if n.AdvertiseLibvirtURI == "" {
 		n.AdvertiseLibvirtURI = n.LibvirtURI

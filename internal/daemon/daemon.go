@@ -79,7 +79,8 @@ func Serve(ctx context.Context, ln net.Listener, handler http.Handler) error {
 }
 
 // NewAgent opens a node's hypervisor and makes its agent.
-func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *slog.Logger) (*agent.Agent, *hypervisor.Node, error) {
+// fencing: the node has a role machine and obeys its Fence and Unfence.
+func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *slog.Logger, fencing bool) (*agent.Agent, *hypervisor.Node, error) {
 	node, err := hypervisor.Open(hypervisor.Options{
 		URI: cfg.LibvirtURI, Accelerator: cfg.Accelerator,
 		OnError: func(op string) { reg.LibvirtErrors.WithLabelValues(cfg.Name, op).Inc() },
@@ -96,6 +97,7 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 		Address: cfg.Advertise, LibvirtURI: cfg.AdvertiseLibvirtURI, ImagesDir: cfg.ImagesDir,
 		DisksDir: disks, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
 		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
+		Fencing: fencing, FenceGrace: cfg.FenceGrace,
 		// On libvirt's test driver (dvmd dev) guests have no taps: networks stay objects.
 		Net: agent.NetConfig{Disabled: node.Accelerator() == hypervisor.AccelTest},
 	})

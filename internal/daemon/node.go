@@ -2,83 +2,155 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/master"
 	"github.com/dvmproject/dvm/internal/metrics"
+	"github.com/dvmproject/dvm/internal/roles"
+	"github.com/dvmproject/dvm/internal/store"
 	"github.com/hashicorp/raft"
 )
 
-// Node is a running dvmd: an agent over its hypervisor, its /metrics and /v1/health
-// endpoint, and on a management node the master and the API.
+// Node is a running dvmd: an agent over its hypervisor, its role machine, its
+// /metrics and /v1/health endpoint, and on a management node its replica of the cluster
+// state, the master role when raft elects it, and the API.
 type Node struct {
-	Addr   string // URL of this dvmd's listener
-	Token  string
-	HV     *hypervisor.Node
-	master *Master
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error
+	Addr    string // URL of this dvmd's listener
+	Token   string
+	HV      *hypervisor.Node
+	Roles   *roles.Runner
+	members *cluster.Members
+	master  *Master
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error
 }
 
 // StartNode starts a node as cfg says. It returns once the node serves and its agent
 // runs; Stop ends it.
 func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, error) {
+	if cfg.CredentialsDir == "" {
+		return nil, errors.New("credentials_dir is required: nodes trust each other only through the cluster's credentials; make them with `dvmd cluster init` and `dvmd cluster issue`")
+	}
+	creds, err := cluster.Load(cfg.CredentialsDir, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
 	reg := metrics.New()
 	n := &Node{done: make(chan struct{})}
-	var err error
-	if cfg.Management {
-		if n.Token, err = api.LoadOrCreateToken(cfg.TokenFile); err != nil {
-			return nil, err
-		}
-		trans, err := raft.NewTCPTransport(cfg.RaftListen, nil, 3, 10*time.Second, io.Discard)
-		if err != nil {
-			return nil, fmt.Errorf("raft transport on %s: %w", cfg.RaftListen, err)
-		}
-		cfg.RaftListen = string(trans.LocalAddr()) // a port of 0 was chosen now
-		renew := func() (raft.Transport, error) {
-			return raft.NewTCPTransport(cfg.RaftListen, nil, 3, 10*time.Second, io.Discard)
-		}
-		if n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew, Bootstrap: cfg.Bootstrap,
-			NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}}); err != nil {
-			trans.Close()
-			return nil, err
-		}
-		reg.MustRegister(n.master.Collector())
-	} else if n.Token, err = api.ReadToken(cfg.TokenFile); err != nil {
-		return nil, fmt.Errorf("token: %w (copy the cluster's token file from a management node)", err)
+	ctx, n.cancel = context.WithCancel(ctx)
+	fail := func(err error) (*Node, error) {
+		n.cancel()
+		n.closeAll()
+		return nil, err
 	}
+
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		n.closeMaster()
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return fail(fmt.Errorf("listen on %s: %w", cfg.Listen, err))
 	}
 	n.Addr = "http://" + ln.Addr().String()
 	if cfg.Advertise == cfg.Listen {
 		cfg.Advertise = ln.Addr().String() // a port of 0 was chosen now
 	}
+
+	// Gossip: membership, failure detection and the role machine's messages.
+	gh, gp, err := net.SplitHostPort(cfg.GossipListen)
+	if err != nil {
+		ln.Close()
+		return fail(fmt.Errorf("gossip_listen %q: %w", cfg.GossipListen, err))
+	}
+	gport, _ := strconv.Atoi(gp)
+	n.members, err = cluster.Join(cluster.MemberConfig{
+		Credentials: creds, BindAddr: gh, BindPort: gport, Peers: cfg.GossipPeers,
+		Meta: cluster.Meta{API: cfg.Advertise, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime()},
+		Log:  log.With("component", "gossip"),
+	})
+	if err != nil {
+		ln.Close()
+		return fail(err)
+	}
+	if len(cfg.GossipPeers) > 0 {
+		go rejoin(ctx, n.members, cfg.GossipPeers)
+	}
+
+	var client *api.Client
+	if cfg.Management {
+		if n.Token, err = api.LoadOrCreateToken(cfg.TokenFile); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		if err := n.openMaster(cfg, creds, log); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		reg.MustRegister(n.master.Collector())
+	} else if n.Token, err = api.ReadToken(cfg.TokenFile); err != nil {
+		ln.Close()
+		return fail(fmt.Errorf("token: %w (copy the cluster's token file from a management node)", err))
+	}
 	masterAddr := cfg.Master
 	if masterAddr == "" {
 		masterAddr = "http://" + cfg.Advertise
 	}
-	client, err := api.NewClient(masterAddr, n.Token)
+	if client, err = api.NewClient(masterAddr, n.Token); err != nil {
+		ln.Close()
+		return fail(err)
+	}
+
+	a, hv, err := NewAgent(cfg, client, reg, log, true)
 	if err != nil {
 		ln.Close()
-		n.closeMaster()
-		return nil, err
+		return fail(err)
 	}
-	ctx, n.cancel = context.WithCancel(ctx)
+	n.HV = hv
+
+	var st *storeHandle
+	if n.master != nil {
+		st = &storeHandle{n.master}
+	}
+	hooks := roles.Hooks{Fence: a.Fence, Unfence: a.Unfence, Event: func(kind, node, detail string) {
+		log.Info("cluster event", "kind", kind, "node", node, "detail", detail)
+		if n.master != nil && n.master.IsLeader() {
+			n.master.Record(kind, node, "", detail)
+		}
+	}}
+	if n.master != nil {
+		hooks.DeclareLost = n.master.RecoverNode
+		hooks.NodeReturned = n.master.NodeReturned
+	}
+	n.Roles, err = roles.New(roles.Config{
+		Self: cfg.Name, Capable: cfg.Management, Bootstrap: cfg.Bootstrap,
+		Failover:  failover.Config{LeaseDuration: cfg.LeaseDuration, LeaseMargin: cfg.LeaseMargin, ConfirmTimeout: cfg.ConfirmTimeout, RenewInterval: 300 * time.Millisecond},
+		StateFile: filepath.Join(cfg.DataDir, "roles.json"), Members: n.members, Store: st.store(), Hooks: hooks,
+		Log: log, Health: selfHealth(cfg.DataDir),
+	})
+	if err != nil {
+		ln.Close()
+		return fail(err)
+	}
+	reg.MustRegister(n.Roles.Collector())
 	var mm *master.Master
 	if n.master != nil {
 		mm = n.master.Master
+		mm.SetAuthority(n.Roles)
+		mm.SetRoles(n.Roles)
 		go mm.Run(ctx)
 		if !cfg.Bootstrap {
 			go master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: cfg.RaftListen})
@@ -88,14 +160,119 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		n.err = Serve(ctx, ln, master.Handler(mm, cfg.Name, n.Token, reg))
 		close(n.done)
 	}()
-	a, hv, err := NewAgent(cfg, client, reg, log)
-	if err != nil {
-		n.Stop()
-		return nil, err
-	}
-	n.HV = hv
+	go n.Roles.Run(ctx)
 	go a.Run(ctx)
 	return n, nil
+}
+
+// openMaster opens this management node's replica of the cluster state, with raft
+// over mutual TLS: only nodes holding a certificate of the cluster's CA, and known as
+// management-capable, may speak raft.
+func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog.Logger) error {
+	listen := func(addr string) (raft.Transport, error) {
+		rl, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("raft listener on %s: %w", addr, err)
+		}
+		sl := creds.RaftStreamLayer(rl, nil)
+		sl.Allow = func(node string) bool {
+			for _, m := range n.members.Members() {
+				if m.Name == node {
+					return m.Meta.Management
+				}
+			}
+			return false
+		}
+		sl.Refused = func(remote net.Addr, err error) { log.Warn("raft peer refused", "remote", remote, "err", err) }
+		return raft.NewNetworkTransport(sl, 3, 10*time.Second, io.Discard), nil
+	}
+	trans, err := listen(cfg.RaftListen)
+	if err != nil {
+		return err
+	}
+	cfg.RaftListen = string(trans.LocalAddr()) // a port of 0 was chosen now
+	renew := func() (raft.Transport, error) { return listen(cfg.RaftListen) }
+	n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew,
+		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}})
+	if err != nil {
+		if c, ok := trans.(io.Closer); ok {
+			c.Close()
+		}
+		return err
+	}
+	return nil
+}
+
+// storeHandle gives the role runner the store of a management node, nil elsewhere.
+type storeHandle struct{ m *Master }
+
+func (h *storeHandle) store() *store.Store {
+	if h == nil {
+		return nil
+	}
+	return h.m.st
+}
+
+// rejoin keeps trying the gossip peers until at least one answers: a node that starts
+// before its peers, or after a partition healed, finds the cluster without help.
+func rejoin(ctx context.Context, m *cluster.Members, peers []string) {
+	for ctx.Err() == nil {
+		if len(m.Alive()) > 1 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+			continue
+		}
+		m.JoinPeers(peers...)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// bootTime is when the host came up (uptime counts for the candidate ranking).
+func bootTime() time.Time {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return time.Now()
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return time.Now()
+	}
+	secs, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return time.Now()
+	}
+	return time.Now().Add(-time.Duration(secs * float64(time.Second)))
+}
+
+// selfHealth measures this node for the candidate ranking: free disk of the data
+// directory and CPU headroom from the load average; the network score is 1 while the
+// node reaches the cluster at all (the role machine sees reachability itself).
+func selfHealth(dataDir string) func() failover.HealthReport {
+	up := bootTime()
+	return func() failover.HealthReport {
+		h := failover.HealthReport{Network: 1, CPU: 1, Disk: 1, Uptime: time.Since(up)}
+		var fs syscall.Statfs_t
+		if syscall.Statfs(dataDir, &fs) == nil && fs.Blocks > 0 {
+			h.Disk = float64(fs.Bavail) / float64(fs.Blocks)
+		}
+		if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				if l, err := strconv.ParseFloat(f[0], 64); err == nil {
+					if cpus := float64(runtime.NumCPU()); cpus > 0 {
+						h.CPU = max(0, min(1, 1-l/(2*cpus)))
+					}
+				}
+			}
+		}
+		return h
+	}
 }
 
 // Done is closed when the node's server stops; Err then says why.
@@ -107,14 +284,20 @@ func (n *Node) Err() error { return n.err }
 // Stop ends the node.
 func (n *Node) Stop() {
 	n.cancel()
-	<-n.done
+	if n.Addr != "" {
+		<-n.done
+	}
+	n.closeAll()
+}
+
+func (n *Node) closeAll() {
+	if n.members != nil {
+		n.members.Leave(time.Second)
+		n.members.Shutdown()
+	}
 	if n.HV != nil {
 		n.HV.Close()
 	}
-	n.closeMaster()
-}
-
-func (n *Node) closeMaster() {
 	if n.master != nil {
 		n.master.Close()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/lab"
 	"github.com/dvmproject/dvm/internal/lab/labtest"
@@ -48,7 +50,14 @@ func TestRealQEMUGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := config.Defaults()
-	cfg.Name, cfg.Management, cfg.Bootstrap, cfg.RaftListen = "host1", true, true, "127.0.0.1:0"
+	cfg.Name, cfg.Management, cfg.Bootstrap, cfg.RaftListen, cfg.GossipListen = "host1", true, true, "127.0.0.1:0", "127.0.0.1:0"
+	cfg.CredentialsDir = filepath.Join(dir, "credentials")
+	if err := cluster.NewCA(cfg.CredentialsDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Issue(cfg.CredentialsDir, "host1", []net.IP{net.ParseIP("127.0.0.1")}, nil); err != nil {
+		t.Fatal(err)
+	}
 	cfg.Listen, cfg.Advertise = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.TokenFile = filepath.Join(dir, "data"), filepath.Join(dir, "data", "token")
 	cfg.ImagesDir, cfg.DisksDir = filepath.Join(dir, "images"), filepath.Join(dir, "disks")
@@ -70,7 +79,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		return c.Do(ctx, "GET", "/v1/nodes", nil, &ns) == nil && len(ns) == 1 && ns[0].State == api.NodeReady
 	})
 	t.Cleanup(func() { n.HV.Undefine(name) })
-	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverNone}, nil); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverRestart}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitLong(t, name+" running", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestRunning })

@@ -183,3 +183,7 @@ func (m *Master) recoveryDone(node, guest string) {
 	m.reg.RecoveryDone(d)
 	go m.Record("recovered", node, guest, fmt.Sprintf("guest %s running on %s %.1f s after its node was declared lost", guest, node, d.Seconds()))
 }
+
+// SetAuthority gives the master its node's role machine: it acts only while that
+// machine holds a majority lease.
+func (m *Master) SetAuthority(a Authority) { m.opts.Authority = a }

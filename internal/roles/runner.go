@@ -32,6 +32,9 @@ type Hooks struct {
 	// DeclareLost runs on the master: node is lost and has fenced itself; its guests
 	// may be recovered elsewhere.
 	DeclareLost func(node, why string)
+	// NodeReturned runs on the master: a lost node is back and was taken into the
+	// cluster again.
+	NodeReturned func(node string)
 	// Event records something operators should see (a node on hold, given up, a
 	// generation change, a merge).
 	Event func(kind, node, detail string)
@@ -398,6 +401,9 @@ func (r *Runner) carryOut(acts []failover.Action) {
 		case failover.Demote:
 			r.event("demote", a.Node, string(a.To))
 			go r.raftDemote(a.Node, a.To)
+			if r.cfg.Hooks.NodeReturned != nil && a.To != failover.RoleLost {
+				go r.cfg.Hooks.NodeReturned(a.Node)
+			}
 		case failover.ReForm:
 			r.event("re-form", r.cfg.Self, fmt.Sprintf("generation %d with voters %v", a.Generation, a.Voters))
 			go r.reform(a.Generation, a.Voters)
