@@ -26,6 +26,9 @@ type NetConfig struct {
 	VTEP netip.Addr
 	// Underlay is the link the overlay runs over; "" = the link holding VTEP.
 	Underlay string
+	// NetnsPath is the network namespace to wire; "" = the agent's own (tests use a
+	// private one).
+	NetnsPath string
 }
 
 // netAgent is the agent's guest networking state; its maps are guarded by Agent.mu.
@@ -60,7 +63,7 @@ func (a *Agent) reconcileNetworks(asg api.Assignment) {
 	}
 	d, err := a.desired(asg)
 	if err == nil && na.np == nil {
-		if na.np, err = netplane.NewReconciler(netplane.Options{}); err != nil {
+		if na.np, err = netplane.NewReconciler(netplane.Options{NetnsPath: a.cfg.Net.NetnsPath}); err != nil {
 			na.np = nil
 		}
 	}
