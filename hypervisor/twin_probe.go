@@ -46,9 +46,9 @@ var (
 // itself could not run.
 //
 // When every part is there, it then runs a guest-less pair on loopback under accel for
-// a few checkpoints (about two seconds): Debian's QEMU 7.2.22 has every part, pairs,
-// and then freezes the primary for good at the end of its first checkpoint (its COLO
-// thread still holds the big QEMU lock when it takes it again to restart the guest).
+// ten checkpoints (a few seconds): Debian's QEMU 7.2.22 has every part, pairs,
+// and then, at the end of one of its first checkpoints, freezes the primary for good
+// (its COLO thread already holds the big QEMU lock when it takes it to restart the guest).
 // A node must not pair a real guest on such a QEMU, so that is refused too.
 func ProbeTwinSupport(ctx context.Context, qemu string, accel Accelerator) (TwinSupport, error) {
 	bin, version, types, schema, err := queryQEMUFeatures(ctx, qemu)
@@ -67,9 +67,13 @@ func ProbeTwinSupport(ctx context.Context, qemu string, accel Accelerator) (Twin
 	return sup, nil
 }
 
+const probeCheckpointCount = 10
+
 // probeCheckpoints pairs two guest-less QEMUs (firmware only, 32 MiB) on loopback
-// with checkpoints every 200 ms and waits until the primary has run on after two of
-// them, or is found frozen after one.
+// with checkpoints every 100 ms and waits until the primary has run on after ten of
+// them, or is found frozen after one. Ten, because the freeze is a race: on Debian's
+// 7.2.22 about half the checkpoints freeze the primary, so two in a row pass one
+// probe in six, ten one in a thousand.
 func probeCheckpoints(ctx context.Context, bin string, accel Accelerator) error {
 	if accel != AccelKVM {
 		accel = AccelTCG
@@ -89,7 +93,7 @@ func probeCheckpoints(ctx context.Context, bin string, accel Accelerator) error 
 		return TwinSpec{
 			Guest: GuestSpec{Name: "dvm-colo-probe", CPUs: 1, MemoryBytes: 32 << 20},
 			Role:  role, Accel: accel, RunDir: filepath.Join(dir, string(role)), Links: links, QEMU: bin,
-			Paused: true, CheckpointInterval: 200 * time.Millisecond,
+			Paused: true, CheckpointInterval: 100 * time.Millisecond,
 		}
 	}
 	p, err := launchTwin(ctx, spec(TwinPrimary))
@@ -109,12 +113,15 @@ func probeCheckpoints(ctx context.Context, bin string, accel Accelerator) error 
 	}
 	for {
 		if _, stuck := p.stuckSince(); stuck {
-			return fmt.Errorf("%w: a COLO checkpoint leaves the primary frozen (its guest never runs again), so twins cannot run on this QEMU; install one whose COLO checkpoints work (ProbeTwinSupport tells)", ErrTwinUnsupported)
+			p.mu.Lock()
+			n := p.checkpoints
+			p.mu.Unlock()
+			return fmt.Errorf("%w: COLO checkpoint %d of a probe pair left the primary frozen (its guest never ran again), so twins cannot run on this QEMU; install one whose COLO checkpoints work (ProbeTwinSupport tells)", ErrTwinUnsupported, n)
 		}
 		p.mu.Lock()
 		n, waiting := p.checkpoints, p.awaitResume
 		p.mu.Unlock()
-		if n >= 2 && !waiting {
+		if n >= probeCheckpointCount && !waiting {
 			return nil
 		}
 		select {

@@ -540,8 +540,8 @@ func (t *Twin) readTrace(f *os.File) {
 }
 
 // stuckSince reports a primary whose guest has not run again since a checkpoint ended
-// longer than twinResumeLimit ago: QEMU's COLO thread is wedged (Debian's QEMU 7.2
-// does this after every first checkpoint; see ProbeTwinSupport).
+// longer than twinResumeLimit ago: QEMU's COLO thread is wedged (Debian's QEMU 7.2.22
+// does this within its first few checkpoints; see ProbeTwinSupport).
 func (t *Twin) stuckSince() (time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
