@@ -79,10 +79,16 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 			}
 			continue
 		}
-		defer resp.Body.Close()
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		resp.Body.Close()
 		if err != nil {
 			return err
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
+			// This management node has no master to forward to right now (an election,
+			// a partition): another listed node may.
+			lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
+			continue
 		}
 		if resp.StatusCode >= 300 {
 			var e Error

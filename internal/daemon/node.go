@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,15 +32,16 @@ import (
 // /metrics and /v1/health endpoint, and on a management node its replica of the cluster
 // state, the master role when raft elects it, and the API.
 type Node struct {
-	Addr    string // URL of this dvmd's listener
-	Token   string
-	HV      *hypervisor.Node
-	Roles   *roles.Runner
-	members *cluster.Members
-	master  *Master
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error
+	Addr     string // URL of this dvmd's listener
+	Token    string
+	HV       *hypervisor.Node
+	Roles    *roles.Runner
+	members  *cluster.Members
+	master   *Master
+	raftAddr string
+	cancel   context.CancelFunc
+	done     chan struct{}
+	err      error
 }
 
 // StartNode starts a node as cfg says. It returns once the node serves and its agent
@@ -134,6 +136,19 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	if n.master != nil {
 		hooks.DeclareLost = n.master.RecoverNode
 		hooks.NodeReturned = n.master.NodeReturned
+		var merging sync.Mutex
+		hooks.Merge = func(into string) {
+			if !merging.TryLock() {
+				return // a merge is under way
+			}
+			defer merging.Unlock()
+			log.Warn("merging into the group of "+into+": this node's replica is dropped and joins again", "into", into)
+			if err := n.master.st.Reset(); err != nil {
+				log.Error("merge: reset replica", "err", err)
+				return
+			}
+			master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr})
+		}
 	}
 	n.Roles, err = roles.New(roles.Config{
 		Self: cfg.Name, Capable: cfg.Management, Bootstrap: cfg.Bootstrap,
@@ -153,7 +168,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		mm.SetRoles(n.Roles)
 		go mm.Run(ctx)
 		if !cfg.Bootstrap {
-			go master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: cfg.RaftListen})
+			go master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr})
 		}
 	}
 	go func() {
@@ -190,8 +205,8 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 	if err != nil {
 		return err
 	}
-	cfg.RaftListen = string(trans.LocalAddr()) // a port of 0 was chosen now
-	renew := func() (raft.Transport, error) { return listen(cfg.RaftListen) }
+	n.raftAddr = string(trans.LocalAddr()) // a port of 0 was chosen now
+	renew := func() (raft.Transport, error) { return listen(n.raftAddr) }
 	n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew,
 		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}})
 	if err != nil {

@@ -17,7 +17,7 @@ import (
 
 // agentConfig is node k's DIR/nodes/nK/dvmd.conf, the format dvmd agent reads:
 // one `key = value` a line, # comments.
-func agentConfig(dir string, k int) string {
+func agentConfig(dir string, k, nodes int) string {
 	var b strings.Builder
 	name, addr := nodeName(k), nodeAddr(k)
 	fmt.Fprintf(&b, "# dvm lab node %s: written by vmctl lab up\n", name)
@@ -28,10 +28,12 @@ func agentConfig(dir string, k int) string {
 	kv("listen", net.JoinHostPort(addr, strconv.Itoa(AgentPort)))
 	kv("data_dir", filepath.Join(dir, "nodes", name, "data"))
 	kv("token_file", filepath.Join(dir, "token"))
-	// n1 forms the cluster; the management group grows as other nodes join.
-	kv("management", strconv.FormatBool(k == 1))
+	// Every lab node is management-capable: n1 forms the cluster, the others join as
+	// candidates, and the role machine picks the backups from them.
+	kv("management", "true")
 	kv("bootstrap", strconv.FormatBool(k == 1))
-	kv("master", MasterURL())
+	kv("credentials_dir", credentialsDir(dir, k))
+	kv("master", masterURLs(nodes))
 	kv("images_dir", filepath.Join(dir, "shared", "images"))
 	kv("disks_dir", filepath.Join(dir, "shared", "disks"))
 	kv("reserved_cpus", "0")
@@ -145,4 +147,19 @@ func (l *Lab) waitAgent(ctx context.Context, n nodeState) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// credentialsDir is where node k's credentials are: DIR/nodes/nK/credentials.
+func credentialsDir(dir string, k int) string {
+	return filepath.Join(dir, "nodes", nodeName(k), "credentials")
+}
+
+// masterURLs lists the API of every management-capable node of an n-node lab: clients
+// use the first that answers, and the answer comes from the master wherever it runs.
+func masterURLs(n int) string {
+	urls := make([]string, 0, n)
+	for k := 1; k <= n; k++ {
+		urls = append(urls, agentURL(k))
+	}
+	return strings.Join(urls, ",")
 }

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/dvmproject/dvm/internal/cluster"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -383,6 +385,18 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err := writeFileAtomic(l.TokenFile(), []byte(token), 0o600); err != nil {
 		return nil, fmt.Errorf("write lab token: %w", err)
 	}
+	// The cluster's credentials, as an operator makes them with `dvmd cluster init` and
+	// `dvmd cluster issue`: a CA and gossip key, and each node's certificate for its
+	// lab address. Nodes trust each other through these only.
+	if err := cluster.NewCA(filepath.Join(dir, "credentials")); err != nil {
+		return nil, fmt.Errorf("lab credentials: %w", err)
+	}
+	for k := 1; k <= opts.Nodes; k++ {
+		ip := net.ParseIP(nodeAddr(k))
+		if err := cluster.IssueTo(filepath.Join(dir, "credentials"), credentialsDir(dir, k), nodeName(k), []net.IP{ip}, nil); err != nil {
+			return nil, fmt.Errorf("lab credentials of %s: %w", nodeName(k), err)
+		}
+	}
 	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Image: img.Version}
 	for k := 1; k <= opts.Nodes; k++ {
 		u, err := newUUID()
@@ -465,7 +479,7 @@ func (l *Lab) writeEnv(token string) error {
 	for _, n := range l.st.Nodes {
 		nodes = append(nodes, n.Name+"="+libvirtURI(n.Index))
 	}
-	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_LAB_NODES=%s\n", MasterURL(), token, strings.Join(nodes, ","))
+	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_LAB_NODES=%s\n", masterURLs(len(l.st.Nodes)), token, strings.Join(nodes, ","))
 	if err := writeFileAtomic(l.EnvFile(), []byte(env), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", l.EnvFile(), err)
 	}
@@ -475,7 +489,7 @@ func (l *Lab) writeEnv(token string) error {
 // resetDir removes what a previous lab left in dir (only the lab's own entries:
 // dir may hold other files) and creates the layout.
 func resetDir(dir string) error {
-	for _, e := range []string{"nodes", "shared", "token", "env", stateFile, stateFile + ".tmp"} {
+	for _, e := range []string{"nodes", "shared", "credentials", "token", "env", stateFile, stateFile + ".tmp"} {
 		if err := os.RemoveAll(filepath.Join(dir, e)); err != nil {
 			return fmt.Errorf("clean lab directory: %w", err)
 		}
@@ -550,7 +564,7 @@ func (l *Lab) Purge() error {
 	if l.IsUp() {
 		return fmt.Errorf("lab in %s is up: bring it down before purging", l.dir)
 	}
-	for _, e := range []string{"nodes", "shared", "token", "env", stateFile, "lab.lock"} {
+	for _, e := range []string{"nodes", "shared", "credentials", "token", "env", stateFile, "lab.lock"} {
 		if err := os.RemoveAll(filepath.Join(l.dir, e)); err != nil {
 			return fmt.Errorf("purge lab: %w", err)
 		}

@@ -17,7 +17,7 @@ import (
 // key the lab writes and dvmd does not know fails here, not in a lab.
 func TestAgentConfig(t *testing.T) {
 	for k := 1; k <= 3; k++ {
-		text := agentConfig("/var/lib/dvm-lab", k)
+		text := agentConfig("/var/lib/dvm-lab", k, 3)
 		n, err := config.Parse(strings.NewReader(text))
 		if err != nil {
 			t.Fatalf("config of n%d does not parse: %v\n%s", k, err, text)

@@ -152,7 +152,7 @@ func (l *Lab) prepareNode(n *nodeState) error {
 		{"etc/libvirt/libvirt.conf", "", 0o644},
 		{"hosts", hosts.String(), 0o644},
 		{"node.sh", script.String(), 0o755},
-		{"dvmd.conf", agentConfig(l.dir, n.Index), 0o644},
+		{"dvmd.conf", agentConfig(l.dir, n.Index, len(l.st.Nodes)), 0o644},
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(nd, f.path), []byte(f.data), f.mode); err != nil {

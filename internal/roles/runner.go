@@ -35,6 +35,9 @@ type Hooks struct {
 	// NodeReturned runs on the master: a lost node is back and was taken into the
 	// cluster again.
 	NodeReturned func(node string)
+	// Merge runs on a management node whose group yielded to the group of into: its
+	// replica of the state is thrown away and it joins the winning group again.
+	Merge func(into string)
 	// Event records something operators should see (a node on hold, given up, a
 	// generation change, a merge).
 	Event func(kind, node, detail string)
@@ -413,6 +416,9 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			r.event(a.Kind, a.Node, a.Detail)
 		case failover.Merge:
 			r.event("merge", r.cfg.Self, fmt.Sprintf("into the group of %s: %s", a.Into, a.Reason))
+			if r.cfg.Hooks.Merge != nil {
+				go r.cfg.Hooks.Merge(a.Into)
+			}
 		case failover.StopContacting:
 			r.event("gave-up", a.Node, "no longer contacted")
 		case failover.SolitudeShutdown:

@@ -77,7 +77,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
 	s := newState()
-	s.rc, s.logs, s.snaps, s.trans, s.newTrans = rc, logs, snaps, cfg.Transport, cfg.NewTransport
+	s.rc, s.logs, s.snaps, s.trans, s.newTrans, s.dir = rc, logs, snaps, cfg.Transport, cfg.NewTransport, cfg.Dir
 	s.closers = append(s.closers, logs.Close)
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, logs, snaps)
@@ -225,6 +225,54 @@ func (s *Store) Members() ([]raft.Server, error) {
 		return nil, err
 	}
 	return f.Configuration().Servers, nil
+}
+
+// Reset throws this node's replica away and starts raft again empty, as a node that
+// never joined: a management node whose group merged into another (the seed's scenario
+// 5) follows the winning group from its snapshot after it joins it again.
+func (s *Store) Reset() error {
+	s.reformMu.Lock()
+	defer s.reformMu.Unlock()
+	if s.newTrans == nil {
+		return errors.New("reset: the store was opened without NewTransport")
+	}
+	if err := s.r.Shutdown().Error(); err != nil {
+		return fmt.Errorf("reset: stop raft: %w", err)
+	}
+	dir := s.dir
+	if err := s.logs.Close(); err != nil {
+		return err
+	}
+	for _, p := range []string{filepath.Join(dir, "raft.db"), filepath.Join(dir, "snapshots")} {
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("reset: %w", err)
+		}
+	}
+	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db"), BoltOptions: &bolt.Options{Timeout: 2 * time.Second}})
+	if err != nil {
+		return fmt.Errorf("reset: raft log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStore(dir, 2, io.Discard)
+	if err != nil {
+		logs.Close()
+		return fmt.Errorf("reset: snapshots: %w", err)
+	}
+	trans, err := s.newTrans()
+	if err != nil {
+		logs.Close()
+		return fmt.Errorf("reset: transport: %w", err)
+	}
+	s.mu.Lock()
+	s.nodes, s.guests, s.nets, s.events, s.meta = map[string]*NodeRecord{}, map[string]*GuestRecord{}, map[string]*NetworkRecord{}, nil, Meta{}
+	s.mu.Unlock()
+	r, err := raft.NewRaft(s.rc, (*fsm)(s), logs, logs, snaps, trans)
+	if err != nil {
+		logs.Close()
+		return fmt.Errorf("reset: start raft: %w", err)
+	}
+	s.closers = []func() error{logs.Close}
+	s.r, s.logs, s.snaps, s.trans = r, logs, snaps, trans
+	return nil
 }
 
 // Reform is forced recovery (the seed's scenarios 2 and 3 made safe by the role

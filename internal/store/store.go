@@ -149,6 +149,7 @@ type Store struct {
 	snaps    raft.SnapshotStore
 	trans    raft.Transport
 	newTrans func() (raft.Transport, error)
+	dir      string
 }
 
 // Meta is cluster-wide state that is neither a node nor a guest.

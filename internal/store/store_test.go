@@ -274,3 +274,47 @@ func TestEventsKeepOrderAndBound(t *testing.T) {
 		t.Fatalf("after %d: %d events", MaxEvents+3, len(got))
 	}
 }
+
+// TestResetRejoins: a node whose group merged away throws its replica away and, added
+// again by the leader, catches up from the leader's state.
+func TestResetRejoins(t *testing.T) {
+	names := []string{"n1", "n2"}
+	trs := map[string]*raft.InmemTransport{}
+	for _, n := range names {
+		_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+	}
+	link := func() {
+		trs["n1"].Connect("n2", trs["n2"])
+		trs["n2"].Connect("n1", trs["n1"])
+	}
+	link()
+	stores := map[string]*Store{}
+	for _, n := range names {
+		n := n
+		renew := func() (raft.Transport, error) {
+			_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+			link()
+			return trs[n], nil
+		}
+		s, err := Open(Config{NodeID: n, Dir: t.TempDir(), Transport: trs[n], NewTransport: renew, Bootstrap: true, LogOutput: io.Discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[n] = s
+		defer s.Close()
+	}
+	// Two groups of one, as after a partition; n2 wrote something of its own.
+	waitTrue(t, "both lead", func() bool { return stores["n1"].IsLeader() && stores["n2"].IsLeader() })
+	stores["n1"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "winner", Desired: DesiredRunning}})
+	stores["n2"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "loser", Desired: DesiredRunning}})
+	if err := stores["n2"].Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := stores["n2"].Guest("loser"); ok {
+		t.Fatal("reset kept the merged group's state")
+	}
+	if err := stores["n1"].Raft().AddNonvoter("n2", "n2", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "n2 follows n1", func() bool { _, ok := stores["n2"].Guest("winner"); return ok })
+}
