@@ -22,6 +22,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/digitalocean/go-qemu/qmp/raw"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Twin is one running half of a twin: a QEMU process this node started, its QMP
@@ -30,7 +31,7 @@ import (
 // safe for concurrent use; QMP commands to one half run one at a time.
 type Twin struct {
 	spec TwinSpec
-	cmd  *exec.Cmd
+	pid  int
 	done chan struct{} // closed when the process has ended and been reaped
 	// exitErr is the process's end as exec reports it; read only after done.
 	exitErr error
@@ -165,7 +166,7 @@ func launchTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
 		cleanupTwinFiles(spec)
 		return nil, fail(err)
 	}
-	t := &Twin{spec: spec, cmd: cmd, done: make(chan struct{}), role: spec.Role, state: TwinUnprotected}
+	t := &Twin{spec: spec, pid: cmd.Process.Pid, done: make(chan struct{}), role: spec.Role, state: TwinUnprotected}
 	if spec.Role == TwinPrimary && len(spec.Guest.NICs) == 1 {
 		t.packetLinks, t.localCompare = TwinLinks{Mirror: spec.Links.Mirror, Compare: spec.Links.Compare}, true
 	}
@@ -200,6 +201,98 @@ func exitText(err error) string {
 	return err.Error()
 }
 
+// AttachTwin takes over the supervision of a twin half that a previous run of the
+// agent started from the same spec (its pidfile and QMP socket in spec.RunDir), as
+// libvirtd reconnects to its guests when it restarts: the guest never notices. The
+// role comes from QEMU (a secondary that took over reports as primary). Checkpoint
+// counts start again from zero, and ExitError cannot tell how the process ended (it
+// is not this process's child).
+func AttachTwin(ctx context.Context, spec TwinSpec) (*Twin, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	fail := func(err error) error { return fmt.Errorf("attach %s of twin %q: %w", spec.Role, spec.Guest.Name, err) }
+	pid, ok := runningPid(spec)
+	if !ok {
+		return nil, fail(fmt.Errorf("%w: no QEMU runs from %s", ErrNotFound, spec.RunDir))
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fail(fmt.Errorf("pidfd of %d: %w", pid, err))
+	}
+	trace, err := os.OpenFile(spec.path(twinTraceFIFO), os.O_RDWR, 0)
+	if err != nil {
+		unix.Close(pidfd)
+		return nil, fail(fmt.Errorf("trace pipe: %w", err))
+	}
+	t := &Twin{spec: spec, pid: pid, done: make(chan struct{}), role: spec.Role, state: TwinUnprotected}
+	traced := make(chan struct{})
+	go func() {
+		t.readTrace(trace)
+		close(traced)
+	}()
+	go func() {
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		unix.Close(pidfd)
+		trace.Close()
+		<-traced
+		t.exitErr = errors.New("QEMU ended (how is unknown: the process was attached, not started, by this agent)")
+		close(t.done)
+	}()
+	if err := t.connect(ctx); err != nil {
+		trace.Close()
+		return nil, fail(err)
+	}
+	if err := t.learnState(ctx); err != nil {
+		t.mon.Disconnect()
+		return nil, fail(err)
+	}
+	return t, nil
+}
+
+// learnState reads an attached half's role, protection and packet-compare chardevs
+// from QEMU.
+func (t *Twin) learnState(ctx context.Context) error {
+	cs, err := t.queryColo(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := t.runState(ctx)
+	if err != nil {
+		return err
+	}
+	var devs []struct {
+		Label string `json:"label"`
+	}
+	if err := t.qmpRun(ctx, "query-chardev", nil, &devs); err != nil {
+		return err
+	}
+	labels := map[string]bool{}
+	for _, d := range devs {
+		labels[d.Label] = true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case cs.Mode == "primary" || cs.Mode == "secondary":
+		t.role, t.state = TwinRole(cs.Mode), TwinProtected
+	case t.spec.Role == TwinSecondary && st != "inmigrate":
+		// COLO ended on a secondary that runs: it took over.
+		t.role, t.promoted = TwinPrimary, true
+	}
+	if labels["mirror0"] {
+		// Addresses unknown: the next Protect makes these chardevs anew.
+		t.packetLinks = TwinLinks{Mirror: "attached", Compare: "attached"}
+	}
+	t.localCompare = labels["compare0"]
+	return nil
+}
+
 // connect waits for QEMU's QMP socket and completes the QMP handshake.
 func (t *Twin) connect(ctx context.Context) error {
 	deadline := time.Now().Add(twinStartTimeout)
@@ -217,7 +310,17 @@ func (t *Twin) connect(ctx context.Context) error {
 		}
 		mon, err := qmp.NewSocketMonitor("unix", sock, time.Second)
 		if err == nil {
-			err = mon.Connect()
+			// QEMU greets one client at a time; a second one waits for the banner with
+			// no end, so the wait is bounded here.
+			connected := make(chan error, 1)
+			go func() { connected <- mon.Connect() }()
+			select {
+			case err = <-connected:
+			case <-time.After(5 * time.Second):
+				mon.Disconnect()
+				<-connected
+				return fmt.Errorf("QMP monitor %s greets no client: another client holds it", sock)
+			}
 			if err == nil {
 				t.mon, t.api = mon, raw.NewMonitor(mon)
 				return nil
@@ -257,7 +360,7 @@ func (t *Twin) Role() TwinRole {
 func (t *Twin) Spec() TwinSpec { return t.spec }
 
 // PID is the QEMU process's id.
-func (t *Twin) PID() int { return t.cmd.Process.Pid }
+func (t *Twin) PID() int { return t.pid }
 
 // Exited is closed when the QEMU process has ended, whatever ended it.
 func (t *Twin) Exited() <-chan struct{} { return t.done }

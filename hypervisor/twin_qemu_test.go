@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -425,6 +426,47 @@ func TestTwinCheckpoints(t *testing.T) {
 		t.Errorf("the runner reported %v, but the guest printed on (ticks %v, then %v)", stuck, frozen.ticks, c.ticks)
 	}
 	t.Logf("as the probe said (%v), the runner reported: %v", probeErr, stuck)
+}
+
+// TestTwinAttach: a half whose agent went away (its QMP connection closed, QEMU left
+// running) is taken over by a new runner from the same spec.
+func TestTwinAttach(t *testing.T) {
+	l := newTwinLab(t, "dvmtwt4")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec := l.spec(TwinPrimary, "p", l.disk("primary.raw", ""), l.links())
+	if _, err := AttachTwin(ctx, spec); !errors.Is(err, ErrNotFound) {
+		t.Errorf("attach with nothing running: %v", err)
+	}
+	old := l.start(spec)
+	waitConsole(t, spec.Guest.ConsoleLog, 30*time.Second, "tick 1", func(c console) bool { return c.last() >= 1 })
+	if _, err := StartPrimary(ctx, spec); err == nil || !strings.Contains(err.Error(), "already runs") {
+		t.Errorf("second start from the same run directory: %v", err)
+	}
+	old.mon.Disconnect() // the old agent is gone
+	tw, err := AttachTwin(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tw.PID() != old.PID() {
+		t.Errorf("attached pid %d, started %d", tw.PID(), old.PID())
+	}
+	st := status(t, tw)
+	if st.Role != TwinPrimary || st.State != TwinUnprotected || st.RunState != "running" {
+		t.Errorf("attached primary: %+v", st)
+	}
+	before := readConsole(spec.Guest.ConsoleLog)
+	waitConsole(t, spec.Guest.ConsoleLog, 10*time.Second, "a tick after the attach", func(c console) bool { return len(c.ticks) > len(before.ticks) })
+	if err := tw.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-tw.Exited():
+	case <-time.After(5 * time.Second):
+		t.Fatal("attached half: Exited not closed after Stop")
+	}
+	<-old.Exited()
+	checkCleanedUp(t, tw)
 }
 
 // checkCleanedUp: stopped halves leave no socket, pidfile, overlay or tap.
