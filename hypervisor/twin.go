@@ -5,7 +5,28 @@ package hypervisor
 // primary and whose outgoing packets are compared with the primary's before they leave.
 // libvirt cannot drive COLO, so the node agent runs the two QEMU processes itself; this
 // file turns a guest spec into a twin half's QEMU command line, twin_process.go runs and
-// supervises the process, twin_colo.go drives replication and failover over QMP.
+// supervises the process, twin_colo.go drives replication and failover over QMP
+// (go-qemu), twin_probe.go finds out whether a node's QEMU can serve twins at all.
+//
+// How the agents use it, the secondary on node B and the primary on node A:
+//
+//	ProbeTwinSupport(ctx, "", accel)       on each node, once: refuse twins where it fails
+//	B: s := StartSecondary(ctx, spec)      its own copy of the disk, Links on A and B
+//	A: p := StartPrimary(ctx, spec)        (or the guest already runs as a primary)
+//	B: s.PrepareSecondary(ctx)             NBD export, x-colo
+//	A: p.Protect(ctx, links)               disk mirror if running, replication, compare, COLO
+//	…  Status(ctx) on either: protected / syncing / unprotected, checkpoints
+//	A lost: s.Failover(ctx)                the replica runs on, now the primary
+//	B lost: p.PrimaryAlone(ctx)            the primary runs on unprotected
+//	then a new secondary elsewhere and Protect again, with the new links
+//
+// Pair does PrepareSecondary and Protect for a caller holding both halves. Failover and
+// PrimaryAlone must only follow the cluster's verdict that the other half is lost.
+//
+// What QEMU 7.2.22 (Debian 12) does, measured here: every part exists and pairing,
+// failover and re-protection work; the secondary aborts loading a q35 checkpoint, so
+// twins use i440fx; and within its first few checkpoints the primary freezes for good
+// (a race in its COLO thread), which ProbeTwinSupport detects and refuses.
 //
 // Names used on both halves (they must match for QEMU's migration stream and the COLO
 // commands): the guest's disk is the quorum node "colo-disk0" (device "disk0"), the NIC
