@@ -184,7 +184,12 @@ func vmCreate() *cli.Command {
 		ArgsUsage: "NAME",
 		Description: "Examples:\n" +
 			"  vmctl vm create web --os dragonfly --cpus 2 --memory 2GiB --disk 20GiB\n" +
-			"  vmctl vm create lab1 --os linux --image lab --cpus 1 --memory 128MiB\n\n" +
+			"  vmctl vm create lab1 --os linux --image lab --cpus 1 --memory 128MiB\n" +
+			"  vmctl vm create lab2 --os linux --image lab --memory 128MiB --net blue\n\n" +
+			"With --net each network gives the guest a NIC with its own MAC (52:54:00:xx:xx:xx) and\n" +
+			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
+			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
+			"command line.\n\n" +
 			"Waits until the guest runs. Exits 2 when no node can take it (it stays pending and\n" +
 			"is placed when room appears).",
 		Flags: append([]cli.Flag{
