@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -395,7 +396,18 @@ func (t *Twin) Stop(grace time.Duration) error {
 	if t.mon != nil {
 		t.mon.Disconnect()
 	}
-	if err := cleanupTwinFiles(t.spec); err != nil {
+	t.mu.Lock()
+	promoted := t.promoted
+	t.mu.Unlock()
+	var keep []string
+	if promoted {
+		// After a takeover QEMU commits the overlays into the disk copy with an
+		// internal job that QMP does not show; until a check of the chain says it is
+		// done, the overlays may hold the guest's last writes. StartSecondary from this
+		// RunDir replaces them.
+		keep = []string{twinActive, twinHidden}
+	}
+	if err := cleanupTwinFiles(t.spec, keep...); err != nil {
 		return fmt.Errorf("stop %s of twin %q: clean up: %w", t.spec.Role, t.Name(), err)
 	}
 	return nil
@@ -420,10 +432,12 @@ func (t *Twin) kill() {
 var twinRunFiles = []string{twinQMPSocket, twinPidfile, twinCompareIn, twinCompareOut, twinActive, twinHidden, twinTraceFIFO}
 
 // cleanupTwinFiles removes what a half made in its RunDir, except logs.
-func cleanupTwinFiles(spec TwinSpec) error {
+func cleanupTwinFiles(spec TwinSpec, keep ...string) error {
 	var errs []error
 	for _, f := range twinRunFiles {
-		errs = append(errs, removeIfExists(spec.path(f)))
+		if !slices.Contains(keep, f) {
+			errs = append(errs, removeIfExists(spec.path(f)))
+		}
 	}
 	return errors.Join(errs...)
 }

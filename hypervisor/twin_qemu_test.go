@@ -474,8 +474,13 @@ func checkCleanedUp(t testing.TB, halves ...*Twin) {
 	t.Helper()
 	for _, h := range halves {
 		for _, f := range twinRunFiles {
-			if _, err := os.Stat(h.spec.path(f)); err == nil {
+			_, err := os.Stat(h.spec.path(f))
+			kept := h.promoted && (f == twinActive || f == twinHidden)
+			if err == nil && !kept {
 				t.Errorf("%s left %s behind", h.spec.Role, f)
+			}
+			if err != nil && kept {
+				t.Errorf("promoted %s removed %s, which may hold its last writes", h.spec.Role, f)
 			}
 		}
 		if _, err := netlink.LinkByName(TwinTapName(h.spec)); err == nil {
