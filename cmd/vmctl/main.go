@@ -109,7 +109,7 @@ func nodeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "node",
 		Usage: "the cluster's nodes",
-		Subcommands: []*cli.Command{{
+		Subcommands: []*cli.Command{drainCommand(), undrainCommand(), maintenanceCommand(), {
 			Name:    "ls",
 			Aliases: []string{"list"},
 			Usage:   "list nodes with their capacity and allocation",
@@ -127,7 +127,13 @@ func nodeCommand() *cli.Command {
 				}
 				var rows [][]string
 				for _, n := range nodes {
-					rows = append(rows, []string{n.Name, n.State, n.Accelerator,
+					state := n.State
+					if n.Maintenance {
+						state += ",maintenance"
+					} else if n.Draining {
+						state += ",draining"
+					}
+					rows = append(rows, []string{n.Name, state, n.Accelerator,
 						fmt.Sprintf("%d/%d", n.AllocatedCPUs, n.CPUs),
 						units.FormatBytes(n.AllocatedMemoryBytes) + "/" + units.FormatBytes(n.MemoryBytes),
 						fmt.Sprint(n.Guests), labels(n.Labels)})

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -101,6 +102,59 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 			return json.Unmarshal(data, out)
 		}
 		return nil
+	}
+	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
+}
+
+// Stream sends a request and calls line for every line of a newline-delimited JSON
+// answer as it arrives (drain progress). Like Do, it moves on to the next address
+// when a node does not answer or has no master now.
+func (c *Client) Stream(ctx context.Context, method, path string, body any, line func([]byte) error) error {
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	var lastErr error
+	for _, addr := range c.Addrs {
+		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			lastErr = err
+			if ctx.Err() != nil {
+				return err
+			}
+			continue
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
+			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
+			continue
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			var e Error
+			if json.Unmarshal(data, &e) != nil || e.Error == "" {
+				e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+			}
+			return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			if err := line(sc.Bytes()); err != nil {
+				return err
+			}
+		}
+		return sc.Err()
 	}
 	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
 }

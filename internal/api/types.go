@@ -87,6 +87,8 @@ type Node struct {
 	Guests               int               `json:"guests"`
 	Labels               map[string]string `json:"labels,omitempty"`
 	Schedulable          bool              `json:"schedulable"`
+	Draining             bool              `json:"draining,omitempty"`
+	Maintenance          bool              `json:"maintenance,omitempty"`
 	LastSeen             time.Time         `json:"last_seen"`
 }
 
@@ -226,4 +228,19 @@ type Event struct {
 	Node   string    `json:"node,omitempty"`
 	Guest  string    `json:"guest,omitempty"`
 	Detail string    `json:"detail"`
+}
+
+// DrainProgress is one line of POST /v1/nodes/{name}/drain's answer (newline-delimited
+// JSON): a guest moved or not; the last line has Done set and the totals.
+type DrainProgress struct {
+	Node            string  `json:"node"`
+	Guest           string  `json:"guest,omitempty"`
+	To              string  `json:"to,omitempty"`
+	Status          string  `json:"status,omitempty"` // moved or failed
+	Error           string  `json:"error,omitempty"`
+	TotalSeconds    float64 `json:"total_seconds,omitempty"`
+	DowntimeSeconds float64 `json:"downtime_seconds,omitempty"`
+	Done            bool    `json:"done,omitempty"`
+	Moved           int     `json:"moved,omitempty"`
+	Failed          int     `json:"failed,omitempty"`
 }

@@ -47,6 +47,9 @@ func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Hand
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.migrate)
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
+		h.route(mux, "POST /v1/nodes/{name}/drain", h.drain(false))
+		h.route(mux, "POST /v1/nodes/{name}/maintenance", h.drain(true))
+		h.route(mux, "POST /v1/nodes/{name}/undrain", h.undrain)
 		h.route(mux, "GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, h.m.ClusterStatus()) })
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
@@ -81,6 +84,13 @@ type statusWriter struct {
 }
 
 func (s *statusWriter) WriteHeader(c int) { s.code = c; s.ResponseWriter.WriteHeader(c) }
+
+// Flush lets streaming answers (drain progress) reach the client line by line.
+func (s *statusWriter) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
 
 // route registers an endpoint behind the token check, the body bound and the request
 // duration metric.
@@ -337,4 +347,44 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, h.m.Events(r.Context(), after, wait))
+}
+
+// drain streams the drain's progress as newline-delimited JSON, a line per guest.
+func (h *handler) drain(maintenance bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		node := r.PathValue("name")
+		if fe := api.ValidateName("node", node); fe != nil {
+			fail(w, fe)
+			return
+		}
+		if _, ok := h.m.st.Node(node); !ok {
+			fail(w, fmt.Errorf("node %q %w", node, ErrNotFound))
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		enc := json.NewEncoder(w)
+		flush := func() {
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+		}
+		sum, err := h.m.Drain(r.Context(), node, maintenance, func(p api.DrainProgress) {
+			enc.Encode(p)
+			flush()
+		})
+		if err != nil {
+			sum = api.DrainProgress{Node: node, Done: true, Status: "failed", Error: err.Error()}
+		}
+		enc.Encode(sum)
+		flush()
+	}
+}
+
+func (h *handler) undrain(w http.ResponseWriter, r *http.Request) {
+	if err := h.m.Undrain(r.PathValue("name")); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

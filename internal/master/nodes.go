@@ -85,6 +85,7 @@ func (m *Master) Nodes() []api.Node {
 			Name: n.Name, Address: n.Address, LibvirtURI: n.LibvirtURI, Accelerator: n.Accelerator,
 			HostCPUs: n.HostCPUs, HostMemoryBytes: n.HostMemory, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
 			Labels: n.Labels, Schedulable: !n.Unschedulable && !n.Draining, State: api.NodeUnreachable,
+			Draining: n.Draining, Maintenance: n.Maintenance,
 		}
 		if m.nodeReady(n.Name, now) {
 			v.State = api.NodeReady

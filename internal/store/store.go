@@ -31,6 +31,7 @@ type NodeRecord struct {
 	Labels        map[string]string `json:"labels,omitempty"`
 	Unschedulable bool              `json:"unschedulable,omitempty"`
 	Draining      bool              `json:"draining,omitempty"`
+	Maintenance   bool              `json:"maintenance,omitempty"`
 	RegisteredAt  time.Time         `json:"registered_at"`
 	// LostAt is when the role machine declared the node lost; zero while it is not.
 	LostAt time.Time `json:"lost_at,omitzero"`
