@@ -609,8 +609,8 @@ type TwinStatus struct {
 	// SyncRemaining the bytes of memory still to copy while it is syncing.
 	Migration     string
 	SyncRemaining int64
-	// Checkpoints counts the primary's checkpoints since it started, LastCheckpoint is
-	// how long the last one took (from the request to the secondary's "loaded") and
+	// Checkpoints counts the half's checkpoints since it started (or was attached),
+	// LastCheckpoint is how long the last one took (from the request to "loaded") and
 	// LastCheckpointAt when it ended. QEMU 7.2 has no QMP figure for these; the runner
 	// reads them from COLO's trace events.
 	LastCheckpoint   time.Duration

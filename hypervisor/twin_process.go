@@ -623,8 +623,8 @@ func openTraceFIFO(path string) (*os.File, error) {
 // "PID@SEC.USEC:colo_vm_state_change Change 'stop' => 'run'".
 var traceRE = regexp.MustCompile(`^(?:\d+@(\d+)\.(\d{6}):)?colo_(send_message|receive_message|vm_state_change) \w+ '([a-z-]+)'(?: => '([a-z]+)')?`)
 
-// readTrace counts the checkpoints of a primary and times each, from the request to
-// the secondary's "vmstate-loaded", and notes whether the guest ran again after it,
+// readTrace counts the checkpoints of either half and times each, from the request to
+// "vmstate-loaded", and notes whether a primary's guest ran again after it,
 // until the pipe is closed. It must keep reading: a full pipe would stall QEMU.
 func (t *Twin) readTrace(f *os.File) {
 	sc := bufio.NewScanner(f)
@@ -640,15 +640,17 @@ func (t *Twin) readTrace(f *os.File) {
 			at = time.Unix(sec, usec*1000)
 		}
 		t.mu.Lock()
+		// The primary sends the request and receives "loaded"; the secondary receives
+		// the request, restarts its replica and then sends "loaded".
 		switch {
-		case m[3] == "send_message" && m[4] == "checkpoint-request":
+		case m[4] == "checkpoint-request" && m[3] != "vm_state_change":
 			t.requestAt = at
-		case m[3] == "receive_message" && m[4] == "vmstate-loaded" && !t.requestAt.IsZero():
+		case m[4] == "vmstate-loaded" && m[3] != "vm_state_change" && !t.requestAt.IsZero():
 			t.checkpoints++
 			t.lastCheckpoint = at.Sub(t.requestAt)
 			t.checkpointAt = at
 			t.requestAt = time.Time{}
-			t.awaitResume = true
+			t.awaitResume = m[3] == "receive_message"
 		case m[3] == "vm_state_change" && m[4] == "stop" && m[5] == "run":
 			t.awaitResume = false
 		}

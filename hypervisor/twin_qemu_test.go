@@ -412,6 +412,7 @@ func TestTwinCheckpoints(t *testing.T) {
 		switch {
 		case errors.Is(err, ErrTwinStuck):
 			stuck = err
+			t.Logf("stuck after %d checkpoints, the last took %s", st.Checkpoints, st.LastCheckpoint)
 			if st.Checkpoints < 1 || st.LastCheckpoint <= 0 {
 				t.Errorf("stuck after checkpoint %d of %s: want the checkpoint that froze it counted and timed", st.Checkpoints, st.LastCheckpoint)
 			}

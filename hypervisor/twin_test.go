@@ -303,6 +303,17 @@ func TestTwinReadTrace(t *testing.T) {
 	if tw.checkpoints != 2 || !tw.awaitResume || tw.lastCheckpoint < 0 {
 		t.Fatalf("two checkpoints: count %d, took %s, awaiting resume %v: want 2, ≥0, true", tw.checkpoints, tw.lastCheckpoint, tw.awaitResume)
 	}
+	// A secondary's checkpoint ends with its replica already running again.
+	tw = feed([]string{
+		"200@1795601055.654102:colo_receive_message Receive 'checkpoint-request' message",
+		"200@1795601055.654274:colo_vm_state_change Change 'run' => 'stop'",
+		"200@1795601055.706321:colo_vm_state_change Change 'stop' => 'run'",
+		"200@1795601055.706361:colo_send_message Send 'vmstate-loaded' message",
+	})
+	if tw.checkpoints != 1 || tw.lastCheckpoint != 52259*time.Microsecond || tw.awaitResume {
+		t.Errorf("secondary checkpoint: count %d, took %s, awaiting resume %v: want 1, 52.259ms, false", tw.checkpoints, tw.lastCheckpoint, tw.awaitResume)
+	}
+	tw.awaitResume = true
 	tw.checkpointAt = time.Now().Add(-2 * twinResumeLimit)
 	if _, stuck := tw.stuckSince(); !stuck {
 		t.Error("a primary not resumed long after its checkpoint is not reported stuck")
