@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,7 +25,12 @@ type Client struct {
 
 // NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
 func NewClient(addrs, token string) (*Client, error) {
-	c := &Client{Token: token, HTTP: &http.Client{Timeout: 10 * time.Minute}}
+	// A management node that died does not answer at all: a short connect timeout lets
+	// the client move on to the next one quickly. Answers themselves may take long (a
+	// drain, a migration).
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext
+	c := &Client{Token: token, HTTP: &http.Client{Timeout: 10 * time.Minute, Transport: tr}}
 	for _, a := range strings.Split(addrs, ",") {
 		a = strings.TrimRight(strings.TrimSpace(a), "/")
 		if a == "" {

@@ -1,0 +1,332 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"libvirt.org/go/libvirt"
+)
+
+// sampler asks every live node's libvirtd, over and over, which domains run there, and
+// records any guest seen running on two nodes in the same sample: the worst bug an HA
+// control plane can have.
+type sampler struct {
+	c       *cluster
+	guests  map[string]bool
+	mu      sync.Mutex
+	samples int
+	dups    []string
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func (c *cluster) startSampler(guests ...string) *sampler {
+	s := &sampler{c: c, guests: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for _, g := range guests {
+		s.guests[g] = true
+	}
+	go s.run()
+	return s
+}
+
+func (s *sampler) run() {
+	defer close(s.done)
+	conns := map[string]*libvirt.Connect{}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		where := map[string][]string{}
+		for _, n := range s.c.lab.Nodes() {
+			if n.PID == 0 {
+				continue // killed: its QEMUs died with it
+			}
+			conn := conns[n.Name]
+			if conn == nil {
+				var err error
+				if conn, err = libvirt.NewConnect(n.LibvirtURI); err != nil {
+					continue
+				}
+				conns[n.Name] = conn
+			}
+			doms, err := conn.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_ACTIVE)
+			if err != nil {
+				conn.Close()
+				delete(conns, n.Name)
+				continue
+			}
+			for i := range doms {
+				name, _ := doms[i].GetName()
+				st, _, _ := doms[i].GetState()
+				if s.guests[name] && st == libvirt.DOMAIN_RUNNING {
+					where[name] = append(where[name], n.Name)
+				}
+				doms[i].Free()
+			}
+		}
+		s.mu.Lock()
+		s.samples++
+		for g, nodes := range where {
+			if len(nodes) > 1 {
+				s.dups = append(s.dups, fmt.Sprintf("%s on %v at %s", g, nodes, time.Now().Format("15:04:05.000")))
+			}
+		}
+		s.mu.Unlock()
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// finish stops sampling and fails the test if a guest ever ran twice.
+func (s *sampler) finish(t *testing.T) {
+	t.Helper()
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.dups) > 0 {
+		t.Fatalf("a guest ran on two nodes at once (%d of %d samples): %v", len(s.dups), s.samples, s.dups)
+	}
+	if s.samples < 10 {
+		t.Fatalf("only %d samples of the nodes' libvirtds: the check proves nothing", s.samples)
+	}
+	t.Logf("no guest on two nodes in %d samples of every node's libvirtd", s.samples)
+}
+
+// gatherOn creates restart guests that all land on node: the other nodes are drained
+// (they hold nothing yet) while the guests are created, then undrained.
+func (c *cluster) gatherOn(t *testing.T, node string, names ...string) {
+	t.Helper()
+	var others []string
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node {
+			others = append(others, n.Name)
+			c.run("node", "drain", n.Name)
+		}
+	}
+	for _, g := range names {
+		c.run("vm", "create", g, "--os", "linux", "--image", "lab", "--cpus", "1", "--memory", "96MiB", "--failover", "restart")
+		if got := c.guest(g); got.Node != node {
+			t.Fatalf("%s on %s, not %s", g, got.Node, node)
+		}
+	}
+	for _, n := range others {
+		c.run("node", "undrain", n)
+	}
+}
+
+func (c *cluster) allRunningElsewhere(names []string, not string) bool {
+	for _, g := range names {
+		got := c.guest(g)
+		if got.Node == not || got.State != api.GuestRunning {
+			return false
+		}
+		if st, ok := c.domainState(got.Node, g); !ok || st != libvirt.DOMAIN_RUNNING {
+			return false
+		}
+	}
+	return true
+}
+
+// victim is a node that is neither the master nor... any node but the master.
+func (c *cluster) victim(t *testing.T) string {
+	st := c.waitStatus(t, "a master and two backups", 90*time.Second, nil, fullGroup)
+	for _, n := range c.lab.Nodes() {
+		if n.Name != st.Master {
+			return n.Name
+		}
+	}
+	t.Fatal("no node but the master")
+	return ""
+}
+
+// TestKillNodeRestartsItsGuests: a node with three restart guests loses power; all three
+// run again on other nodes, and no sample ever sees one running twice. With
+// DVM_RECOVERY_RUNS=N it does this N times (the node restarted, empty, in between) and
+// prints the median: the recovery figure.
+func TestKillNodeRestartsItsGuests(t *testing.T) {
+	runs := 1
+	if s := os.Getenv("DVM_RECOVERY_RUNS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("DVM_RECOVERY_RUNS=%q: give a number of runs", s)
+		}
+		runs = n
+	}
+	c := upCluster(t, 3)
+	node := c.victim(t)
+	var times []float64
+	for run := 0; run < runs; run++ {
+		guests := []string{fmt.Sprintf("web%da", run), fmt.Sprintf("web%db", run), fmt.Sprintf("web%dc", run)}
+		c.gatherOn(t, node, guests...)
+		s := c.startSampler(guests...)
+		c.run("lab", "kill", node, "--dir", c.lab.Dir())
+		killed := time.Now()
+		waitFor(t, "all three running on other nodes", 90*time.Second, func() bool { return c.allRunningElsewhere(guests, node) })
+		d := time.Since(killed).Seconds()
+		times = append(times, d)
+		t.Logf("run %d: node kill to all guests running again: %.2f s", run+1, d)
+		s.finish(t)
+		if run+1 < runs {
+			c.run("lab", "restart", node, "--dir", c.lab.Dir())
+			c.waitStatus(t, node+" back", 90*time.Second, nil, func(s api.ClusterStatus) bool {
+				r := roleOf(s, node)
+				return fullGroup(s) && r != "lost" && r != "on-hold" && r != ""
+			})
+		}
+	}
+	sort.Float64s(times)
+	t.Logf("FIGURE node kill to all guests running again: median %.2f s over %d runs (min %.2f, max %.2f)",
+		times[len(times)/2], len(times), times[0], times[len(times)-1])
+	out := c.run("events")
+	for _, want := range []string{"node-lost", "recovered"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("events lack %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestCutNodeFencesItself: a node cut off from every peer fences itself (its guests
+// stop) before the master restarts them elsewhere; after the cut heals its old copies
+// are removed and never start again.
+func TestCutNodeFencesItself(t *testing.T) {
+	c := upCluster(t, 3)
+	node := c.victim(t)
+	guests := []string{"db1", "db2"}
+	c.gatherOn(t, node, guests...)
+	s := c.startSampler(guests...)
+	c.run("lab", "cut", node, "--dir", c.lab.Dir())
+	waitFor(t, "guests running on the other nodes", 90*time.Second, func() bool { return c.allRunningElsewhere(guests, node) })
+	for _, g := range guests {
+		if st, ok := c.domainState(node, g); ok && st == libvirt.DOMAIN_RUNNING {
+			t.Fatalf("%s still runs on the cut node %s", g, node)
+		}
+	}
+	c.run("lab", "heal", node, "--dir", c.lab.Dir())
+	// Back in the cluster, the node removes its old copies and starts none of them.
+	waitFor(t, "old copies removed from "+node, 60*time.Second, func() bool {
+		for _, g := range guests {
+			if _, ok := c.domainState(node, g); ok {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(5 * time.Second)
+	for _, g := range guests {
+		if _, ok := c.domainState(node, g); ok {
+			t.Fatalf("%s is back on %s after the heal", g, node)
+		}
+	}
+	s.finish(t)
+}
+
+// TestDrainMovesEveryGuestLive: `vmctl node drain` live-migrates every guest of a node
+// away. The same work done with plain `virsh migrate` in the same run, on unmanaged
+// domains of the same size, is the yardstick for the drain's own cost.
+func TestDrainMovesEveryGuestLive(t *testing.T) {
+	c := upCluster(t, 3)
+	node := c.victim(t)
+	guests := []string{"app1", "app2"}
+	c.gatherOn(t, node, guests...)
+	for _, g := range guests {
+		c.waitTicking(t, node, g)
+	}
+	start := time.Now()
+	out := c.run("node", "drain", node)
+	drain := time.Since(start)
+	t.Logf("%s", strings.TrimSpace(out))
+	for _, g := range guests {
+		got := c.guest(g)
+		if got.Node == node || got.State != api.GuestRunning || got.LastMigration == nil || !got.LastMigration.OK {
+			t.Fatalf("%s after drain: %+v", g, got)
+		}
+	}
+	// Yardstick: the same number of unmanaged domains of the same size, migrated by virsh.
+	src, dst := c.lab.Nodes()[0], c.lab.Nodes()[1]
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node {
+			src = n
+			break
+		}
+	}
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node && n.Name != src.Name {
+			dst = n
+		}
+	}
+	var plain time.Duration
+	for i := range guests {
+		name := fmt.Sprintf("plain%d", i)
+		c.definePlain(t, src.LibvirtURI, name)
+		c.waitTicking(t, src.Name, name)
+		cmd := exec.Command("virsh", "-c", src.LibvirtURI, "migrate", "--live", "--persistent", "--undefinesource", name, dst.LibvirtURI, "--migrateuri", "tcp://"+strings.TrimPrefix(strings.TrimSuffix(dst.LibvirtURI, "/system"), "qemu+tcp://"))
+		t0 := time.Now()
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("virsh migrate %s: %v\n%s", name, err, b)
+		}
+		plain += time.Since(t0)
+	}
+	t.Logf("FIGURE drain of %d guests %.2f s; plain virsh migrate of %d same-size domains %.2f s; ratio %.2f",
+		len(guests), drain.Seconds(), len(guests), plain.Seconds(), drain.Seconds()/plain.Seconds())
+}
+
+// waitTicking waits until guest's console shows its init running, so a migration moves
+// a booted guest, as in production.
+func (c *cluster) waitTicking(t *testing.T, node, guest string) {
+	t.Helper()
+	n, err := c.lab.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{n.Dir + "/data/console/" + guest + ".log", n.Dir + "/log/" + guest + ".log"}
+	waitFor(t, guest+" booted", 60*time.Second, func() bool {
+		for _, p := range paths {
+			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "dvm-lab-guest: tick") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// definePlain defines and starts a domain outside dvm: the lab guest, 96 MiB.
+func (c *cluster) definePlain(t *testing.T, uri, name string) {
+	t.Helper()
+	img := c.lab.ImageDir()
+	n := ""
+	for _, nd := range c.lab.Nodes() {
+		if nd.LibvirtURI == uri {
+			n = nd.Dir
+		}
+	}
+	xml := `<domain type='qemu'><name>` + name + `</name><memory unit='MiB'>96</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='q35'>hvm</type><kernel>` + img + `/kernel</kernel><initrd>` + img + `/initrd</initrd><cmdline>console=ttyS0</cmdline></os>
+<devices><serial type='pty'><log file='` + n + `/log/` + name + `.log' append='on'/><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console></devices></domain>`
+	f, err := os.CreateTemp("", "plain-*.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	f.WriteString(xml)
+	f.Close()
+	for _, args := range [][]string{{"define", f.Name()}, {"start", name}} {
+		if b, err := exec.Command("virsh", append([]string{"-c", uri}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("virsh %v: %v\n%s", args, err, b)
+		}
+	}
+}
