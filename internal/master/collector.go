@@ -1,6 +1,8 @@
 package master
 
 import (
+	"time"
+
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,17 +26,40 @@ var (
 	descGuests        = prometheus.NewDesc("dvm_guests", "Guests by state.", []string{"state"}, nil)
 	descGuestsPolicy  = prometheus.NewDesc("dvm_guests_by_failover", "Guests by failover policy.", []string{"failover"}, nil)
 	descGuestInfo     = prometheus.NewDesc("dvm_guest_info", "A guest and where it is placed, as labels; domain is the libvirt domain name.", []string{"domain", "node", "os", "failover", "state"}, nil)
-	allGuestStates    = []string{api.GuestPending, api.GuestStarting, api.GuestRunning, api.GuestStopping, api.GuestStopped, api.GuestMigrating, api.GuestDeleting, api.GuestFailed, api.GuestUnknown}
+	descNodeLost      = prometheus.NewDesc("dvm_node_lost_seconds", "How long ago the role machine declared the node lost; absent while it is not.", []string{"node"}, nil)
+	descTwinProtected = prometheus.NewDesc("dvm_twin_protected", "1 when a twin guest has its twin placed on another node, 0 when it runs unprotected.", []string{"domain"}, nil)
+	descNodeDraining  = prometheus.NewDesc("dvm_node_draining", "1 while a node is drained or in maintenance.", []string{"node"}, nil)
+	allGuestStates    = []string{api.GuestLost, api.GuestPending, api.GuestStarting, api.GuestRunning, api.GuestStopping, api.GuestStopped, api.GuestMigrating, api.GuestDeleting, api.GuestFailed, api.GuestUnknown}
 	allFailoverPolicy = []string{api.FailoverNone, api.FailoverRestart, api.FailoverTwin}
 )
 
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo} {
+	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo, descNodeLost, descTwinProtected, descNodeDraining} {
 		ch <- d
 	}
 }
 
 func (c Collector) Collect(ch chan<- prometheus.Metric) {
+	nodes, records, _ := c.m.st.Snapshot()
+	for _, n := range nodes {
+		if !n.LostAt.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descNodeLost, prometheus.GaugeValue, time.Since(n.LostAt).Seconds(), n.Name)
+		}
+		d := 0.0
+		if n.Draining || n.Maintenance {
+			d = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descNodeDraining, prometheus.GaugeValue, d, n.Name)
+	}
+	for _, g := range records {
+		if g.Failover == api.FailoverTwin {
+			p := 0.0
+			if g.TwinNode != "" && g.TwinNode != g.Node {
+				p = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descTwinProtected, prometheus.GaugeValue, p, g.Name)
+		}
+	}
 	for _, n := range c.m.Nodes() {
 		g := func(d *prometheus.Desc, v float64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, n.Name)
