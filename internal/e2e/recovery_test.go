@@ -330,3 +330,58 @@ func (c *cluster) definePlain(t *testing.T, uri, name string) {
 		}
 	}
 }
+
+// TestDiskLeaseBlocksSecondCopy: libvirt's lock manager (virtlockd, lockspace on the
+// shared storage) is the second guard: while a guest runs on one node, QEMU cannot be
+// started on its disk on another, whatever the cluster state says.
+func TestDiskLeaseBlocksSecondCopy(t *testing.T) {
+	c := upCluster(t, 2)
+	c.run("vm", "create", "locked1", "--os", "linux", "--image", "lab", "--cpus", "1", "--memory", "96MiB", "--disk", "64MiB")
+	g := c.guest("locked1")
+	var other string
+	for _, n := range c.lab.Nodes() {
+		if n.Name != g.Node {
+			other = n.Name
+		}
+	}
+	src, _ := c.lab.Node(g.Node)
+	dst, _ := c.lab.Node(other)
+	conn, err := libvirt.NewConnect(src.LibvirtURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	d, err := conn.LookupDomainByName("locked1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := d.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	d.Free()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same definition, renamed, on the other node: a copy of the guest on its disk.
+	x = strings.Replace(x, "<name>locked1</name>", "<name>copy1</name>", 1)
+	if i, j := strings.Index(x, "<uuid>"), strings.Index(x, "</uuid>"); i >= 0 && j > i {
+		x = x[:i] + x[j+len("</uuid>"):]
+	}
+	dconn, err := libvirt.NewConnect(dst.LibvirtURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dconn.Close()
+	cp, err := dconn.DomainDefineXML(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cp.Undefine(); cp.Free() }()
+	err = cp.Create()
+	if err == nil {
+		cp.Destroy()
+		t.Fatal("a second QEMU started on a disk that a running guest holds: the lock manager is off")
+	}
+	if !strings.Contains(strings.ToLower(err.Error()), "lock") {
+		t.Fatalf("second copy refused, but not by the lock manager: %v", err)
+	}
+	t.Logf("second copy refused: %v", err)
+}

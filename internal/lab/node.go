@@ -52,6 +52,9 @@ ip link set eth0 up
 log "eth0 {{.Addr}}/24"
 
 virtlogd -d
+# virtlockd holds the guests' disk leases (libvirt's lock manager, lockspace on the
+# shared storage): the second guard, after fencing, against a guest running twice.
+virtlockd -d
 libvirtd_ready() {
 	i=0
 	while [ "$i" -lt 300 ]; do
@@ -108,6 +111,15 @@ dynamic_ownership = 0
 remember_owner = 0
 cgroup_controllers = [ ]
 security_driver = "none"
+lock_manager = "lockd"
+`
+
+// qemuLockdConf puts every guest disk under a lease in a lockspace on the shared
+// storage, so two nodes can never run QEMU on the same disk at once.
+const qemuLockdConf = `# dvm lab node %s: written by vmctl lab up
+auto_disk_leases = 1
+require_lease_for_disks = 1
+file_lockspace_dir = "%s"
 `
 
 const virtlogdConf = `# dvm lab node %s: written by vmctl lab up
@@ -129,6 +141,9 @@ func (l *Lab) prepareNode(n *nodeState) error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
+	if err := os.MkdirAll(filepath.Join(l.dir, "shared", "locks"), 0o755); err != nil {
+		return fmt.Errorf("node %s: lockspace: %w", n.Name, err)
+	}
 	var hosts strings.Builder
 	hosts.WriteString("# dvm lab: written by vmctl lab up\n127.0.0.1\tlocalhost\n::1\tlocalhost\n")
 	for _, o := range l.st.Nodes {
@@ -149,6 +164,7 @@ func (l *Lab) prepareNode(n *nodeState) error {
 		{"etc/libvirt/libvirtd.conf", fmt.Sprintf(libvirtdConf, n.Name, n.HostUUID), 0o644},
 		{"etc/libvirt/qemu.conf", fmt.Sprintf(qemuConf, n.Name), 0o644},
 		{"etc/libvirt/virtlogd.conf", fmt.Sprintf(virtlogdConf, n.Name), 0o644},
+		{"etc/libvirt/qemu-lockd.conf", fmt.Sprintf(qemuLockdConf, n.Name, filepath.Join(l.dir, "shared", "locks")), 0o644},
 		{"etc/libvirt/libvirt.conf", "", 0o644},
 		{"hosts", hosts.String(), 0o644},
 		{"node.sh", script.String(), 0o755},
