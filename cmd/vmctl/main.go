@@ -252,7 +252,14 @@ func vmCreate() *cli.Command {
 			}
 			var g api.Guest
 			if err := cl.Do(c.Context, "POST", "/v1/guests", req, &g); err != nil {
+				var se *api.StatusError
+				if errors.As(err, &se) && strings.HasPrefix(se.Msg, "refused by HA admission control") {
+					return &exitError{2, se.Msg}
+				}
 				return err
+			}
+			for _, w := range g.Warnings {
+				fmt.Fprintln(c.App.ErrWriter, "warning:", w)
 			}
 			if g.State == api.GuestPending {
 				printGuest(c, g)

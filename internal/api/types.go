@@ -51,8 +51,10 @@ type Guest struct {
 	PendingReason string            `json:"pending_reason,omitempty"`
 	Error         string            `json:"error,omitempty"`
 	LastMigration *Migration        `json:"last_migration,omitempty"`
-	NICs          []NIC             `json:"nics,omitempty"`
-	CreatedAt     time.Time         `json:"created_at"`
+	// Warnings come with a create: admitted below the HA reserve, a twin sharing a zone.
+	Warnings  []string  `json:"warnings,omitempty"`
+	NICs      []NIC     `json:"nics,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // CreateGuest is the body of POST /v1/guests.

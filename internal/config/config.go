@@ -37,16 +37,20 @@ type Node struct {
 	LeaseMargin         time.Duration
 	ConfirmTimeout      time.Duration
 	FenceGrace          time.Duration
-	Bootstrap           bool   // form a new cluster (one node, once, when the cluster is created)
-	Master              string // comma-separated API addresses of management nodes
-	ImagesDir           string
-	DisksDir            string
-	Share               hypervisor.Share
-	Accelerator         string
-	Labels              map[string]string
-	ShutdownTimeout     time.Duration
-	NodeTimeout         time.Duration
-	LogLevel            string
+	// Scheduling, read by the master on management nodes (keep them equal there).
+	Strategy        string // spread or pack
+	HAReserveNodes  int    // headroom so the restart guests of any K lost nodes can be placed again
+	HAWarnOnly      bool   // admit guests that break the headroom, with a warning
+	Bootstrap       bool   // form a new cluster (one node, once, when the cluster is created)
+	Master          string // comma-separated API addresses of management nodes
+	ImagesDir       string
+	DisksDir        string
+	Share           hypervisor.Share
+	Accelerator     string
+	Labels          map[string]string
+	ShutdownTimeout time.Duration
+	NodeTimeout     time.Duration
+	LogLevel        string
 }
 
 // Defaults are the values of keys a file leaves out.
@@ -166,6 +170,21 @@ func (n *Node) set(key, val string) error {
 		n.ConfirmTimeout, err = parseDuration(val)
 	case "fence_grace":
 		n.FenceGrace, err = parseDuration(val)
+	case "strategy":
+		if val != "spread" && val != "pack" {
+			return fmt.Errorf("%q is not spread or pack", val)
+		}
+		n.Strategy = val
+	case "ha_reserve_nodes":
+		n.HAReserveNodes, err = strconv.Atoi(val)
+		if err != nil || n.HAReserveNodes < 0 || n.HAReserveNodes > 1000 {
+			return fmt.Errorf("%q is not a number of nodes (0 to switch admission control off)", val)
+		}
+	case "ha_warn_only":
+		n.HAWarnOnly, err = strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", val)
+		}
 	case "bootstrap":
 		n.Bootstrap, err = strconv.ParseBool(val)
 		if err != nil {

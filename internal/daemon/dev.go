@@ -25,6 +25,8 @@ type DevOptions struct {
 	Listen  string // API address; "127.0.0.1:0" picks a free port
 	DataDir string
 	Log     *slog.Logger
+	// Scheduler overrides the dev cluster's scheduling (default: spread, no HA reserve).
+	Scheduler *scheduler.Options
 }
 
 // Dev is a whole cluster in one process: a master and N agents, each agent on its own
@@ -72,7 +74,7 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	// One management node: a raft of one voter, in process.
 	_, trans := raft.NewInmemTransport("")
 	m, err := OpenMaster(MasterConfig{Name: "dev", DataDir: dir, Transport: trans, Bootstrap: true, NodeTimeout: 5 * time.Second,
-		Scheduler: scheduler.Options{Strategy: scheduler.Spread}, Log: o.Log, RaftLog: io.Discard})
+		Scheduler: schedOpts(o.Scheduler), Log: o.Log, RaftLog: io.Discard})
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -140,4 +142,11 @@ func (d *Dev) closeAll() {
 		n.Close()
 	}
 	d.master.Close()
+}
+
+func schedOpts(o *scheduler.Options) scheduler.Options {
+	if o != nil {
+		return *o
+	}
+	return scheduler.Options{Strategy: scheduler.Spread}
 }

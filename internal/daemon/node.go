@@ -25,6 +25,7 @@ import (
 	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/internal/roles"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/scheduler"
 	"github.com/hashicorp/raft"
 )
 
@@ -208,7 +209,9 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 	n.raftAddr = string(trans.LocalAddr()) // a port of 0 was chosen now
 	renew := func() (raft.Transport, error) { return listen(n.raftAddr) }
 	n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew,
-		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}})
+		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log},
+		Scheduler: scheduler.Options{Strategy: scheduler.Strategy(cfg.Strategy), FailureDomains: []string{"rack", "zone"},
+			HAReserveNodes: cfg.HAReserveNodes, HAWarnOnly: cfg.HAWarnOnly}})
 	if err != nil {
 		if c, ok := trans.(io.Closer); ok {
 			c.Close()

@@ -137,6 +137,8 @@ func fail(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusConflict, err.Error(), "")
 	case errors.Is(err, store.ErrNotLeader):
 		writeErr(w, http.StatusServiceUnavailable, "this node lost the master role meanwhile: retry", "")
+	case errors.As(err, new(*RefusedError)):
+		writeErr(w, http.StatusConflict, err.Error(), "")
 	case errors.Is(err, ErrNotActing):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
 	case errors.Is(err, ErrBadRequest):

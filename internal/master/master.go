@@ -190,16 +190,31 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 		return api.Guest{}, err
 	}
 	g.NICs = nics
-	m.place(&g, m.schedulerView(nodes, guests))
+	warnings, headroom := m.place(&g, m.schedulerView(nodes, guests))
+	if headroom != "" {
+		// HA admission control refuses: admitting the guest would leave too little room
+		// to restart the guests of a lost node. Nothing is created.
+		return api.Guest{}, &RefusedError{Reason: headroom}
+	}
 	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
 		return api.Guest{}, err
 	}
 	m.log.Info("guest created", "guest", g.Name, "node", g.Node, "pending", g.PendingReason)
-	return m.view(g, time.Now()), nil
+	out := m.view(g, time.Now())
+	out.Warnings = warnings
+	return out, nil
 }
 
-// place sets g's node, or its pending reason.
-func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) {
+// RefusedError is a create that HA admission control refused; nothing was created.
+type RefusedError struct{ Reason string }
+
+func (e *RefusedError) Error() string {
+	return "refused by HA admission control: " + e.Reason + " (add capacity, or set ha_warn_only to admit with a warning)"
+}
+
+// place sets g's node, or its pending reason. It returns the scheduler's warnings, and
+// HA admission control's objection when that alone keeps the guest from a node.
+func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) (warnings []string, headroom string) {
 	p, err := s.Place(schedGuest(*g))
 	if err != nil {
 		g.Node, g.TwinNode = "", ""
@@ -207,10 +222,12 @@ func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) {
 		var u *scheduler.Unplaceable
 		if errors.As(err, &u) {
 			g.PendingReason = u.Error()
+			headroom = u.Headroom
 		}
-		return
+		return nil, headroom
 	}
 	g.Node, g.TwinNode, g.PendingReason = p.Node, p.TwinNode, ""
+	return p.Warnings, ""
 }
 
 // placePending tries again to place every pending guest, in creation order.
@@ -236,7 +253,7 @@ func (m *Master) placePending() {
 	for i := range todo {
 		g := todo[i]
 		before := g.PendingReason
-		m.place(&g, s)
+		m.place(&g, s) // a pending guest waits, whatever the reason
 		if g.Node != "" || g.PendingReason != before {
 			cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
 			if g.Node != "" {
