@@ -62,6 +62,11 @@ type Agent struct {
 
 	fenced   bool // no lease: HA guests must not run; guarded by mu
 	fencedAt time.Time
+	// latestAt is when latest was read, unfencedAt when the node last got its lease
+	// back: an assignment read before that may be stale (the guests it names may have
+	// been restarted elsewhere meanwhile) and starts no HA guest.
+	latestAt, unfencedAt time.Time
+	pollCancel           context.CancelFunc // ends the current blocking read of the assignment
 }
 
 // New checks the node's share and prepares its disk pool.
@@ -113,7 +118,18 @@ func (a *Agent) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		var asg api.Assignment
 		path := fmt.Sprintf("/v1/nodes/%s/assignment?index=%d&wait=30s", url.PathEscape(a.cfg.Name), index)
-		if err := a.cfg.Client.Do(ctx, "GET", path, nil, &asg); err != nil {
+		pctx, cancel := context.WithCancel(ctx)
+		a.mu.Lock()
+		a.pollCancel = cancel
+		a.mu.Unlock()
+		err := a.cfg.Client.Do(pctx, "GET", path, nil, &asg)
+		refetch := pctx.Err() != nil // cancelled by Unfence, not ended by itself
+		cancel()
+		if refetch && ctx.Err() == nil {
+			index = 0 // asked to read afresh (the lease is back): no waiting
+			continue
+		}
+		if err != nil {
 			if ctx.Err() == nil {
 				a.cfg.Log.Warn("read assignment", "err", err)
 				sleep(ctx, time.Second)
@@ -125,7 +141,7 @@ func (a *Agent) Run(ctx context.Context) {
 		// guests, and the index simply follows the master.
 		index = asg.Index
 		a.mu.Lock()
-		a.latest = &asg
+		a.latest, a.latestAt = &asg, time.Now()
 		a.mu.Unlock()
 		a.requestResync()
 	}
@@ -268,7 +284,7 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 			}
 			switch {
 			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
-				if isHA(g.Failover) && a.Fenced() {
+				if isHA(g.Failover) && !a.mayStartHA() {
 					a.setErr(g.Name, errFenced)
 					continue
 				}

@@ -31,9 +31,26 @@ func (a *Agent) Fence() {
 // Unfence is called when this node holds a lease again.
 func (a *Agent) Unfence() {
 	a.mu.Lock()
-	a.fenced = false
+	refetch := a.fenced
+	if a.fenced {
+		a.fenced, a.unfencedAt = false, time.Now()
+	}
+	cancel := a.pollCancel
 	a.mu.Unlock()
+	if refetch && cancel != nil {
+		cancel() // read the assignment afresh now, rather than when it next changes
+	}
 	a.requestResync()
+}
+
+// mayStartHA says whether an HA guest of the current assignment may be started: the
+// node holds its lease, and the assignment was read after it got the lease back. A node
+// back from a cut must not start what an assignment from before the cut names: the
+// cluster has restarted those guests elsewhere meanwhile.
+func (a *Agent) mayStartHA() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.fenced && a.latestAt.After(a.unfencedAt)
 }
 
 // Fenced says whether the node may not run HA guests now.
