@@ -58,8 +58,10 @@ func TestLab(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := "DVM_LAB_NODES=n1=qemu+tcp://10.77.0.11/system,n2=qemu+tcp://10.77.0.12/system,n3=qemu+tcp://10.77.0.13/system\n"
-		if !strings.Contains(string(env), want) || !strings.Contains(string(env), "DVM_ADDR=http://10.77.0.11:7460\n") {
-			t.Errorf("env file:\n%s\nwant it to hold DVM_ADDR=http://10.77.0.11:7460 and %s", env, want)
+		// DVM_ADDR lists every management-capable node's API, n1's first.
+		addr := "DVM_ADDR=http://10.77.0.11:7460,http://10.77.0.12:7460,http://10.77.0.13:7460\n"
+		if !strings.Contains(string(env), want) || !strings.Contains(string(env), addr) {
+			t.Errorf("env file:\n%s\nwant it to hold %s and %s", env, addr, want)
 		}
 	})
 
