@@ -1,31 +1,79 @@
 #!/usr/bin/env bash
-# Provisions one Vagrant lab host: libvirt, QEMU, Go, dvmd built from /vagrant, a node
-# config, and dvmd under systemd. Arguments: NAME ADDR MASTER_ADDR MANAGEMENT RACK TOKEN.
+# Provisions one Vagrant lab host (see the Vagrantfile): libvirt and QEMU, dvmd and vmctl
+# built from /vagrant, the node's cluster credentials, its dvmd.conf, and dvmd under
+# systemd. Safe to run again (vagrant provision): it rewrites the config and restarts dvmd.
+#
+# Arguments: NAME ADDR BOOTSTRAP RACK NODES TOKEN
+#   NAME       node name (dvm1)            ADDR   its address on the cluster network
+#   BOOTSTRAP  true on the one node that forms the cluster, false on the others
+#   RACK       its rack label (a failure domain for twins)
+#   NODES      every node's address, comma-separated, the bootstrap node first
+#   TOKEN      the cluster's API token, the same on every management node
+# The file provisioner has put the node's credentials in /tmp/dvm-credentials.
 set -euo pipefail
-name=$1 addr=$2 master=$3 management=$4 rack=$5 token=$6
+[ $# -eq 6 ] || { echo "usage: provision.sh NAME ADDR BOOTSTRAP RACK NODES TOKEN" >&2; exit 2; }
+name=$1 addr=$2 bootstrap=$3 rack=$4 nodes=$5 token=$6
+
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends libvirt-daemon-system libvirt-daemon-driver-qemu \
-	libvirt-clients libvirt-dev qemu-system-x86 qemu-utils gcc pkg-config golang-go git ca-certificates
+	libvirt-clients libvirt-dev qemu-system-x86 qemu-utils gcc pkg-config golang-go git ca-certificates \
+	busybox-static cpio
 cd /vagrant
+# go.mod names the toolchain; Debian's Go fetches it through the module proxy.
 GOTOOLCHAIN=auto go build -o /usr/local/bin/ ./cmd/dvmd ./cmd/vmctl
-install -d -m 0700 /var/lib/dvm /etc/dvm
+
+# Credentials: the node's certificate and key, the CA certificate, the gossip key.
+install -d -m 0700 /etc/dvm /etc/dvm/credentials /var/lib/dvm
 install -d /var/lib/dvm/images /var/lib/dvm/disks
+src=/tmp/dvm-credentials
+[ -f "$src/node-$name.crt" ] || src=/tmp/dvm-credentials/$name # a re-run nests the upload
+install -m 0644 "$src/ca.crt" "$src/node-$name.crt" /etc/dvm/credentials/
+install -m 0600 "$src/gossip.key" "$src/node-$name.key" /etc/dvm/credentials/
+rm -rf /tmp/dvm-credentials
 (umask 077; printf '%s\n' "$token" >/var/lib/dvm/token)
+
+# Live migration: dvmd opens the destination's libvirt at advertise_libvirt_uri. In this
+# lab that is libvirtd's TCP socket without authentication, bound to the cluster network
+# only (forward mode none, no DHCP: only lab hosts are on it). A real cluster uses
+# qemu+tls (see docs/operator-guide.md).
+sed -i 's/^#\?auth_tcp = .*/auth_tcp = "none"/' /etc/libvirt/libvirtd.conf
+install -d /etc/systemd/system/libvirtd-tcp.socket.d
+printf '[Socket]\nListenStream=\nListenStream=%s:16509\n' "$addr" >/etc/systemd/system/libvirtd-tcp.socket.d/dvm.conf
+systemctl daemon-reload
+systemctl stop libvirtd.service || true
+systemctl enable --now libvirtd-tcp.socket
+systemctl start libvirtd.service
+
+# master: every management node's API, the bootstrap node first (the agent and vmctl
+# use the first that answers as master); gossip_peers: every other node.
+master="" gossip=""
+for p in ${nodes//,/ }; do
+	master="${master:+$master,}http://$p:7460"
+	[ "$p" = "$addr" ] || gossip="${gossip:+$gossip,}$p:7462"
+done
 cat >/etc/dvm/dvmd.conf <<EOT
+# Written by configs/vagrant/provision.sh; configs/dvmd.conf documents every key.
 name = $name
 libvirt_uri = qemu:///system
-advertise_libvirt_uri = qemu+ssh://root@$addr/system
+advertise_libvirt_uri = qemu+tcp://$addr/system
 listen = $addr:7460
+raft_listen = $addr:7461
+gossip_listen = $addr:7462
+gossip_peers = $gossip
+credentials_dir = /etc/dvm/credentials
 data_dir = /var/lib/dvm
-management = $management
-master = http://$master:7460
+management = true
+bootstrap = $bootstrap
+master = $master
 images_dir = /var/lib/dvm/images
 disks_dir = /var/lib/dvm/disks
 labels = rack=$rack
 EOT
 install -m 0644 configs/systemd/dvmd.service /etc/systemd/system/dvmd.service
 systemctl daemon-reload
-systemctl enable --now dvmd
-printf 'DVM_ADDR=http://%s:7460\nDVM_TOKEN=%s\n' "$master" "$(cat /var/lib/dvm/token)" >/etc/dvm/env
+systemctl enable dvmd
+systemctl restart dvmd
+printf 'DVM_ADDR=%s\nDVM_TOKEN=%s\n' "$master" "$token" >/etc/dvm/env
 chmod 0600 /etc/dvm/env
+echo "dvm: $name provisioned (bootstrap=$bootstrap); dvmd: systemctl status dvmd; API: . /etc/dvm/env"
