@@ -75,6 +75,8 @@ func undrainCommand() *cli.Command {
 		Name:      "undrain",
 		Usage:     "let a drained node take guests again",
 		ArgsUsage: "NODE",
+		Description: "Guests that left the node during the drain stay where they are.\n\n" +
+			"Example:\n  vmctl node undrain n2",
 		Action: func(c *cli.Context) error {
 			node, err := oneArg(c, "node")
 			if err != nil {
@@ -102,6 +104,9 @@ func maintenanceCommand() *cli.Command {
 		Name:      "maintenance",
 		Usage:     "maintenance on NODE: drain it and mark it in maintenance; off NODE: end it",
 		ArgsUsage: "on|off NODE",
+		Description: "on drains the node (live migration of its running guests, streamed progress) and\n" +
+			"keeps it out of placement until off.\n\n" +
+			"Examples:\n  vmctl node maintenance on n2\n  vmctl node maintenance off n2",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 || (c.Args().Get(0) != "on" && c.Args().Get(0) != "off") {
 				return fmt.Errorf("give on or off and a node: vmctl node maintenance on n2")

@@ -46,6 +46,8 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 			{
 				Name:  "up",
 				Usage: "bring a lab up",
+				Description: "Needs root. Writes DIR/env with DVM_ADDR and DVM_TOKEN.\n\n" +
+					"Examples:\n  vmctl lab up --nodes 3\n  set -a; . /var/lib/dvm-lab/env; set +a; vmctl node ls",
 				Flags: []cli.Flag{
 					dir,
 					&cli.IntFlag{Name: "nodes", Value: lab.DefaultNodes, Usage: fmt.Sprintf("number of nodes, 1 to %d", lab.MaxNodes)},
@@ -83,9 +85,10 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 				},
 			},
 			{
-				Name:  "status",
-				Usage: "show the lab's nodes: running, killed, cut; libvirtd and agent answering",
-				Flags: []cli.Flag{dir, &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}},
+				Name:        "status",
+				Usage:       "show the lab's nodes: running, killed, cut; libvirtd and agent answering",
+				Description: "Examples:\n  vmctl lab status\n  vmctl lab status -o json",
+				Flags:       []cli.Flag{dir, &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}},
 				Action: func(c *cli.Context) error {
 					if args, err := labArgs(c); err != nil {
 						return err
@@ -126,9 +129,10 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 				},
 			},
 			{
-				Name:  "down",
-				Usage: "bring the lab down: no process, namespace, link, nftables table or mount stays",
-				Flags: []cli.Flag{dir, &cli.BoolFlag{Name: "purge", Usage: "also remove the lab's files from DIR (logs too)"}},
+				Name:        "down",
+				Usage:       "bring the lab down: no process, namespace, link, nftables table or mount stays",
+				Description: "Examples:\n  vmctl lab down\n  vmctl lab down --purge",
+				Flags:       []cli.Flag{dir, &cli.BoolFlag{Name: "purge", Usage: "also remove the lab's files from DIR (logs too)"}},
 				Action: func(c *cli.Context) error {
 					if args, err := labArgs(c); err != nil {
 						return err
@@ -153,7 +157,9 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 				Name:      "kill",
 				Usage:     "end every process of a node at once, like a power loss",
 				ArgsUsage: "NODE",
-				Flags:     []cli.Flag{dir},
+				Description: "The others declare it lost and recover its guests; vmctl lab restart boots it again.\n\n" +
+					"Example:\n  vmctl lab kill n2",
+				Flags: []cli.Flag{dir},
 				Action: func(c *cli.Context) error {
 					node, err := nodeArg(c, "kill")
 					if err != nil {
@@ -171,7 +177,9 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 				Name:      "cut",
 				Usage:     "drop a node's traffic to every peer (and the host), or to the --from nodes, both ways",
 				ArgsUsage: "NODE",
-				Flags:     []cli.Flag{dir, &cli.StringSliceFlag{Name: "from", Usage: "peer `NODE` to cut it from (repeat, or n1,n2); default every peer"}},
+				Description: "Examples:\n  vmctl lab cut n1                 # n1 alone: a partition\n" +
+					"  vmctl lab cut n1 --from n2       # only the n1-n2 link",
+				Flags: []cli.Flag{dir, &cli.StringSliceFlag{Name: "from", Usage: "peer `NODE` to cut it from (repeat, or n1,n2); default every peer"}},
 				Action: func(c *cli.Context) error {
 					node, err := nodeArg(c, "cut")
 					if err != nil {
@@ -192,10 +200,11 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 				},
 			},
 			{
-				Name:      "heal",
-				Usage:     "undo the cuts of a node, or every cut",
-				ArgsUsage: "[NODE]",
-				Flags:     []cli.Flag{dir},
+				Name:        "heal",
+				Usage:       "undo the cuts of a node, or every cut",
+				ArgsUsage:   "[NODE]",
+				Description: "Examples:\n  vmctl lab heal n1\n  vmctl lab heal",
+				Flags:       []cli.Flag{dir},
 				Action: func(c *cli.Context) error {
 					args, err := labArgs(c)
 					if err != nil {
@@ -217,10 +226,11 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 				},
 			},
 			{
-				Name:      "restart",
-				Usage:     "boot a node again, empty of guests, as a host that rebooted",
-				ArgsUsage: "NODE",
-				Flags:     []cli.Flag{dir},
+				Name:        "restart",
+				Usage:       "boot a node again, empty of guests, as a host that rebooted",
+				ArgsUsage:   "NODE",
+				Description: "Example:\n  vmctl lab restart n2",
+				Flags:       []cli.Flag{dir},
 				Action: func(c *cli.Context) error {
 					node, err := nodeArg(c, "restart")
 					if err != nil {

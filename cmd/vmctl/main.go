@@ -33,7 +33,11 @@ func (e *exitError) Error() string { return e.msg }
 
 func main() {
 	app := newApp(os.Stdout)
-	if err := app.Run(interspersed(app, os.Args)); err != nil {
+	args := os.Args
+	if !completing(args) {
+		args = interspersed(app, args)
+	}
+	if err := app.Run(args); err != nil {
 		code := 1
 		var ee *exitError
 		if errors.As(err, &ee) {
@@ -50,6 +54,8 @@ func newApp(out io.Writer) *cli.App {
 		Usage:   "run guests on a dvm cluster",
 		Version: version.Version,
 		Writer:  out,
+		// Shell completion: see vmctl completion.
+		EnableBashCompletion: true,
 		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes;\n" +
 			"the first that answers is used) with the token in DVM_TOKEN.\n\n" +
 			"Exit codes: 0 success, 1 error, 2 the guest cannot be placed.",
@@ -64,7 +70,7 @@ func newApp(out io.Writer) *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), clusterCommand(), eventsCommand(), labCommand(),
+		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), clusterCommand(), eventsCommand(), labCommand(), completionCommand(),
 			{Name: "version", Usage: "print vmctl's version", Action: func(c *cli.Context) error {
 				fmt.Fprintln(c.App.Writer, "vmctl", version.Version)
 				return nil
@@ -113,6 +119,9 @@ func nodeCommand() *cli.Command {
 			Name:    "ls",
 			Aliases: []string{"list"},
 			Usage:   "list nodes with their capacity and allocation",
+			Description: "CPUS and MEMORY are allocated/offered: what the guests placed on the node use, of\n" +
+				"its pool share (host less reservation, times overcommit).\n\n" +
+				"Examples:\n  vmctl node ls\n  vmctl -o json node ls",
 			Action: func(c *cli.Context) error {
 				cl, err := client(c)
 				if err != nil {
@@ -160,14 +169,22 @@ func vmCommand() *cli.Command {
 		Usage: "guests",
 		Subcommands: []*cli.Command{
 			vmCreate(),
-			{Name: "ls", Aliases: []string{"list"}, Usage: "list guests", Action: vmList},
-			{Name: "show", Usage: "show one guest", ArgsUsage: "NAME", Action: vmShow},
+			{Name: "ls", Aliases: []string{"list"}, Usage: "list guests",
+				Description: "Examples:\n  vmctl vm ls\n  vmctl -o json vm ls", Action: vmList},
+			{Name: "show", Usage: "show one guest", ArgsUsage: "NAME",
+				Description: "Examples:\n  vmctl vm show web\n  vmctl -o json vm show web", Action: vmShow},
 			{Name: "why", Usage: "say why a guest is pending, or where it could go", ArgsUsage: "NAME",
 				Description: "Counts the nodes the scheduler rejects per reason, for example\n" +
 					"  3 nodes: not enough memory; 1 node: draining", Action: vmWhy},
-			{Name: "start", Usage: "start a guest", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDesired("start", api.GuestRunning)},
-			{Name: "stop", Usage: "shut a guest down (ACPI, then forced after the node's shutdown timeout)", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDesired("stop", api.GuestStopped)},
-			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a guest and its disk", ArgsUsage: "NAME", Flags: waitFlags(), Action: vmDelete},
+			{Name: "start", Usage: "start a guest", ArgsUsage: "NAME", Flags: waitFlags(),
+				Description: "Waits until the guest runs, unless --no-wait.\n\nExamples:\n  vmctl vm start web\n  vmctl vm start web --no-wait",
+				Action:      vmDesired("start", api.GuestRunning)},
+			{Name: "stop", Usage: "shut a guest down (ACPI, then forced after the node's shutdown timeout)", ArgsUsage: "NAME", Flags: waitFlags(),
+				Description: "Waits until the guest is stopped, unless --no-wait. It keeps its node and disk.\n\nExamples:\n  vmctl vm stop web\n  vmctl vm stop web --timeout 2m",
+				Action:      vmDesired("stop", api.GuestStopped)},
+			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a guest and its disk", ArgsUsage: "NAME", Flags: waitFlags(),
+				Description: "Stops the guest if it runs, undefines its domain and removes its disk.\n\nExample:\n  vmctl vm delete web",
+				Action:      vmDelete},
 			{Name: "migrate", Usage: "live-migrate a running guest to another node", ArgsUsage: "NAME",
 				Description: "Example:\n  vmctl vm migrate web --to n2",
 				Flags:       []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "destination `NODE`"}},

@@ -32,9 +32,12 @@ func netCommand() *cli.Command {
 				},
 				Action: netCreate,
 			},
-			{Name: "ls", Aliases: []string{"list"}, Usage: "list networks and the guests on them", Action: netList},
-			{Name: "show", Usage: "show one network", ArgsUsage: "NAME", Action: netShow},
-			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a network no guest uses", ArgsUsage: "NAME", Action: netDelete},
+			{Name: "ls", Aliases: []string{"list"}, Usage: "list networks and the guests on them",
+				Description: "Examples:\n  vmctl net ls\n  vmctl -o json net ls", Action: netList},
+			{Name: "show", Usage: "show one network", ArgsUsage: "NAME",
+				Description: "Example:\n  vmctl net show blue", Action: netShow},
+			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a network no guest uses", ArgsUsage: "NAME",
+				Description: "Example:\n  vmctl net delete blue", Action: netDelete},
 		},
 	}
 }
