@@ -130,16 +130,27 @@ func newNetLab(t *testing.T, l *lab.Lab, vmctl string) *netLab {
 	return c
 }
 
+// run runs vmctl and returns its output, failing the test on an error. While the
+// management group elects a master (after lab up, after a node is killed) every node
+// answers 503 "no master is elected right now" and nothing is done: that answer is
+// retried for up to 30 s, as an operator would.
 func (c *netLab) run(args ...string) string {
 	c.t.Helper()
-	cmd := exec.Command(c.vmctl, args...)
-	cmd.Env = c.env
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		c.t.Fatalf("vmctl %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cmd := exec.Command(c.vmctl, args...)
+		cmd.Env = c.env
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err := cmd.Run()
+		if err == nil {
+			return out.String()
+		}
+		if !strings.Contains(out.String(), "no master is elected right now") || time.Now().After(deadline) {
+			c.t.Fatalf("vmctl %s: %v\n%s", strings.Join(args, " "), err, out.String())
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
-	return out.String()
 }
 
 func (c *netLab) guest(name string) api.Guest {
