@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -137,15 +136,12 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	if n.master != nil {
 		hooks.DeclareLost = n.master.RecoverNode
 		hooks.NodeReturned = n.master.NodeReturned
-		var merging sync.Mutex
-		hooks.Merge = func(into string) {
-			if !merging.TryLock() {
-				return // a merge is under way
-			}
-			defer merging.Unlock()
-			log.Warn("merging into the group of "+into+": this node's replica is dropped and joins again", "into", into)
+		// A node that is no voter of a newer generation still has the old group's raft;
+		// it drops that replica and joins the new group (see roles.Config.Rejoin).
+		hooks.Rejoin = func() {
+			log.Warn("this node's replica belongs to an older generation: dropping it and joining the current group")
 			if err := n.master.st.Reset(); err != nil {
-				log.Error("merge: reset replica", "err", err)
+				log.Error("rejoin: reset replica", "err", err)
 				return
 			}
 			master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr})

@@ -35,9 +35,10 @@ type Hooks struct {
 	// NodeReturned runs on the master: a lost node is back and was taken into the
 	// cluster again.
 	NodeReturned func(node string)
-	// Merge runs on a management node whose group yielded to the group of into: its
-	// replica of the state is thrown away and it joins the winning group again.
-	Merge func(into string)
+	// Rejoin runs on a management node whose raft replica belongs to an older
+	// generation than its role machine's view while it is no voter of that generation:
+	// the replica is thrown away and the node joins the current group again.
+	Rejoin func()
 	// Event records something operators should see (a node on hold, given up, a
 	// generation change, a merge).
 	Event func(kind, node, detail string)
@@ -74,7 +75,9 @@ type Runner struct {
 	direct      map[string]time.Time // node -> last answered direct probe
 	lastLead    string
 	lastTerm    uint64
-	reformed    uint64 // generation this node's raft was last re-formed for
+	reformed    uint64    // generation this node's raft was last re-formed for
+	rejoined    uint64    // generation this node last rejoined
+	newerSince  time.Time // since when the view's generation is ahead of this node's raft
 	transitions map[string]int
 }
 
@@ -318,6 +321,24 @@ func (r *Runner) observeRaft() {
 	if gen > 1 && gen > st.Meta().Generation && gen > r.reformed && leader == "" && slices.Contains(view.Voters, r.cfg.Self) {
 		r.reform(gen, view.Voters)
 	}
+	// A management node that is no voter of the newer generation keeps the old group's
+	// raft, which the new group does not include: once the new group has written its
+	// generation (give it a few seconds), drop the replica and join.
+	r.mu.Lock()
+	behind := gen > 1 && gen > st.Meta().Generation && !slices.Contains(view.Voters, r.cfg.Self)
+	if !behind {
+		r.newerSince = time.Time{}
+	} else if r.newerSince.IsZero() {
+		r.newerSince = time.Now()
+	}
+	due := behind && gen > r.rejoined && time.Since(r.newerSince) > 5*time.Second
+	if due {
+		r.rejoined = gen
+	}
+	r.mu.Unlock()
+	if due && r.cfg.Hooks.Rejoin != nil {
+		go r.cfg.Hooks.Rejoin()
+	}
 }
 
 // probeLoop asks every member's dvmd directly, a few times a second: the machine tells
@@ -415,10 +436,10 @@ func (r *Runner) carryOut(acts []failover.Action) {
 		case failover.Notify:
 			r.event(a.Kind, a.Node, a.Detail)
 		case failover.Merge:
+			// The machine follows the winner from now on. Raft needs no step here: a node
+			// of the same generation is in the winner's raft group already, and one of an
+			// older generation rejoins from observeRaft.
 			r.event("merge", r.cfg.Self, fmt.Sprintf("into the group of %s: %s", a.Into, a.Reason))
-			if r.cfg.Hooks.Merge != nil {
-				go r.cfg.Hooks.Merge(a.Into)
-			}
 		case failover.StopContacting:
 			r.event("gave-up", a.Node, "no longer contacted")
 		case failover.SolitudeShutdown:
