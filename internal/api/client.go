@@ -21,6 +21,9 @@ type Client struct {
 	Addrs []string
 	Token string
 	HTTP  *http.Client
+	// RetryFor is how long a request is tried again while no listed node answers or
+	// none has a master (an election, a master being replaced): such gaps last seconds.
+	RetryFor time.Duration
 }
 
 // NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
@@ -30,7 +33,7 @@ func NewClient(addrs, token string) (*Client, error) {
 	// drain, a migration).
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DialContext = (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext
-	c := &Client{Token: token, HTTP: &http.Client{Timeout: 10 * time.Minute, Transport: tr}}
+	c := &Client{Token: token, HTTP: &http.Client{Timeout: 10 * time.Minute, Transport: tr}, RetryFor: 20 * time.Second}
 	for _, a := range strings.Split(addrs, ",") {
 		a = strings.TrimRight(strings.TrimSpace(a), "/")
 		if a == "" {
@@ -61,6 +64,34 @@ func (e *StatusError) Error() string { return e.Msg }
 // out (nil to ignore it). A connection failure moves on to the next address; an answer,
 // even an error, ends the search.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	deadline := time.Now().Add(c.RetryFor)
+	for {
+		err := c.do(ctx, method, path, body, out)
+		var unanswered *NoAnswerError
+		if !errors.As(err, &unanswered) || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// NoAnswerError: no listed management node answered, or none had a master.
+type NoAnswerError struct {
+	Addrs []string
+	Last  error
+}
+
+func (e *NoAnswerError) Error() string {
+	return fmt.Sprintf("no dvm API answered at %s: %v", strings.Join(e.Addrs, ", "), e.Last)
+}
+
+func (e *NoAnswerError) Unwrap() error { return e.Last }
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var payload []byte
 	if body != nil {
 		var err error
@@ -109,7 +140,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		}
 		return nil
 	}
-	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
+	return &NoAnswerError{Addrs: c.Addrs, Last: lastErr}
 }
 
 // Stream sends a request and calls line for every line of a newline-delimited JSON
