@@ -3,29 +3,60 @@
 # built from /vagrant, the node's cluster credentials, its dvmd.conf, and dvmd under
 # systemd. Safe to run again (vagrant provision): it rewrites the config and restarts dvmd.
 #
-# Arguments: NAME ADDR BOOTSTRAP RACK NODES TOKEN
+# Arguments: NAME ADDR BOOTSTRAP RACK NODES TOKEN [DRAGONFLY_URL]
 #   NAME       node name (dvm1)            ADDR   its address on the cluster network
 #   BOOTSTRAP  true on the one node that forms the cluster, false on the others
 #   RACK       its rack label (a failure domain for twins)
 #   NODES      every node's address, comma-separated, the bootstrap node first
 #   TOKEN      the cluster's API token, the same on every management node
+#   DRAGONFLY_URL  optional: a DragonFly BSD disk image (.img, .img.bz2 or .qcow2) that the
+#              bootstrap node makes the image "dragonfly" of every node
 # The file provisioner has put the node's credentials in /tmp/dvm-credentials.
 set -euo pipefail
-[ $# -eq 6 ] || { echo "usage: provision.sh NAME ADDR BOOTSTRAP RACK NODES TOKEN" >&2; exit 2; }
-name=$1 addr=$2 bootstrap=$3 rack=$4 nodes=$5 token=$6
+[ $# -eq 6 ] || [ $# -eq 7 ] || { echo "usage: provision.sh NAME ADDR BOOTSTRAP RACK NODES TOKEN [DRAGONFLY_URL]" >&2; exit 2; }
+name=$1 addr=$2 bootstrap=$3 rack=$4 nodes=$5 token=$6 dragonfly=${7:-}
+first=${nodes%%,*} # the bootstrap node: it serves the shared storage
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends libvirt-daemon-system libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-dev qemu-system-x86 qemu-utils gcc pkg-config golang-go git ca-certificates \
-	busybox-static cpio
+	busybox-static cpio nfs-kernel-server nfs-common bzip2 curl
 cd /vagrant
 # go.mod names the toolchain; Debian's Go fetches it through the module proxy.
 GOTOOLCHAIN=auto go build -o /usr/local/bin/ ./cmd/dvmd ./cmd/vmctl
 
+# Shared storage: guest disks and images at the same path on every node, so a guest with
+# failover policy restart starts on another node from its disk. The bootstrap node
+# exports /srv/dvm over NFS on the cluster network (no_root_squash: libvirt hands the
+# files to QEMU's user); the others mount it, waiting while it is still being set up
+# (vagrant-libvirt brings the VMs up in parallel).
+install -d /srv/dvm
+if [ "$addr" = "$first" ]; then
+	install -d /srv/dvm/images /srv/dvm/disks /etc/exports.d
+	echo "/srv/dvm ${addr%.*}.0/24(rw,sync,no_subtree_check,no_root_squash)" >/etc/exports.d/dvm.exports
+	systemctl enable --now nfs-server
+	exportfs -ra
+else
+	grep -q ' /srv/dvm ' /etc/fstab || echo "$first:/srv/dvm /srv/dvm nfs _netdev,nofail,hard 0 0" >>/etc/fstab
+	systemctl daemon-reload
+	for i in $(seq 180); do
+		mountpoint -q /srv/dvm && break
+		timeout 60 mount /srv/dvm 2>/dev/null || sleep 5
+	done
+	mountpoint -q /srv/dvm || { echo "dvm: $first:/srv/dvm did not mount in 15 minutes: is $first provisioned?" >&2; exit 1; }
+fi
+if [ -n "$dragonfly" ] && [ "$addr" = "$first" ] && [ ! -f /srv/dvm/images/dragonfly/disk.qcow2 ]; then
+	install -d /srv/dvm/images/dragonfly
+	tmp=$(mktemp -d)
+	curl -fL --retry 3 -o "$tmp/image" "$dragonfly"
+	case "$dragonfly" in *.bz2) bunzip2 -c "$tmp/image" >"$tmp/image.raw" && mv "$tmp/image.raw" "$tmp/image" ;; esac
+	qemu-img convert -O qcow2 "$tmp/image" /srv/dvm/images/dragonfly/disk.qcow2
+	rm -rf "$tmp"
+fi
+
 # Credentials: the node's certificate and key, the CA certificate, the gossip key.
 install -d -m 0700 /etc/dvm /etc/dvm/credentials /var/lib/dvm
-install -d /var/lib/dvm/images /var/lib/dvm/disks
 src=/tmp/dvm-credentials
 [ -f "$src/node-$name.crt" ] || src=/tmp/dvm-credentials/$name # a re-run nests the upload
 install -m 0644 "$src/ca.crt" "$src/node-$name.crt" /etc/dvm/credentials/
@@ -66,11 +97,14 @@ data_dir = /var/lib/dvm
 management = true
 bootstrap = $bootstrap
 master = $master
-images_dir = /var/lib/dvm/images
-disks_dir = /var/lib/dvm/disks
+images_dir = /srv/dvm/images
+disks_dir = /srv/dvm/disks
 labels = rack=$rack
 EOT
 install -m 0644 configs/systemd/dvmd.service /etc/systemd/system/dvmd.service
+# dvmd writes guest disks on the shared storage, which must be mounted first.
+install -d /etc/systemd/system/dvmd.service.d
+printf '[Unit]\nRequiresMountsFor=/srv/dvm\n[Service]\nReadWritePaths=/srv/dvm\n' >/etc/systemd/system/dvmd.service.d/shared-storage.conf
 systemctl daemon-reload
 systemctl enable dvmd
 systemctl restart dvmd
