@@ -40,7 +40,7 @@ if [ "$addr" = "$first" ]; then
 else
 	grep -q ' /srv/dvm ' /etc/fstab || echo "$first:/srv/dvm /srv/dvm nfs _netdev,nofail,hard 0 0" >>/etc/fstab
 	systemctl daemon-reload
-	for i in $(seq 180); do
+	for _ in $(seq 180); do
 		mountpoint -q /srv/dvm && break
 		timeout 60 mount /srv/dvm 2>/dev/null || sleep 5
 	done
