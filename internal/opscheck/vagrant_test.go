@@ -43,7 +43,8 @@ func vagrant(t *testing.T, dir string, nodes string) (string, error) {
 	return string(out), err
 }
 
-// TestVagrantValidate: `vagrant validate` passes for 3 and 5 nodes and refuses 2; the
+// TestVagrantValidate: `vagrant validate` passes for 3 and 5 nodes and refuses 2;
+// shellcheck passes provision.sh; the
 // credentials the Vagrantfile made are loaded by dvm's own loader (internal/cluster), two
 // nodes complete a mutual TLS handshake with them, the CA key issues a further node with
 // `dvmd cluster issue`'s code, and no node's directory holds the CA key.
@@ -58,10 +59,9 @@ func TestVagrantValidate(t *testing.T) {
 	if out, err := vagrant(t, dir, "2"); err == nil || !strings.Contains(out, "DVM_NODES must be 3 to 5") {
 		t.Errorf("DVM_NODES=2 vagrant validate: want a refusal naming DVM_NODES, got %v\n%s", err, out)
 	}
-	if _, err := exec.LookPath("bash"); err == nil {
-		if out, err := exec.Command("bash", "-n", filepath.Join(dir, "configs/vagrant/provision.sh")).CombinedOutput(); err != nil {
-			t.Errorf("provision.sh: %v\n%s", err, out)
-		}
+	sc := tool(t, "shellcheck", "shellcheck")
+	if out, err := exec.Command(sc, filepath.Join(dir, "configs/vagrant/provision.sh")).CombinedOutput(); err != nil {
+		t.Errorf("shellcheck provision.sh: %v\n%s", err, out)
 	}
 
 	clusterDir := filepath.Join(dir, ".vagrant", "dvm-cluster")
