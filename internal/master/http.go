@@ -286,7 +286,9 @@ func (h *handler) migrate(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		if res.From != "" {
-			writeJSON(w, http.StatusBadGateway, api.Error{Error: err.Error()})
+			// The migration ran and failed: a final answer (the guest stays where it
+			// runs), not a gateway problem that a client should retry.
+			writeJSON(w, http.StatusConflict, api.Error{Error: err.Error()})
 			return
 		}
 		fail(w, err)
