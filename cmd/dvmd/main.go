@@ -12,6 +12,7 @@ import (
 
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/daemon"
+	"github.com/dvmproject/dvm/internal/fenceguard"
 	"github.com/dvmproject/dvm/internal/version"
 	"github.com/urfave/cli/v2"
 )
@@ -23,6 +24,22 @@ func main() {
 		Version: version.Version,
 		Commands: []*cli.Command{
 			clusterCommand(),
+			{
+				Name:   "fence-guard",
+				Usage:  "stop this node's HA guests when dvmd stops holding its lease (started by dvmd agent)",
+				Hidden: true,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "libvirt-uri", Required: true},
+					&cli.StringFlag{Name: "lease-file", Required: true},
+					&cli.DurationFlag{Name: "window", Required: true},
+				},
+				Action: func(c *cli.Context) error {
+					ctx, cancel := signalContext()
+					defer cancel()
+					return fenceguard.Run(ctx, fenceguard.Options{URI: c.String("libvirt-uri"), LeaseFile: c.String("lease-file"),
+						Window: c.Duration("window"), Log: logger("info").With("component", "fence-guard")})
+				},
+			},
 			{
 				Name:      "agent",
 				Usage:     "run this host as a dvm node",

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
+	"github.com/dvmproject/dvm/internal/fenceguard"
 	"github.com/dvmproject/dvm/internal/master"
 	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/internal/roles"
@@ -174,7 +176,69 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	}()
 	go n.Roles.Run(ctx)
 	go a.Run(ctx)
+	leaseFile := filepath.Join(cfg.DataDir, "lease")
+	go heartbeat(ctx, n.Roles, leaseFile)
+	if err := startFenceGuard(cfg, leaseFile, log); err != nil {
+		n.Stop()
+		return nil, err
+	}
 	return n, nil
+}
+
+// heartbeat writes the lease file while this node holds its lease: the fence guard's
+// sign that dvmd is alive and vouches for the node's HA guests.
+func heartbeat(ctx context.Context, r *roles.Runner, path string) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if !r.Fenced() {
+				fenceguard.Heartbeat(path, now)
+			}
+		}
+	}
+}
+
+// startFenceGuard starts this node's fence guard, a process of its own that outlives
+// dvmd, unless one already guards this data directory. Only a dvmd binary starts one
+// (tests running a node in-process have no guard to spawn).
+func startFenceGuard(cfg config.Node, leaseFile string, log *slog.Logger) error {
+	exe, err := os.Executable()
+	if err != nil || filepath.Base(exe) != "dvmd" {
+		return nil
+	}
+	pidFile := filepath.Join(cfg.DataDir, "fence-guard.pid")
+	if b, err := os.ReadFile(pidFile); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && syscall.Kill(pid, 0) == nil {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), "fence-guard") {
+				return nil // still guarding
+			}
+		}
+	}
+	// The window is shorter than the lease margin by the guard's own polling and the
+	// time to destroy a guest, so the guests are down before the master may restart
+	// them elsewhere.
+	window := cfg.LeaseMargin - 200*time.Millisecond
+	if window < 100*time.Millisecond {
+		return fmt.Errorf("lease_margin %v leaves the fence guard no window: use at least 300ms", cfg.LeaseMargin)
+	}
+	logf, err := os.OpenFile(filepath.Join(cfg.DataDir, "fence-guard.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "fence-guard", "--libvirt-uri", cfg.LibvirtURI, "--lease-file", leaseFile, "--window", window.String())
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // not in dvmd's process group: it must outlive dvmd
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start fence guard: %w", err)
+	}
+	go cmd.Wait() // reap it if it ends while this dvmd lives
+	log.Info("fence guard started", "pid", cmd.Process.Pid, "window", window)
+	return os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 }
 
 // openMaster opens this management node's replica of the cluster state, with raft

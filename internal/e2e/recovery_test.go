@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -384,4 +385,44 @@ func TestDiskLeaseBlocksSecondCopy(t *testing.T) {
 		t.Fatalf("second copy refused, but not by the lock manager: %v", err)
 	}
 	t.Logf("second copy refused: %v", err)
+}
+
+// TestDvmdCrashNoDuplicate: the node agent itself dies (kill -9), the host and its
+// guests do not. The node's lease lapses, so the master restarts its HA guests elsewhere;
+// the fence guard, which outlives dvmd, must have stopped them first.
+func TestDvmdCrashNoDuplicate(t *testing.T) {
+	c := upCluster(t, 3)
+	node := c.victim(t)
+	guests := []string{"svc1", "svc2"}
+	c.gatherOn(t, node, guests...)
+	pids, err := c.lab.NodeProcesses(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.startSampler(guests...)
+	killed := 0
+	for _, pid := range pids {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmd), "agent\x00--config") {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed++
+		}
+	}
+	if killed != 1 {
+		t.Fatalf("killed %d dvmd agents on %s, want 1", killed, node)
+	}
+	// Whether they were restarted elsewhere or came back where they were, every guest
+	// runs again, and none ever ran twice.
+	waitFor(t, "all guests running again", 90*time.Second, func() bool {
+		for _, g := range guests {
+			if c.guest(g).State != api.GuestRunning {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(3 * time.Second)
+	s.finish(t)
 }

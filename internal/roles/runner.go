@@ -557,3 +557,11 @@ func (r *Runner) Transitions() map[string]int {
 	}
 	return out
 }
+
+// Fenced says whether this node holds no lease now (a node that knows no view yet
+// holds none).
+func (r *Runner) Fenced() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m == nil || r.m.Fenced()
+}
