@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,18 @@ type Client struct {
 	// RetryFor is how long a request is tried again while no listed node answers or
 	// none has a master (an election, a master being replaced): such gaps last seconds.
 	RetryFor time.Duration
+	// Discover, when set, gives the addresses to try now (the management nodes that
+	// membership knows); Addrs is the fallback when it gives none.
+	Discover func() []string
+}
+
+func (c *Client) addrs() []string {
+	if c.Discover != nil {
+		if a := c.Discover(); len(a) > 0 {
+			return a
+		}
+	}
+	return c.Addrs
 }
 
 // NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
@@ -100,7 +113,8 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 	}
 	var lastErr error
-	for _, addr := range c.Addrs {
+	addrs := c.addrs()
+	for _, addr := range addrs {
 		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
 		if err != nil {
 			return err
@@ -140,7 +154,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		return nil
 	}
-	return &NoAnswerError{Addrs: c.Addrs, Last: lastErr}
+	return &NoAnswerError{Addrs: addrs, Last: lastErr}
 }
 
 // Stream sends a request and calls line for every line of a newline-delimited JSON
@@ -155,7 +169,7 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		}
 	}
 	var lastErr error
-	for _, addr := range c.Addrs {
+	for _, addr := range c.addrs() {
 		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
 		if err != nil {
 			return err
@@ -194,4 +208,11 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		return sc.Err()
 	}
 	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
+}
+
+// UseTLS makes the client speak TLS with cfg (the cluster's mutual TLS for agents).
+func (c *Client) UseTLS(cfg *tls.Config) {
+	if tr, ok := c.HTTP.Transport.(*http.Transport); ok {
+		tr.TLSClientConfig = cfg
+	}
 }

@@ -53,6 +53,8 @@ var (
 type Meta struct {
 	// API is the host:port of the node's dvmd API.
 	API string `json:"api,omitempty"`
+	// Agent is the host:port of a management node's mutual-TLS listener for agents.
+	Agent string `json:"agent,omitempty"`
 	// Management says the node may hold a management role (master, backup, candidate).
 	Management bool    `json:"mgmt,omitempty"`
 	Network    float64 `json:"net,omitempty"`

@@ -31,6 +31,7 @@ type Node struct {
 	Management          bool
 	RaftListen          string // raft between management nodes; default: listen's host, port 7461
 	GossipListen        string // memberlist (UDP and TCP); default: listen's host, port 7462
+	AgentListen         string // the agents' API over mutual TLS (management nodes); default: listen's host, port 7463
 	GossipPeers         []string
 	CredentialsDir      string // ca.crt, gossip.key, node-NAME.crt/key from `dvmd cluster issue`
 	LeaseDuration       time.Duration
@@ -147,6 +148,11 @@ func (n *Node) set(key, val string) error {
 			return fmt.Errorf("%q is not host:port", val)
 		}
 		n.RaftListen = val
+	case "agent_listen":
+		if _, _, err := net.SplitHostPort(val); err != nil {
+			return fmt.Errorf("%q is not host:port", val)
+		}
+		n.AgentListen = val
 	case "gossip_listen":
 		if _, _, err := net.SplitHostPort(val); err != nil {
 			return fmt.Errorf("%q is not host:port", val)
@@ -271,6 +277,10 @@ func (n *Node) Validate() error {
 			return fmt.Errorf("listen %q is not host:port", n.Listen)
 		}
 		n.RaftListen = net.JoinHostPort(host, "7461")
+	}
+	if n.AgentListen == "" {
+		host, _, _ := net.SplitHostPort(n.Listen)
+		n.AgentListen = net.JoinHostPort(host, "7463")
 	}
 	if n.GossipListen == "" {
 		host, _, _ := net.SplitHostPort(n.Listen)

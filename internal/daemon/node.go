@@ -2,15 +2,18 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,16 +37,19 @@ import (
 // /metrics and /v1/health endpoint, and on a management node its replica of the cluster
 // state, the master role when raft elects it, and the API.
 type Node struct {
-	Addr     string // URL of this dvmd's listener
-	Token    string
-	HV       *hypervisor.Node
-	Roles    *roles.Runner
-	members  *cluster.Members
-	master   *Master
-	raftAddr string
-	cancel   context.CancelFunc
-	done     chan struct{}
-	err      error
+	Addr  string // URL of this dvmd's listener
+	Token string
+	// AgentAddr is a management node's mutual-TLS listener for agents ("" elsewhere).
+	AgentAddr string
+	HV        *hypervisor.Node
+	Roles     *roles.Runner
+	members   *cluster.Members
+	agentLn   net.Listener
+	master    *Master
+	raftAddr  string
+	cancel    context.CancelFunc
+	done      chan struct{}
+	err       error
 }
 
 // StartNode starts a node as cfg says. It returns once the node serves and its agent
@@ -74,6 +80,22 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		cfg.Advertise = ln.Addr().String() // a port of 0 was chosen now
 	}
 
+	var agentLn net.Listener
+	if cfg.Management {
+		if cfg.AgentListen == "" {
+			host, _, _ := net.SplitHostPort(cfg.Listen)
+			cfg.AgentListen = net.JoinHostPort(host, "0")
+		}
+		raw, err := net.Listen("tcp", cfg.AgentListen)
+		if err != nil {
+			ln.Close()
+			return fail(fmt.Errorf("agent listener on %s: %w", cfg.AgentListen, err))
+		}
+		agentLn = tls.NewListener(raw, creds.ServerTLS())
+		cfg.AgentListen = raw.Addr().String() // a port of 0 was chosen now
+		n.agentLn, n.AgentAddr = agentLn, cfg.AgentListen
+	}
+
 	// Gossip: membership, failure detection and the role machine's messages.
 	gh, gp, err := net.SplitHostPort(cfg.GossipListen)
 	if err != nil {
@@ -83,7 +105,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	gport, _ := strconv.Atoi(gp)
 	n.members, err = cluster.Join(cluster.MemberConfig{
 		Credentials: creds, BindAddr: gh, BindPort: gport, Peers: cfg.GossipPeers,
-		Meta: cluster.Meta{API: cfg.Advertise, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime()},
+		Meta: cluster.Meta{API: cfg.Advertise, Agent: cfg.AgentListen, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime()},
 		Log:  log.With("component", "gossip"),
 	})
 	if err != nil {
@@ -109,13 +131,22 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		ln.Close()
 		return fail(fmt.Errorf("token: %w (copy the cluster's token file from a management node)", err))
 	}
-	masterAddr := cfg.Master
-	if masterAddr == "" {
-		masterAddr = "http://" + cfg.Advertise
-	}
-	if client, err = api.NewClient(masterAddr, n.Token); err != nil {
+	// Agent traffic (status reports, assignments, joins) goes to the management nodes'
+	// mutual-TLS listeners, which membership announces, with this node's certificate.
+	if client, err = api.NewClient(agentURLs(cfg), n.Token); err != nil {
 		ln.Close()
 		return fail(err)
+	}
+	client.UseTLS(creds.ClientTLS())
+	client.Discover = func() []string {
+		var urls []string
+		for _, m := range n.members.Members() {
+			if m.State == cluster.StateAlive && m.Meta.Management && m.Meta.Agent != "" {
+				urls = append(urls, "https://"+m.Meta.Agent)
+			}
+		}
+		sort.Strings(urls)
+		return urls
 	}
 
 	a, hv, err := NewAgent(cfg, client, reg, log, true)
@@ -174,6 +205,9 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		n.err = Serve(ctx, ln, master.Handler(mm, cfg.Name, n.Token, reg))
 		close(n.done)
 	}()
+	if agentLn != nil {
+		go Serve(ctx, agentLn, master.AgentHandler(mm, cfg.Name, n.Token, reg))
+	}
 	go n.Roles.Run(ctx)
 	go a.Run(ctx)
 	leaseFile := filepath.Join(cfg.DataDir, "lease")
@@ -369,6 +403,9 @@ func (n *Node) Stop() {
 }
 
 func (n *Node) closeAll() {
+	if n.agentLn != nil {
+		n.agentLn.Close()
+	}
 	if n.members != nil {
 		n.members.Leave(time.Second)
 		n.members.Shutdown()
@@ -387,4 +424,20 @@ type logWriter struct{ log *slog.Logger }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.log.Warn(strings.TrimSpace(string(p)), "component", "raft")
 	return len(p), nil
+}
+
+// agentURLs are the management nodes' mutual-TLS agent listeners: the hosts of the
+// master addresses (or this node's own, on a lone management node) on the agent port.
+func agentURLs(cfg config.Node) string {
+	_, port, _ := net.SplitHostPort(cfg.AgentListen)
+	var urls []string
+	for _, m := range strings.Split(cfg.Master, ",") {
+		if u, err := url.Parse(strings.TrimSpace(m)); err == nil && u.Hostname() != "" {
+			urls = append(urls, "https://"+net.JoinHostPort(u.Hostname(), port))
+		}
+	}
+	if len(urls) == 0 || cfg.Master == "" {
+		urls = append(urls, "https://"+cfg.AgentListen)
+	}
+	return strings.Join(urls, ",")
 }

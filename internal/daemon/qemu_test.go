@@ -50,7 +50,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := config.Defaults()
-	cfg.Name, cfg.Management, cfg.Bootstrap, cfg.RaftListen, cfg.GossipListen = "host1", true, true, "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Name, cfg.Management, cfg.Bootstrap, cfg.RaftListen, cfg.GossipListen, cfg.AgentListen = "host1", true, true, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.CredentialsDir = filepath.Join(dir, "credentials")
 	if err := cluster.NewCA(cfg.CredentialsDir); err != nil {
 		t.Fatal(err)

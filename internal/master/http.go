@@ -23,8 +23,19 @@ const MaxBody = 64 << 10
 // Handler serves the API for a node. m is nil on a node that holds no management role:
 // it still serves /metrics and /v1/health.
 func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Handler {
+	return handlerFor(m, nodeName, token, reg, true)
+}
+
+// AgentHandler serves the same API on the agents' mutual-TLS listener. It does not
+// forward: a node that is not the master answers 503 and the agent asks the next
+// management node, so agent traffic never leaves TLS.
+func AgentHandler(m *Master, nodeName, token string, reg *metrics.Registry) http.Handler {
+	return handlerFor(m, nodeName, token, reg, false)
+}
+
+func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forward bool) http.Handler {
 	mux := http.NewServeMux()
-	h := &handler{m: m, token: token, reg: reg}
+	h := &handler{m: m, token: token, reg: reg, forward: forward}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	role := "node"
 	if m != nil {
@@ -68,9 +79,10 @@ func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Hand
 }
 
 type handler struct {
-	m     *Master
-	token string
-	reg   *metrics.Registry
+	m       *Master
+	token   string
+	reg     *metrics.Registry
+	forward bool
 }
 
 func (h *handler) authorized(r *http.Request) bool {
@@ -107,6 +119,10 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 			return
 		}
 		if !h.m.IsLeader() {
+			if !h.forward {
+				writeErr(sw, http.StatusServiceUnavailable, "not the master: ask another management node", "")
+				return
+			}
 			h.m.forward(sw, r)
 			return
 		}
