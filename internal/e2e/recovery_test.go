@@ -210,7 +210,14 @@ func TestCutNodeFencesItself(t *testing.T) {
 	guests := []string{"db1", "db2"}
 	c.gatherOn(t, node, guests...)
 	s := c.startSampler(guests...)
-	c.run("lab", "cut", node, "--dir", c.lab.Dir())
+	// Cut from every peer, not from this host: the sampler keeps watching the cut node.
+	var peers []string
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node {
+			peers = append(peers, n.Name)
+		}
+	}
+	c.run("lab", "cut", node, "--from", strings.Join(peers, ","), "--dir", c.lab.Dir())
 	waitFor(t, "guests running on the other nodes", 90*time.Second, func() bool { return c.allRunningElsewhere(guests, node) })
 	for _, g := range guests {
 		if st, ok := c.domainState(node, g); ok && st == libvirt.DOMAIN_RUNNING {
