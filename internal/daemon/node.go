@@ -377,9 +377,11 @@ func selfHealth(dataDir string) func() failover.HealthReport {
 		if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 			if f := strings.Fields(string(b)); len(f) > 0 {
 				if l, err := strconv.ParseFloat(f[0], 64); err == nil {
-					if cpus := float64(runtime.NumCPU()); cpus > 0 {
-						h.CPU = max(0, min(1, 1-l/(2*cpus)))
-					}
+					// A busy host is not a broken one: the score falls from 1 (up to two
+					// runnable tasks per CPU) to 0.3 (eight per CPU) and no lower, so load
+					// ranks candidates but never makes a node "not functional".
+					perCPU := l / float64(runtime.NumCPU())
+					h.CPU = max(0.3, min(1, 1-(perCPU-2)*0.7/6))
 				}
 			}
 		}

@@ -61,7 +61,15 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "POST /v1/nodes/{name}/drain", h.drain(false))
 		h.route(mux, "POST /v1/nodes/{name}/maintenance", h.drain(true))
 		h.route(mux, "POST /v1/nodes/{name}/undrain", h.undrain)
-		h.route(mux, "GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, h.m.ClusterStatus()) })
+		// Answered by every management node from its own role machine, leader or not:
+		// during a partition, each side tells what it sees.
+		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+			if !h.authorized(r) {
+				writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token: set DVM_TOKEN or --token", "")
+				return
+			}
+			writeJSON(w, http.StatusOK, h.m.ClusterStatus())
+		})
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
 		h.route(mux, "POST /v1/networks", h.createNetwork)

@@ -12,15 +12,22 @@ import (
 // RoleSource is the role machine of the node this master runs on.
 type RoleSource interface {
 	Status() (failover.Status, failover.ClusterView, bool)
+	// Fenced says whether this node holds no lease from an acting master now.
+	Fenced() bool
 }
 
 // SetRoles gives the master its node's role machine, for `vmctl cluster status`.
 func (m *Master) SetRoles(r RoleSource) { m.roles = r }
 
-// ClusterStatus reports the management group: roles, generation, the ranked
-// candidates and lease ages, as the master's role machine sees them.
+// ClusterStatus reports the management group as this node's role machine sees it:
+// roles, generation, the ranked candidates and lease ages (on the master). Acting says
+// whether the master this node follows holds its majority lease: on the master itself
+// its own lease count; elsewhere whether this node holds a lease from an acting master.
 func (m *Master) ClusterStatus() api.ClusterStatus {
 	out := api.ClusterStatus{Generation: m.st.Meta().Generation, Master: m.st.Leader(), Acting: m.acting()}
+	if m.roles != nil && !m.IsLeader() {
+		out.Acting = !m.roles.Fenced()
+	}
 	if out.Generation == 0 {
 		out.Generation = 1
 	}
