@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,22 @@ func upCluster(t *testing.T, n int) *cluster {
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, lab: l, vmctl: vmctl, env: os.Environ()}
+	// Cleanups run last-registered first: this one runs before the lab goes down.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		keep := filepath.Join(os.TempDir(), "dvm-e2e-logs", t.Name())
+		os.MkdirAll(keep, 0o755)
+		for _, n := range l.Nodes() {
+			for _, f := range []string{"dvmd.log", "node.log", "data/fence-guard.log"} {
+				if b, err := os.ReadFile(filepath.Join(n.Dir, f)); err == nil {
+					os.WriteFile(filepath.Join(keep, n.Name+"-"+filepath.Base(f)), b, 0o644)
+				}
+			}
+		}
+		t.Logf("node logs kept in %s", keep)
+	})
 	for _, line := range strings.Split(strings.TrimSpace(string(env)), "\n") {
 		c.env = append(c.env, line)
 	}
