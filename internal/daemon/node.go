@@ -325,23 +325,32 @@ func (h *storeHandle) store() *store.Store {
 	return h.m.st
 }
 
-// rejoin keeps trying the gossip peers until at least one answers: a node that starts
-// before its peers, or after a partition healed, finds the cluster without help.
+// rejoin keeps joining the gossip peers that membership does not see alive: a node
+// that starts before its peers, or a partition that healed, is whole again within
+// seconds instead of waiting for memberlist's periodic sync with the dead (30 s).
 func rejoin(ctx context.Context, m *cluster.Members, peers []string) {
-	for ctx.Err() == nil {
-		if len(m.Alive()) > 1 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(5 * time.Second):
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		alive := map[string]bool{}
+		for _, mb := range m.Members() {
+			if mb.State == cluster.StateAlive {
+				alive[mb.Addr.String()] = true
 			}
-			continue
 		}
-		m.JoinPeers(peers...)
+		var missing []string
+		for _, p := range peers {
+			if !alive[p] {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			m.JoinPeers(missing...)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-t.C:
 		}
 	}
 }

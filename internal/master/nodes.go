@@ -140,6 +140,14 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 		case g.MigrateTo == node:
 			ag.Incoming = true
 			a.Guests = append(a.Guests, ag)
+		case g.TwinNode == node && g.Desired != store.DesiredDeleted && !g.Lost:
+			ag.Standby = true
+			a.Guests = append(a.Guests, ag)
+		case observed[g.Name]:
+			// This node still holds a guest the cluster moved away while the node was
+			// lost: remove its copy (never the disk, which the guest's node uses).
+			ag.Evict = true
+			a.Guests = append(a.Guests, ag)
 		}
 	}
 	m.addNetworks(&a, node, nodes, guests)
