@@ -61,8 +61,8 @@ func orDash(s string) string {
 
 func eventsCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "events",
-		Usage: "what happened in the cluster and why",
+		Name:        "events",
+		Usage:       "what happened in the cluster and why",
 		Description: "Examples:\n  vmctl events            # the recent events\n  vmctl events -f         # and follow new ones",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "wait for new events and print them"},
