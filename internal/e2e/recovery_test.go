@@ -146,6 +146,7 @@ func (c *cluster) allRunningElsewhere(names []string, not string) bool {
 // victim is a node that is neither the master nor... any node but the master.
 func (c *cluster) victim(t *testing.T) string {
 	st := c.waitStatus(t, "a master and two backups", 90*time.Second, nil, fullGroup)
+	c.settled(t, st)
 	for _, n := range c.lab.Nodes() {
 		if n.Name != st.Master {
 			return n.Name

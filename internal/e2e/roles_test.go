@@ -63,6 +63,24 @@ func roleOf(st api.ClusterStatus, node string) string {
 	return ""
 }
 
+// settled waits until every node of the lab reports the same master and voters in its
+// own view, after the group first looked whole: a failure test starts from a cluster
+// whose role table has reached every node, as a cluster in service has.
+func (c *cluster) settled(t *testing.T, want api.ClusterStatus) {
+	t.Helper()
+	for _, n := range c.lab.Nodes() {
+		c.waitStatus(t, n.Name+" agrees on the group", 60*time.Second, []string{n.Name}, func(s api.ClusterStatus) bool {
+			return s.Master == want.Master && slices.Equal(sorted(s.Voters), sorted(want.Voters))
+		})
+	}
+}
+
+func sorted(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return out
+}
+
 func fullGroup(st api.ClusterStatus) bool {
 	if !st.Acting || len(st.Voters) != 3 {
 		return false
@@ -104,6 +122,7 @@ func (c *cluster) writeAccepted(t *testing.T, prefix string, limit time.Duration
 func TestMasterKilled(t *testing.T) {
 	c := upCluster(t, 4)
 	st := c.waitStatus(t, "a master and two backups", 90*time.Second, nil, fullGroup)
+	c.settled(t, st)
 	old := st.Master
 	c.run("lab", "kill", old, "--dir", c.lab.Dir())
 	killed := time.Now()
@@ -121,6 +140,7 @@ func TestMasterKilled(t *testing.T) {
 func TestMasterAndBackupKilled(t *testing.T) {
 	c := upCluster(t, 6)
 	st := c.waitStatus(t, "a master and two backups", 120*time.Second, nil, fullGroup)
+	c.settled(t, st)
 	gen, old := st.Generation, st.Master
 	var backup string
 	for _, v := range st.Voters {
@@ -147,6 +167,7 @@ func TestMasterAndBackupKilled(t *testing.T) {
 func TestMinorityWithMasterStopsActingAndMerges(t *testing.T) {
 	c := upCluster(t, 6)
 	st := c.waitStatus(t, "a master and two backups", 120*time.Second, nil, fullGroup)
+	c.settled(t, st)
 	gen, old := st.Master, st.Generation
 	_ = gen
 	var minority []string
