@@ -58,7 +58,7 @@ type Node struct {
 func Defaults() Node {
 	return Node{
 		LibvirtURI: "qemu:///system", Listen: "127.0.0.1:7460", DataDir: "/var/lib/dvm",
-		LeaseDuration: 2 * time.Second, LeaseMargin: time.Second, ConfirmTimeout: 1500 * time.Millisecond,
+		LeaseDuration: 2 * time.Second, LeaseMargin: time.Second, ConfirmTimeout: 3 * time.Second,
 		FenceGrace:  700 * time.Millisecond,
 		Accelerator: "auto", ShutdownTimeout: 30 * time.Second, NodeTimeout: 5 * time.Second,
 		Share:  hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},

@@ -303,12 +303,13 @@ func (r *Runner) observeRaft() {
 	}
 	gen := r.m.Generation()
 	view := r.m.View()
-	changed := leader != "" && (leader != r.lastLead || term != r.lastTerm)
-	if changed {
+	if leader != "" {
 		r.lastLead, r.lastTerm = leader, term
 	}
 	r.mu.Unlock()
-	if changed {
+	// Told every tick, not only on a change: a machine that could not take the news
+	// when it came (it was not yet a backup in its view) takes it as soon as it can.
+	if leader != "" {
 		r.step(failover.LeaderObserved{Leader: leader, Generation: gen, Term: term})
 	}
 	if st.IsLeader() && st.Meta().Generation < gen {
