@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -184,10 +185,25 @@ func TestKillNodeRestartsItsGuests(t *testing.T) {
 		t.Logf("run %d: node kill to all guests running again: %.2f s", run+1, d)
 		s.finish(t)
 		if run+1 < runs {
+			for _, g := range guests {
+				c.run("vm", "delete", g) // the next run gathers fresh guests
+			}
 			c.run("lab", "restart", node, "--dir", c.lab.Dir())
 			c.waitStatus(t, node+" back", 90*time.Second, nil, func(s api.ClusterStatus) bool {
 				r := roleOf(s, node)
 				return fullGroup(s) && r != "lost" && r != "on-hold" && r != ""
+			})
+			waitFor(t, node+" ready to take guests", 60*time.Second, func() bool {
+				var nodes []api.Node
+				if json.Unmarshal([]byte(c.run("-o", "json", "node", "ls")), &nodes) != nil {
+					return false
+				}
+				for _, n := range nodes {
+					if n.Name == node {
+						return n.State == api.NodeReady && n.Schedulable
+					}
+				}
+				return false
 			})
 		}
 	}
