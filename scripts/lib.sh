@@ -56,23 +56,32 @@ start_libvirtd() {
 	if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
 		chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 	fi
-	if virsh -c qemu:///system version >/dev/null 2>&1; then return; fi
 	if [ -d /run/systemd/system ]; then
-		systemctl start virtlogd.socket libvirtd.socket libvirtd.service || true
+		virsh -c qemu:///system version >/dev/null 2>&1 ||
+			systemctl start virtlogd.socket libvirtd.socket libvirtd.service || true
 	else
-		# Look at the host's sockets, not at processes: lab nodes run their own daemons
-		# in their namespaces, and those must not count. tini -s adopts and reaps the
-		# QEMU processes libvirtd double-forks: where PID 1 does not reap orphans (a
-		# container), their zombies otherwise hang libvirtd's next QEMU start.
+		# Look at the host's daemons, not at processes: lab nodes run their own daemons
+		# in their namespaces, and those must not count. A socket file alone proves
+		# nothing either: a virtlogd that died leaves it behind, and every guest start
+		# then fails with "Connection refused"; so ask each daemon itself. tini -s adopts
+		# and reaps the QEMU processes libvirtd double-forks: where PID 1 does not reap
+		# orphans (a container), their zombies otherwise hang libvirtd's next QEMU start.
 		mkdir -p /var/log/libvirt
-		[ -S /run/libvirt/virtlogd-sock ] || setsid tini -s -- virtlogd >>/var/log/libvirt/dvm-virtlogd.log 2>&1 </dev/null &
-		setsid tini -s -- libvirtd >>/var/log/libvirt/dvm-libvirtd.log 2>&1 </dev/null &
+		if ! virt-admin -c virtlogd:///system version >/dev/null 2>&1; then
+			setsid tini -s -- virtlogd >>/var/log/libvirt/dvm-virtlogd.log 2>&1 </dev/null &
+		fi
+		if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+			setsid tini -s -- libvirtd >>/var/log/libvirt/dvm-libvirtd.log 2>&1 </dev/null &
+		fi
 	fi
 	for _ in $(seq 1 50); do
-		virsh -c qemu:///system version >/dev/null 2>&1 && return
+		if virsh -c qemu:///system version >/dev/null 2>&1 &&
+			{ [ -d /run/systemd/system ] || virt-admin -c virtlogd:///system version >/dev/null 2>&1; }; then
+			return
+		fi
 		sleep 0.2
 	done
-	die "libvirtd does not answer at qemu:///system: see /var/log/libvirt/libvirtd.log"
+	die "libvirtd (qemu:///system) or virtlogd does not answer: see /var/log/libvirt/dvm-libvirtd.log and dvm-virtlogd.log"
 }
 
 build() {

@@ -63,7 +63,13 @@ func TestRealQEMUGuest(t *testing.T) {
 	cfg.ImagesDir, cfg.DisksDir = filepath.Join(dir, "images"), filepath.Join(dir, "disks")
 	cfg.Accelerator, cfg.ShutdownTimeout = "tcg", 60*time.Second
 	cfg.Share.ReservedCPUs, cfg.Share.ReservedMemoryBytes = 0, 256<<20
-	n, err := StartNode(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	logPath := filepath.Join(dir, "dvmd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	n, err := StartNode(context.Background(), cfg, slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,11 +80,33 @@ func TestRealQEMUGuest(t *testing.T) {
 	}
 	ctx := context.Background()
 	name := fmt.Sprintf("dvmtest-qemu-%d", os.Getpid())
+	// A failure on a CI machine is only worth something with what each layer saw.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		var g api.Guest
+		gerr := c.Do(ctx, "GET", "/v1/guests/"+name, nil, &g)
+		t.Logf("guest record: %+v (err %v)", g, gerr)
+		if st, err := n.HV.State(name); err == nil || !errors.Is(err, hypervisor.ErrNotFound) {
+			t.Logf("libvirt state: %v (err %v)", st, err)
+		}
+		t.Logf("dvmd log:\n%s", tail(logPath))
+		t.Logf("libvirt's QEMU log:\n%s", tail(filepath.Join("/var/log/libvirt/qemu", name+".log")))
+		t.Logf("console:\n%s", tail(filepath.Join(cfg.DataDir, "console", name+".log")))
+	})
 	waitFor(t, "node registered", func() bool {
 		var ns []api.Node
 		return c.Do(ctx, "GET", "/v1/nodes", nil, &ns) == nil && len(ns) == 1 && ns[0].State == api.NodeReady
 	})
-	t.Cleanup(func() { n.HV.Undefine(name) })
+	// The node is stopped (and its libvirt connection closed) by the time cleanups run:
+	// a guest a failed run leaves behind is undefined through a connection of its own.
+	t.Cleanup(func() {
+		if hv, err := hypervisor.Open(hypervisor.Options{URI: "qemu:///system", Accelerator: "tcg"}); err == nil {
+			hv.Undefine(name)
+			hv.Close()
+		}
+	})
 	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverRestart}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -125,8 +153,8 @@ func fileHas(path, s string) bool {
 
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
+	if len(b) > 6000 {
+		b = b[len(b)-6000:]
 	}
 	return string(b)
 }
