@@ -620,7 +620,14 @@ func (m *Machine) propose(generation uint64) {
 func (m *Machine) merge(into, why string) {
 	m.emit(Merge{Into: into, Reason: why})
 	m.lastActing = m.now // give the winner time before this node tries again
-	m.role = m.view.listRole(m.cfg.Self)
+	// A backup that turned semi-master is still a voter of its group's raft: it
+	// stays backup, so that raft may elect it (scenario 4). Others go back on
+	// the list until the winner's view says more.
+	self := m.cfg.Self
+	m.role = m.view.listRole(self)
+	if m.view.Master != self && slices.Contains(m.view.Voters, self) && m.view.Role(self) == RoleBackup {
+		m.role = RoleBackup
+	}
 	m.leases = map[string]lease{}
 	m.proposed = 0
 	m.quorumLostSince = time.Time{}
@@ -631,24 +638,77 @@ func (m *Machine) leaderObserved(e LeaderObserved) {
 	if e.Generation != m.view.Generation || e.Term < m.term {
 		return
 	}
-	m.term = e.Term
 	switch {
-	case e.Leader == self && m.role == RoleBackup:
+	case e.Leader == self && (m.role == RoleBackup || m.role == RoleSemiMaster && slices.Contains(m.view.Voters, self)):
+		// A semi-master that raft elects after all (its generation's voters
+		// still have a quorum) takes scenario 4's way: no re-formation needed.
 		// Scenario 4: raft elected this backup. The old master stays a voter
-		// with role backup until it is declared lost and replaced.
-		if old := m.view.Master; old != self && m.view.Role(old) == RoleMaster {
+		// with role backup until it is declared lost and replaced. While the
+		// master still acts and is in reach (raft moved on a hiccup, or after
+		// a re-formation elected another voter) it keeps its role: the
+		// runner hands raft's leadership back to it (MasterToLead).
+		old := m.view.Master
+		if old != self && m.actingMasterInReach(old) {
+			return
+		}
+		m.term = e.Term
+		if old != self && m.view.Role(old) == RoleMaster {
 			m.view.setRole(old, RoleBackup)
 		}
 		m.view.Master = self
 		m.view.setRole(self, RoleMaster)
 		m.view.Version++
+		m.proposed = 0
 		m.becomeHolder(RoleMaster)
 		m.emit(Promote{Node: self, To: RoleMaster})
 	case e.Leader != self && m.role == RoleMaster:
+		if m.Acting() {
+			// Still holding the majority lease (a raft leader of a stale
+			// configuration, or one elected in a hiccup): raft's leadership comes
+			// back to this node, not the other way round.
+			return
+		}
+		m.term = e.Term
 		m.role = RoleBackup
 		m.leases = map[string]lease{}
+		// The view follows: raft's leader of this generation is the master now,
+		// and this node no longer names itself master (checkOrphan relies on it).
+		if slices.Contains(m.view.Voters, e.Leader) {
+			m.view.setRole(self, RoleBackup)
+			m.view.Master = e.Leader
+			m.view.setRole(e.Leader, RoleMaster)
+			m.view.Version++
+		}
 		m.emit(Demote{Node: self, To: RoleBackup})
+	default:
+		m.term = e.Term
 	}
+}
+
+// actingMasterInReach reports whether node, in direct reach, is the acting
+// master this node last heard from within a lease duration, or holds this
+// node's live grant (a semi-master that just re-formed the group: its first
+// lease request may come after raft's first election).
+func (m *Machine) actingMasterInReach(node string) bool {
+	if !m.direct(node) {
+		return false
+	}
+	heard := m.seen.master == node && m.now.Sub(m.seen.at) < m.cfg.LeaseDuration
+	granted := m.grant.Holder == node && m.now.Before(m.grant.Until)
+	return heard || granted
+}
+
+// MasterToLead names the master that raft's leadership belongs to when this
+// node leads raft but is not that master: an acting master in reach. The
+// runner transfers leadership to it.
+func (m *Machine) MasterToLead() (string, bool) {
+	if m.role == RoleMaster || m.role == RoleSemiMaster {
+		return "", false
+	}
+	if master := m.view.Master; master != m.cfg.Self && m.actingMasterInReach(master) {
+		return master, true
+	}
+	return "", false
 }
 
 func (m *Machine) becomeHolder(r Role) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -13,11 +14,6 @@ import (
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/hashicorp/raft"
 )
-
-// Voters is the size of the management group: the master and two backups, as the seed
-// has it. Other management-capable nodes follow the log as non-voting candidates, so any
-// of them can be promoted with the state already in hand.
-const Voters = 3
 
 // IsLeader says whether this node is the master now.
 func (m *Master) IsLeader() bool { return m.st.IsLeader() }
@@ -39,6 +35,15 @@ func (m *Master) leaderURL() *url.URL {
 	return u
 }
 
+// forwardTransport dials the master with a short timeout: a master that just died does
+// not answer at all, and a client waiting out the default 30 s dial never reaches the new
+// master, elected within seconds. Answers themselves may take long (a drain).
+var forwardTransport = func() *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext
+	return tr
+}()
+
 // forward sends a request that only the master can answer to the master. A request
 // already forwarded once is not forwarded again, so two nodes that each think the other
 // leads cannot bounce it between them.
@@ -49,6 +54,7 @@ func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := httputil.NewSingleHostReverseProxy(u)
+	p.Transport = forwardTransport
 	p.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		writeErr(w, http.StatusBadGateway, fmt.Sprintf("master %s did not answer: %v", u.Host, err), "")
 	}
@@ -56,8 +62,10 @@ func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
 	p.ServeHTTP(w, r)
 }
 
-// Join adds a management node to the replicated state: as a voter while the group has
-// fewer than Voters, else as a non-voting candidate that follows the log.
+// Join adds a management node to the replicated state as a non-voting candidate that
+// follows the log. Which nodes vote is the role machine's choice alone (the master and
+// its two backups, from the ranked list): the raft leader makes raft's voters follow it
+// (roles.Runner), so that raft never elects a node the role machine did not rank.
 func (m *Master) Join(req api.JoinRequest) error {
 	if fe := api.ValidateName("name", req.Name); fe != nil {
 		return fe
@@ -70,28 +78,18 @@ func (m *Master) Join(req api.JoinRequest) error {
 	if err := f.Error(); err != nil {
 		return err
 	}
-	voters := 0
 	for _, s := range f.Configuration().Servers {
 		if s.ID == raft.ServerID(req.Name) && s.Address == raft.ServerAddress(req.RaftAddress) {
 			return nil // already a member
 		}
-		if s.Suffrage == raft.Voter {
-			voters++
-		}
 	}
-	var fut raft.IndexFuture
-	if voters < Voters {
-		fut = r.AddVoter(raft.ServerID(req.Name), raft.ServerAddress(req.RaftAddress), 0, 10*time.Second)
-	} else {
-		fut = r.AddNonvoter(raft.ServerID(req.Name), raft.ServerAddress(req.RaftAddress), 0, 10*time.Second)
-	}
-	if err := fut.Error(); err != nil {
+	if err := r.AddNonvoter(raft.ServerID(req.Name), raft.ServerAddress(req.RaftAddress), 0, 10*time.Second).Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return fmt.Errorf("%w: %v", store.ErrNotLeader, err)
 		}
 		return fmt.Errorf("add management node %s: %w", req.Name, err)
 	}
-	m.log.Info("management node joined", "node", req.Name, "raft", req.RaftAddress, "voter", voters < Voters)
+	m.log.Info("management node joined", "node", req.Name, "raft", req.RaftAddress)
 	return nil
 }
 

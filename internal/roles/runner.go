@@ -78,6 +78,9 @@ type Runner struct {
 	reformed    uint64    // generation this node's raft was last re-formed for
 	rejoined    uint64    // generation this node last rejoined
 	newerSince  time.Time // since when the view's generation is ahead of this node's raft
+	handedBack  time.Time // last raft leadership transfer to the acting master
+	synced      time.Time // last raft voter sync (syncVoters)
+	syncing     bool
 	transitions map[string]int
 }
 
@@ -264,6 +267,14 @@ func (r *Runner) tick(now time.Time) {
 		direct[n] = now.Sub(r.direct[n]) < 3*r.cfg.Tick+400*time.Millisecond
 	}
 	r.mu.Unlock()
+	// Health from every member's gossip metadata, every tick: a node that joined the
+	// view after the members' join events (or a backup promoted to master) knows the
+	// others' health only from here.
+	for name, m := range members {
+		if name != r.cfg.Self && m.MetaErr == nil && m.State == cluster.StateAlive {
+			r.step(failover.Health{Node: name, Report: health(m.Meta)})
+		}
+	}
 	for _, n := range nodes {
 		if n == r.cfg.Self {
 			continue
@@ -309,9 +320,14 @@ func (r *Runner) observeRaft() {
 	r.mu.Unlock()
 	// Told every tick, not only on a change: a machine that could not take the news
 	// when it came (it was not yet a backup in its view) takes it as soon as it can.
-	if leader != "" {
+	// Only a raft that has recorded the view's generation speaks for it: until then
+	// its leader is the old group's (a non-voter keeps naming a leader it no longer
+	// hears from), and a re-formed master would be demoted by it.
+	if recorded := st.Meta().Generation; leader != "" && (recorded >= gen || gen == 1) {
 		r.step(failover.LeaderObserved{Leader: leader, Generation: gen, Term: term})
 	}
+	r.handBackLeadership()
+	r.syncVoters()
 	if st.IsLeader() && st.Meta().Generation < gen {
 		if _, err := st.Apply(store.Command{Op: store.OpSetMeta, Meta: &store.Meta{Generation: gen}}); err != nil {
 			r.log.Warn("record generation", "generation", gen, "err", err)
@@ -340,6 +356,100 @@ func (r *Runner) observeRaft() {
 	if due && r.cfg.Hooks.Rejoin != nil {
 		go r.cfg.Hooks.Rejoin()
 	}
+}
+
+// handBackLeadership gives raft's leadership to the acting master when this node holds
+// it instead (raft elected another voter of a re-formed group, or moved on a hiccup):
+// the master that holds the majority lease is the one that writes.
+func (r *Runner) handBackLeadership() {
+	st := r.cfg.Store
+	if !st.IsLeader() {
+		return
+	}
+	r.mu.Lock()
+	master, ok := r.m.MasterToLead()
+	due := ok && time.Since(r.handedBack) > 2*time.Second
+	if due {
+		r.handedBack = time.Now()
+	}
+	r.mu.Unlock()
+	if !due {
+		return
+	}
+	servers, err := st.Members()
+	if err != nil {
+		return
+	}
+	for _, s := range servers {
+		if string(s.ID) == master && s.Suffrage == raft.Voter {
+			r.log.Info("handing raft leadership to the acting master", "master", master)
+			go func() {
+				if err := st.Raft().LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
+					r.log.Warn("hand raft leadership to the acting master", "master", master, "err", err)
+				}
+			}()
+			return
+		}
+	}
+}
+
+// syncVoters makes raft's voters the role machine's voters, on the acting master that
+// leads raft: view voters that only follow the log are made voters, and once all of
+// them vote, any other voter is made a non-voter again. Raft's leader election then
+// only ever picks a master or backup of the role table.
+func (r *Runner) syncVoters() {
+	st := r.cfg.Store
+	if !st.IsLeader() {
+		return
+	}
+	r.mu.Lock()
+	gen := r.m.Generation()
+	ok := r.m.Acting() && (gen == 1 || gen <= st.Meta().Generation)
+	voters := r.m.View().Voters
+	due := ok && !r.syncing && time.Since(r.synced) > time.Second
+	if due {
+		r.syncing, r.synced = true, time.Now()
+	}
+	r.mu.Unlock()
+	if !due {
+		return
+	}
+	go func() {
+		defer func() {
+			r.mu.Lock()
+			r.syncing = false
+			r.mu.Unlock()
+		}()
+		servers, err := st.Members()
+		if err != nil {
+			return
+		}
+		missing := false
+		for _, v := range voters {
+			if !slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == v && s.Suffrage == raft.Voter }) {
+				missing = true
+			}
+		}
+		for _, s := range servers {
+			if slices.Contains(voters, string(s.ID)) && s.Suffrage != raft.Voter {
+				r.log.Info("raft voter for the role table", "node", s.ID)
+				if err := st.Raft().AddVoter(s.ID, s.Address, 0, 5*time.Second).Error(); err != nil {
+					r.log.Warn("make voter", "node", s.ID, "err", err)
+				}
+			}
+		}
+		if missing {
+			return
+		}
+		for _, s := range servers {
+			if !slices.Contains(voters, string(s.ID)) && s.Suffrage == raft.Voter {
+				r.log.Info("raft voter not in the role table: follows the log only", "node", s.ID)
+				if err := st.Raft().DemoteVoter(s.ID, 0, 5*time.Second).Error(); err != nil {
+					r.log.Warn("make non-voter", "node", s.ID, "err", err)
+				}
+			}
+		}
+	}()
 }
 
 // probeLoop asks every member's dvmd directly, a few times a second: the machine tells
