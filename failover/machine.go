@@ -72,6 +72,7 @@ type Machine struct {
 	stopped         map[string]bool
 	proposed        uint64
 	waiting         string
+	shortSince      time.Time // semi-master: witness majority held, backups but no spare, since
 
 	// lastGrant survives role changes: a node may be declared lost only
 	// LeaseDuration+LeaseMargin after its last grant arrived here. It is not
@@ -612,6 +613,7 @@ func (m *Machine) propose(generation uint64) {
 	}
 	m.proposed = generation
 	m.leases = map[string]lease{}
+	m.shortSince = time.Time{}
 	m.lastRenew = time.Time{}
 	m.waiting = ""
 	m.emit(RequestVotes{Generation: generation})
@@ -719,6 +721,7 @@ func (m *Machine) becomeHolder(r Role) {
 	m.lastRenew = time.Time{}
 	m.quorumLostSince = time.Time{}
 	m.waiting = ""
+	m.shortSince = time.Time{}
 }
 
 // tickBackup: scenario 2. When the master is out of reach even through other
@@ -772,6 +775,7 @@ func (m *Machine) tickSemi() {
 	}
 	need := 2 + m.cfg.Spares
 	if votes < m.view.Majority() {
+		m.shortSince = time.Time{}
 		return
 	}
 	if len(cands) < need {
@@ -779,8 +783,22 @@ func (m *Machine) tickSemi() {
 			m.waiting = w
 			m.emit(Notify{Node: self, Kind: "waiting", Detail: "witness majority held, " + w})
 		}
-		return
+		// The seed waits for a spare beyond the two backups; a small cluster may
+		// never have one (four nodes, one lost). With the two backups at hand the
+		// group re-forms after ConfirmTimeout rather than stay without a master.
+		if len(cands) < 2 {
+			m.shortSince = time.Time{}
+			return
+		}
+		if m.shortSince.IsZero() {
+			m.shortSince = m.now
+		}
+		if m.now.Sub(m.shortSince) < m.cfg.ConfirmTimeout {
+			return
+		}
+		m.emit(Notify{Node: self, Kind: "no-spare", Detail: fmt.Sprintf("re-forming with two backups and no spare after waiting %v", m.cfg.ConfirmTimeout)})
 	}
+	m.shortSince = time.Time{}
 	m.reForm(Rank(cands, m.now, m.cfg))
 }
 

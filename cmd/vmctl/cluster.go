@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,8 +32,12 @@ func clusterCommand() *cli.Command {
 				if jsonOut(c) {
 					return printJSON(c, st)
 				}
-				fmt.Fprintf(c.App.Writer, "generation %d, master %s (acting: %v), voters %s\ncandidates, best first: %s\n\n",
+				fmt.Fprintf(c.App.Writer, "generation %d, master %s (acting: %v), voters %s\ncandidates, best first: %s\n",
 					st.Generation, st.Master, st.Acting, strings.Join(st.Voters, ","), orDash(strings.Join(st.Candidates, ",")))
+				if v := slices.Sorted(slices.Values(st.Voters)); !slices.Equal(v, st.RaftVoters) {
+					fmt.Fprintf(c.App.Writer, "raft voters %s (catching up with the role table)\n", orDash(strings.Join(st.RaftVoters, ",")))
+				}
+				fmt.Fprintln(c.App.Writer)
 				var rows [][]string
 				for _, n := range st.Nodes {
 					lease := "-"

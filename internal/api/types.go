@@ -204,10 +204,14 @@ type JoinRequest struct {
 
 // ClusterStatus is GET /v1/cluster: the management group as the master sees it.
 type ClusterStatus struct {
-	Generation uint64        `json:"generation"`
-	Master     string        `json:"master"`
-	Acting     bool          `json:"acting"` // the master holds leases from a majority of nodes
-	Voters     []string      `json:"voters"`
+	Generation uint64   `json:"generation"`
+	Master     string   `json:"master"`
+	Acting     bool     `json:"acting"` // the master holds leases from a majority of nodes
+	Voters     []string `json:"voters"`
+	// RaftVoters are the voters of this node's raft configuration. They follow Voters
+	// within a second or so on an acting master; a difference that lasts means the
+	// replicated state cannot elect the master the role table expects.
+	RaftVoters []string      `json:"raft_voters"`
 	Candidates []string      `json:"candidates"` // ranked, best first
 	Nodes      []ClusterNode `json:"nodes"`
 }

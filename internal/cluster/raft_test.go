@@ -265,3 +265,40 @@ func TestRaftAllowKeepsOtherNodesOff(t *testing.T) {
 		t.Fatal("no refusal reported")
 	}
 }
+
+// TestRaftEpochKeepsGenerationsApart: a raft peer whose replica belongs to another
+// management generation is refused (an old group's leader must not reach the re-formed
+// group); the same generation, or a replica that knows none yet, is admitted.
+func TestRaftEpochKeepsGenerationsApart(t *testing.T) {
+	_, creds := newCluster(t, "n1", "n2", "n3", "n4")
+	epochOf := func(e uint64) func() uint64 { return func() uint64 { return e } }
+	n1 := startRaftNode(t, creds["n1"])
+	n1.layer.Epoch = epochOf(2)
+	go func() {
+		for rpc := range n1.transport.Consumer() {
+			rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
+		}
+	}()
+	req := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{ID: []byte("x"), Addr: []byte("x")}, Term: 9}
+	for _, tc := range []struct {
+		node  string
+		epoch uint64
+		ok    bool
+	}{{"n2", 2, true}, {"n3", 0, true}, {"n4", 1, false}} {
+		peer := startRaftNode(t, creds[tc.node])
+		peer.layer.Epoch = epochOf(tc.epoch)
+		var resp raft.AppendEntriesResponse
+		err := peer.transport.AppendEntries(n1.id, n1.addr, req, &resp)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s with epoch %d: append entries error %v, want admitted %v", tc.node, tc.epoch, err, tc.ok)
+		}
+	}
+	select {
+	case err := <-n1.refused:
+		if !errors.Is(err, ErrEpoch) || !strings.Contains(err.Error(), "generation 1, this node's of 2") {
+			t.Errorf("refusal: %v", err)
+		}
+	case <-untilDeadline(t):
+		t.Fatal("no refusal reported")
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -90,9 +92,18 @@ type StreamLayer struct {
 	// with an expired certificate) or is refused by Allow. Set it before giving the
 	// layer to raft.
 	Refused func(remote net.Addr, err error)
+	// Epoch, if set, gives this replica's raft epoch (store.Epoch): the generation of
+	// the management group its raft configuration belongs to. Every connection starts
+	// with the dialer's epoch; a listener whose epoch and the peer's are both known and
+	// differ refuses the peer, so that raft of an old group never speaks to the
+	// re-formed one. Set it before giving the layer to raft.
+	Epoch func() uint64
 }
 
 var _ raft.StreamLayer = (*StreamLayer)(nil)
+
+// ErrEpoch is the refusal of a raft peer of another management generation.
+var ErrEpoch = errors.New("raft peer of another management generation")
 
 // RaftStreamLayer wraps ln (a plain TCP listener; the layer adds TLS) for raft.
 // advertise is the address other nodes dial to reach ln; nil means ln.Addr().
@@ -110,7 +121,7 @@ func (s *StreamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverConn{Conn: tls.Server(conn, s.server), allow: s.Allow, refused: s.Refused}, nil
+	return &serverConn{Conn: tls.Server(conn, s.server), allow: s.Allow, refused: s.Refused, epoch: s.Epoch}, nil
 }
 
 // Close closes the listener.
@@ -138,6 +149,18 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 		}
 		return nil, fmt.Errorf("raft dial %s: %w", address, err)
 	}
+	var ep [8]byte
+	if s.Epoch != nil {
+		binary.BigEndian.PutUint64(ep[:], s.Epoch())
+	}
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(d)
+	}
+	if _, err := conn.Write(ep[:]); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("raft dial %s: %w", address, err)
+	}
+	conn.SetWriteDeadline(time.Time{})
 	return conn, nil
 }
 
@@ -147,6 +170,7 @@ type serverConn struct {
 	*tls.Conn
 	allow   func(string) bool
 	refused func(net.Addr, error)
+	epoch   func() uint64
 	once    sync.Once
 	err     error
 }
@@ -163,6 +187,9 @@ func (c *serverConn) handshake() error {
 				err = fmt.Errorf("node %q is not allowed on this port", name)
 			}
 		}
+		if err == nil {
+			err = c.checkEpoch(ctx)
+		}
 		if err != nil {
 			c.err = fmt.Errorf("TLS handshake with %s: %w", c.RemoteAddr(), err)
 			if c.refused != nil {
@@ -172,6 +199,27 @@ func (c *serverConn) handshake() error {
 		}
 	})
 	return c.err
+}
+
+// checkEpoch reads the dialer's raft epoch, which starts every connection, and refuses
+// a peer of another generation when both epochs are known.
+func (c *serverConn) checkEpoch(ctx context.Context) error {
+	if d, ok := ctx.Deadline(); ok {
+		c.Conn.SetReadDeadline(d)
+		defer c.Conn.SetReadDeadline(time.Time{})
+	}
+	var ep [8]byte
+	if _, err := io.ReadFull(c.Conn, ep[:]); err != nil {
+		return fmt.Errorf("read the peer's raft epoch: %w", err)
+	}
+	peer := binary.BigEndian.Uint64(ep[:])
+	if c.epoch == nil {
+		return nil
+	}
+	if mine := c.epoch(); mine != 0 && peer != 0 && mine != peer {
+		return fmt.Errorf("%w: the peer's replica is of generation %d, this node's of %d", ErrEpoch, peer, mine)
+	}
+	return nil
 }
 
 func (c *serverConn) Read(b []byte) (int, error) {

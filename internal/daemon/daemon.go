@@ -42,13 +42,15 @@ type MasterConfig struct {
 	Scheduler    scheduler.Options
 	Log          *slog.Logger
 	RaftLog      io.Writer
+	// Epoch is the replica's raft epoch, shared with the transport (nil: not kept).
+	Epoch *store.Epoch
 }
 
 // OpenMaster opens this node's replica of the cluster state (DataDir/raft) and makes a
 // master over it. It acts only while its raft is the leader.
 func OpenMaster(c MasterConfig) (*Master, error) {
 	st, err := store.Open(store.Config{NodeID: c.Name, Dir: filepath.Join(c.DataDir, "raft"), Transport: c.Transport,
-		NewTransport: c.NewTransport, Bootstrap: c.Bootstrap, LogOutput: c.RaftLog})
+		NewTransport: c.NewTransport, Bootstrap: c.Bootstrap, LogOutput: c.RaftLog, Epoch: c.Epoch})
 	if err != nil {
 		return nil, err
 	}

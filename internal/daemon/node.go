@@ -197,9 +197,11 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		mm.SetAuthority(n.Roles)
 		mm.SetRoles(n.Roles)
 		go mm.Run(ctx)
+		join := api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr}
 		if !cfg.Bootstrap {
-			go master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr})
+			go master.JoinLoop(ctx, n.master.st, client, join)
 		}
+		go master.StayJoined(ctx, n.master.st, client, join)
 	}
 	go func() {
 		n.err = Serve(ctx, ln, master.Handler(mm, cfg.Name, n.Token, reg))
@@ -279,6 +281,10 @@ func startFenceGuard(cfg config.Node, leaseFile string, log *slog.Logger) error 
 // over mutual TLS: only nodes holding a certificate of the cluster's CA, and known as
 // management-capable, may speak raft.
 func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog.Logger) error {
+	epoch, err := store.OpenEpoch(filepath.Join(cfg.DataDir, "raft"))
+	if err != nil {
+		return err
+	}
 	listen := func(addr string) (raft.Transport, error) {
 		rl, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -294,6 +300,7 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 			return false
 		}
 		sl.Refused = func(remote net.Addr, err error) { log.Warn("raft peer refused", "remote", remote, "err", err) }
+		sl.Epoch = epoch.Get
 		return raft.NewNetworkTransport(sl, 3, 10*time.Second, io.Discard), nil
 	}
 	trans, err := listen(cfg.RaftListen)
@@ -303,7 +310,7 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 	n.raftAddr = string(trans.LocalAddr()) // a port of 0 was chosen now
 	renew := func() (raft.Transport, error) { return listen(n.raftAddr) }
 	n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew,
-		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log},
+		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}, Epoch: epoch,
 		Scheduler: scheduler.Options{Strategy: scheduler.Strategy(cfg.Strategy), FailureDomains: []string{"rack", "zone"},
 			HAReserveNodes: cfg.HAReserveNodes, HAWarnOnly: cfg.HAWarnOnly}})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +72,10 @@ func (c *cluster) settled(t *testing.T, want api.ClusterStatus) {
 	t.Helper()
 	for _, n := range c.lab.Nodes() {
 		c.waitStatus(t, n.Name+" agrees on the group", 60*time.Second, []string{n.Name}, func(s api.ClusterStatus) bool {
-			return s.Master == want.Master && slices.Equal(sorted(s.Voters), sorted(want.Voters))
+			// Raft's voters too: a group whose raft configuration has not caught up
+			// with its role table yet is not one in service.
+			return s.Master == want.Master && slices.Equal(sorted(s.Voters), sorted(want.Voters)) &&
+				slices.Equal(s.RaftVoters, sorted(want.Voters))
 		})
 	}
 }
@@ -119,32 +123,59 @@ func (c *cluster) writeAccepted(t *testing.T, prefix string, limit time.Duration
 
 // TestMasterKilled is the seed's scenario 4 on real nodes: the master's node dies; a
 // backup becomes the acting master, a candidate is promoted so that the group has three
-// voters again, and writes are accepted through the clients' address list.
+// voters again, and writes are accepted through the clients' address list. With
+// DVM_MASTER_KILL_RUNS=N it kills the master N times (the old master restarted in
+// between, coming back with its old state) and prints the median: the figure of issue 4.
 func TestMasterKilled(t *testing.T) {
-	if os.Getenv("DVM_E2E_ROLES") == "" {
-		t.Skip("the role machine's lab scenarios are not yet reliable on a loaded 2-core machine: set DVM_E2E_ROLES=1; CI covers scenarios 1-5 with failover's traces and simulation")
-	}
+	runs := runsFromEnv(t, "DVM_MASTER_KILL_RUNS")
 	c := upCluster(t, 4)
 	st := c.waitStatus(t, "a master and two backups", 90*time.Second, nil, fullGroup)
-	c.settled(t, st)
-	old := st.Master
-	c.run("lab", "kill", old, "--dir", c.lab.Dir())
-	killed := time.Now()
-	accepted := c.writeAccepted(t, "afterkill", 60*time.Second)
-	t.Logf("FIGURE master kill to a new master accepting writes: %.2f s", accepted.Sub(killed).Seconds())
-	st = c.waitStatus(t, "a new master and three voters without "+old, 90*time.Second, nil, func(s api.ClusterStatus) bool {
-		return fullGroup(s) && s.Master != old && !slices.Contains(s.Voters, old) && roleOf(s, old) == "lost"
-	})
-	t.Logf("after the kill: master %s, voters %v, generation %d", st.Master, st.Voters, st.Generation)
+	var times []float64
+	for run := 0; run < runs; run++ {
+		c.settled(t, st)
+		old := st.Master
+		c.run("lab", "kill", old, "--dir", c.lab.Dir())
+		killed := time.Now()
+		accepted := c.writeAccepted(t, fmt.Sprintf("afterkill%d-", run), 60*time.Second)
+		d := accepted.Sub(killed).Seconds()
+		times = append(times, d)
+		t.Logf("run %d: master %s killed; a new master accepted a write after %.2f s", run+1, old, d)
+		st = c.waitStatus(t, "a new master and three voters without "+old, 90*time.Second, nil, func(s api.ClusterStatus) bool {
+			return fullGroup(s) && s.Master != old && !slices.Contains(s.Voters, old) && roleOf(s, old) == "lost"
+		})
+		t.Logf("after the kill: master %s, voters %v, generation %d", st.Master, st.Voters, st.Generation)
+		if run+1 < runs {
+			// The old master reboots with its old state (it believed it was master): it
+			// must come back as a candidate of the new master's group, not as a rival.
+			c.run("lab", "restart", old, "--dir", c.lab.Dir())
+			st = c.waitStatus(t, old+" back as a candidate", 90*time.Second, nil, func(s api.ClusterStatus) bool {
+				return fullGroup(s) && roleOf(s, old) == "candidate"
+			})
+		}
+	}
+	slices.Sort(times)
+	t.Logf("FIGURE master kill to a new master accepting writes: median %.2f s over %d runs (min %.2f, max %.2f)",
+		times[len(times)/2], len(times), times[0], times[len(times)-1])
+}
+
+// runsFromEnv reads a repetition count for a figure (1 when unset).
+func runsFromEnv(t *testing.T, name string) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: give a number of runs", name, s)
+	}
+	return n
 }
 
 // TestMasterAndBackupKilled is scenario 2: the master and a backup die together; the
 // other backup becomes semi-master, collects witness votes from a majority of all nodes
 // and re-forms the group as generation g+1 with two new backups.
 func TestMasterAndBackupKilled(t *testing.T) {
-	if os.Getenv("DVM_E2E_ROLES") == "" {
-		t.Skip("the role machine's lab scenarios are not yet reliable on a loaded 2-core machine: set DVM_E2E_ROLES=1; CI covers scenarios 1-5 with failover's traces and simulation")
-	}
 	c := upCluster(t, 6)
 	st := c.waitStatus(t, "a master and two backups", 120*time.Second, nil, fullGroup)
 	c.settled(t, st)
@@ -172,14 +203,10 @@ func TestMasterAndBackupKilled(t *testing.T) {
 // the majority re-forms; after the cut heals, the old group merges into the new one and
 // exactly one master is left.
 func TestMinorityWithMasterStopsActingAndMerges(t *testing.T) {
-	if os.Getenv("DVM_E2E_ROLES") == "" {
-		t.Skip("the role machine's lab scenarios are not yet reliable on a loaded 2-core machine: set DVM_E2E_ROLES=1; CI covers scenarios 1-5 with failover's traces and simulation")
-	}
 	c := upCluster(t, 6)
 	st := c.waitStatus(t, "a master and two backups", 120*time.Second, nil, fullGroup)
 	c.settled(t, st)
-	gen, old := st.Master, st.Generation
-	_ = gen
+	old := st.Generation
 	var minority []string
 	minority = append(minority, st.Master)
 	for _, v := range st.Voters {
@@ -216,9 +243,8 @@ func TestMinorityWithMasterStopsActingAndMerges(t *testing.T) {
 		}
 		return true
 	})
-	// Both former sides answer with the same master.
-	for _, side := range [][]string{minority, majority} {
-		s := c.waitStatus(t, "the same master seen from "+strings.Join(side, ","), 60*time.Second, side, func(s api.ClusterStatus) bool { return s.Master == final.Master })
-		_ = s
-	}
+	// Every node, asked on its own, names the same master and voters: one group.
+	c.settled(t, final)
+	t.Logf("merged: generation %d, master %s, voters %v", final.Generation, final.Master, final.Voters)
+	c.writeAccepted(t, "merged", 30*time.Second)
 }

@@ -111,3 +111,26 @@ func JoinLoop(ctx context.Context, st *store.Store, client *api.Client, req api.
 		}
 	}
 }
+
+// StayJoined keeps a management node in the replicated state for the life of ctx: a
+// node that hears from no raft leader for a while asks the master to take it in again.
+// A master that declared it lost removed it from raft's configuration, but the node's
+// own copy of the configuration still lists it, so it cannot tell it was removed; the
+// join is idempotent for a node that is still a member.
+func StayJoined(ctx context.Context, st *store.Store, client *api.Client, req api.JoinRequest) {
+	const quiet = 5 * time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+		r := st.Raft()
+		if st.IsLeader() || time.Since(r.LastContact()) < quiet {
+			continue
+		}
+		jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_ = client.Do(jctx, "POST", "/v1/cluster/join", req, nil)
+		cancel()
+	}
+}

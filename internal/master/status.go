@@ -7,6 +7,7 @@ import (
 
 	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/hashicorp/raft"
 )
 
 // RoleSource is the role machine of the node this master runs on.
@@ -47,6 +48,14 @@ func (m *Master) ClusterStatus() api.ClusterStatus {
 				out.Candidates = append(out.Candidates, c.Node)
 			}
 		}
+	}
+	if servers, err := m.st.Members(); err == nil {
+		for _, s := range servers {
+			if s.Suffrage == raft.Voter {
+				out.RaftVoters = append(out.RaftVoters, string(s.ID))
+			}
+		}
+		sort.Strings(out.RaftVoters)
 	}
 	nodes, _, _ := m.st.Snapshot()
 	seen := map[string]bool{}

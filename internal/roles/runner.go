@@ -326,8 +326,15 @@ func (r *Runner) observeRaft() {
 	if recorded := st.Meta().Generation; leader != "" && (recorded >= gen || gen == 1) {
 		r.step(failover.LeaderObserved{Leader: leader, Generation: gen, Term: term})
 	}
-	r.handBackLeadership()
-	r.syncVoters()
+	if err := st.AdoptEpoch(); err != nil {
+		r.log.Warn("raft epoch", "err", err)
+	}
+	if recorded := st.Meta().Generation; recorded == gen || gen == 1 && recorded == 0 {
+		// Only a raft of the view's generation may hand leadership on or change
+		// voters: an old group's leader (a minority that kept raft's quorum) must not.
+		r.handBackLeadership()
+		r.syncVoters()
+	}
 	if st.IsLeader() && st.Meta().Generation < gen {
 		if _, err := st.Apply(store.Command{Op: store.OpSetMeta, Meta: &store.Meta{Generation: gen}}); err != nil {
 			r.log.Warn("record generation", "generation", gen, "err", err)
@@ -636,7 +643,7 @@ func (r *Runner) reform(gen uint64, voters []string) {
 		return
 	}
 	r.log.Warn("re-forming the management group", "generation", gen, "voters", voters)
-	if err := st.Reform(servers); err != nil {
+	if err := st.Reform(servers, gen); err != nil {
 		r.log.Error("re-form", "err", err)
 	}
 }

@@ -39,6 +39,24 @@ type Config struct {
 	// truncates the log.
 	SnapshotThreshold uint64
 	LogOutput         io.Writer
+	// Epoch, if set, is this replica's raft epoch: Reform sets it to the new
+	// generation, Reset clears it. Give the same one to the transport.
+	Epoch *Epoch
+}
+
+// Epoch returns the replica's raft epoch (zero when unknown or not kept).
+func (s *Store) Epoch() uint64 { return s.epoch.Get() }
+
+// AdoptEpoch sets the epoch of a replica that has none yet (a fresh or rejoined one)
+// to the generation its log has recorded, once it has.
+func (s *Store) AdoptEpoch() error {
+	if s.epoch == nil || s.epoch.Get() != 0 {
+		return nil
+	}
+	if g := s.Meta().Generation; g > 0 {
+		return s.epoch.Set(g)
+	}
+	return nil
 }
 
 // Open opens (or creates) this node's replica of the cluster state.
@@ -77,7 +95,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
 	s := newState()
-	s.rc, s.logs, s.snaps, s.trans, s.newTrans, s.dir = rc, logs, snaps, cfg.Transport, cfg.NewTransport, cfg.Dir
+	s.rc, s.logs, s.snaps, s.trans, s.newTrans, s.dir, s.epoch = rc, logs, snaps, cfg.Transport, cfg.NewTransport, cfg.Dir, cfg.Epoch
 	s.closers = append(s.closers, logs.Close)
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, logs, snaps)
@@ -239,6 +257,9 @@ func (s *Store) Reset() error {
 	if err := s.r.Shutdown().Error(); err != nil {
 		return fmt.Errorf("reset: stop raft: %w", err)
 	}
+	if err := s.epoch.Set(0); err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
 	dir := s.dir
 	if err := s.logs.Close(); err != nil {
 		return err
@@ -280,7 +301,7 @@ func (s *Store) Reset() error {
 // voters, and raft started again. Every node of the new group does this; the one with
 // the longest log is elected and brings the others level. Only the role machine may
 // call it, after it won a majority of witness votes for the new generation.
-func (s *Store) Reform(voters []raft.Server) error {
+func (s *Store) Reform(voters []raft.Server, generation uint64) error {
 	if len(voters) == 0 {
 		return errors.New("reform: no voters")
 	}
@@ -291,6 +312,10 @@ func (s *Store) Reform(voters []raft.Server) error {
 	defer s.reformMu.Unlock()
 	if err := s.r.Shutdown().Error(); err != nil {
 		return fmt.Errorf("reform: stop raft: %w", err)
+	}
+	// From here on the old group's members are not peers any more.
+	if err := s.epoch.Set(generation); err != nil {
+		return fmt.Errorf("reform: %w", err)
 	}
 	trans, err := s.newTrans()
 	if err != nil {

@@ -151,6 +151,7 @@ type Store struct {
 	trans    raft.Transport
 	newTrans func() (raft.Transport, error)
 	dir      string
+	epoch    *Epoch
 }
 
 // Meta is cluster-wide state that is neither a node nor a guest.

@@ -236,7 +236,7 @@ func TestReformAfterQuorumLoss(t *testing.T) {
 	waitTrue(t, "n3 without a leader", func() bool { return stores["n3"].Leader() == "" || stores["n3"].Leader() == "n1" })
 	voters := []raft.Server{{ID: "n3", Address: "n3", Suffrage: raft.Voter}, {ID: "n4", Address: "n4", Suffrage: raft.Voter}}
 	for _, n := range []string{"n3", "n4"} {
-		if err := stores[n].Reform(voters); err != nil {
+		if err := stores[n].Reform(voters, 2); err != nil {
 			t.Fatalf("reform on %s: %v", n, err)
 		}
 	}
