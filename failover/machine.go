@@ -294,6 +294,12 @@ func (m *Machine) checkOrphan() {
 	if m.now.Sub(m.lastActing) < wait {
 		return
 	}
+	// A live grant to another holder (a witness vote for a semi-master that is
+	// still asking) means a re-formation is under way: a second semi-master
+	// proposing a newer generation would only make it start over.
+	if m.grant.Holder != "" && m.grant.Holder != self && m.now.Before(m.grant.Until) {
+		return
+	}
 	if m.view.Master != self && !m.outFor(m.view.Master, m.cfg.ConfirmTimeout, true) {
 		return
 	}

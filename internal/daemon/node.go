@@ -171,9 +171,9 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		hooks.NodeReturned = n.master.NodeReturned
 		// A node that is no voter of a newer generation still has the old group's raft;
 		// it drops that replica and joins the new group (see roles.Config.Rejoin).
-		hooks.Rejoin = func() {
+		hooks.Rejoin = func(generation uint64) {
 			log.Warn("this node's replica belongs to an older generation: dropping it and joining the current group")
-			if err := n.master.st.Reset(); err != nil {
+			if err := n.master.st.Reset(generation); err != nil {
 				log.Error("rejoin: reset replica", "err", err)
 				return
 			}

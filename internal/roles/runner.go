@@ -38,7 +38,7 @@ type Hooks struct {
 	// Rejoin runs on a management node whose raft replica belongs to an older
 	// generation than its role machine's view while it is no voter of that generation:
 	// the replica is thrown away and the node joins the current group again.
-	Rejoin func()
+	Rejoin func(generation uint64)
 	// Event records something operators should see (a node on hold, given up, a
 	// generation change, a merge).
 	Event func(kind, node, detail string)
@@ -335,7 +335,11 @@ func (r *Runner) observeRaft() {
 		r.handBackLeadership()
 		r.syncVoters()
 	}
-	if st.IsLeader() && st.Meta().Generation < gen {
+	// The generation goes into the log of its own raft only: the re-formed group's
+	// (its epoch is the generation) or the first group's. An old group's leader that
+	// kept its quorum in a minority would otherwise stamp its stale log with the new
+	// generation, and its members would never see they must rejoin.
+	if st.IsLeader() && st.Meta().Generation < gen && (st.Epoch() == gen || gen == 1) {
 		if _, err := st.Apply(store.Command{Op: store.OpSetMeta, Meta: &store.Meta{Generation: gen}}); err != nil {
 			r.log.Warn("record generation", "generation", gen, "err", err)
 		}
@@ -361,7 +365,7 @@ func (r *Runner) observeRaft() {
 	}
 	r.mu.Unlock()
 	if due && r.cfg.Hooks.Rejoin != nil {
-		go r.cfg.Hooks.Rejoin()
+		go r.cfg.Hooks.Rejoin(gen)
 	}
 }
 

@@ -247,8 +247,10 @@ func (s *Store) Members() ([]raft.Server, error) {
 
 // Reset throws this node's replica away and starts raft again empty, as a node that
 // never joined: a management node whose group merged into another (the seed's scenario
-// 5) follows the winning group from its snapshot after it joins it again.
-func (s *Store) Reset() error {
+// 5) follows the winning group from its snapshot after it joins it again. epoch is the
+// generation of the group it joins: from the first moment, the old group's raft is
+// refused (it would otherwise fill the empty replica with its stale log).
+func (s *Store) Reset(epoch uint64) error {
 	s.reformMu.Lock()
 	defer s.reformMu.Unlock()
 	if s.newTrans == nil {
@@ -257,7 +259,7 @@ func (s *Store) Reset() error {
 	if err := s.r.Shutdown().Error(); err != nil {
 		return fmt.Errorf("reset: stop raft: %w", err)
 	}
-	if err := s.epoch.Set(0); err != nil {
+	if err := s.epoch.Set(epoch); err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}
 	dir := s.dir

@@ -307,7 +307,7 @@ func TestResetRejoins(t *testing.T) {
 	waitTrue(t, "both lead", func() bool { return stores["n1"].IsLeader() && stores["n2"].IsLeader() })
 	stores["n1"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "winner", Desired: DesiredRunning}})
 	stores["n2"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "loser", Desired: DesiredRunning}})
-	if err := stores["n2"].Reset(); err != nil {
+	if err := stores["n2"].Reset(0); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := stores["n2"].Guest("loser"); ok {
