@@ -583,7 +583,12 @@ func (m *Machine) noteGroup(holder string, role Role, generation, formed, term u
 			m.merge(holder, "neither holds the majority lease; lower generation or longer uptime")
 			return
 		}
-		if generation > m.view.Generation {
+		// Only an acting master raises its generation past the other group's:
+		// one that does not act yet would re-form its stale raft with voters
+		// that belong to the other group. Where neither acts, the loser merges
+		// and the winner waits; if it never gains the lease, a survivor re-forms
+		// a newer generation (checkOrphan).
+		if mine && generation > m.view.Generation {
 			m.raise(generation + 1)
 		}
 	case RoleSemiMaster:
@@ -693,15 +698,22 @@ func (m *Machine) leaderObserved(e LeaderObserved) {
 	}
 }
 
-// actingMasterInReach reports whether node, in direct reach, is the acting
+// actingMasterInReach reports whether node is the acting
 // master this node last heard from within a lease duration, or holds this
 // node's live grant (a semi-master that just re-formed the group: its first
 // lease request may come after raft's first election).
 func (m *Machine) actingMasterInReach(node string) bool {
+	// A lease request within the last few renewals is proof enough that it is
+	// alive and reaches us: a probe that failed once under load is not proof of
+	// the opposite. A dead master sends none, so this lapses within a second.
+	since := m.now.Sub(m.seen.at)
+	if m.seen.master == node && since < 3*m.cfg.RenewInterval {
+		return true
+	}
 	if !m.direct(node) {
 		return false
 	}
-	heard := m.seen.master == node && m.now.Sub(m.seen.at) < m.cfg.LeaseDuration
+	heard := m.seen.master == node && since < m.cfg.LeaseDuration
 	granted := m.grant.Holder == node && m.now.Before(m.grant.Until)
 	return heard || granted
 }
