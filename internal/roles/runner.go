@@ -345,8 +345,11 @@ func (r *Runner) observeRaft() {
 		}
 	}
 	// A candidate named voter of a re-formed generation follows the semi-master: its
-	// raft still has the old group's configuration, which has no quorum any more.
-	if gen > 1 && gen > st.Meta().Generation && gen > r.reformed && leader == "" && slices.Contains(view.Voters, r.cfg.Self) {
+	// raft still has the old group's configuration, which has no quorum any more. A
+	// non-voter keeps naming the old leader after it stopped hearing from it, so
+	// silence counts as no leader.
+	oldLeaderGone := leader == "" || time.Since(st.Raft().LastContact()) > 2*time.Second
+	if gen > 1 && gen > st.Meta().Generation && gen > r.reformed && oldLeaderGone && slices.Contains(view.Voters, r.cfg.Self) {
 		r.reform(gen, view.Voters)
 	}
 	// A management node that is no voter of the newer generation keeps the old group's
