@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,15 +30,98 @@ type Client struct {
 	// Discover, when set, gives the addresses to try now (the management nodes that
 	// membership knows); Addrs is the fallback when it gives none.
 	Discover func() []string
+
+	last atomic.Value // string: the address that answered last
+	tls  bool
 }
 
 func (c *Client) addrs() []string {
+	addrs := c.Addrs
 	if c.Discover != nil {
 		if a := c.Discover(); len(a) > 0 {
-			return a
+			addrs = a
 		}
 	}
-	return c.Addrs
+	if last, _ := c.last.Load().(string); last != "" && slices.Contains(addrs, last) {
+		// The node that answered last goes first: no connection race per request.
+		out := []string{last}
+		for _, a := range addrs {
+			if a != last {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	if c.tls {
+		// Agents (mutual TLS) are long-lived and keep to the node that answered last;
+		// a bare connection race would only fill the listeners' logs with aborted
+		// handshakes.
+		return addrs
+	}
+	return raceConnect(addrs, time.Second)
+}
+
+// raceConnect orders addrs by how fast a TCP connection to each succeeds, those that
+// fail or do not connect within timeout last (in their listed order). A management
+// node that died does not answer at all: trying the list in order would wait out its
+// connect timeout before the next address; racing, the first node that answers is
+// the first tried.
+func raceConnect(addrs []string, timeout time.Duration) []string {
+	if len(addrs) < 2 {
+		return addrs
+	}
+	type result struct {
+		i  int
+		ok bool
+	}
+	ch := make(chan result, len(addrs))
+	for i, a := range addrs {
+		go func() {
+			u, err := url.Parse(a)
+			if err != nil {
+				ch <- result{i, false}
+				return
+			}
+			host := u.Host
+			if u.Port() == "" {
+				port := "80"
+				if u.Scheme == "https" {
+					port = "443"
+				}
+				host = net.JoinHostPort(u.Hostname(), port)
+			}
+			conn, err := net.DialTimeout("tcp", host, timeout)
+			if err == nil {
+				conn.Close()
+			}
+			ch <- result{i, err == nil}
+		}()
+	}
+	var first []string
+	done := make([]bool, len(addrs))
+	// The first to connect is enough to start; the rest are ordered as they come, for
+	// the retries within this request.
+	deadline := time.After(timeout + 100*time.Millisecond)
+wait:
+	for range addrs {
+		select {
+		case r := <-ch:
+			if r.ok {
+				first = append(first, addrs[r.i])
+				done[r.i] = true
+				break wait
+			}
+		case <-deadline:
+			break wait
+		}
+	}
+	out := first
+	for i, a := range addrs {
+		if !done[i] {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
@@ -129,6 +214,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			if ctx.Err() != nil {
 				return err
 			}
+			c.last.CompareAndSwap(addr, "")
 			continue
 		}
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -142,6 +228,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
 			continue
 		}
+		c.last.Store(addr)
 		if resp.StatusCode >= 300 {
 			var e Error
 			if json.Unmarshal(data, &e) != nil || e.Error == "" {
@@ -215,4 +302,5 @@ func (c *Client) UseTLS(cfg *tls.Config) {
 	if tr, ok := c.HTTP.Transport.(*http.Transport); ok {
 		tr.TLSClientConfig = cfg
 	}
+	c.tls = true
 }
