@@ -24,6 +24,13 @@ func (m *Master) leaderURL() *url.URL {
 	if name == "" {
 		return nil
 	}
+	// A follower keeps naming its leader for a while after the leader died (a
+	// non-voter until it hears from a new one): without recent contact, there is no
+	// master to forward to, and the client is better told so at once than after a
+	// connect timeout.
+	if !m.st.IsLeader() && time.Since(m.st.Raft().LastContact()) > 2*time.Second {
+		return nil
+	}
 	n, ok := m.st.Node(name)
 	if !ok || n.Address == "" {
 		return nil
