@@ -66,7 +66,29 @@ func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadGateway, fmt.Sprintf("master %s did not answer: %v", u.Host, err), "")
 	}
 	r.Header.Set("X-Dvm-Forwarded", "1")
-	p.ServeHTTP(w, r)
+	// A master cut off mid-request never answers, and a kept-alive connection to it
+	// skips the dial timeout: the request would hang until the client gives up
+	// (minutes). It is ended as soon as this node stops hearing from that master or
+	// sees another one, and the client moves on to the next node.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	leader := m.st.Leader()
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if m.st.IsLeader() || m.st.Leader() != leader || time.Since(m.st.Raft().LastContact()) > 2*time.Second {
+				cancel()
+				return
+			}
+		}
+	}()
+	p.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // Join adds a management node to the replicated state as a non-voting candidate that
