@@ -34,7 +34,8 @@ func clusterCommand() *cli.Command {
 				}
 				fmt.Fprintf(c.App.Writer, "generation %d, master %s (acting: %v), voters %s\ncandidates, best first: %s\n",
 					st.Generation, st.Master, st.Acting, strings.Join(st.Voters, ","), orDash(strings.Join(st.Candidates, ",")))
-				if v := slices.Sorted(slices.Values(st.Voters)); !slices.Equal(v, st.RaftVoters) {
+				// A dev cluster has no role table (no voters): nothing to compare.
+				if v := slices.Sorted(slices.Values(st.Voters)); len(v) > 0 && !slices.Equal(v, st.RaftVoters) {
 					fmt.Fprintf(c.App.Writer, "raft voters %s (catching up with the role table)\n", orDash(strings.Join(st.RaftVoters, ",")))
 				}
 				fmt.Fprintln(c.App.Writer)
