@@ -108,11 +108,20 @@ func (a *Agent) PoolShare() hypervisor.Capacity { return a.pool }
 
 // Run reconciles until ctx ends.
 func (a *Agent) Run(ctx context.Context) {
-	go a.reportLoop(ctx)
-	go a.eventLoop(ctx)
-	go a.reconcileLoop(ctx)
+	// Run returns only once every loop has: they call libvirt, and the caller closes
+	// the libvirt connection after Run (a call on a closed connection crashes in C).
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	loops := []func(context.Context){a.reportLoop, a.eventLoop, a.reconcileLoop}
 	if a.cfg.Fencing {
-		go a.fenceLoop(ctx)
+		loops = append(loops, a.fenceLoop)
+	}
+	for _, loop := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop(ctx)
+		}()
 	}
 	var index uint64
 	for ctx.Err() == nil {

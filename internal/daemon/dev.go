@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/dvmproject/dvm/hypervisor"
@@ -38,8 +39,9 @@ type Dev struct {
 	Nodes   []*hypervisor.Node
 	master  *Master
 	cancel  context.CancelFunc
-	stopped chan struct{} // closed when the API server has stopped
-	err     error         // why it stopped; set before stopped is closed
+	stopped chan struct{}  // closed when the API server has stopped
+	agents  sync.WaitGroup // the agents' Run, waited for before their nodes are closed
+	err     error          // why it stopped; set before stopped is closed
 }
 
 // devCapacity gives dev nodes different sizes, as real racks have.
@@ -116,7 +118,11 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 			return fail(err)
 		}
 		d.Nodes = append(d.Nodes, node)
-		go a.Run(ctx)
+		d.agents.Add(1)
+		go func() {
+			defer d.agents.Done()
+			a.Run(ctx)
+		}()
 	}
 	if err := WriteEnv(d.EnvFile, d.Addr, token); err != nil {
 		return fail(fmt.Errorf("write env file: %w", err))
@@ -134,6 +140,7 @@ func (d *Dev) Err() error { return d.err }
 func (d *Dev) Stop() {
 	d.cancel()
 	<-d.stopped
+	d.agents.Wait()
 	d.closeAll()
 }
 

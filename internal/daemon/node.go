@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,6 +44,7 @@ type Node struct {
 	AgentAddr string
 	HV        *hypervisor.Node
 	Roles     *roles.Runner
+	agent     sync.WaitGroup // the agent's Run, waited for before HV is closed
 	members   *cluster.Members
 	agentLn   net.Listener
 	master    *Master
@@ -211,7 +213,11 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		go Serve(ctx, agentLn, master.AgentHandler(mm, cfg.Name, n.Token, reg))
 	}
 	go n.Roles.Run(ctx)
-	go a.Run(ctx)
+	n.agent.Add(1)
+	go func() {
+		defer n.agent.Done()
+		a.Run(ctx)
+	}()
 	leaseFile := filepath.Join(cfg.DataDir, "lease")
 	go heartbeat(ctx, n.Roles, leaseFile)
 	if err := startFenceGuard(cfg, leaseFile, log); err != nil {
@@ -417,6 +423,7 @@ func (n *Node) Stop() {
 	if n.Addr != "" {
 		<-n.done
 	}
+	n.agent.Wait()
 	n.closeAll()
 }
 
