@@ -61,8 +61,9 @@ func (c *Client) addrs() []string {
 	return raceConnect(addrs, time.Second)
 }
 
-// raceConnect orders addrs by how fast a TCP connection to each succeeds, those that
-// fail or do not connect within timeout last (in their listed order). A management
+// raceConnect puts first the address that accepts a TCP connection first, the others
+// after it in their listed order (all of them as listed when none connects within
+// timeout). A management
 // node that died does not answer at all: trying the list in order would wait out its
 // connect timeout before the next address; racing, the first node that answers is
 // the first tried.
@@ -97,27 +98,28 @@ func raceConnect(addrs []string, timeout time.Duration) []string {
 			ch <- result{i, err == nil}
 		}()
 	}
-	var first []string
-	done := make([]bool, len(addrs))
-	// The first to connect is enough to start; the rest are ordered as they come, for
+	// The first to connect is enough to start; the others keep their listed order, for
 	// the retries within this request.
+	winner := -1
 	deadline := time.After(timeout + 100*time.Millisecond)
 wait:
 	for range addrs {
 		select {
 		case r := <-ch:
 			if r.ok {
-				first = append(first, addrs[r.i])
-				done[r.i] = true
+				winner = r.i
 				break wait
 			}
 		case <-deadline:
 			break wait
 		}
 	}
-	out := first
+	if winner < 0 {
+		return addrs
+	}
+	out := []string{addrs[winner]}
 	for i, a := range addrs {
-		if !done[i] {
+		if i != winner {
 			out = append(out, a)
 		}
 	}

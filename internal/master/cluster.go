@@ -24,11 +24,9 @@ func (m *Master) leaderURL() *url.URL {
 	if name == "" {
 		return nil
 	}
-	// A follower keeps naming its leader for a while after the leader died (a
-	// non-voter until it hears from a new one): without recent contact, there is no
-	// master to forward to, and the client is better told so at once than after a
-	// connect timeout.
-	if !m.st.IsLeader() && time.Since(m.st.Raft().LastContact()) > 2*time.Second {
+	// Without recent contact there is no master to forward to, and the client is
+	// better told so at once than after a connect timeout.
+	if m.st.LeaderSilence() > 2*time.Second {
 		return nil
 	}
 	n, ok := m.st.Node(name)
@@ -82,7 +80,7 @@ func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
 				return
 			case <-t.C:
 			}
-			if m.st.IsLeader() || m.st.Leader() != leader || time.Since(m.st.Raft().LastContact()) > 2*time.Second {
+			if m.st.IsLeader() || m.st.Leader() != leader || m.st.LeaderSilence() > 2*time.Second {
 				cancel()
 				return
 			}
@@ -154,8 +152,7 @@ func StayJoined(ctx context.Context, st *store.Store, client *api.Client, req ap
 			return
 		case <-time.After(2 * time.Second):
 		}
-		r := st.Raft()
-		if st.IsLeader() || time.Since(r.LastContact()) < quiet {
+		if st.LeaderSilence() < quiet {
 			continue
 		}
 		jctx, cancel := context.WithTimeout(ctx, 3*time.Second)

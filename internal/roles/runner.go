@@ -320,16 +320,18 @@ func (r *Runner) observeRaft() {
 	r.mu.Unlock()
 	// Told every tick, not only on a change: a machine that could not take the news
 	// when it came (it was not yet a backup in its view) takes it as soon as it can.
-	// Only a raft that has recorded the view's generation speaks for it: until then
-	// its leader is the old group's (a non-voter keeps naming a leader it no longer
-	// hears from), and a re-formed master would be demoted by it.
-	if recorded := st.Meta().Generation; leader != "" && (recorded >= gen || gen == 1) {
-		r.step(failover.LeaderObserved{Leader: leader, Generation: gen, Term: term})
+	// The leader is reported with the generation this raft has recorded (a new
+	// cluster records none before its first: that is 1), and the machine takes it
+	// only for its own: an old group's leader (a non-voter keeps naming one it no
+	// longer hears from) would otherwise demote a re-formed master.
+	raftGen := max(st.Meta().Generation, 1)
+	if leader != "" {
+		r.step(failover.LeaderObserved{Leader: leader, Generation: raftGen, Term: term})
 	}
 	if err := st.AdoptEpoch(); err != nil {
 		r.log.Warn("raft epoch", "err", err)
 	}
-	if recorded := st.Meta().Generation; recorded == gen || gen == 1 && recorded == 0 {
+	if raftGen == gen {
 		// Only a raft of the view's generation may hand leadership on or change
 		// voters: an old group's leader (a minority that kept raft's quorum) must not.
 		r.handBackLeadership()
@@ -348,7 +350,7 @@ func (r *Runner) observeRaft() {
 	// raft still has the old group's configuration, which has no quorum any more. A
 	// non-voter keeps naming the old leader after it stopped hearing from it, so
 	// silence counts as no leader.
-	oldLeaderGone := leader == "" || time.Since(st.Raft().LastContact()) > 2*time.Second
+	oldLeaderGone := leader == "" || st.LeaderSilence() > 2*time.Second
 	if gen > 1 && gen > st.Meta().Generation && gen > r.reformed && oldLeaderGone && slices.Contains(view.Voters, r.cfg.Self) {
 		r.reform(gen, view.Voters)
 	}
@@ -417,10 +419,8 @@ func (r *Runner) syncVoters() {
 		return
 	}
 	r.mu.Lock()
-	gen := r.m.Generation()
-	ok := r.m.Acting() && (gen == 1 || gen <= st.Meta().Generation)
 	voters := r.m.View().Voters
-	due := ok && !r.syncing && time.Since(r.synced) > time.Second
+	due := r.m.Acting() && !r.syncing && time.Since(r.synced) > time.Second
 	if due {
 		r.syncing, r.synced = true, time.Now()
 	}

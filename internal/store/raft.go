@@ -44,6 +44,16 @@ type Config struct {
 	Epoch *Epoch
 }
 
+// LeaderSilence is how long this replica has not heard from a raft leader (zero on the
+// leader itself). A follower keeps naming a leader that died, a non-voter until it
+// hears from a new one: silence, not the name, tells that there is none.
+func (s *Store) LeaderSilence() time.Duration {
+	if s.IsLeader() {
+		return 0
+	}
+	return time.Since(s.Raft().LastContact())
+}
+
 // Epoch returns the replica's raft epoch (zero when unknown or not kept).
 func (s *Store) Epoch() uint64 { return s.epoch.Get() }
 
