@@ -498,13 +498,17 @@ func (m *Machine) receive(msg Message) {
 			}
 		}
 	case MsgRefuse:
-		if msg.Holder != "" && m.reachable(msg.Holder) {
+		known := msg.Holder != "" && m.reachable(msg.Holder)
+		if known {
 			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Term, msg.Acting, msg.Since, false)
 		}
 		// The node follows a newer generation than we offer: it never goes
-		// back, so move past it.
+		// back, so move past it, once the rules above kept this master (or it
+		// acts). Not on the word of a holder this node cannot reach yet (just
+		// after a heal): that holder may act, and raising would re-form this
+		// master's stale raft before it hears so.
 		switch {
-		case m.role == RoleMaster && msg.Generation > m.view.Generation:
+		case m.role == RoleMaster && (known || m.Acting()) && msg.Generation > m.view.Generation:
 			m.raise(msg.Generation + 1)
 		case m.role == RoleSemiMaster && msg.Generation >= m.proposed:
 			m.propose(msg.Generation + 1)
