@@ -702,10 +702,11 @@ func (m *Machine) leaderObserved(e LeaderObserved) {
 	}
 }
 
-// actingMasterInReach reports whether node is the acting
-// master this node last heard from within a lease duration, or holds this
-// node's live grant (a semi-master that just re-formed the group: its first
-// lease request may come after raft's first election).
+// actingMasterInReach reports whether node is a master that still acts for
+// this node: its lease request came within the last few renewals, or it is in
+// direct reach and either asked within a lease duration or holds this node's
+// live grant (a semi-master that just re-formed the group: its first lease
+// request may come after raft's first election).
 func (m *Machine) actingMasterInReach(node string) bool {
 	// A lease request within the last few renewals is proof enough that it is
 	// alive and reaches us: a probe that failed once under load is not proof of
