@@ -3,6 +3,7 @@ package hypervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -109,6 +110,16 @@ func probeCheckpoints(ctx context.Context, bin string, accel Accelerator) error 
 	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := Pair(pctx, p, s); err != nil {
+		// The freeze can come at the first checkpoint, while Pair still waits for the
+		// migration into COLO: the primary then stops answering QMP for good. That is
+		// the same verdict as a freeze seen later, not a failure of the probe.
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			select {
+			case <-p.Exited():
+			default:
+				return fmt.Errorf("%w: the probe's primary stopped answering while it entered COLO (%v), so twins cannot run on this QEMU; install one whose COLO checkpoints work (ProbeTwinSupport tells)", ErrTwinUnsupported, err)
+			}
+		}
 		return fmt.Errorf("pair of the probe: %w", err)
 	}
 	for {
