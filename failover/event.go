@@ -29,12 +29,46 @@ type Health struct {
 	Report HealthReport
 }
 
-// LeaderObserved reports the raft leader of a generation's voters and its
-// term.
-type LeaderObserved struct {
-	Leader     string
-	Generation uint64
-	Term       uint64
+// LogPos is where a replica's raft log ends: the generation of the raft group
+// it belongs to (its epoch), and the term and index of its last entry. A newer
+// epoch is further whatever its terms (it was re-formed from the furthest log of
+// its time, and no older group acknowledges writes after that); within one
+// epoch, raft's order: the later term, then the higher index.
+type LogPos struct {
+	Epoch, Term, Index uint64
+}
+
+// Less reports whether p is behind q.
+func (p LogPos) Less(q LogPos) bool {
+	if p.Epoch != q.Epoch {
+		return p.Epoch < q.Epoch
+	}
+	return p.Term < q.Term || p.Term == q.Term && p.Index < q.Index
+}
+
+func (p LogPos) String() string { return fmt.Sprintf("%d/%d/%d", p.Epoch, p.Term, p.Index) }
+
+// Replica is what this node's raft replica of the cluster state says of itself:
+// the caller feeds it with every Tick on a management-capable node. The machine
+// takes raft's leadership from it, compares logs before it votes, and decides what
+// raft must do (ReForm, Rejoin, TransferLeadership, SetMembership).
+type Replica struct {
+	// Epoch is the generation whose raft group the replica belongs to; zero for a
+	// fresh replica that has joined none yet.
+	Epoch uint64
+	// Leader is the raft leader this replica hears from now: "" when there is none
+	// or it has gone silent.
+	Leader string
+	// Term is the replica's raft term.
+	Term uint64
+	// Log is where its log ends (Log.Epoch is Epoch).
+	Log LogPos
+	// Voters and Servers (voters and non-voters) are the raft configuration as the
+	// replica knows it.
+	Voters, Servers []string
+	// Lost are the nodes its replicated state records as lost: their guests have
+	// been recovered elsewhere in the same write.
+	Lost []string
 }
 
 // GroupSeen reports another management group, for instance from memberlist
@@ -49,6 +83,7 @@ type GroupSeen struct {
 	Term       uint64
 	Acting     bool
 	Since      time.Time
+	Log        LogPos // a semi-master's raft log position
 }
 
 // Register adds a host that joined the cluster to the master's role table: a
@@ -60,13 +95,13 @@ type Register struct {
 	Capable bool
 }
 
-func (Register) isEvent()       {}
-func (Tick) isEvent()           {}
-func (GroupSeen) isEvent()      {}
-func (Probe) isEvent()          {}
-func (Health) isEvent()         {}
-func (LeaderObserved) isEvent() {}
-func (Message) isEvent()        {}
+func (Register) isEvent()  {}
+func (Tick) isEvent()      {}
+func (GroupSeen) isEvent() {}
+func (Probe) isEvent()     {}
+func (Health) isEvent()    {}
+func (Replica) isEvent()   {}
+func (Message) isEvent()   {}
 
 // MsgType is the kind of a Message.
 type MsgType string
@@ -91,8 +126,9 @@ type Message struct {
 	Type     MsgType
 	From, To string
 	// Generation is the sender's generation, or for MsgVote the generation it
-	// proposes; grants echo the request's; a refusal gives the generation of
-	// the view the refusing node follows (it grants to no older one).
+	// proposes; grants echo the request's; a refusal gives the lowest
+	// generation the refusing node still grants to (that of its view, or of
+	// its last grant or vote if newer).
 	Generation uint64
 	// SentAt is the requester's clock when it sent the request; grants echo
 	// it, so the requester times the lease from its own clock.
@@ -124,6 +160,14 @@ type Message struct {
 	// lease to and its generation (proposed, for a semi-master).
 	Holder           string
 	HolderGeneration uint64
+	// Log (MsgVote) is the proposer's raft log position: a node votes only for a
+	// proposer whose log is at least as far as its own, so the group re-forms from
+	// the furthest log. In MsgRefuse it is the refusing node's own, and HolderLog
+	// that of the semi-master it voted for.
+	Log, HolderLog LogPos
+	// Servers (MsgVoteGrant) are the voter's raft configuration: the proposer
+	// counts them among the replicas that may hold a client write.
+	Servers []string
 }
 
 func (m Message) String() string {
@@ -163,19 +207,54 @@ type ReplaceVoter struct{ Old, New string }
 // restarted or their twins promoted. The node has fenced itself by now.
 type DeclareLost struct{ Node, Why string }
 
-// Fence stops Node's restart and twin guests: its lease lapsed.
-type Fence struct{ Node string }
+// Fence stops Node's restart and twin guests: its lease lapsed at Since (its
+// own clock). The agent destroys them FenceGrace after Since, not after it hears
+// of it: a node that was paused past its lease must not give its guests a grace
+// they no longer have.
+type Fence struct {
+	Node  string
+	Since time.Time
+}
 
 // Unfence lets Node run its HA guests again: it holds a fresh lease from an
 // acting master.
 type Unfence struct{ Node string }
 
-// ReForm is forced raft recovery: Voters become the management group of
-// Generation.
+// ReForm starts the management group of Generation from this node's own raft
+// log: its replica becomes the only voter of a new raft group of that epoch, and
+// the other Voters (the backups of the new view) join it afresh (Rejoin) and are
+// made voters (SetMembership). Only the node with the furthest log among those
+// that voted for it re-forms, so no entry on a voting replica is lost.
 type ReForm struct {
 	Generation uint64
 	Voters     []string
 }
+
+// Rejoin: this node's replica belongs to an older generation than the acting
+// master's: it is thrown away and the node joins the current group afresh.
+type Rejoin struct{ Generation uint64 }
+
+// Join asks the master to take this node's replica into raft's configuration
+// (as a non-voter; SetMembership makes voters): it hears from no raft leader
+// while an acting master of Generation speaks to it.
+type Join struct{ Generation uint64 }
+
+// TransferLeadership hands raft's leadership to To, the acting master: this node
+// leads raft but is not the master of the view.
+type TransferLeadership struct{ To string }
+
+// SetMembership makes raft's configuration the view's: the servers among Voters
+// vote, any other server only follows the log, and the servers in Remove (nodes
+// declared lost) leave it. Emitted by the acting master while it leads raft and
+// the configuration differs.
+type SetMembership struct {
+	Voters, Remove []string
+}
+
+// Readmit tells the master's replicated state that Node, recorded lost, is back:
+// the role machine has taken it in again (its recovered guests stay where they
+// were restarted).
+type Readmit struct{ Node string }
 
 // Hold puts Node on hold: it returned but is not fully functional.
 type Hold struct{ Node, Why string }
@@ -199,20 +278,25 @@ type SolitudeShutdown struct{ Node string }
 // Notify is an event for operators (an alert rule turns it into a message).
 type Notify struct{ Node, Kind, Detail string }
 
-func (Send) isAction()             {}
-func (Promote) isAction()          {}
-func (Demote) isAction()           {}
-func (ReplaceVoter) isAction()     {}
-func (DeclareLost) isAction()      {}
-func (Fence) isAction()            {}
-func (Unfence) isAction()          {}
-func (ReForm) isAction()           {}
-func (Hold) isAction()             {}
-func (RequestVotes) isAction()     {}
-func (Merge) isAction()            {}
-func (StopContacting) isAction()   {}
-func (SolitudeShutdown) isAction() {}
-func (Notify) isAction()           {}
+func (Send) isAction()               {}
+func (Promote) isAction()            {}
+func (Demote) isAction()             {}
+func (ReplaceVoter) isAction()       {}
+func (DeclareLost) isAction()        {}
+func (Fence) isAction()              {}
+func (Unfence) isAction()            {}
+func (ReForm) isAction()             {}
+func (Hold) isAction()               {}
+func (RequestVotes) isAction()       {}
+func (Merge) isAction()              {}
+func (StopContacting) isAction()     {}
+func (SolitudeShutdown) isAction()   {}
+func (Notify) isAction()             {}
+func (Rejoin) isAction()             {}
+func (Join) isAction()               {}
+func (TransferLeadership) isAction() {}
+func (SetMembership) isAction()      {}
+func (Readmit) isAction()            {}
 
 func (a Send) String() string         { return "send " + a.Msg.String() }
 func (a Promote) String() string      { return fmt.Sprintf("promote %s to %s", a.Node, a.To) }
@@ -232,3 +316,16 @@ func (a Merge) String() string            { return fmt.Sprintf("merge into %s (%
 func (a StopContacting) String() string   { return "stop-contacting " + a.Node }
 func (a SolitudeShutdown) String() string { return "solitude-shutdown " + a.Node }
 func (a Notify) String() string           { return fmt.Sprintf("notify %s %s: %s", a.Kind, a.Node, a.Detail) }
+func (a Rejoin) String() string           { return fmt.Sprintf("rejoin generation %d", a.Generation) }
+func (a Join) String() string             { return fmt.Sprintf("join generation %d", a.Generation) }
+func (a TransferLeadership) String() string {
+	return "transfer-leadership to " + a.To
+}
+func (a SetMembership) String() string {
+	s := "set-membership voters " + strings.Join(a.Voters, ",")
+	if len(a.Remove) > 0 {
+		s += " remove " + strings.Join(a.Remove, ",")
+	}
+	return s
+}
+func (a Readmit) String() string { return "readmit " + a.Node }

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ type holderInfo struct {
 	since  time.Time
 	formed uint64
 	term   uint64
+	log    LogPos // a semi-master's raft log position, from its vote request
 }
 
 // Machine is the role machine of one node. It is not safe for concurrent use:
@@ -72,7 +74,8 @@ type Machine struct {
 	stopped         map[string]bool
 	proposed        uint64
 	waiting         string
-	shortSince      time.Time // semi-master: witness majority held, backups but no spare, since
+	voterServers    map[string][]string // semi-master: each voter's raft servers, from its vote
+	shortSince      time.Time           // semi-master: witness majority held, backups but no spare, since
 
 	// lastGrant survives role changes: a node may be declared lost only
 	// LeaseDuration+LeaseMargin after its last grant arrived here. It is not
@@ -87,6 +90,27 @@ type Machine struct {
 		master     string
 		generation uint64
 		at         time.Time
+	}
+
+	// What this node's raft replica said last (management-capable nodes).
+	replica    Replica
+	hasReplica bool
+	// Raft duties, each carried out by the caller and asked again until the replica
+	// shows it done: the generation last re-formed or rejoined, and when.
+	reformed, rejoined   uint64
+	reformAt, rejoinAt   time.Time
+	joinAt, leaderSilent time.Time
+	handedBack, synced   time.Time
+	declaredAt, readmit  map[string]time.Time // per node: last DeclareLost / Readmit asked
+
+	// behind: proposers whose log this node saw behind its own, since when.
+	behind map[string]time.Time
+
+	// yield is the better proposer this node gave way to: it proposes no group of
+	// its own while that one is still asking (see proposerFirst).
+	yield struct {
+		to    string
+		until time.Time
 	}
 
 	out []Action
@@ -106,15 +130,18 @@ func NewMachine(cfg Config, view ClusterView) (*Machine, error) {
 		return nil, fmt.Errorf("%w: node %q (Config.Self) is not registered: add it to the view's Nodes", ErrBadView, cfg.Self)
 	}
 	m := &Machine{
-		cfg:       cfg.WithDefaults(),
-		view:      view.Clone(),
-		fenced:    true,
-		reach:     map[string]Probe{},
-		suspect:   map[string]time.Time{},
-		health:    map[string]HealthReport{},
-		leases:    map[string]lease{},
-		stopped:   map[string]bool{},
-		lastGrant: map[string]time.Time{},
+		cfg:        cfg.WithDefaults(),
+		view:       view.Clone(),
+		fenced:     true,
+		reach:      map[string]Probe{},
+		suspect:    map[string]time.Time{},
+		health:     map[string]HealthReport{},
+		leases:     map[string]lease{},
+		stopped:    map[string]bool{},
+		lastGrant:  map[string]time.Time{},
+		declaredAt: map[string]time.Time{},
+		behind:     map[string]time.Time{},
+		readmit:    map[string]time.Time{},
 	}
 	m.role = m.view.Role(cfg.Self)
 	m.formed = m.view.Generation // a master from the table (or a restart) formed its group here
@@ -146,6 +173,10 @@ func (m *Machine) View() ClusterView { return m.view.Clone() }
 
 // Fenced reports whether this node must not run restart or twin guests.
 func (m *Machine) Fenced() bool { return m.fenced }
+
+// ServiceUntil is until when this node may run its restart and twin guests
+// (meaningful while it is not fenced).
+func (m *Machine) ServiceUntil() time.Time { return m.serviceUntil }
 
 // Grant returns the lease this node has granted.
 func (m *Machine) Grant() Grant { return m.grant }
@@ -222,10 +253,14 @@ func (m *Machine) Step(ev Event) []Action {
 		if e.Now.Before(m.now) {
 			return nil
 		}
+		jumped := !m.started.IsZero() && e.Now.Sub(m.now) > 5*m.cfg.Tick
 		if m.started.IsZero() {
 			m.started, m.since = e.Now, e.Now
 		}
 		m.now = e.Now
+		if jumped {
+			m.stalled()
+		}
 		m.tick()
 	case Probe:
 		m.probe(e)
@@ -233,11 +268,12 @@ func (m *Machine) Step(ev Event) []Action {
 		m.health[e.Node] = e.Report
 	case Register:
 		m.register(e)
-	case LeaderObserved:
-		m.leaderObserved(e)
+	case Replica:
+		m.replica, m.hasReplica = e, true
+		m.raftDuties()
 	case GroupSeen:
 		if m.reachable(e.Holder) {
-			m.noteGroup(e.Holder, e.Role, e.Generation, e.Formed, e.Term, e.Acting, e.Since, false)
+			m.noteGroup(e.Holder, e.Role, e.Generation, e.Formed, e.Term, e.Acting, e.Since, e.Log, false)
 		}
 	case Message:
 		if e.To == m.cfg.Self {
@@ -250,6 +286,20 @@ func (m *Machine) Step(ev Event) []Action {
 }
 
 func (m *Machine) emit(a ...Action) { m.out = append(m.out, a...) }
+
+// stalled: the clock jumped (the node was paused or its process stalled), so
+// what it knew of others' reach is stale. Its timers for suspicion, solitude and
+// silence start again from now: they may only ever make it wait longer, never act
+// on news it slept through. Leases and grants keep their absolute times.
+func (m *Machine) stalled() {
+	for n := range m.suspect {
+		m.suspect[n] = m.now
+	}
+	if !m.lonelySince.IsZero() {
+		m.lonelySince = m.now
+	}
+	m.lastActing = m.now
+}
 
 func (m *Machine) tick() {
 	if m.lastActing.IsZero() || m.Acting() {
@@ -291,7 +341,7 @@ func (m *Machine) checkOrphan() {
 			wait += time.Duration(i) * m.cfg.RenewInterval
 		}
 	}
-	if m.now.Sub(m.lastActing) < wait {
+	if m.now.Sub(m.lastActing) < wait || m.yielding() {
 		return
 	}
 	// A live grant to another holder (a witness vote for a semi-master that is
@@ -309,7 +359,7 @@ func (m *Machine) checkOrphan() {
 func (m *Machine) checkFence() {
 	if !m.fenced && !m.now.Before(m.serviceUntil) {
 		m.fenced = true
-		m.emit(Fence{Node: m.cfg.Self})
+		m.emit(Fence{Node: m.cfg.Self, Since: m.serviceUntil})
 	}
 }
 
@@ -374,10 +424,12 @@ func (m *Machine) functional(n string) bool {
 	return ok && h.Functional(m.cfg.MinHealth)
 }
 
-// before reports whether a holder that took its role at since (named name)
-// has the longer uptime than this one: the earlier start, then the lower name.
-func (m *Machine) before(since time.Time, name string) bool {
-	return since.Before(m.since) || since.Equal(m.since) && name < m.cfg.Self
+// lease is 1 if node's lease is fresh, else 0.
+func (m *Machine) lease(node string) int {
+	if l, ok := m.leases[node]; ok && l.until.After(m.now) && l.generation >= m.view.Generation {
+		return 1
+	}
+	return 0
 }
 
 func (m *Machine) freshLeases(generation uint64) int {
@@ -408,10 +460,26 @@ func (m *Machine) actingUntil() time.Time {
 
 // mayGrant is the lease rule that makes two acting holders impossible, and
 // keeps nodes with a working master.
-func (m *Machine) mayGrant(holder string, generation uint64, vote bool) bool {
+func (m *Machine) mayGrant(holder string, generation uint64, vote bool, log LogPos) bool {
+	// The generation never goes back, not even below one this node voted for: a
+	// group that re-formed on those votes may have written since, and an older
+	// group's master must not act on a stale log again.
+	return generation >= m.floor() && m.mayGrantAbove(holder, generation, vote, log)
+}
+
+// mayGrantAbove is mayGrant's rule for a generation at or above the floor.
+func (m *Machine) mayGrantAbove(holder string, generation uint64, vote bool, log LogPos) bool {
 	self := m.cfg.Self
 	if generation < m.view.Generation {
-		return false // the generation never goes back
+		return false
+	}
+	if vote && holder != self {
+		if n := m.view.node(self); !m.hasReplica && n != nil && n.Capable {
+			return false // its own log is not known yet (just restarted): it cannot compare
+		}
+		if m.hasReplica && log.Less(m.replica.Log) {
+			return false // the group re-forms from the furthest log: this one is further
+		}
 	}
 	if (m.role == RoleMaster || m.role == RoleSemiMaster) && holder != self {
 		return false // a holder merges before it follows another
@@ -419,9 +487,6 @@ func (m *Machine) mayGrant(holder string, generation uint64, vote bool) bool {
 	live := m.now.Before(m.grant.Until)
 	if live && m.grant.Holder != holder {
 		return false // one holder at a time: wait for the lease to expire
-	}
-	if live && generation < m.grant.Generation {
-		return false
 	}
 	if m.seen.master != "" && m.seen.master != holder && m.now.Sub(m.seen.at) < m.cfg.LeaseDuration {
 		if m.seen.generation > generation {
@@ -433,6 +498,10 @@ func (m *Machine) mayGrant(holder string, generation uint64, vote bool) bool {
 	}
 	return true
 }
+
+// floor is the lowest generation this node grants to: that of its view or of its
+// last grant, whichever is newer.
+func (m *Machine) floor() uint64 { return max(m.view.Generation, m.grant.Generation) }
 
 // doGrant records a grant. A lease grant to an acting master lets the node
 // serve until the earlier of its own lease expiry and the master's majority
@@ -471,44 +540,52 @@ func (m *Machine) receive(msg Message) {
 		if acting {
 			m.lastActing = m.now
 		}
-		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Formed, msg.Term, acting, msg.Since, true)
-		if !m.mayGrant(msg.From, msg.Generation, msg.Type == MsgVote) {
+		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Formed, msg.Term, acting, msg.Since, msg.Log, true)
+		vote := msg.Type == MsgVote
+		if !m.mayGrant(msg.From, msg.Generation, vote, msg.Log) {
 			m.send(m.refusal(msg))
+			if vote {
+				m.challenge(msg)
+			}
 			return
 		}
-		vote := msg.Type == MsgVote
+		delete(m.behind, msg.From)
 		m.doGrant(msg.From, msg.Generation, vote, msg.ActingUntil)
-		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, formed: msg.Formed, term: msg.Term}
+		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, formed: msg.Formed, term: msg.Term, log: msg.Log}
 		if !vote && msg.View != nil {
 			m.adopt(*msg.View)
 		}
-		reply := MsgLeaseGrant
+		grant := Message{Type: MsgLeaseGrant, To: msg.From, Generation: msg.Generation, SentAt: msg.SentAt}
 		if vote {
-			reply = MsgVoteGrant
+			grant.Type = MsgVoteGrant
+			if m.hasReplica {
+				grant.Servers = slices.Clone(m.replica.Servers)
+			}
 		}
-		m.send(Message{Type: reply, To: msg.From, Generation: msg.Generation, SentAt: msg.SentAt})
+		m.send(grant)
 	case MsgLeaseGrant, MsgVoteGrant:
 		m.lastGrant[msg.From] = m.now
 		ok := (m.role == RoleMaster && msg.Type == MsgLeaseGrant && msg.Generation <= m.view.Generation) ||
 			(m.role == RoleSemiMaster && msg.Type == MsgVoteGrant && msg.Generation == m.proposed)
 		if ok {
-			until := msg.SentAt.Add(m.cfg.LeaseDuration)
+			until := msg.SentAt.Add(m.cfg.leaseCount())
 			if l := m.leases[msg.From]; until.After(l.until) {
 				m.leases[msg.From] = lease{until: until, generation: msg.Generation}
+			}
+			if msg.Type == MsgVoteGrant {
+				m.voterServers[msg.From] = msg.Servers
 			}
 		}
 	case MsgRefuse:
 		known := msg.Holder != "" && m.reachable(msg.Holder)
 		if known {
-			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Term, msg.Acting, msg.Since, false)
+			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Term, msg.Acting, msg.Since, msg.HolderLog, false)
 		}
-		// The node follows a newer generation than we offer: it never goes
-		// back, so move past it, once the rules above kept this master (or it
-		// acts). Not on the word of a holder this node cannot reach yet (just
-		// after a heal): that holder may act, and raising would re-form this
-		// master's stale raft before it hears so.
+		// The node grants no generation below msg.Generation: move past it.
+		// Only an acting master raises (its log is the group's); one that does
+		// not act gets there through a semi-master's votes (tickMaster).
 		switch {
-		case m.role == RoleMaster && (known || m.Acting()) && msg.Generation > m.view.Generation:
+		case m.role == RoleMaster && m.Acting() && msg.Generation > m.view.Generation:
 			m.raise(msg.Generation + 1)
 		case m.role == RoleSemiMaster && msg.Generation >= m.proposed:
 			m.propose(msg.Generation + 1)
@@ -519,17 +596,18 @@ func (m *Machine) receive(msg Message) {
 // refusal says which group this node follows, so the requester can apply the
 // scenario 5 rule.
 func (m *Machine) refusal(req Message) Message {
-	r := Message{Type: MsgRefuse, To: req.From, Generation: m.view.Generation, SentAt: req.SentAt}
+	r := Message{Type: MsgRefuse, To: req.From, Generation: m.floor(), SentAt: req.SentAt, Log: m.log()}
 	switch {
 	case m.role == RoleMaster || m.role == RoleSemiMaster:
 		r.Holder, r.Role, r.Acting, r.Since, r.Formed, r.Term = m.cfg.Self, m.role, m.Acting(), m.since, m.formed, m.term
-		r.HolderGeneration = m.view.Generation
+		r.HolderGeneration, r.HolderLog = m.view.Generation, m.log()
 		if m.role == RoleSemiMaster {
 			r.HolderGeneration = m.proposed
 		}
 	case m.now.Before(m.grant.Until):
 		r.Holder, r.HolderGeneration = m.grant.Holder, m.grant.Generation
 		r.Role, r.Acting, r.Since, r.Formed, r.Term = m.holder.role, m.holder.acting, m.holder.since, m.holder.formed, m.holder.term
+		r.HolderLog = m.holder.log
 	}
 	return r
 }
@@ -555,10 +633,13 @@ func (m *Machine) adopt(v ClusterView) {
 // sides pick the same winner however late their news. A semi-master yields to
 // any master it can reach (the seed: if another management node is reachable,
 // the survivor is the one cut off), and to a semi-master further along.
-func (m *Machine) noteGroup(holder string, role Role, generation, formed, term uint64, acting bool, since time.Time, direct bool) {
+func (m *Machine) noteGroup(holder string, role Role, generation, formed, term uint64, acting bool, since time.Time, log LogPos, direct bool) {
 	self := m.cfg.Self
 	if holder == "" || holder == self {
 		return
+	}
+	if direct && role == RoleSemiMaster && holder == m.yield.to {
+		m.yield.until = m.now.Add(m.yieldFor()) // it still asks: stay out
 	}
 	if direct && acting && role == RoleMaster && generation >= m.seen.generation {
 		m.seen.master, m.seen.generation, m.seen.at = holder, generation, m.now
@@ -583,8 +664,12 @@ func (m *Machine) noteGroup(holder string, role Role, generation, formed, term u
 		case acting:
 			m.merge(holder, "its master holds the majority lease")
 			return
-		case !mine && (formed < m.formed || formed == m.formed && m.before(since, holder)):
-			m.merge(holder, "neither holds the majority lease; lower generation or longer uptime")
+		case !mine && generation > m.view.Generation:
+			// A group re-forms only on a majority's votes, from the furthest log
+			// among its voters, after the older group's leases ran out: its data
+			// supersedes this one's. (The seed let the lower generation win; with
+			// a replicated log that would throw away what the newer group wrote.)
+			m.merge(holder, "neither holds the majority lease; its generation is newer")
 			return
 		}
 		// Only an acting master raises its generation past the other group's:
@@ -597,26 +682,84 @@ func (m *Machine) noteGroup(holder string, role Role, generation, formed, term u
 		}
 	case RoleSemiMaster:
 		switch {
-		case role == RoleMaster && (acting || generation >= m.view.Generation):
-			m.merge(holder, "a master is in reach")
-		case role == RoleSemiMaster && generation > m.proposed:
-			m.merge(holder, "another semi-master proposes a newer generation")
-		case role == RoleSemiMaster && generation == m.proposed && m.before(since, holder):
-			m.merge(holder, "another semi-master has the longer uptime")
-		case role == RoleSemiMaster && generation < m.proposed:
-			return
+		case role == RoleMaster && acting:
+			// A master that acts speaks for the group. One that does not is as
+			// stuck as this node: it steps down itself after a while, and then
+			// the proposers' tie-break applies.
+			m.merge(holder, "a master that acts is in reach")
+		case role == RoleSemiMaster && proposerFirst(log, holder, m.log(), self):
+			m.merge(holder, fmt.Sprintf("another semi-master goes first (raft log %v against this node's %v)", log, m.log()))
+			m.yield.to, m.yield.until = holder, m.now.Add(m.yieldFor())
 		}
 	}
+}
+
+// proposerFirst is the one tie-break between two semi-masters, applied the same
+// way by both and by every voter: the further raft log goes first (the group must
+// re-form from it), then the name that sorts first. Neither input changes while
+// no group acts (no master writes), so both sides reach the same answer however
+// late their news, and the one that gives way stays out while the other asks.
+func proposerFirst(log LogPos, name string, than LogPos, thanName string) bool {
+	if log != than {
+		return than.Less(log)
+	}
+	return name < thanName
+}
+
+// yieldFor is how long a node that gave way to a better proposer stays out after
+// it last heard from it: long enough for that proposer's votes to come in.
+func (m *Machine) yieldFor() time.Duration { return m.cfg.LeaseDuration + m.cfg.ConfirmTimeout }
+
+// yielding reports whether this node gave way to a proposer that still asks.
+func (m *Machine) yielding() bool { return m.yield.to != "" && m.now.Before(m.yield.until) }
+
+// challenge: a semi-master asked for this node's vote with a raft log behind this
+// node's own. The group must re-form from the furthest log, so this node proposes
+// itself (the other gives way when it hears of it), unless an acting master spoke
+// for the group lately or this node already gave way to a better proposer.
+func (m *Machine) challenge(req Message) {
+	n := m.view.node(m.cfg.Self)
+	if !m.hasReplica || !req.Log.Less(m.replica.Log) {
+		delete(m.behind, req.From)
+		return
+	}
+	if n == nil || !n.Capable || m.role == RoleMaster || m.role == RoleSemiMaster || m.yielding() ||
+		m.now.Sub(m.lastActing) < m.cfg.ConfirmTimeout {
+		return
+	}
+	// The proposer's log may only lag by a message (raft brought both level a
+	// moment ago): it must still be behind a renewal later.
+	if first, ok := m.behind[req.From]; !ok || m.now.Sub(first) < m.cfg.RenewInterval {
+		if !ok {
+			m.behind[req.From] = m.now
+		}
+		return
+	}
+	delete(m.behind, req.From)
+	m.becomeSemi(fmt.Sprintf("%s proposes generation %d from raft log %v, behind this node's %v", req.From, req.Generation, req.Log, m.replica.Log))
+}
+
+// log is this node's raft log position (zero without a replica).
+func (m *Machine) log() LogPos {
+	if m.hasReplica {
+		return m.replica.Log
+	}
+	return LogPos{}
 }
 
 // raise moves a winning master past a generation the other group's nodes have
 // seen: they never go back, so they would not grant to it otherwise.
 func (m *Machine) raise(generation uint64) {
-	if generation <= m.view.Generation {
+	// The raft group of the new generation starts from this node's log: only its
+	// raft leader's log holds everything the group committed. A master that acts
+	// on leases alone (restarted with an old log while raft elected another) must
+	// not carry its log into a new group.
+	if generation <= m.view.Generation || m.hasReplica && !(m.epochCurrent() && m.replica.Leader == m.cfg.Self) {
 		return
 	}
 	m.view.Generation = generation
 	m.view.Version = 1
+	m.reformed, m.reformAt = generation, m.now
 	m.emit(ReForm{Generation: generation, Voters: slices.Clone(m.view.Voters)})
 	m.lastRenew = time.Time{}
 }
@@ -628,6 +771,7 @@ func (m *Machine) propose(generation uint64) {
 	}
 	m.proposed = generation
 	m.leases = map[string]lease{}
+	m.voterServers = map[string][]string{}
 	m.shortSince = time.Time{}
 	m.lastRenew = time.Time{}
 	m.waiting = ""
@@ -648,15 +792,20 @@ func (m *Machine) merge(into, why string) {
 	m.leases = map[string]lease{}
 	m.proposed = 0
 	m.quorumLostSince = time.Time{}
+	// Its vote for itself counted for nobody but itself, and it counts no votes
+	// now: it may vote for the winner at once rather than after the vote expires.
+	if m.grant.Holder == self && m.holder.role == RoleSemiMaster {
+		m.grant.Until = m.now
+	}
 }
 
-func (m *Machine) leaderObserved(e LeaderObserved) {
+func (m *Machine) leaderObserved(leader string, term uint64) {
 	self := m.cfg.Self
-	if e.Generation != m.view.Generation || e.Term < m.term {
+	if term < m.term {
 		return
 	}
 	switch {
-	case e.Leader == self && (m.role == RoleBackup || m.role == RoleSemiMaster && slices.Contains(m.view.Voters, self)):
+	case leader == self && term > m.term && (m.role == RoleBackup || m.role == RoleSemiMaster && slices.Contains(m.view.Voters, self)):
 		// A semi-master that raft elects after all (its generation's voters
 		// still have a quorum) takes scenario 4's way: no re-formation needed.
 		// Scenario 4: raft elected this backup. The old master stays a voter
@@ -668,7 +817,7 @@ func (m *Machine) leaderObserved(e LeaderObserved) {
 		if old != self && m.actingMasterInReach(old) {
 			return
 		}
-		m.term = e.Term
+		m.term = term
 		if old != self && m.view.Role(old) == RoleMaster {
 			m.view.setRole(old, RoleBackup)
 		}
@@ -678,27 +827,22 @@ func (m *Machine) leaderObserved(e LeaderObserved) {
 		m.proposed = 0
 		m.becomeHolder(RoleMaster)
 		m.emit(Promote{Node: self, To: RoleMaster})
-	case e.Leader != self && m.role == RoleMaster:
+	case leader != self && m.role == RoleMaster:
 		if m.Acting() {
 			// Still holding the majority lease (a raft leader of a stale
 			// configuration, or one elected in a hiccup): raft's leadership comes
 			// back to this node, not the other way round.
 			return
 		}
-		m.term = e.Term
+		// The view stays as it is: the raft leader sends its own view with its
+		// first lease request if it becomes master. Naming it master here, when it
+		// may never become one, would leave this node waiting on it for ever.
+		m.term = term
 		m.role = RoleBackup
 		m.leases = map[string]lease{}
-		// The view follows: raft's leader of this generation is the master now,
-		// and this node no longer names itself master (checkOrphan relies on it).
-		if slices.Contains(m.view.Voters, e.Leader) {
-			m.view.setRole(self, RoleBackup)
-			m.view.Master = e.Leader
-			m.view.setRole(e.Leader, RoleMaster)
-			m.view.Version++
-		}
 		m.emit(Demote{Node: self, To: RoleBackup})
 	default:
-		m.term = e.Term
+		m.term = term
 	}
 }
 
@@ -762,6 +906,9 @@ func (m *Machine) tickBackup() {
 			return
 		}
 	}
+	if m.yielding() || m.grant.Holder != "" && m.grant.Holder != self && m.now.Before(m.grant.Until) && m.holder.role == RoleSemiMaster {
+		return // another survivor is re-forming the group: this one voted for it
+	}
 	m.becomeSemi("master and the other backup out of reach")
 }
 
@@ -776,14 +923,14 @@ func (m *Machine) tickSemi() {
 	self := m.cfg.Self
 	if m.lastRenew.IsZero() || m.now.Sub(m.lastRenew) >= m.cfg.RenewInterval {
 		m.lastRenew = m.now
-		if m.mayGrant(self, m.proposed, true) {
+		if m.mayGrant(self, m.proposed, true, m.log()) {
 			m.doGrant(self, m.proposed, true, time.Time{})
-			m.leases[self] = lease{until: m.now.Add(m.cfg.LeaseDuration), generation: m.proposed}
+			m.leases[self] = lease{until: m.now.Add(m.cfg.leaseCount()), generation: m.proposed}
 		}
 		for _, n := range m.view.Nodes {
 			if n.Name != self {
 				m.send(Message{Type: MsgVote, To: n.Name, Generation: m.proposed, SentAt: m.now,
-					Role: RoleSemiMaster, Since: m.since, Formed: m.proposed})
+					Role: RoleSemiMaster, Since: m.since, Formed: m.proposed, Log: m.log()})
 			}
 		}
 	}
@@ -801,6 +948,27 @@ func (m *Machine) tickSemi() {
 		m.shortSince = time.Time{}
 		return
 	}
+	// Every client write was acknowledged on AckCopies replicas. If all but
+	// AckCopies-1 of the replicas that may hold one voted, one of them holds it,
+	// and every voter's log is behind this one's (the vote rule): so this log
+	// holds every acknowledged write. With more of them silent it waits.
+	if m.hasReplica && (m.replica.Log.Epoch == 0 || len(m.replica.Servers) == 0) {
+		if w := "this node's replica holds no group's data yet"; w != m.waiting {
+			m.waiting = w
+			m.emit(Notify{Node: self, Kind: "waiting", Detail: "witness majority held, but " + w})
+		}
+		m.shortSince = time.Time{}
+		return
+	}
+	if missing := m.silentReplicas(); len(missing) > m.AckCopies()-1 {
+		if w := fmt.Sprintf("no vote yet from replicas %s", strings.Join(missing, ",")); w != m.waiting {
+			m.waiting = w
+			m.emit(Notify{Node: self, Kind: "waiting", Detail: "witness majority held, " + w +
+				fmt.Sprintf(": more than %d silent replicas may hold acknowledged writes this log lacks", m.AckCopies()-1)})
+		}
+		m.shortSince = time.Time{}
+		return
+	}
 	if len(cands) < need {
 		if w := fmt.Sprintf("%d of %d candidates", len(cands), need); w != m.waiting {
 			m.waiting = w
@@ -808,7 +976,8 @@ func (m *Machine) tickSemi() {
 		}
 		// The seed waits for a spare beyond the two backups; a small cluster may
 		// never have one (four nodes, one lost). With the two backups at hand the
-		// group re-forms after ConfirmTimeout rather than stay without a master.
+		// group re-forms after ConfirmTimeout rather than stay without a master,
+		// and at once when no other capable node is in reach to become one.
 		if len(cands) < 2 {
 			m.shortSince = time.Time{}
 			return
@@ -816,13 +985,64 @@ func (m *Machine) tickSemi() {
 		if m.shortSince.IsZero() {
 			m.shortSince = m.now
 		}
-		if m.now.Sub(m.shortSince) < m.cfg.ConfirmTimeout {
+		if m.now.Sub(m.shortSince) < m.cfg.ConfirmTimeout && len(cands)+m.possibleSpares(cands) >= need {
 			return
 		}
-		m.emit(Notify{Node: self, Kind: "no-spare", Detail: fmt.Sprintf("re-forming with two backups and no spare after waiting %v", m.cfg.ConfirmTimeout)})
+		m.emit(Notify{Node: self, Kind: "no-spare", Detail: fmt.Sprintf("re-forming with two backups and no spare (%v waited)", m.now.Sub(m.shortSince))})
 	}
 	m.shortSince = time.Time{}
 	m.reForm(Rank(cands, m.now, m.cfg))
+}
+
+// possibleSpares counts the capable nodes in reach, other than this one and the
+// candidates at hand, that could still become candidates (vote, or be healthy).
+func (m *Machine) possibleSpares(cands []CandidateInfo) int {
+	k := 0
+	for _, n := range m.view.Nodes {
+		if n.Capable && n.Name != m.cfg.Self && n.Role != RoleLost && m.reachable(n.Name) &&
+			!slices.ContainsFunc(cands, func(c CandidateInfo) bool { return c.Node == n.Name }) {
+			k++
+		}
+	}
+	return k
+}
+
+// silentReplicas are the replicas that may hold a client write and have not
+// voted for the generation this node proposes: every management-capable node of
+// its view and every server of its own or its voters' raft configurations (a
+// node that joined while this one was cut off). Nodes the table holds lost count
+// too: this node's table may be older than their readmission, and a host that is
+// gone for good is removed from the cluster by its operator.
+func (m *Machine) silentReplicas() []string {
+	if !m.hasReplica {
+		return nil
+	}
+	may := map[string]bool{}
+	for _, n := range m.view.Nodes {
+		if n.Capable {
+			may[n.Name] = true
+		}
+	}
+	for _, s := range m.replica.Servers {
+		may[s] = true
+	}
+	for n, servers := range m.voterServers {
+		if l := m.leases[n]; l.until.After(m.now) && l.generation == m.proposed {
+			for _, s := range servers {
+				may[s] = true
+			}
+		}
+	}
+	var out []string
+	for _, s := range slices.Sorted(maps.Keys(may)) {
+		if s == m.cfg.Self {
+			continue
+		}
+		if l := m.leases[s]; !l.until.After(m.now) || l.generation != m.proposed {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // reForm is the end of scenarios 2 and 3: with witness votes from a majority
@@ -853,6 +1073,7 @@ func (m *Machine) reForm(ranked []CandidateInfo) {
 	m.becomeHolder(RoleMaster) // formed: the new generation
 	m.leases = leases
 	m.proposed = 0
+	m.reformed, m.reformAt = v.Generation, m.now
 	m.emit(ReForm{Generation: v.Generation, Voters: slices.Clone(v.Voters)},
 		Promote{Node: b1, To: RoleBackup}, Promote{Node: b2, To: RoleBackup})
 	m.renew()
@@ -863,9 +1084,14 @@ func (m *Machine) renew() {
 	m.lastRenew = m.now
 	au := m.actingUntil()
 	g := m.view.Generation
-	if m.mayGrant(self, g, false) {
+	// A master that voted for a newer generation which never formed is below
+	// its own floor. If a majority of the others grant it, no group of that
+	// generation can ever form (its voters would be among them, and they grant
+	// no older generation), so it may count itself again.
+	others := m.freshLeases(g) - m.lease(self)
+	if m.mayGrant(self, g, false, LogPos{}) || others >= m.view.Majority() && m.mayGrantAbove(self, g, false, LogPos{}) {
 		m.doGrant(self, g, false, au)
-		m.leases[self] = lease{until: m.now.Add(m.cfg.LeaseDuration), generation: g}
+		m.leases[self] = lease{until: m.now.Add(m.cfg.leaseCount()), generation: g}
 		m.lastGrant[self] = m.now
 	}
 	v := m.view.Clone()
@@ -879,6 +1105,11 @@ func (m *Machine) renew() {
 		until := au
 		if limit := m.lastGrant[n.Name].Add(m.cfg.LeaseDuration); limit.Before(until) {
 			until = limit
+		}
+		if n.Role == RoleLost || n.Role == RoleOnHold {
+			// Declared lost: its guests are (being) restarted elsewhere. It serves
+			// none until it is taken in again, after its loss is written.
+			until = time.Time{}
 		}
 		m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: until,
 			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since, Formed: m.formed, Term: m.term})
@@ -915,6 +1146,13 @@ func (m *Machine) tickMaster() {
 		return
 	}
 	if !m.Acting() {
+		// A master no majority grants to for this long is stuck: nodes that voted
+		// for a newer generation grant it nothing, or its group was split off. It
+		// steps down to semi-master and re-forms through the vote rule, which
+		// picks the furthest log, rather than act again on a log that may be stale.
+		if wait := m.cfg.LeaseDuration + 2*m.cfg.ConfirmTimeout; m.now.Sub(m.lastActing) >= wait && m.now.Sub(m.since) >= wait {
+			m.becomeSemi(fmt.Sprintf("no majority lease for %v", wait))
+		}
 		return
 	}
 	changed := false
@@ -958,6 +1196,7 @@ func (m *Machine) checkLost(n *NodeState) bool {
 		return false
 	}
 	n.Role, n.LostAt = RoleLost, m.now
+	m.declaredAt[n.Name] = m.now
 	m.emit(DeclareLost{Node: n.Name, Why: why})
 	return true
 }
@@ -968,7 +1207,7 @@ func (m *Machine) checkReturn(n *NodeState) bool {
 	if n.Role != RoleLost && n.Role != RoleOnHold {
 		return false
 	}
-	if !m.lastGrant[n.Name].After(n.LostAt) {
+	if !m.lastGrant[n.Name].After(n.LostAt) || !m.lossRecorded(n.Name) {
 		return false
 	}
 	if m.functional(n.Name) {

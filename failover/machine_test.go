@@ -29,8 +29,8 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"defaults", failover.Config{Self: "n1"}, ""},
 		{"no self", failover.Config{}, "Self is empty"},
-		{"margin", failover.Config{Self: "n1", LeaseDuration: time.Second, LeaseMargin: time.Second}, "LeaseMargin"},
-		{"renew", failover.Config{Self: "n1", LeaseDuration: 2 * time.Second, RenewInterval: 1800 * time.Millisecond}, "RenewInterval"},
+		{"margin", failover.Config{Self: "n1", Timing: failover.Timing{LeaseDuration: time.Second, LeaseMargin: time.Second}}, "lease_margin"},
+		{"renew", failover.Config{Self: "n1", Timing: failover.Timing{LeaseDuration: 2 * time.Second, RenewInterval: 500 * time.Millisecond}}, "renew_interval"},
 		{"negative", failover.Config{Self: "n1", GiveUpAfter: -time.Second}, "negative"},
 		{"health", failover.Config{Self: "n1", MinHealth: 1.5}, "MinHealth"},
 	} {
@@ -158,7 +158,7 @@ func TestFenceBeforeLost(t *testing.T) {
 	if out := m.Step(failover.Tick{Now: acting.Add(-time.Millisecond)}); m.Fenced() || len(out) != 0 {
 		t.Fatalf("fenced early: %v", out)
 	}
-	if out := m.Step(failover.Tick{Now: acting}); !m.Fenced() || !slices.Contains(out, failover.Action(failover.Fence{Node: "n5"})) {
+	if out := m.Step(failover.Tick{Now: acting}); !m.Fenced() || !slices.Contains(out, failover.Action(failover.Fence{Node: "n5", Since: acting})) {
 		t.Fatalf("must fence when the master's majority lease runs out: %v", out)
 	}
 }

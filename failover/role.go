@@ -42,39 +42,23 @@ func (r Role) Valid() bool {
 	return false
 }
 
-// Defaults. The seed waits 5 minutes to confirm, 24 hours to give up and 3 days
-// of solitude; dvm's defaults are short because guests are waiting.
+// Defaults of the seed's other timers and numbers. The seed waits 24 hours to
+// give up and 3 days of solitude; dvm's defaults are short because guests are
+// waiting.
 const (
-	DefaultConfirmTimeout = 3 * time.Second
-	DefaultLeaseDuration  = 4 * time.Second
-	DefaultLeaseMargin    = 500 * time.Millisecond
-	DefaultRenewInterval  = 500 * time.Millisecond
-	DefaultGiveUpAfter    = 2 * time.Minute
-	DefaultSolitudeAfter  = 10 * time.Minute
-	DefaultLostPenalty    = 10 * time.Minute
-	DefaultSpares         = 1
-	DefaultMinHealth      = 0.2
+	DefaultGiveUpAfter   = 2 * time.Minute
+	DefaultSolitudeAfter = 10 * time.Minute
+	DefaultLostPenalty   = 10 * time.Minute
+	DefaultSpares        = 1
+	DefaultMinHealth     = 0.2
 )
 
-// Config tunes one Machine. Zero durations take the defaults above.
+// Config tunes one Machine. Zero durations take the defaults.
 type Config struct {
 	// Self is this node's name, as registered in the ClusterView.
 	Self string
-	// ConfirmTimeout is how long a node reachable only through others (an
-	// indirect probe) stays suspected before it is declared lost, and how long
-	// the management voters must be out of reach before a survivor becomes
-	// semi-master.
-	ConfirmTimeout time.Duration
-	// LeaseDuration is how long a granted lease lasts on the granting node.
-	LeaseDuration time.Duration
-	// LeaseMargin covers clock drift between nodes: nodes stop serving this
-	// long before the master's majority lease runs out, and a master waits
-	// LeaseDuration+LeaseMargin after a node's last grant before declaring it
-	// lost. It must be at least one tick.
-	LeaseMargin time.Duration
-	// RenewInterval is how often a master renews leases and a semi-master asks
-	// for votes. It must be shorter than LeaseDuration-LeaseMargin.
-	RenewInterval time.Duration
+	// Timing holds the leases' durations and what the fencing rule assumes.
+	Timing
 	// GiveUpAfter is how long after being declared lost an unreachable node is
 	// no longer contacted (and an operator is notified). Seed: 24 h.
 	GiveUpAfter time.Duration
@@ -98,15 +82,12 @@ var ErrBadConfig = errors.New("failover: bad config")
 
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
+	c.Timing = c.Timing.WithDefaults()
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
-	def(&c.ConfirmTimeout, DefaultConfirmTimeout)
-	def(&c.LeaseDuration, DefaultLeaseDuration)
-	def(&c.LeaseMargin, DefaultLeaseMargin)
-	def(&c.RenewInterval, DefaultRenewInterval)
 	def(&c.GiveUpAfter, DefaultGiveUpAfter)
 	def(&c.SolitudeAfter, DefaultSolitudeAfter)
 	def(&c.LostPenalty, DefaultLostPenalty)
@@ -127,16 +108,14 @@ func (c Config) Validate() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrBadConfig, fmt.Sprintf(format, a...))
 	}
+	if err := c.Timing.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
 	switch {
 	case c.Self == "":
 		return bad("Self is empty: set it to this node's registered name")
-	case c.ConfirmTimeout < 0, c.LeaseDuration < 0, c.LeaseMargin < 0, c.RenewInterval < 0,
-		c.GiveUpAfter < 0, c.SolitudeAfter < 0, c.LostPenalty < 0:
+	case c.GiveUpAfter < 0, c.SolitudeAfter < 0, c.LostPenalty < 0:
 		return bad("a duration is negative: use 0 for the default or a positive value")
-	case c.LeaseMargin >= c.LeaseDuration:
-		return bad("LeaseMargin %v is not shorter than LeaseDuration %v: shorten the margin", c.LeaseMargin, c.LeaseDuration)
-	case c.RenewInterval >= c.LeaseDuration-c.LeaseMargin:
-		return bad("RenewInterval %v leaves no time to renew before LeaseDuration-LeaseMargin %v: renew more often", c.RenewInterval, c.LeaseDuration-c.LeaseMargin)
 	case c.MinHealth < 0 || c.MinHealth > 1:
 		return bad("MinHealth %v is outside 0..1", c.MinHealth)
 	}

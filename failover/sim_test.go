@@ -18,13 +18,18 @@ var (
 	simSeeds = flag.Int("seeds", 24, "how many seeds of the fixed set to run")
 )
 
-// TestSimulation drives clusters through random kills, restarts, partitions,
-// cut links, heals and health changes, checking at every step that at most one
-// master acts (backed by the granting nodes' own records), no generation goes
-// back, no fenced or dead node runs HA guests and no node is declared lost
-// while it runs them. At the end every link heals and every node restarts,
-// and the cluster must converge: one acting master, every node in its
-// generation and in exactly the role the master's table gives it.
+// TestSimulation drives clusters through random kills, restarts, pauses,
+// partitions, cut links, heals and health changes, with messages delayed,
+// dropped, duplicated and reordered and node clocks apart by up to
+// max_clock_skew, while clients write through the acting master and three
+// restart guests run. It checks at every step that at most one master acts
+// (backed by the granting nodes' own records), no generation goes back, no
+// fenced or dead node serves HA guests, no node is declared lost while it
+// serves, no guest is started while it runs on another node, and no acting
+// master lacks an acknowledged write. At the end every link heals and every node
+// restarts, and the cluster must converge: one acting master leading raft with
+// the view's voters, every node in its generation and in exactly the role the
+// master's table gives it, every guest running where the master placed it.
 func TestSimulation(t *testing.T) {
 	var seeds []uint64
 	if *simSeed != 0 {
@@ -47,9 +52,10 @@ func TestSimulation(t *testing.T) {
 		return
 	}
 	// A simulation that never reaches a scenario proves nothing about it.
-	for _, kind := range []string{"kill", "revive", "partition", "cut", "heal", "health", "isolate", "one-way",
-		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "merge",
-		"hold", "demote", "stop-contacting", "solitude-shutdown", "fence", "unfence"} {
+	for _, kind := range []string{"kill", "revive", "pause", "resume", "partition", "cut", "heal", "health", "isolate", "one-way",
+		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "rejoin", "merge",
+		"hold", "demote", "readmit", "set-membership", "transfer-leadership", "stop-contacting", "solitude-shutdown",
+		"fence", "unfence", "starts", "stops"} {
 		if stats[kind] == 0 {
 			t.Errorf("the fixed seeds never reached %q: widen the fault mix", kind)
 		}
@@ -77,11 +83,14 @@ func simCluster(rng *rand.Rand) (*failovertest.Cluster, error) {
 		health[n.Name] = randomHealth(rng, true)
 	}
 	cfg := failover.Config{GiveUpAfter: 20 * time.Second, SolitudeAfter: 20 * time.Second}
-	c, err := failovertest.New(cfg, view, health)
+	c, err := failovertest.NewWithGuests(cfg, view, health, 3)
 	if err != nil {
 		return nil, err
 	}
-	c.Rand = rng
+	c.Rand, c.Writes = rng, true
+	if rng.IntN(3) != 0 {
+		c.Faults = failovertest.Faults{Drop: 0.02, Duplicate: 0.02, MaxDelay: 2, Skew: cfg.WithDefaults().MaxClockSkew}
+	}
 	return c, nil
 }
 
@@ -198,14 +207,28 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 					c.Cut(n, o)
 				}
 			}
+		case r < 70:
+			if n := pick(true); n != "" && !c.Paused(n) {
+				note("pause " + n)
+				c.Pause(n)
+			}
+		case r < 82:
+			for _, n := range nodes {
+				if c.Paused(n) {
+					note("resume " + n)
+					c.Resume(n)
+					break
+				}
+			}
 		}
 		c.Step()
 		if err := c.Err(); err != nil {
 			return fail(err)
 		}
 	}
-	note("end: heal all, restart all, all functional")
+	note("end: heal all, restart and resume all, all functional, messages on time")
 	c.HealAll()
+	c.Faults = failovertest.Faults{Skew: c.Faults.Skew}
 	for _, n := range nodes {
 		if err := c.Revive(n); err != nil {
 			return fail(err)

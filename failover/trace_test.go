@@ -206,17 +206,47 @@ func (h *harness) do1(cmd string, input []string) ([]string, error) {
 			return []string{"no: " + err.Error()}, nil
 		}
 		return []string{"yes"}, nil
-	case "kill", "revive":
+	case "kill", "revive", "pause", "resume":
+		f := map[string]func(string) error{"kill": h.c.Kill, "revive": h.c.Revive, "pause": h.c.Pause, "resume": h.c.Resume}[words[0]]
 		for _, n := range bare {
-			f := h.c.Kill
-			if words[0] == "revive" {
-				f = h.c.Revive
-			}
 			if err := f(n); err != nil {
 				return nil, err
 			}
 		}
 		return nil, nil
+	case "hold", "release":
+		// hold: messages wait to be delivered or dropped one by one; release:
+		// those waiting go out with the next step, and the rest as usual.
+		h.c.Hold(words[0] == "hold")
+		return []string{"ok"}, nil
+	case "msgs":
+		var out []string
+		for _, m := range h.c.Held() {
+			out = append(out, m.String())
+		}
+		if len(out) == 0 {
+			return []string{"(none)"}, nil
+		}
+		return out, nil
+	case "deliver", "drop":
+		// deliver|drop [from=N] [to=N] [type=T]: the held messages that match,
+		// oldest first; what delivering them causes is printed, and what the
+		// nodes send in turn is held too.
+		if len(bare) > 0 {
+			return nil, fmt.Errorf("usage: %s [from=NODE] [to=NODE] [type=lease|lease-grant|vote|vote-grant|refuse]", words[0])
+		}
+		f := failovertest.MsgFilter{From: kv["from"], To: kv["to"], Type: failover.MsgType(kv["type"])}
+		var n int
+		if words[0] == "deliver" {
+			n = h.c.Deliver(f)
+		} else {
+			n = h.c.Drop(f)
+		}
+		return append([]string{fmt.Sprintf("%s %d (%s)", words[0], n, f)}, h.log...), h.c.Err()
+	case "guests":
+		return []string{h.c.Guests()}, nil
+	case "raft":
+		return []string{h.c.RaftSummary()}, nil
 	case "cut-one-way":
 		if len(bare) != 2 {
 			return nil, fmt.Errorf("usage: cut-one-way FROM TO")
@@ -290,8 +320,9 @@ func (h *harness) do1(cmd string, input []string) ([]string, error) {
 }
 
 // cluster master=n1 backups=n2,n3 candidates=n4,n5 nodes=n6 [confirm=D lease=D
-// giveup=D solitude=D spares=N]; input lines give health: "n4 network=0.5 ...".
-// The cluster settles for 3s (not printed) and its roles are shown.
+// giveup=D solitude=D spares=N guests=N writes=true]; input lines give health:
+// "n4 network=0.5 ...". The cluster settles for 3s (not printed) and its roles
+// are shown.
 func (h *harness) cluster(kv map[string]string, input []string) ([]string, error) {
 	cfg := failover.Config{}
 	for k, p := range map[string]*time.Duration{"confirm": &cfg.ConfirmTimeout, "lease": &cfg.LeaseDuration,
@@ -334,10 +365,19 @@ func (h *harness) cluster(kv map[string]string, input []string) ([]string, error
 		}
 		health[f[0]] = rep
 	}
-	c, err := failovertest.New(cfg, view, health)
+	guests := 0
+	if s, ok := kv["guests"]; ok {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return nil, fmt.Errorf("guests=%q: not a number", s)
+		}
+		guests = n
+	}
+	c, err := failovertest.NewWithGuests(cfg, view, health, guests)
 	if err != nil {
 		return nil, err
 	}
+	c.Writes = kv["writes"] == "true"
 	h.c, h.cfg = c, cfg
 	c.Observe = func(r failovertest.Record) { h.log = append(h.log, r.String()) }
 	if err := c.Run(3 * time.Second); err != nil {

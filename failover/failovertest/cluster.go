@@ -1,9 +1,18 @@
 // Package failovertest drives a whole cluster of failover.Machines in one
-// process: it delivers their messages over links that can be cut, kills and
-// restarts nodes from their HardState, plays memberlist (direct and indirect
-// probes) and raft (leader election among a generation's voters), and checks
-// the safety invariants after every step. The scenario traces and the
-// randomized simulation of package failover both run on it.
+// process. It delivers their messages over links that can be cut, with faults
+// (delays, drops, duplicates, reordering) or one message at a time; kills,
+// pauses, resumes and restarts nodes from their HardState; gives every node a
+// clock of its own, up to Timing.MaxClockSkew apart; plays memberlist (direct and
+// indirect probes), raft (a replica per management-capable node: epochs, terms,
+// logs, elections, replication, commit, re-formation from one replica, rejoins),
+// the master's writes (client writes acknowledged on AckCopies replicas, losses
+// and readmissions recorded with the recovery of the lost node's guests) and the
+// agents (which start a node's guests only as its fencing rule allows). After
+// every step it checks the invariants: at most one acting master, no generation
+// going back, no fenced node serving, no node declared lost while it serves, no
+// guest started while it runs on another node, no acknowledged write missing from
+// an acting master's log. The scenario traces and the randomized simulation of
+// package failover both run on it.
 package failovertest
 
 import (
@@ -29,8 +38,21 @@ func (r Record) String() string {
 	return fmt.Sprintf("%5.1fs %s: %s", r.At.Seconds(), r.Node, r.Text)
 }
 
-// Cluster is a simulated cluster. It is deterministic: the same calls give the
-// same story.
+// Faults are what the network and the clocks do to a cluster.
+type Faults struct {
+	// Drop and Duplicate are the chances that a message is lost, or delivered
+	// twice.
+	Drop, Duplicate float64
+	// MaxDelay is the most steps a message may take beyond the next one; messages
+	// of a step are delivered in random order when it is set.
+	MaxDelay int
+	// Skew makes node clocks differ by up to Skew (each within ±Skew/2 of the
+	// cluster's, drifting).
+	Skew time.Duration
+}
+
+// Cluster is a simulated cluster. It is deterministic: the same calls (and the
+// same Rand) give the same story.
 type Cluster struct {
 	// TickEvery is the step of simulated time; messages take one step.
 	TickEvery time.Duration
@@ -39,34 +61,48 @@ type Cluster struct {
 	ElectionTimeout time.Duration
 	// Observe, if set, receives every Record.
 	Observe func(Record)
-	// Rand, if set, picks among eligible raft leaders; otherwise the lowest
-	// name wins.
+	// Rand, if set, picks among eligible raft leaders and the leader an agent
+	// asks, and drives Faults; otherwise the lowest name wins.
 	Rand *rand.Rand
+	// Faults are off unless set (they need Rand).
+	Faults Faults
+	// Writes makes the acting master write once a step, as clients do.
+	Writes bool
 
-	cfg      failover.Config
-	start    time.Time
-	now      time.Time
-	names    []string
+	cfg     failover.Config
+	start   time.Time
+	now     time.Time
+	step    int
+	names   []string
+	capable map[string]bool
+	err     error
+
 	machines map[string]*failover.Machine
 	hard     map[string]failover.HardState
-	cut      map[[2]string]bool // directed: {from, to}
-	health   map[string]failover.HealthReport
-	guests   map[string]bool // a node runs its HA guests
-	inflight []failover.Message
-	probed   map[[2]string]failover.Probe
-	lastGen  map[string]uint64
+	paused   map[string]bool
+	offset   map[string]time.Duration // clock offset of each node
 	role     map[string]failover.Role
 	acting   map[string]bool
-	leader   map[uint64]string
-	term     map[uint64]uint64
-	down     map[uint64]time.Time
-	err      error
+	lastGen  map[string]uint64
+	health   map[string]failover.HealthReport
+	probed   map[[2]string]failover.Probe
+
+	net      // messages: links, faults, held messages
+	raftSim  // replicas, leaders, writes
+	guestSim // guests and agents
 }
 
 // New starts a cluster whose role table is view; every node runs a Machine
 // with cfg (Self set per node) and reports health (a missing node reports no
-// health). The clock starts at a fixed instant.
+// health). Every management-capable node has a raft replica of generation
+// view.Generation holding the view's voters; guests restart guests are placed on
+// the last nodes by name. The clock starts at a fixed instant.
 func New(cfg failover.Config, view failover.ClusterView, health map[string]failover.HealthReport) (*Cluster, error) {
+	return NewWithGuests(cfg, view, health, 0)
+}
+
+// NewWithGuests is New with that many guests of policy restart.
+func NewWithGuests(cfg failover.Config, view failover.ClusterView, health map[string]failover.HealthReport, guests int) (*Cluster, error) {
 	if err := view.Validate(); err != nil {
 		return nil, err
 	}
@@ -75,25 +111,27 @@ func New(cfg failover.Config, view failover.ClusterView, health map[string]failo
 		ElectionTimeout: time.Second,
 		cfg:             cfg,
 		start:           time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		capable:         map[string]bool{},
 		machines:        map[string]*failover.Machine{},
 		hard:            map[string]failover.HardState{},
-		cut:             map[[2]string]bool{},
-		health:          map[string]failover.HealthReport{},
-		guests:          map[string]bool{},
-		probed:          map[[2]string]failover.Probe{},
-		lastGen:         map[string]uint64{},
+		paused:          map[string]bool{},
+		offset:          map[string]time.Duration{},
 		role:            map[string]failover.Role{},
 		acting:          map[string]bool{},
-		leader:          map[uint64]string{view.Generation: view.Master},
-		term:            map[uint64]uint64{},
-		down:            map[uint64]time.Time{},
+		lastGen:         map[string]uint64{},
+		health:          map[string]failover.HealthReport{},
+		probed:          map[[2]string]failover.Probe{},
 	}
 	c.now = c.start
+	c.net.init()
+	c.raftSim.init()
+	c.guestSim.init()
 	for n, h := range health {
 		c.health[n] = h
 	}
 	for _, n := range view.Nodes {
 		c.names = append(c.names, n.Name)
+		c.capable[n.Name] = n.Capable
 		mc := cfg
 		mc.Self = n.Name
 		m, err := failover.NewMachine(mc, view)
@@ -105,8 +143,12 @@ func New(cfg failover.Config, view failover.ClusterView, health map[string]failo
 		c.lastGen[n.Name] = m.Generation()
 	}
 	sort.Strings(c.names)
+	if err := c.placeGuests(guests); err != nil {
+		return nil, err
+	}
+	c.startRaft(view)
 	for _, n := range c.names {
-		c.stepNode(n, failover.Tick{Now: c.now})
+		c.stepNode(n, failover.Tick{Now: c.clock(n)})
 	}
 	for _, n := range c.names {
 		c.sendHealth(n)
@@ -123,11 +165,20 @@ func (c *Cluster) Elapsed() time.Duration { return c.now.Sub(c.start) }
 // Machine returns the running Machine of node n, or nil if n is down.
 func (c *Cluster) Machine(n string) *failover.Machine { return c.machines[n] }
 
-// Alive reports whether node n is running.
+// Alive reports whether node n is running (paused or not).
 func (c *Cluster) Alive(n string) bool { return c.machines[n] != nil }
 
-// RunsGuests reports whether node n runs its HA guests.
-func (c *Cluster) RunsGuests(n string) bool { return c.guests[n] }
+// Paused reports whether node n is paused.
+func (c *Cluster) Paused(n string) bool { return c.paused[n] }
+
+// up reports whether node n runs and is not paused: it takes part in anything.
+func (c *Cluster) up(n string) bool { return c.machines[n] != nil && !c.paused[n] }
+
+// RunsGuests reports whether node n may serve its HA guests (it is unfenced).
+func (c *Cluster) RunsGuests(n string) bool { return c.serving[n] }
+
+// clock is node n's own clock now.
+func (c *Cluster) clock(n string) time.Time { return c.now.Add(c.offset[n]) }
 
 func (c *Cluster) known(n string) error {
 	if !slices.Contains(c.names, n) {
@@ -136,7 +187,8 @@ func (c *Cluster) known(n string) error {
 	return nil
 }
 
-// Kill stops node n; its HardState is kept for Revive.
+// Kill stops node n (its processes and guests die); its HardState and raft
+// replica are kept for Revive, as on a disk.
 func (c *Cluster) Kill(n string) error {
 	if err := c.known(n); err != nil {
 		return err
@@ -144,9 +196,16 @@ func (c *Cluster) Kill(n string) error {
 	if m := c.machines[n]; m != nil {
 		c.hard[n] = m.HardState()
 		delete(c.machines, n)
-		c.guests[n] = false
+		delete(c.paused, n)
+		delete(c.queued, n)
+		c.serving[n] = false
 		c.acting[n] = false
+		c.stopGuests(n)
 		c.record(n, "killed")
+		if r := c.replicas[n]; r != nil {
+			// Raft keeps its term and log on disk; it starts again as a follower.
+			r.leads, r.heard = false, time.Time{}
+		}
 	}
 	return nil
 }
@@ -157,7 +216,7 @@ func (c *Cluster) Revive(n string) error {
 		return err
 	}
 	if c.machines[n] != nil {
-		return nil
+		return c.Resume(n)
 	}
 	mc := c.cfg
 	mc.Self = n
@@ -173,7 +232,7 @@ func (c *Cluster) Revive(n string) error {
 	}
 	c.record(n, "restarted")
 	c.role[n] = m.Role()
-	c.stepNode(n, failover.Tick{Now: c.now})
+	c.stepNode(n, failover.Tick{Now: c.clock(n)})
 	for _, o := range c.names {
 		if h, ok := c.health[o]; ok {
 			c.stepNode(n, failover.Health{Node: o, Report: h})
@@ -182,79 +241,47 @@ func (c *Cluster) Revive(n string) error {
 	return nil
 }
 
-// Cut breaks the link between a and b, both ways.
-func (c *Cluster) Cut(a, b string) error {
-	if err := c.CutOneWay(a, b); err != nil {
+// Pause stops every process of node n (SIGSTOP): its machine takes no event,
+// messages to it wait, its raft replica takes no part and its guests are
+// frozen, still holding their disks. Resume continues it with its stale state.
+func (c *Cluster) Pause(n string) error {
+	if err := c.known(n); err != nil {
 		return err
 	}
-	return c.CutOneWay(b, a)
-}
-
-// CutOneWay drops what from sends to to; the other way still works. Probes
-// (which need an answer) and raft then see the pair as cut.
-func (c *Cluster) CutOneWay(from, to string) error {
-	if err := c.known(from); err != nil {
-		return err
-	}
-	if err := c.known(to); err != nil {
-		return err
-	}
-	c.cut[[2]string{from, to}] = true
-	return nil
-}
-
-// Heal restores the link between a and b, both ways.
-func (c *Cluster) Heal(a, b string) error {
-	if err := c.known(a); err != nil {
-		return err
-	}
-	if err := c.known(b); err != nil {
-		return err
-	}
-	delete(c.cut, [2]string{a, b})
-	delete(c.cut, [2]string{b, a})
-	return nil
-}
-
-// HealAll restores every link.
-func (c *Cluster) HealAll() { c.cut = map[[2]string]bool{} }
-
-// Partition cuts every link between nodes of different groups. Every node
-// must be in exactly one group.
-func (c *Cluster) Partition(groups ...[]string) error {
-	group := map[string]int{}
-	for i, g := range groups {
-		for _, n := range g {
-			if err := c.known(n); err != nil {
-				return err
-			}
-			if _, dup := group[n]; dup {
-				return fmt.Errorf("node %q is in two groups: list each node once", n)
-			}
-			group[n] = i
-		}
-	}
-	for _, n := range c.names {
-		if _, ok := group[n]; !ok {
-			return fmt.Errorf("node %q is in no group: list every node", n)
-		}
-	}
-	for _, a := range c.names {
-		for _, b := range c.names {
-			if group[a] != group[b] {
-				c.cut[[2]string{a, b}] = true
-			}
-		}
+	if c.up(n) {
+		c.paused[n] = true
+		c.record(n, "paused")
 	}
 	return nil
 }
 
-// Linked reports whether a and b can talk both ways.
-func (c *Cluster) Linked(a, b string) bool {
-	return a == b || !c.cut[[2]string{a, b}] && !c.cut[[2]string{b, a}]
+// Resume continues a paused node: its machine first sees the time jump, then
+// every message that waited for it, in the order they came.
+func (c *Cluster) Resume(n string) error {
+	if err := c.known(n); err != nil {
+		return err
+	}
+	if !c.paused[n] || c.machines[n] == nil {
+		return nil
+	}
+	delete(c.paused, n)
+	c.record(n, "resumed")
+	c.stepNode(n, failover.Tick{Now: c.clock(n)})
+	// Gossip brings it what changed meanwhile.
+	for _, o := range c.names {
+		if h, ok := c.health[o]; ok && c.machines[n] != nil {
+			c.stepNode(n, failover.Health{Node: o, Report: h})
+		}
+	}
+	q := c.queued[n]
+	delete(c.queued, n)
+	for _, msg := range q {
+		if c.machines[n] != nil {
+			c.stepNode(n, msg)
+		}
+	}
+	return nil
 }
-
-func (c *Cluster) carries(from, to string) bool { return !c.cut[[2]string{from, to}] }
 
 // SetHealth changes node n's health report and gossips it to every running
 // node.
@@ -273,7 +300,7 @@ func (c *Cluster) sendHealth(n string) {
 		return
 	}
 	for _, o := range c.names {
-		if c.machines[o] != nil {
+		if c.up(o) {
 			c.stepNode(o, failover.Health{Node: n, Report: h})
 		}
 	}
@@ -303,26 +330,43 @@ func (c *Cluster) Run(d time.Duration) error {
 // Err returns the first invariant violation seen so far.
 func (c *Cluster) Err() error { return c.err }
 
-// Step advances the cluster by one tick: deliver the messages sent during the
-// last step, deliver probe changes, run raft elections, tick every machine,
-// then check the invariants.
+// Step advances the cluster by one tick: deliver the messages due, deliver
+// probe changes, let raft elect, replicate and commit, tick every machine and
+// tell it what its replica says, let the master write and the agents start and
+// stop guests, then check the invariants.
 func (c *Cluster) Step() {
 	c.now = c.now.Add(c.TickEvery)
-	msgs := c.inflight
-	c.inflight = nil
-	for _, msg := range msgs {
-		if c.machines[msg.To] != nil && c.carries(msg.From, msg.To) {
-			c.stepNode(msg.To, msg)
-		}
-	}
+	c.step++
+	c.driftClocks()
+	c.deliver()
 	c.probe()
-	c.elect()
+	c.raftStep()
 	for _, n := range c.names {
-		if c.machines[n] != nil {
-			c.stepNode(n, failover.Tick{Now: c.now})
+		if c.up(n) {
+			c.stepNode(n, failover.Tick{Now: c.clock(n)})
 		}
 	}
+	for _, n := range c.names {
+		if c.up(n) && c.replicas[n] != nil {
+			c.stepNode(n, c.replicaReport(n))
+		}
+	}
+	c.write()
+	c.agents()
+	c.acknowledge()
 	c.check()
+}
+
+func (c *Cluster) driftClocks() {
+	if c.Faults.Skew <= 0 || c.Rand == nil {
+		return
+	}
+	limit := c.Faults.Skew / 2
+	d := c.TickEvery / 100
+	for _, n := range c.names {
+		o := c.offset[n] + time.Duration(c.Rand.Int64N(int64(2*d+1))) - d
+		c.offset[n] = max(-limit, min(limit, o))
+	}
 }
 
 func (c *Cluster) stepNode(n string, ev failover.Event) {
@@ -330,28 +374,40 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 	for _, a := range m.Step(ev) {
 		switch a := a.(type) {
 		case failover.Send:
-			c.inflight = append(c.inflight, a.Msg)
+			c.route(a.Msg)
 			continue
 		case failover.Fence:
-			c.guests[n] = false
+			c.serving[n] = false
+			c.fencedAt[n] = a.Since.Add(-c.offset[n])
 		case failover.Unfence:
-			c.guests[n] = true
+			c.serving[n] = true
+			c.unfencedAt[n] = c.step
 		case failover.DeclareLost:
-			if c.guests[a.Node] {
-				c.fail("%s declared %s lost while it still runs its HA guests: they would run twice", n, a.Node)
+			if c.up(a.Node) && c.serving[a.Node] {
+				c.fail("%s declared %s lost while it still serves its HA guests: they would run twice", n, a.Node)
 			}
+			c.recordLoss(n, a.Node)
+		case failover.Readmit:
+			c.recordReadmit(n, a.Node)
 		case failover.ReForm:
-			c.leader[a.Generation] = n
-			c.term[a.Generation] = max(c.term[a.Generation], 1)
-			delete(c.down, a.Generation)
+			c.reform(n, a.Generation)
+		case failover.Rejoin:
+			c.rejoin(n, a.Generation)
+		case failover.Join:
+			c.join(n, a.Generation)
+		case failover.TransferLeadership:
+			c.transfer(n, a.To)
+		case failover.SetMembership:
+			c.setMembership(n, a)
 		}
 		c.record(n, a.String())
 	}
 	if m.ShutDown() {
 		c.hard[n] = m.HardState()
 		delete(c.machines, n)
-		c.guests[n] = false
+		c.serving[n] = false
 		c.acting[n] = false
+		c.stopGuests(n)
 	}
 	if r := m.Role(); r != c.role[n] {
 		c.record(n, fmt.Sprintf("role %s -> %s", c.role[n], r))
@@ -368,10 +424,11 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 }
 
 // probe plays memberlist: each running node learns when another node becomes
-// directly reachable, reachable only through a third node, or unreachable.
+// directly reachable, reachable only through a third node, or unreachable. A
+// paused node answers no probe and sends none.
 func (c *Cluster) probe() {
 	for _, o := range c.names {
-		if c.machines[o] == nil {
+		if !c.up(o) {
 			continue
 		}
 		for _, t := range c.names {
@@ -379,12 +436,12 @@ func (c *Cluster) probe() {
 				continue
 			}
 			p := failover.Probe{Node: t}
-			if c.machines[t] != nil {
+			if c.up(t) {
 				if c.Linked(o, t) {
 					p.Reachable = true
 				} else {
 					for _, x := range c.names {
-						if x != o && x != t && c.machines[x] != nil && c.Linked(o, x) && c.Linked(x, t) {
+						if x != o && x != t && c.up(x) && c.Linked(o, x) && c.Linked(x, t) {
 							p.Reachable, p.Via = true, x
 							break
 						}
@@ -404,104 +461,14 @@ func (c *Cluster) probe() {
 	}
 }
 
-// elect plays raft: for each generation, when its leader is down, no longer
-// master, or cut off from every other voter of that generation, two connected
-// voters still in the generation elect one of them after ElectionTimeout.
-func (c *Cluster) elect() {
-	gens := make([]uint64, 0, len(c.leader))
-	for g := range c.leader {
-		gens = append(gens, g)
-	}
-	slices.Sort(gens)
-	for _, g := range gens {
-		voters := c.votersOf(g)
-		if l := c.leader[g]; c.leads(l, g, voters) {
-			delete(c.down, g)
-			continue
-		}
-		if _, ok := c.down[g]; !ok {
-			c.down[g] = c.now
-		}
-		if c.now.Sub(c.down[g]) < c.ElectionTimeout {
-			continue
-		}
-		var eligible []string
-		for _, a := range voters {
-			if c.machines[a].Role() != failover.RoleBackup {
-				continue
-			}
-			for _, b := range voters {
-				if a != b && c.Linked(a, b) {
-					eligible = append(eligible, a)
-					break
-				}
-			}
-		}
-		if len(eligible) == 0 {
-			continue
-		}
-		pick := eligible[0]
-		if c.Rand != nil {
-			pick = eligible[c.Rand.IntN(len(eligible))]
-		}
-		c.leader[g] = pick
-		c.term[g]++
-		delete(c.down, g)
-		for _, v := range voters {
-			if c.Linked(pick, v) && c.machines[v] != nil {
-				c.stepNode(v, failover.LeaderObserved{Leader: pick, Generation: g, Term: c.term[g]})
-			}
-		}
-	}
-}
-
-// votersOf returns the running voters of generation g that are still in it,
-// as the newest view of g among them lists them.
-func (c *Cluster) votersOf(g uint64) []string {
-	var best *failover.ClusterView
-	for _, n := range c.names {
-		m := c.machines[n]
-		if m == nil || m.Generation() != g {
-			continue
-		}
-		if v := m.View(); best == nil || v.Version > best.Version {
-			best = &v
-		}
-	}
-	if best == nil {
-		return nil
-	}
-	var out []string
-	for _, v := range best.Voters {
-		if m := c.machines[v]; m != nil && m.Generation() == g &&
-			(m.Role() == failover.RoleMaster || m.Role() == failover.RoleBackup) {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-func (c *Cluster) leads(l string, g uint64, voters []string) bool {
-	m := c.machines[l]
-	if m == nil || m.Role() != failover.RoleMaster || m.Generation() != g {
-		return false
-	}
-	for _, v := range voters {
-		if v != l && c.Linked(l, v) {
-			return true
-		}
-	}
-	return false
-}
-
 // check verifies the invariants that must hold at every instant.
 func (c *Cluster) check() {
 	var actingMasters []string
 	for _, n := range c.names {
 		m := c.machines[n]
 		if m == nil {
-			if c.guests[n] {
-				c.fail("%s is down but runs HA guests", n)
+			if c.serving[n] {
+				c.fail("%s is down but serves HA guests", n)
 			}
 			continue
 		}
@@ -513,10 +480,10 @@ func (c *Cluster) check() {
 		} else {
 			c.lastGen[n] = g
 		}
-		if c.guests[n] && m.Fenced() {
-			c.fail("%s is fenced but runs HA guests", n)
+		if c.serving[n] && m.Fenced() {
+			c.fail("%s is fenced but serves HA guests", n)
 		}
-		if m.Acting() {
+		if m.Acting() && !c.paused[n] {
 			actingMasters = append(actingMasters, n)
 		}
 	}
@@ -525,7 +492,8 @@ func (c *Cluster) check() {
 	}
 	for _, a := range actingMasters {
 		// The master's count must be backed by the granting nodes' own
-		// records (a restarted node's come from its HardState).
+		// records (a restarted node's come from its HardState), each on its
+		// own clock.
 		k := 0
 		var grants []string
 		for _, n := range c.names {
@@ -533,22 +501,26 @@ func (c *Cluster) check() {
 			if m := c.machines[n]; m != nil {
 				g = m.Grant()
 			}
-			if g.Holder == a && g.Until.After(c.now) {
+			if g.Holder == a && g.Until.After(c.clock(n)) {
 				k++
 			}
-			grants = append(grants, fmt.Sprintf("%s->%s/g%d until +%v", n, g.Holder, g.Generation, g.Until.Sub(c.now)))
+			grants = append(grants, fmt.Sprintf("%s->%s/g%d until +%v", n, g.Holder, g.Generation, g.Until.Sub(c.clock(n))))
 		}
 		if maj := len(c.names)/2 + 1; k < maj {
 			c.fail("%s acts but only %d nodes hold a lease granted to it (majority %d); its leases %v; grants %v",
 				a, k, maj, c.machines[a].LeaseAges(), grants)
 		}
+		c.checkAcked(a)
 	}
 }
 
 // Converged checks the state a cluster must reach once every node runs, every
 // link is up and the timers have run: one acting master; every node in its
 // generation, in the role the master's table gives it; a master and two
-// backups as the voters; no node lost; a node on hold only if not functional.
+// backups as the voters; no node lost; a node on hold only if not functional;
+// raft led by the master in the view's generation, with the view's voters; every
+// acknowledged write in its log; every guest running on the node the master's
+// state places it on.
 func (c *Cluster) Converged() error {
 	var master *failover.Machine
 	for _, n := range c.names {
@@ -568,6 +540,8 @@ func (c *Cluster) Converged() error {
 		switch {
 		case m == nil:
 			return fmt.Errorf("%s is not running", n.Name)
+		case c.paused[n.Name]:
+			return fmt.Errorf("%s is paused", n.Name)
 		case m.Generation() != v.Generation:
 			return fmt.Errorf("%s is in generation %d, master %s in %d; roles: %s", n.Name, m.Generation(), master.Self(), v.Generation, c.Roles())
 		case m.Role() != n.Role:
@@ -585,7 +559,10 @@ func (c *Cluster) Converged() error {
 			return fmt.Errorf("voter %s is %s; roles: %s", voter, r, c.Roles())
 		}
 	}
-	return nil
+	if err := c.raftConverged(master.Self(), v); err != nil {
+		return err
+	}
+	return c.guestsConverged(master.Self())
 }
 
 // Roles is a one-line summary of every node's role, generation and state.
@@ -604,6 +581,9 @@ func (c *Cluster) Roles() string {
 		if m.Fenced() {
 			s += "/fenced"
 		}
+		if c.paused[n] {
+			s += "/paused"
+		}
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, " ")
@@ -621,10 +601,14 @@ func (c *Cluster) Table() string {
 			continue
 		}
 		holder := "-"
-		if g := m.Grant(); g.Until.After(c.now) {
+		if g := m.Grant(); g.Until.After(c.clock(n)) {
 			holder = fmt.Sprintf("%s/g%d", g.Holder, g.Generation)
 		}
-		fmt.Fprintf(&b, "%-6s %-11s %-3d %-6s %-6s %s\n", n, m.Role(), m.Generation(), yes(m.Acting()), yes(m.Fenced()), holder)
+		role := string(m.Role())
+		if c.paused[n] {
+			role += "*"
+		}
+		fmt.Fprintf(&b, "%-6s %-11s %-3d %-6s %-6s %s\n", n, role, m.Generation(), yes(m.Acting()), yes(m.Fenced()), holder)
 	}
 	return strings.TrimRight(b.String(), "\n")
 }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/store"
@@ -39,10 +40,14 @@ type Config struct {
 	// Fencing makes the node start fenced and obey Fence/Unfence from its role machine.
 	// Off for `dvmd dev`, which has no role machine.
 	Fencing bool
-	// FenceGrace is how long the node stays fenced before it stops its HA guests.
-	FenceGrace time.Duration
-	Log        *slog.Logger
-	Net        NetConfig // guest networking (networks.go)
+	// FenceGrace is how long the node stays fenced before it stops its HA guests,
+	// checking every FenceCheck (failover.Timing).
+	FenceGrace, FenceCheck time.Duration
+	// Lease says which master holds this node's lease, in which generation, and
+	// whether it is live (roles.Runner.Lease); nil without a role machine.
+	Lease func() (holder string, generation uint64, live bool)
+	Log   *slog.Logger
+	Net   NetConfig // guest networking (networks.go)
 }
 
 // Agent runs one node.
@@ -95,7 +100,10 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	if cfg.FenceGrace <= 0 {
-		cfg.FenceGrace = 700 * time.Millisecond
+		cfg.FenceGrace = failover.DefaultFenceGrace
+	}
+	if cfg.FenceCheck <= 0 {
+		cfg.FenceCheck = failover.DefaultFenceCheck
 	}
 	// A node with a role machine starts fenced, as its machine does: it has no lease
 	// until the master's first request arrives.
@@ -293,9 +301,11 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 			}
 			switch {
 			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
-				if isHA(g.Failover) && !a.mayStartHA() {
-					a.setErr(g.Name, errFenced)
-					continue
+				if isHA(g.Failover) {
+					if err := a.mayStartHA(asg); err != nil {
+						a.setErr(g.Name, err)
+						continue
+					}
 				}
 				a.setErr(g.Name, a.cfg.Node.Start(g.Name))
 			case g.Desired == store.DesiredStopped && state == hypervisor.StateRunning:

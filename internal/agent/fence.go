@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/dvmproject/dvm/hypervisor"
@@ -15,16 +17,22 @@ func isHA(policy string) bool {
 	return policy == api.FailoverRestart || policy == api.FailoverTwin
 }
 
-// Fence is called when this node's lease lapsed. HA guests are stopped once the node
-// has stayed fenced for FenceGrace: a lease that is renewed within the grace (a new
-// master taking over, a short blip) stops nothing. The role machine's master waits
-// LeaseDuration+LeaseMargin after the last grant before it declares the node lost,
-// and FenceGrace is shorter than LeaseMargin, so the guests are down before then.
-func (a *Agent) Fence() {
+// Fence is called when this node's lease lapsed, at since. HA guests are stopped
+// once the node has stayed fenced for FenceGrace from since: a lease that is
+// renewed within the grace (a new master taking over, a short blip) stops nothing.
+// The role machine's master waits LeaseDuration+LeaseMargin after the last grant
+// before it declares the node lost, and FenceGrace (with the checks' periods and
+// the clocks' skew) is shorter than LeaseMargin, so the guests are down before
+// then. The grace runs from since, not from now: a node that was stopped past its
+// lease (SIGSTOP, a stall) destroys its guests at once when it runs again.
+func (a *Agent) Fence(since time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if since.IsZero() || since.After(time.Now()) {
+		since = time.Now()
+	}
 	if !a.fenced {
-		a.fenced, a.fencedAt = true, time.Now()
+		a.fenced, a.fencedAt = true, since
 	}
 }
 
@@ -43,14 +51,37 @@ func (a *Agent) Unfence() {
 	a.requestResync()
 }
 
-// mayStartHA says whether an HA guest of the current assignment may be started: the
-// node holds its lease, and the assignment was read after it got the lease back. A node
-// back from a cut must not start what an assignment from before the cut names: the
-// cluster has restarted those guests elsewhere meanwhile.
-func (a *Agent) mayStartHA() bool {
+// mayStartHA says whether an HA guest of asg may be started: the node holds its
+// lease; the assignment was read after it got the lease back (one from before a
+// cut names guests the cluster may have restarted elsewhere meanwhile); the
+// replicated state does not hold the node lost (then its guests were recovered
+// elsewhere in the same write, and it is taken in again only after that write);
+// and the assignment comes from the master that holds the lease, in that lease's
+// generation (a raft leader of an older group, still in reach, serves a stale
+// state). Nil Lease (dvmd dev) checks only the fence.
+func (a *Agent) mayStartHA(asg api.Assignment) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return !a.fenced && a.latestAt.After(a.unfencedAt)
+	fenced, stale := a.fenced, !a.latestAt.After(a.unfencedAt)
+	a.mu.Unlock()
+	switch {
+	case fenced:
+		return errFenced
+	case stale:
+		return errors.New("waiting for an assignment read since this node got its lease back")
+	case a.cfg.Lease == nil:
+		return nil
+	}
+	holder, generation, live := a.cfg.Lease()
+	switch {
+	case !live:
+		return errFenced
+	case asg.NodeLost:
+		return errors.New("the cluster holds this node lost: its restart and twin guests were recovered elsewhere; it starts them again only once taken in")
+	case asg.Master != holder || asg.Generation != generation:
+		return fmt.Errorf("the assignment comes from %s in generation %d, but this node's lease is held by %s in generation %d: waiting for that master's",
+			asg.Master, asg.Generation, holder, generation)
+	}
+	return nil
 }
 
 // Fenced says whether the node may not run HA guests now.
@@ -63,7 +94,7 @@ func (a *Agent) Fenced() bool {
 // fenceLoop stops HA guests while the node is fenced past the grace, and keeps them
 // stopped: a guest started by hand meanwhile is stopped too.
 func (a *Agent) fenceLoop(ctx context.Context) {
-	t := time.NewTicker(50 * time.Millisecond)
+	t := time.NewTicker(a.cfg.FenceCheck)
 	defer t.Stop()
 	for {
 		select {

@@ -119,6 +119,14 @@ type Assignment struct {
 	Index  uint64          `json:"index"`
 	Guests []AssignedGuest `json:"guests"`
 	Net    *NetAssignment  `json:"net,omitempty"` // nil: no guest of the node uses a network
+	// Master wrote it, in management Generation (the raft group it leads): a node
+	// starts restart and twin guests only from an assignment of the master that
+	// holds its lease, in that lease's generation.
+	Master     string `json:"master,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	// NodeLost: the replicated state records the node lost (its guests recovered
+	// elsewhere); it starts none of its restart and twin guests until readmitted.
+	NodeLost bool `json:"node_lost,omitempty"`
 }
 
 // AssignedGuest is one guest a node must hold.

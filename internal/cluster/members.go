@@ -55,6 +55,9 @@ type Meta struct {
 	API string `json:"api,omitempty"`
 	// Agent is the host:port of a management node's mutual-TLS listener for agents.
 	Agent string `json:"agent,omitempty"`
+	// Raft is the host:port of a management node's raft transport: a replica moving
+	// to a re-formed group names its leader there.
+	Raft string `json:"raft,omitempty"`
 	// Management says the node may hold a management role (master, backup, candidate).
 	Management bool    `json:"mgmt,omitempty"`
 	Network    float64 `json:"net,omitempty"`

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/units"
@@ -34,10 +35,10 @@ type Node struct {
 	AgentListen         string // the agents' API over mutual TLS (management nodes); default: listen's host, port 7463
 	GossipPeers         []string
 	CredentialsDir      string // ca.crt, gossip.key, node-NAME.crt/key from `dvmd cluster issue`
-	LeaseDuration       time.Duration
-	LeaseMargin         time.Duration
-	ConfirmTimeout      time.Duration
-	FenceGrace          time.Duration
+	// Timing is every duration the fencing rule rests on (lease_duration,
+	// lease_margin, renew_interval, confirm_timeout, fence_grace, tick,
+	// max_clock_skew, raft_election_timeout), checked together.
+	Timing failover.Timing
 	// Scheduling, read by the master on management nodes (keep them equal there).
 	Strategy        string // spread or pack
 	HAReserveNodes  int    // headroom so the restart guests of any K lost nodes can be placed again
@@ -58,8 +59,7 @@ type Node struct {
 func Defaults() Node {
 	return Node{
 		LibvirtURI: "qemu:///system", Listen: "127.0.0.1:7460", DataDir: "/var/lib/dvm",
-		LeaseDuration: 2 * time.Second, LeaseMargin: time.Second, ConfirmTimeout: 3 * time.Second,
-		FenceGrace:  700 * time.Millisecond,
+		Timing:      failover.DefaultTiming(),
 		Accelerator: "auto", ShutdownTimeout: 30 * time.Second, NodeTimeout: 5 * time.Second,
 		Share:  hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},
 		Labels: map[string]string{}, LogLevel: "info",
@@ -169,13 +169,21 @@ func (n *Node) set(key, val string) error {
 	case "credentials_dir":
 		n.CredentialsDir = val
 	case "lease_duration":
-		n.LeaseDuration, err = parseDuration(val)
+		n.Timing.LeaseDuration, err = parseDuration(val)
 	case "lease_margin":
-		n.LeaseMargin, err = parseDuration(val)
+		n.Timing.LeaseMargin, err = parseDuration(val)
+	case "renew_interval":
+		n.Timing.RenewInterval, err = parseDuration(val)
 	case "confirm_timeout":
-		n.ConfirmTimeout, err = parseDuration(val)
+		n.Timing.ConfirmTimeout, err = parseDuration(val)
 	case "fence_grace":
-		n.FenceGrace, err = parseDuration(val)
+		n.Timing.FenceGrace, err = parseDuration(val)
+	case "tick":
+		n.Timing.Tick, err = parseDuration(val)
+	case "max_clock_skew":
+		n.Timing.MaxClockSkew, err = parseDuration(val)
+	case "raft_election_timeout":
+		n.Timing.ElectionTimeout, err = parseDuration(val)
 	case "strategy":
 		if val != "spread" && val != "pack" {
 			return fmt.Errorf("%q is not spread or pack", val)
@@ -294,14 +302,9 @@ func (n *Node) Validate() error {
 			}
 		}
 	}
-	// The guarantee that a guest never runs twice: a node stops its HA guests
-	// FenceGrace after its lease lapsed, and the master declares it lost no sooner than
-	// LeaseMargin after that.
-	if n.FenceGrace >= n.LeaseMargin {
-		return fmt.Errorf("fence_grace %v must be shorter than lease_margin %v: a node must stop its guests before the master may restart them", n.FenceGrace, n.LeaseMargin)
-	}
-	if n.LeaseMargin >= n.LeaseDuration {
-		return fmt.Errorf("lease_margin %v must be shorter than lease_duration %v", n.LeaseMargin, n.LeaseDuration)
+	// The guarantee that a guest never runs twice rests on these together.
+	if err := n.Timing.Validate(); err != nil {
+		return err
 	}
 	if n.AdvertiseLibvirtURI == "" {
 		n.AdvertiseLibvirtURI = n.LibvirtURI

@@ -44,13 +44,16 @@ type MasterConfig struct {
 	RaftLog      io.Writer
 	// Epoch is the replica's raft epoch, shared with the transport (nil: not kept).
 	Epoch *store.Epoch
+	// ElectionTimeout is raft's (failover.Timing); zero takes the store's default.
+	ElectionTimeout time.Duration
 }
 
 // OpenMaster opens this node's replica of the cluster state (DataDir/raft) and makes a
 // master over it. It acts only while its raft is the leader.
 func OpenMaster(c MasterConfig) (*Master, error) {
 	st, err := store.Open(store.Config{NodeID: c.Name, Dir: filepath.Join(c.DataDir, "raft"), Transport: c.Transport,
-		NewTransport: c.NewTransport, Bootstrap: c.Bootstrap, LogOutput: c.RaftLog, Epoch: c.Epoch})
+		NewTransport: c.NewTransport, Bootstrap: c.Bootstrap, LogOutput: c.RaftLog, Epoch: c.Epoch,
+		HeartbeatTimeout: c.ElectionTimeout, ElectionTimeout: c.ElectionTimeout})
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +85,8 @@ func Serve(ctx context.Context, ln net.Listener, handler http.Handler) error {
 
 // NewAgent opens a node's hypervisor and makes its agent.
 // fencing: the node has a role machine and obeys its Fence and Unfence.
-func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *slog.Logger, fencing bool) (*agent.Agent, *hypervisor.Node, error) {
+// lease, when fencing, says which master holds the node's lease (roles.Runner.Lease).
+func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *slog.Logger, fencing bool, lease func() (string, uint64, bool)) (*agent.Agent, *hypervisor.Node, error) {
 	node, err := hypervisor.Open(hypervisor.Options{
 		URI: cfg.LibvirtURI, Accelerator: cfg.Accelerator,
 		OnError: func(op string) { reg.LibvirtErrors.WithLabelValues(cfg.Name, op).Inc() },
@@ -99,7 +103,7 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 		Address: cfg.Advertise, LibvirtURI: cfg.AdvertiseLibvirtURI, ImagesDir: cfg.ImagesDir,
 		DisksDir: disks, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
 		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
-		Fencing: fencing, FenceGrace: cfg.FenceGrace,
+		Fencing: fencing, FenceGrace: cfg.Timing.FenceGrace, FenceCheck: cfg.Timing.FenceCheck, Lease: lease,
 		// On libvirt's test driver (dvmd dev) guests have no taps: networks stay objects.
 		Net: agent.NetConfig{Disabled: node.Accelerator() == hypervisor.AccelTest},
 	})

@@ -113,7 +113,7 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 		cfg.DataDir = filepath.Join(dir, "nodes", name)
 		cfg.Advertise = ln.Addr().String()
 		cfg.Labels = map[string]string{"rack": fmt.Sprintf("r%d", i%3+1)}
-		a, node, err := NewAgent(cfg, client, reg, o.Log, false)
+		a, node, err := NewAgent(cfg, client, reg, o.Log, false, nil)
 		if err != nil {
 			return fail(err)
 		}

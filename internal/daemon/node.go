@@ -105,10 +105,10 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		return fail(fmt.Errorf("gossip_listen %q: %w", cfg.GossipListen, err))
 	}
 	gport, _ := strconv.Atoi(gp)
+	meta := cluster.Meta{API: cfg.Advertise, Agent: cfg.AgentListen, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime()}
 	n.members, err = cluster.Join(cluster.MemberConfig{
-		Credentials: creds, BindAddr: gh, BindPort: gport, Peers: cfg.GossipPeers,
-		Meta: cluster.Meta{API: cfg.Advertise, Agent: cfg.AgentListen, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime()},
-		Log:  log.With("component", "gossip"),
+		Credentials: creds, BindAddr: gh, BindPort: gport, Peers: cfg.GossipPeers, Meta: meta,
+		Log: log.With("component", "gossip"),
 	})
 	if err != nil {
 		ln.Close()
@@ -127,6 +127,11 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		if err := n.openMaster(cfg, creds, log); err != nil {
 			ln.Close()
 			return fail(err)
+		}
+		// Peers name this node's raft address when they move to a group it leads.
+		meta.Raft = n.raftAddr
+		if err := n.members.UpdateMeta(meta); err != nil {
+			log.Warn("gossip the raft address", "err", err)
 		}
 		reg.MustRegister(n.master.Collector())
 	} else if n.Token, err = api.ReadToken(cfg.TokenFile); err != nil {
@@ -151,7 +156,13 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		return urls
 	}
 
-	a, hv, err := NewAgent(cfg, client, reg, log, true)
+	lease := func() (string, uint64, bool) {
+		if n.Roles == nil {
+			return "", 0, false
+		}
+		return n.Roles.Lease()
+	}
+	a, hv, err := NewAgent(cfg, client, reg, log, true, lease)
 	if err != nil {
 		ln.Close()
 		return fail(err)
@@ -170,21 +181,19 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	}}
 	if n.master != nil {
 		hooks.DeclareLost = n.master.RecoverNode
-		hooks.NodeReturned = n.master.NodeReturned
-		// A node that is no voter of a newer generation still has the old group's raft;
-		// it drops that replica and joins the new group (see roles.Config.Rejoin).
-		hooks.Rejoin = func(generation uint64) {
-			log.Warn("this node's replica belongs to an older generation: dropping it and joining the current group")
-			if err := n.master.st.Reset(generation); err != nil {
-				log.Error("rejoin: reset replica", "err", err)
-				return
+		hooks.Readmit = n.master.Readmit
+		join := api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr}
+		hooks.Join = func() {
+			jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := client.Do(jctx, "POST", "/v1/cluster/join", join, nil); err != nil {
+				log.Warn("ask the master to take this replica in", "err", err)
 			}
-			master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr})
 		}
 	}
 	n.Roles, err = roles.New(roles.Config{
 		Self: cfg.Name, Capable: cfg.Management, Bootstrap: cfg.Bootstrap,
-		Failover:  failover.Config{LeaseDuration: cfg.LeaseDuration, LeaseMargin: cfg.LeaseMargin, ConfirmTimeout: cfg.ConfirmTimeout, RenewInterval: 300 * time.Millisecond},
+		Failover:  failover.Config{Timing: cfg.Timing},
 		StateFile: filepath.Join(cfg.DataDir, "roles.json"), Members: n.members, Store: st.store(), Hooks: hooks,
 		Log: log, Health: selfHealth(cfg.DataDir),
 	})
@@ -199,11 +208,11 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		mm.SetAuthority(n.Roles)
 		mm.SetRoles(n.Roles)
 		go mm.Run(ctx)
-		join := api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr}
 		if !cfg.Bootstrap {
-			go master.JoinLoop(ctx, n.master.st, client, join)
+			// A first start asks at once; later the role machine asks (Join) when the
+			// replica hears from no leader while a master speaks to the node.
+			go master.JoinLoop(ctx, n.master.st, client, api.JoinRequest{Name: cfg.Name, RaftAddress: n.raftAddr})
 		}
-		go master.StayJoined(ctx, n.master.st, client, join)
 	}
 	go func() {
 		n.err = Serve(ctx, ln, master.Handler(mm, cfg.Name, n.Token, reg))
@@ -219,7 +228,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		a.Run(ctx)
 	}()
 	leaseFile := filepath.Join(cfg.DataDir, "lease")
-	go heartbeat(ctx, n.Roles, leaseFile)
+	go vouch(ctx, n.Roles, leaseFile)
 	if err := startFenceGuard(cfg, leaseFile, log); err != nil {
 		n.Stop()
 		return nil, err
@@ -227,18 +236,19 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	return n, nil
 }
 
-// heartbeat writes the lease file while this node holds its lease: the fence guard's
-// sign that dvmd is alive and vouches for the node's HA guests.
-func heartbeat(ctx context.Context, r *roles.Runner, path string) {
+// vouch writes to the lease file, while this node holds its lease, until when the
+// lease lets it serve its HA guests: the fence guard stops them a window after that
+// time if dvmd (stalled, hung, dead) no longer moves it on.
+func vouch(ctx context.Context, r *roles.Runner, path string) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			if !r.Fenced() {
-				fenceguard.Heartbeat(path, now)
+		case <-t.C:
+			if until, ok := r.ServiceUntil(); ok {
+				fenceguard.Vouch(path, until)
 			}
 		}
 	}
@@ -263,9 +273,10 @@ func startFenceGuard(cfg config.Node, leaseFile string, log *slog.Logger) error 
 	// The window is shorter than the lease margin by the guard's own polling and the
 	// time to destroy a guest, so the guests are down before the master may restart
 	// them elsewhere.
-	window := cfg.LeaseMargin - 200*time.Millisecond
+	window := cfg.Timing.LeaseMargin - cfg.Timing.MaxClockSkew - 200*time.Millisecond
 	if window < 100*time.Millisecond {
-		return fmt.Errorf("lease_margin %v leaves the fence guard no window: use at least 300ms", cfg.LeaseMargin)
+		return fmt.Errorf("lease_margin %v leaves the fence guard no window after max_clock_skew %v: use at least %v",
+			cfg.Timing.LeaseMargin, cfg.Timing.MaxClockSkew, cfg.Timing.MaxClockSkew+300*time.Millisecond)
 	}
 	logf, err := os.OpenFile(filepath.Join(cfg.DataDir, "fence-guard.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -317,6 +328,7 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 	renew := func() (raft.Transport, error) { return listen(n.raftAddr) }
 	n.master, err = OpenMaster(MasterConfig{Name: cfg.Name, DataDir: cfg.DataDir, Transport: trans, NewTransport: renew,
 		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}, Epoch: epoch,
+		ElectionTimeout: cfg.Timing.ElectionTimeout,
 		Scheduler: scheduler.Options{Strategy: scheduler.Strategy(cfg.Strategy), FailureDomains: []string{"rack", "zone"},
 			HAReserveNodes: cfg.HAReserveNodes, HAWarnOnly: cfg.HAWarnOnly}})
 	if err != nil {

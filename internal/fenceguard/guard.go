@@ -3,11 +3,13 @@
 // dvmd fences its node's restart and twin guests when the node's lease lapses. But a
 // dvmd that crashed, hung or was stopped fences nothing, while the master, seeing no
 // lease, restarts those guests elsewhere: the guest would run twice. The guard is a
-// separate process that outlives dvmd. While dvmd holds its lease it writes the time
-// into the lease file a few times a second; when the file is older than the window, the
-// guard destroys the HA guests itself. The window is shorter than the margin the master
-// waits after a node's last grant before it declares the node lost, so the guests are
-// down before they are restarted elsewhere.
+// separate process that outlives dvmd. While dvmd holds its lease it writes, a few
+// times a second, until when its lease lets the node serve; once that time plus the
+// window has passed, the guard destroys the HA guests itself. The master declares a
+// node lost no sooner than lease_margin after that time, and the window is shorter
+// than the margin by the guard's polling and a destroy, so the guests are down
+// before they are restarted elsewhere; a dvmd that only stalls keeps its guests
+// until its lease would have run out.
 package fenceguard
 
 import (
@@ -23,17 +25,18 @@ import (
 	"github.com/dvmproject/dvm/hypervisor"
 )
 
-// Heartbeat records that dvmd holds its lease now.
-func Heartbeat(path string, now time.Time) error {
+// Vouch records that dvmd's lease lets the node serve its HA guests until until.
+func Vouch(path string, until time.Time) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(now.UnixNano(), 10)), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(until.UnixNano(), 10)), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
 }
 
-// lastHeartbeat reads the lease file; a missing or unreadable file is no heartbeat.
-func lastHeartbeat(path string) time.Time {
+// vouchedUntil reads the lease file; a missing or unreadable file vouches for
+// nothing.
+func vouchedUntil(path string) time.Time {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return time.Time{}
@@ -49,7 +52,7 @@ func lastHeartbeat(path string) time.Time {
 type Options struct {
 	URI       string        // the node's libvirt
 	LeaseFile string        // where dvmd writes its heartbeat
-	Window    time.Duration // heartbeat age after which HA guests are stopped
+	Window    time.Duration // how long after the time vouched for the HA guests are stopped
 	Log       *slog.Logger
 }
 
@@ -75,7 +78,7 @@ func Run(ctx context.Context, o Options) error {
 			return nil
 		case <-t.C:
 		}
-		if time.Since(lastHeartbeat(o.LeaseFile)) <= o.Window {
+		if time.Now().Before(vouchedUntil(o.LeaseFile).Add(o.Window)) {
 			continue
 		}
 		if node == nil || !node.Alive() {

@@ -40,17 +40,17 @@ func TestFenceOnceStopsOnlyHAGuests(t *testing.T) {
 	}
 }
 
-func TestHeartbeatAge(t *testing.T) {
+func TestVouch(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "lease")
-	if !lastHeartbeat(p).IsZero() {
-		t.Fatal("a missing lease file must count as no heartbeat")
+	if !vouchedUntil(p).IsZero() {
+		t.Fatal("a missing lease file must vouch for nothing")
 	}
-	now := time.Now()
-	if err := Heartbeat(p, now); err != nil {
+	until := time.Now().Add(time.Second)
+	if err := Vouch(p, until); err != nil {
 		t.Fatal(err)
 	}
-	if got := lastHeartbeat(p); !got.Equal(time.Unix(0, now.UnixNano())) {
-		t.Fatalf("heartbeat read back as %v, want %v", got, now)
+	if got := vouchedUntil(p); !got.Equal(time.Unix(0, until.UnixNano())) {
+		t.Fatalf("read back as %v, want %v", got, until)
 	}
 	if err := Run(context.Background(), Options{}); err == nil {
 		t.Fatal("a guard without a lease file or window started")

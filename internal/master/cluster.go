@@ -100,6 +100,12 @@ func (m *Master) Join(req api.JoinRequest) error {
 	if req.RaftAddress == "" {
 		return &api.FieldError{Field: "raft_address", Msg: "is empty: give host:port of the node's raft listener"}
 	}
+	// A node declared lost joins again only once the role machine has taken it in
+	// (the replicated state no longer holds it lost): the machine removes lost
+	// nodes' servers, and a join before that would only be undone.
+	if n, ok := m.st.Node(req.Name); ok && !n.LostAt.IsZero() {
+		return fmt.Errorf("node %s is held lost since %s: it joins once the master takes it in again: %w", req.Name, n.LostAt.Format(time.RFC3339), ErrConflict)
+	}
 	r := m.st.Raft()
 	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -136,27 +142,5 @@ func JoinLoop(ctx context.Context, st *store.Store, client *api.Client, req api.
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
-	}
-}
-
-// StayJoined keeps a management node in the replicated state for the life of ctx: a
-// node that hears from no raft leader for a while asks the master to take it in again.
-// A master that declared it lost removed it from raft's configuration, but the node's
-// own copy of the configuration still lists it, so it cannot tell it was removed; the
-// join is idempotent for a node that is still a member.
-func StayJoined(ctx context.Context, st *store.Store, client *api.Client, req api.JoinRequest) {
-	const quiet = 5 * time.Second
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(2 * time.Second):
-		}
-		if st.LeaderSilence() < quiet {
-			continue
-		}
-		jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		_ = client.Do(jctx, "POST", "/v1/cluster/join", req, nil)
-		cancel()
 	}
 }

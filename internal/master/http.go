@@ -1,6 +1,8 @@
 package master
 
 import (
+	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -49,18 +51,18 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "PUT /v1/nodes/{name}/status", h.nodeStatus)
 		h.route(mux, "GET /v1/nodes/{name}/assignment", h.assignment)
 		h.route(mux, "GET /v1/guests", h.listGuests)
-		h.route(mux, "POST /v1/guests", h.createGuest)
+		h.route(mux, "POST /v1/guests", h.durable(h.createGuest))
 		h.route(mux, "GET /v1/guests/{name}", h.getGuest)
 		h.route(mux, "GET /v1/guests/{name}/why", h.why)
-		h.route(mux, "DELETE /v1/guests/{name}", h.deleteGuest)
-		h.route(mux, "POST /v1/guests/{name}/start", h.desired(store.DesiredRunning))
-		h.route(mux, "POST /v1/guests/{name}/stop", h.desired(store.DesiredStopped))
-		h.route(mux, "POST /v1/guests/{name}/migrate", h.migrate)
+		h.route(mux, "DELETE /v1/guests/{name}", h.durable(h.deleteGuest))
+		h.route(mux, "POST /v1/guests/{name}/start", h.durable(h.desired(store.DesiredRunning)))
+		h.route(mux, "POST /v1/guests/{name}/stop", h.durable(h.desired(store.DesiredStopped)))
+		h.route(mux, "POST /v1/guests/{name}/migrate", h.durable(h.migrate))
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
 		h.route(mux, "POST /v1/nodes/{name}/drain", h.drain(false))
 		h.route(mux, "POST /v1/nodes/{name}/maintenance", h.drain(true))
-		h.route(mux, "POST /v1/nodes/{name}/undrain", h.undrain)
+		h.route(mux, "POST /v1/nodes/{name}/undrain", h.durable(h.undrain))
 		// Answered by every management node from its own role machine, leader or not:
 		// during a partition, each side tells what it sees.
 		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
@@ -72,9 +74,9 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		})
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
-		h.route(mux, "POST /v1/networks", h.createNetwork)
+		h.route(mux, "POST /v1/networks", h.durable(h.createNetwork))
 		h.route(mux, "GET /v1/networks/{name}", h.getNetwork)
-		h.route(mux, "DELETE /v1/networks/{name}", h.deleteNetwork)
+		h.route(mux, "DELETE /v1/networks/{name}", h.durable(h.deleteNetwork))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !h.authorized(r) {
@@ -139,6 +141,47 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 	})
 }
 
+// DurableTimeout bounds how long a client write waits to be on enough management
+// nodes (see durable) before the client is told it is not acknowledged.
+const DurableTimeout = 5 * time.Second
+
+// durable answers a client's write only once the change is on as many management
+// nodes as its acknowledgment needs (failover.DurableCopies), and the master still
+// acts: raft's commit on a majority of the voters alone can be lost with the master
+// and a backup. Until then the answer waits; if it cannot be had, the client gets a
+// 503 that says the change may or may not survive, and retries.
+func (h *handler) durable(fn http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rec := &bufferedWriter{header: http.Header{}, code: http.StatusOK}
+		fn(rec, r)
+		if rec.code < 300 {
+			ctx, cancel := context.WithTimeout(r.Context(), DurableTimeout)
+			err := h.m.WaitDurable(ctx)
+			cancel()
+			if err != nil {
+				fail(w, err)
+				return
+			}
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.code)
+		w.Write(rec.body.Bytes())
+	}
+}
+
+// bufferedWriter keeps an answer until it may be sent.
+type bufferedWriter struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (b *bufferedWriter) Header() http.Header         { return b.header }
+func (b *bufferedWriter) WriteHeader(code int)        { b.code = code }
+func (b *bufferedWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -163,7 +206,7 @@ func fail(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusServiceUnavailable, "this node lost the master role meanwhile: retry", "")
 	case errors.As(err, new(*RefusedError)):
 		writeErr(w, http.StatusConflict, err.Error(), "")
-	case errors.Is(err, ErrNotActing):
+	case errors.Is(err, ErrNotActing), errors.Is(err, store.ErrNotDurable):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
 	case errors.Is(err, ErrBadRequest):
 		writeErr(w, http.StatusBadRequest, err.Error(), "")

@@ -120,7 +120,8 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 	for _, n := range nodes {
 		byName[n.Name] = n
 	}
-	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}}
+	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}, Master: m.st.ID(), Generation: m.st.Generation(),
+		NodeLost: !byName[node].LostAt.IsZero()}
 	observed := map[string]bool{}
 	m.obsMu.RLock()
 	for g := range m.observed[node] {

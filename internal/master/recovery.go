@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -15,6 +16,27 @@ import (
 // cannot act writes nothing, so two groups cut apart can never both act.
 type Authority interface {
 	Acting() bool
+}
+
+// Durability is what an Authority may also say: how many management nodes must
+// hold a client write before it is acknowledged (roles.Runner). Without it, raft's
+// commit is enough (a dev cluster of one replica).
+type Durability interface {
+	AckCopies() int
+}
+
+// WaitDurable waits until everything this master has applied is on as many
+// replicas as a client write needs, while it still acts.
+func (m *Master) WaitDurable(ctx context.Context) error {
+	d, ok := m.opts.Authority.(Durability)
+	if !ok {
+		return nil
+	}
+	var acting func() bool
+	if m.opts.Authority != nil {
+		acting = m.opts.Authority.Acting
+	}
+	return m.st.WaitDurable(ctx, m.st.Index(), d.AckCopies(), acting)
 }
 
 // ErrNotActing: this master holds no majority lease now.
@@ -141,8 +163,9 @@ func orNone(s string) string {
 	return s
 }
 
-// NodeReturned clears a node's lost mark when the role machine has taken it back.
-func (m *Master) NodeReturned(node string) {
+// Readmit clears a node's lost mark once the role machine has taken it back. Its
+// guests stay where they were recovered; its old copies are evicted.
+func (m *Master) Readmit(node string) {
 	if !m.IsLeader() {
 		return
 	}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -26,19 +25,19 @@ import (
 
 // Hooks are what the role machine's decisions do outside raft.
 type Hooks struct {
-	// Fence stops this node's restart and twin guests: its lease lapsed. Unfence lets
-	// them run again.
-	Fence, Unfence func()
+	// Fence stops this node's restart and twin guests: its lease lapsed at since
+	// (they get the fence grace from then, not from now). Unfence lets them run again.
+	Fence   func(since time.Time)
+	Unfence func()
 	// DeclareLost runs on the master: node is lost and has fenced itself; its guests
-	// may be recovered elsewhere.
+	// are recovered elsewhere in the same write that records the loss. The machine
+	// asks again until the replicated state records it, so it must be idempotent.
 	DeclareLost func(node, why string)
-	// NodeReturned runs on the master: a lost node is back and was taken into the
-	// cluster again.
-	NodeReturned func(node string)
-	// Rejoin runs on a management node whose raft replica belongs to an older
-	// generation than its role machine's view while it is no voter of that generation:
-	// the replica is thrown away and the node joins the current group again.
-	Rejoin func(generation uint64)
+	// Readmit runs on the master: a node recorded lost is back and was taken in again.
+	// Asked again until the replicated state no longer records the loss.
+	Readmit func(node string)
+	// Join asks the master to take this node's replica into raft's configuration.
+	Join func()
 	// Event records something operators should see (a node on hold, given up, a
 	// generation change, a merge).
 	Event func(kind, node, detail string)
@@ -58,8 +57,6 @@ type Config struct {
 	Store *store.Store
 	Hooks Hooks
 	Log   *slog.Logger
-	// Tick is the machine's clock period.
-	Tick time.Duration
 	// Health measures this node's health (network, CPU, disk scores, uptime).
 	Health func() failover.HealthReport
 }
@@ -73,24 +70,21 @@ type Runner struct {
 	mu          sync.Mutex
 	m           *failover.Machine    // nil until this node knows a view (a joining node waits for its first lease)
 	direct      map[string]time.Time // node -> last answered direct probe
-	lastLead    string
-	lastTerm    uint64
-	reformed    uint64    // generation this node's raft was last re-formed for
-	rejoined    uint64    // generation this node last rejoined
-	newerSince  time.Time // since when the view's generation is ahead of this node's raft
-	handedBack  time.Time // last raft leadership transfer to the acting master
-	synced      time.Time // last raft voter sync (syncVoters)
-	syncing     bool
 	transitions map[string]int
+
+	// Raft duties run one at a time each, off the machine's goroutine: a duty asked
+	// while the last is still running is dropped (the machine asks again).
+	busyMu sync.Mutex
+	busy   map[string]bool
+	// lost orders the master's recovery and readmission hooks: one worker, in the
+	// order the machine asked.
+	lost chan func()
 }
 
 // New prepares a runner. A node with a saved hard state resumes from it; the node that
 // bootstraps a cluster starts as its master; any other node waits for the master's
 // first lease request, which carries the view it joins.
 func New(cfg Config) (*Runner, error) {
-	if cfg.Tick <= 0 {
-		cfg.Tick = 100 * time.Millisecond
-	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -98,8 +92,9 @@ func New(cfg Config) (*Runner, error) {
 	if err := cfg.Failover.Validate(); err != nil {
 		return nil, err
 	}
+	cfg.Failover = cfg.Failover.WithDefaults()
 	r := &Runner{cfg: cfg, log: cfg.Log.With("component", "roles"), http: &http.Client{Timeout: 400 * time.Millisecond},
-		direct: map[string]time.Time{}, transitions: map[string]int{}}
+		direct: map[string]time.Time{}, transitions: map[string]int{}, busy: map[string]bool{}, lost: make(chan func(), 64)}
 	hs, err := r.loadHardState()
 	switch {
 	case err == nil:
@@ -166,7 +161,17 @@ func (r *Runner) saveHardState() error {
 // Run drives the machine until ctx ends.
 func (r *Runner) Run(ctx context.Context) {
 	go r.probeLoop(ctx)
-	t := time.NewTicker(r.cfg.Tick)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case f := <-r.lost:
+				f()
+			}
+		}
+	}()
+	t := time.NewTicker(r.cfg.Failover.Tick)
 	defer t.Stop()
 	for {
 		select {
@@ -176,20 +181,30 @@ func (r *Runner) Run(ctx context.Context) {
 			r.onMember(ev.Member)
 		case msg := <-r.cfg.Members.Messages():
 			r.onMessage(msg)
-		case now := <-t.C:
-			r.tick(now)
+		case <-t.C:
+			r.tick()
 		}
 	}
 }
 
+// step feeds one event, after the time: every event is taken to happen at the
+// machine's clock, and a process that was stopped (SIGSTOP, a stall) must not
+// weigh the messages that waited for it against the time it stopped at.
 func (r *Runner) step(ev failover.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.stepLocked(ev)
+}
+
+func (r *Runner) stepLocked(ev failover.Event) {
 	if r.m == nil {
 		return
 	}
 	before := r.m.Role()
-	acts := r.m.Step(ev)
+	acts := r.m.Step(failover.Tick{Now: time.Now()})
+	if _, tick := ev.(failover.Tick); !tick {
+		acts = append(acts, r.m.Step(ev)...)
+	}
 	if after := r.m.Role(); after != before {
 		r.transitions[string(before)+"->"+string(after)]++
 		r.log.Info("role changed", "from", before, "to", after, "generation", r.m.Generation())
@@ -245,8 +260,10 @@ func (r *Runner) onMessage(msg cluster.Message) {
 	r.step(fm)
 }
 
-// tick feeds the clock, probes, our own health, registrations and raft leadership.
-func (r *Runner) tick(now time.Time) {
+// tick feeds the clock, probes, our own health, registrations and what the raft
+// replica says.
+func (r *Runner) tick() {
+	now := time.Now()
 	r.step(failover.Tick{Now: now})
 	if r.cfg.Health != nil {
 		r.step(failover.Health{Node: r.cfg.Self, Report: r.cfg.Health()})
@@ -264,7 +281,7 @@ func (r *Runner) tick(now time.Time) {
 	}
 	direct := map[string]bool{}
 	for _, n := range nodes {
-		direct[n] = now.Sub(r.direct[n]) < 3*r.cfg.Tick+400*time.Millisecond
+		direct[n] = now.Sub(r.direct[n]) < 3*r.cfg.Failover.Tick+400*time.Millisecond
 	}
 	r.mu.Unlock()
 	// Health from every member's gossip metadata, every tick: a node that joined the
@@ -294,182 +311,65 @@ func (r *Runner) tick(now time.Time) {
 			r.step(failover.Register{Node: name, Capable: m.Meta.Management})
 		}
 	}
-	r.observeRaft()
+	if rep, ok := r.replica(); ok {
+		r.step(rep)
+	}
 }
 
-// observeRaft reports raft leadership to the machine, writes the generation into the
-// replicated state on the leader, and re-forms this node's raft when the machine's
-// view names it a voter of a newer generation.
-func (r *Runner) observeRaft() {
+// replica reads what this node's raft replica says of itself, for the machine.
+func (r *Runner) replica() (failover.Replica, bool) {
 	st := r.cfg.Store
 	if st == nil {
-		return
-	}
-	leader := st.Leader()
-	term, _ := strconv.ParseUint(st.Raft().Stats()["term"], 10, 64)
-	r.mu.Lock()
-	if r.m == nil {
-		r.mu.Unlock()
-		return
-	}
-	gen := r.m.Generation()
-	view := r.m.View()
-	if leader != "" {
-		r.lastLead, r.lastTerm = leader, term
-	}
-	r.mu.Unlock()
-	// Told every tick, not only on a change: a machine that could not take the news
-	// when it came (it was not yet a backup in its view) takes it as soon as it can.
-	// The leader is reported with the generation this raft has recorded (a new
-	// cluster records none before its first: that is 1), and the machine takes it
-	// only for its own: an old group's leader (a non-voter keeps naming one it no
-	// longer hears from) would otherwise demote a re-formed master.
-	raftGen := max(st.Meta().Generation, 1)
-	if leader != "" {
-		r.step(failover.LeaderObserved{Leader: leader, Generation: raftGen, Term: term})
-	}
-	if err := st.AdoptEpoch(); err != nil {
-		r.log.Warn("raft epoch", "err", err)
-	}
-	if raftGen == gen {
-		// Only a raft of the view's generation may hand leadership on or change
-		// voters: an old group's leader (a minority that kept raft's quorum) must not.
-		r.handBackLeadership()
-		r.syncVoters()
-	}
-	// The generation goes into the log of its own raft only: the re-formed group's
-	// (its epoch is the generation) or the first group's. An old group's leader that
-	// kept its quorum in a minority would otherwise stamp its stale log with the new
-	// generation, and its members would never see they must rejoin.
-	if st.IsLeader() && st.Meta().Generation < gen && (st.Epoch() == gen || gen == 1) {
-		if _, err := st.Apply(store.Command{Op: store.OpSetMeta, Meta: &store.Meta{Generation: gen}}); err != nil {
-			r.log.Warn("record generation", "generation", gen, "err", err)
-		}
-	}
-	// A candidate named voter of a re-formed generation follows the semi-master: its
-	// raft still has the old group's configuration, which has no quorum any more. A
-	// non-voter keeps naming the old leader after it stopped hearing from it, so
-	// silence counts as no leader.
-	oldLeaderGone := leader == "" || st.LeaderSilence() > 2*time.Second
-	if gen > 1 && gen > st.Meta().Generation && gen > r.reformed && oldLeaderGone && slices.Contains(view.Voters, r.cfg.Self) {
-		r.reform(gen, view.Voters)
-	}
-	// A management node that is no voter of the newer generation keeps the old group's
-	// raft, which the new group does not include: once the new group has written its
-	// generation (give it a few seconds), drop the replica and join.
-	r.mu.Lock()
-	behind := gen > 1 && gen > st.Meta().Generation && !slices.Contains(view.Voters, r.cfg.Self)
-	if !behind {
-		r.newerSince = time.Time{}
-	} else if r.newerSince.IsZero() {
-		r.newerSince = time.Now()
-	}
-	due := behind && gen > r.rejoined && time.Since(r.newerSince) > 5*time.Second
-	if due {
-		r.rejoined = gen
-	}
-	r.mu.Unlock()
-	if due && r.cfg.Hooks.Rejoin != nil {
-		go r.cfg.Hooks.Rejoin(gen)
-	}
-}
-
-// handBackLeadership gives raft's leadership to the acting master when this node holds
-// it instead (raft elected another voter of a re-formed group, or moved on a hiccup):
-// the master that holds the majority lease is the one that writes.
-func (r *Runner) handBackLeadership() {
-	st := r.cfg.Store
-	if !st.IsLeader() {
-		return
-	}
-	r.mu.Lock()
-	master, ok := r.m.MasterToLead()
-	due := ok && time.Since(r.handedBack) > 2*time.Second
-	if due {
-		r.handedBack = time.Now()
-	}
-	r.mu.Unlock()
-	if !due {
-		return
+		return failover.Replica{}, false
 	}
 	servers, err := st.Members()
 	if err != nil {
-		return
+		return failover.Replica{}, false
+	}
+	// The first cluster's replicas may not have recorded generation 1 yet.
+	epoch := st.Epoch()
+	if epoch == 0 {
+		epoch = st.Meta().Generation
+	}
+	lastTerm, lastIndex, term := st.Position()
+	rep := failover.Replica{Epoch: epoch, Term: term,
+		// The log's generation is the one its applied state records: a replica that
+		// moved to a newer group holds none of that group's data until the group's
+		// first write reached it.
+		Log: failover.LogPos{Epoch: st.Meta().Generation, Term: lastTerm, Index: lastIndex}}
+	// A follower keeps naming a leader it no longer hears from: silence, not the name,
+	// tells that there is none.
+	if leader := st.Leader(); leader != "" && st.LeaderSilence() < 2*r.cfg.Failover.ElectionTimeout {
+		rep.Leader = leader
 	}
 	for _, s := range servers {
-		if string(s.ID) == master && s.Suffrage == raft.Voter {
-			r.log.Info("handing raft leadership to the acting master", "master", master)
-			go func() {
-				if err := st.Raft().LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
-					r.log.Warn("hand raft leadership to the acting master", "master", master, "err", err)
-				}
-			}()
-			return
+		rep.Servers = append(rep.Servers, string(s.ID))
+		if s.Suffrage == raft.Voter {
+			rep.Voters = append(rep.Voters, string(s.ID))
 		}
 	}
-}
-
-// syncVoters makes raft's voters the role machine's voters, on the acting master that
-// leads raft: view voters that only follow the log are made voters, and once all of
-// them vote, any other voter is made a non-voter again. Raft's leader election then
-// only ever picks a master or backup of the role table.
-func (r *Runner) syncVoters() {
-	st := r.cfg.Store
-	if !st.IsLeader() {
-		return
-	}
-	r.mu.Lock()
-	voters := r.m.View().Voters
-	due := r.m.Acting() && !r.syncing && time.Since(r.synced) > time.Second
-	if due {
-		r.syncing, r.synced = true, time.Now()
-	}
-	r.mu.Unlock()
-	if !due {
-		return
-	}
-	go func() {
-		defer func() {
-			r.mu.Lock()
-			r.syncing = false
-			r.mu.Unlock()
-		}()
-		servers, err := st.Members()
-		if err != nil {
-			return
+	nodes, _, _ := st.Snapshot()
+	for _, n := range nodes {
+		if !n.LostAt.IsZero() {
+			rep.Lost = append(rep.Lost, n.Name)
 		}
-		missing := false
-		for _, v := range voters {
-			if !slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == v && s.Suffrage == raft.Voter }) {
-				missing = true
+	}
+	// A group's first write records its generation: its leader writes it once raft
+	// has made it leader of the generation it was re-formed for.
+	if st.IsLeader() && epoch > st.Meta().Generation && st.Epoch() == epoch {
+		r.duty("record generation", func() {
+			if _, err := st.Apply(store.Command{Op: store.OpSetMeta, Meta: &store.Meta{Generation: epoch}}); err != nil {
+				r.log.Warn("record generation", "generation", epoch, "err", err)
 			}
-		}
-		for _, s := range servers {
-			if slices.Contains(voters, string(s.ID)) && s.Suffrage != raft.Voter {
-				r.log.Info("raft voter for the role table", "node", s.ID)
-				if err := st.Raft().AddVoter(s.ID, s.Address, 0, 5*time.Second).Error(); err != nil {
-					r.log.Warn("make voter", "node", s.ID, "err", err)
-				}
-			}
-		}
-		if missing {
-			return
-		}
-		for _, s := range servers {
-			if !slices.Contains(voters, string(s.ID)) && s.Suffrage == raft.Voter {
-				r.log.Info("raft voter not in the role table: follows the log only", "node", s.ID)
-				if err := st.Raft().DemoteVoter(s.ID, 0, 5*time.Second).Error(); err != nil {
-					r.log.Warn("make non-voter", "node", s.ID, "err", err)
-				}
-			}
-		}
-	}()
+		})
+	}
+	return rep, true
 }
 
 // probeLoop asks every member's dvmd directly, a few times a second: the machine tells
 // a node in direct reach from one only reachable through others.
 func (r *Runner) probeLoop(ctx context.Context) {
-	t := time.NewTicker(3 * r.cfg.Tick)
+	t := time.NewTicker(3 * r.cfg.Failover.Tick)
 	defer t.Stop()
 	for {
 		select {
@@ -516,6 +416,7 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			return
 		}
 	}
+	h := r.cfg.Hooks
 	for _, a := range acts {
 		switch a := a.(type) {
 		case failover.Send:
@@ -524,46 +425,51 @@ func (r *Runner) carryOut(acts []failover.Action) {
 				go r.cfg.Members.Send(a.Msg.To, b)
 			}
 		case failover.Fence:
-			if a.Node == r.cfg.Self && r.cfg.Hooks.Fence != nil {
-				r.log.Warn("fenced: lease lapsed")
-				go r.cfg.Hooks.Fence()
+			if a.Node == r.cfg.Self && h.Fence != nil {
+				r.log.Warn("fenced: lease lapsed", "at", a.Since)
+				go h.Fence(a.Since)
 			}
 		case failover.Unfence:
-			if a.Node == r.cfg.Self && r.cfg.Hooks.Unfence != nil {
+			if a.Node == r.cfg.Self && h.Unfence != nil {
 				r.log.Info("unfenced: lease held")
-				go r.cfg.Hooks.Unfence()
+				go h.Unfence()
 			}
 		case failover.DeclareLost:
 			r.log.Warn("node lost", "node", a.Node, "why", a.Why)
 			r.event("node-lost", a.Node, a.Why)
-			if r.cfg.Hooks.DeclareLost != nil {
-				go r.cfg.Hooks.DeclareLost(a.Node, a.Why)
+			if h.DeclareLost != nil {
+				r.ordered(func() { h.DeclareLost(a.Node, a.Why) })
+			}
+		case failover.Readmit:
+			if h.Readmit != nil {
+				r.ordered(func() { h.Readmit(a.Node) })
 			}
 		case failover.Promote:
 			r.event("promote", a.Node, string(a.To))
-			if a.To == failover.RoleBackup {
-				go r.raftVoter(a.Node, "")
-			}
 		case failover.ReplaceVoter:
 			r.event("replace-voter", a.New, "replaces "+a.Old)
-			go r.raftVoter(a.New, a.Old)
 		case failover.Demote:
 			r.event("demote", a.Node, string(a.To))
-			go r.raftDemote(a.Node, a.To)
-			if r.cfg.Hooks.NodeReturned != nil && a.To != failover.RoleLost {
-				go r.cfg.Hooks.NodeReturned(a.Node)
-			}
 		case failover.ReForm:
 			r.event("re-form", r.cfg.Self, fmt.Sprintf("generation %d with voters %v", a.Generation, a.Voters))
-			go r.reform(a.Generation, a.Voters)
+			r.reform(a.Generation)
+		case failover.Rejoin:
+			r.rejoin(a.Generation)
+		case failover.Join:
+			if h.Join != nil {
+				r.duty("join", h.Join)
+			}
+		case failover.TransferLeadership:
+			r.transfer(a.To)
+		case failover.SetMembership:
+			r.setMembership(a)
 		case failover.Hold:
 			r.event("on-hold", a.Node, a.Why)
 		case failover.Notify:
 			r.event(a.Kind, a.Node, a.Detail)
 		case failover.Merge:
-			// The machine follows the winner from now on. Raft needs no step here: a node
-			// of the same generation is in the winner's raft group already, and one of an
-			// older generation rejoins from observeRaft.
+			// The machine follows the winner from now on; raft follows through Rejoin
+			// once the winner's group speaks to this node.
 			r.event("merge", r.cfg.Self, fmt.Sprintf("into the group of %s: %s", a.Into, a.Reason))
 		case failover.StopContacting:
 			r.event("gave-up", a.Node, "no longer contacted")
@@ -575,84 +481,142 @@ func (r *Runner) carryOut(acts []failover.Action) {
 	}
 }
 
-// raftVoter makes node a raft voter (it must already follow the log as a non-voter,
-// which every management node does once it joined) and removes old, if given.
-func (r *Runner) raftVoter(node, old string) {
-	st := r.cfg.Store
-	if st == nil || !st.IsLeader() {
-		return
-	}
-	servers, err := st.Members()
-	if err != nil {
-		return
-	}
-	for _, s := range servers {
-		if string(s.ID) == node {
-			if s.Suffrage != raft.Voter {
-				if err := st.Raft().AddVoter(s.ID, s.Address, 0, 5*time.Second).Error(); err != nil {
-					r.log.Warn("promote to voter", "node", node, "err", err)
-					return
-				}
-			}
-		}
-	}
-	if old != "" {
-		if err := st.Raft().RemoveServer(raft.ServerID(old), 0, 5*time.Second).Error(); err != nil {
-			r.log.Warn("remove voter", "node", old, "err", err)
-		}
+// ordered runs f on the lost-node worker, after what was asked before it.
+func (r *Runner) ordered(f func()) {
+	select {
+	case r.lost <- f:
+	default:
+		r.log.Warn("recovery queue full: the role machine will ask again")
 	}
 }
 
-func (r *Runner) raftDemote(node string, to failover.Role) {
-	st := r.cfg.Store
-	if st == nil || !st.IsLeader() || node == r.cfg.Self {
+// duty runs f in the background unless the duty of that name still runs.
+func (r *Runner) duty(name string, f func()) {
+	r.busyMu.Lock()
+	if r.busy[name] {
+		r.busyMu.Unlock()
 		return
 	}
-	var err error
-	if to == failover.RoleCandidate || to == failover.RoleBackup {
-		err = st.Raft().DemoteVoter(raft.ServerID(node), 0, 5*time.Second).Error()
-	} else {
-		err = st.Raft().RemoveServer(raft.ServerID(node), 0, 5*time.Second).Error()
-	}
-	if err != nil {
-		r.log.Warn("demote", "node", node, "to", to, "err", err)
-	}
+	r.busy[name] = true
+	r.busyMu.Unlock()
+	go func() {
+		defer func() {
+			r.busyMu.Lock()
+			delete(r.busy, name)
+			r.busyMu.Unlock()
+		}()
+		f()
+	}()
 }
 
-// reform forces this node's raft into the voters of a new generation.
-func (r *Runner) reform(gen uint64, voters []string) {
+// reform starts the raft group of generation from this node's own log.
+func (r *Runner) reform(generation uint64) {
 	st := r.cfg.Store
 	if st == nil {
 		return
 	}
-	r.mu.Lock()
-	if gen <= r.reformed {
-		r.mu.Unlock()
+	r.duty("reform", func() {
+		r.log.Warn("re-forming the management group from this node's log", "generation", generation)
+		if err := st.Reform(generation); err != nil {
+			r.log.Error("re-form", "generation", generation, "err", err)
+		}
+	})
+}
+
+// rejoin moves this replica to the group of generation, led by the view's master,
+// and asks that master to take it in.
+func (r *Runner) rejoin(generation uint64) {
+	st := r.cfg.Store
+	if st == nil {
 		return
 	}
-	r.reformed = gen
-	r.mu.Unlock()
-	known, err := st.Members()
-	if err != nil {
-		r.log.Error("re-form: raft configuration", "err", err)
-		return
-	}
-	var servers []raft.Server
-	for _, v := range voters {
-		for _, s := range known {
-			if string(s.ID) == v {
-				servers = append(servers, raft.Server{ID: s.ID, Address: s.Address, Suffrage: raft.Voter})
-			}
+	master := r.m.View().Master
+	addr := ""
+	for _, m := range r.cfg.Members.Members() {
+		if m.Name == master && m.MetaErr == nil {
+			addr = m.Meta.Raft
 		}
 	}
-	if len(servers) != len(voters) {
-		r.log.Error("re-form: a voter never joined the replicated state", "voters", voters)
+	if addr == "" {
+		r.log.Warn("rejoin: the master's raft address is not known yet", "master", master)
 		return
 	}
-	r.log.Warn("re-forming the management group", "generation", gen, "voters", voters)
-	if err := st.Reform(servers, gen); err != nil {
-		r.log.Error("re-form", "err", err)
+	join := r.cfg.Hooks.Join
+	r.duty("rejoin", func() {
+		r.log.Warn("this node's replica belongs to an older generation: moving it to the current group", "generation", generation, "master", master)
+		if err := st.Rejoin(generation, raft.Server{ID: raft.ServerID(master), Address: raft.ServerAddress(addr)}); err != nil {
+			r.log.Error("rejoin", "generation", generation, "err", err)
+			return
+		}
+		if join != nil {
+			join()
+		}
+	})
+}
+
+// transfer hands raft's leadership to the acting master.
+func (r *Runner) transfer(to string) {
+	st := r.cfg.Store
+	if st == nil {
+		return
 	}
+	r.duty("transfer", func() {
+		servers, err := st.Members()
+		if err != nil {
+			return
+		}
+		for _, s := range servers {
+			if string(s.ID) == to && s.Suffrage == raft.Voter {
+				r.log.Info("handing raft leadership to the acting master", "master", to)
+				if err := st.Raft().LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
+					r.log.Warn("hand raft leadership to the acting master", "master", to, "err", err)
+				}
+			}
+		}
+	})
+}
+
+// setMembership makes raft's configuration the role table's: the view's voters vote
+// (those that joined), then no other server votes, and nodes declared lost leave.
+func (r *Runner) setMembership(a failover.SetMembership) {
+	st := r.cfg.Store
+	if st == nil {
+		return
+	}
+	r.duty("membership", func() {
+		servers, err := st.Members()
+		if err != nil {
+			return
+		}
+		all := true
+		for _, v := range a.Voters {
+			i := slices.IndexFunc(servers, func(s raft.Server) bool { return string(s.ID) == v })
+			switch {
+			case i < 0:
+				all = false
+			case servers[i].Suffrage != raft.Voter:
+				r.log.Info("raft voter for the role table", "node", v)
+				if err := st.Raft().AddVoter(servers[i].ID, servers[i].Address, 0, 5*time.Second).Error(); err != nil {
+					r.log.Warn("make voter", "node", v, "err", err)
+					all = false
+				}
+			}
+		}
+		for _, s := range servers {
+			switch {
+			case slices.Contains(a.Remove, string(s.ID)) && s.Suffrage != raft.Voter:
+				r.log.Info("raft server of a node declared lost removed", "node", s.ID)
+				if err := st.Raft().RemoveServer(s.ID, 0, 5*time.Second).Error(); err != nil {
+					r.log.Warn("remove server", "node", s.ID, "err", err)
+				}
+			case all && s.Suffrage == raft.Voter && !slices.Contains(a.Voters, string(s.ID)):
+				r.log.Info("raft voter not in the role table: follows the log only", "node", s.ID)
+				if err := st.Raft().DemoteVoter(s.ID, 0, 5*time.Second).Error(); err != nil {
+					r.log.Warn("make non-voter", "node", s.ID, "err", err)
+				}
+			}
+		}
+	})
 }
 
 // Status is the machine's status for the API; ok is false before this node knows a view.
@@ -666,10 +630,16 @@ func (r *Runner) Status() (failover.Status, failover.ClusterView, bool) {
 }
 
 // Acting says whether this node is the master and holds leases from a majority.
+// It reads the machine at the time now, not at its last tick: a process that was
+// stopped must not count leases that ran out while it was.
 func (r *Runner) Acting() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.m != nil && r.m.Acting()
+	if r.m == nil {
+		return false
+	}
+	r.stepLocked(failover.Tick{Now: time.Now()})
+	return r.m.Acting()
 }
 
 // Transitions counts role changes on this node, for metrics.
@@ -683,10 +653,49 @@ func (r *Runner) Transitions() map[string]int {
 	return out
 }
 
+// ServiceUntil is until when this node's lease lets it run its HA guests, and
+// false while it is fenced.
+func (r *Runner) ServiceUntil() (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil || r.m.Fenced() {
+		return time.Time{}, false
+	}
+	return r.m.ServiceUntil(), true
+}
+
 // Fenced says whether this node holds no lease now (a node that knows no view yet
 // holds none).
 func (r *Runner) Fenced() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.m == nil || r.m.Fenced()
+}
+
+// AckCopies is how many replicas must hold a client write before this master
+// acknowledges it (failover.Machine.AckCopies); 1 before this node knows a view.
+func (r *Runner) AckCopies() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		return 1
+	}
+	return r.m.AckCopies()
+}
+
+// Lease is the lease this node holds: the holder it granted it to and that
+// holder's generation, while it is live. The agent starts HA guests only from an
+// assignment that this holder wrote in this generation.
+func (r *Runner) Lease() (holder string, generation uint64, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		return "", 0, false
+	}
+	r.stepLocked(failover.Tick{Now: time.Now()})
+	if r.m.Fenced() {
+		return "", 0, false
+	}
+	g := r.m.Grant()
+	return g.Holder, g.Generation, time.Now().Before(g.Until)
 }

@@ -1,12 +1,14 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -52,6 +54,27 @@ func (s *Store) LeaderSilence() time.Duration {
 		return 0
 	}
 	return time.Since(s.Raft().LastContact())
+}
+
+// ID is this replica's raft server ID: its node's name.
+func (s *Store) ID() string { return string(s.rc.LocalID) }
+
+// Generation is the management generation of the raft group this replica belongs
+// to (its epoch; for a first cluster that has not recorded one, 1).
+func (s *Store) Generation() uint64 {
+	if e := s.Epoch(); e != 0 {
+		return e
+	}
+	return max(s.Meta().Generation, 1)
+}
+
+// Position is where this replica's raft log ends, and its current term.
+func (s *Store) Position() (lastTerm, lastIndex, term uint64) {
+	st := s.Raft().Stats()
+	lastTerm, _ = strconv.ParseUint(st["last_log_term"], 10, 64)
+	lastIndex, _ = strconv.ParseUint(st["last_log_index"], 10, 64)
+	term, _ = strconv.ParseUint(st["term"], 10, 64)
+	return lastTerm, lastIndex, term
 }
 
 // Epoch returns the replica's raft epoch (zero when unknown or not kept).
@@ -105,7 +128,8 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
 	s := newState()
-	s.rc, s.logs, s.snaps, s.trans, s.newTrans, s.dir, s.epoch = rc, logs, snaps, cfg.Transport, cfg.NewTransport, cfg.Dir, cfg.Epoch
+	s.rc, s.logs, s.snaps, s.newTrans, s.dir, s.epoch = rc, logs, snaps, cfg.NewTransport, cfg.Dir, cfg.Epoch
+	s.trans = s.guarded(cfg.Transport)
 	s.closers = append(s.closers, logs.Close)
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, logs, snaps)
@@ -121,13 +145,74 @@ func Open(cfg Config) (*Store, error) {
 			}
 		}
 	}
-	r, err := raft.NewRaft(rc, (*fsm)(s), logs, logs, snaps, cfg.Transport)
+	r, err := raft.NewRaft(rc, (*fsm)(s), logs, logs, snaps, s.trans)
 	if err != nil {
 		logs.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	s.r = r
+	s.setRaft(r)
+	s.stop = make(chan struct{})
+	go s.watchConfiguration(s.stop)
 	return s, nil
+}
+
+// guarded wraps a raft transport of this replica in its guard (see guard).
+func (s *Store) guarded(t raft.Transport) *guard {
+	g := newGuard(t, s.rc.LocalID, s.configuration)
+	s.gmu.Lock()
+	s.guard = g
+	s.gmu.Unlock()
+	return g
+}
+
+func (s *Store) setRaft(r *raft.Raft) {
+	s.gmu.Lock()
+	s.r = r
+	s.gmu.Unlock()
+	s.conf.Store(nil)
+}
+
+// configuration is the replica's latest raft configuration, as the guard needs
+// it on every request: kept fresh by watchConfiguration, and read from raft the
+// first time. False while raft is starting.
+func (s *Store) configuration() (raft.Configuration, bool) {
+	if c := s.conf.Load(); c != nil {
+		return *c, true
+	}
+	s.gmu.Lock()
+	r := s.r
+	s.gmu.Unlock()
+	if r == nil {
+		return raft.Configuration{}, false
+	}
+	f := r.GetConfiguration()
+	if f.Error() != nil {
+		return raft.Configuration{}, false
+	}
+	c := f.Configuration()
+	s.conf.Store(&c)
+	return c, true
+}
+
+// watchConfiguration refreshes the configuration the guard reads, ten times a
+// second: a voter added or removed is known to it within that.
+func (s *Store) watchConfiguration(stop <-chan struct{}) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		s.gmu.Lock()
+		r := s.r
+		s.gmu.Unlock()
+		if f := r.GetConfiguration(); f.Error() == nil {
+			c := f.Configuration()
+			s.conf.Store(&c)
+		}
+	}
 }
 
 func or(d, def time.Duration) time.Duration {
@@ -139,8 +224,13 @@ func or(d, def time.Duration) time.Duration {
 
 // Close stops this node's raft and closes its files.
 func (s *Store) Close() error {
+	s.stopOnce.Do(func() {
+		if s.stop != nil {
+			close(s.stop)
+		}
+	})
 	// raft closes its transport when it shuts down.
-	err := s.r.Shutdown().Error()
+	err := s.Raft().Shutdown().Error()
 	for _, c := range s.closers {
 		if cerr := c(); err == nil {
 			err = cerr
@@ -150,14 +240,18 @@ func (s *Store) Close() error {
 }
 
 // Raft is the underlying raft instance, for membership changes and leadership.
-func (s *Store) Raft() *raft.Raft { return s.r }
+func (s *Store) Raft() *raft.Raft {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	return s.r
+}
 
 // IsLeader says whether this node is the raft leader, that is the master.
-func (s *Store) IsLeader() bool { return s.r.State() == raft.Leader }
+func (s *Store) IsLeader() bool { return s.Raft().State() == raft.Leader }
 
 // Leader returns the leader's node name, or "" when there is none now.
 func (s *Store) Leader() string {
-	_, id := s.r.LeaderWithID()
+	_, id := s.Raft().LeaderWithID()
 	return string(id)
 }
 
@@ -248,100 +342,134 @@ func (s *snapshot) Release() {}
 // Members returns the servers of this node's raft configuration (voters and
 // non-voters), as this node last knew it; it needs no leader.
 func (s *Store) Members() ([]raft.Server, error) {
-	f := s.r.GetConfiguration()
+	f := s.Raft().GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, err
 	}
 	return f.Configuration().Servers, nil
 }
 
-// Reset throws this node's replica away and starts raft again empty, as a node that
-// never joined: a management node whose group merged into another (the seed's scenario
-// 5) follows the winning group from its snapshot after it joins it again. epoch is the
-// generation of the group it joins: from the first moment, the old group's raft is
-// refused (it would otherwise fill the empty replica with its stale log).
-func (s *Store) Reset(epoch uint64) error {
-	s.reformMu.Lock()
-	defer s.reformMu.Unlock()
-	if s.newTrans == nil {
-		return errors.New("reset: the store was opened without NewTransport")
-	}
-	if err := s.r.Shutdown().Error(); err != nil {
-		return fmt.Errorf("reset: stop raft: %w", err)
-	}
-	if err := s.epoch.Set(epoch); err != nil {
-		return fmt.Errorf("reset: %w", err)
-	}
-	dir := s.dir
-	if err := s.logs.Close(); err != nil {
-		return err
-	}
-	for _, p := range []string{filepath.Join(dir, "raft.db"), filepath.Join(dir, "snapshots")} {
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("reset: %w", err)
-		}
-	}
-	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db"), BoltOptions: &bolt.Options{Timeout: 2 * time.Second}})
-	if err != nil {
-		return fmt.Errorf("reset: raft log: %w", err)
-	}
-	snaps, err := raft.NewFileSnapshotStore(dir, 2, io.Discard)
-	if err != nil {
-		logs.Close()
-		return fmt.Errorf("reset: snapshots: %w", err)
-	}
-	trans, err := s.newTrans()
-	if err != nil {
-		logs.Close()
-		return fmt.Errorf("reset: transport: %w", err)
-	}
-	s.mu.Lock()
-	s.nodes, s.guests, s.nets, s.events, s.meta = map[string]*NodeRecord{}, map[string]*GuestRecord{}, map[string]*NetworkRecord{}, nil, Meta{}
-	s.mu.Unlock()
-	r, err := raft.NewRaft(s.rc, (*fsm)(s), logs, logs, snaps, trans)
-	if err != nil {
-		logs.Close()
-		return fmt.Errorf("reset: start raft: %w", err)
-	}
-	s.closers = []func() error{logs.Close}
-	s.r, s.logs, s.snaps, s.trans = r, logs, snaps, trans
-	return nil
+// Reform starts the management group of a new generation from this replica's own
+// log (the seed's scenarios 2 and 3, made safe by the role machine's witness
+// votes, which only a replica with the furthest log among the voters wins, and by
+// a raise of the generation, which only raft's leader makes): raft is stopped, its
+// configuration replaced by this node alone as voter, and started again, so it
+// leads at once. The other members join it afresh (Rejoin) and are made voters.
+// Only the role machine may call it.
+func (s *Store) Reform(generation uint64) error {
+	return s.recover(generation, func(self raft.Server) []raft.Server { return []raft.Server{self} })
 }
 
-// Reform is forced recovery (the seed's scenarios 2 and 3 made safe by the role
-// machine's witness votes): this node's raft is stopped, its configuration replaced by
-// voters, and raft started again. Every node of the new group does this; the one with
-// the longest log is elected and brings the others level. Only the role machine may
-// call it, after it won a majority of witness votes for the new generation.
-func (s *Store) Reform(voters []raft.Server, generation uint64) error {
-	if len(voters) == 0 {
-		return errors.New("reform: no voters")
+// Rejoin moves this replica to the raft group of a newer generation, led by
+// leader: it keeps its log (a copy of what it held stays until the new leader's
+// log replaces it; throwing it away first could leave the group's data on one
+// node), follows as a non-voter and never stands for election until the leader's
+// configuration says it votes. The node must then ask the master to take it in.
+func (s *Store) Rejoin(generation uint64, leader raft.Server) error {
+	if leader.ID == s.rc.LocalID {
+		return errors.New("rejoin: this node is the leader named")
 	}
+	return s.recover(generation, func(self raft.Server) []raft.Server {
+		self.Suffrage = raft.Nonvoter
+		leader.Suffrage = raft.Voter
+		return []raft.Server{leader, self}
+	})
+}
+
+// recover stops raft, moves the replica to epoch generation with the
+// configuration conf gives (from this replica's own server entry), and starts
+// raft again. raft.RecoverCluster keeps the state: it applies the log onto the
+// last snapshot and compacts it into a new one.
+func (s *Store) recover(generation uint64, conf func(self raft.Server) []raft.Server) error {
 	if s.newTrans == nil {
-		return errors.New("reform: the store was opened without NewTransport")
+		return errors.New("the store was opened without NewTransport")
 	}
 	s.reformMu.Lock()
 	defer s.reformMu.Unlock()
-	if err := s.r.Shutdown().Error(); err != nil {
-		return fmt.Errorf("reform: stop raft: %w", err)
+	if s.epoch.Get() >= generation && generation != 0 {
+		return nil // done already (a retry)
+	}
+	if err := s.Raft().Shutdown().Error(); err != nil {
+		return fmt.Errorf("stop raft: %w", err)
 	}
 	// From here on the old group's members are not peers any more.
 	if err := s.epoch.Set(generation); err != nil {
-		return fmt.Errorf("reform: %w", err)
+		return err
 	}
 	trans, err := s.newTrans()
 	if err != nil {
-		return fmt.Errorf("reform: transport: %w", err)
+		return fmt.Errorf("transport: %w", err)
 	}
-	s.trans = trans
-	conf := raft.Configuration{Servers: voters}
-	if err := raft.RecoverCluster(s.rc, (*fsm)(s), s.logs, s.logs, s.snaps, s.trans, conf); err != nil {
-		return fmt.Errorf("reform: recover configuration: %w", err)
-	}
-	r, err := raft.NewRaft(s.rc, (*fsm)(s), s.logs, s.logs, s.snaps, s.trans)
+	g := s.guarded(trans)
+	self := raft.Server{ID: s.rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter}
+	has, err := raft.HasExistingState(s.logs, s.logs, s.snaps)
 	if err != nil {
-		return fmt.Errorf("reform: start raft: %w", err)
+		return err
 	}
-	s.r = r
+	if has {
+		if err := raft.RecoverCluster(s.rc, (*fsm)(s), s.logs, s.logs, s.snaps, g, raft.Configuration{Servers: conf(self)}); err != nil {
+			return fmt.Errorf("recover configuration: %w", err)
+		}
+	}
+	// Raft's log matching (the same index and term mean the same entry) holds
+	// within one group. Two groups formed apart (the two sides of a partition)
+	// would each elect leaders in the same terms and could write different
+	// entries at the same index and term; a replica moving from one to the other
+	// would then keep its own entry as if it were the leader's. So each generation
+	// has terms of its own, from generation<<termShift on.
+	if t, err := s.logs.GetUint64(keyCurrentTerm); err == nil && t < generation<<termShift {
+		if err := s.logs.SetUint64(keyCurrentTerm, generation<<termShift); err != nil {
+			return fmt.Errorf("raft term of generation %d: %w", generation, err)
+		}
+	}
+	s.trans = g
+	r, err := raft.NewRaft(s.rc, (*fsm)(s), s.logs, s.logs, s.snaps, g)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	s.setRaft(r)
 	return nil
+}
+
+// keyCurrentTerm is where raft keeps its current term in the stable store
+// (hashicorp/raft's own key).
+var keyCurrentTerm = []byte("CurrentTerm")
+
+// termShift splits raft's terms between generations: generation g uses the terms
+// from g<<termShift on.
+const termShift = 32
+
+// ErrNotDurable: a client write is applied, but not yet on as many management
+// nodes as it must be before it is acknowledged.
+var ErrNotDurable = errors.New("the change is applied but not yet on enough management nodes to survive the loss of the master and a backup")
+
+// WaitDurable waits until the log entry at index is stored on copies replicas
+// (this leader included) in the leader's current term, and acting still says
+// this master acts, or ctx ends. Only then may a client write be acknowledged:
+// raft's commit (a majority of the voters) alone can be lost with the master and
+// a backup.
+func (s *Store) WaitDurable(ctx context.Context, index uint64, copies int, acting func() bool) error {
+	for {
+		if !s.IsLeader() {
+			return ErrNotLeader
+		}
+		if acting != nil && !acting() {
+			return fmt.Errorf("%w: this master stopped acting meanwhile", ErrNotDurable)
+		}
+		_, _, term := s.Position()
+		conf, _ := s.configuration()
+		s.gmu.Lock()
+		g := s.guard
+		s.gmu.Unlock()
+		k, changed := g.copies(conf.Servers, term, index)
+		if k+1 >= copies {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%d of %d copies): retry when more management nodes are in reach", ErrNotDurable, k+1, copies)
+		case <-changed:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

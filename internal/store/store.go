@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -140,10 +141,15 @@ type Store struct {
 	meta    Meta
 	changed chan struct{} // closed and replaced on every apply
 
-	r       *raft.Raft
-	closers []func() error
+	gmu      sync.Mutex // guards r and guard, which Reform and Rejoin replace
+	r        *raft.Raft
+	guard    *guard
+	conf     atomic.Pointer[raft.Configuration]
+	stop     chan struct{}
+	stopOnce sync.Once
+	closers  []func() error
 
-	// What Reform needs to stop and start raft again.
+	// What Reform and Rejoin need to stop and start raft again.
 	reformMu sync.Mutex
 	rc       *raft.Config
 	logs     *raftboltdb.BoltStore
@@ -221,7 +227,7 @@ func (s *Store) Apply(cmds ...Command) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	f := s.r.Apply(data, 10*time.Second)
+	f := s.Raft().Apply(data, 10*time.Second)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,48 +178,76 @@ func TestThreeVotersReplicateAndFailOver(t *testing.T) {
 	}
 }
 
-// TestReformAfterQuorumLoss: of three voters two are gone for good; the survivor and a
-// non-voter that followed the log re-form as a group of two, elect a leader that has
-// every write, and accept new ones.
-func TestReformAfterQuorumLoss(t *testing.T) {
-	names := []string{"n1", "n2", "n3", "n4"}
-	trs := map[string]*raft.InmemTransport{}
+// memCluster is a group of stores on raft's in-memory transports, whose links
+// can be cut and restored.
+type memCluster struct {
+	t      *testing.T
+	names  []string
+	trs    map[string]*raft.InmemTransport
+	alive  []string
+	stores map[string]*Store
+}
+
+func newMemCluster(t *testing.T, names ...string) *memCluster {
+	c := &memCluster{t: t, names: names, trs: map[string]*raft.InmemTransport{}, stores: map[string]*Store{}}
 	for _, n := range names {
-		_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+		_, c.trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
 	}
-	alive := names
-	connect := func(nodes ...string) {
-		alive = nodes
-		for _, a := range names {
-			trs[a].DisconnectAll()
-		}
-		for _, a := range nodes {
-			for _, b := range nodes {
-				if a != b {
-					trs[a].Connect(raft.ServerAddress(b), trs[b])
-				}
-			}
-		}
-	}
-	connect(names...)
-	stores := map[string]*Store{}
+	c.connect(names...)
 	for _, n := range names {
-		n := n
 		// A fresh transport replaces the one raft closed, wired to the nodes alive now.
 		renew := func() (raft.Transport, error) {
-			_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
-			connect(alive...)
-			return trs[n], nil
+			_, c.trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
+			c.connect(c.alive...)
+			return c.trs[n], nil
 		}
-		s, err := Open(Config{NodeID: n, Dir: t.TempDir(), Transport: trs[n], NewTransport: renew, Bootstrap: n == "n1", LogOutput: io.Discard})
+		dir := t.TempDir()
+		epoch, err := OpenEpoch(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		stores[n] = s
-		defer s.Close()
+		s, err := Open(Config{NodeID: n, Dir: dir, Transport: c.trs[n], NewTransport: renew, Bootstrap: n == names[0], LogOutput: io.Discard, Epoch: epoch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.stores[n] = s
+		t.Cleanup(func() { s.Close() })
 	}
-	waitTrue(t, "n1 leads", stores["n1"].IsLeader)
-	r := stores["n1"].Raft()
+	waitTrue(t, names[0]+" leads", c.stores[names[0]].IsLeader)
+	return c
+}
+
+// connect links exactly the nodes given, each with each.
+func (c *memCluster) connect(nodes ...string) {
+	c.alive = nodes
+	for _, a := range c.names {
+		c.trs[a].DisconnectAll()
+	}
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a != b {
+				c.trs[a].Connect(raft.ServerAddress(b), c.trs[b])
+			}
+		}
+	}
+}
+
+func (c *memCluster) put(on, guest string) error {
+	_, err := c.stores[on].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: guest, Desired: DesiredRunning}})
+	return err
+}
+
+func (c *memCluster) has(on, guest string) func() bool {
+	return func() bool { _, ok := c.stores[on].Guest(guest); return ok }
+}
+
+// TestReformFromOneReplica: of three voters two are gone for good; the survivor
+// re-forms the group alone from its own log (it holds every write), leads it at
+// once and accepts writes; a non-voter that followed the old group moves to the
+// new one keeping its log, is taken in and follows.
+func TestReformFromOneReplica(t *testing.T) {
+	c := newMemCluster(t, "n1", "n2", "n3", "n4")
+	r := c.stores["n1"].Raft()
 	for _, n := range []string{"n2", "n3"} {
 		if err := r.AddVoter(raft.ServerID(n), raft.ServerAddress(n), 0, 0).Error(); err != nil {
 			t.Fatal(err)
@@ -226,35 +256,155 @@ func TestReformAfterQuorumLoss(t *testing.T) {
 	if err := r.AddNonvoter("n4", "n4", 0, 0).Error(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stores["n1"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "keep", Desired: DesiredRunning}}); err != nil {
+	if err := c.put("n1", "keep"); err != nil {
 		t.Fatal(err)
 	}
-	waitTrue(t, "n4 follows", func() bool { _, ok := stores["n4"].Guest("keep"); return ok })
+	waitTrue(t, "n3 and n4 follow", func() bool { return c.has("n3", "keep")() && c.has("n4", "keep")() })
 
 	// n1 and n2 are lost: n3 alone has no quorum.
-	connect("n3", "n4")
-	waitTrue(t, "n3 without a leader", func() bool { return stores["n3"].Leader() == "" || stores["n3"].Leader() == "n1" })
-	voters := []raft.Server{{ID: "n3", Address: "n3", Suffrage: raft.Voter}, {ID: "n4", Address: "n4", Suffrage: raft.Voter}}
-	for _, n := range []string{"n3", "n4"} {
-		if err := stores[n].Reform(voters, 2); err != nil {
-			t.Fatalf("reform on %s: %v", n, err)
-		}
+	c.connect("n3", "n4")
+	waitTrue(t, "n3 without a leader", func() bool { return c.stores["n3"].LeaderSilence() > time.Second })
+	if err := c.stores["n3"].Reform(2); err != nil {
+		t.Fatalf("reform: %v", err)
 	}
-	var leader *Store
-	waitTrue(t, "a leader of the re-formed group", func() bool {
-		for _, n := range []string{"n3", "n4"} {
-			if stores[n].IsLeader() {
-				leader = stores[n]
-				return true
-			}
-		}
-		return false
-	})
-	if _, ok := leader.Guest("keep"); !ok {
+	waitTrue(t, "n3 leads the re-formed group", c.stores["n3"].IsLeader)
+	if !c.has("n3", "keep")() {
 		t.Fatal("the re-formed group lost a committed write")
 	}
-	if _, err := leader.Apply(Command{Op: OpSetMeta, Meta: &Meta{Generation: 2}}); err != nil {
+	if err := c.put("n3", "after"); err != nil {
 		t.Fatalf("re-formed group refuses writes: %v", err)
+	}
+	if err := c.stores["n4"].Rejoin(2, raft.Server{ID: "n3", Address: "n3"}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.has("n4", "keep")() {
+		t.Fatal("rejoining threw the replica's copy away")
+	}
+	if err := c.stores["n3"].Raft().AddNonvoter("n4", "n4", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "n4 follows the new group", c.has("n4", "after"))
+	if got := c.stores["n4"].Epoch(); got != 2 {
+		t.Fatalf("n4's epoch %d, want 2", got)
+	}
+}
+
+// TestRejoinReplacesADivergedLog: two groups of one, as after a partition, each
+// wrote something; the loser moves to the winner's group keeping its log until
+// the winner's state replaces it.
+func TestRejoinReplacesADivergedLog(t *testing.T) {
+	c := newMemCluster(t, "n1", "n2")
+	if err := c.stores["n1"].Raft().AddVoter("n2", "n2", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.put("n1", "base"); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "n2 follows", c.has("n2", "base"))
+	// Cut apart, each side forms a group of its own from its log.
+	c.connect()
+	for n, gen := range map[string]uint64{"n2": 2, "n1": 3} {
+		if err := c.stores[n].Reform(gen); err != nil {
+			t.Fatal(err)
+		}
+		waitTrue(t, n+" leads alone", c.stores[n].IsLeader)
+	}
+	if err := c.put("n2", "loser"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.put("n1", "winner"); err != nil {
+		t.Fatal(err)
+	}
+	c.connect("n1", "n2")
+	if err := c.stores["n2"].Rejoin(3, raft.Server{ID: "n1", Address: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.has("n2", "loser")() {
+		t.Fatal("rejoining threw the replica's state away before the leader replaced it")
+	}
+	if err := c.stores["n1"].Raft().AddNonvoter("n2", "n2", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitTrue(t, "n2 has the winner's state", func() bool { return c.has("n2", "winner")() && !c.has("n2", "loser")() })
+}
+
+// TestWaitDurable: a write raft commits on two of three voters is not durable on
+// three replicas until a third (here a non-voter) stores it.
+func TestWaitDurable(t *testing.T) {
+	c := newMemCluster(t, "n1", "n2", "n3", "n4")
+	r := c.stores["n1"].Raft()
+	for _, n := range []string{"n2", "n3"} {
+		if err := r.AddVoter(raft.ServerID(n), raft.ServerAddress(n), 0, 0).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.AddNonvoter("n4", "n4", 0, 0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.stores["n1"]
+	idx, err := leader.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "a", Desired: DesiredRunning}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := leader.WaitDurable(ctx, idx, 4, nil); err != nil {
+		t.Fatalf("all four connected: %v", err)
+	}
+	c.connect("n1", "n2")
+	if idx, err = leader.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "b", Desired: DesiredRunning}}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := leader.WaitDurable(short, idx, 3, nil); !errors.Is(err, ErrNotDurable) {
+		t.Fatalf("committed on two: got %v, want ErrNotDurable", err)
+	}
+	if err := leader.WaitDurable(ctx, idx, 3, func() bool { return false }); !errors.Is(err, ErrNotDurable) {
+		t.Fatalf("a master that stopped acting: got %v, want ErrNotDurable", err)
+	}
+	c.connect("n1", "n2", "n4")
+	if err := leader.WaitDurable(ctx, idx, 3, nil); err != nil {
+		t.Fatalf("with the non-voter back: %v", err)
+	}
+}
+
+// TestGuardAdmitsVotersOnly: a replica that votes takes raft requests only from
+// voters of its configuration; one that does not vote takes them from anyone.
+func TestGuardAdmitsVotersOnly(t *testing.T) {
+	_, tr := raft.NewInmemTransport("n1")
+	conf := raft.Configuration{Servers: []raft.Server{
+		{ID: "n1", Address: "n1", Suffrage: raft.Voter}, {ID: "n2", Address: "n2", Suffrage: raft.Voter},
+		{ID: "n3", Address: "n3", Suffrage: raft.Nonvoter}}}
+	g := newGuard(tr, "n1", func() (raft.Configuration, bool) { return conf, true })
+	defer g.Close()
+	_, peer := raft.NewInmemTransport("peer")
+	peer.Connect("n1", tr)
+	send := func(from string) error {
+		var resp raft.AppendEntriesResponse
+		return peer.AppendEntries("n1", "n1", &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{ID: []byte(from)}, Term: 9}, &resp)
+	}
+	served := make(chan string, 4)
+	go func() {
+		for rpc := range g.Consumer() {
+			served <- string(rpc.Command.(*raft.AppendEntriesRequest).RPCHeader.ID)
+			rpc.Respond(&raft.AppendEntriesResponse{Success: true}, nil)
+		}
+	}()
+	if err := send("n2"); err != nil {
+		t.Fatalf("a voter was refused: %v", err)
+	}
+	for _, from := range []string{"n3", "n9"} {
+		if err := send(from); err == nil || !strings.Contains(err.Error(), "no voter") {
+			t.Fatalf("%s (not a voter) was admitted: %v", from, err)
+		}
+	}
+	if got := <-served; got != "n2" {
+		t.Fatalf("served %s", got)
+	}
+	conf.Servers[0].Suffrage = raft.Nonvoter
+	if err := send("n9"); err != nil {
+		t.Fatalf("a replica that does not vote refused a leader: %v", err)
 	}
 }
 
@@ -273,48 +423,4 @@ func TestEventsKeepOrderAndBound(t *testing.T) {
 	if got := s.Events(MaxEvents + 3); len(got) != 2 {
 		t.Fatalf("after %d: %d events", MaxEvents+3, len(got))
 	}
-}
-
-// TestResetRejoins: a node whose group merged away throws its replica away and, added
-// again by the leader, catches up from the leader's state.
-func TestResetRejoins(t *testing.T) {
-	names := []string{"n1", "n2"}
-	trs := map[string]*raft.InmemTransport{}
-	for _, n := range names {
-		_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
-	}
-	link := func() {
-		trs["n1"].Connect("n2", trs["n2"])
-		trs["n2"].Connect("n1", trs["n1"])
-	}
-	link()
-	stores := map[string]*Store{}
-	for _, n := range names {
-		n := n
-		renew := func() (raft.Transport, error) {
-			_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
-			link()
-			return trs[n], nil
-		}
-		s, err := Open(Config{NodeID: n, Dir: t.TempDir(), Transport: trs[n], NewTransport: renew, Bootstrap: true, LogOutput: io.Discard})
-		if err != nil {
-			t.Fatal(err)
-		}
-		stores[n] = s
-		defer s.Close()
-	}
-	// Two groups of one, as after a partition; n2 wrote something of its own.
-	waitTrue(t, "both lead", func() bool { return stores["n1"].IsLeader() && stores["n2"].IsLeader() })
-	stores["n1"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "winner", Desired: DesiredRunning}})
-	stores["n2"].Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "loser", Desired: DesiredRunning}})
-	if err := stores["n2"].Reset(0); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := stores["n2"].Guest("loser"); ok {
-		t.Fatal("reset kept the merged group's state")
-	}
-	if err := stores["n1"].Raft().AddNonvoter("n2", "n2", 0, 0).Error(); err != nil {
-		t.Fatal(err)
-	}
-	waitTrue(t, "n2 follows n1", func() bool { _, ok := stores["n2"].Guest("winner"); return ok })
 }
