@@ -71,21 +71,6 @@ type Replica struct {
 	Lost []string
 }
 
-// GroupSeen reports another management group, for instance from memberlist
-// metadata: its holder (master or semi-master), generation, the generation it
-// was formed in, whether it holds the majority lease, and since when the
-// holder has held its role. The Machine applies the scenario 5 rule to it.
-type GroupSeen struct {
-	Holder     string
-	Role       Role
-	Generation uint64
-	Formed     uint64
-	Term       uint64
-	Acting     bool
-	Since      time.Time
-	Log        LogPos // a semi-master's raft log position
-}
-
 // Register adds a host that joined the cluster to the master's role table: a
 // candidate when it is management-capable, else a plain node. Other Machines
 // ignore it; they learn of the node from the master's view. Registering a known
@@ -95,13 +80,20 @@ type Register struct {
 	Capable bool
 }
 
-func (Register) isEvent()  {}
-func (Tick) isEvent()      {}
-func (GroupSeen) isEvent() {}
-func (Probe) isEvent()     {}
-func (Health) isEvent()    {}
-func (Replica) isEvent()   {}
-func (Message) isEvent()   {}
+// Deregister removes a host that is gone for good from the master's role table,
+// on an operator's word: it no longer counts toward majorities nor among the
+// replicas a re-formation waits for. Only the acting master takes it, and only for
+// a node it holds lost; others ignore it. The host, if it ever returns, registers
+// again as a new one.
+type Deregister struct{ Node string }
+
+func (Deregister) isEvent() {}
+func (Register) isEvent()   {}
+func (Tick) isEvent()       {}
+func (Probe) isEvent()      {}
+func (Health) isEvent()     {}
+func (Replica) isEvent()    {}
+func (Message) isEvent()    {}
 
 // MsgType is the kind of a Message.
 type MsgType string
@@ -145,11 +137,12 @@ type Message struct {
 	// both sides.
 	Role  Role
 	Since time.Time
-	// Formed is the generation the sender's (or holder's) group was formed
-	// in. A winning master raises its Generation past what the other group's
-	// nodes have seen, but scenario 5 compares Formed, so both sides of a
-	// meeting pick the same winner however late their news is.
-	Formed uint64
+	// Epoch is the raft epoch of the sender's (or holder's) group: the
+	// generation it was re-formed in (proposed, for a semi-master). A winning
+	// master raises its Generation past what the other group's nodes have seen,
+	// but scenario 5 compares epochs, so both sides of a meeting pick the same
+	// winner however late their news is.
+	Epoch uint64
 	// Term is the raft term in which the sender (or holder) leads its
 	// generation: of two masters of one generation, the newer term leads.
 	Term uint64

@@ -39,7 +39,7 @@ type holderInfo struct {
 	role   Role
 	acting bool
 	since  time.Time
-	formed uint64
+	epoch  uint64
 	term   uint64
 	log    LogPos // a semi-master's raft log position, from its vote request
 }
@@ -67,7 +67,6 @@ type Machine struct {
 
 	// Held by a master or semi-master.
 	since           time.Time // when the current management role began
-	formed          uint64    // the generation this holder's group was formed in; raise keeps it
 	leases          map[string]lease
 	lastRenew       time.Time
 	quorumLostSince time.Time
@@ -129,6 +128,9 @@ func NewMachine(cfg Config, view ClusterView) (*Machine, error) {
 	if view.node(cfg.Self) == nil {
 		return nil, fmt.Errorf("%w: node %q (Config.Self) is not registered: add it to the view's Nodes", ErrBadView, cfg.Self)
 	}
+	if view.Epoch == 0 {
+		view.Epoch = view.Generation // a view from before epochs existed
+	}
 	m := &Machine{
 		cfg:        cfg.WithDefaults(),
 		view:       view.Clone(),
@@ -144,7 +146,6 @@ func NewMachine(cfg Config, view ClusterView) (*Machine, error) {
 		readmit:    map[string]time.Time{},
 	}
 	m.role = m.view.Role(cfg.Self)
-	m.formed = m.view.Generation // a master from the table (or a restart) formed its group here
 	return m, nil
 }
 
@@ -167,6 +168,10 @@ func (m *Machine) Role() Role { return m.role }
 
 // Generation is the generation of the view this node follows.
 func (m *Machine) Generation() uint64 { return m.view.Generation }
+
+// Epoch is the generation the raft group of the view this node follows was
+// re-formed in.
+func (m *Machine) Epoch() uint64 { return m.view.Epoch }
 
 // View returns a copy of the role table this node follows.
 func (m *Machine) View() ClusterView { return m.view.Clone() }
@@ -268,13 +273,11 @@ func (m *Machine) Step(ev Event) []Action {
 		m.health[e.Node] = e.Report
 	case Register:
 		m.register(e)
+	case Deregister:
+		m.deregister(e)
 	case Replica:
 		m.replica, m.hasReplica = e, true
 		m.raftDuties()
-	case GroupSeen:
-		if m.reachable(e.Holder) {
-			m.noteGroup(e.Holder, e.Role, e.Generation, e.Formed, e.Term, e.Acting, e.Since, e.Log, false)
-		}
 	case Message:
 		if e.To == m.cfg.Self {
 			m.receive(e)
@@ -510,7 +513,7 @@ func (m *Machine) doGrant(holder string, generation uint64, vote bool, actingUnt
 	until := m.now.Add(m.cfg.LeaseDuration)
 	m.grant = Grant{Holder: holder, Generation: generation, Until: until}
 	if holder == m.cfg.Self {
-		m.holder = holderInfo{role: m.role, acting: !actingUntil.IsZero(), since: m.since, formed: m.formed, term: m.term}
+		m.holder = holderInfo{role: m.role, acting: !actingUntil.IsZero(), since: m.since, epoch: m.holderEpoch(), term: m.term}
 	}
 	if vote {
 		return
@@ -540,7 +543,7 @@ func (m *Machine) receive(msg Message) {
 		if acting {
 			m.lastActing = m.now
 		}
-		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Formed, msg.Term, acting, msg.Since, msg.Log, true)
+		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Epoch, msg.Term, acting, msg.Since, msg.Log, true)
 		vote := msg.Type == MsgVote
 		if !m.mayGrant(msg.From, msg.Generation, vote, msg.Log) {
 			m.send(m.refusal(msg))
@@ -551,7 +554,7 @@ func (m *Machine) receive(msg Message) {
 		}
 		delete(m.behind, msg.From)
 		m.doGrant(msg.From, msg.Generation, vote, msg.ActingUntil)
-		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, formed: msg.Formed, term: msg.Term, log: msg.Log}
+		m.holder = holderInfo{role: msg.Role, acting: acting, since: msg.Since, epoch: msg.Epoch, term: msg.Term, log: msg.Log}
 		if !vote && msg.View != nil {
 			m.adopt(*msg.View)
 		}
@@ -579,7 +582,7 @@ func (m *Machine) receive(msg Message) {
 	case MsgRefuse:
 		known := msg.Holder != "" && m.reachable(msg.Holder)
 		if known {
-			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Formed, msg.Term, msg.Acting, msg.Since, msg.HolderLog, false)
+			m.noteGroup(msg.Holder, msg.Role, msg.HolderGeneration, msg.Epoch, msg.Term, msg.Acting, msg.Since, msg.HolderLog, false)
 		}
 		// The node grants no generation below msg.Generation: move past it.
 		// Only an acting master raises (its log is the group's); one that does
@@ -599,14 +602,14 @@ func (m *Machine) refusal(req Message) Message {
 	r := Message{Type: MsgRefuse, To: req.From, Generation: m.floor(), SentAt: req.SentAt, Log: m.log()}
 	switch {
 	case m.role == RoleMaster || m.role == RoleSemiMaster:
-		r.Holder, r.Role, r.Acting, r.Since, r.Formed, r.Term = m.cfg.Self, m.role, m.Acting(), m.since, m.formed, m.term
+		r.Holder, r.Role, r.Acting, r.Since, r.Epoch, r.Term = m.cfg.Self, m.role, m.Acting(), m.since, m.holderEpoch(), m.term
 		r.HolderGeneration, r.HolderLog = m.view.Generation, m.log()
 		if m.role == RoleSemiMaster {
 			r.HolderGeneration = m.proposed
 		}
 	case m.now.Before(m.grant.Until):
 		r.Holder, r.HolderGeneration = m.grant.Holder, m.grant.Generation
-		r.Role, r.Acting, r.Since, r.Formed, r.Term = m.holder.role, m.holder.acting, m.holder.since, m.holder.formed, m.holder.term
+		r.Role, r.Acting, r.Since, r.Epoch, r.Term = m.holder.role, m.holder.acting, m.holder.since, m.holder.epoch, m.holder.term
 		r.HolderLog = m.holder.log
 	}
 	return r
@@ -633,7 +636,7 @@ func (m *Machine) adopt(v ClusterView) {
 // sides pick the same winner however late their news. A semi-master yields to
 // any master it can reach (the seed: if another management node is reachable,
 // the survivor is the one cut off), and to a semi-master further along.
-func (m *Machine) noteGroup(holder string, role Role, generation, formed, term uint64, acting bool, since time.Time, log LogPos, direct bool) {
+func (m *Machine) noteGroup(holder string, role Role, generation, epoch, term uint64, acting bool, since time.Time, log LogPos, direct bool) {
 	self := m.cfg.Self
 	if holder == "" || holder == self {
 		return
@@ -651,10 +654,10 @@ func (m *Machine) noteGroup(holder string, role Role, generation, formed, term u
 		}
 		mine := m.Acting()
 		switch {
-		case generation == m.view.Generation && term != m.term:
-			// Two leaders of one generation: raft's newer term is the
-			// leader, whatever the leases say this instant (the old
-			// leader's lapse soon).
+		case epoch == m.view.Epoch && term != m.term:
+			// Two masters of one raft group: raft's newer term is the leader,
+			// whatever the leases say this instant (the old leader's lapse
+			// soon); raft reconciles their logs.
 			if term > m.term {
 				m.merge(holder, "raft elected it in a newer term")
 			}
@@ -664,12 +667,13 @@ func (m *Machine) noteGroup(holder string, role Role, generation, formed, term u
 		case acting:
 			m.merge(holder, "its master holds the majority lease")
 			return
-		case !mine && generation > m.view.Generation:
+		case !mine && epoch > m.view.Epoch:
 			// A group re-forms only on a majority's votes, from the furthest log
-			// among its voters, after the older group's leases ran out: its data
-			// supersedes this one's. (The seed let the lower generation win; with
-			// a replicated log that would throw away what the newer group wrote.)
-			m.merge(holder, "neither holds the majority lease; its generation is newer")
+			// among its voters, and those voters grant no older generation again:
+			// its data supersedes this one's. (The seed let the lower generation
+			// win; with a replicated log that would throw away what the newer
+			// group wrote.) A raise moves no epoch, so only re-formations count.
+			m.merge(holder, "neither holds the majority lease; its group was re-formed later")
 			return
 		}
 		// Only an acting master raises its generation past the other group's:
@@ -704,6 +708,15 @@ func proposerFirst(log LogPos, name string, than LogPos, thanName string) bool {
 		return than.Less(log)
 	}
 	return name < thanName
+}
+
+// holderEpoch is the epoch this node speaks for as a holder: its group's, or as
+// a semi-master the one it proposes.
+func (m *Machine) holderEpoch() uint64 {
+	if m.role == RoleSemiMaster {
+		return m.proposed
+	}
+	return m.view.Epoch
 }
 
 // yieldFor is how long a node that gave way to a better proposer stays out after
@@ -759,8 +772,7 @@ func (m *Machine) raise(generation uint64) {
 	}
 	m.view.Generation = generation
 	m.view.Version = 1
-	m.reformed, m.reformAt = generation, m.now
-	m.emit(ReForm{Generation: generation, Voters: slices.Clone(m.view.Voters)})
+	m.emit(Notify{Node: m.cfg.Self, Kind: "raise", Detail: fmt.Sprintf("generation %d, past what the other group's nodes saw (raft's group stays the same)", generation)})
 	m.lastRenew = time.Time{}
 }
 
@@ -883,7 +895,6 @@ func (m *Machine) MasterToLead() (string, bool) {
 func (m *Machine) becomeHolder(r Role) {
 	m.role = r
 	m.since = m.now
-	m.formed = m.view.Generation
 	m.leases = map[string]lease{}
 	m.lastRenew = time.Time{}
 	m.quorumLostSince = time.Time{}
@@ -930,7 +941,7 @@ func (m *Machine) tickSemi() {
 		for _, n := range m.view.Nodes {
 			if n.Name != self {
 				m.send(Message{Type: MsgVote, To: n.Name, Generation: m.proposed, SentAt: m.now,
-					Role: RoleSemiMaster, Since: m.since, Formed: m.proposed, Log: m.log()})
+					Role: RoleSemiMaster, Since: m.since, Epoch: m.proposed, Log: m.log()})
 			}
 		}
 	}
@@ -1055,7 +1066,7 @@ func (m *Machine) reForm(ranked []CandidateInfo) {
 	b1, b2 := ranked[0].Node, ranked[1].Node
 	v := &m.view
 	old := v.Voters
-	v.Generation, v.Version, v.Master = m.proposed, 1, self
+	v.Generation, v.Epoch, v.Version, v.Master = m.proposed, m.proposed, 1, self
 	v.Voters = []string{self, b1, b2}
 	for i := range v.Nodes {
 		n := &v.Nodes[i]
@@ -1112,7 +1123,7 @@ func (m *Machine) renew() {
 			until = time.Time{}
 		}
 		m.send(Message{Type: MsgLease, To: n.Name, Generation: g, SentAt: m.now, ActingUntil: until,
-			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since, Formed: m.formed, Term: m.term})
+			Acting: !au.IsZero(), View: &v, Role: RoleMaster, Since: m.since, Epoch: m.view.Epoch, Term: m.term})
 	}
 }
 
@@ -1124,14 +1135,21 @@ func (m *Machine) tickMaster() {
 	// Scenario 3: no other voter in direct reach means raft has no quorum;
 	// the master steps down to semi-master.
 	// Raft commits with a majority of the voters: count self and the backups in
-	// direct reach. A group of one (a new cluster) is its own quorum.
+	// direct reach. A group of one (a new cluster) is its own quorum. Raft's own
+	// voters count where the replica says them: they may not be the table's yet
+	// (a voter promoted a moment before another died), and it is raft's quorum
+	// that writes need.
+	voters, raftVoters := m.view.Voters, false
+	if m.epochCurrent() && slices.Contains(m.replica.Voters, self) {
+		voters, raftVoters = m.replica.Voters, true
+	}
 	inReach := 1
-	for _, v := range m.view.Voters {
-		if v != self && m.view.Role(v) == RoleBackup && m.direct(v) {
+	for _, v := range voters {
+		if v != self && (raftVoters || m.view.Role(v) == RoleBackup) && m.direct(v) {
 			inReach++
 		}
 	}
-	live := inReach > len(m.view.Voters)/2
+	live := inReach > len(voters)/2
 	if live {
 		m.quorumLostSince = time.Time{}
 	} else {
@@ -1141,7 +1159,7 @@ func (m *Machine) tickMaster() {
 			m.quorumLostSince = m.now
 		}
 		if m.now.Sub(m.quorumLostSince) >= m.cfg.ConfirmTimeout {
-			m.becomeSemi("both backups out of reach")
+			m.becomeSemi(fmt.Sprintf("raft's voters %v out of reach: no quorum", voters))
 		}
 		return
 	}
@@ -1251,6 +1269,27 @@ func (m *Machine) register(e Register) {
 	m.view.Nodes = append(m.view.Nodes, NodeState{Name: e.Node, Role: r, Capable: e.Capable})
 	slices.SortFunc(m.view.Nodes, func(a, b NodeState) int { return strings.Compare(a.Name, b.Name) })
 	m.view.Version++
+	m.renew()
+}
+
+// deregister removes a lost node from the table (see Deregister).
+func (m *Machine) deregister(e Deregister) {
+	n := m.view.node(e.Node)
+	if m.role != RoleMaster || !m.Acting() || n == nil || n.Role != RoleLost || e.Node == m.cfg.Self {
+		return
+	}
+	m.view.Nodes = slices.DeleteFunc(m.view.Nodes, func(x NodeState) bool { return x.Name == e.Node })
+	m.view.Voters = slices.DeleteFunc(m.view.Voters, func(v string) bool { return v == e.Node })
+	for _, t := range []map[string]time.Time{m.lastGrant, m.suspect, m.declaredAt, m.readmit} {
+		delete(t, e.Node)
+	}
+	delete(m.leases, e.Node)
+	delete(m.reach, e.Node)
+	delete(m.health, e.Node)
+	delete(m.stopped, e.Node)
+	m.view.Version++
+	m.emit(Notify{Node: e.Node, Kind: "removed", Detail: "removed from the cluster by an operator: gone for good"})
+	m.fillVoters()
 	m.renew()
 }
 

@@ -40,9 +40,9 @@ func (m *Machine) AckCopies() int {
 }
 
 // epochCurrent reports whether the replica belongs to the raft group of the
-// view's generation (a first cluster's replica may not have recorded it yet).
+// view (a first cluster's replica may not have recorded its epoch yet).
 func (m *Machine) epochCurrent() bool {
-	return m.hasReplica && (m.replica.Epoch == m.view.Generation || m.replica.Epoch == 0 && m.view.Generation == 1)
+	return m.hasReplica && (m.replica.Epoch == m.view.Epoch || m.replica.Epoch == 0 && m.view.Epoch == 1)
 }
 
 // raftDuties reads the replica's report: raft's leadership of the view's
@@ -61,26 +61,26 @@ func (m *Machine) raftDuties() {
 	if (m.epochCurrent() || r.Epoch == 0) && v.Master != self && masterHeard &&
 		m.now.Sub(m.leaderSilent) >= joinAfter && m.now.Sub(m.joinAt) >= retryRaft {
 		m.joinAt = m.now
-		m.emit(Join{Generation: v.Generation})
+		m.emit(Join{Generation: v.Epoch})
 	}
 	if !m.epochCurrent() {
 		switch {
-		case r.Epoch > v.Generation:
+		case r.Epoch > v.Epoch:
 			// The replica joined a newer group; the view follows with that group's
 			// first lease request.
 		case v.Master == self && m.role == RoleMaster:
-			// This node re-formed the group (or raised its generation): its replica
-			// starts the new raft group from its own log.
+			// This node re-formed the group: its replica starts the new raft
+			// group from its own log.
 			if m.now.Sub(m.reformAt) >= retryRaft {
-				m.reformed, m.reformAt = v.Generation, m.now
-				m.emit(ReForm{Generation: v.Generation, Voters: slices.Clone(v.Voters)})
+				m.reformed, m.reformAt = v.Epoch, m.now
+				m.emit(ReForm{Generation: v.Epoch, Voters: slices.Clone(v.Voters)})
 			}
 		case r.Epoch != 0 && masterHeard:
-			// An acting master of the newer generation speaks for it: the old
-			// group's replica is thrown away and this node joins afresh.
-			if m.rejoined < v.Generation || m.now.Sub(m.rejoinAt) >= retryRaft {
-				m.rejoined, m.rejoinAt = v.Generation, m.now
-				m.emit(Rejoin{Generation: v.Generation})
+			// An acting master of the newer group speaks for it: this replica
+			// moves to that group, keeping its log until the new one replaces it.
+			if m.rejoined < v.Epoch || m.now.Sub(m.rejoinAt) >= retryRaft {
+				m.rejoined, m.rejoinAt = v.Epoch, m.now
+				m.emit(Rejoin{Generation: v.Epoch})
 			}
 		}
 		return
@@ -115,7 +115,8 @@ func (m *Machine) raftDuties() {
 
 // syncMembership makes raft's configuration follow the role table: the view's
 // voters vote (once they have joined the log), no other server votes, and the
-// servers of nodes declared lost are removed (a node taken in again joins anew).
+// servers of nodes declared lost, or removed from the table, are removed (a node
+// taken in again joins anew).
 // Raft's elections then only ever pick a master or backup of the table.
 func (m *Machine) syncMembership() {
 	r, v := m.replica, &m.view
@@ -132,14 +133,16 @@ func (m *Machine) syncMembership() {
 		}
 	}
 	for _, s := range r.Servers {
-		if role := v.Role(s); (role == RoleLost || role == RoleOnHold) && !slices.Contains(v.Voters, s) {
+		if role := v.Role(s); (role == RoleLost || role == RoleOnHold || role == "") && !slices.Contains(v.Voters, s) {
 			remove = append(remove, s)
 		}
 	}
 	if len(promote) == 0 && !demote && len(remove) == 0 {
 		return
 	}
-	if m.now.Sub(m.synced) < retryRaft {
+	// Sooner than the other duties: until every voter of the table votes in raft,
+	// raft may hang on fewer voters than the table shows (two, of which one dies).
+	if m.now.Sub(m.synced) < m.cfg.RenewInterval {
 		return
 	}
 	m.synced = m.now

@@ -11,8 +11,14 @@ import (
 // master writes to the replicated store and sends with its lease requests.
 type ClusterView struct {
 	// Generation counts re-formations of the management group (seed: the
-	// "x+1 generation flag"). It never goes back on any node.
+	// "x+1 generation flag"), and the raises a winning master makes past what
+	// another group's nodes saw. It never goes back on any node.
 	Generation uint64
+	// Epoch is the generation the master's raft group was re-formed in (on a
+	// majority's witness votes, from the furthest log): a raise moves Generation
+	// only, a re-formation both. Zero in a view written before epochs existed:
+	// NewMachine takes Generation then.
+	Epoch uint64
 	// Version counts changes within a generation.
 	Version uint64
 	// Master is the node that leads this generation.
@@ -46,6 +52,9 @@ func (v ClusterView) Validate() error {
 	}
 	if len(v.Nodes) == 0 {
 		return bad("no registered nodes: list every node in Nodes")
+	}
+	if v.Epoch > v.Generation {
+		return bad("epoch %d is past generation %d: a group is re-formed in a generation", v.Epoch, v.Generation)
 	}
 	seen := map[string]bool{}
 	for i, n := range v.Nodes {

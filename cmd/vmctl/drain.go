@@ -99,6 +99,35 @@ func runUndrain(c *cli.Context, node string) error {
 	return nil
 }
 
+func removeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "remove",
+		Aliases:   []string{"rm"},
+		Usage:     "remove a host that is gone for good from the cluster",
+		ArgsUsage: "NODE",
+		Description: "Only a node the cluster holds lost, and that holds no guest any more, can be\n" +
+			"removed. A removed host no longer counts toward majorities, nor among the\n" +
+			"management nodes the survivors of a later failure wait for before they re-form\n" +
+			"the group. If it ever comes back, it joins as a new host.\n\n" +
+			"Example:\n  vmctl node remove n5",
+		Action: func(c *cli.Context) error {
+			node, err := oneArg(c, "node")
+			if err != nil {
+				return err
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			if err := cl.Do(c.Context, "DELETE", "/v1/nodes/"+url.PathEscape(node), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "node %s removed from the cluster\n", node)
+			return nil
+		},
+	}
+}
+
 func maintenanceCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "maintenance",

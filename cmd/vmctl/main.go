@@ -115,7 +115,7 @@ func nodeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "node",
 		Usage: "the cluster's nodes",
-		Subcommands: []*cli.Command{drainCommand(), undrainCommand(), maintenanceCommand(), {
+		Subcommands: []*cli.Command{drainCommand(), undrainCommand(), maintenanceCommand(), removeCommand(), {
 			Name:    "ls",
 			Aliases: []string{"list"},
 			Usage:   "list nodes with their capacity and allocation",

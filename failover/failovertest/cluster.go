@@ -283,6 +283,20 @@ func (c *Cluster) Resume(n string) error {
 	return nil
 }
 
+// Deregister tells every running node that an operator removed node n (only the
+// acting master takes it).
+func (c *Cluster) Deregister(n string) error {
+	if err := c.known(n); err != nil {
+		return err
+	}
+	for _, o := range c.names {
+		if c.up(o) {
+			c.stepNode(o, failover.Deregister{Node: n})
+		}
+	}
+	return nil
+}
+
 // SetHealth changes node n's health report and gossips it to every running
 // node.
 func (c *Cluster) SetHealth(n string, h failover.HealthReport) error {

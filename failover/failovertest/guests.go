@@ -14,7 +14,7 @@ const guestsPerNode = 2
 // agent reads its node's assignment from a raft leader it reaches (any epoch: a
 // stale group's leader answers too) and starts a guest placed on its node only
 // as the real agent does: unfenced, from an assignment read since, not recorded
-// lost there, written by the holder of its lease in that lease's generation. It
+// lost there, written by the holder of its lease (as raft's leader). It
 // destroys its guests FenceGrace after it is fenced, and a guest placed
 // elsewhere at once (the master's eviction). A guest's QEMU holds its disk lock
 // until it stops: a start while another node runs it would be the worst bug, so
@@ -201,8 +201,7 @@ func (c *Cluster) mayStart(n string, asg assignment) bool {
 	if !c.serving[n] || c.unfencedAt[n] > c.step || asg.st.lost[n] {
 		return false
 	}
-	grant := m.Grant()
-	return grant.Generation == asg.epoch && grant.Holder == asg.master
+	return m.Grant().Holder == asg.master
 }
 
 // Guests describes every guest: where the acting master's state places it and

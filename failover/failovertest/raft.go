@@ -471,7 +471,7 @@ func (c *Cluster) setMembership(n string, a failover.SetMembership) {
 // does; otherwise nothing is written and the machine asks again.
 func (c *Cluster) recordLoss(master, node string) {
 	r, ok := c.leads(master)
-	if !ok || r.epoch != c.machines[master].Generation() || r.st.lost[node] {
+	if !ok || r.epoch != c.machines[master].Epoch() || r.st.lost[node] {
 		return
 	}
 	c.append(r, entry{lost: node, place: c.recover(r.st, node)})
@@ -479,7 +479,7 @@ func (c *Cluster) recordLoss(master, node string) {
 
 func (c *Cluster) recordReadmit(master, node string) {
 	r, ok := c.leads(master)
-	if !ok || r.epoch != c.machines[master].Generation() || !r.st.lost[node] {
+	if !ok || r.epoch != c.machines[master].Epoch() || !r.st.lost[node] {
 		return
 	}
 	c.append(r, entry{readmit: node})
@@ -492,7 +492,7 @@ func (c *Cluster) write() {
 	for _, n := range c.names {
 		m := c.machines[n]
 		r, ok := c.leads(n)
-		if !ok || m == nil || !m.Acting() || r.epoch != m.Generation() {
+		if !ok || m == nil || !m.Acting() || r.epoch != m.Epoch() {
 			continue
 		}
 		if c.Writes {
@@ -537,7 +537,7 @@ func (c *Cluster) acknowledge() {
 // acknowledged write in its log.
 func (c *Cluster) checkAcked(n string) {
 	r, ok := c.leads(n)
-	if !ok || r.epoch != c.machines[n].Generation() {
+	if !ok || r.epoch != c.machines[n].Epoch() {
 		return
 	}
 	from := 0
@@ -562,8 +562,8 @@ func (c *Cluster) Acked() int { return len(c.acked) }
 
 func (c *Cluster) raftConverged(master string, v failover.ClusterView) error {
 	r, ok := c.leads(master)
-	if !ok || r.epoch != v.Generation {
-		return fmt.Errorf("raft: %s does not lead generation %d; %s", master, v.Generation, c.RaftSummary())
+	if !ok || r.epoch != v.Epoch {
+		return fmt.Errorf("raft: %s does not lead the group of generation %d; %s", master, v.Epoch, c.RaftSummary())
 	}
 	if got := slices.Sorted(slices.Values(r.cfg().voters)); !slices.Equal(got, slices.Sorted(slices.Values(v.Voters))) {
 		return fmt.Errorf("raft voters %v, the view's %v; %s", got, v.Voters, c.RaftSummary())

@@ -56,9 +56,10 @@ func (a *Agent) Unfence() {
 // cut names guests the cluster may have restarted elsewhere meanwhile); the
 // replicated state does not hold the node lost (then its guests were recovered
 // elsewhere in the same write, and it is taken in again only after that write);
-// and the assignment comes from the master that holds the lease, in that lease's
-// generation (a raft leader of an older group, still in reach, serves a stale
-// state). Nil Lease (dvmd dev) checks only the fence.
+// and the assignment comes from the master that holds the lease, as raft's leader
+// (a raft leader of an older group, still in reach, serves a stale state; the
+// master's own replica is in one group at a time). Nil Lease (dvmd dev) checks
+// only the fence.
 func (a *Agent) mayStartHA(asg api.Assignment) error {
 	a.mu.Lock()
 	fenced, stale := a.fenced, !a.latestAt.After(a.unfencedAt)
@@ -71,15 +72,15 @@ func (a *Agent) mayStartHA(asg api.Assignment) error {
 	case a.cfg.Lease == nil:
 		return nil
 	}
-	holder, generation, live := a.cfg.Lease()
+	holder, _, live := a.cfg.Lease()
 	switch {
 	case !live:
 		return errFenced
 	case asg.NodeLost:
 		return errors.New("the cluster holds this node lost: its restart and twin guests were recovered elsewhere; it starts them again only once taken in")
-	case asg.Master != holder || asg.Generation != generation:
-		return fmt.Errorf("the assignment comes from %s in generation %d, but this node's lease is held by %s in generation %d: waiting for that master's",
-			asg.Master, asg.Generation, holder, generation)
+	case asg.Master != holder:
+		return fmt.Errorf("the assignment comes from %s (raft's leader of generation %d), but this node's lease is held by %s: waiting for that master's",
+			asg.Master, asg.Generation, holder)
 	}
 	return nil
 }

@@ -48,6 +48,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 	})
 	if m != nil {
 		h.route(mux, "GET /v1/nodes", h.listNodes)
+		h.route(mux, "DELETE /v1/nodes/{name}", h.durable(h.removeNode))
 		h.route(mux, "PUT /v1/nodes/{name}/status", h.nodeStatus)
 		h.route(mux, "GET /v1/nodes/{name}/assignment", h.assignment)
 		h.route(mux, "GET /v1/guests", h.listGuests)
@@ -244,6 +245,14 @@ func decode(r *http.Request, v any) error {
 
 func (h *handler) listNodes(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h.m.Nodes())
+}
+
+func (h *handler) removeNode(w http.ResponseWriter, r *http.Request) {
+	if err := h.m.RemoveNode(r.PathValue("name")); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (h *handler) nodeStatus(w http.ResponseWriter, r *http.Request) {

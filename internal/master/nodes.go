@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/dvmproject/dvm/internal/api"
@@ -106,6 +107,48 @@ func (m *Master) Nodes() []api.Node {
 		out = append(out, v)
 	}
 	return out
+}
+
+// RemoveNode takes a host that is gone for good out of the cluster: its record, its
+// place in the role table (so that it no longer counts toward majorities, nor among
+// the management nodes a re-formation waits for) and its raft server. Only a node the
+// cluster holds lost, and that holds no guest any more, can be removed: a node that is
+// up is drained instead, and a guest of policy none that was lost with it is deleted
+// (or started elsewhere) first.
+func (m *Master) RemoveNode(name string) error {
+	if err := m.mustAct(); err != nil {
+		return err
+	}
+	n, ok := m.st.Node(name)
+	if !ok {
+		return fmt.Errorf("node %q %w", name, ErrNotFound)
+	}
+	if n.LostAt.IsZero() {
+		return fmt.Errorf("node %s is not lost: drain a node that is up (vmctl node drain), and remove it only once it is gone: %w", name, ErrConflict)
+	}
+	_, guests, _ := m.st.Snapshot()
+	var held []string
+	for _, g := range guests {
+		if g.Node == name || g.TwinNode == name || g.MigrateTo == name {
+			held = append(held, g.Name)
+		}
+	}
+	if len(held) > 0 {
+		return fmt.Errorf("node %s still holds guests %s: delete them or start them on another node first: %w", name, strings.Join(held, ", "), ErrConflict)
+	}
+	if m.roles == nil {
+		return fmt.Errorf("this cluster has no role machine (a dev cluster): %w", ErrConflict)
+	}
+	if err := m.roles.Remove(name); err != nil {
+		return fmt.Errorf("remove node %s: %v: %w", name, err, ErrConflict)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, err := m.st.Apply(store.Command{Op: store.OpDeleteNode, Name: name}); err != nil {
+		return err
+	}
+	go m.Record("node-removed", name, "", "removed from the cluster by an operator")
+	return nil
 }
 
 // Assignment returns what node must hold, waiting up to wait for a change past index.

@@ -15,6 +15,8 @@ type RoleSource interface {
 	Status() (failover.Status, failover.ClusterView, bool)
 	// Fenced says whether this node holds no lease from an acting master now.
 	Fenced() bool
+	// Remove takes a lost node out of the role table (acting master only).
+	Remove(node string) error
 }
 
 // SetRoles gives the master its node's role machine, for `vmctl cluster status`.

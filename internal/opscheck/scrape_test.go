@@ -2,6 +2,7 @@ package opscheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -124,7 +126,7 @@ func guestState(c *api.Client, name string) string {
 	return g.State
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, nil)) }
 
 // scrapeDev scrapes a dev cluster of three nodes with guests of every policy, a pending
 // guest, and a live migration that fails (libvirt's test driver cannot migrate).
@@ -293,5 +295,45 @@ func scrapeNodes(t *testing.T) map[string][]string {
 		return strings.Contains(strings.Join(all["dvm_node_lost_seconds"], "\n"), `node="n3"`)
 	})
 	t.Logf("n3 declared lost %.1fs after it stopped", time.Since(stopped).Seconds())
+	removeLostNode(t, c)
 	return all
+}
+
+// removeLostNode: an operator removes n3, which is gone for good, once its guests were
+// recovered; removing n2, which is up, is refused and changes nothing.
+func removeLostNode(t *testing.T, c *api.Client) {
+	ctx := context.Background()
+	var se *api.StatusError
+	if err := c.Do(ctx, "DELETE", "/v1/nodes/n2", nil, nil); !errors.As(err, &se) || se.Code != http.StatusConflict || !strings.Contains(err.Error(), "not lost") {
+		t.Fatalf("removing n2, which is up: %v; want 409 saying it is not lost", err)
+	}
+	waitFor(t, "n3's guests recovered elsewhere", time.Minute, func() bool {
+		var gs []api.Guest
+		if c.Do(ctx, "GET", "/v1/guests", nil, &gs) != nil {
+			return false
+		}
+		for _, g := range gs {
+			if g.Node == "n3" {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "n3 removed", time.Minute, func() bool { return c.Do(ctx, "DELETE", "/v1/nodes/n3", nil, nil) == nil })
+	var ns []api.Node
+	if err := c.Do(ctx, "GET", "/v1/nodes", nil, &ns); err != nil || len(ns) != 2 {
+		t.Fatalf("nodes after removing n3: %v, %v", ns, err)
+	}
+	var st api.ClusterStatus
+	waitFor(t, "n3 out of the role table", time.Minute, func() bool {
+		if c.Do(ctx, "GET", "/v1/cluster", nil, &st) != nil {
+			return false
+		}
+		for _, n := range st.Nodes {
+			if n.Name == "n3" {
+				return false
+			}
+		}
+		return !slices.Contains(st.Voters, "n3")
+	})
 }

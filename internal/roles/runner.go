@@ -326,17 +326,16 @@ func (r *Runner) replica() (failover.Replica, bool) {
 	if err != nil {
 		return failover.Replica{}, false
 	}
-	// The first cluster's replicas may not have recorded generation 1 yet.
-	epoch := st.Epoch()
-	if epoch == 0 {
-		epoch = st.Meta().Generation
+	if err := st.AdoptEpoch(); err != nil {
+		r.log.Warn("raft epoch", "err", err)
 	}
+	epoch := st.Generation()
 	lastTerm, lastIndex, term := st.Position()
 	rep := failover.Replica{Epoch: epoch, Term: term,
 		// The log's generation is the one its applied state records: a replica that
 		// moved to a newer group holds none of that group's data until the group's
 		// first write reached it.
-		Log: failover.LogPos{Epoch: st.Meta().Generation, Term: lastTerm, Index: lastIndex}}
+		Log: failover.LogPos{Epoch: st.DataGeneration(), Term: lastTerm, Index: lastIndex}}
 	// A follower keeps naming a leader it no longer hears from: silence, not the name,
 	// tells that there is none.
 	if leader := st.Leader(); leader != "" && st.LeaderSilence() < 2*r.cfg.Failover.ElectionTimeout {
@@ -356,7 +355,7 @@ func (r *Runner) replica() (failover.Replica, bool) {
 	}
 	// A group's first write records its generation: its leader writes it once raft
 	// has made it leader of the generation it was re-formed for.
-	if st.IsLeader() && epoch > st.Meta().Generation && st.Epoch() == epoch {
+	if st.IsLeader() && st.Epoch() != 0 && st.Epoch() > st.Meta().Generation {
 		r.duty("record generation", func() {
 			if _, err := st.Apply(store.Command{Op: store.OpSetMeta, Meta: &store.Meta{Generation: epoch}}); err != nil {
 				r.log.Warn("record generation", "generation", epoch, "err", err)
@@ -670,6 +669,27 @@ func (r *Runner) Fenced() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.m == nil || r.m.Fenced()
+}
+
+// Remove takes a host that is gone for good out of the role table: only the acting
+// master can, and only for a node it holds lost.
+func (r *Runner) Remove(node string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		return errors.New("this node knows no management view yet")
+	}
+	switch role := r.m.View().Role(node); {
+	case role == "":
+		return fmt.Errorf("node %q is not in the cluster's role table", node)
+	case role != failover.RoleLost:
+		return fmt.Errorf("node %s is %s, not lost: only a node the cluster holds lost can be removed (drain a node that is up)", node, role)
+	}
+	r.stepLocked(failover.Deregister{Node: node})
+	if r.m.View().Role(node) != "" {
+		return errors.New("this node is not the acting master now: retry in a moment")
+	}
+	return nil
 }
 
 // AckCopies is how many replicas must hold a client write before this master

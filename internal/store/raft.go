@@ -59,13 +59,27 @@ func (s *Store) LeaderSilence() time.Duration {
 // ID is this replica's raft server ID: its node's name.
 func (s *Store) ID() string { return string(s.rc.LocalID) }
 
-// Generation is the management generation of the raft group this replica belongs
-// to (its epoch; for a first cluster that has not recorded one, 1).
+// Generation is the generation of the raft group this replica belongs to (its
+// epoch): for a replica of the first group, which keeps no epoch, 1 once it holds
+// any state; 0 for a fresh replica that has joined no group yet.
 func (s *Store) Generation() uint64 {
 	if e := s.Epoch(); e != 0 {
 		return e
 	}
-	return max(s.Meta().Generation, 1)
+	return s.DataGeneration()
+}
+
+// DataGeneration is the generation of the group whose writes this replica holds:
+// the one its applied state records (a re-formed group's first write records it),
+// 1 for the first group's, 0 for a replica that holds nothing yet.
+func (s *Store) DataGeneration() uint64 {
+	if g := s.Meta().Generation; g != 0 {
+		return g
+	}
+	if s.Index() > 0 {
+		return 1
+	}
+	return 0
 }
 
 // Position is where this replica's raft log ends, and its current term.
