@@ -150,7 +150,7 @@ const DurableTimeout = 5 * time.Second
 // nodes as its acknowledgment needs (failover.DurableCopies), and the master still
 // acts: raft's commit on a majority of the voters alone can be lost with the master
 // and a backup. Until then the answer waits; if it cannot be had, the client gets a
-// 503 that says the change may or may not survive, and retries.
+// 504 that says the change is applied but may or may not survive.
 func (h *handler) durable(fn http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		rec := &bufferedWriter{header: http.Header{}, code: http.StatusOK}
@@ -207,7 +207,11 @@ func fail(w http.ResponseWriter, err error) {
 		writeErr(w, http.StatusServiceUnavailable, "this node lost the master role meanwhile: retry", "")
 	case errors.As(err, new(*RefusedError)):
 		writeErr(w, http.StatusConflict, err.Error(), "")
-	case errors.Is(err, ErrNotActing), errors.Is(err, store.ErrNotDurable):
+	case errors.Is(err, store.ErrNotDurable):
+		// Not 503: the change was applied, and a client that retried it on another
+		// node would only be told it exists. 504 ends the request with the news.
+		writeErr(w, http.StatusGatewayTimeout, err.Error()+"; it may or may not survive: look (vmctl vm show, vmctl net ls) before you retry", "")
+	case errors.Is(err, ErrNotActing):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
 	case errors.Is(err, ErrBadRequest):
 		writeErr(w, http.StatusBadRequest, err.Error(), "")

@@ -126,7 +126,7 @@ func guestState(c *api.Client, name string) string {
 	return g.State
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, nil)) }
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // scrapeDev scrapes a dev cluster of three nodes with guests of every policy, a pending
 // guest, and a live migration that fails (libvirt's test driver cannot migrate).
@@ -319,7 +319,20 @@ func removeLostNode(t *testing.T, c *api.Client) {
 		}
 		return true
 	})
+	// With n3 gone, two of the three management nodes hold the state: a client write
+	// is applied but not acknowledged, since the loss of both could take it away.
+	late := api.CreateGuest{Name: "late", CPUs: 1, MemoryBytes: 1 << 30, Failover: api.FailoverRestart}
+	if err := c.Do(ctx, "POST", "/v1/guests", late, nil); !errors.As(err, &se) || se.Code != http.StatusGatewayTimeout ||
+		!strings.Contains(err.Error(), "not yet on enough management nodes") {
+		t.Fatalf("a create with two of three management nodes: %v; want 504 saying it is not on enough of them", err)
+	}
+	if err := c.Do(ctx, "DELETE", "/v1/guests/late", nil, nil); err != nil && !errors.As(err, &se) {
+		t.Fatalf("delete the unacknowledged guest: %v", err)
+	}
 	waitFor(t, "n3 removed", time.Minute, func() bool { return c.Do(ctx, "DELETE", "/v1/nodes/n3", nil, nil) == nil })
+	// Two management-capable nodes left: a write is acknowledged on both.
+	late.Name = "after-removal"
+	waitFor(t, "a create acknowledged on the two nodes left", time.Minute, func() bool { return c.Do(ctx, "POST", "/v1/guests", late, nil) == nil })
 	var ns []api.Node
 	if err := c.Do(ctx, "GET", "/v1/nodes", nil, &ns); err != nil || len(ns) != 2 {
 		t.Fatalf("nodes after removing n3: %v, %v", ns, err)
