@@ -3,6 +3,8 @@ package failover
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -98,6 +100,14 @@ func (t Timing) WithDefaults() Timing {
 	return t
 }
 
+// Keys maps each config key of t to its field (fence_check is not a key: the agent
+// checks at that period).
+func (t *Timing) Keys() map[string]*time.Duration {
+	return map[string]*time.Duration{"lease_duration": &t.LeaseDuration, "lease_margin": &t.LeaseMargin,
+		"renew_interval": &t.RenewInterval, "confirm_timeout": &t.ConfirmTimeout, "fence_grace": &t.FenceGrace,
+		"tick": &t.Tick, "max_clock_skew": &t.MaxClockSkew, "raft_election_timeout": &t.ElectionTimeout}
+}
+
 // ErrBadTiming wraps every Timing validation error.
 var ErrBadTiming = errors.New("timing")
 
@@ -119,14 +129,11 @@ func (t Timing) Validate() error {
 	bad := func(key, format string, a ...any) error {
 		return &TimingError{Key: key, Rule: fmt.Sprintf(format, a...)}
 	}
-	for _, f := range []struct {
-		key string
-		v   time.Duration
-	}{{"lease_duration", t.LeaseDuration}, {"lease_margin", t.LeaseMargin}, {"renew_interval", t.RenewInterval},
-		{"confirm_timeout", t.ConfirmTimeout}, {"fence_grace", t.FenceGrace}, {"fence_check", t.FenceCheck},
-		{"tick", t.Tick}, {"max_clock_skew", t.MaxClockSkew}, {"raft_election_timeout", t.ElectionTimeout}} {
-		if f.v < 0 {
-			return bad(f.key, "%v is negative: leave it out for the default or give a positive duration", f.v)
+	keys := t.Keys()
+	keys["fence_check"] = &t.FenceCheck
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		if v := *keys[k]; v < 0 {
+			return bad(k, "%v is negative: leave it out for the default or give a positive duration", v)
 		}
 	}
 	if t.LeaseMargin >= t.LeaseDuration {

@@ -119,6 +119,11 @@ func Parse(r io.Reader) (Node, error) {
 }
 
 func (n *Node) set(key, val string) error {
+	if p, ok := n.Timing.Keys()[key]; ok {
+		d, err := parseDuration(val)
+		*p = d
+		return err
+	}
 	var err error
 	switch key {
 	case "name":
@@ -168,22 +173,6 @@ func (n *Node) set(key, val string) error {
 		}
 	case "credentials_dir":
 		n.CredentialsDir = val
-	case "lease_duration":
-		n.Timing.LeaseDuration, err = parseDuration(val)
-	case "lease_margin":
-		n.Timing.LeaseMargin, err = parseDuration(val)
-	case "renew_interval":
-		n.Timing.RenewInterval, err = parseDuration(val)
-	case "confirm_timeout":
-		n.Timing.ConfirmTimeout, err = parseDuration(val)
-	case "fence_grace":
-		n.Timing.FenceGrace, err = parseDuration(val)
-	case "tick":
-		n.Timing.Tick, err = parseDuration(val)
-	case "max_clock_skew":
-		n.Timing.MaxClockSkew, err = parseDuration(val)
-	case "raft_election_timeout":
-		n.Timing.ElectionTimeout, err = parseDuration(val)
 	case "strategy":
 		if val != "spread" && val != "pack" {
 			return fmt.Errorf("%q is not spread or pack", val)

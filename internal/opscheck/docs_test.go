@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/dvmproject/dvm/failover"
 )
 
 // TestOperatorGuideNamesEveryConfigKey: every key dvmd's config parser accepts
@@ -36,6 +38,13 @@ func TestOperatorGuideNamesEveryConfigKey(t *testing.T) {
 			if !strings.Contains(string(guide), "`"+k[1]+"`") {
 				t.Errorf("config key %s is not in docs/operator-guide.md's config reference", k[1])
 			}
+		}
+	}
+	// The timing keys are parsed from failover.Timing, which names them.
+	for k := range (&failover.Timing{}).Keys() {
+		n++
+		if !strings.Contains(string(guide), "`"+k+"`") {
+			t.Errorf("config key %s is not in docs/operator-guide.md's config reference", k)
 		}
 	}
 	if n < 20 {
