@@ -99,6 +99,7 @@ type Machine struct {
 	reformed, rejoined   uint64
 	reformAt, rejoinAt   time.Time
 	joinAt, leaderSilent time.Time
+	ledRaft              time.Time // last time this node led raft (or was no master)
 	handedBack, synced   time.Time
 	declaredAt, readmit  map[string]time.Time // per node: last DeclareLost / Readmit asked
 

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"fmt"
 	"slices"
 	"time"
 )
@@ -87,6 +88,17 @@ func (m *Machine) raftDuties() {
 	}
 	if r.Leader != "" {
 		m.leaderObserved(r.Leader, r.Term)
+	}
+	if r.Leader == self || m.role != RoleMaster {
+		m.ledRaft = m.now
+	}
+	if wait := m.cfg.LeaseDuration + 2*m.cfg.ConfirmTimeout; m.role == RoleMaster && m.now.Sub(m.ledRaft) >= wait && m.now.Sub(m.since) >= wait {
+		// A master that raft has not let lead for this long writes nothing: its
+		// replica is out of raft's configuration, or behind the voters. It gives
+		// the role up; raft's leader takes it once this master's leases have run
+		// out (scenario 4), or the survivors re-form.
+		m.merge(r.Leader, fmt.Sprintf("raft's leadership stayed elsewhere for %v", wait))
+		return
 	}
 	if m.role == RoleMaster && r.Leader != "" && r.Leader != self && !slices.Contains(r.Voters, self) {
 		// Raft's configuration gives this master no vote (its server was removed
