@@ -35,7 +35,7 @@ func AgentHandler(m *Master, nodeName, token string, reg *metrics.Registry) http
 
 func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forward bool) http.Handler {
 	mux := http.NewServeMux()
-	h := &handler{m: m, token: token, reg: reg, forward: forward}
+	h := &handler{m: m, node: nodeName, token: token, reg: reg, forward: forward}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	role := "node"
 	if m != nil {
@@ -88,6 +88,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 
 type handler struct {
 	m       *Master
+	node    string
 	token   string
 	reg     *metrics.Registry
 	forward bool
@@ -101,9 +102,18 @@ func (h *handler) authorized(r *http.Request) bool {
 type statusWriter struct {
 	http.ResponseWriter
 	code int
+	// header, when set, adds headers just before the status line goes out.
+	header func(http.Header)
 }
 
-func (s *statusWriter) WriteHeader(c int) { s.code = c; s.ResponseWriter.WriteHeader(c) }
+func (s *statusWriter) WriteHeader(c int) {
+	s.code = c
+	if s.header != nil {
+		s.header(s.Header())
+		s.header = nil
+	}
+	s.ResponseWriter.WriteHeader(c)
+}
 
 // Flush lets streaming answers (drain progress) reach the client line by line.
 func (s *statusWriter) Flush() {
@@ -135,8 +145,38 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 			return
 		}
 		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
+		sw.header = h.epochHeaders()
 		fn(sw, r)
 	})
+}
+
+// Headers of every answer the master gives itself (a forwarding node passes them
+// on): which master answered, and the raft generation and term it answered in. A
+// checker outside the cluster (vmctl lab faults) uses them to tell whether two
+// masters accepted writes at once: raft gives a term at most one leader, and a master
+// of an older (generation, term) must not acknowledge a write after one of a newer
+// has. On a read they say how new the master was that the answer comes from.
+const (
+	HeaderMaster     = "Dvm-Master"
+	HeaderGeneration = "Dvm-Generation"
+	HeaderTerm       = "Dvm-Term"
+)
+
+// epochHeaders reads the generation and term when a request starts and returns what
+// sets the headers when its answer goes out. Generation and term are given only when
+// neither changed meanwhile and this node is still the leader: then a write committed
+// by this request was committed in that term (a leader that loses its term fails its
+// pending writes), so the headers never name a term the write was not made in.
+func (h *handler) epochHeaders() func(http.Header) {
+	gen, term, ok := h.m.writeEpoch()
+	return func(hd http.Header) {
+		hd.Set(HeaderMaster, h.node)
+		g, t, still := h.m.writeEpoch()
+		if ok && still && g == gen && t == term {
+			hd.Set(HeaderGeneration, strconv.FormatUint(gen, 10))
+			hd.Set(HeaderTerm, strconv.FormatUint(term, 10))
+		}
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
