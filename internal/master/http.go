@@ -150,18 +150,6 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 	})
 }
 
-// Headers of every answer the master gives itself (a forwarding node passes them
-// on): which master answered, and the raft generation and term it answered in. A
-// checker outside the cluster (vmctl lab faults) uses them to tell whether two
-// masters accepted writes at once: raft gives a term at most one leader, and a master
-// of an older (generation, term) must not acknowledge a write after one of a newer
-// has. On a read they say how new the master was that the answer comes from.
-const (
-	HeaderMaster     = "Dvm-Master"
-	HeaderGeneration = "Dvm-Generation"
-	HeaderTerm       = "Dvm-Term"
-)
-
 // epochHeaders reads the generation and term when a request starts and returns what
 // sets the headers when its answer goes out. Generation and term are given only when
 // neither changed meanwhile and this node is still the leader: then a write committed
@@ -170,11 +158,11 @@ const (
 func (h *handler) epochHeaders() func(http.Header) {
 	gen, term, ok := h.m.writeEpoch()
 	return func(hd http.Header) {
-		hd.Set(HeaderMaster, h.node)
+		hd.Set(api.HeaderMaster, h.node)
 		g, t, still := h.m.writeEpoch()
 		if ok && still && g == gen && t == term {
-			hd.Set(HeaderGeneration, strconv.FormatUint(gen, 10))
-			hd.Set(HeaderTerm, strconv.FormatUint(term, 10))
+			hd.Set(api.HeaderGeneration, strconv.FormatUint(gen, 10))
+			hd.Set(api.HeaderTerm, strconv.FormatUint(term, 10))
 		}
 	}
 }

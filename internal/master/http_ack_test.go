@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/metrics"
 )
 
@@ -33,20 +34,20 @@ func TestWriteAnswersNameMasterAndTerm(t *testing.T) {
 		t.Fatalf("create: %s", resp.Status)
 	}
 	term := strconv.FormatUint(m.Store().Raft().CurrentTerm(), 10)
-	if got := resp.Header.Get(HeaderMaster); got != "m1" {
-		t.Errorf("%s: %q, want m1", HeaderMaster, got)
+	if got := resp.Header.Get(api.HeaderMaster); got != "m1" {
+		t.Errorf("%s: %q, want m1", api.HeaderMaster, got)
 	}
-	if got := resp.Header.Get(HeaderGeneration); got != "1" {
-		t.Errorf("%s: %q, want 1 (a bootstrapped cluster)", HeaderGeneration, got)
+	if got := resp.Header.Get(api.HeaderGeneration); got != "1" {
+		t.Errorf("%s: %q, want 1 (a bootstrapped cluster)", api.HeaderGeneration, got)
 	}
-	if got := resp.Header.Get(HeaderTerm); got != term || got == "0" {
-		t.Errorf("%s: %q, want raft's term %s", HeaderTerm, got, term)
+	if got := resp.Header.Get(api.HeaderTerm); got != term || got == "0" {
+		t.Errorf("%s: %q, want raft's term %s", api.HeaderTerm, got, term)
 	}
 	// A refused write is still the master's answer, and says so.
-	if resp := do("POST", "/v1/guests", `{"name":"g1","cpus":1,"memory_bytes":134217728}`); resp.StatusCode != http.StatusConflict || resp.Header.Get(HeaderMaster) != "m1" {
-		t.Errorf("second create of g1: %s, %s %q", resp.Status, HeaderMaster, resp.Header.Get(HeaderMaster))
+	if resp := do("POST", "/v1/guests", `{"name":"g1","cpus":1,"memory_bytes":134217728}`); resp.StatusCode != http.StatusConflict || resp.Header.Get(api.HeaderMaster) != "m1" {
+		t.Errorf("second create of g1: %s, %s %q", resp.Status, api.HeaderMaster, resp.Header.Get(api.HeaderMaster))
 	}
-	if resp := do("GET", "/v1/guests", ""); resp.Header.Get(HeaderMaster) != "m1" || resp.Header.Get(HeaderTerm) != term {
+	if resp := do("GET", "/v1/guests", ""); resp.Header.Get(api.HeaderMaster) != "m1" || resp.Header.Get(api.HeaderTerm) != term {
 		t.Errorf("a read's answer does not say which master gave it in which term: %v", resp.Header)
 	}
 }
