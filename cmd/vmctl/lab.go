@@ -221,6 +221,7 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 			labNodeCommand(dir, "restart", "boot a node again, empty of guests, as a host that rebooted",
 				"Example:\n  vmctl lab restart n2",
 				func(c *cli.Context, l *lab.Lab, node string) error { return l.Restart(c.Context, node) }),
+			labFaultsCommand(dir),
 		},
 	}
 }
