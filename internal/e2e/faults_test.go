@@ -139,18 +139,21 @@ func slowNodeThenKill(t *testing.T, iso isolation, pick func(master, b1, b2 stri
 		}
 		slow, kill := pick(st.Master, backups[0], backups[1])
 		t.Logf("run %d: master %s, backups %v (generation %d): %s %s, kill %v", run, st.Master, backups, st.Generation, slow, iso.name, kill)
-		acked := c.createAcked(t, fmt.Sprintf("r%d-pre", run), 3, 0)
+		var acked []string
+		for _, a := range c.createAcked(fmt.Sprintf("r%d-pre", run), 3, 0) {
+			acked = append(acked, a.name)
+		}
 
 		// The slow node is out while guests are created, and comes back just after
 		// the kills: all of it within a second.
 		iso.start(c, slow)
 		out := time.Now()
-		var during []string
+		var during []ackAt
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			during = c.createAcked(t, fmt.Sprintf("r%d-during", run), 4, 100*time.Millisecond)
+			during = c.createAcked(fmt.Sprintf("r%d-during", run), 4, 100*time.Millisecond)
 		}()
 		time.Sleep(400 * time.Millisecond)
 		var kwg sync.WaitGroup
@@ -167,15 +170,21 @@ func slowNodeThenKill(t *testing.T, iso isolation, pick func(master, b1, b2 stri
 		killed := time.Now()
 		iso.finish(c, slow)
 		outFor := time.Since(out)
-		wg.Wait()
-		t.Logf("run %d: %s %s for %.2f s; %v killed %.2f s into it; %d of the guests created meanwhile acknowledged",
-			run, slow, iso.name, outFor.Seconds(), kill, killed.Sub(out).Seconds(), len(during))
 		if outFor >= time.Second {
 			t.Fatalf("run %d: %s was %s for %.2f s: the scenario needs under a second (the lab's kill or %s took too long)", run, slow, iso.name, outFor.Seconds(), iso.name)
 		}
-		acked = append(acked, during...)
-
+		// Writes are tried at once, beside the creates still under way: the first
+		// acknowledged after the kill, of either, is when writes were accepted again.
 		accepted, ok := c.firstWrite(fmt.Sprintf("r%d-after", run), killed, 90*time.Second)
+		wg.Wait()
+		t.Logf("run %d: %s %s for %.2f s; %v killed %.2f s into it; %d of the guests created meanwhile acknowledged",
+			run, slow, iso.name, outFor.Seconds(), kill, killed.Sub(out).Seconds(), len(during))
+		for _, a := range during {
+			acked = append(acked, a.name)
+			if a.at.After(killed) && (!ok || a.at.Before(accepted)) {
+				accepted, ok = a.at, true
+			}
+		}
 		d := accepted.Sub(killed)
 		times = append(times, d.Seconds())
 		switch {
@@ -207,14 +216,20 @@ func slowNodeThenKill(t *testing.T, iso isolation, pick func(master, b1, b2 stri
 		iso.name, writeBound, runs-failed, runs, times[len(times)/2], times[len(times)-1])
 }
 
+// ackAt is a create the cluster acknowledged, and when its answer came.
+type ackAt struct {
+	name string
+	at   time.Time
+}
+
 // createAcked creates n stopped guests named prefix0 … and returns those the cluster
 // acknowledged (vmctl exit 0, or 2: recorded, pending a node).
-func (c *cluster) createAcked(t *testing.T, prefix string, n int, every time.Duration) []string {
-	var acked []string
+func (c *cluster) createAcked(prefix string, n int, every time.Duration) []ackAt {
+	var acked []ackAt
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("%s%d", prefix, i)
 		if _, code := c.tryQuiet(name); code == 0 || code == 2 {
-			acked = append(acked, name)
+			acked = append(acked, ackAt{name, time.Now()})
 		}
 		time.Sleep(every)
 	}
