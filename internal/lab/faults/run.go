@@ -231,14 +231,16 @@ func (r *runner) violate(check, format string, args ...any) {
 }
 
 // guestReq is a create of the lab image: small, so that a few run at once on a
-// 2-core machine.
+// 2-core machine. A running guest has a disk on the lab's shared storage, as a restart
+// guest needs in production: a second copy of it would write the same disk, and
+// libvirt's lock manager is there to refuse it.
 func guestReq(name, failover string, running bool) api.CreateGuest {
 	start := running
-	mem := int64(64 << 20)
+	req := api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 64 << 20, Failover: failover, Start: &start}
 	if running {
-		mem = 96 << 20
+		req.MemoryBytes, req.DiskBytes = 96<<20, 64<<20
 	}
-	return api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: mem, Failover: failover, Start: &start}
+	return req
 }
 
 // settle waits until every node, asked on its own, names the same acting master and
