@@ -8,8 +8,12 @@
 // A schedule (Plan) is drawn from a seed alone: kill, pause, cut (a node from every
 // peer), cut-link (two nodes from each other), heal, resume and restart, with waits
 // between them, never more than fewer-than-half the nodes down at once, then a finale
-// that resumes, heals and restarts whatever is left. Run carries it out while a writer
-// creates guests through the API, and checks:
+// that resumes, heals and restarts whatever is left. Run starts from a cluster every
+// node agrees on, with a running guest of each failover policy (two restart guests: one
+// with a disk on the shared storage, where libvirt's lock manager guards against a
+// second copy, one without, where fencing alone does), and carries the schedule out
+// while a writer creates guests through the API (stopped ones, and two running restart
+// guests). It checks:
 //
 //   - twice: a guest runs on at most one node at every sample. Every node is sampled
 //     every 100 ms: its libvirtd is asked (qemu+tcp) which domains run; a node whose

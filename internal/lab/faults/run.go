@@ -103,7 +103,7 @@ type runner struct {
 	opts   Options
 	lab    *lab.Lab
 	cl     *client
-	smp    *sampler
+	smp    *Sampler
 	start  time.Time
 	prefix string
 
@@ -160,8 +160,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		r.prefix = fmt.Sprintf("f%d-", opts.Schedule.Seed)
 	}
 	fmt.Fprintf(opts.Out, "faults: %s", opts.Schedule)
-	r.smp = newSampler(l, opts.Interval)
-	defer r.smp.finish()
+	r.smp = StartSampler(l, opts.Interval)
+	defer r.smp.Stop()
 
 	if err := r.settle(ctx, nodes); err != nil {
 		return nil, err
@@ -231,14 +231,18 @@ func (r *runner) violate(check, format string, args ...any) {
 }
 
 // guestReq is a create of the lab image: small, so that a few run at once on a
-// 2-core machine. A running guest has a disk on the lab's shared storage, as a restart
-// guest needs in production: a second copy of it would write the same disk, and
-// libvirt's lock manager is there to refuse it.
-func guestReq(name, failover string, running bool) api.CreateGuest {
+// 2-core machine. A running guest with disk has one on the lab's shared storage: a
+// second copy would write the same disk, and libvirt's lock manager is there to refuse
+// it. A running guest without (a stateless one) has fencing alone between it and a
+// second copy, so both guards are tried.
+func guestReq(name, failover string, running, disk bool) api.CreateGuest {
 	start := running
 	req := api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 64 << 20, Failover: failover, Start: &start}
 	if running {
-		req.MemoryBytes, req.DiskBytes = 96<<20, 64<<20
+		req.MemoryBytes = 96 << 20
+	}
+	if disk {
+		req.DiskBytes = 64 << 20
 	}
 	return req
 }
@@ -283,15 +287,18 @@ func (r *runner) settle(ctx context.Context, nodes []lab.Node) error {
 // setup creates a running guest of each failover policy (two restart guests) and
 // waits until every one runs.
 func (r *runner) setup(ctx context.Context) error {
-	guests := []struct{ name, failover string }{
-		{r.prefix + "none", api.FailoverNone}, {r.prefix + "restart1", api.FailoverRestart},
-		{r.prefix + "restart2", api.FailoverRestart}, {r.prefix + "twin", api.FailoverTwin},
+	guests := []struct {
+		name, failover string
+		disk           bool
+	}{
+		{r.prefix + "none", api.FailoverNone, true}, {r.prefix + "restart1", api.FailoverRestart, true},
+		{r.prefix + "restart2", api.FailoverRestart, false}, {r.prefix + "twin", api.FailoverTwin, true},
 	}
 	var names []string
 	for _, g := range guests {
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
-			a := r.cl.do(ctx, http.MethodPost, "/v1/guests", guestReq(g.name, g.failover, true))
+			a := r.cl.do(ctx, http.MethodPost, "/v1/guests", guestReq(g.name, g.failover, true, g.disk))
 			if r.record(a, g.name, g.failover, true) {
 				break
 			}
@@ -340,7 +347,7 @@ func (r *runner) record(a answer, name, failover string, running bool) bool {
 }
 
 // writer creates guests until ctx ends: mostly stopped ones (no QEMU), of every
-// policy, and a few running restart guests.
+// policy, and two running restart guests, the first with a disk, the second without.
 func (r *runner) writer(ctx context.Context) {
 	policies := []string{api.FailoverNone, api.FailoverRestart, api.FailoverTwin}
 	started := 0
@@ -350,7 +357,7 @@ func (r *runner) writer(ctx context.Context) {
 		if i%6 == 4 && started < 2 {
 			failover, running = api.FailoverRestart, true
 		}
-		a := r.cl.do(ctx, http.MethodPost, "/v1/guests", guestReq(name, failover, running))
+		a := r.cl.do(ctx, http.MethodPost, "/v1/guests", guestReq(name, failover, running, running && started%2 == 0))
 		if r.record(a, name, failover, running) && running {
 			started++
 		}
@@ -497,7 +504,7 @@ func (r *runner) afterHeal(ctx context.Context, healed time.Time, res *Result) {
 	}()
 	for i := 0; time.Since(healed) < r.opts.WriteBound && ctx.Err() == nil; i++ {
 		name := fmt.Sprintf("%sh%d", r.prefix, i)
-		a := r.cl.do(ctx, http.MethodPost, "/v1/guests", guestReq(name, api.FailoverNone, false))
+		a := r.cl.do(ctx, http.MethodPost, "/v1/guests", guestReq(name, api.FailoverNone, false, false))
 		if r.record(a, name, api.FailoverNone, false) && !a.start.Before(healed) {
 			res.WritesAfterHeal, res.WritesOK = a.end.Sub(healed), true
 			break
@@ -546,14 +553,13 @@ func (r *runner) afterHeal(ctx context.Context, healed time.Time, res *Result) {
 
 // judge gathers the samples' and the acknowledgements' checks into res.
 func (r *runner) judge(res *Result) {
-	r.smp.mu.Lock()
-	res.Samples, res.FromProc = r.smp.samples, r.smp.fromProc
-	if r.smp.twiceN > 0 {
-		r.violations = append(r.violations, Violation{CheckTwice, fmt.Sprintf("a guest ran on two nodes in %d of %d samples: %s",
-			r.smp.twiceN, r.smp.samples, strings.Join(r.smp.twice, "; "))})
-	}
-	r.smp.mu.Unlock()
+	sr := r.smp.Report()
+	res.Samples, res.FromProc = sr.Samples, sr.FromProc
 	r.mu.Lock()
+	if sr.Twice > 0 {
+		r.violations = append(r.violations, Violation{CheckTwice, fmt.Sprintf("a guest ran on two nodes in %d of %d samples: %s",
+			sr.Twice, sr.Samples, strings.Join(sr.Examples, "; "))})
+	}
 	defer r.mu.Unlock()
 	if res.Samples < 10 {
 		r.violations = append(r.violations, Violation{CheckTwice, fmt.Sprintf("only %d samples of the nodes: the check proves nothing", res.Samples)})

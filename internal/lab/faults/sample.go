@@ -18,10 +18,11 @@ import (
 // 2-core machine can take a while.
 const sampleAnswer = 500 * time.Millisecond
 
-// sampler asks every node, every interval, which guests run there (see the package
+// Sampler asks every node, every interval, which guests run there (see the package
 // doc for how a node that does not answer counts), and records every sample in which
-// a guest runs on two nodes.
-type sampler struct {
+// a guest runs on two nodes. Run uses one; tests that make faults of their own can
+// too.
+type Sampler struct {
 	lab      *lab.Lab
 	interval time.Duration
 	probes   map[string]*probe
@@ -44,8 +45,9 @@ type seen struct {
 	since time.Time
 }
 
-func newSampler(l *lab.Lab, interval time.Duration) *sampler {
-	s := &sampler{lab: l, interval: interval, probes: map[string]*probe{}, running: map[string]seen{},
+// StartSampler starts sampling every node of l every interval, until Stop.
+func StartSampler(l *lab.Lab, interval time.Duration) *Sampler {
+	s := &Sampler{lab: l, interval: interval, probes: map[string]*probe{}, running: map[string]seen{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range l.Nodes() {
 		s.probes[n.Name] = &probe{uri: n.LibvirtURI}
@@ -54,7 +56,7 @@ func newSampler(l *lab.Lab, interval time.Duration) *sampler {
 	return s
 }
 
-func (s *sampler) run() {
+func (s *Sampler) run() {
 	defer close(s.done)
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
@@ -69,7 +71,7 @@ func (s *sampler) run() {
 }
 
 // sample takes one sample of every node at once.
-func (s *sampler) sample() {
+func (s *Sampler) sample() {
 	at := time.Now()
 	nodes := s.lab.Nodes()
 	type obs struct {
@@ -142,19 +144,40 @@ func (s *sampler) sample() {
 
 // runningSince says whether guest ran in the last sample, and since when without a
 // break.
-func (s *sampler) runningSince(guest string) (time.Time, bool) {
+func (s *Sampler) runningSince(guest string) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.running[guest]
 	return r.since, ok
 }
 
-func (s *sampler) finish() {
-	close(s.stop)
+// SampleReport is what a Sampler saw.
+type SampleReport struct {
+	Samples  int // of every node
+	FromProc int // node samples read from /proc: the node was paused or its libvirtd did not answer
+	Twice    int // samples in which a guest ran on two nodes
+	Examples []string
+}
+
+// Stop ends the sampling and reports.
+func (s *Sampler) Stop() SampleReport {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
 	<-s.done
 	for _, p := range s.probes {
 		p.close()
 	}
+	return s.Report()
+}
+
+// Report is what the sampler saw so far.
+func (s *Sampler) Report() SampleReport {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SampleReport{Samples: s.samples, FromProc: s.fromProc, Twice: s.twiceN, Examples: append([]string(nil), s.twice...)}
 }
 
 // probe asks one node's libvirtd which domains run. A call that does not answer in
