@@ -282,3 +282,86 @@ func (c *cluster) missing(names []string, within time.Duration) []string {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// TestPausedNodeResumesAfterItsGuestsMoved: a node stops (SIGSTOP of every process)
+// for longer than its lease, so the master declares it lost and restarts its guests
+// elsewhere, or tries to: the paused QEMUs still hold their disks. Then it resumes,
+// with its QEMUs still there. A guest must never run on two nodes, neither while the
+// node is paused nor when it continues (its QEMUs must not run again before its fencing
+// stops them), and every guest runs again, once, after the resume.
+func TestPausedNodeResumesAfterItsGuestsMoved(t *testing.T) {
+	c := upCluster(t, 3)
+	node := c.victim(t)
+	// One guest with a disk on the shared storage (the paused QEMU keeps its lock),
+	// one without: both land on node.
+	guests := []string{"frozen1", "frozen2"}
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node {
+			c.run("node", "drain", n.Name)
+		}
+	}
+	for i, g := range guests {
+		args := []string{"vm", "create", g, "--os", "linux", "--image", "lab", "--cpus", "1", "--memory", "96MiB", "--failover", "restart"}
+		if i == 0 {
+			args = append(args, "--disk", "64MiB")
+		}
+		c.run(args...)
+		if got := c.guest(g); got.Node != node {
+			t.Fatalf("%s on %s, not %s", g, got.Node, node)
+		}
+	}
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node {
+			c.run("node", "undrain", n.Name)
+		}
+	}
+	// The faults sampler: a paused node's libvirtd cannot answer, its QEMUs are read
+	// from /proc.
+	s := faults.StartSampler(c.lab, 100*time.Millisecond)
+	// While the node is paused, vmctl asks the other nodes only: a paused node accepts
+	// connections and never answers them.
+	var others []string
+	for _, n := range c.lab.Nodes() {
+		if n.Name != node {
+			others = append(others, n.AgentURL)
+		}
+	}
+	via := []string{"--addr", strings.Join(others, ",")}
+	show := func(g string) api.Guest {
+		var got api.Guest
+		out, code := c.try(append(via, "-o", "json", "vm", "show", g)...)
+		if code != 0 || json.Unmarshal([]byte(out), &got) != nil {
+			return api.Guest{}
+		}
+		return got
+	}
+	c.run("lab", "pause", node, "--dir", c.lab.Dir())
+	paused := time.Now()
+	waitFor(t, "the guests of the paused "+node+" placed elsewhere", 60*time.Second, func() bool {
+		for _, g := range guests {
+			if got := show(g); got.Node == "" || got.Node == node {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("guests of the paused %s placed elsewhere %.2f s after the pause", node, time.Since(paused).Seconds())
+	time.Sleep(5 * time.Second)
+	for _, g := range guests {
+		got := show(g)
+		t.Logf("%s while %s is paused: %s on %s %s", g, node, got.State, got.Node, got.Error)
+	}
+	c.run("lab", "resume", node, "--dir", c.lab.Dir())
+	resumed := time.Now()
+	waitFor(t, "every guest running once after the resume", 90*time.Second, func() bool { return c.allRunningElsewhere(guests, node) })
+	t.Logf("every guest running %.2f s after the resume", time.Since(resumed).Seconds())
+	time.Sleep(3 * time.Second)
+	rep := s.Stop()
+	if rep.Twice > 0 {
+		t.Errorf("a guest ran on two nodes in %d of %d samples: %v", rep.Twice, rep.Samples, rep.Examples)
+	}
+	if rep.Samples < 10 {
+		t.Errorf("only %d samples of the nodes: the check proves nothing", rep.Samples)
+	}
+	t.Logf("%d samples of every node (%d node samples from /proc)", rep.Samples, rep.FromProc)
+}
