@@ -179,21 +179,22 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			break
 		}
 	}
-	// The finale runs even after a failed step or a cancelled run: a lab is not left
-	// with stopped processes or cuts.
-	fctx := ctx
-	if ctx.Err() != nil || stepErr != nil {
-		fctx = context.WithoutCancel(ctx)
-	}
-	for _, st := range opts.Schedule.Finale {
-		if err := r.step(fctx, "finale", Step{Kind: st.Kind, Node: st.Node}); err != nil && stepErr == nil {
-			stepErr = err
+	if stepErr == nil && ctx.Err() == nil {
+		for _, st := range opts.Schedule.Finale {
+			if stepErr = r.step(ctx, "finale", Step{Kind: st.Kind, Node: st.Node}); stepErr != nil {
+				break
+			}
 		}
 	}
-	if stepErr != nil {
+	if stepErr != nil || ctx.Err() != nil {
+		// A run cut short leaves no stopped process and no cut behind.
+		r.cleanup()
 		stopWriter()
 		<-writerDone
 		r.checks.Wait()
+		if stepErr == nil {
+			stepErr = ctx.Err()
+		}
 		return nil, stepErr
 	}
 	healed := time.Now()
@@ -422,6 +423,22 @@ func (r *runner) step(ctx context.Context, label string, st Step) error {
 	case <-time.After(st.Wait):
 	}
 	return nil
+}
+
+// cleanup resumes every paused node and heals every cut, whatever the schedule
+// did so far.
+func (r *runner) cleanup() {
+	for _, n := range r.lab.Nodes() {
+		if n.Paused {
+			if err := r.lab.Resume(n.Name); err != nil {
+				r.logf("cleanup: %v", err)
+			}
+		}
+	}
+	if err := r.lab.Heal(""); err != nil {
+		r.logf("cleanup: %v", err)
+	}
+	r.logf("cleanup: every node resumed, every cut healed")
 }
 
 // checkLost lists the guests and looks for every write acknowledged before it began.
