@@ -86,7 +86,7 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 			},
 			{
 				Name:        "status",
-				Usage:       "show the lab's nodes: running, killed, cut; libvirtd and agent answering",
+				Usage:       "show the lab's nodes: running, paused, killed, cut; libvirtd and agent answering",
 				Description: "Examples:\n  vmctl lab status\n  vmctl lab status -o json",
 				Flags:       []cli.Flag{dir, &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}},
 				Action: func(c *cli.Context) error {
@@ -153,26 +153,10 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 					return nil
 				},
 			},
-			{
-				Name:      "kill",
-				Usage:     "end every process of a node at once, like a power loss",
-				ArgsUsage: "NODE",
-				Description: "The others declare it lost and recover its guests; vmctl lab restart boots it again.\n\n" +
+			labNodeCommand(dir, "kill", "end every process of a node at once, like a power loss",
+				"The others declare it lost and recover its guests; vmctl lab restart boots it again.\n\n"+
 					"Example:\n  vmctl lab kill n2",
-				Flags: []cli.Flag{dir},
-				Action: func(c *cli.Context) error {
-					node, err := nodeArg(c, "kill")
-					if err != nil {
-						return err
-					}
-					l, err := loadUp(c.String("dir"))
-					if err != nil {
-						return err
-					}
-					l.SetLog(os.Stderr)
-					return l.Kill(node)
-				},
-			},
+				func(c *cli.Context, l *lab.Lab, node string) error { return l.Kill(node) }),
 			{
 				Name:      "cut",
 				Usage:     "drop a node's traffic to every peer (and the host), or to the --from nodes, both ways",
@@ -225,25 +209,45 @@ the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 					return l.Heal(node)
 				},
 			},
-			{
-				Name:        "restart",
-				Usage:       "boot a node again, empty of guests, as a host that rebooted",
-				ArgsUsage:   "NODE",
-				Description: "Example:\n  vmctl lab restart n2",
-				Flags:       []cli.Flag{dir},
-				Action: func(c *cli.Context) error {
-					node, err := nodeArg(c, "restart")
-					if err != nil {
-						return err
-					}
-					l, err := loadUp(c.String("dir"))
-					if err != nil {
-						return err
-					}
-					l.SetLog(os.Stderr)
-					return l.Restart(c.Context, node)
-				},
-			},
+			labNodeCommand(dir, "pause", "stop every process of a node (SIGSTOP): libvirtd, QEMUs, dvmd, all",
+				"What a GC stall, a frozen VM or a stuck disk does to a host: nothing of the node runs,\n"+
+					"its connections stay open and do not answer. vmctl lab resume continues it; kill,\n"+
+					"restart and down end a paused node as any other.\n\n"+
+					"Example:\n  vmctl lab pause n3; sleep 0.8; vmctl lab resume n3",
+				func(c *cli.Context, l *lab.Lab, node string) error { return l.Pause(node) }),
+			labNodeCommand(dir, "resume", "continue every process of a paused node (SIGCONT)",
+				"Example:\n  vmctl lab resume n3",
+				func(c *cli.Context, l *lab.Lab, node string) error { return l.Resume(node) }),
+			labNodeCommand(dir, "restart", "boot a node again, empty of guests, as a host that rebooted",
+				"Example:\n  vmctl lab restart n2",
+				func(c *cli.Context, l *lab.Lab, node string) error { return l.Restart(c.Context, node) }),
+			labFaultsCommand(dir),
+		},
+	}
+}
+
+// labNodeCommand is `vmctl lab VERB NODE` on an up lab, doing do.
+func labNodeCommand(dir cli.Flag, verb, usage, description string, do func(c *cli.Context, l *lab.Lab, node string) error) *cli.Command {
+	return &cli.Command{
+		Name:        verb,
+		Usage:       usage,
+		ArgsUsage:   "NODE",
+		Description: description,
+		Flags:       []cli.Flag{dir},
+		Action: func(c *cli.Context) error {
+			args, err := labArgs(c)
+			if err != nil {
+				return err
+			}
+			if len(args) != 1 {
+				return fmt.Errorf("usage: vmctl lab %s NODE (one node name, such as n2)", verb)
+			}
+			l, err := loadUp(c.String("dir"))
+			if err != nil {
+				return err
+			}
+			l.SetLog(os.Stderr)
+			return do(c, l, args[0])
 		},
 	}
 }

@@ -258,3 +258,16 @@ type DrainProgress struct {
 	Moved           int     `json:"moved,omitempty"`
 	Failed          int     `json:"failed,omitempty"`
 }
+
+// Headers of every answer the master gives itself (a forwarding node passes them on):
+// which master answered, and the raft generation and term it answered in (the term
+// only when it did not change while the request ran, so a write acknowledged with it
+// was committed in that term). A checker outside the cluster (vmctl lab faults) uses
+// them to tell whether two masters accepted writes at once: raft gives a term at most
+// one leader, and a master of an older (generation, term) must not acknowledge a write
+// after one of a newer has. On a read they say how new the master was that answered.
+const (
+	HeaderMaster     = "Dvm-Master"
+	HeaderGeneration = "Dvm-Generation"
+	HeaderTerm       = "Dvm-Term"
+)

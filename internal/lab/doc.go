@@ -10,7 +10,10 @@
 //
 // The nodes are joined by the bridge dvmlab0 (10.77.0.1/24) in the root namespace,
 // one veth pair per node (dvmlab-nK in the root namespace, eth0 in the node). Faults
-// are made with an nftables table of the lab's own (bridge family, "dvmlab").
+// are made with an nftables table of the lab's own (bridge family, "dvmlab"), by
+// killing a node's PID 1 (Kill), and by stopping every process of its PID namespace
+// with SIGSTOP (Pause) until SIGCONT (Resume). Package faults (internal/lab/faults)
+// chains them into seeded schedules and checks what dvm promises.
 // DIR/shared/images and DIR/shared/disks are the same path in every node and stand in
 // for shared storage.
 //

@@ -94,6 +94,9 @@ type nodeState struct {
 	// /proc/PID/stat field 22), so that a reused PID is never taken for the node.
 	PID      int    `json:"pid"`
 	PIDStart uint64 `json:"pid_start"`
+	// Paused is set by Pause and cleared by Resume, Kill and Restart: every process
+	// of the node is stopped (SIGSTOP).
+	Paused bool `json:"paused,omitempty"`
 }
 
 // Cut is one fault of the network: Node's traffic to From (every peer and the root
@@ -111,6 +114,7 @@ type Node struct {
 	AgentURL   string `json:"agent_url"`   // http://ADDR:7460
 	Dir        string `json:"dir"`         // DIR/nodes/nK
 	PID        int    `json:"pid"`         // root namespace PID of the node's PID 1 (tini); 0 when killed
+	Paused     bool   `json:"paused"`      // every process stopped by Pause until Resume
 }
 
 func nodeName(k int) string   { return fmt.Sprintf("n%d", k) }
@@ -176,6 +180,7 @@ func (l *Lab) nodeOf(n nodeState) Node {
 		AgentURL:   agentURL(n.Index),
 		Dir:        l.nodeDir(n.Name),
 		PID:        n.PID,
+		Paused:     n.Paused && n.PID != 0,
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,6 +82,67 @@ func TestLab(t *testing.T) {
 		}
 		waitConsole(t, console, "dvm-lab-guest: up", "dvm-lab-guest: eth0 10.0.2.15/24",
 			"dvm-lab-guest: gateway 10.0.2.2", "dvm-lab-guest: disk /dev/vda", "dvm-lab-guest: tick 2")
+	})
+
+	t.Run("pause", func(t *testing.T) {
+		// A process that forks all the time: Pause must stop the children it forks
+		// while the signals go out too.
+		// It runs in the background of a shell that ends at once: its parent is then
+		// n2's tini, not nsenter, which would stop itself when its child stops.
+		forker := exec.Command("nsenter", "-t", strconv.Itoa(n2.PID), "-p", "--", "sh", "-c",
+			"(: dvm-lab-forker; while :; do sleep 0.01; done) >/dev/null 2>&1 &")
+		if out, err := forker.CombinedOutput(); err != nil {
+			t.Fatalf("start a forking process in n2: %v\n%s", err, out)
+		}
+		defer killMarked(l, "n2", "dvm-lab-forker")
+		time.Sleep(300 * time.Millisecond)
+		before := lastTick(console)
+		// Through another Lab of the same DIR, as `vmctl lab pause n2` would.
+		other, err := lab.Load(l.Dir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Pause("n2"); err != nil {
+			t.Fatal(err)
+		}
+		first := allStopped(t, l, "n2")
+		time.Sleep(500 * time.Millisecond)
+		if again := allStopped(t, l, "n2"); !slices.Equal(first, again) {
+			t.Errorf("n2's processes changed while it was paused: %v, then %v", first, again)
+		}
+		qemus, err := l.NodeQEMUs("n2")
+		if err != nil || len(qemus) != 1 || qemus[0].Guest != "labguest" || !qemus[0].Stopped {
+			t.Errorf("QEMUs of the paused n2: %+v, %v; want labguest's, stopped", qemus, err)
+		}
+		if tick := lastTick(console); tick > before+1 {
+			t.Errorf("the guest of the paused n2 ticked on: tick %d before the pause, %d after", before, tick)
+		}
+		st, err := l.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st[1].State != lab.StatePaused || st[1].Libvirt || !st[1].Paused || st[0].State != lab.StateRunning {
+			t.Errorf("status with n2 paused: %+v", st)
+		}
+		if err := l.Pause("n2"); err == nil {
+			t.Error("pausing a paused node succeeded; want an error saying to resume it")
+		}
+		if err := l.Resume("n2"); err != nil {
+			t.Fatal(err)
+		}
+		pids, _ := l.NodeProcesses("n2")
+		for _, p := range pids {
+			if procState(p) == "T" {
+				t.Errorf("process %d (%s) of n2 still stopped after resume", p, procComm(p))
+			}
+		}
+		waitConsole(t, console, fmt.Sprintf("dvm-lab-guest: tick %d", lastTick(console)+2))
+		if err := l.Resume("n2"); err == nil {
+			t.Error("resuming a node that is not paused succeeded; want an error")
+		}
+		if st, _ := l.Status(ctx); st[1].State != lab.StateRunning || !st[1].Libvirt {
+			t.Errorf("status of n2 after resume: %+v", st[1])
+		}
 	})
 
 	t.Run("cut", func(t *testing.T) {
@@ -162,6 +224,10 @@ func TestLab(t *testing.T) {
 		if len(qemus) == 0 {
 			t.Fatalf("n2 runs no qemu before the kill (processes %v): the guest test failed?", procs)
 		}
+		// A paused node dies like any other: SIGKILL ends stopped processes too.
+		if err := l.Pause("n2"); err != nil {
+			t.Fatal(err)
+		}
 		// Killed through another Lab of the same DIR, as `vmctl lab kill n2` would:
 		// l sees it too.
 		other, err := lab.Load(l.Dir())
@@ -188,6 +254,9 @@ func TestLab(t *testing.T) {
 		}
 		if err := l.Kill("n2"); err == nil {
 			t.Error("killing a killed node succeeded; want an error saying to restart it")
+		}
+		if err := l.Pause("n2"); err == nil {
+			t.Error("pausing a killed node succeeded; want an error saying to restart it")
 		}
 	})
 
@@ -222,6 +291,10 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("down", func(t *testing.T) {
+		// Down ends a paused node as any other.
+		if err := l.Pause("n3"); err != nil {
+			t.Fatal(err)
+		}
 		if err := l.Down(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -343,6 +416,71 @@ func waitConsole(t *testing.T, path string, want ...string) {
 			t.Fatalf("guest console %s lacks %q after a minute; it holds:\n%s", path, missing, b)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// lastTick is the number of the last "tick N" line on a lab guest's console.
+func lastTick(console string) int {
+	b, _ := os.ReadFile(console)
+	last := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if _, after, ok := strings.Cut(line, "dvm-lab-guest: tick "); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(after)); err == nil {
+				last = n
+			}
+		}
+	}
+	return last
+}
+
+// allStopped fails the test unless every thread of every process of node is stopped
+// (or a zombie), and returns the node's processes.
+func allStopped(t *testing.T, l *lab.Lab, node string) []int {
+	t.Helper()
+	pids, err := l.NodeProcesses(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pids) < 5 {
+		t.Fatalf("%s has %d processes (%v); want tini, libvirtd, virtlogd, virtlockd, qemu and more", node, len(pids), pids)
+	}
+	for _, p := range pids {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", p, task.Name()))
+			st := string(b)
+			if i := strings.LastIndexByte(st, ')'); i >= 0 && i+2 < len(st) {
+				if c := st[i+2]; c != 'T' && c != 'Z' {
+					t.Errorf("thread %s of process %d (%s) of the paused %s is in state %c", task.Name(), p, procComm(p), node, c)
+				}
+			}
+		}
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// procState is the state letter of pid's main thread ("" when it is gone).
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return s[i+2 : i+3]
+}
+
+// killMarked kills node's processes whose command line holds mark.
+func killMarked(l *lab.Lab, node, mark string) {
+	pids, _ := l.NodeProcesses(node)
+	for _, p := range pids {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(b), mark) {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
 	}
 }
 

@@ -310,7 +310,9 @@ func (l *Lab) NodeProcesses(name string) ([]int, error) {
 }
 
 // killNode ends every process of the node at once (SIGKILL to its PID 1) and waits
-// until they are gone and the node's veth with them; l.mu is held.
+// until they are gone and the node's veth with them; l.mu is held. A paused node
+// dies the same way: SIGKILL ends stopped processes too, and the end of PID 1 kills
+// the rest of its namespace.
 func (l *Lab) killNode(ctx context.Context, n *nodeState) error {
 	if alive(n.PID, n.PIDStart) {
 		ns := pidNS(n.PID)
@@ -327,7 +329,7 @@ func (l *Lab) killNode(ctx context.Context, n *nodeState) error {
 			}
 		}
 	}
-	n.PID, n.PIDStart = 0, 0
+	n.PID, n.PIDStart, n.Paused = 0, 0, false
 	// The veth goes with the node's network namespace, a moment after its last
 	// process; delete it here so that a restart can create it again at once.
 	return delVeth(n.Index)

@@ -14,6 +14,7 @@ import (
 // Node states in NodeStatus.
 const (
 	StateRunning = "running" // PID 1 of the node is alive
+	StatePaused  = "paused"  // every process of the node stopped by Pause, until Resume
 	StateKilled  = "killed"  // killed by Kill (or Down); Restart brings it back
 	StateDead    = "dead"    // its PID 1 ended without Kill: see DIR/nodes/nK/node.log
 )
@@ -46,12 +47,16 @@ func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
 	for i, n := range nodes {
 		s := NodeStatus{Node: l.nodeOf(n), State: StateKilled, Cut: describeCuts(n.Name, cuts)}
 		switch {
+		case alive(n.PID, n.PIDStart) && n.Paused:
+			s.State = StatePaused
 		case alive(n.PID, n.PIDStart):
 			s.State = StateRunning
 		case n.PID != 0 && up:
 			s.State = StateDead
 		}
 		out[i] = s
+		// A paused node answers nothing (its kernel still accepts TCP connections,
+		// which would read as libvirtd answering).
 		if s.State != StateRunning {
 			continue
 		}

@@ -18,6 +18,17 @@ import (
 // IsLeader says whether this node is the master now.
 func (m *Master) IsLeader() bool { return m.st.IsLeader() }
 
+// writeEpoch is the generation of the raft group this master leads (its raft epoch,
+// or the generation its log records when that is newer; 1 at least) and raft's current
+// term; ok is false when this node is not the raft leader.
+func (m *Master) writeEpoch() (generation, term uint64, ok bool) {
+	r := m.st.Raft()
+	if r == nil || !m.st.IsLeader() {
+		return 0, 0, false
+	}
+	return max(m.st.Epoch(), m.st.Meta().Generation, 1), r.CurrentTerm(), true
+}
+
 // leaderURL is the API address of the master, or nil when there is none now.
 func (m *Master) leaderURL() *url.URL {
 	name := m.st.Leader()

@@ -37,7 +37,7 @@ func AgentHandler(m *Master, nodeName, token string, reg *metrics.Registry) http
 
 func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forward bool) http.Handler {
 	mux := http.NewServeMux()
-	h := &handler{m: m, token: token, reg: reg, forward: forward}
+	h := &handler{m: m, node: nodeName, token: token, reg: reg, forward: forward}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	role := "node"
 	if m != nil {
@@ -91,6 +91,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 
 type handler struct {
 	m       *Master
+	node    string
 	token   string
 	reg     *metrics.Registry
 	forward bool
@@ -104,9 +105,18 @@ func (h *handler) authorized(r *http.Request) bool {
 type statusWriter struct {
 	http.ResponseWriter
 	code int
+	// header, when set, adds headers just before the status line goes out.
+	header func(http.Header)
 }
 
-func (s *statusWriter) WriteHeader(c int) { s.code = c; s.ResponseWriter.WriteHeader(c) }
+func (s *statusWriter) WriteHeader(c int) {
+	s.code = c
+	if s.header != nil {
+		s.header(s.Header())
+		s.header = nil
+	}
+	s.ResponseWriter.WriteHeader(c)
+}
 
 // Flush lets streaming answers (drain progress) reach the client line by line.
 func (s *statusWriter) Flush() {
@@ -138,6 +148,7 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 			return
 		}
 		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
+		sw.header = h.epochHeaders()
 		fn(sw, r)
 	})
 }
@@ -182,6 +193,23 @@ type bufferedWriter struct {
 func (b *bufferedWriter) Header() http.Header         { return b.header }
 func (b *bufferedWriter) WriteHeader(code int)        { b.code = code }
 func (b *bufferedWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
+
+// epochHeaders reads the generation and term when a request starts and returns what
+// sets the headers when its answer goes out. Generation and term are given only when
+// neither changed meanwhile and this node is still the leader: then a write committed
+// by this request was committed in that term (a leader that loses its term fails its
+// pending writes), so the headers never name a term the write was not made in.
+func (h *handler) epochHeaders() func(http.Header) {
+	gen, term, ok := h.m.writeEpoch()
+	return func(hd http.Header) {
+		hd.Set(api.HeaderMaster, h.node)
+		g, t, still := h.m.writeEpoch()
+		if ok && still && g == gen && t == term {
+			hd.Set(api.HeaderGeneration, strconv.FormatUint(gen, 10))
+			hd.Set(api.HeaderTerm, strconv.FormatUint(term, 10))
+		}
+	}
+}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
