@@ -27,6 +27,8 @@ import (
 type Hooks struct {
 	// Fence stops this node's restart and twin guests: its lease lapsed at since
 	// (they get the fence grace from then, not from now). Unfence lets them run again.
+	// Both are called on the machine's goroutine, in order: they must be quick and
+	// must not call the runner.
 	Fence   func(since time.Time)
 	Unfence func()
 	// DeclareLost runs on the master: node is lost and has fenced itself; its guests
@@ -423,15 +425,19 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			if err == nil {
 				go r.cfg.Members.Send(a.Msg.To, b)
 			}
+		// Fence and Unfence run here, in the machine's order: run apart, an Unfence
+		// could overtake the Fence before it and leave the agent fenced while the
+		// node holds its lease. They must be quick and must not call back into the
+		// runner (the agent's are: flags under its own lock).
 		case failover.Fence:
 			if a.Node == r.cfg.Self && h.Fence != nil {
 				r.log.Warn("fenced: lease lapsed", "at", a.Since)
-				go h.Fence(a.Since)
+				h.Fence(a.Since)
 			}
 		case failover.Unfence:
 			if a.Node == r.cfg.Self && h.Unfence != nil {
 				r.log.Info("unfenced: lease held")
-				go h.Unfence()
+				h.Unfence()
 			}
 		case failover.DeclareLost:
 			r.log.Warn("node lost", "node", a.Node, "why", a.Why)
