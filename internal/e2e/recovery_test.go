@@ -33,6 +33,7 @@ type sampler struct {
 	maxGap  time.Duration
 	gapAt   time.Time // when the longest gap ended
 	late    int       // gaps over 100 ms: a libvirtd destroying a domain answers late
+	partial int       // samples that lack a live node: it was being connected to, or did not answer
 	dups    []string
 	moves   []string
 	stop    chan struct{}
@@ -54,28 +55,29 @@ func (c *cluster) startSampler(guests ...string) *sampler {
 	return s
 }
 
-// nodeAnswer is what one node's libvirtd said in a sample.
+// answerWait bounds how long a sample waits for a node: a node killed or cut while a
+// call to it is on the way may never answer, and must not stop the sampling of the
+// others. A libvirtd busy destroying a domain answers in about 200 ms.
+const answerWait = time.Second
+
+// nodeAnswer is what one node's libvirtd said: to a dial, a connection (nil when it
+// failed); to a sample's question (sample > 0), the domains running there, or a nil
+// conn when the call failed.
 type nodeAnswer struct {
 	node    string
-	conn    *libvirt.Connect // nil when the node did not answer
+	sample  int
+	conn    *libvirt.Connect
 	running []string
 }
 
-// ask lists the domains running on a node, over conn or, when that is nil, a new
-// connection; a node that does not answer gets a nil conn back.
-func ask(n lab.Node, conn *libvirt.Connect) nodeAnswer {
-	if conn == nil {
-		var err error
-		if conn, err = libvirt.NewConnect(n.LibvirtURI); err != nil {
-			return nodeAnswer{node: n.Name}
-		}
-	}
+// ask lists the domains running on a node; a failed call closes conn and answers nil.
+func ask(node string, sample int, conn *libvirt.Connect) nodeAnswer {
 	doms, err := conn.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_RUNNING)
 	if err != nil {
 		conn.Close()
-		return nodeAnswer{node: n.Name}
+		return nodeAnswer{node: node, sample: sample}
 	}
-	a := nodeAnswer{node: n.Name, conn: conn}
+	a := nodeAnswer{node: node, sample: sample, conn: conn}
 	for i := range doms {
 		if name, err := doms[i].GetName(); err == nil {
 			a.running = append(a.running, name)
@@ -88,45 +90,128 @@ func ask(n lab.Node, conn *libvirt.Connect) nodeAnswer {
 func (s *sampler) run() {
 	defer close(s.done)
 	conns := map[string]*libvirt.Connect{}
-	defer func() {
-		for _, c := range conns {
-			c.Close()
+	busy := map[string]bool{} // a dial or a question on the way to the node
+	answers := make(chan nodeAnswer, 16)
+	// take files an answer; it says whether the answer belongs to sample.
+	take := func(a nodeAnswer, sample int) bool {
+		busy[a.node] = false
+		if a.conn == nil {
+			delete(conns, a.node)
+		} else {
+			conns[a.node] = a.conn
 		}
+		return a.sample == sample && a.conn != nil
+	}
+	defer func() {
+		// A connection with a call on the way is closed when the call comes back.
+		inflight := 0
+		for node, c := range conns {
+			if !busy[node] {
+				c.Close()
+			}
+		}
+		for _, b := range busy {
+			if b {
+				inflight++
+			}
+		}
+		go func() {
+			for ; inflight > 0; inflight-- {
+				if a := <-answers; a.conn != nil {
+					a.conn.Close()
+				}
+			}
+		}()
 	}()
+	dial := func(n lab.Node) {
+		conn, _ := libvirt.NewConnect(n.LibvirtURI)
+		answers <- nodeAnswer{node: n.Name, conn: conn}
+	}
+	// The first sample starts once every live node is connected (or 5 s have passed).
+	dialing := 0
+	for _, n := range s.lab.Nodes() {
+		if n.PID != 0 {
+			busy[n.Name] = true
+			dialing++
+			go dial(n)
+		}
+	}
+	for deadline := time.After(5 * time.Second); dialing > 0; dialing-- {
+		select {
+		case a := <-answers:
+			take(a, 0)
+		case <-deadline:
+			dialing = 0
+		}
+	}
 	tick := time.NewTicker(samplePeriod)
 	defer tick.Stop()
 	last := map[string]string{}
 	var prev time.Time
-	for {
+	for sample := 1; ; sample++ {
 		select {
 		case <-s.stop:
 			return
 		default:
 		}
-		// Every node at once: a sample takes as long as the slowest node, not their sum.
-		now := time.Now()
-		answers := make(chan nodeAnswer)
-		asked := 0
-		for _, n := range s.lab.Nodes() {
-			if n.PID == 0 {
-				continue // killed: its QEMUs died with it
+		// Answers that came after their sample ended, and dials, change only the
+		// connections.
+		for drained := false; !drained; {
+			select {
+			case a := <-answers:
+				take(a, 0)
+			default:
+				drained = true
 			}
-			asked++
-			go func(n lab.Node, conn *libvirt.Connect) { answers <- ask(n, conn) }(n, conns[n.Name])
+		}
+		// Every node at once: a sample takes as long as the slowest node, not their sum.
+		// Connections are made outside the samples, so a node that cannot be reached
+		// delays none; until it answers it is missing from the samples, and counted.
+		now := time.Now()
+		asked, missing := 0, false
+		for _, n := range s.lab.Nodes() {
+			switch {
+			case n.PID == 0: // killed: its QEMUs died with it
+			case busy[n.Name]:
+				missing = true
+			case conns[n.Name] == nil:
+				busy[n.Name], missing = true, true
+				go dial(n)
+			default:
+				busy[n.Name] = true
+				asked++
+				go func(node string, conn *libvirt.Connect) { answers <- ask(node, sample, conn) }(n.Name, conns[n.Name])
+			}
 		}
 		where := map[string][]string{}
-		for ; asked > 0; asked-- {
-			a := <-answers
-			if a.conn == nil {
-				delete(conns, a.node)
+		deadline := time.After(answerWait)
+		for asked > 0 {
+			var a nodeAnswer
+			select {
+			case a = <-answers:
+			case <-deadline:
+				missing, asked = true, 0
 				continue
 			}
-			conns[a.node] = a.conn
+			if a.sample == sample {
+				asked--
+			}
+			if !take(a, sample) {
+				if a.sample == sample {
+					missing = true
+				}
+				continue
+			}
 			for _, name := range a.running {
 				if s.guests[name] {
 					where[name] = append(where[name], a.node)
 				}
 			}
+		}
+		if missing {
+			s.mu.Lock()
+			s.partial++
+			s.mu.Unlock()
 		}
 		s.mu.Lock()
 		s.samples++
@@ -173,8 +258,8 @@ func (s *sampler) finish(t *testing.T) {
 	if s.samples < 10 {
 		t.Fatalf("only %d samples of the nodes' libvirtds: the check proves nothing", s.samples)
 	}
-	t.Logf("no guest on two nodes in %d samples of every node's libvirtd (one every %s; longest gap %s, ending %s; %d gaps over 100 ms)",
-		s.samples, samplePeriod, s.maxGap.Round(time.Millisecond), s.gapAt.Format("15:04:05.000"), s.late)
+	t.Logf("no guest on two nodes in %d samples of every node's libvirtd (one every %s; longest gap %s, ending %s; %d gaps over 100 ms; %d samples lacked a node)",
+		s.samples, samplePeriod, s.maxGap.Round(time.Millisecond), s.gapAt.Format("15:04:05.000"), s.late, s.partial)
 }
 
 // gatherOn creates restart guests that all land on node: the other nodes are drained
