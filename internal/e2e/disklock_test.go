@@ -423,6 +423,9 @@ func (c *cluster) doubleRun(t *testing.T, victim, guest string, kind race, offse
 	}
 	c.logNodeLines(t, start, guest, leaseName(disk))
 	s.finish(t)
+	if st, ok := c.domainState(where, guest); !ok || st != libvirt.DOMAIN_RUNNING {
+		t.Fatalf("%s ran again, but 11 s later it does not run on %s, where the master has it (state %v): see the node lines above", guest, where, st)
+	}
 
 	c.wantLeaseHolder(t, lease, where)
 	other := victim
