@@ -33,7 +33,7 @@ GOTOOLCHAIN=auto go build -o /usr/local/bin/ ./cmd/dvmd ./cmd/vmctl
 # (vagrant-libvirt brings the VMs up in parallel).
 install -d /srv/dvm
 if [ "$addr" = "$first" ]; then
-	install -d /srv/dvm/images /srv/dvm/disks /etc/exports.d
+	install -d /srv/dvm/images /srv/dvm/disks /srv/dvm/locks /etc/exports.d
 	echo "/srv/dvm ${addr%.*}.0/24(rw,sync,no_subtree_check,no_root_squash)" >/etc/exports.d/dvm.exports
 	systemctl enable --now nfs-server
 	exportfs -ra
@@ -54,6 +54,13 @@ if [ -n "$dragonfly" ] && [ "$addr" = "$first" ] && [ ! -f /srv/dvm/images/drago
 	qemu-img convert -O qcow2 "$tmp/image" /srv/dvm/images/dragonfly/disk.qcow2
 	rm -rf "$tmp"
 fi
+
+# libvirt's lock manager, the second guard on guest disks (docs/operator-guide.md, section
+# 1.1): virtlockd holds a lease on every running guest's disk in /srv/dvm/locks, which
+# every node sees over NFS; libvirtd is restarted below.
+install -m 0644 configs/libvirt/qemu-lockd.conf /etc/libvirt/qemu-lockd.conf
+sed -i 's/^#\?lock_manager = .*/lock_manager = "lockd"/' /etc/libvirt/qemu.conf
+systemctl enable --now virtlockd.socket virtlockd-admin.socket
 
 # Credentials: the node's certificate and key, the CA certificate, the gossip key.
 install -d -m 0700 /etc/dvm /etc/dvm/credentials /var/lib/dvm

@@ -51,6 +51,13 @@ ip addr add {{.Addr}}/24 dev eth0
 ip link set eth0 up
 log "eth0 {{.Addr}}/24"
 
+# QEMU's own image locks (OFD locks on the disk file) would span the lab's nodes only
+# because they share one kernel; hosts on shared block storage do not see each other's.
+# libvirtd finds its QEMU in PATH: this node's is a wrapper that turns them off, so
+# that what guards a disk across nodes is what guards it there, the lock manager.
+mkdir -p /run/dvmlab/bin
+cp "$nodedir/qemu-nolock" /run/dvmlab/bin/qemu-system-x86_64
+
 virtlogd -d
 # virtlockd holds the guests' disk leases (libvirt's lock manager, lockspace on the
 # shared storage): the second guard, after fencing, against a guest running twice.
@@ -64,13 +71,13 @@ libvirtd_ready() {
 	done
 	return 1
 }
-libvirtd -d --listen
+PATH=/run/dvmlab/bin:$PATH libvirtd -d --listen
 # The first start right after boot has been seen to fail ("libvirtd quit during
 # handshake"): start it once more before calling the node broken.
 if ! libvirtd_ready; then
 	log "libvirtd not ready after 30s; starting it once more"
 	if [ -f /run/libvirtd.pid ]; then kill "$(cat /run/libvirtd.pid)" 2>/dev/null || true; sleep 1; fi
-	libvirtd -d --listen
+	PATH=/run/dvmlab/bin:$PATH libvirtd -d --listen
 	if ! libvirtd_ready; then log "libvirtd not ready: see $nodedir/log/libvirt/libvirtd.log"; exit 1; fi
 fi
 log "libvirtd ready at {{.LibvirtURI}}"
@@ -122,6 +129,20 @@ require_lease_for_disks = 1
 file_lockspace_dir = "%s"
 `
 
+// qemuNoLock is the QEMU the node's libvirtd runs (see node.sh): the real one, with
+// "locking":"off" added to every file -blockdev libvirt passes, so QEMU locks no image.
+const qemuNoLock = `#!/bin/sh
+# dvm lab node: written by vmctl lab up. QEMU without its own image locks.
+for a in "$@"; do
+	shift
+	case $a in
+	'{'*'"driver":"file"'*) a="${a%%'"driver":"file"'*}"'"driver":"file","locking":"off"'"${a#*'"driver":"file"'}" ;;
+	esac
+	set -- "$@" "$a"
+done
+exec /usr/bin/qemu-system-x86_64 "$@"
+`
+
 const virtlogdConf = `# dvm lab node %s: written by vmctl lab up
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
 `
@@ -166,6 +187,7 @@ func (l *Lab) prepareNode(n *nodeState) error {
 		{"etc/libvirt/virtlogd.conf", fmt.Sprintf(virtlogdConf, n.Name), 0o644},
 		{"etc/libvirt/qemu-lockd.conf", fmt.Sprintf(qemuLockdConf, n.Name, filepath.Join(l.dir, "shared", "locks")), 0o644},
 		{"etc/libvirt/libvirt.conf", "", 0o644},
+		{"qemu-nolock", qemuNoLock, 0o755},
 		{"hosts", hosts.String(), 0o644},
 		{"node.sh", script.String(), 0o755},
 		{"dvmd.conf", agentConfig(l.dir, n.Index, len(l.st.Nodes)), 0o644},
