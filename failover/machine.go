@@ -957,6 +957,16 @@ func (m *Machine) tickSemi() {
 	}
 	need := 2 + m.cfg.Spares
 	if votes < m.view.Majority() {
+		var have []string
+		for _, n := range m.view.Nodes {
+			if l := m.leases[n.Name]; l.until.After(m.now) && l.generation == m.proposed {
+				have = append(have, n.Name)
+			}
+		}
+		if w := fmt.Sprintf("witness votes from %s, %d of %d needed", strings.Join(have, ","), len(have), m.view.Majority()); w != m.waiting {
+			m.waiting = w
+			m.emit(Notify{Node: self, Kind: "waiting", Detail: w})
+		}
 		m.shortSince = time.Time{}
 		return
 	}

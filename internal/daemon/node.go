@@ -294,6 +294,10 @@ func startFenceGuard(cfg config.Node, leaseFile string, log *slog.Logger) error 
 	return os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 }
 
+// raftIOTimeout is raft's timeout for a connection and one exchange with a peer
+// (snapshots get more, in proportion to their size).
+const raftIOTimeout = 2 * time.Second
+
 // openMaster opens this management node's replica of the cluster state, with raft
 // over mutual TLS: only nodes holding a certificate of the cluster's CA, and known as
 // management-capable, may speak raft.
@@ -318,7 +322,11 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 		}
 		sl.Refused = func(remote net.Addr, err error) { log.Warn("raft peer refused", "remote", remote, "err", err) }
 		sl.Epoch = epoch.Get
-		return raft.NewNetworkTransport(sl, 3, 10*time.Second, io.Discard), nil
+		// Raft's I/O timeout bounds a dial to a dead peer too, and raft's shutdown
+		// waits for its calls: a replica moving to a re-formed group (Rejoin) would
+		// otherwise wait out a 10 s dial to a killed voter. Peers answer within
+		// milliseconds on a LAN.
+		return raft.NewNetworkTransport(sl, 3, raftIOTimeout, io.Discard), nil
 	}
 	trans, err := listen(cfg.RaftListen)
 	if err != nil {
