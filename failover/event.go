@@ -110,6 +110,10 @@ const (
 	// MsgRefuse answers either request when the node holds a lease for
 	// another holder; it says which group the node follows.
 	MsgRefuse MsgType = "refuse"
+	// MsgRelease is sent by a semi-master that gave way (or stopped proposing)
+	// to the nodes it asked: it counts their votes no more, so a vote for that
+	// very proposal (its Generation and Since) may go to another at once.
+	MsgRelease MsgType = "release"
 )
 
 // Message travels between Machines: returned inside Send, delivered with Step.

@@ -580,6 +580,13 @@ func (m *Machine) receive(msg Message) {
 				m.voterServers[msg.From] = msg.Servers
 			}
 		}
+	case MsgRelease:
+		// Only the grant of that very proposal: a release that comes late, after
+		// the node voted for a later proposal of the same semi-master, frees nothing.
+		if m.grant.Holder == msg.From && m.grant.Generation == msg.Generation && m.holder.role == RoleSemiMaster &&
+			m.holder.since.Equal(msg.Since) && m.now.Before(m.grant.Until) {
+			m.grant.Until = m.now
+		}
 	case MsgRefuse:
 		known := msg.Holder != "" && m.reachable(msg.Holder)
 		if known {
@@ -792,6 +799,7 @@ func (m *Machine) propose(generation uint64) {
 }
 
 func (m *Machine) merge(into, why string) {
+	wasSemi, proposed, since := m.role == RoleSemiMaster, m.proposed, m.since
 	m.emit(Merge{Into: into, Reason: why})
 	m.lastActing = m.now // give the winner time before this node tries again
 	// A backup that turned semi-master is still a voter of its group's raft: it
@@ -806,9 +814,17 @@ func (m *Machine) merge(into, why string) {
 	m.proposed = 0
 	m.quorumLostSince = time.Time{}
 	// Its vote for itself counted for nobody but itself, and it counts no votes
-	// now: it may vote for the winner at once rather than after the vote expires.
+	// now: it may vote for the winner at once rather than after the vote expires,
+	// and so may the nodes it asked.
 	if m.grant.Holder == self && m.holder.role == RoleSemiMaster {
 		m.grant.Until = m.now
+	}
+	if wasSemi {
+		for _, n := range m.view.Nodes {
+			if n.Name != self {
+				m.send(Message{Type: MsgRelease, To: n.Name, Generation: proposed, SentAt: m.now, Since: since})
+			}
+		}
 	}
 }
 
