@@ -30,6 +30,9 @@ type Client struct {
 	// Discover, when set, gives the addresses to try now (the management nodes that
 	// membership knows); Addrs is the fallback when it gives none.
 	Discover func() []string
+	// ReadTimeout bounds a read from one node (0: DefaultReadTimeout): see
+	// DefaultReadTimeout.
+	ReadTimeout time.Duration
 
 	last atomic.Value // string: the address that answered last
 	tls  bool
@@ -179,6 +182,30 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 }
 
+// DefaultReadTimeout bounds a read from one node: a node that is stopped (SIGSTOP,
+// a hung host) still accepts connections from its kernel and then never answers. A
+// read is safe to ask of the next node; a write is not (it may be applied), so
+// writes get no such bound.
+const DefaultReadTimeout = 10 * time.Second
+
+// readTimeout is how long a GET may take at one node: the read timeout past the wait
+// of a blocking query.
+func readTimeout(method, path string, base time.Duration) (time.Duration, bool) {
+	if method != http.MethodGet {
+		return 0, false
+	}
+	d := base
+	if d <= 0 {
+		d = DefaultReadTimeout
+	}
+	if u, err := url.Parse(path); err == nil {
+		if w, err := time.ParseDuration(u.Query().Get("wait")); err == nil && w > 0 {
+			d += w
+		}
+	}
+	return d, true
+}
+
 // NoAnswerError: no listed management node answered, or none had a master.
 type NoAnswerError struct {
 	Addrs []string
@@ -202,8 +229,13 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	var lastErr error
 	addrs := c.addrs()
 	for _, addr := range addrs {
-		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
+		actx, cancel := context.WithCancel(ctx)
+		if d, ok := readTimeout(method, path, c.ReadTimeout); ok {
+			actx, cancel = context.WithTimeout(ctx, d)
+		}
+		req, err := http.NewRequestWithContext(actx, method, addr+path, bytes.NewReader(payload))
 		if err != nil {
+			cancel()
 			return err
 		}
 		req.Header.Set("Authorization", "Bearer "+c.Token)
@@ -212,6 +244,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
+			cancel()
 			lastErr = err
 			if ctx.Err() != nil {
 				return err
@@ -221,6 +254,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 		resp.Body.Close()
+		cancel()
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // closedAddr is the URL of a loopback port nobody listens on.
@@ -46,5 +47,52 @@ func TestClientUsesTheNodeThatAnswers(t *testing.T) {
 	// The node that answered goes first from now on, without a new race.
 	if got := c.addrs(); got[0] != srv.URL {
 		t.Fatalf("after an answer from %s, addresses are %v", srv.URL, got)
+	}
+}
+
+// TestClientLeavesANodeThatNeverAnswersAReadFor: a stopped node's kernel accepts the
+// connection and nothing answers; a read goes on to the next node after the read
+// timeout, and a write is not sent twice.
+func TestClientLeavesANodeThatNeverAnswersAReadFor(t *testing.T) {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	go func() {
+		for {
+			conn, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close() // held open, never answered
+		}
+	}()
+	writes := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			writes++
+		}
+		w.Write([]byte(`{"generation":7}`))
+	}))
+	defer srv.Close()
+	c, err := NewClient("http://"+hung.Addr().String()+","+srv.URL, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ReadTimeout = 200 * time.Millisecond
+	c.last.Store("http://" + hung.Addr().String()) // it answered before it stopped
+	var st ClusterStatus
+	if err := c.Do(context.Background(), "GET", "/v1/cluster?wait=100ms", nil, &st); err != nil || st.Generation != 7 {
+		t.Fatalf("a read past a node that never answers: %+v, %v", st, err)
+	}
+	if d, ok := readTimeout("GET", "/v1/events?after=3&wait=30s", 0); !ok || d != DefaultReadTimeout+30*time.Second {
+		t.Fatalf("a blocking read's bound: %v %v", d, ok)
+	}
+	if _, ok := readTimeout("POST", "/v1/guests", 0); ok {
+		t.Fatal("a write got a read timeout: it could be applied twice")
+	}
+	if writes != 0 {
+		t.Fatalf("%d writes", writes)
 	}
 }
