@@ -67,9 +67,9 @@ type Agent struct {
 
 	fenced   bool // no lease: HA guests must not run; guarded by mu
 	fencedAt time.Time
-	// latestAt is when latest was read, unfencedAt when the node last got its lease
-	// back: an assignment read before that may be stale (the guests it names may have
-	// been restarted elsewhere meanwhile) and starts no HA guest.
+	// latestAt is when latest was asked for, unfencedAt when the node last got its
+	// lease back: an assignment asked for before that may be stale (the guests it
+	// names may have been restarted elsewhere meanwhile) and starts no HA guest.
 	latestAt, unfencedAt time.Time
 	pollCancel           context.CancelFunc // ends the current blocking read of the assignment
 }
@@ -139,6 +139,10 @@ func (a *Agent) Run(ctx context.Context) {
 		a.mu.Lock()
 		a.pollCancel = cancel
 		a.mu.Unlock()
+		// An answer is as fresh as its question: one computed before the node got
+		// its lease back (during a cut, delivered when TCP retransmits after the
+		// heal) may name guests the cluster has moved away meanwhile.
+		asked := time.Now()
 		err := a.cfg.Client.Do(pctx, "GET", path, nil, &asg)
 		refetch := pctx.Err() != nil // cancelled by Unfence, not ended by itself
 		cancel()
@@ -158,7 +162,7 @@ func (a *Agent) Run(ctx context.Context) {
 		// guests, and the index simply follows the master.
 		index = asg.Index
 		a.mu.Lock()
-		a.latest, a.latestAt = &asg, time.Now()
+		a.latest, a.latestAt = &asg, asked
 		a.mu.Unlock()
 		a.requestResync()
 	}
