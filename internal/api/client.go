@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -206,12 +208,15 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		if err != nil {
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+		c.authorize(req)
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
+			if terr := tlsProblem(addr, err); terr != nil {
+				return terr
+			}
 			lastErr = err
 			if ctx.Err() != nil {
 				return err
@@ -223,6 +228,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		resp.Body.Close()
 		if err != nil {
 			return err
+		}
+		if plainToTLS(resp.StatusCode, data) {
+			return plainToTLSError(addr)
 		}
 		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
 			// This management node has no master to forward to right now (an election,
@@ -263,9 +271,12 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		if err != nil {
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+		c.authorize(req)
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
+			if terr := tlsProblem(addr, err); terr != nil {
+				return terr
+			}
 			lastErr = err
 			if ctx.Err() != nil {
 				return err
@@ -281,6 +292,9 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		defer resp.Body.Close()
 		if resp.StatusCode >= 300 {
 			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			if plainToTLS(resp.StatusCode, data) {
+				return plainToTLSError(addr)
+			}
 			var e Error
 			if json.Unmarshal(data, &e) != nil || e.Error == "" {
 				e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
@@ -305,4 +319,82 @@ func (c *Client) UseTLS(cfg *tls.Config) {
 		tr.TLSClientConfig = cfg
 	}
 	c.tls = true
+}
+
+// authorize sets the bearer token; a client without one (an agent, which its node
+// certificate authenticates) sends none.
+func (c *Client) authorize(req *http.Request) {
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+}
+
+// TrustCA makes the client check the API's certificate against the CA certificates in
+// a PEM file (the cluster's ca.crt, or the CA of an operator-supplied certificate)
+// instead of the system's roots.
+func (c *Client) TrustCA(file string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return fmt.Errorf("CA file %s holds no PEM certificate: give the cluster's ca.crt (or the CA of the API's certificate)", file)
+	}
+	tr, ok := c.HTTP.Transport.(*http.Transport)
+	if !ok {
+		return errors.New("the client's transport is not an *http.Transport: set its TLS configuration yourself")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if tr.TLSClientConfig != nil {
+		cfg = tr.TLSClientConfig.Clone()
+	}
+	cfg.RootCAs = pool
+	tr.TLSClientConfig = cfg
+	return nil
+}
+
+// RequireTLS refuses addresses of plain HTTP, over which the token would travel in the
+// clear: dvm's API speaks TLS.
+func (c *Client) RequireTLS() error {
+	for _, a := range c.Addrs {
+		if rest, ok := strings.CutPrefix(a, "http://"); ok {
+			return fmt.Errorf("address %s is plain HTTP, which would send the token in the clear: dvm's API speaks TLS, use https://%s", a, rest)
+		}
+	}
+	return nil
+}
+
+// tlsProblem turns a failed request whose TLS could not be agreed into an error that
+// says what to do, or returns nil for other failures. Such a failure is final: another
+// try, or another listed node of the same cluster, would fail the same way.
+func tlsProblem(addr string, err error) error {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &unknown):
+		issuer := ""
+		if unknown.Cert != nil {
+			issuer = fmt.Sprintf(" (%q)", unknown.Cert.Issuer.CommonName)
+		}
+		return fmt.Errorf("%s: the API's certificate is signed by a CA this client does not trust%s: give the cluster's CA with --ca or DVM_CA "+
+			"(a node's credentials_dir/ca.crt; dvmd dev and vmctl lab up name it in their env file)", addr, issuer)
+	case errors.As(err, &host):
+		return fmt.Errorf("%s: %w: use an address the certificate names, or issue the node a certificate that names this one (dvmd cluster issue --ip)", addr, host)
+	case errors.As(err, &invalid):
+		return fmt.Errorf("%s: the API's certificate is not valid: %w", addr, invalid)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%s does not speak TLS: is it a dvm API? (dvm's API listens with TLS on its listen address, port 7460 by default)", addr)
+	}
+	return nil
+}
+
+// plainToTLS recognises Go's answer to plain HTTP sent to a TLS listener.
+func plainToTLS(code int, body []byte) bool {
+	return code == http.StatusBadRequest && bytes.Contains(body, []byte("HTTP request to an HTTPS server"))
+}
+
+func plainToTLSError(addr string) error {
+	return fmt.Errorf("%s speaks TLS: use https://%s (and give the cluster's CA with --ca or DVM_CA)", addr, strings.TrimPrefix(addr, "http://"))
 }
