@@ -397,15 +397,7 @@ func readCert(dir, name string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, missing(path, err)
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return parseCert(path, b)
 }
 
 // readSecret reads a key file, refusing one that others can read: a key that leaked
