@@ -154,14 +154,7 @@ func nodeCommand() *cli.Command {
 	}
 }
 
-func labels(m map[string]string) string {
-	var parts []string
-	for k, v := range m {
-		parts = append(parts, k+"="+v)
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
-}
+func labels(m map[string]string) string { return api.FormatLabels(m) }
 
 func vmCommand() *cli.Command {
 	return &cli.Command{
