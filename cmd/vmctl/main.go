@@ -265,10 +265,7 @@ func vmCreate() *cli.Command {
 			// Validate here too, so a bad flag fails before any request is sent.
 			check := req
 			if fe := check.Normalize(); fe != nil {
-				if fe.Field == "name" {
-					return fmt.Errorf("NAME: %s", fe.Msg)
-				}
-				return fmt.Errorf("--%s: %s", flagOf(fe.Field), fe.Msg)
+				return flagError(fe)
 			}
 			cl, err := client(c)
 			if err != nil {
@@ -302,6 +299,14 @@ func vmCreate() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// flagError says which argument or flag a request field that is wrong comes from.
+func flagError(fe *api.FieldError) error {
+	if fe.Field == "name" {
+		return fmt.Errorf("NAME: %s", fe.Msg)
+	}
+	return fmt.Errorf("--%s: %s", flagOf(fe.Field), fe.Msg)
 }
 
 // flagOf maps an API field to the CLI flag that sets it.

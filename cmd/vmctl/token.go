@@ -57,10 +57,7 @@ func tokenCreate(c *cli.Context) error {
 	// Checked here too, so a bad flag fails before any request is sent.
 	check := req
 	if _, fe := check.Normalize(); fe != nil {
-		if fe.Field == "name" {
-			return fmt.Errorf("NAME: %s", fe.Msg)
-		}
-		return fmt.Errorf("--%s: %s", fe.Field, fe.Msg)
+		return flagError(fe)
 	}
 	cl, err := client(c)
 	if err != nil {
