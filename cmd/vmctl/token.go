@@ -67,6 +67,9 @@ func tokenCreate(c *cli.Context) error {
 	if err := cl.Do(c.Context, "POST", "/v1/tokens", req, &t); err != nil {
 		return err
 	}
+	if t.Warning != "" {
+		fmt.Fprintln(c.App.ErrWriter, "warning:", t.Warning)
+	}
 	if jsonOut(c) {
 		return printJSON(c, t)
 	}

@@ -201,7 +201,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			return err
 		}
 	}
-	var lastErr error
+	var lastErr, tlsErr error
 	addrs := c.addrs()
 	for _, addr := range addrs {
 		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
@@ -215,7 +215,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
 			if terr := tlsProblem(addr, err); terr != nil {
-				return terr
+				tlsErr = terr
 			}
 			lastErr = err
 			if ctx.Err() != nil {
@@ -251,6 +251,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		return nil
 	}
+	if tlsErr != nil {
+		return tlsErr // no retry: it would fail the same way
+	}
 	return &NoAnswerError{Addrs: addrs, Last: lastErr}
 }
 
@@ -265,7 +268,7 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 			return err
 		}
 	}
-	var lastErr error
+	var lastErr, tlsErr error
 	for _, addr := range c.addrs() {
 		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
 		if err != nil {
@@ -275,7 +278,7 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
 			if terr := tlsProblem(addr, err); terr != nil {
-				return terr
+				tlsErr = terr
 			}
 			lastErr = err
 			if ctx.Err() != nil {
@@ -309,6 +312,9 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 			}
 		}
 		return sc.Err()
+	}
+	if tlsErr != nil {
+		return tlsErr
 	}
 	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
 }
@@ -366,8 +372,9 @@ func (c *Client) RequireTLS() error {
 }
 
 // tlsProblem turns a failed request whose TLS could not be agreed into an error that
-// says what to do, or returns nil for other failures. Such a failure is final: another
-// try, or another listed node of the same cluster, would fail the same way.
+// says what to do, or returns nil for other failures. The other listed nodes are still
+// tried, but when none answers the request ends with this error at once: trying again
+// would fail the same way.
 func tlsProblem(addr string, err error) error {
 	var unknown x509.UnknownAuthorityError
 	var host x509.HostnameError

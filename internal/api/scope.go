@@ -137,6 +137,10 @@ type Token struct {
 type TokenCreated struct {
 	Token
 	Secret string `json:"secret"`
+	// Warning says the token is made but not yet on enough management nodes to
+	// survive the loss of two (other writes answer 504 then; a token's secret, which
+	// the cluster does not keep, would be lost with such an answer).
+	Warning string `json:"warning,omitempty"`
 }
 
 // NewSecret makes a token's secret: 32 random bytes, hex.

@@ -63,6 +63,7 @@ func TestClientTLS(t *testing.T) {
 	if len(seen) != 1 || seen[0] != "Bearer tok" {
 		t.Fatalf("the server saw %q", seen)
 	}
+	seen = nil
 	plainURL := "http://" + strings.TrimPrefix(srv.URL, "https://")
 	if err := get(plainURL, true); err == nil || !strings.Contains(err.Error(), "speaks TLS: use "+srv.URL) {
 		t.Fatalf("plain HTTP to a TLS listener: %v; want it told to use %s", err, srv.URL)
@@ -70,6 +71,14 @@ func TestClientTLS(t *testing.T) {
 	tlsURL := "https://" + strings.TrimPrefix(plain.URL, "http://")
 	if err := get(tlsURL, true); err == nil || errors.As(err, &unanswered) || !strings.Contains(err.Error(), "does not speak TLS") {
 		t.Fatalf("TLS to a plain listener: %v", err)
+	}
+
+	// A listed node whose TLS fails does not keep the client from the next one.
+	both, _ := NewClient(tlsURL+","+srv.URL, "tok")
+	both.TrustCA(ca)
+	both.last.Store(tlsURL) // tried first
+	if err := both.Do(ctx, "GET", "/v1/cluster", nil, nil); err != nil || both.last.Load() != srv.URL {
+		t.Fatalf("a node speaking no TLS tried before a good one: %v", err)
 	}
 
 	c, _ := NewClient(srv.URL+","+plainURL, "tok")

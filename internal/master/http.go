@@ -68,7 +68,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "POST /v1/cluster/join", h.join)
 		h.route(mux, "POST /v1/cluster/credentials", h.joinHost)
 		h.route(mux, "GET /v1/tokens", h.listTokens)
-		h.route(mux, "POST /v1/tokens", h.durable(h.createToken))
+		h.route(mux, "POST /v1/tokens", h.createToken)
 		h.route(mux, "DELETE /v1/tokens/{name}", h.durable(h.revokeToken))
 		h.route(mux, "POST /v1/nodes/{name}/drain", h.drain(false))
 		h.route(mux, "POST /v1/nodes/{name}/maintenance", h.drain(true))
@@ -162,11 +162,14 @@ func (h *handler) admit(w http.ResponseWriter, r *http.Request, need string) (ca
 	secret, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	var tok api.Token
 	var err error
-	if h.m != nil {
+	switch {
+	case h.m != nil:
 		tok, err = h.m.Authenticate(secret, h.token)
-	} else if h.token != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(h.token)) == 1 {
+	case secret == "":
+		err = errNoToken
+	case h.token != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(h.token)) == 1:
 		tok = api.Token{Name: api.BootstrapToken, Scope: api.ScopeAdmin} // a node without the state: only its own file
-	} else {
+	default:
 		err = errUnknownToken
 	}
 	if err != nil {
@@ -611,6 +614,11 @@ func (h *handler) createToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.detail = fmt.Sprintf("token %s, scope %s", t.Name, t.Scope)
+	ctx, cancel := context.WithTimeout(r.Context(), DurableTimeout)
+	if err := h.m.WaitDurable(ctx); err != nil {
+		t.Warning = err.Error() + ": if `vmctl token ls` lacks it once the cluster is whole again, make it again"
+	}
+	cancel()
 	writeJSON(w, http.StatusCreated, t)
 }
 

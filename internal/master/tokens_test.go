@@ -312,3 +312,28 @@ func TestAgentCertificateSpeaksForItsNodeOnly(t *testing.T) {
 		t.Fatal("a refused report registered n2")
 	}
 }
+
+// wantsCopies is the role machine as far as durability goes: acting, and asking for
+// more copies of a write than a one-replica store can hold.
+type wantsCopies struct{}
+
+func (wantsCopies) Acting() bool   { return true }
+func (wantsCopies) AckCopies() int { return 3 }
+
+// TestTokenNotDurableKeepsItsSecret: a token made while the cluster cannot acknowledge
+// writes is answered with its secret and a warning, not with a 504 that would lose the
+// secret (the cluster does not keep it).
+func TestTokenNotDurableKeepsItsSecret(t *testing.T) {
+	m, admin := newTestMaster(t)
+	m.SetAuthority(wantsCopies{})
+	var tc api.TokenCreated
+	if err := admin.Do(context.Background(), "POST", "/v1/tokens", api.CreateToken{Name: "ci", Scope: api.ScopeRead}, &tc); err != nil {
+		t.Fatal(err)
+	}
+	if len(tc.Secret) != 64 || !strings.Contains(tc.Warning, "make it again") {
+		t.Fatalf("answer %+v: want the secret and a warning", tc)
+	}
+	if err := as(t, admin, tc.Secret).Do(context.Background(), "GET", "/v1/guests", nil, nil); err != nil {
+		t.Fatalf("the token, not yet durable, is in use: %v", err)
+	}
+}
