@@ -107,7 +107,10 @@ func eventsCommand() *cli.Command {
 						if e.Token != "" {
 							by = " (token " + e.Token + ")"
 						}
-						fmt.Fprintf(c.App.Writer, "%s  %-14s %s: %s%s\n", e.Time.Local().Format("15:04:05.000"), e.Kind, subject, e.Detail, by)
+						if subject != "" {
+							subject += ": "
+						}
+						fmt.Fprintf(c.App.Writer, "%s  %-14s %s%s%s\n", e.Time.Local().Format("15:04:05.000"), e.Kind, subject, e.Detail, by)
 					}
 					after = e.Seq
 				}

@@ -74,17 +74,17 @@ func tokenCreate(c *cli.Context) error {
 		return printJSON(c, t)
 	}
 	w := c.App.Writer
-	expires := "never (until revoked)"
+	lasts := "it lasts until revoked"
 	if !t.ExpiresAt.IsZero() {
-		expires = t.ExpiresAt.Local().Format(time.RFC3339)
+		lasts = "it expires " + t.ExpiresAt.Local().Format(time.RFC3339)
 	}
 	if t.Scope == api.ScopeJoin {
-		fmt.Fprintf(w, "join token %s made; it expires %s. On the new host, as root:\n  dvmd join %s\n"+
-			"(shown only now: the cluster keeps only a hash of it)\n", t.Name, expires, t.Secret)
+		fmt.Fprintf(w, "join token %s made; %s. On the new host, as root:\n  dvmd join %s\n"+
+			"(shown only now: the cluster keeps only a hash of it)\n", t.Name, lasts, t.Secret)
 		return nil
 	}
-	fmt.Fprintf(w, "token %s made, scope %s; it expires %s. Its secret, shown only now (the cluster keeps only a hash of it):\n  %s\n"+
-		"Use it with: export DVM_TOKEN=%s\n", t.Name, t.Scope, expires, t.Secret, t.Secret)
+	fmt.Fprintf(w, "token %s made, scope %s; %s. Its secret, shown only now (the cluster keeps only a hash of it):\n  %s\n"+
+		"Use it with: export DVM_TOKEN=%s\n", t.Name, t.Scope, lasts, t.Secret, t.Secret)
 	return nil
 }
 
