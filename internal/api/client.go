@@ -128,7 +128,7 @@ wait:
 	return out
 }
 
-// NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
+// NewClient reads a comma-separated address list ("https://a:7460,https://b:7460").
 func NewClient(addrs, token string) (*Client, error) {
 	// A management node that died does not answer at all: a short connect timeout lets
 	// the client move on to the next one quickly. Answers themselves may take long (a
@@ -143,7 +143,7 @@ func NewClient(addrs, token string) (*Client, error) {
 		}
 		u, err := url.Parse(a)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("address %q is not a URL such as http://127.0.0.1:7460", a)
+			return nil, fmt.Errorf("address %q is not a URL such as https://127.0.0.1:7460", a)
 		}
 		c.Addrs = append(c.Addrs, a)
 	}

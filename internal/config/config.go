@@ -264,7 +264,7 @@ func (n *Node) Validate() error {
 		return fmt.Errorf("name is required: give the node a name such as n1")
 	}
 	if !n.Management && n.Master == "" {
-		return fmt.Errorf("master is required on a node that is not a management node: give the master's API address, such as http://10.0.0.1:7460")
+		return fmt.Errorf("master is required on a node that is not a management node: give the management nodes' API addresses, such as https://10.0.0.1:7460")
 	}
 	if n.TokenFile == "" {
 		n.TokenFile = n.DataDir + "/token"
