@@ -232,6 +232,17 @@ func (m *Master) JoinHost(req api.HostJoinRequest) (api.HostCredentials, error) 
 	if m.knownNode(req.Name) {
 		return api.HostCredentials{}, fmt.Errorf("node %q %w: the cluster has a node of that name; give the host another name (dvmd join --name), or remove the old node first (vmctl node remove)", req.Name, ErrConflict)
 	}
+	// Peers check a node's certificate by the address they dial: a certificate naming
+	// another node's address would let its holder pose as that node there.
+	nodes, _, _ := m.st.Snapshot()
+	for _, n := range nodes {
+		host, _, _ := net.SplitHostPort(n.Address)
+		for _, ip := range ips {
+			if h := net.ParseIP(host); h != nil && h.Equal(ip) && !ip.IsLoopback() {
+				return api.HostCredentials{}, &api.FieldError{Field: "ips", Msg: fmt.Sprintf("%s is node %s's address: give this host's own addresses (dvmd join --ip)", ip, n.Name)}
+			}
+		}
+	}
 	caPEM, certPEM, gossip, err := m.issuer.IssueNode(req.Name, []byte(req.CSR), ips)
 	if err != nil {
 		return api.HostCredentials{}, &api.FieldError{Field: "csr", Msg: err.Error()}

@@ -121,6 +121,18 @@ func TestScopes(t *testing.T) {
 	if creds.CACert == "" || creds.Certificate == "" || creds.GossipKey == "" {
 		t.Fatalf("credentials %+v", creds)
 	}
+	if err := ops.Do(ctx, "PUT", "/v1/nodes/n1/status", api.NodeStatus{Address: "10.0.0.11:7460", CPUs: 1, MemoryBytes: 1 << 30}, nil); err == nil {
+		t.Fatal("an operator token reported a node's status")
+	}
+	if err := admin.Do(ctx, "PUT", "/v1/nodes/n1/status", api.NodeStatus{Address: "10.0.0.11:7460", CPUs: 1, MemoryBytes: 1 << 30}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, csr5, _ := cluster.NodeRequest("n5")
+	err = joiner.Do(ctx, "POST", "/v1/cluster/credentials", api.HostJoinRequest{Name: "n5", CSR: string(csr5), IPs: []string{"10.0.0.11"}}, nil)
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != 400 || se.Field != "ips" || !strings.Contains(se.Msg, "node n1's address") {
+		t.Errorf("a host asking for another node's address: %v", err)
+	}
 	wantStatus(t, "a host's credentials with an operator token",
 		ops.Do(ctx, "POST", "/v1/cluster/credentials", api.HostJoinRequest{Name: "n5", CSR: string(csr), IPs: []string{"10.0.0.15"}}, nil),
 		http.StatusForbidden, "needs join")
