@@ -30,7 +30,9 @@ func clusterCommand() *cli.Command {
 				Usage:     "issue a node's certificate (1 year) and gather its files in OUT to copy to the node",
 				ArgsUsage: " ",
 				Description: "Writes OUT/ca.crt, OUT/gossip.key, OUT/node-NODE.crt and OUT/node-NODE.key (never\n" +
-					"ca.key). The certificate names the node and the addresses other nodes dial it at.\n" +
+					"ca.key). The certificate names the node and the addresses other nodes dial it at\n" +
+					"(and localhost, 127.0.0.1 and ::1, for the API on the host itself); the node's API\n" +
+					"shows it to vmctl and Prometheus, so name the address they reach it at too.\n" +
 					"Refuses to replace a file with different content; on any error nothing is written.\n\n" +
 					"Example:\n  dvmd cluster issue --dir ./dvm-cluster --name n2 --ip 10.0.0.12 --out ./n2-credentials",
 				Flags: []cli.Flag{

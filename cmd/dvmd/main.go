@@ -24,6 +24,7 @@ func main() {
 		Version: version.Version,
 		Commands: []*cli.Command{
 			clusterCommand(),
+			joinCommand(),
 			{
 				Name:   "fence-guard",
 				Usage:  "stop this node's HA guests when dvmd stops holding its lease (started by dvmd agent)",

@@ -103,7 +103,14 @@ func eventsCommand() *cli.Command {
 						} else if subject != "" {
 							subject = "node " + subject
 						}
-						fmt.Fprintf(c.App.Writer, "%s  %-14s %s: %s\n", e.Time.Local().Format("15:04:05.000"), e.Kind, subject, e.Detail)
+						by := ""
+						if e.Token != "" {
+							by = " (token " + e.Token + ")"
+						}
+						if subject != "" {
+							subject += ": "
+						}
+						fmt.Fprintf(c.App.Writer, "%s  %-14s %s%s%s\n", e.Time.Local().Format("15:04:05.000"), e.Kind, subject, e.Detail, by)
 					}
 					after = e.Seq
 				}

@@ -38,7 +38,7 @@ func labCommand() *cli.Command {
 		Usage: "run a cluster of real nodes on this machine (root; namespaces, libvirt, QEMU)",
 		Description: `A lab is N nodes (n1..n7), each a set of Linux namespaces with its own
 libvirtd (qemu+tcp://10.77.0.(10+K)/system) and dvmd agent, joined by the bridge
-dvmlab0 (10.77.0.1/24). n1's agent runs the master (http://10.77.0.11:7460).
+dvmlab0 (10.77.0.1/24). n1's agent runs the master (https://10.77.0.11:7460).
 Every file lives under --dir (default /var/lib/dvm-lab); the one exception is
 the guest image, built once in /var/cache/dvm/lab-image. After "lab up",
 "set -a; . DIR/env; set +a" points vmctl at the lab.`,

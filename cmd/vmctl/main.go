@@ -56,12 +56,14 @@ func newApp(out io.Writer) *cli.App {
 		Writer:  out,
 		// Shell completion: see vmctl completion.
 		EnableBashCompletion: true,
-		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes;\n" +
-			"the first that answers is used) with the token in DVM_TOKEN.\n\n" +
+		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes'\n" +
+			"https URLs; the first that answers is used) with the token in DVM_TOKEN, and checks the\n" +
+			"API's certificate against the CA in DVM_CA (the cluster's ca.crt), or the system's roots.\n\n" +
 			"Exit codes: 0 success, 1 error, 2 the guest cannot be placed.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "addr", EnvVars: []string{"DVM_ADDR"}, Usage: "API `ADDRS`, comma-separated"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"DVM_TOKEN"}, Usage: "API `TOKEN`"},
+			&cli.StringFlag{Name: "ca", EnvVars: []string{"DVM_CA"}, Usage: "`FILE` of the CA the API's certificate is checked against (default: the system's roots)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
 		},
 		Before: func(c *cli.Context) error {
@@ -70,7 +72,7 @@ func newApp(out io.Writer) *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), clusterCommand(), eventsCommand(), labCommand(), completionCommand(),
+		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), clusterCommand(), eventsCommand(), tokenCommand(), labCommand(), completionCommand(),
 			{Name: "version", Usage: "print vmctl's version", Action: func(c *cli.Context) error {
 				fmt.Fprintln(c.App.Writer, "vmctl", version.Version)
 				return nil
@@ -84,7 +86,19 @@ func client(c *cli.Context) (*api.Client, error) {
 	if tok == "" {
 		return nil, errors.New("no API token: set DVM_TOKEN or --token (for a dev cluster: set -a; . DATA_DIR/env; set +a)")
 	}
-	return api.NewClient(c.String("addr"), tok)
+	cl, err := api.NewClient(c.String("addr"), tok)
+	if err != nil {
+		return nil, err
+	}
+	if err := cl.RequireTLS(); err != nil {
+		return nil, err
+	}
+	if ca := c.String("ca"); ca != "" {
+		if err := cl.TrustCA(ca); err != nil {
+			return nil, fmt.Errorf("--ca (DVM_CA): %w", err)
+		}
+	}
+	return cl, nil
 }
 
 func jsonOut(c *cli.Context) bool { return c.String("output") == "json" }
@@ -154,14 +168,7 @@ func nodeCommand() *cli.Command {
 	}
 }
 
-func labels(m map[string]string) string {
-	var parts []string
-	for k, v := range m {
-		parts = append(parts, k+"="+v)
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
-}
+func labels(m map[string]string) string { return api.FormatLabels(m) }
 
 func vmCommand() *cli.Command {
 	return &cli.Command{
@@ -258,10 +265,7 @@ func vmCreate() *cli.Command {
 			// Validate here too, so a bad flag fails before any request is sent.
 			check := req
 			if fe := check.Normalize(); fe != nil {
-				if fe.Field == "name" {
-					return fmt.Errorf("NAME: %s", fe.Msg)
-				}
-				return fmt.Errorf("--%s: %s", flagOf(fe.Field), fe.Msg)
+				return flagError(fe)
 			}
 			cl, err := client(c)
 			if err != nil {
@@ -295,6 +299,14 @@ func vmCreate() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// flagError says which argument or flag a request field that is wrong comes from.
+func flagError(fe *api.FieldError) error {
+	if fe.Field == "name" {
+		return fmt.Errorf("NAME: %s", fe.Msg)
+	}
+	return fmt.Errorf("--%s: %s", flagOf(fe.Field), fe.Msg)
 }
 
 // flagOf maps an API field to the CLI flag that sets it.

@@ -54,10 +54,7 @@ func netCreate(c *cli.Context) error {
 	req := api.CreateNetwork{Name: name, VNI: uint32(vni), CIDR: c.String("cidr"), MTU: c.Int("mtu")}
 	check := req
 	if fe := check.Normalize(); fe != nil {
-		if fe.Field == "name" {
-			return fmt.Errorf("NAME: %s", fe.Msg)
-		}
-		return fmt.Errorf("--%s: %s", fe.Field, fe.Msg)
+		return flagError(fe)
 	}
 	cl, err := client(c)
 	if err != nil {

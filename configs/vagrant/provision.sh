@@ -8,7 +8,7 @@
 #   BOOTSTRAP  true on the one node that forms the cluster, false on the others
 #   RACK       its rack label (a failure domain for twins)
 #   NODES      every node's address, comma-separated, the bootstrap node first
-#   TOKEN      the cluster's API token, the same on every management node
+#   TOKEN      the bootstrap (admin) API token: dvm1 records it at its first start
 #   DRAGONFLY_URL  optional: a DragonFly BSD disk image (.img, .img.bz2 or .qcow2) that the
 #              bootstrap node makes the image "dragonfly" of every node
 # The file provisioner has put the node's credentials in /tmp/dvm-credentials.
@@ -87,7 +87,7 @@ systemctl start libvirtd.service
 # use the first that answers as master); gossip_peers: every other node.
 master="" gossip=""
 for p in ${nodes//,/ }; do
-	master="${master:+$master,}http://$p:7460"
+	master="${master:+$master,}https://$p:7460"
 	[ "$p" = "$addr" ] || gossip="${gossip:+$gossip,}$p:7462"
 done
 cat >/etc/dvm/dvmd.conf <<EOT
@@ -115,6 +115,6 @@ printf '[Unit]\nRequiresMountsFor=/srv/dvm\n[Service]\nReadWritePaths=/srv/dvm\n
 systemctl daemon-reload
 systemctl enable dvmd
 systemctl restart dvmd
-printf 'DVM_ADDR=%s\nDVM_TOKEN=%s\n' "$master" "$token" >/etc/dvm/env
+printf 'DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_CA=/etc/dvm/credentials/ca.crt\n' "$master" "$token" >/etc/dvm/env
 chmod 0600 /etc/dvm/env
 echo "dvm: $name provisioned (bootstrap=$bootstrap); dvmd: systemctl status dvmd; API: . /etc/dvm/env"

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -129,7 +131,7 @@ wait:
 	return out
 }
 
-// NewClient reads a comma-separated address list ("http://a:7460,http://b:7460").
+// NewClient reads a comma-separated address list ("https://a:7460,https://b:7460").
 func NewClient(addrs, token string) (*Client, error) {
 	// A management node that died does not answer at all: a short connect timeout lets
 	// the client move on to the next one quickly. Answers themselves may take long (a
@@ -144,7 +146,7 @@ func NewClient(addrs, token string) (*Client, error) {
 		}
 		u, err := url.Parse(a)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("address %q is not a URL such as http://127.0.0.1:7460", a)
+			return nil, fmt.Errorf("address %q is not a URL such as https://127.0.0.1:7460", a)
 		}
 		c.Addrs = append(c.Addrs, a)
 	}
@@ -226,7 +228,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			return err
 		}
 	}
-	var lastErr error
+	var lastErr, tlsErr error
 	addrs := c.addrs()
 	for _, addr := range addrs {
 		actx, cancel := context.WithCancel(ctx)
@@ -238,13 +240,16 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			cancel()
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+		c.authorize(req)
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
 			cancel()
+			if terr := tlsProblem(addr, err); terr != nil {
+				tlsErr = terr
+			}
 			lastErr = err
 			if ctx.Err() != nil {
 				return err
@@ -257,6 +262,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		cancel()
 		if err != nil {
 			return err
+		}
+		if plainToTLS(resp.StatusCode, data) {
+			return plainToTLSError(addr)
 		}
 		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
 			// This management node has no master to forward to right now (an election,
@@ -277,6 +285,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		return nil
 	}
+	if tlsErr != nil {
+		return tlsErr // no retry: it would fail the same way
+	}
 	return &NoAnswerError{Addrs: addrs, Last: lastErr}
 }
 
@@ -291,15 +302,18 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 			return err
 		}
 	}
-	var lastErr error
+	var lastErr, tlsErr error
 	for _, addr := range c.addrs() {
 		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
 		if err != nil {
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+		c.authorize(req)
 		resp, err := c.HTTP.Do(req)
 		if err != nil {
+			if terr := tlsProblem(addr, err); terr != nil {
+				tlsErr = terr
+			}
 			lastErr = err
 			if ctx.Err() != nil {
 				return err
@@ -315,6 +329,9 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		defer resp.Body.Close()
 		if resp.StatusCode >= 300 {
 			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			if plainToTLS(resp.StatusCode, data) {
+				return plainToTLSError(addr)
+			}
 			var e Error
 			if json.Unmarshal(data, &e) != nil || e.Error == "" {
 				e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
@@ -330,6 +347,9 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 		}
 		return sc.Err()
 	}
+	if tlsErr != nil {
+		return tlsErr
+	}
 	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
 }
 
@@ -339,4 +359,83 @@ func (c *Client) UseTLS(cfg *tls.Config) {
 		tr.TLSClientConfig = cfg
 	}
 	c.tls = true
+}
+
+// authorize sets the bearer token; a client without one (an agent, which its node
+// certificate authenticates) sends none.
+func (c *Client) authorize(req *http.Request) {
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+}
+
+// TrustCA makes the client check the API's certificate against the CA certificates in
+// a PEM file (the cluster's ca.crt, or the CA of an operator-supplied certificate)
+// instead of the system's roots.
+func (c *Client) TrustCA(file string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return fmt.Errorf("CA file %s holds no PEM certificate: give the cluster's ca.crt (or the CA of the API's certificate)", file)
+	}
+	tr, ok := c.HTTP.Transport.(*http.Transport)
+	if !ok {
+		return errors.New("the client's transport is not an *http.Transport: set its TLS configuration yourself")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if tr.TLSClientConfig != nil {
+		cfg = tr.TLSClientConfig.Clone()
+	}
+	cfg.RootCAs = pool
+	tr.TLSClientConfig = cfg
+	return nil
+}
+
+// RequireTLS refuses addresses of plain HTTP, over which the token would travel in the
+// clear: dvm's API speaks TLS.
+func (c *Client) RequireTLS() error {
+	for _, a := range c.Addrs {
+		if rest, ok := strings.CutPrefix(a, "http://"); ok {
+			return fmt.Errorf("address %s is plain HTTP, which would send the token in the clear: dvm's API speaks TLS, use https://%s", a, rest)
+		}
+	}
+	return nil
+}
+
+// tlsProblem turns a failed request whose TLS could not be agreed into an error that
+// says what to do, or returns nil for other failures. The other listed nodes are still
+// tried, but when none answers the request ends with this error at once: trying again
+// would fail the same way.
+func tlsProblem(addr string, err error) error {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &unknown):
+		issuer := ""
+		if unknown.Cert != nil {
+			issuer = fmt.Sprintf(" (%q)", unknown.Cert.Issuer.CommonName)
+		}
+		return fmt.Errorf("%s: the API's certificate is signed by a CA this client does not trust%s: give the cluster's CA with --ca or DVM_CA "+
+			"(a node's credentials_dir/ca.crt; dvmd dev and vmctl lab up name it in their env file)", addr, issuer)
+	case errors.As(err, &host):
+		return fmt.Errorf("%s: %w: use an address the certificate names, or issue the node a certificate that names this one (dvmd cluster issue --ip)", addr, host)
+	case errors.As(err, &invalid):
+		return fmt.Errorf("%s: the API's certificate is not valid: %w", addr, invalid)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%s does not speak TLS: is it a dvm API? (dvm's API listens with TLS on its listen address, port 7460 by default)", addr)
+	}
+	return nil
+}
+
+// plainToTLS recognises Go's answer to plain HTTP sent to a TLS listener.
+func plainToTLS(code int, body []byte) bool {
+	return code == http.StatusBadRequest && bytes.Contains(body, []byte("HTTP request to an HTTPS server"))
+}
+
+func plainToTLSError(addr string) error {
+	return fmt.Errorf("%s speaks TLS: use https://%s (and give the cluster's CA with --ca or DVM_CA)", addr, strings.TrimPrefix(addr, "http://"))
 }

@@ -242,6 +242,8 @@ type Event struct {
 	Node   string    `json:"node,omitempty"`
 	Guest  string    `json:"guest,omitempty"`
 	Detail string    `json:"detail"`
+	// Token names the API token whose request the event records (kind "write").
+	Token string `json:"token,omitempty"`
 }
 
 // DrainProgress is one line of POST /v1/nodes/{name}/drain's answer (newline-delimited

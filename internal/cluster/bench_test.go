@@ -200,3 +200,36 @@ func BenchmarkRaftApply(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkJoinSeen measures, on loopback, the time from a third member's Join to both
+// others and itself seeing all three alive: with names bound to certificates, news of a
+// new name waits for its certificate, which a push/pull asked for at once brings. Setup
+// is not timed.
+func BenchmarkJoinSeen(b *testing.B) {
+	_, creds := newCluster(b, "n1", "n2", "n3")
+	var times []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		n1 := benchJoin(b, creds["n1"])
+		n2 := benchJoin(b, creds["n2"], n1.Addr())
+		benchWait(b, n1, func(e Event) bool { return e.Kind == EventJoin && e.Member.Name == "n2" })
+		b.StartTimer()
+		start := time.Now()
+		n3 := benchJoin(b, creds["n3"], n1.Addr())
+		for _, m := range []*Members{n1, n2} {
+			benchWait(b, m, func(e Event) bool { return e.Kind == EventJoin && e.Member.Name == "n3" })
+		}
+		for len(n3.Alive()) < 3 {
+			time.Sleep(time.Millisecond)
+		}
+		times = append(times, time.Since(start))
+		b.StopTimer()
+		for _, m := range []*Members{n1, n2, n3} {
+			m.Shutdown()
+		}
+		b.StartTimer()
+	}
+	slices.Sort(times)
+	b.ReportMetric(float64(times[len(times)/2].Milliseconds()), "median-ms")
+	b.ReportMetric(float64(times[len(times)-1].Milliseconds()), "max-ms")
+}

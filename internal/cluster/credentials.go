@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -166,8 +167,9 @@ func Issue(dir, nodeName string, ips []net.IP, dnsNames []string) error {
 // that node needs into outDir, to be copied to the node: ca.crt, gossip.key,
 // node-NAME.crt and node-NAME.key (never ca.key). The certificate is valid for one
 // year, for both server and client authentication, with the node name as its common name
-// and as a DNS SAN, plus ips and dnsNames as SANs. At least one IP is required: peers
-// dial nodes by address and check it against the certificate.
+// and as a DNS SAN, plus ips and dnsNames as SANs, and localhost, 127.0.0.1 and ::1. At
+// least one IP is required: peers dial nodes by address and check it against the
+// certificate.
 //
 // Bad input (name, addresses, a CA that is missing or expired) or a file in outDir that
 // would be replaced with different content is an error, and nothing is written.
@@ -177,54 +179,21 @@ func IssueTo(clusterDir, outDir, nodeName string, ips []net.IP, dnsNames []strin
 }
 
 func issue(clusterDir, outDir, nodeName string, ips []net.IP, dnsNames []string, notBefore, notAfter time.Time) error {
-	if err := ValidateNodeName(nodeName); err != nil {
+	tmpl, err := nodeTemplate(nodeName, ips, dnsNames, notBefore, notAfter)
+	if err != nil {
 		return err
-	}
-	if len(ips) == 0 {
-		return fmt.Errorf("node %q: no IP address given: give the addresses peers use to reach it (--ip 10.0.0.5)", nodeName)
-	}
-	for _, ip := range ips {
-		if ip == nil || ip.IsUnspecified() || ip.IsMulticast() {
-			return fmt.Errorf("node %q: %v is not an address of a host: give the unicast addresses peers dial", nodeName, ip)
-		}
-	}
-	sans := []string{nodeName}
-	for _, d := range dnsNames {
-		if err := validateDNSName(d); err != nil {
-			return fmt.Errorf("node %q: %w", nodeName, err)
-		}
-		if d != nodeName {
-			sans = append(sans, d)
-		}
 	}
 	ca, caKey, err := loadCA(clusterDir, notBefore.Add(clockSkew))
 	if err != nil {
 		return err
 	}
-	if notAfter.After(ca.NotAfter) {
-		notAfter = ca.NotAfter
-	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("generate node key: %w", err)
 	}
-	serial, err := newSerial()
+	der, err := signNode(tmpl, &key.PublicKey, ca, caKey)
 	if err != nil {
 		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: nodeName, Organization: []string{"dvm"}},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     sans,
-		IPAddresses:  ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return fmt.Errorf("issue certificate for node %q: %w", nodeName, err)
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {
@@ -245,6 +214,73 @@ func issue(clusterDir, outDir, nodeName string, ips []net.IP, dnsNames []string,
 		}
 	}
 	return writeFiles(outDir, files)
+}
+
+// Loopback names every node certificate carries besides the node's own addresses, so
+// that vmctl, curl or Prometheus on the host itself reach its API at
+// https://127.0.0.1:7460 or https://localhost:7460 (Consul's server certificates carry
+// them for the same reason).
+var (
+	loopbackDNS = "localhost"
+	loopbackIPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+)
+
+// nodeTemplate checks a node's name and addresses and makes its certificate's template:
+// the name as common name and DNS SAN, ips and dnsNames as SANs, and the loopback names.
+func nodeTemplate(nodeName string, ips []net.IP, dnsNames []string, notBefore, notAfter time.Time) (*x509.Certificate, error) {
+	if err := ValidateNodeName(nodeName); err != nil {
+		return nil, err
+	}
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("node %q: no IP address given: give the addresses peers use to reach it (--ip 10.0.0.5)", nodeName)
+	}
+	for _, ip := range ips {
+		if ip == nil || ip.IsUnspecified() || ip.IsMulticast() {
+			return nil, fmt.Errorf("node %q: %v is not an address of a host: give the unicast addresses peers dial", nodeName, ip)
+		}
+	}
+	sans := []string{nodeName}
+	for _, d := range dnsNames {
+		if err := validateDNSName(d); err != nil {
+			return nil, fmt.Errorf("node %q: %w", nodeName, err)
+		}
+		if d != nodeName && d != loopbackDNS {
+			sans = append(sans, d)
+		}
+	}
+	sans = append(sans, loopbackDNS)
+	all := slices.Clone(ips)
+	for _, lo := range loopbackIPs {
+		if !slices.ContainsFunc(all, lo.Equal) {
+			all = append(all, lo)
+		}
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	return &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: nodeName, Organization: []string{"dvm"}},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:     sans,
+		IPAddresses:  all,
+	}, nil
+}
+
+// signNode signs a node certificate for pub with the CA, ending no later than the CA.
+func signNode(tmpl *x509.Certificate, pub *ecdsa.PublicKey, ca *x509.Certificate, caKey *ecdsa.PrivateKey) ([]byte, error) {
+	if tmpl.NotAfter.After(ca.NotAfter) {
+		tmpl.NotAfter = ca.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("issue certificate for node %q: %w", tmpl.Subject.CommonName, err)
+	}
+	return der, nil
 }
 
 // Load reads and checks node nodeName's credentials in dir (ca.crt, gossip.key,
@@ -361,15 +397,7 @@ func readCert(dir, name string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, missing(path, err)
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return parseCert(path, b)
 }
 
 // readSecret reads a key file, refusing one that others can read: a key that leaked

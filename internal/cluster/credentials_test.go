@@ -72,11 +72,19 @@ func TestNewCAIssueLoad(t *testing.T) {
 		t.Errorf("CA: IsCA %v MaxPathLenZero %v NotAfter %v", ca.IsCA, ca.MaxPathLenZero, ca.NotAfter)
 	}
 	cert := c.Certificate()
-	if cert.Subject.CommonName != "n1" || !slices.Equal(cert.DNSNames, []string{"n1", "n1.lab.example"}) {
+	// Besides its own names, every node certificate names the loopback addresses: vmctl
+	// on the host itself reaches the API at https://127.0.0.1:7460 or localhost.
+	if cert.Subject.CommonName != "n1" || !slices.Equal(cert.DNSNames, []string{"n1", "n1.lab.example", "localhost"}) {
 		t.Errorf("subject %q, DNS SANs %v", cert.Subject.CommonName, cert.DNSNames)
 	}
-	if len(cert.IPAddresses) != 2 || !cert.IPAddresses[0].Equal(net.ParseIP("10.0.0.5")) || !cert.IPAddresses[1].Equal(net.ParseIP("fd00::5")) {
-		t.Errorf("IP SANs %v", cert.IPAddresses)
+	wantIPs := []string{"10.0.0.5", "fd00::5", "127.0.0.1", "::1"}
+	if len(cert.IPAddresses) != len(wantIPs) {
+		t.Errorf("IP SANs %v, want %v", cert.IPAddresses, wantIPs)
+	}
+	for i, ip := range cert.IPAddresses {
+		if i < len(wantIPs) && !ip.Equal(net.ParseIP(wantIPs[i])) {
+			t.Errorf("IP SANs %v, want %v", cert.IPAddresses, wantIPs)
+		}
 	}
 	if !hasUsage(cert, x509.ExtKeyUsageServerAuth) || !hasUsage(cert, x509.ExtKeyUsageClientAuth) {
 		t.Errorf("extended key usage %v", cert.ExtKeyUsage)

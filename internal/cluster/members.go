@@ -161,11 +161,16 @@ type Members struct {
 	table   map[string]Member
 	leaving map[string]time.Time
 
-	metaMu sync.Mutex
-	meta   []byte
+	// ids binds other members' names to their certificates (identity.go).
+	ids identities
+
+	metaMu     sync.Mutex
+	meta       []byte // signed, as gossiped
+	gossipAddr string // this node's advertised gossip address, which meta is signed for
 
 	droppedMsgs atomic.Uint64
 	refused     atomic.Uint64
+	refusedNews atomic.Uint64 // members' news refused for a wrong or missing proof of name
 }
 
 // Join starts gossip for the node of cfg.Credentials and joins cfg.Peers. Gossip (UDP)
@@ -177,7 +182,9 @@ func Join(cfg MemberConfig) (*Members, error) {
 	if cfg.Credentials == nil {
 		return nil, errors.New("join: no credentials: load them with cluster.Load")
 	}
-	metaJSON, err := encodeMeta(cfg.Meta)
+	// Signed for no address yet: memberlist asks for the metadata before it knows its
+	// address, and nobody hears this first version.
+	metaJSON, err := signMeta(cfg.Credentials, cfg.Meta, "", time.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -217,9 +224,10 @@ func Join(cfg MemberConfig) (*Members, error) {
 		creds: cfg.Credentials, log: lg, meta: metaJSON,
 		events: newQueue[Event](0), msgs: newQueue[Message](bufSize),
 		peers: certCache{pool: cfg.Credentials.pool, names: map[[32]byte]verified{}},
-		table: map[string]Member{}, leaving: map[string]time.Time{},
+		table: map[string]Member{}, leaving: map[string]time.Time{}, ids: newIdentities(),
 	}
 	conf.Delegate = (*delegate)(m)
+	conf.Alive = (*aliveDelegate)(m)
 	conf.Events = (*eventDelegate)(m)
 	conf.Conflict = (*eventDelegate)(m)
 	conf.Logger = log.New(&logWriter{lg}, "", 0)
@@ -231,6 +239,13 @@ func Join(cfg MemberConfig) (*Members, error) {
 		return nil, fmt.Errorf("join: start gossip on %s:%d: %w", conf.BindAddr, cfg.BindPort, err)
 	}
 	m.ml = ml
+	m.metaMu.Lock()
+	m.gossipAddr = ml.LocalNode().Address()
+	m.metaMu.Unlock()
+	if err := m.UpdateMeta(cfg.Meta); err != nil {
+		m.Shutdown()
+		return nil, fmt.Errorf("join: %w", err)
+	}
 	if len(cfg.Peers) > 0 {
 		if _, err := m.JoinPeers(cfg.Peers...); err != nil {
 			m.Shutdown()
@@ -301,13 +316,15 @@ func (m *Members) RefusedMessages() uint64 { return m.refused.Load() }
 
 // UpdateMeta replaces this node's Meta and gossips it; other members get EventUpdate.
 func (m *Members) UpdateMeta(meta Meta) error {
-	b, err := encodeMeta(meta)
+	m.metaMu.Lock()
+	b, err := signMeta(m.creds, meta, m.gossipAddr, time.Now())
+	if err == nil {
+		m.meta = b
+	}
+	m.metaMu.Unlock()
 	if err != nil {
 		return err
 	}
-	m.metaMu.Lock()
-	m.meta = b
-	m.metaMu.Unlock()
 	return m.ml.UpdateNode(5 * time.Second)
 }
 
@@ -398,17 +415,6 @@ func toMember(n *memberlist.Node, state MemberState) Member {
 	return mem
 }
 
-func encodeMeta(meta Meta) ([]byte, error) {
-	b, err := json.Marshal(meta)
-	if err != nil {
-		return nil, fmt.Errorf("node metadata: %w", err)
-	}
-	if len(b) > memberlist.MetaMaxSize {
-		return nil, fmt.Errorf("%w: %d bytes of JSON, at most %d: shorten the API address", ErrMetaTooLarge, len(b), memberlist.MetaMaxSize)
-	}
-	return b, nil
-}
-
 // delegate is memberlist's Delegate. memberlist calls it from its network goroutines;
 // every method returns quickly.
 type delegate Members
@@ -439,8 +445,8 @@ func (d *delegate) NotifyMsg(b []byte) {
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (d *delegate) LocalState(join bool) []byte                { return nil }
-func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+func (d *delegate) LocalState(join bool) []byte                { return (*Members)(d).localState() }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     { (*Members)(d).mergeState(buf) }
 
 // eventDelegate is memberlist's EventDelegate and ConflictDelegate. memberlist calls it
 // with its node lock held, so it only records and queues. (The Node's State field is
@@ -456,6 +462,8 @@ func (d *eventDelegate) record(kind EventKind, n *memberlist.Node) {
 		delete(d.leaving, n.Name)
 	case EventFailed:
 		state = StateDead
+		// A node that comes back may have signed its metadata by a clock set back.
+		d.ids.forget(n.Name)
 		// A notice counts only for a departure soon after it, so that a notice recorded
 		// and replayed by someone on the network cannot make a later crash look like a
 		// leave.
@@ -562,6 +570,9 @@ func (w *logWriter) Write(p []byte) (int, error) {
 			line = strings.TrimSpace(strings.TrimPrefix(line, prefix))
 			break
 		}
+	}
+	if strings.Contains(line, errAwaitingCert.Error()) {
+		level = slog.LevelDebug // a member's certificate comes right after its news when it joins
 	}
 	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "), "component", "gossip")
 	return len(p), nil

@@ -35,6 +35,9 @@ type Node struct {
 	AgentListen         string // the agents' API over mutual TLS (management nodes); default: listen's host, port 7463
 	GossipPeers         []string
 	CredentialsDir      string // ca.crt, gossip.key, node-NAME.crt/key from `dvmd cluster issue`
+	// APITLSCert and APITLSKey are an operator's certificate (PEM, leaf first) and key
+	// for the API listener; empty: the node's certificate from the cluster's CA.
+	APITLSCert, APITLSKey string
 	// Timing is every duration the fencing rule rests on (lease_duration,
 	// lease_margin, renew_interval, confirm_timeout, fence_grace, tick,
 	// max_clock_skew, raft_election_timeout), checked together.
@@ -173,6 +176,10 @@ func (n *Node) set(key, val string) error {
 		}
 	case "credentials_dir":
 		n.CredentialsDir = val
+	case "api_tls_cert":
+		n.APITLSCert = val
+	case "api_tls_key":
+		n.APITLSKey = val
 	case "strategy":
 		if val != "spread" && val != "pack" {
 			return fmt.Errorf("%q is not spread or pack", val)
@@ -257,13 +264,16 @@ func (n *Node) Validate() error {
 		return fmt.Errorf("name is required: give the node a name such as n1")
 	}
 	if !n.Management && n.Master == "" {
-		return fmt.Errorf("master is required on a node that is not a management node: give the master's API address, such as http://10.0.0.1:7460")
+		return fmt.Errorf("master is required on a node that is not a management node: give the management nodes' API addresses, such as https://10.0.0.1:7460")
 	}
 	if n.TokenFile == "" {
 		n.TokenFile = n.DataDir + "/token"
 	}
 	if n.Advertise == "" {
 		n.Advertise = n.Listen
+	}
+	if (n.APITLSCert == "") != (n.APITLSKey == "") {
+		return fmt.Errorf("api_tls_cert and api_tls_key go together: give both (a certificate for the API and its key), or neither to use the node's certificate from the cluster's CA")
 	}
 	if n.Bootstrap && !n.Management {
 		return fmt.Errorf("bootstrap = true needs management = true: only a management node can form the cluster")

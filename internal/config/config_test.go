@@ -37,19 +37,20 @@ shutdown_timeout = 10s
 
 func TestParseErrorsNameKeyAndLine(t *testing.T) {
 	cases := map[string]string{
-		"name = n1\nmaster = http://m:7460\ncolour = blue\n":        "line 3: colour: unknown key",
-		"name = n1\nmaster = http://m:7460\nreserved_memory = lots": "line 3: reserved_memory",
-		"name = n1\nname = n2\nmaster = http://m:7460":              "line 2: key name already set on line 1",
-		"name = N_1\nmaster = http://m:7460":                        "line 1: name",
-		"name = n1\nmaster = http://m:7460\ncpu_overcommit = 0.5":   "line 3: cpu_overcommit",
-		"name = n1\nmaster = http://m:7460\naccelerator = xen":      "line 3: accelerator",
-		"name = n1\nmaster = ftp://m":                               "line 2: master",
-		"name = n1\nmaster = http://m:7460\njust words":             "line 3",
-		"name = n1\nmaster = http://m:7460\nmanagement = maybe":     "line 3: management",
-		"name = n1\nmaster = http://m:7460\nlabels = rack":          "line 3: labels",
-		"name = n1\nmaster = http://m:7460\nshutdown_timeout = -1s": "line 3: shutdown_timeout",
-		"master = http://m:7460":                                    "name is required",
-		"name = n1":                                                 "master is required",
+		"name = n1\nmaster = http://m:7460\ncolour = blue\n":                  "line 3: colour: unknown key",
+		"name = n1\nmaster = http://m:7460\nreserved_memory = lots":           "line 3: reserved_memory",
+		"name = n1\nname = n2\nmaster = http://m:7460":                        "line 2: key name already set on line 1",
+		"name = N_1\nmaster = http://m:7460":                                  "line 1: name",
+		"name = n1\nmaster = http://m:7460\ncpu_overcommit = 0.5":             "line 3: cpu_overcommit",
+		"name = n1\nmaster = http://m:7460\naccelerator = xen":                "line 3: accelerator",
+		"name = n1\nmaster = ftp://m":                                         "line 2: master",
+		"name = n1\nmaster = http://m:7460\njust words":                       "line 3",
+		"name = n1\nmaster = http://m:7460\nmanagement = maybe":               "line 3: management",
+		"name = n1\nmaster = http://m:7460\nlabels = rack":                    "line 3: labels",
+		"name = n1\nmaster = http://m:7460\nshutdown_timeout = -1s":           "line 3: shutdown_timeout",
+		"master = http://m:7460":                                              "name is required",
+		"name = n1":                                                           "master is required",
+		"name = n1\nmaster = https://m:7460\napi_tls_cert = /etc/dvm/api.crt": "api_tls_cert and api_tls_key go together",
 	}
 	for in, want := range cases {
 		_, err := Parse(strings.NewReader(in))

@@ -23,7 +23,10 @@ func TestHAAdmissionRefusesAndChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Stop()
-	c, _ := api.NewClient(d.Addr, d.Token)
+	c, err := d.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	waitFor(t, "nodes ready", func() bool {
 		var ns []api.Node

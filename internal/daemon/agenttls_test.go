@@ -47,7 +47,10 @@ func TestAgentTrafficNeedsClusterCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Stop()
-	c, _ := api.NewClient(n.Addr, n.Token)
+	c, err := n.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the node's agent registered over mutual TLS", func() bool {
 		var ns []api.Node
 		return c.Do(context.Background(), "GET", "/v1/nodes", nil, &ns) == nil && len(ns) == 1 && ns[0].State == api.NodeReady

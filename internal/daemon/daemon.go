@@ -117,10 +117,10 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 	return a, node, nil
 }
 
-// WriteEnv writes the env file that points vmctl at a cluster: DVM_ADDR and DVM_TOKEN
-// lines (plus extra lines), mode 0600, replaced atomically.
-func WriteEnv(path, addrs, token string, extra ...string) error {
-	body := "DVM_ADDR=" + addrs + "\nDVM_TOKEN=" + token + "\n"
+// WriteEnv writes the env file that points vmctl at a cluster: DVM_ADDR, DVM_TOKEN and
+// DVM_CA lines (plus extra lines), mode 0600, replaced atomically.
+func WriteEnv(path, addrs, token, ca string, extra ...string) error {
+	body := "DVM_ADDR=" + addrs + "\nDVM_TOKEN=" + token + "\nDVM_CA=" + ca + "\n"
 	for _, e := range extra {
 		body += e + "\n"
 	}

@@ -2,8 +2,11 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/master"
 	"github.com/dvmproject/dvm/internal/metrics"
@@ -33,9 +37,11 @@ type DevOptions struct {
 // Dev is a whole cluster in one process: a master and N agents, each agent on its own
 // libvirt test-driver hypervisor.
 type Dev struct {
-	Addr    string // API URL
+	Addr    string // API URL (https)
 	Token   string
 	EnvFile string
+	// CAFile is the dev cluster's CA certificate, which its API's is checked against.
+	CAFile  string
 	Nodes   []*hypervisor.Node
 	master  *Master
 	cancel  context.CancelFunc
@@ -69,10 +75,15 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", o.Listen)
+	creds, err := devCredentials(filepath.Join(dir, "credentials"), o.Listen)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w (is another dvmd dev running? use --listen)", o.Listen, err)
 	}
+	ln := tls.NewListener(raw, creds.APIServerTLS(nil))
 	// One management node: a raft of one voter, in process.
 	_, trans := raft.NewInmemTransport("")
 	m, err := OpenMaster(MasterConfig{Name: "dev", DataDir: dir, Transport: trans, Bootstrap: true, NodeTimeout: 5 * time.Second,
@@ -82,7 +93,8 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	d := &Dev{Addr: "http://" + ln.Addr().String(), Token: token, EnvFile: filepath.Join(dir, "env"), master: m, cancel: cancel, stopped: make(chan struct{})}
+	d := &Dev{Addr: "https://" + dialable(ln.Addr()), Token: token, EnvFile: filepath.Join(dir, "env"),
+		CAFile: cluster.CACertPath(filepath.Join(dir, "credentials")), master: m, cancel: cancel, stopped: make(chan struct{})}
 	fail := func(err error) (*Dev, error) {
 		d.Stop()
 		return nil, err
@@ -90,11 +102,14 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	reg := metrics.New()
 	reg.MustRegister(m.Collector())
 	go m.Run(ctx)
+	go m.KeepBootstrapToken(ctx, token)
 	go func() {
 		d.err = Serve(ctx, ln, master.Handler(m.Master, "dev", token, reg))
 		close(d.stopped)
 	}()
-	client, err := api.NewClient(d.Addr, token)
+	// The dev cluster's agents speak to its API with the bootstrap token: it has no
+	// agents' listener.
+	client, err := d.Client()
 	if err != nil {
 		return fail(err)
 	}
@@ -124,10 +139,59 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 			a.Run(ctx)
 		}()
 	}
-	if err := WriteEnv(d.EnvFile, d.Addr, token); err != nil {
+	if err := WriteEnv(d.EnvFile, d.Addr, token, d.CAFile); err != nil {
 		return fail(fmt.Errorf("write env file: %w", err))
 	}
 	return d, nil
+}
+
+// devCredentials makes the dev cluster's CA the first time, and every time a
+// certificate for its API, named "dev", for the loopback names and listen's host: the
+// CA stays (vmctl's DVM_CA keeps working), the certificate follows --listen.
+func devCredentials(dir, listen string) (*cluster.Credentials, error) {
+	if _, err := os.Stat(cluster.CACertPath(dir)); errors.Is(err, fs.ErrNotExist) {
+		if err := cluster.NewCA(dir); err != nil {
+			return nil, fmt.Errorf("dev cluster credentials: %w", err)
+		}
+	}
+	for _, f := range []string{cluster.NodeCertFile("dev"), cluster.NodeKeyFile("dev")} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1)}
+	var names []string
+	if host, _, err := net.SplitHostPort(listen); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip == nil {
+			names = append(names, host)
+		} else if !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+	}
+	if err := cluster.Issue(dir, "dev", ips, names); err != nil {
+		return nil, fmt.Errorf("dev cluster credentials: %w", err)
+	}
+	return cluster.Load(dir, "dev")
+}
+
+// dialable is a listener's address as a client dials it: an unspecified host
+// (--listen 0.0.0.0:7460) is reached at loopback, which the certificate names.
+func dialable(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if ip := net.ParseIP(host); err == nil && ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return a.String()
+}
+
+// Client is a client of the dev cluster's API with its bootstrap token, checking its
+// certificate against its CA.
+func (d *Dev) Client() (*api.Client, error) {
+	c, err := api.NewClient(d.Addr, d.Token)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.TrustCA(d.CAFile)
 }
 
 // Stopped is closed when the cluster's API server stops; Err then says why.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -23,7 +22,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 	}
 	c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "pending1", CPUs: 1, MemoryBytes: 1 << 40}, nil)
 	waitFor(t, "m1 running", func() bool { return guest(t, c, "m1").State == api.GuestRunning })
-	resp, err := http.Get(d.Addr + "/metrics")
+	resp, err := httpsClient(t, d.CAFile).Get(d.Addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

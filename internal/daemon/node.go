@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -38,8 +39,11 @@ import (
 // /metrics and /v1/health endpoint, and on a management node its replica of the cluster
 // state, the master role when raft elects it, and the API.
 type Node struct {
-	Addr  string // URL of this dvmd's listener
-	Token string
+	Addr  string // URL of this dvmd's API listener (https)
+	Token string // the secret of its token file ("" on nodes without one)
+	// CAFile is the cluster's CA certificate, which the API's certificate is checked
+	// against (unless the node shows an operator's certificate).
+	CAFile string
 	// AgentAddr is a management node's mutual-TLS listener for agents ("" elsewhere).
 	AgentAddr string
 	HV        *hypervisor.Node
@@ -64,8 +68,12 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	if err != nil {
 		return nil, err
 	}
+	apiTLS, err := apiServerTLS(cfg, creds)
+	if err != nil {
+		return nil, err
+	}
 	reg := metrics.New()
-	n := &Node{done: make(chan struct{})}
+	n := &Node{done: make(chan struct{}), CAFile: cluster.CACertPath(cfg.CredentialsDir)}
 	ctx, n.cancel = context.WithCancel(ctx)
 	fail := func(err error) (*Node, error) {
 		n.cancel()
@@ -73,11 +81,12 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		return nil, err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	raw, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w", cfg.Listen, err))
 	}
-	n.Addr = "http://" + ln.Addr().String()
+	ln := tls.NewListener(raw, apiTLS)
+	n.Addr = "https://" + ln.Addr().String()
 	if cfg.Advertise == cfg.Listen {
 		cfg.Advertise = ln.Addr().String() // a port of 0 was chosen now
 	}
@@ -119,12 +128,16 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	}
 
 	var client *api.Client
+	if n.Token, err = tokenFile(cfg); err != nil {
+		ln.Close()
+		return fail(err)
+	}
 	if cfg.Management {
-		if n.Token, err = api.LoadOrCreateToken(cfg.TokenFile); err != nil {
+		if err := n.openMaster(cfg, creds, log); err != nil {
 			ln.Close()
 			return fail(err)
 		}
-		if err := n.openMaster(cfg, creds, log); err != nil {
+		if err := setIssuer(n.master.Master, cfg.CredentialsDir, log); err != nil {
 			ln.Close()
 			return fail(err)
 		}
@@ -134,12 +147,10 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 			log.Warn("gossip the raft address", "err", err)
 		}
 		reg.MustRegister(n.master.Collector())
-	} else if n.Token, err = api.ReadToken(cfg.TokenFile); err != nil {
-		ln.Close()
-		return fail(fmt.Errorf("token: %w (copy the cluster's token file from a management node)", err))
 	}
 	// Agent traffic (status reports, assignments, joins) goes to the management nodes'
-	// mutual-TLS listeners, which membership announces, with this node's certificate.
+	// mutual-TLS listeners, which membership announces, with this node's certificate,
+	// which is what authenticates it there (a token, if the node has one, is not needed).
 	if client, err = api.NewClient(agentURLs(cfg), n.Token); err != nil {
 		ln.Close()
 		return fail(err)
@@ -195,7 +206,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		Self: cfg.Name, Capable: cfg.Management, Bootstrap: cfg.Bootstrap,
 		Failover:  failover.Config{Timing: cfg.Timing},
 		StateFile: filepath.Join(cfg.DataDir, "roles.json"), Members: n.members, Store: st.store(), Hooks: hooks,
-		Log: log, Health: selfHealth(cfg.DataDir),
+		Log: log, Health: selfHealth(cfg.DataDir), ProbeTLS: creds.PeerAPITLS,
 	})
 	if err != nil {
 		ln.Close()
@@ -207,6 +218,10 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		mm = n.master.Master
 		mm.SetAuthority(n.Roles)
 		mm.SetRoles(n.Roles)
+		mm.SetPeerTLS(creds.PeerAPITLS)
+		if n.Token != "" {
+			go mm.KeepBootstrapToken(ctx, n.Token)
+		}
 		go mm.Run(ctx)
 		if !cfg.Bootstrap {
 			// A first start asks at once; later the role machine asks (Join) when the
@@ -234,6 +249,65 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		return nil, err
 	}
 	return n, nil
+}
+
+// apiServerTLS is the API listener's TLS: an operator's certificate (api_tls_cert and
+// api_tls_key), or the node's, which must then name the host the API is reached at.
+func apiServerTLS(cfg config.Node, creds *cluster.Credentials) (*tls.Config, error) {
+	if cfg.APITLSCert != "" {
+		op, err := cluster.LoadAPICertificate(cfg.APITLSCert, cfg.APITLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("api_tls_cert, api_tls_key: %w", err)
+		}
+		return creds.APIServerTLS(&op), nil
+	}
+	host, _, err := net.SplitHostPort(cfg.Advertise)
+	if err != nil {
+		return nil, fmt.Errorf("advertise %q is not host:port", cfg.Advertise)
+	}
+	if err := creds.CheckAPIHost(host); err != nil {
+		return nil, err
+	}
+	return creds.APIServerTLS(nil), nil
+}
+
+// tokenFile reads the node's token file: made at the first start of the node that
+// forms the cluster (the admin token "bootstrap"); on other nodes read if it is there
+// (a cluster made before tokens had scopes copied it to every node), and not needed.
+func tokenFile(cfg config.Node) (string, error) {
+	if cfg.Management && cfg.Bootstrap {
+		return api.LoadOrCreateToken(cfg.TokenFile)
+	}
+	tok, err := api.ReadToken(cfg.TokenFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	return tok, err
+}
+
+// setIssuer lets the master sign joining hosts' certificates when this management
+// node holds the cluster's CA key.
+func setIssuer(m *master.Master, dir string, log *slog.Logger) error {
+	if _, err := os.Stat(filepath.Join(dir, cluster.CAKeyFile)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	iss, err := cluster.LoadIssuer(dir)
+	if err != nil {
+		return fmt.Errorf("%s is there, so this node would sign joining hosts' certificates, but: %w", filepath.Join(dir, cluster.CAKeyFile), err)
+	}
+	m.SetIssuer(iss)
+	log.Info("this management node signs the certificates of hosts that join with a join token", "ca_key", filepath.Join(dir, cluster.CAKeyFile))
+	return nil
+}
+
+// Client is a client of this node's API with its token file's secret, checking the
+// node's certificate against the cluster's CA.
+func (n *Node) Client() (*api.Client, error) {
+	c, err := api.NewClient(n.Addr, n.Token)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.TrustCA(n.CAFile)
 }
 
 // vouch writes to the lease file, while this node holds its lease, until when the

@@ -74,7 +74,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Stop()
-	c, err := api.NewClient(n.Addr, n.Token)
+	c, err := n.Client()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -409,7 +409,7 @@ func TestDevClusterNetworks(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Stop)
-	c, err := api.NewClient(d.Addr, d.Token)
+	c, err := d.Client() // its API speaks TLS with the dev cluster's CA
 	if err != nil {
 		t.Fatal(err)
 	}

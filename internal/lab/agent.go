@@ -80,7 +80,7 @@ type apiNode struct {
 func (l *Lab) waitMaster(ctx context.Context, timeout time.Duration, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := l.apiClient(&http.Transport{})
 	want := len(l.st.Nodes)
 	var last string
 	for {

@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,6 +12,7 @@ import (
 	"github.com/dvmproject/dvm/internal/cluster"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,7 +114,7 @@ type Node struct {
 	Name       string `json:"name"`        // n1 … n7
 	Addr       string `json:"addr"`        // 10.77.0.(10+K)
 	LibvirtURI string `json:"libvirt_uri"` // qemu+tcp://ADDR/system
-	AgentURL   string `json:"agent_url"`   // http://ADDR:7460
+	AgentURL   string `json:"agent_url"`   // https://ADDR:7460
 	Dir        string `json:"dir"`         // DIR/nodes/nK
 	PID        int    `json:"pid"`         // root namespace PID of the node's PID 1 (tini); 0 when killed
 	Paused     bool   `json:"paused"`      // every process stopped by Pause until Resume
@@ -121,7 +124,7 @@ func nodeName(k int) string   { return fmt.Sprintf("n%d", k) }
 func nodeAddr(k int) string   { return fmt.Sprintf("10.77.0.%d", 10+k) }
 func vethName(k int) string   { return fmt.Sprintf("dvmlab-n%d", k) }
 func libvirtURI(k int) string { return "qemu+tcp://" + nodeAddr(k) + "/system" }
-func agentURL(k int) string   { return fmt.Sprintf("http://%s:%d", nodeAddr(k), AgentPort) }
+func agentURL(k int) string   { return fmt.Sprintf("https://%s:%d", nodeAddr(k), AgentPort) }
 
 // MasterURL is the dvm API of the lab: the agent of n1 runs the master.
 func MasterURL() string { return agentURL(1) }
@@ -129,8 +132,29 @@ func MasterURL() string { return agentURL(1) }
 // Dir is the lab's directory.
 func (l *Lab) Dir() string { return l.dir }
 
-// EnvFile is DIR/env: DVM_ADDR, DVM_TOKEN and DVM_LAB_NODES for vmctl, virsh and tests.
+// EnvFile is DIR/env: DVM_ADDR, DVM_TOKEN, DVM_CA and DVM_LAB_NODES for vmctl, virsh
+// and tests.
 func (l *Lab) EnvFile() string { return filepath.Join(l.dir, "env") }
+
+// CAFile is DIR/credentials/ca.crt, the lab cluster's CA: the nodes' API certificates
+// are checked against it.
+func (l *Lab) CAFile() string { return filepath.Join(l.dir, "credentials", "ca.crt") }
+
+// TLSConfig checks the nodes' API certificates against the lab's CA (none trusted
+// before the lab has made it).
+func (l *Lab) TLSConfig() *tls.Config {
+	pool := x509.NewCertPool()
+	if b, err := os.ReadFile(l.CAFile()); err == nil {
+		pool.AppendCertsFromPEM(b)
+	}
+	return &tls.Config{RootCAs: pool}
+}
+
+// apiClient is an HTTP client for the nodes' API (TLS, the lab's CA) over tr.
+func (l *Lab) apiClient(tr *http.Transport) *http.Client {
+	tr.TLSClientConfig = l.TLSConfig()
+	return &http.Client{Timeout: 2 * time.Second, Transport: tr}
+}
 
 // TokenFile is DIR/token, the bearer token of the lab's dvm API.
 func (l *Lab) TokenFile() string { return filepath.Join(l.dir, "token") }
@@ -484,7 +508,7 @@ func (l *Lab) writeEnv(token string) error {
 	for _, n := range l.st.Nodes {
 		nodes = append(nodes, n.Name+"="+libvirtURI(n.Index))
 	}
-	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_LAB_NODES=%s\n", masterURLs(len(l.st.Nodes)), token, strings.Join(nodes, ","))
+	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_CA=%s\nDVM_LAB_NODES=%s\n", masterURLs(len(l.st.Nodes)), token, l.CAFile(), strings.Join(nodes, ","))
 	if err := writeFileAtomic(l.EnvFile(), []byte(env), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", l.EnvFile(), err)
 	}

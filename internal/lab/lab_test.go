@@ -60,9 +60,10 @@ func TestLab(t *testing.T) {
 		}
 		want := "DVM_LAB_NODES=n1=qemu+tcp://10.77.0.11/system,n2=qemu+tcp://10.77.0.12/system,n3=qemu+tcp://10.77.0.13/system\n"
 		// DVM_ADDR lists every management-capable node's API, n1's first.
-		addr := "DVM_ADDR=http://10.77.0.11:7460,http://10.77.0.12:7460,http://10.77.0.13:7460\n"
-		if !strings.Contains(string(env), want) || !strings.Contains(string(env), addr) {
-			t.Errorf("env file:\n%s\nwant it to hold %s and %s", env, addr, want)
+		addr := "DVM_ADDR=https://10.77.0.11:7460,https://10.77.0.12:7460,https://10.77.0.13:7460\n"
+		ca := "DVM_CA=" + l.CAFile() + "\n" // the nodes' API speaks TLS with the lab's CA
+		if !strings.Contains(string(env), want) || !strings.Contains(string(env), addr) || !strings.Contains(string(env), ca) {
+			t.Errorf("env file:\n%s\nwant it to hold %s, %s and %s", env, addr, ca, want)
 		}
 	})
 

@@ -70,7 +70,7 @@ func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
 				out[i].Libvirt = true
 			}
 			if !noAgent {
-				out[i].Agent = agentHealthy(ctx, n)
+				out[i].Agent = l.agentHealthy(ctx, n)
 			}
 		}()
 	}
@@ -80,13 +80,13 @@ func (l *Lab) Status(ctx context.Context) ([]NodeStatus, error) {
 
 // agentHealthy asks the node's agent for /v1/health over a connection made inside
 // the node.
-func agentHealthy(ctx context.Context, n nodeState) bool {
+func (l *Lab) agentHealthy(ctx context.Context, n nodeState) bool {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 		return dialIn(ctx, n.PID, addr)
 	}}
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, agentURL(n.Index)+"/v1/health", nil)
-	resp, err := (&http.Client{Transport: tr}).Do(req)
+	resp, err := l.apiClient(tr).Do(req)
 	if err != nil {
 		return false
 	}

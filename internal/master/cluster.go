@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -44,11 +45,40 @@ func (m *Master) leaderURL() *url.URL {
 	if !ok || n.Address == "" {
 		return nil
 	}
-	u, err := url.Parse("http://" + n.Address)
+	scheme := "http"
+	if m.peerTLS != nil {
+		scheme = "https"
+	}
+	u, err := url.Parse(scheme + "://" + n.Address)
 	if err != nil {
 		return nil
 	}
 	return u
+}
+
+// SetPeerTLS makes this master forward requests to the master over TLS, checking the
+// master's node certificate for its name (tlsFor gives the configuration for a node):
+// the API listeners speak TLS. Without it (tests, a dev cluster) forwarding is plain.
+func (m *Master) SetPeerTLS(tlsFor func(node string) *tls.Config) { m.peerTLS = tlsFor }
+
+// forwardTransportTo is the transport that forwards to the master named node: one per
+// master, since its TLS configuration names it.
+func (m *Master) forwardTransportTo(node string) http.RoundTripper {
+	if m.peerTLS == nil {
+		return forwardTransport
+	}
+	m.fwdMu.Lock()
+	defer m.fwdMu.Unlock()
+	if m.fwd == nil {
+		m.fwd = map[string]*http.Transport{}
+	}
+	tr, ok := m.fwd[node]
+	if !ok {
+		tr = forwardTransport.Clone()
+		tr.TLSClientConfig = m.peerTLS(node)
+		m.fwd[node] = tr
+	}
+	return tr
 }
 
 // forwardTransport dials the master with a short timeout: a master that just died does
@@ -70,7 +100,7 @@ func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := httputil.NewSingleHostReverseProxy(u)
-	p.Transport = forwardTransport
+	p.Transport = m.forwardTransportTo(m.st.Leader())
 	p.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		writeErr(w, http.StatusBadGateway, fmt.Sprintf("master %s did not answer: %v", u.Host, err), "")
 	}

@@ -23,21 +23,26 @@ import (
 const MaxBody = 64 << 10
 
 // Handler serves the API for a node. m is nil on a node that holds no management role:
-// it still serves /metrics and /v1/health.
+// it still serves /metrics and /v1/health. token is the secret of this node's token
+// file, taken as the admin token "bootstrap" until the cluster records it (see
+// Master.Authenticate); "" for none.
 func Handler(m *Master, nodeName, token string, reg *metrics.Registry) http.Handler {
 	return handlerFor(m, nodeName, token, reg, true)
 }
 
-// AgentHandler serves the same API on the agents' mutual-TLS listener. It does not
-// forward: a node that is not the master answers 503 and the agent asks the next
-// management node, so agent traffic never leaves TLS.
+// AgentHandler serves the same API on the agents' mutual-TLS listener. There the
+// agents' endpoints (status reports, assignments, migration results, joins) take the
+// node certificate the listener verified, for the node it names; every other endpoint
+// needs a token as on the API listener. It does not forward: a node that is not the
+// master answers 503 and the agent asks the next management node, so agent traffic
+// never leaves TLS.
 func AgentHandler(m *Master, nodeName, token string, reg *metrics.Registry) http.Handler {
 	return handlerFor(m, nodeName, token, reg, false)
 }
 
 func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forward bool) http.Handler {
 	mux := http.NewServeMux()
-	h := &handler{m: m, node: nodeName, token: token, reg: reg, forward: forward}
+	h := &handler{m: m, node: nodeName, token: token, reg: reg, forward: forward, agents: !forward}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	role := "node"
 	if m != nil {
@@ -61,17 +66,19 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.durable(h.migrate))
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
+		h.route(mux, "POST /v1/cluster/credentials", h.joinHost)
+		h.route(mux, "GET /v1/tokens", h.listTokens)
+		h.route(mux, "POST /v1/tokens", h.createToken)
+		h.route(mux, "DELETE /v1/tokens/{name}", h.durable(h.revokeToken))
 		h.route(mux, "POST /v1/nodes/{name}/drain", h.drain(false))
 		h.route(mux, "POST /v1/nodes/{name}/maintenance", h.drain(true))
 		h.route(mux, "POST /v1/nodes/{name}/undrain", h.durable(h.undrain))
 		// Answered by every management node from its own role machine, leader or not:
 		// during a partition, each side tells what it sees.
 		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-			if !h.authorized(r) {
-				writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token: set DVM_TOKEN or --token", "")
-				return
+			if _, ok := h.admit(w, r, api.ScopeRead); ok {
+				writeJSON(w, http.StatusOK, h.m.ClusterStatus())
 			}
-			writeJSON(w, http.StatusOK, h.m.ClusterStatus())
 		})
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
@@ -80,11 +87,9 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "DELETE /v1/networks/{name}", h.durable(h.deleteNetwork))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if !h.authorized(r) {
-			writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token: set DVM_TOKEN or --token", "")
-			return
+		if _, ok := h.admit(w, r, api.ScopeRead); ok {
+			writeErr(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), "")
 		}
-		writeErr(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), "")
 	})
 	return mux
 }
@@ -95,11 +100,101 @@ type handler struct {
 	token   string
 	reg     *metrics.Registry
 	forward bool
+	agents  bool // the agents' mutual-TLS listener
 }
 
-func (h *handler) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.token)) == 1
+// scopeAgent is what the agents' endpoints need: on the agents' listener, the node
+// certificate of the node the request is about; elsewhere an admin token.
+const scopeAgent = "agent"
+
+// agentRoutes are the agents' endpoints.
+var agentRoutes = map[string]bool{
+	"PUT /v1/nodes/{name}/status":      true,
+	"GET /v1/nodes/{name}/assignment":  true,
+	"POST /v1/guests/{name}/migration": true,
+	"POST /v1/cluster/join":            true,
+}
+
+// scopeFor is the one rule of who may do what: the agents' endpoints need their node
+// (scopeAgent), token management admin, a joining host's credentials a join token,
+// other reads read, and every other write operator (guest, network and node work).
+func scopeFor(method, path string) string {
+	switch {
+	case agentRoutes[method+" "+path]:
+		return scopeAgent
+	case path == "/v1/tokens" || strings.HasPrefix(path, "/v1/tokens/"):
+		return api.ScopeAdmin
+	case path == "/v1/cluster/credentials":
+		return api.ScopeJoin
+	case method == http.MethodGet:
+		return api.ScopeRead
+	}
+	return api.ScopeOperator
+}
+
+// caller is who made a request: a token, or (on the agents' listener) a node by its
+// certificate. Handlers may name what a write was about, for its event.
+type caller struct {
+	token, scope, node string
+	guest, subject     string // the guest or node a write was about, when its path does not say
+	detail             string // more for the write's event
+}
+
+type callerKey struct{}
+
+// callerOf is the caller admit let in (nil outside route).
+func callerOf(r *http.Request) *caller {
+	c, _ := r.Context().Value(callerKey{}).(*caller)
+	return c
+}
+
+// admit authenticates a request and checks that it may do what needs need; otherwise
+// it answers 401 or 403 and returns false.
+func (h *handler) admit(w http.ResponseWriter, r *http.Request, need string) (caller, bool) {
+	if need == scopeAgent && h.agents && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		// The listener verified the chain against the cluster's CA: the name is the node's.
+		node := r.TLS.VerifiedChains[0][0].Subject.CommonName
+		if about := agentSubject(r); about != "" && about != node {
+			writeErr(w, http.StatusForbidden, fmt.Sprintf("node %s's certificate cannot speak for node %s", node, about), "")
+			return caller{}, false
+		}
+		return caller{node: node}, true
+	}
+	secret, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	var tok api.Token
+	var err error
+	switch {
+	case h.m != nil:
+		tok, err = h.m.Authenticate(secret, h.token)
+	case secret == "":
+		err = errNoToken
+	case h.token != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(h.token)) == 1:
+		tok = api.Token{Name: api.BootstrapToken, Scope: api.ScopeAdmin} // a node without the state: only its own file
+	default:
+		err = errUnknownToken
+	}
+	if err != nil {
+		writeErr(w, http.StatusUnauthorized, err.Error(), "")
+		return caller{}, false
+	}
+	want := need
+	if need == scopeAgent {
+		want = api.ScopeAdmin
+	}
+	if !api.ScopeAllows(tok.Scope, want) {
+		writeErr(w, http.StatusForbidden, fmt.Sprintf("token %q has scope %s, and %s %s needs %s: use a token of that scope (an admin makes one with vmctl token create NAME --scope %s)",
+			tok.Name, tok.Scope, r.Method, r.URL.Path, want, want), "")
+		return caller{}, false
+	}
+	return caller{token: tok.Name, scope: tok.Scope}, true
+}
+
+// agentSubject is the node an agents' endpoint is about, when its path says.
+func agentSubject(r *http.Request) string {
+	if strings.HasPrefix(r.URL.Path, "/v1/nodes/") {
+		return r.PathValue("name")
+	}
+	return r.URL.Query().Get("node") // a migration's result: the node that carried it out
 }
 
 type statusWriter struct {
@@ -125,32 +220,56 @@ func (s *statusWriter) Flush() {
 	}
 }
 
-// route registers an endpoint behind the token check, the body bound and the request
-// duration metric.
+// route registers an endpoint behind the master check (forward or 503), the token
+// and scope check (scopeFor), the body bound, the request duration metric and, for an
+// operator's write that was done, its event naming the token.
 func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc) {
 	method, path, _ := strings.Cut(pattern, " ")
+	need := scopeFor(method, path)
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		defer func() {
 			h.reg.APIRequestDuration.WithLabelValues(method, path, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
 		}()
-		if !h.authorized(r) {
-			writeErr(sw, http.StatusUnauthorized, "missing or wrong bearer token: set DVM_TOKEN or --token", "")
-			return
-		}
 		if !h.m.IsLeader() {
 			if !h.forward {
 				writeErr(sw, http.StatusServiceUnavailable, "not the master: ask another management node", "")
 				return
 			}
+			// The master decides who may: this node's replica may lack a token just made.
 			h.m.forward(sw, r)
 			return
 		}
+		c, ok := h.admit(sw, r, need)
+		if !ok {
+			return
+		}
+		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, &c))
 		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
 		sw.header = h.epochHeaders()
 		fn(sw, r)
+		// A 504 write was applied, only not acknowledged: it happened.
+		if need != scopeAgent && method != http.MethodGet && (sw.code < 300 || sw.code == http.StatusGatewayTimeout) {
+			h.recordWrite(r, &c, sw.code)
+		}
 	})
+}
+
+// recordWrite keeps a write done through the API as an event naming its token.
+func (h *handler) recordWrite(r *http.Request, c *caller, code int) {
+	guest, node := c.guest, c.subject
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/v1/guests/"):
+		guest = r.PathValue("name")
+	case strings.HasPrefix(r.URL.Path, "/v1/nodes/"):
+		node = r.PathValue("name")
+	}
+	detail := fmt.Sprintf("%s %s (%d)", r.Method, r.URL.Path, code)
+	if c.detail != "" {
+		detail += ": " + c.detail
+	}
+	h.m.recordWrite(c.token, node, guest, detail)
 }
 
 // DurableTimeout bounds how long a client write waits to be on enough management
@@ -330,6 +449,7 @@ func (h *handler) createGuest(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
+	callerOf(r).guest = req.Name
 	g, err := h.m.CreateGuest(req)
 	if err != nil {
 		fail(w, err)
@@ -434,6 +554,10 @@ func (h *handler) join(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
+	if c := callerOf(r); c.node != "" && c.node != req.Name {
+		writeErr(w, http.StatusForbidden, fmt.Sprintf("node %s's certificate cannot ask to take node %s in", c.node, req.Name), "name")
+		return
+	}
 	if err := h.m.Join(req); err != nil {
 		fail(w, err)
 		return
@@ -499,4 +623,54 @@ func (h *handler) undrain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) listTokens(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.m.Tokens())
+}
+
+func (h *handler) createToken(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateToken
+	if err := decode(r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	c := callerOf(r)
+	t, err := h.m.CreateToken(req, c.token, h.m.managementURLs(r.Host))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	c.detail = fmt.Sprintf("token %s, scope %s", t.Name, t.Scope)
+	ctx, cancel := context.WithTimeout(r.Context(), DurableTimeout)
+	if err := h.m.WaitDurable(ctx); err != nil {
+		t.Warning = err.Error() + ": if `vmctl token ls` lacks it once the cluster is whole again, make it again"
+	}
+	cancel()
+	writeJSON(w, http.StatusCreated, t)
+}
+
+func (h *handler) revokeToken(w http.ResponseWriter, r *http.Request) {
+	if err := h.m.RevokeToken(r.PathValue("name")); err != nil {
+		fail(w, err)
+		return
+	}
+	callerOf(r).detail = "token " + r.PathValue("name") + " revoked"
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) joinHost(w http.ResponseWriter, r *http.Request) {
+	var req api.HostJoinRequest
+	if err := decode(r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	creds, err := h.m.JoinHost(req)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	c := callerOf(r)
+	c.subject, c.detail = req.Name, "host "+req.Name+" given its credentials ("+strings.Join(req.IPs, ", ")+")"
+	writeJSON(w, http.StatusOK, creds)
 }

@@ -6,10 +6,12 @@ package master
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -72,6 +74,11 @@ type Master struct {
 
 	reg      Recorder
 	roles    RoleSource
+	issuer   Issuer     // signs joining hosts' certificates; nil without the CA key
+	tokMu    sync.Mutex // serialises token changes (read, check, write)
+	peerTLS  func(node string) *tls.Config
+	fwdMu    sync.Mutex
+	fwd      map[string]*http.Transport // master's node name -> transport that forwards to it
 	recMu    sync.Mutex
 	recStart map[string]time.Time // guest -> when its node was declared lost
 }

@@ -98,7 +98,7 @@ func (m *Master) Events(ctx context.Context, after uint64, wait time.Duration) [
 		if len(evs) > 0 || wait <= 0 || time.Now().After(deadline) {
 			out := make([]api.Event, 0, len(evs))
 			for _, e := range evs {
-				out = append(out, api.Event{Seq: e.Seq, Time: e.Time, Kind: e.Kind, Node: e.Node, Guest: e.Guest, Detail: e.Detail})
+				out = append(out, api.Event{Seq: e.Seq, Time: e.Time, Kind: e.Kind, Node: e.Node, Guest: e.Guest, Detail: e.Detail, Token: e.Token})
 			}
 			return out
 		}

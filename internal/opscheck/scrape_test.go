@@ -2,6 +2,8 @@ package opscheck
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -80,10 +82,18 @@ func TestConfigMetricsInScrape(t *testing.T) {
 	t.Logf("%d metric names used in configs, %d of them missing from the scrapes (%d names)", len(used), len(missing), len(have))
 }
 
-// scrape returns the metric names of one /metrics, with their sample lines.
-func scrape(t *testing.T, addr string) map[string][]string {
+// scrape returns the metric names of one /metrics, with their sample lines, as
+// Prometheus scrapes it: over TLS, checking the node's certificate against caFile.
+func scrape(t *testing.T, addr, caFile string) map[string][]string {
 	t.Helper()
-	resp, err := http.Get(addr + "/metrics")
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := client.Get(addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +146,7 @@ func scrapeDev(t *testing.T) map[string][]string {
 		t.Fatal(err)
 	}
 	defer d.Stop()
-	c, err := api.NewClient(d.Addr, d.Token)
+	c, err := d.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +181,7 @@ func scrapeDev(t *testing.T) map[string][]string {
 	c.RetryFor = 0
 	err = c.Do(ctx, "POST", "/v1/guests/web/migrate", api.MigrateRequest{Node: to}, nil)
 	t.Logf("migrate web to %s on the test driver: %v", to, err)
-	s := scrape(t, d.Addr)
+	s := scrape(t, d.Addr, d.CAFile)
 	if len(s["dvm_migrations_total"]) == 0 {
 		t.Errorf("dev scrape has no dvm_migrations_total after a migration")
 	}
@@ -237,7 +247,7 @@ func scrapeNodes(t *testing.T) map[string][]string {
 		cfg.Labels = map[string]string{"rack": "r" + name[1:]}
 		if i > 0 {
 			// Joiners: the cluster's token, the first node's API and gossip.
-			cfg.Master, cfg.GossipPeers = "http://"+as[0].api, []string{as[0].gossip}
+			cfg.Master, cfg.GossipPeers = "https://"+as[0].api, []string{as[0].gossip}
 			if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 				t.Fatal(err)
 			}
@@ -253,8 +263,11 @@ func scrapeNodes(t *testing.T) map[string][]string {
 		token = n.Token
 	}
 	began := time.Now()
-	c, err := api.NewClient("http://"+as[0].api+",http://"+as[1].api, token)
+	c, err := api.NewClient("https://"+as[0].api+",https://"+as[1].api, token)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.TrustCA(cluster.CACertPath(ca)); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -268,7 +281,7 @@ func scrapeNodes(t *testing.T) map[string][]string {
 				return false
 			}
 		}
-		return strings.Contains(strings.Join(scrape(t, nodes["n1"].Addr)["dvm_master_acting"], "\n"), " 1")
+		return strings.Contains(strings.Join(scrape(t, nodes["n1"].Addr, nodes["n1"].CAFile)["dvm_master_acting"], "\n"), " 1")
 	})
 	for i := 0; i < 3; i++ {
 		g := api.CreateGuest{Name: fmt.Sprintf("g%d", i), CPUs: 1, MemoryBytes: 1 << 30, Failover: api.FailoverRestart}
@@ -288,7 +301,7 @@ func scrapeNodes(t *testing.T) map[string][]string {
 	all := map[string][]string{}
 	waitFor(t, "n3 declared lost by a survivor", 2*time.Minute, func() bool {
 		for _, n := range []string{"n1", "n2"} {
-			for name, lines := range scrape(t, nodes[n].Addr) {
+			for name, lines := range scrape(t, nodes[n].Addr, nodes[n].CAFile) {
 				all[name] = append(all[name], lines...)
 			}
 		}

@@ -6,6 +6,7 @@ package roles
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,6 +62,9 @@ type Config struct {
 	Log   *slog.Logger
 	// Health measures this node's health (network, CPU, disk scores, uptime).
 	Health func() failover.HealthReport
+	// ProbeTLS, when set, gives the TLS configuration for asking a member's dvmd for
+	// its health (its API listener speaks TLS); nil probes over plain HTTP.
+	ProbeTLS func(node string) *tls.Config
 }
 
 // Runner is the role machine of one node, running.
@@ -68,6 +72,9 @@ type Runner struct {
 	cfg  Config
 	log  *slog.Logger
 	http *http.Client
+
+	probeMu sync.Mutex
+	probes  map[string]*http.Client // node -> client that probes it over TLS
 
 	mu          sync.Mutex
 	m           *failover.Machine    // nil until this node knows a view (a joining node waits for its first lease)
@@ -386,7 +393,8 @@ func (r *Runner) probeLoop(ctx context.Context) {
 			wg.Add(1)
 			go func(name, api string) {
 				defer wg.Done()
-				resp, err := r.http.Get("http://" + api + "/v1/health")
+				client, scheme := r.probeClient(name)
+				resp, err := client.Get(scheme + api + "/v1/health")
 				if err != nil {
 					return
 				}
@@ -400,6 +408,25 @@ func (r *Runner) probeLoop(ctx context.Context) {
 		}
 		wg.Wait()
 	}
+}
+
+// probeClient is the client and scheme that probe node: over TLS, with a client of
+// its own whose configuration names it, when ProbeTLS is set.
+func (r *Runner) probeClient(node string) (*http.Client, string) {
+	if r.cfg.ProbeTLS == nil {
+		return r.http, "http://"
+	}
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	c, ok := r.probes[node]
+	if !ok {
+		if r.probes == nil {
+			r.probes = map[string]*http.Client{}
+		}
+		c = &http.Client{Timeout: r.http.Timeout, Transport: &http.Transport{TLSClientConfig: r.cfg.ProbeTLS(node)}}
+		r.probes[node] = c
+	}
+	return c, "https://"
 }
 
 // carryOut does what the machine decided. Called with r.mu held.

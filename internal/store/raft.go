@@ -305,13 +305,14 @@ type snapshot struct {
 	Guests   []GuestRecord   `json:"guests"`
 	Networks []NetworkRecord `json:"networks"`
 	Events   []EventRecord   `json:"events"`
+	Tokens   []TokenRecord   `json:"tokens,omitempty"`
 	Meta     Meta            `json:"meta"`
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	s := (*Store)(f)
 	nodes, guests, idx := s.Snapshot()
-	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Networks: s.Networks(), Events: s.Events(0), Meta: s.Meta()}, nil
+	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Networks: s.Networks(), Events: s.Events(0), Tokens: s.Tokens(), Meta: s.Meta()}, nil
 }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
@@ -326,6 +327,10 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	s.nodes = map[string]*NodeRecord{}
 	s.guests = map[string]*GuestRecord{}
 	s.nets = map[string]*NetworkRecord{}
+	s.tokens, s.byHash = map[string]*TokenRecord{}, map[string]string{}
+	for _, t := range snap.Tokens {
+		s.putToken(t)
+	}
 	for i := range snap.Networks {
 		s.nets[snap.Networks[i].Name] = &snap.Networks[i]
 	}

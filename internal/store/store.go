@@ -89,6 +89,23 @@ type EventRecord struct {
 	Node   string    `json:"node,omitempty"`
 	Guest  string    `json:"guest,omitempty"`
 	Detail string    `json:"detail"`
+	// Token names the API token whose request this event records (a write); empty
+	// for what the cluster did by itself.
+	Token string `json:"token,omitempty"`
+}
+
+// TokenRecord is an API token: its name, scope and the SHA-256 of its secret. The
+// secret itself is never stored; it is shown once, when the token is made. A revoked
+// token stays as a record (RevokedAt set) so that `vmctl token ls` and the refusal of
+// its secret can say so.
+type TokenRecord struct {
+	Name      string    `json:"name"`
+	Scope     string    `json:"scope"`
+	Hash      string    `json:"hash"` // hex SHA-256 of the secret
+	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by,omitempty"` // the token that made it
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
 }
 
 // MaxEvents is how many events the cluster keeps; older ones are dropped.
@@ -113,6 +130,7 @@ const (
 	OpPutNetwork  Op = "put_network"
 	OpDelNetwork  Op = "delete_network"
 	OpEvent       Op = "event"
+	OpPutToken    Op = "put_token"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
@@ -125,6 +143,7 @@ type Command struct {
 	Meta  *Meta          `json:"meta,omitempty"`
 	Net   *NetworkRecord `json:"network,omitempty"`
 	Event *EventRecord   `json:"event,omitempty"`
+	Token *TokenRecord   `json:"token,omitempty"`
 }
 
 // ErrNotLeader: this node is not the master; the write must go to the leader.
@@ -138,6 +157,8 @@ type Store struct {
 	guests  map[string]*GuestRecord
 	nets    map[string]*NetworkRecord
 	events  []EventRecord
+	tokens  map[string]*TokenRecord // by name
+	byHash  map[string]string       // secret hash -> token name
 	meta    Meta
 	changed chan struct{} // closed and replaced on every apply
 
@@ -168,7 +189,8 @@ type Meta struct {
 }
 
 func newState() *Store {
-	return &Store{nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, nets: map[string]*NetworkRecord{}, changed: make(chan struct{})}
+	return &Store{nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, nets: map[string]*NetworkRecord{},
+		tokens: map[string]*TokenRecord{}, byHash: map[string]string{}, changed: make(chan struct{})}
 }
 
 // applyBatch applies one log entry's commands at index.
@@ -202,6 +224,8 @@ func (s *Store) apply(c Command) {
 		s.nets[n.Name] = &n
 	case OpDelNetwork:
 		delete(s.nets, c.Name)
+	case OpPutToken:
+		s.putToken(*c.Token)
 	case OpEvent:
 		e := *c.Event
 		e.Seq = 1
@@ -257,6 +281,10 @@ func (c Command) check() error {
 	case OpPutNetwork:
 		if c.Net == nil || c.Net.Name == "" {
 			return errors.New("put_network without a network")
+		}
+	case OpPutToken:
+		if c.Token == nil || c.Token.Name == "" || c.Token.Hash == "" {
+			return errors.New("put_token without a named token and its hash")
 		}
 	case OpDeleteNode, OpDeleteGuest, OpDelNetwork:
 		if c.Name == "" {
@@ -372,4 +400,46 @@ func (s *Store) Events(after uint64) []EventRecord {
 	defer s.mu.RUnlock()
 	i := sort.Search(len(s.events), func(i int) bool { return s.events[i].Seq > after })
 	return append([]EventRecord(nil), s.events[i:]...)
+}
+
+func (s *Store) putToken(t TokenRecord) {
+	if old, ok := s.tokens[t.Name]; ok && s.byHash[old.Hash] == t.Name {
+		delete(s.byHash, old.Hash)
+	}
+	s.tokens[t.Name] = &t
+	s.byHash[t.Hash] = t.Name
+}
+
+// Tokens returns copies of all API tokens, revoked ones included, sorted by name.
+func (s *Store) Tokens() []TokenRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]TokenRecord, 0, len(s.tokens))
+	for _, t := range s.tokens {
+		out = append(out, *t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Token returns a copy of the API token of that name.
+func (s *Store) Token(name string) (TokenRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	t, ok := s.tokens[name]
+	if !ok {
+		return TokenRecord{}, false
+	}
+	return *t, true
+}
+
+// TokenByHash returns a copy of the API token whose secret has this hash.
+func (s *Store) TokenByHash(hash string) (TokenRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	name, ok := s.byHash[hash]
+	if !ok {
+		return TokenRecord{}, false
+	}
+	return *s.tokens[name], true
 }

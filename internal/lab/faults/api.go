@@ -3,6 +3,7 @@ package faults
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -50,8 +51,9 @@ type client struct {
 	last int
 }
 
-func newClient(addrs []string, token string, timeout time.Duration) *client {
+func newClient(addrs []string, token string, tlsConfig *tls.Config, timeout time.Duration) *client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConfig
 	// A paused master keeps its connections open and answers nothing: no connection
 	// is kept between requests, so a request never waits on one to a node that died.
 	tr.DisableKeepAlives = true

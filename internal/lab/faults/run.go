@@ -155,7 +155,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for _, n := range nodes {
 		addrs = append(addrs, n.AgentURL)
 	}
-	r := &runner{opts: opts, lab: l, cl: newClient(addrs, token, 5*time.Second), start: time.Now(), prefix: opts.Prefix}
+	r := &runner{opts: opts, lab: l, cl: newClient(addrs, token, l.TLSConfig(), 5*time.Second), start: time.Now(), prefix: opts.Prefix}
 	if r.prefix == "" {
 		r.prefix = fmt.Sprintf("f%d-", opts.Schedule.Seed)
 	}
