@@ -22,6 +22,12 @@ import (
 // serves it.
 func newTestMaster(t *testing.T) (*Master, *api.Client) {
 	t.Helper()
+	return newTestMasterWith(t, Options{})
+}
+
+// newTestMasterWith is newTestMaster with options (its log is discarded).
+func newTestMasterWith(t testing.TB, opts Options) (*Master, *api.Client) {
+	t.Helper()
 	_, tr := raft.NewInmemTransport("")
 	st, err := store.Open(store.Config{NodeID: "m1", Dir: t.TempDir(), Transport: tr, Bootstrap: true, LogOutput: io.Discard})
 	if err != nil {
@@ -36,7 +42,8 @@ func newTestMaster(t *testing.T) (*Master, *api.Client) {
 			t.Fatal("store never became leader")
 		}
 	}
-	m, err := New(st, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := New(st, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
