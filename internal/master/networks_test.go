@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -95,6 +96,9 @@ func TestNetworkCreateValidation(t *testing.T) {
 		{"name taken", api.CreateNetwork{Name: "blue", VNI: 7, CIDR: "10.1.0.0/16"}, 409, ""},
 		{"unknown field", map[string]any{"name": "red", "vni": 7, "cidr": "10.1.0.0/16", "vlan": 3}, 400, "vlan"},
 		{"vni wrong type", map[string]any{"name": "red", "vni": "seven", "cidr": "10.1.0.0/16"}, 400, "vni"},
+		// Found by the API body fuzzers: these were 400s without the field.
+		{"not an object", json.RawMessage(`7`), 400, "body"},
+		{"field without a name", map[string]any{"": 1, "name": "red", "vni": 7, "cidr": "10.1.0.0/16"}, 400, "body"},
 	}
 	for _, b := range bad {
 		err := c.Do(ctx, "POST", "/v1/networks", b.body, nil)

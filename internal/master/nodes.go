@@ -173,7 +173,7 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 		return api.Migration{}, fmt.Errorf("guest %q is pending on no node: %w", name, ErrConflict)
 	case g.Node == to:
 		m.mu.Unlock()
-		return api.Migration{}, fmt.Errorf("guest %q already runs on %s: %w", name, to, ErrBadRequest)
+		return api.Migration{}, &api.FieldError{Field: "node", Msg: fmt.Sprintf("guest %q already runs on %s: name another node", name, to)}
 	case g.MigrateTo != "":
 		m.mu.Unlock()
 		return api.Migration{}, fmt.Errorf("guest %q is already migrating to %s: %w", name, g.MigrateTo, ErrConflict)
