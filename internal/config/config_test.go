@@ -49,7 +49,8 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		"name = n1\nmaster = http://m:7460\nlabels = rack":          "line 3: labels",
 		"name = n1\nmaster = http://m:7460\nshutdown_timeout = -1s": "line 3: shutdown_timeout",
 		"master = http://m:7460":                                    "name is required",
-		"name = n1":                                                 "master is required",
+		"name = n1\nlabels = " + strings.Repeat("a", 70000):         "line 2: longer than 64 KiB",
+		"name = n1": "master is required",
 	}
 	for in, want := range cases {
 		_, err := Parse(strings.NewReader(in))
