@@ -589,6 +589,33 @@ func TestDrainHoldsRoomAndPlansAgain(t *testing.T) {
 	}
 }
 
+// BenchmarkCommitCheck: what the plan applier adds under the lock to every placing
+// write, without the write: the books of 5 000 guests on 100 nodes (9% migrating) and
+// the check of one placement.
+func BenchmarkCommitCheck(b *testing.B) {
+	m, _ := newTestMasterWith(b, Options{NodeTimeout: time.Hour})
+	var nodes []store.NodeRecord
+	var guests []store.GuestRecord
+	for i := 0; i < 100; i++ {
+		nodes = append(nodes, store.NodeRecord{Name: fmt.Sprintf("n%02d", i), CPUs: 4096, MemoryBytes: 64 << 40})
+		m.lastSeen[nodes[i].Name] = time.Now()
+	}
+	for i := 0; i < 5000; i++ {
+		g := store.GuestRecord{Name: fmt.Sprintf("old%04d", i), CPUs: 2, MemoryBytes: 4 * gib, Node: fmt.Sprintf("n%02d", i%100)}
+		if i%100 > 0 && i%100 < 10 {
+			g.MigrateTo = fmt.Sprintf("n%02d", i%100*10)
+		}
+		guests = append(guests, g)
+	}
+	c := change{next: store.GuestRecord{Name: "new", CPUs: 1, MemoryBytes: gib, Node: "n42"}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r := m.books(nodes, guests).admit(&c); r != nil {
+			b.Fatal(r)
+		}
+	}
+}
+
 // BenchmarkCreateGuest: creates from one client, and from 8 at once, through the master
 // (plan from a snapshot, check and write under the lock, one raft entry each) on 100
 // nodes already holding 5 000 guests, 9% of them migrating.
