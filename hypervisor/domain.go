@@ -4,8 +4,14 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"libvirt.org/go/libvirtxml"
 )
@@ -54,7 +60,7 @@ type GuestSpec struct {
 // Disk is the guest's boot disk, a file on the node (usually on shared storage).
 type Disk struct {
 	Path   string
-	Format string // "qcow2" or "raw"
+	Format string // "qcow2" (also when empty) or "raw"; other QEMU formats: see diskFormats
 }
 
 // DirectBoot boots a kernel and initrd given as files, as the lab guest does.
@@ -83,23 +89,11 @@ var errNoName = errors.New("guest has no name")
 
 // BuildDomain turns a guest spec into a libvirt domain definition for a node with the
 // given accelerator. It validates what would otherwise surface as an obscure libvirt
-// error later.
+// error later: a spec it accepts, libvirt accepts.
 func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) {
-	if spec.Name == "" {
-		return nil, errNoName
-	}
-	prof, err := LookupProfile(spec.OS)
+	prof, err := spec.check()
 	if err != nil {
-		return nil, fmt.Errorf("guest %q: %w", spec.Name, err)
-	}
-	if spec.CPUs <= 0 {
-		return nil, fmt.Errorf("guest %q: cpus must be at least 1, not %d", spec.Name, spec.CPUs)
-	}
-	if spec.MemoryBytes < 1<<20 {
-		return nil, fmt.Errorf("guest %q: memory must be at least 1MiB, not %d bytes", spec.Name, spec.MemoryBytes)
-	}
-	if spec.Disk == nil && spec.Boot == nil {
-		return nil, fmt.Errorf("guest %q: neither a disk nor a kernel to boot", spec.Name)
+		return nil, err
 	}
 	meta, err := xml.Marshal(GuestMetadata{NS: MetadataNS, Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover})
 	if err != nil {
@@ -150,19 +144,13 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 			Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + "a", Bus: prof.DiskBus},
 		})
 	}
-	for i, nic := range spec.NICs {
-		if nic.Bridge == "" {
-			return nil, fmt.Errorf("guest %q: nic %d has no bridge", spec.Name, i)
-		}
+	for _, nic := range spec.NICs {
 		iface := libvirtxml.DomainInterface{
 			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nic.Bridge}},
 			Model:  &libvirtxml.DomainInterfaceModel{Type: prof.NICModel},
 		}
 		if nic.MAC != "" {
 			iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: nic.MAC}
-		}
-		if nic.MTU < 0 || nic.MTU > 65535 {
-			return nil, fmt.Errorf("guest %q: nic %d: MTU %d is out of range 0..65535", spec.Name, i, nic.MTU)
 		}
 		if nic.MTU > 0 {
 			iface.MTU = &libvirtxml.DomainInterfaceMTU{Size: uint(nic.MTU)}
@@ -197,6 +185,122 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		d.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "none"}
 	}
 	return d, nil
+}
+
+// MaxCPUs bounds a guest's virtual CPUs: QEMU's pc and q35 machines take no more
+// without x2apic tuning.
+const MaxCPUs = 255
+
+// check validates a spec and returns its profile. Errors name the guest and the field.
+func (spec *GuestSpec) check() (Profile, error) {
+	if spec.Name == "" {
+		return Profile{}, errNoName
+	}
+	if err := checkText("name", spec.Name); err != nil || strings.Contains(spec.Name, "/") || strings.TrimSpace(spec.Name) != spec.Name {
+		return Profile{}, fmt.Errorf("guest name %q: use printable characters without '/' or surrounding spaces", spec.Name)
+	}
+	bad := func(format string, args ...any) (Profile, error) {
+		return Profile{}, fmt.Errorf("guest %q: "+format, append([]any{spec.Name}, args...)...)
+	}
+	prof, err := LookupProfile(spec.OS)
+	if err != nil {
+		return bad("%w", err)
+	}
+	if spec.UUID != "" && !uuidRE.MatchString(spec.UUID) {
+		return bad("uuid %q is not a UUID such as 8a3d51a2-1c7e-4a8e-9a57-2f1c1c0e0b01", spec.UUID)
+	}
+	if spec.CPUs <= 0 || spec.CPUs > MaxCPUs {
+		return bad("cpus must be 1 to %d, not %d", MaxCPUs, spec.CPUs)
+	}
+	if spec.MemoryBytes < 1<<20 {
+		return bad("memory must be at least 1MiB, not %d bytes", spec.MemoryBytes)
+	}
+	if spec.Disk == nil && spec.Boot == nil {
+		return bad("neither a disk nor a kernel to boot")
+	}
+	if d := spec.Disk; d != nil {
+		if err := checkPath("disk", d.Path); err != nil {
+			return bad("%w", err)
+		}
+		if !slices.Contains(diskFormats, d.Format) {
+			return bad("disk format %q: use qcow2 or raw (or one of %s)", d.Format, strings.Join(diskFormats[3:], ", "))
+		}
+	}
+	if b := spec.Boot; b != nil {
+		if err := checkPath("kernel", b.Kernel); err != nil {
+			return bad("%w", err)
+		}
+		if b.Initrd != "" {
+			if err := checkPath("initrd", b.Initrd); err != nil {
+				return bad("%w", err)
+			}
+		}
+		if err := checkText("kernel cmdline", b.Cmdline); err != nil {
+			return bad("%w", err)
+		}
+	}
+	for i, nic := range spec.NICs {
+		if nic.Bridge == "" {
+			return bad("nic %d has no bridge", i)
+		}
+		if len(nic.Bridge) > 15 || strings.ContainsAny(nic.Bridge, "/ ") || checkText("bridge", nic.Bridge) != nil {
+			return bad("nic %d: bridge %q is not a Linux interface name (at most 15 characters, no '/' or space)", i, nic.Bridge)
+		}
+		if nic.MAC != "" {
+			// libvirt reads the colon form only; net.ParseMAC takes others too.
+			hw, err := net.ParseMAC(nic.MAC)
+			if err != nil || !macRE.MatchString(nic.MAC) || hw[0]&1 != 0 {
+				return bad("nic %d: MAC %q is not a unicast Ethernet address such as 52:54:00:12:34:56", i, nic.MAC)
+			}
+		}
+		if nic.MTU < 0 || nic.MTU > 65535 {
+			return bad("nic %d: MTU %d is out of range 0..65535", i, nic.MTU)
+		}
+	}
+	if spec.ConsoleLog != "" {
+		if err := checkPath("console log", spec.ConsoleLog); err != nil {
+			return bad("%w", err)
+		}
+	}
+	switch spec.Failover {
+	case "", "none", "restart", "twin":
+	default:
+		return bad("failover %q: use none, restart or twin", spec.Failover)
+	}
+	return prof, nil
+}
+
+// diskFormats are the image formats a disk may have ("" is qcow2): QEMU's, as libvirt
+// names them.
+var diskFormats = []string{"", "qcow2", "raw", "qed", "vdi", "vhdx", "vmdk", "vpc"}
+
+var macRE = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
+
+var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// checkText refuses what XML cannot carry as it is: text that is not UTF-8, and control
+// characters.
+func checkText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s %q is not UTF-8", field, s)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || r == 0xFFFE || r == 0xFFFF {
+			return fmt.Errorf("%s %q holds a control character", field, s)
+		}
+	}
+	return nil
+}
+
+// checkPath wants an absolute file path that XML can carry.
+func checkPath(field, p string) error {
+	if err := checkText(field, p); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%s %q is not an absolute path", field, p)
+	}
+	return nil
 }
 
 // withConsole puts the profile's serial console on the kernel cmdline unless the image

@@ -115,9 +115,28 @@ func TestBuildDomainRejects(t *testing.T) {
 		"no boot":     func(s *GuestSpec) { s.Disk = nil },
 		"nic bridge":  func(s *GuestSpec) { s.NICs = []NIC{{}} },
 		"nic mtu":     func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "dvmbr1", MTU: -1}} },
+		// Found by FuzzBuildDomain: libvirt refuses these, or XML cannot carry them.
+		"uuid":             func(s *GuestSpec) { s.UUID = "0" },
+		"disk format":      func(s *GuestSpec) { s.Disk.Format = "0" },
+		"mac":              func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "br0", MAC: "0"}} },
+		"mac no colons":    func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "br0", MAC: "525400123456"}} },
+		"mac multicast":    func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "br0", MAC: "01:00:5e:00:00:01"}} },
+		"name slash":       func(s *GuestSpec) { s.Name = "a/b" },
+		"bridge not utf-8": func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "\xff"}} },
+		"control char":     func(s *GuestSpec) { s.Disk.Path = "/d\x01" },
+		// What libvirt's test driver takes but QEMU, or the host, would not.
+		"too many cpus":  func(s *GuestSpec) { s.CPUs = MaxCPUs + 1 },
+		"relative disk":  func(s *GuestSpec) { s.Disk.Path = "d.qcow2" },
+		"no kernel":      func(s *GuestSpec) { s.Disk, s.Boot = nil, &DirectBoot{Cmdline: "quiet"} },
+		"long bridge":    func(s *GuestSpec) { s.NICs = []NIC{{Bridge: "dvmbr1234567890123"}} },
+		"console log":    func(s *GuestSpec) { s.ConsoleLog = "g.log" },
+		"failover":       func(s *GuestSpec) { s.Failover = "sometimes" },
+		"name in spaces": func(s *GuestSpec) { s.Name = " g" },
 	}
 	for name, mutate := range bad {
 		s := ok
+		disk := *ok.Disk
+		s.Disk = &disk
 		mutate(&s)
 		if _, err := BuildDomain(s, AccelTCG); err == nil {
 			t.Errorf("%s: accepted", name)

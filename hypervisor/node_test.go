@@ -9,7 +9,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 )
 
-func openTestNode(t *testing.T, c Capacity) *Node {
+func openTestNode(t testing.TB, c Capacity) *Node {
 	t.Helper()
 	uri, err := TestDriverURI(t.TempDir(), "n1", c)
 	if err != nil {

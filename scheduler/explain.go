@@ -6,11 +6,11 @@ package scheduler
 func (s *Scheduler) Explain(g Guest) Explanation {
 	e := Explanation{Guest: g.Name, Nodes: len(s.nodes), Reasons: map[Reason]int{}}
 	// A guest that is already placed is explained as if it were not: its own allocation
-	// would otherwise count against it.
+	// (and the room its move in flight holds) would otherwise count against it.
 	if id, ok := s.byGuest[g.Name]; ok {
 		a := *s.guest(id)
 		s.Release(g.Name)
-		defer s.commit(a.g, a.node, a.twin)
+		defer s.commit(a.g, a.node, a.twin, a.dest)
 	}
 	if err := s.checkGuest(&g); err != nil {
 		e.Error = err.Error()

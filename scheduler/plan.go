@@ -20,9 +20,14 @@ type jop struct {
 	exclude bool
 }
 
-func (j *journal) take(n int32, g *Guest, sign int32) {
+func (j *journal) take(n int32, g *Guest, sign int32) { j.change(n, g, sign, haGuest(g)) }
+
+// room changes only the room g holds on n, not the HA demand there: the room of a move
+// in flight, which is not where the guest runs.
+func (j *journal) room(n int32, g *Guest, sign int32) { j.change(n, g, sign, false) }
+
+func (j *journal) change(n int32, g *Guest, sign int32, ha bool) {
 	cpu, mem := sign*int32(g.CPUs), int64(sign)*g.MemoryBytes
-	ha := haGuest(g)
 	j.s.take(n, cpu, mem)
 	if ha {
 		j.s.nodes[n].haCPU += int64(cpu)
@@ -58,11 +63,14 @@ func (j *journal) undo() {
 // live, twin guests whose primary is here are promoted (their twin becomes the primary)
 // and get a new twin, twins kept here are rebuilt elsewhere. Filters, twin separation and
 // the guests' strategies apply; guests with nowhere to go are listed with reasons, and a
-// drain that leaves the HA reserve short is warned about. The snapshot is not changed.
+// drain that leaves the HA reserve short is warned about. A guest already moving away
+// keeps its move (listed as a migration to where it is going). The snapshot is not
+// changed.
 func (s *Scheduler) Evacuate(node string) Plan { return s.evacuate(node, false) }
 
 // EvacuateLost plans the recovery of a lost node: restart guests restart elsewhere,
 // twins are promoted and get new twins, guests with failover "none" are listed as Lost.
+// A move away from the lost node cannot finish: the room it held is free for the plan.
 // The HA reserve is what this spends, so it does not block anything here.
 func (s *Scheduler) EvacuateLost(node string) Plan { return s.evacuate(node, true) }
 
@@ -95,6 +103,14 @@ func (s *Scheduler) evacuate(node string, lost bool) Plan {
 		strat := s.strategy(&g)
 		cpu, mem := int32(g.CPUs), g.MemoryBytes
 		j.take(x, &g, -1)
+		if pg.dest >= 0 && pg.node == x {
+			if !lost {
+				// Already leaving, with its room held where it goes.
+				plan.Moves = append(plan.Moves, Move{Guest: g.Name, Action: ActionMigrate, From: node, To: s.nodes[pg.dest].name})
+				continue
+			}
+			j.room(pg.dest, &g, -1)
+		}
 		if pg.twin >= 0 {
 			// Twin guest: the surviving copy becomes (or stays) the primary, and a new
 			// twin is built away from it.
@@ -164,7 +180,8 @@ func (n *nodeState) use(cpu int32, mem int64) float64 {
 // guest off the most used node (dominant share of CPU or memory) to the node Spread would
 // choose for it, when that lowers the larger of the two nodes' shares; a node none of
 // whose guests can go anywhere better is passed over. Twin guests stay (moving a lockstep
-// pair costs more than it evens out); filters apply; each guest moves at most once. Each
+// pair costs more than it evens out), so do guests already moving; filters apply; each
+// guest moves at most once. Each
 // move costs one pass over the nodes plus an index search per guest of the hot node. The
 // snapshot is not changed.
 func (s *Scheduler) Rebalance(maxMoves int) Plan {
@@ -197,7 +214,7 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 		s.setExcluded(hot, true)
 		for _, id := range s.guestsOn(hot) {
 			pg := s.guest(id)
-			if pg.twin >= 0 || pg.node != hot || moved[id] {
+			if pg.twin >= 0 || pg.node != hot || moved[id] || pg.dest >= 0 {
 				continue
 			}
 			g := &pg.g

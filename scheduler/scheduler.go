@@ -62,6 +62,7 @@ type nodeState struct {
 	first        int32   // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
 	count        int32   // guests whose primary or twin is here
 	haCPU, haMem int64   // demand of restart and twin guests here, for HA admission
+	inCPU, inMem int64   // room held here by moves in flight to this node
 }
 
 func (n *nodeState) accepting() bool { return n.schedulable && !n.draining && !n.excluded }
@@ -70,6 +71,7 @@ type placed struct {
 	g    Guest
 	node int32
 	twin int32 // -1 unless twin
+	dest int32 // -1 unless a move in flight holds room there
 	// Links of the per-node guest lists: [0] for the primary's node, [1] for the twin's.
 	next, prev [2]int32 // slot+1, 0 = none
 }
@@ -93,8 +95,10 @@ func (s *Scheduler) guestsOn(n int32) []int32 {
 
 // New builds a scheduler over a snapshot. Node.Allocated* is the capacity in use on each
 // node and should include the guests in existing; where it is smaller than the sum of
-// existing guests on the node (for example left zero), that sum is used instead. Existing
-// assignments naming unknown nodes or repeated guests are skipped and listed by Problems.
+// existing guests on the node and of the moves in flight to it (for example left zero),
+// that sum is used instead. Existing assignments naming unknown nodes or repeated guests
+// are skipped and listed by Problems; a move to an unknown node (or to the guest's own)
+// is listed there too, and the guest is counted where it is.
 func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 	optsErr := opts.Validate()
 	if optsErr != nil {
@@ -142,13 +146,18 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 			s.problems = append(s.problems, fmt.Sprintf("existing assignment skipped: %v", err))
 			continue
 		}
-		for _, n := range []int32{p, t} {
+		d, err := s.moveDest(a, p)
+		if err != nil {
+			// The guest still holds its room where it is; only the move is not counted.
+			s.problems = append(s.problems, fmt.Sprintf("move in flight not counted: %v", err))
+		}
+		for _, n := range []int32{p, t, d} {
 			if n >= 0 {
 				sumCPU[n] += int64(a.Guest.CPUs)
 				sumMem[n] += a.Guest.MemoryBytes
 			}
 		}
-		s.addGuest(a.Guest, p, t)
+		s.addGuest(a.Guest, p, t, d)
 	}
 	for i := range s.nodes {
 		ns := &s.nodes[i]
@@ -263,8 +272,24 @@ func (s *Scheduler) assignmentNodes(a Assignment) (p, t int32, err error) {
 	return p, t, nil
 }
 
-// addGuest records a guest on p (and twin t) without touching capacity.
-func (s *Scheduler) addGuest(g Guest, p, t int32) int32 {
+// moveDest resolves an assignment's MoveTo for a guest on p: -1 when it has none.
+func (s *Scheduler) moveDest(a Assignment, p int32) (int32, error) {
+	if a.MoveTo == "" {
+		return -1, nil
+	}
+	d, ok := s.byNode[a.MoveTo]
+	if !ok {
+		return -1, fmt.Errorf("guest %q: moving to node %q: %w", a.Guest.Name, a.MoveTo, ErrUnknownNode)
+	}
+	if d == p {
+		return -1, fmt.Errorf("guest %q: moving to %q, the node it is on: %w", a.Guest.Name, a.MoveTo, ErrInvalidGuest)
+	}
+	return d, nil
+}
+
+// addGuest records a guest on p (and twin t, and a move's destination d) without
+// touching capacity.
+func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
 	var id int32
 	if k := len(s.freeSlots); k > 0 {
 		id = s.freeSlots[k-1]
@@ -277,8 +302,12 @@ func (s *Scheduler) addGuest(g Guest, p, t int32) int32 {
 		}
 	}
 	pg := s.guest(id)
-	*pg = placed{g: g, node: p, twin: t}
+	*pg = placed{g: g, node: p, twin: t, dest: d}
 	s.byGuest[g.Name] = id
+	if d >= 0 {
+		s.nodes[d].inCPU += int64(g.CPUs)
+		s.nodes[d].inMem += g.MemoryBytes
+	}
 	ha := haGuest(&g)
 	for k, n := range [2]int32{p, t} {
 		if n < 0 {
@@ -303,6 +332,10 @@ func (s *Scheduler) addGuest(g Guest, p, t int32) int32 {
 func (s *Scheduler) dropGuest(id int32) {
 	pg := s.guest(id)
 	ha := haGuest(&pg.g)
+	if pg.dest >= 0 {
+		s.nodes[pg.dest].inCPU -= int64(pg.g.CPUs)
+		s.nodes[pg.dest].inMem -= pg.g.MemoryBytes
+	}
 	for k, n := range [2]int32{pg.node, pg.twin} {
 		if n < 0 {
 			continue
@@ -460,22 +493,25 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 		}
 		pl.Warnings = append(pl.Warnings, "admitted below the HA reserve: "+short)
 	}
-	s.commit(g, p, t)
+	s.commit(g, p, t, -1)
 	return pl, nil
 }
 
-func (s *Scheduler) commit(g Guest, p, t int32) {
+func (s *Scheduler) commit(g Guest, p, t, d int32) {
 	if len(g.Constraints) > 0 {
 		g.Constraints = maps.Clone(g.Constraints) // the caller may reuse its map
 	}
-	if !haGuest(&g) {
-		s.haExact = false // p's key shrinks: the cached sum is now an upper bound
+	if !haGuest(&g) || d >= 0 {
+		// p's key (or d's, whose free share shrinks with no demand added) shrinks: the
+		// cached sum is now an upper bound.
+		s.haExact = false
 	}
-	s.take(p, int32(g.CPUs), g.MemoryBytes)
-	if t >= 0 {
-		s.take(t, int32(g.CPUs), g.MemoryBytes)
+	for _, n := range [3]int32{p, t, d} {
+		if n >= 0 {
+			s.take(n, int32(g.CPUs), g.MemoryBytes)
+		}
 	}
-	s.addGuest(g, p, t)
+	s.addGuest(g, p, t, d)
 }
 
 // Assign records a guest the master placed itself (or moved by a plan), without
@@ -488,21 +524,26 @@ func (s *Scheduler) Assign(a Assignment) error {
 	if err != nil {
 		return err
 	}
-	s.commit(a.Guest, p, t)
+	d, err := s.moveDest(a, p)
+	if err != nil {
+		return err
+	}
+	s.commit(a.Guest, p, t, d)
 	return nil
 }
 
-// Release forgets a guest and frees its capacity; unknown names are ignored (releasing
-// twice is harmless).
+// Release forgets a guest and frees its capacity, the room of its move in flight too;
+// unknown names are ignored (releasing twice is harmless).
 func (s *Scheduler) Release(guestName string) {
 	id, ok := s.byGuest[guestName]
 	if !ok {
 		return
 	}
 	pg := *s.guest(id)
-	s.take(pg.node, -int32(pg.g.CPUs), -pg.g.MemoryBytes)
-	if pg.twin >= 0 {
-		s.take(pg.twin, -int32(pg.g.CPUs), -pg.g.MemoryBytes)
+	for _, n := range [3]int32{pg.node, pg.twin, pg.dest} {
+		if n >= 0 {
+			s.take(n, -int32(pg.g.CPUs), -pg.g.MemoryBytes)
+		}
 	}
 	s.dropGuest(id)
 }
@@ -518,10 +559,14 @@ func (s *Scheduler) Lookup(guestName string) (Assignment, bool) {
 	if pg.twin >= 0 {
 		a.TwinNode = s.nodes[pg.twin].name
 	}
+	if pg.dest >= 0 {
+		a.MoveTo = s.nodes[pg.dest].name
+	}
 	return a, true
 }
 
-// Free returns a node's free pool share as the scheduler's books have it.
+// Free returns a node's free pool share as the scheduler's books have it: the room held
+// by moves in flight to the node is not free.
 func (s *Scheduler) Free(node string) (cpus int, memoryBytes int64, err error) {
 	n, ok := s.byNode[node]
 	if !ok {
@@ -533,7 +578,8 @@ func (s *Scheduler) Free(node string) (cpus int, memoryBytes int64, err error) {
 // UpdateNode replaces what the scheduler knows of a node (state, labels, profiles, pool
 // share), or adds it when the name is new: a host that joins takes guests at once. The
 // guests recorded on it stay; the node's used capacity is the larger of n.Allocated* and
-// the sum of those guests. Nodes are never removed: mark them unschedulable.
+// the sum of those guests and of the moves in flight to it. Nodes are never removed:
+// mark them unschedulable.
 func (s *Scheduler) UpdateNode(n Node) error {
 	if n.Name == "" {
 		return fmt.Errorf("update node: the node has no name")
@@ -547,15 +593,15 @@ func (s *Scheduler) UpdateNode(n Node) error {
 		s.freeCPUTotal -= int64(max(ns.freeCPU, 0))
 		s.freeMemTotal -= max(ns.freeMem, 0)
 	}
-	var sumCPU, sumMem int64
+	sumCPU, sumMem := ns.inCPU, ns.inMem
 	for _, gid := range s.guestsOn(id) {
 		sumCPU += int64(s.guest(gid).g.CPUs)
 		sumMem += s.guest(gid).g.MemoryBytes
 	}
-	excluded, first, count, haCPU, haMem := ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem
+	excluded, first, count, haCPU, haMem, inCPU, inMem := ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem, ns.inCPU, ns.inMem
 	*ns = nodeState{}
 	s.setStatic(ns, n)
-	ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem = excluded, first, count, haCPU, haMem
+	ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem, ns.inCPU, ns.inMem = excluded, first, count, haCPU, haMem, inCPU, inMem
 	ns.freeCPU = clamp32(int64(ns.cpus) - max(int64(n.AllocatedCPUs), sumCPU))
 	ns.freeMem = ns.mem - max(n.AllocatedMemoryBytes, sumMem)
 	if ns.accepting() {

@@ -94,6 +94,11 @@ type Assignment struct {
 	Guest    Guest
 	Node     string
 	TwinNode string
+	// MoveTo is the destination of a move in flight (a live migration, or a drain's
+	// planned move), "" when the guest is not moving. Until the move ends, with success
+	// or not, the guest holds its CPUs and memory on MoveTo as well as on Node, so
+	// nothing placed meanwhile takes the room it lands in.
+	MoveTo string
 }
 
 // Placement is where Place put a guest.

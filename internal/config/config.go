@@ -5,6 +5,7 @@ package config
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -113,6 +114,9 @@ func Parse(r io.Reader) (Node, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return Node{}, fmt.Errorf("line %d: longer than %d KiB: no value needs that much", line+1, bufio.MaxScanTokenSize>>10)
+		}
 		return Node{}, err
 	}
 	if err := n.Validate(); err != nil {

@@ -51,6 +51,7 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		"master = http://m:7460":                                              "name is required",
 		"name = n1":                                                           "master is required",
 		"name = n1\nmaster = https://m:7460\napi_tls_cert = /etc/dvm/api.crt": "api_tls_cert and api_tls_key go together",
+		"name = n1\nlabels = " + strings.Repeat("a", 70000):                   "line 2: longer than 64 KiB",
 	}
 	for in, want := range cases {
 		_, err := Parse(strings.NewReader(in))

@@ -2,6 +2,8 @@ package master
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,9 +14,13 @@ import (
 
 // Drain empties a node for planned work: it stops taking guests, and every guest on it
 // live-migrates to where the scheduler's evacuation plan puts it, one after another.
-// A guest whose migration fails stays running where it was and is reported; the drain
-// goes on with the others. Stopped guests are simply placed elsewhere. progress gets a
-// line per step. With maintenance, the node is marked as in maintenance too.
+// The room of every planned move is held from the plan until that move ends, so creates
+// meanwhile cannot take it; a move whose node can no longer take the guest (it went
+// away, was drained, or shrank) is planned again. A guest already migrating away is
+// waited for. A guest whose migration fails stays running where it was and is reported;
+// the drain goes on with the others. Stopped guests are simply placed elsewhere.
+// progress gets a line per step. With maintenance, the node is marked as in maintenance
+// too.
 func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progress func(api.DrainProgress)) (api.DrainProgress, error) {
 	if err := m.mustAct(); err != nil {
 		return api.DrainProgress{}, err
@@ -37,7 +43,27 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 	for _, g := range guests {
 		byName[g.Name] = g
 	}
+	m.holdMu.Lock()
+	m.drains++
+	id := m.drains
+	m.holdMu.Unlock()
+	var held []string
+	for _, mv := range plan.Moves {
+		if g, ok := byName[mv.Guest]; ok && g.Node == node && g.MigrateTo == "" && mv.Action == scheduler.ActionMigrate {
+			m.setHold(g.Name, hold{from: node, to: mv.To, drain: id})
+			held = append(held, g.Name)
+		}
+	}
 	m.mu.Unlock()
+	defer func() {
+		// A drain cut short (its request ended, the master lost its role) holds nothing.
+		m.mu.Lock()
+		for _, name := range held {
+			m.dropHold(name, id)
+		}
+		m.mu.Unlock()
+		m.wake()
+	}()
 	kind := "drain"
 	if maintenance {
 		kind = "maintenance"
@@ -51,15 +77,33 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 			continue
 		}
 		p := api.DrainProgress{Node: node, Guest: g.Name, To: mv.To}
-		if g.Desired != store.DesiredRunning {
-			// Not running: nothing to migrate, the guest is placed on its new node.
-			err := m.reassign(g.Name, node, mv.To)
-			p.Status, p.Error = drainStatus(err), errString(err)
-		} else {
-			res, err := m.Migrate(ctx, g.Name, mv.To)
-			p.Status, p.Error = drainStatus(err), errString(err)
+		move := func(to string) error {
+			switch {
+			case g.MigrateTo != "":
+				return m.awaitMove(ctx, g.Name, to)
+			case g.Desired != store.DesiredRunning:
+				// Not running: nothing to migrate, the guest is placed on its new node.
+				return m.reassign(g.Name, node, to)
+			}
+			res, err := m.Migrate(ctx, g.Name, to)
 			p.TotalSeconds, p.DowntimeSeconds = res.TotalSeconds, res.DowntimeSeconds
+			return err
 		}
+		err := move(p.To)
+		var rp *RefusedPlacement
+		if errors.As(err, &rp) && rp.Node == p.To {
+			if to, why := m.replanMove(g.Name, node, id); to != "" {
+				m.log.Info("drain: move planned again", "guest", g.Name, "from", p.To, "to", to, "because", rp.Reason)
+				p.To = to
+				err = move(to)
+			} else {
+				err = fmt.Errorf("%w; nowhere else to go now: %s", err, why)
+			}
+		}
+		m.mu.Lock()
+		m.dropHold(g.Name, id)
+		m.mu.Unlock()
+		p.Status, p.Error = drainStatus(err), errString(err)
 		if p.Status == "moved" {
 			sum.Moved++
 		} else {
@@ -86,13 +130,60 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 func (m *Master) reassign(guest, from, to string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	nodes, guests, _ := m.st.Snapshot()
 	g, ok := m.st.Guest(guest)
-	if !ok || g.Node != from {
+	if !ok || g.Node != from || g.MigrateTo != "" {
 		return fmt.Errorf("guest %q moved meanwhile", guest)
 	}
-	g.Node = to
-	_, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g})
+	next := g
+	next.Node = to
+	refused, err := m.commit(nodes, guests, []change{{base: &g, next: next}})
+	if err == nil && len(refused) > 0 {
+		err = refused[0]
+	}
 	return err
+}
+
+// replanMove chooses a new node for a drain's move of guest off from, and holds its room
+// there for the drain; "" and why when none can take it now.
+func (m *Master) replanMove(guest, from string, drain uint64) (string, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.st.Guest(guest)
+	if !ok || g.Node != from {
+		return "", "the guest moved meanwhile"
+	}
+	nodes, guests, _ := m.st.Snapshot()
+	// Explain weighs the guest as if it were not placed: the room held for its old move
+	// does not count against it.
+	e := m.schedulerView(nodes, guests).Explain(schedGuest(g))
+	if e.Node == "" {
+		return "", e.Summary()
+	}
+	m.setHold(guest, hold{from: from, to: e.Node, drain: drain})
+	return e.Node, ""
+}
+
+// awaitMove waits for a migration started before the drain to end, and says whether
+// the guest landed on to.
+func (m *Master) awaitMove(ctx context.Context, guest, to string) error {
+	for {
+		idx := m.st.Index()
+		g, ok := m.st.Guest(guest)
+		switch {
+		case !ok:
+			return fmt.Errorf("guest %q was deleted while it migrated", guest)
+		case g.MigrateTo == "" && g.Node == to:
+			return nil
+		case g.MigrateTo == "":
+			var res api.Migration
+			json.Unmarshal(g.LastMigration, &res)
+			return fmt.Errorf("its migration to %s (started before the drain) failed: %s", to, res.Error)
+		}
+		if m.st.Wait(ctx, idx); ctx.Err() != nil {
+			return fmt.Errorf("guest %q: still migrating to %s; watch `vmctl vm show %s`", guest, to, guest)
+		}
+	}
 }
 
 // Undrain lets a node take guests again and ends its maintenance.

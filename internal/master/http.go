@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -378,12 +379,18 @@ func decode(r *http.Request, v any) error {
 		switch {
 		case errors.As(err, &mbe):
 			return &api.FieldError{Field: "body", Msg: fmt.Sprintf("larger than %d bytes", MaxBody)}
+		case errors.As(err, &ute) && ute.Field == "":
+			return &api.FieldError{Field: "body", Msg: fmt.Sprintf("must be a JSON object, not a JSON %s", ute.Value)}
 		case errors.As(err, &ute):
-			return &api.FieldError{Field: ute.Field, Msg: fmt.Sprintf("must be a %s, not a JSON %s", ute.Type, ute.Value)}
+			return &api.FieldError{Field: ute.Field, Msg: fmt.Sprintf("must be %s, not a JSON %s", jsonKind(ute.Type), ute.Value)}
 		case errors.Is(err, io.EOF):
 			return &api.FieldError{Field: "body", Msg: "empty: send a JSON object"}
-		case strings.HasPrefix(err.Error(), "json: unknown field"):
-			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			// encoding/json quotes the name with %q.
+			f, uerr := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+			if uerr != nil || f == "" {
+				return &api.FieldError{Field: "body", Msg: fmt.Sprintf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))}
+			}
 			return &api.FieldError{Field: f, Msg: "unknown field"}
 		}
 		return &api.FieldError{Field: "body", Msg: "not valid JSON: " + err.Error()}
@@ -392,6 +399,44 @@ func decode(r *http.Request, v any) error {
 		return &api.FieldError{Field: "body", Msg: "trailing data after the JSON object"}
 	}
 	return nil
+}
+
+// jsonKind says what JSON a Go type is read from, for error messages.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "an object"
+}
+
+// decodeNone accepts the body of a request that takes no parameters: nothing, {} or
+// null. Anything else is refused as decode refuses it, so a client that thinks it can
+// choose something (a drain's destination, say) learns that it cannot.
+func decodeNone(r *http.Request) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return &api.FieldError{Field: "body", Msg: fmt.Sprintf("larger than %d bytes", MaxBody)}
+		}
+		return &api.FieldError{Field: "body", Msg: "could not be read: " + err.Error()}
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decode(r, &struct{}{})
 }
 
 func (h *handler) listNodes(w http.ResponseWriter, r *http.Request) {
@@ -591,6 +636,10 @@ func (h *handler) drain(maintenance bool) http.HandlerFunc {
 		node := r.PathValue("name")
 		if fe := api.ValidateName("node", node); fe != nil {
 			fail(w, fe)
+			return
+		}
+		if err := decodeNone(r); err != nil {
+			fail(w, err)
 			return
 		}
 		if _, ok := h.m.st.Node(node); !ok {

@@ -59,9 +59,17 @@ type Master struct {
 	opts Options
 	log  *slog.Logger
 
-	// mu serialises decisions that read the state and then change it (placement,
-	// migration starts), so two requests cannot both take the same free capacity.
+	// mu serialises writes that depend on the state they read: placements are checked
+	// again under it where they are committed (commit.go), so two requests cannot both
+	// take the same free capacity.
 	mu sync.Mutex
+
+	// holds is the room drains have planned for their moves not yet made (guest ->
+	// hold), counted as taken until each move ends; changed only with mu held.
+	holdMu  sync.Mutex
+	holds   map[string]hold
+	holdVer uint64
+	drains  uint64 // drains started, numbering their holds
 
 	obsMu    sync.RWMutex
 	lastSeen map[string]time.Time                    // node -> last status report
@@ -102,6 +110,7 @@ func New(st *store.Store, opts Options) (*Master, error) {
 		lastSeen: map[string]time.Time{},
 		observed: map[string]map[string]api.ObservedGuest{},
 		pending:  map[string]chan api.Migration{},
+		holds:    map[string]hold{},
 		kick:     make(chan struct{}, 1),
 		reg:      opts.Metrics,
 		recStart: map[string]time.Time{},
@@ -143,7 +152,8 @@ func (m *Master) nodeReady(name string, now time.Time) bool {
 
 // schedulerView builds the scheduler's snapshot from the state: every placed guest that
 // is not deleted holds its CPU and memory on its node, stopped or not, so starting a
-// stopped guest never fails for want of room.
+// stopped guest never fails for want of room; a guest moving (a live migration, or a
+// drain's planned move) holds it on its destination too, until the move ends.
 func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRecord) *scheduler.Scheduler {
 	now := time.Now()
 	sn := make([]scheduler.Node, 0, len(nodes))
@@ -155,11 +165,13 @@ func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRec
 		})
 	}
 	var existing []scheduler.Assignment
-	for _, g := range guests {
+	holds := m.heldMoves()
+	for i := range guests {
+		g := &guests[i]
 		if g.Node == "" {
 			continue
 		}
-		existing = append(existing, scheduler.Assignment{Guest: schedGuest(g), Node: g.Node, TwinNode: g.TwinNode})
+		existing = append(existing, scheduler.Assignment{Guest: schedGuest(*g), Node: g.Node, TwinNode: g.TwinNode, MoveTo: moveTo(g, holds)})
 	}
 	return scheduler.New(sn, existing, m.opts.Scheduler)
 }
@@ -177,10 +189,8 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 	if err := m.mustAct(); err != nil {
 		return api.Guest{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	if _, ok := m.st.Guest(req.Name); ok {
-		return api.Guest{}, fmt.Errorf("guest %q %w: choose another name or delete it first", req.Name, ErrConflict)
+		return api.Guest{}, guestExists(req.Name)
 	}
 	desired := store.DesiredRunning
 	if req.Start != nil && !*req.Start {
@@ -191,25 +201,62 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
 		Desired: desired, CreatedAt: time.Now().UTC(),
 	}
+	// Plan without the lock (see commit.go), except with an HA reserve: that is
+	// cluster-wide, and commit checks placements node by node.
+	exact := m.opts.Scheduler.HAReserveNodes > 0
+	var warnings []string
+	var headroom string
+	planned := m.stateVersion()
 	nodes, guests, _ := m.st.Snapshot()
+	if !exact {
+		warnings, headroom = m.place(&g, m.schedulerView(nodes, guests))
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.st.Guest(req.Name); ok {
+		return api.Guest{}, guestExists(req.Name)
+	}
+	stale := m.stateVersion() != planned
+	if stale {
+		nodes, guests, _ = m.st.Snapshot()
+	}
 	nics, err := m.allocNICs(req.Networks, guests)
 	if err != nil {
 		return api.Guest{}, err
 	}
 	g.NICs = nics
-	warnings, headroom := m.place(&g, m.schedulerView(nodes, guests))
-	if headroom != "" {
-		// HA admission control refuses: admitting the guest would leave too little room
-		// to restart the guests of a lost node. Nothing is created.
-		return api.Guest{}, &RefusedError{Reason: headroom}
+	if exact || (stale && g.Node == "") {
+		// Nothing planned yet, or "nowhere" found on a state that has changed since.
+		warnings, headroom = m.place(&g, m.schedulerView(nodes, guests))
 	}
-	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
-		return api.Guest{}, err
+	for try := 0; ; try++ {
+		if headroom != "" {
+			// HA admission control refuses: admitting the guest would leave too little
+			// room to restart the guests of a lost node. Nothing is created.
+			return api.Guest{}, &RefusedError{Reason: headroom}
+		}
+		refused, err := m.commit(nodes, guests, []change{{next: g}})
+		if err != nil {
+			return api.Guest{}, err
+		}
+		if len(refused) == 0 {
+			break
+		}
+		if try > 0 {
+			// Planned on the very state it was checked against: only a node's report
+			// timing out in between gets here.
+			return api.Guest{}, refused[0]
+		}
+		warnings, headroom = m.place(&g, m.schedulerView(nodes, guests))
 	}
 	m.log.Info("guest created", "guest", g.Name, "node", g.Node, "pending", g.PendingReason)
 	out := m.view(g, time.Now())
 	out.Warnings = warnings
 	return out, nil
+}
+
+func guestExists(name string) error {
+	return fmt.Errorf("guest %q %w: choose another name or delete it first", name, ErrConflict)
 }
 
 // RefusedError is a create that HA admission control refused; nothing was created.
@@ -237,14 +284,53 @@ func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) (warnings [
 	return p.Warnings, ""
 }
 
-// placePending tries again to place every pending guest, in creation order.
+// placePending tries again to place every pending guest, in creation order. It plans
+// without the lock, as CreateGuest does; a placement refused at commit is planned again
+// on the next round, which it asks for at once.
 func (m *Master) placePending() {
 	if !m.acting() {
 		return
 	}
+	exact := m.opts.Scheduler.HAReserveNodes > 0
+	var changes []change
+	if !exact {
+		nodes, guests, _ := m.st.Snapshot()
+		changes = m.planPending(nodes, guests)
+		if len(changes) == 0 {
+			return
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	nodes, guests, _ := m.st.Snapshot()
+	if exact {
+		changes = m.planPending(nodes, guests)
+	}
+	if len(changes) == 0 {
+		return
+	}
+	refused, err := m.commit(nodes, guests, changes)
+	if err != nil {
+		m.log.Error("place pending guests", "err", err)
+		return
+	}
+	out := map[string]bool{}
+	for _, r := range refused {
+		out[r.Guest] = true
+	}
+	for _, c := range changes {
+		if c.next.Node != "" && !out[c.next.Name] {
+			m.log.Info("pending guest placed", "guest", c.next.Name, "node", c.next.Node)
+		}
+	}
+	if len(refused) > 0 {
+		m.wake()
+	}
+}
+
+// planPending plans every pending guest, in creation order; a pending guest waits,
+// whatever the reason, and is written only when placed or when its reason changed.
+func (m *Master) planPending(nodes []store.NodeRecord, guests []store.GuestRecord) []change {
 	var todo []store.GuestRecord
 	for _, g := range guests {
 		if g.Node == "" && g.Desired != store.DesiredDeleted {
@@ -252,27 +338,19 @@ func (m *Master) placePending() {
 		}
 	}
 	if len(todo) == 0 {
-		return
+		return nil
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].CreatedAt.Before(todo[j].CreatedAt) })
 	s := m.schedulerView(nodes, guests)
-	var cmds []store.Command
+	var changes []change
 	for i := range todo {
 		g := todo[i]
-		before := g.PendingReason
-		m.place(&g, s) // a pending guest waits, whatever the reason
-		if g.Node != "" || g.PendingReason != before {
-			cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
-			if g.Node != "" {
-				m.log.Info("pending guest placed", "guest", g.Name, "node", g.Node)
-			}
+		m.place(&g, s)
+		if g.Node != "" || g.PendingReason != todo[i].PendingReason {
+			changes = append(changes, change{base: &todo[i], next: g})
 		}
 	}
-	if len(cmds) > 0 {
-		if _, err := m.st.Apply(cmds...); err != nil {
-			m.log.Error("place pending guests", "err", err)
-		}
-	}
+	return changes
 }
 
 // Guests lists every guest.

@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,12 @@ import (
 // serves it.
 func newTestMaster(t *testing.T) (*Master, *api.Client) {
 	t.Helper()
+	return newTestMasterWith(t, Options{})
+}
+
+// newTestMasterWith is newTestMaster with options (its log is discarded).
+func newTestMasterWith(t testing.TB, opts Options) (*Master, *api.Client) {
+	t.Helper()
 	_, tr := raft.NewInmemTransport("")
 	st, err := store.Open(store.Config{NodeID: "m1", Dir: t.TempDir(), Transport: tr, Bootstrap: true, LogOutput: io.Discard})
 	if err != nil {
@@ -36,7 +43,8 @@ func newTestMaster(t *testing.T) (*Master, *api.Client) {
 			t.Fatal("store never became leader")
 		}
 	}
-	m, err := New(st, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := New(st, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +96,9 @@ func TestNetworkCreateValidation(t *testing.T) {
 		{"name taken", api.CreateNetwork{Name: "blue", VNI: 7, CIDR: "10.1.0.0/16"}, 409, ""},
 		{"unknown field", map[string]any{"name": "red", "vni": 7, "cidr": "10.1.0.0/16", "vlan": 3}, 400, "vlan"},
 		{"vni wrong type", map[string]any{"name": "red", "vni": "seven", "cidr": "10.1.0.0/16"}, 400, "vni"},
+		// Found by the API body fuzzers: these were 400s without the field.
+		{"not an object", json.RawMessage(`7`), 400, "body"},
+		{"field without a name", map[string]any{"": 1, "name": "red", "vni": 7, "cidr": "10.1.0.0/16"}, 400, "body"},
 	}
 	for _, b := range bad {
 		err := c.Do(ctx, "POST", "/v1/networks", b.body, nil)

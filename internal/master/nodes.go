@@ -199,7 +199,9 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 }
 
 // Migrate live-migrates a running guest to another node and waits for the outcome. The
-// guest's node changes in the state only when its node reports libvirt's success.
+// guest's node changes in the state only when its node reports libvirt's success; until
+// the migration ends, either way, the guest holds its room on both nodes. A destination
+// that cannot take the guest is refused with a *RefusedPlacement that says why.
 func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, error) {
 	if err := m.mustAct(); err != nil {
 		return api.Migration{}, err
@@ -215,7 +217,7 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 		return api.Migration{}, fmt.Errorf("guest %q is pending on no node: %w", name, ErrConflict)
 	case g.Node == to:
 		m.mu.Unlock()
-		return api.Migration{}, fmt.Errorf("guest %q already runs on %s: %w", name, to, ErrBadRequest)
+		return api.Migration{}, &api.FieldError{Field: "node", Msg: fmt.Sprintf("guest %q already runs on %s: name another node", name, to)}
 	case g.MigrateTo != "":
 		m.mu.Unlock()
 		return api.Migration{}, fmt.Errorf("guest %q is already migrating to %s: %w", name, g.MigrateTo, ErrConflict)
@@ -230,21 +232,28 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 	// The destination must fit the guest as the scheduler sees it, and be ready.
 	nodes, guests, _ := m.st.Snapshot()
 	// Explain weighs the guest as if it were not placed, so its own allocation on the
-	// source does not count against it.
+	// source (and room a drain holds for it) does not count against it.
 	for _, v := range m.schedulerView(nodes, guests).Explain(schedGuest(g)).Verdicts {
 		if v.Node == to && v.Reason != "" {
 			m.mu.Unlock()
-			return api.Migration{}, fmt.Errorf("node %s cannot take guest %q: %s: %w", to, name, v.Reason, ErrConflict)
+			return api.Migration{}, &RefusedPlacement{Guest: name, Node: to, Reason: string(v.Reason)}
 		}
 	}
 	done := make(chan api.Migration, 1)
 	m.migMu.Lock()
 	m.pending[name] = done
 	m.migMu.Unlock()
-	g.MigrateTo = to
-	_, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g})
+	next := g
+	next.MigrateTo = to
+	refused, err := m.commit(nodes, guests, []change{{base: &g, next: next}})
 	m.mu.Unlock()
+	if err == nil && len(refused) > 0 {
+		err = refused[0]
+	}
 	if err != nil {
+		m.migMu.Lock()
+		delete(m.pending, name)
+		m.migMu.Unlock()
 		return api.Migration{}, err
 	}
 	m.log.Info("migration started", "guest", name, "from", g.Node, "to", to)
@@ -278,6 +287,7 @@ func (m *Master) MigrationDone(node, name string, res api.Migration) error {
 	if err != nil {
 		return err
 	}
+	m.wake() // the room the move held on the node it did not end on is free again
 	m.log.Info("migration finished", "guest", name, "from", res.From, "to", res.To, "ok", res.OK, "error", res.Error,
 		"total_seconds", res.TotalSeconds, "downtime_seconds", res.DowntimeSeconds)
 	m.migMu.Lock()
