@@ -399,6 +399,9 @@ func (h *harness) rank(kv map[string]string, input []string) ([]string, error) {
 	var cands []failover.CandidateInfo
 	for _, l := range input {
 		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
 		ckv, _ := args(f[1:])
 		rep, err := parseHealth(ckv)
 		if err != nil {
