@@ -589,6 +589,65 @@ func TestDrainHoldsRoomAndPlansAgain(t *testing.T) {
 	}
 }
 
+// A lost node's guests come before planned work: a restart takes room a drain holds
+// for a move it has not begun (the drain plans that move again), never room a live
+// migration in flight is using.
+func TestRecoveryTakesRoomADrainHolds(t *testing.T) {
+	m, c := capacityMaster(t, Options{})
+	st := m.Store()
+	report(t, c, "n4", 2, 4)
+	if g := create(t, c, "r1", 2, 4); g.Node != "n4" {
+		t.Fatalf("r1 on %q, want n4 (the only node)", g.Node)
+	}
+	report(t, c, "n1", 8, 16)
+	create(t, c, "g0", 2, 4)
+	create(t, c, "g1", 2, 4)
+	report(t, c, "n2", 4, 8)
+	g0 := migrate(t, c, "g0", "n2")
+	awaitGuest(t, st, "g0", "migrating to n2", func(g store.GuestRecord) bool { return g.MigrateTo == "n2" })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	drained := make(chan api.DrainProgress, 1)
+	var lines []api.DrainProgress
+	go func() {
+		sum, err := m.Drain(ctx, "n1", false, func(p api.DrainProgress) { lines = append(lines, p) })
+		if err != nil {
+			t.Errorf("drain: %v", err)
+		}
+		drained <- sum
+	}()
+	for idx := st.Index(); ; idx = st.Wait(ctx, idx) {
+		if n, _ := st.Node("n1"); n.Draining {
+			break
+		}
+	}
+	m.mu.Lock()
+	m.mu.Unlock()
+	if h := m.heldMoves(); h["g1"].to != "n2" {
+		t.Fatalf("drain holds %+v; want g1's room on n2", h)
+	}
+	// n2: g0's migration holds 2 CPUs, the drain 2 for g1: full. n4 is lost.
+	m.RecoverNode("n4", "test: declared lost")
+	r1, _ := st.Guest("r1")
+	if r1.Node != "n2" {
+		t.Fatalf("r1 on %q (pending: %q); want n2, in the room the drain held for g1", r1.Node, r1.PendingReason)
+	}
+	endMigration(t, c, "g0", "n1", true)
+	if err := <-g0; err != nil {
+		t.Fatal(err)
+	}
+	sum := <-drained
+	g1, _ := st.Guest("g1")
+	if g1.Node != "n1" || g1.MigrateTo != "" || sum.Failed != 1 {
+		t.Fatalf("g1 on %q migrating to %q, drain %+v (lines %+v); want g1 left on n1, its move failed for want of room", g1.Node, g1.MigrateTo, sum, lines)
+	}
+	nodes, guests, _ := st.Snapshot()
+	if o := overfilled(nodes, guests); len(o) > 0 {
+		t.Fatalf("overfilled: %v", o)
+	}
+}
+
 // BenchmarkCommitCheck: what the plan applier adds under the lock to every placing
 // write, without the write: the books of 5 000 guests on 100 nodes (9% migrating) and
 // the check of one placement.

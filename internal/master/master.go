@@ -155,6 +155,12 @@ func (m *Master) nodeReady(name string, now time.Time) bool {
 // stopped guest never fails for want of room; a guest moving (a live migration, or a
 // drain's planned move) holds it on its destination too, until the move ends.
 func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRecord) *scheduler.Scheduler {
+	return m.schedulerViewHolding(nodes, guests, m.heldMoves())
+}
+
+// schedulerViewHolding is schedulerView with the drains' holds given: nil counts live
+// migrations in flight only.
+func (m *Master) schedulerViewHolding(nodes []store.NodeRecord, guests []store.GuestRecord, holds map[string]hold) *scheduler.Scheduler {
 	now := time.Now()
 	sn := make([]scheduler.Node, 0, len(nodes))
 	for _, n := range nodes {
@@ -165,7 +171,6 @@ func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRec
 		})
 	}
 	var existing []scheduler.Assignment
-	holds := m.heldMoves()
 	for i := range guests {
 		g := &guests[i]
 		if g.Node == "" {

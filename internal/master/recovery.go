@@ -88,7 +88,10 @@ func (m *Master) RecoverNode(node, why string) {
 			cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &n})
 		}
 	}
-	s := m.schedulerView(nodes, guests)
+	// A lost node's guests come before planned work: room a drain holds for a move it
+	// has not begun is free to them (the drain plans that move again when it comes to
+	// it); a live migration in flight holds its room, its guest is on the way there.
+	s := m.schedulerViewHolding(nodes, guests, nil)
 	plan := s.EvacuateLost(node)
 	byName := map[string]store.GuestRecord{}
 	for _, g := range guests {
