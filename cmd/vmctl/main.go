@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"sort"
@@ -38,14 +39,23 @@ func main() {
 		args = interspersed(app, args)
 	}
 	if err := app.Run(args); err != nil {
-		code := 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
 		fmt.Fprintln(os.Stderr, "vmctl:", err)
-		os.Exit(code)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is vmctl's exit status for err (see the app's description).
+func exitCode(err error) int {
+	var ee *exitError
+	var se *api.StatusError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &se) && se.Code == http.StatusGatewayTimeout:
+		// Applied but not acknowledged: a script must look before it retries.
+		return 3
+	}
+	return 1
 }
 
 func newApp(out io.Writer) *cli.App {
@@ -59,7 +69,8 @@ func newApp(out io.Writer) *cli.App {
 		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes'\n" +
 			"https URLs; the first that answers is used) with the token in DVM_TOKEN, and checks the\n" +
 			"API's certificate against the CA in DVM_CA (the cluster's ca.crt), or the system's roots.\n\n" +
-			"Exit codes: 0 success, 1 error, 2 the guest cannot be placed.",
+			"Exit codes: 0 success, 1 error, 2 the guest cannot be placed, 3 the change is applied but\n" +
+			"not acknowledged (not yet on enough management nodes: it may or may not survive).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "addr", EnvVars: []string{"DVM_ADDR"}, Usage: "API `ADDRS`, comma-separated"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"DVM_TOKEN"}, Usage: "API `TOKEN`"},

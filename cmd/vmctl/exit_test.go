@@ -1,0 +1,31 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/dvmproject/dvm/internal/api"
+)
+
+// A script tells apart a refused change (1), a guest left pending (2) and a change
+// applied but not acknowledged (3), which it must look at before it retries.
+func TestExitCodes(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{errors.New("bad flag"), 1},
+		{&api.StatusError{Code: http.StatusConflict, Msg: "exists"}, 1},
+		{&api.StatusError{Code: http.StatusBadRequest, Msg: "bad size", Field: "memory"}, 1},
+		{&exitError{2, "pending"}, 2},
+		{&api.StatusError{Code: http.StatusGatewayTimeout, Msg: "applied, 2 of 3 copies"}, 3},
+		{fmt.Errorf("vm delete g1: %w", &api.StatusError{Code: http.StatusGatewayTimeout}), 3},
+		{&api.NoAnswerError{Addrs: []string{"https://127.0.0.1:1"}, Last: errors.New("refused")}, 1},
+	} {
+		if got := exitCode(c.err); got != c.want {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
+}
