@@ -500,6 +500,35 @@ func TestConcurrentPlacementsNeverOverfill(t *testing.T) {
 	t.Logf("pending: %v; drain: %+v", pending, drain[len(drain)-1])
 }
 
+// startDrain drains node in the background and returns once the drain has planned its
+// moves and holds their rooms: it plans and holds in the same step as it marks the node,
+// under the master's lock, so once the mark is in the store and the lock is free, every
+// commit after it sees the holds. The summary comes on the channel when the drain ends;
+// the progress lines may be read after that.
+func startDrain(t *testing.T, m *Master, node string) (<-chan api.DrainProgress, *[]api.DrainProgress) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	lines := new([]api.DrainProgress)
+	drained := make(chan api.DrainProgress, 1)
+	go func() {
+		sum, err := m.Drain(ctx, node, false, func(p api.DrainProgress) { *lines = append(*lines, p) })
+		if err != nil {
+			t.Errorf("drain: %v", err)
+		}
+		drained <- sum
+	}()
+	st := m.Store()
+	for idx := st.Index(); ; idx = st.Wait(ctx, idx) {
+		if n, _ := st.Node(node); n.Draining {
+			break
+		}
+	}
+	m.mu.Lock()
+	m.mu.Unlock()
+	return drained, lines
+}
+
 // A drain holds the room of every move it planned until that move ends, waits for a
 // migration that started before it, and plans a move again when its node can no longer
 // take the guest.
@@ -518,26 +547,7 @@ func TestDrainHoldsRoomAndPlansAgain(t *testing.T) {
 	g0 := migrate(t, c, "g0", "n2")
 	awaitGuest(t, st, "g0", "migrating to n2", func(g store.GuestRecord) bool { return g.MigrateTo == "n2" })
 
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	var lines []api.DrainProgress
-	drained := make(chan api.DrainProgress, 1)
-	go func() {
-		sum, err := m.Drain(ctx, "n1", false, func(p api.DrainProgress) { lines = append(lines, p) })
-		if err != nil {
-			t.Errorf("drain: %v", err)
-		}
-		drained <- sum
-	}()
-	// The drain plans and holds its rooms in the same step as it marks the node: once
-	// the mark is in the store, every commit after it sees the holds.
-	for idx := st.Index(); ; idx = st.Wait(ctx, idx) {
-		if n, _ := st.Node("n1"); n.Draining {
-			break
-		}
-	}
-	m.mu.Lock() // the drain's step is over once its lock is free
-	m.mu.Unlock()
+	drained, lines := startDrain(t, m, "n1")
 	holds := m.heldMoves()
 	if len(holds) != 2 || holds["g1"].to == "" || holds["s1"].to == "" {
 		t.Fatalf("drain holds %+v; want rooms for g1 and s1 (g0 is already moving)", holds)
@@ -569,13 +579,13 @@ func TestDrainHoldsRoomAndPlansAgain(t *testing.T) {
 
 	sum := <-drained
 	if sum.Moved != 3 || sum.Failed != 0 {
-		t.Fatalf("drain %+v, lines %+v", sum, lines)
+		t.Fatalf("drain %+v, lines %+v", sum, *lines)
 	}
 	s1, _ := st.Guest("s1")
 	if s1.Node == gone || s1.Node == "n1" || s1.Node == "" {
 		t.Fatalf("s1 on %q: not planned again away from %s", s1.Node, gone)
 	}
-	for _, p := range lines {
+	for _, p := range *lines {
 		if p.Guest == "s1" && (p.To != s1.Node || p.Status != "moved") {
 			t.Errorf("progress for s1 %+v; want moved to %s", p, s1.Node)
 		}
@@ -606,24 +616,7 @@ func TestRecoveryTakesRoomADrainHolds(t *testing.T) {
 	g0 := migrate(t, c, "g0", "n2")
 	awaitGuest(t, st, "g0", "migrating to n2", func(g store.GuestRecord) bool { return g.MigrateTo == "n2" })
 
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	drained := make(chan api.DrainProgress, 1)
-	var lines []api.DrainProgress
-	go func() {
-		sum, err := m.Drain(ctx, "n1", false, func(p api.DrainProgress) { lines = append(lines, p) })
-		if err != nil {
-			t.Errorf("drain: %v", err)
-		}
-		drained <- sum
-	}()
-	for idx := st.Index(); ; idx = st.Wait(ctx, idx) {
-		if n, _ := st.Node("n1"); n.Draining {
-			break
-		}
-	}
-	m.mu.Lock()
-	m.mu.Unlock()
+	drained, lines := startDrain(t, m, "n1")
 	if h := m.heldMoves(); h["g1"].to != "n2" {
 		t.Fatalf("drain holds %+v; want g1's room on n2", h)
 	}
@@ -640,7 +633,7 @@ func TestRecoveryTakesRoomADrainHolds(t *testing.T) {
 	sum := <-drained
 	g1, _ := st.Guest("g1")
 	if g1.Node != "n1" || g1.MigrateTo != "" || sum.Failed != 1 {
-		t.Fatalf("g1 on %q migrating to %q, drain %+v (lines %+v); want g1 left on n1, its move failed for want of room", g1.Node, g1.MigrateTo, sum, lines)
+		t.Fatalf("g1 on %q migrating to %q, drain %+v (lines %+v); want g1 left on n1, its move failed for want of room", g1.Node, g1.MigrateTo, sum, *lines)
 	}
 	nodes, guests, _ := st.Snapshot()
 	if o := overfilled(nodes, guests); len(o) > 0 {
