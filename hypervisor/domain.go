@@ -55,6 +55,20 @@ type GuestSpec struct {
 	// Failover is the guest's policy (none, restart, twin), kept in the domain's
 	// metadata so a node cut off from the cluster knows which guests to fence.
 	Failover string
+	// Lock, when set, is a lock libvirt's lock manager takes for the guest as a whole
+	// (a domain <lease>), disk or no disk: while one QEMU of the guest runs, libvirtd on
+	// any host that shares the lockspace refuses to start another.
+	Lock *GuestLock
+}
+
+// GuestLock names a guest's lock in the lock manager's lockspace. With libvirt's
+// virtlockd (lock_manager = "lockd"), Lockspace must be the lockspace directory
+// exactly as qemu-lockd.conf's file_lockspace_dir spells it (virtlockd knows the
+// lockspaces it was told of by that string), and the file Lockspace/Key must exist:
+// virtlockd creates disk leases itself but not a domain's.
+type GuestLock struct {
+	Lockspace string // an absolute, clean path
+	Key       string // a file name: no '/'
 }
 
 // Disk is the guest's boot disk, a file on the node (usually on shared storage).
@@ -144,6 +158,14 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 			Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + "a", Bus: prof.DiskBus},
 		})
 	}
+	if l := spec.Lock; l != nil {
+		// virtlockd joins <target path> and <lockspace> with '/' into the lockspace's
+		// name: split the directory so the join gives it back.
+		d.Devices.Leases = append(d.Devices.Leases, libvirtxml.DomainLease{
+			Lockspace: filepath.Base(l.Lockspace), Key: l.Key,
+			Target: &libvirtxml.DomainLeaseTarget{Path: filepath.Dir(l.Lockspace)},
+		})
+	}
 	for _, nic := range spec.NICs {
 		iface := libvirtxml.DomainInterface{
 			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nic.Bridge}},
@@ -224,6 +246,17 @@ func (spec *GuestSpec) check() (Profile, error) {
 		}
 		if !slices.Contains(diskFormats, d.Format) {
 			return bad("disk format %q: use qcow2 or raw (or one of %s)", d.Format, strings.Join(diskFormats[3:], ", "))
+		}
+	}
+	if l := spec.Lock; l != nil {
+		if err := checkPath("lockspace", l.Lockspace); err != nil {
+			return bad("%w", err)
+		}
+		if l.Lockspace != filepath.Clean(l.Lockspace) || l.Lockspace == "/" {
+			return bad("lockspace %q: write the directory as a clean absolute path, as file_lockspace_dir names it", l.Lockspace)
+		}
+		if l.Key == "" || strings.ContainsAny(l.Key, "/") || l.Key == "." || l.Key == ".." || checkText("lock key", l.Key) != nil {
+			return bad("lock key %q: use a file name (printable, no '/')", l.Key)
 		}
 	}
 	if b := spec.Boot; b != nil {

@@ -132,6 +132,12 @@ func TestBuildDomainRejects(t *testing.T) {
 		"console log":    func(s *GuestSpec) { s.ConsoleLog = "g.log" },
 		"failover":       func(s *GuestSpec) { s.Failover = "sometimes" },
 		"name in spaces": func(s *GuestSpec) { s.Name = " g" },
+		"lock relative":  func(s *GuestSpec) { s.Lock = &GuestLock{Lockspace: "locks", Key: "k"} },
+		"lock unclean":   func(s *GuestSpec) { s.Lock = &GuestLock{Lockspace: "/srv/locks/", Key: "k"} },
+		"lock root":      func(s *GuestSpec) { s.Lock = &GuestLock{Lockspace: "/", Key: "k"} },
+		"lock key slash": func(s *GuestSpec) { s.Lock = &GuestLock{Lockspace: "/srv/locks", Key: "a/b"} },
+		"lock key dots":  func(s *GuestSpec) { s.Lock = &GuestLock{Lockspace: "/srv/locks", Key: ".."} },
+		"lock no key":    func(s *GuestSpec) { s.Lock = &GuestLock{Lockspace: "/srv/locks"} },
 	}
 	for name, mutate := range bad {
 		s := ok
@@ -143,6 +149,25 @@ func TestBuildDomainRejects(t *testing.T) {
 		} else if name == "unknown os" && !strings.Contains(err.Error(), "dragonfly") {
 			t.Errorf("unknown os error does not list the profiles: %v", err)
 		}
+	}
+}
+
+// TestGuestLock: a guest's lock becomes a domain <lease> whose target path and
+// lockspace virtlockd joins back into the lockspace directory; no lock, no lease.
+func TestGuestLock(t *testing.T) {
+	spec := GuestSpec{Name: "g1", CPUs: 1, MemoryBytes: 1 << 30, Boot: &DirectBoot{Kernel: "/images/lab/kernel"},
+		Lock: &GuestLock{Lockspace: "/srv/dvm/locks", Key: "dvm-guest-42"}}
+	d := roundTrip(t, spec, AccelTCG)
+	if len(d.Devices.Leases) != 1 {
+		t.Fatalf("%d leases, want 1", len(d.Devices.Leases))
+	}
+	l := d.Devices.Leases[0]
+	if l.Target == nil || l.Target.Path+"/"+l.Lockspace != "/srv/dvm/locks" || l.Key != "dvm-guest-42" {
+		t.Errorf("lease %+v target %+v: virtlockd would look for another lockspace or key", l, l.Target)
+	}
+	spec.Lock = nil
+	if d := roundTrip(t, spec, AccelTCG); len(d.Devices.Leases) != 0 {
+		t.Errorf("a guest without a lock has %d leases", len(d.Devices.Leases))
 	}
 }
 

@@ -32,7 +32,10 @@ type Config struct {
 	LibvirtURI string // this node's libvirt as peers reach it, for migration
 	ImagesDir  string // images, by name: DIR/NAME/{kernel,initrd,cmdline} or DIR/NAME/disk.qcow2
 	DisksDir   string // guest disks (shared storage on a real cluster)
-	ConsoleDir string // serial console logs
+	// LockspaceDir is libvirt's lockspace on the shared storage (config.Node); when
+	// set, every restart guest runs under a lock there, disk or no disk.
+	LockspaceDir string
+	ConsoleDir   string // serial console logs
 	// ShutdownTimeout is how long a guest gets to power off before it is destroyed.
 	ShutdownTimeout time.Duration
 	// ReportInterval is the period of status reports (the master's liveness signal).
@@ -311,7 +314,13 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 						continue
 					}
 				}
-				a.setErr(g.Name, a.cfg.Node.Start(g.Name))
+				err := a.cfg.Node.Start(g.Name)
+				if err == nil {
+					// Which assignment a start rests on is what a double run is traced back to.
+					a.cfg.Log.Info("guest started", "guest", g.Name, "failover", g.Failover, "master", asg.Master,
+						"generation", asg.Generation, "index", asg.Index)
+				}
+				a.setErr(g.Name, err)
 			case g.Desired == store.DesiredStopped && state == hypervisor.StateRunning:
 				a.startSlow(g.Name, func() {
 					a.setErr(g.Name, a.cfg.Node.Shutdown(ctx, g.Name, a.cfg.ShutdownTimeout))
@@ -349,6 +358,13 @@ func (a *Agent) define(g api.AssignedGuest) error {
 			return fmt.Errorf("image %q not found on node %s: expected %s or %s", g.Image, a.cfg.Name, kernel, disk)
 		}
 	}
+	if g.Failover == api.FailoverRestart && a.cfg.LockspaceDir != "" {
+		lock, err := guestLock(a.cfg.LockspaceDir, g)
+		if err != nil {
+			return err
+		}
+		spec.Lock = lock
+	}
 	a.attachNICs(&spec, g)
 	if g.DiskBytes > 0 || backing != "" {
 		size := g.DiskBytes
@@ -362,6 +378,29 @@ func (a *Agent) define(g api.AssignedGuest) error {
 		spec.Disk = &hypervisor.Disk{Path: path, Format: "qcow2"}
 	}
 	return a.cfg.Node.Define(spec)
+}
+
+// guestLock makes sure the file of a restart guest's lock exists in the lockspace
+// (virtlockd opens a domain lease's file but does not create it) and names it. The
+// key is the guest's UUID, the same on every node and for the guest's whole life, so
+// the copy a node restarts and the copy a node that was paused resumes contend for
+// one lock. Fencing is the first guard against two copies; this lock catches what
+// fencing cannot see, such as a node paused whole (its fence guard too) whose QEMUs
+// run for an instant on resume before the guard destroys them. The file is never
+// removed: unlinking a lock file another QEMU still holds would let a third take a
+// new one.
+func guestLock(dir string, g api.AssignedGuest) (*hypervisor.GuestLock, error) {
+	id := g.UUID
+	if id == "" {
+		id = g.Name
+	}
+	key := "dvm-guest-" + id
+	f, err := os.OpenFile(filepath.Join(dir, key), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("guest lock in lockspace_dir: %w (is %s on the shared storage and writable?)", err, dir)
+	}
+	f.Close()
+	return &hypervisor.GuestLock{Lockspace: dir, Key: key}, nil
 }
 
 func fileExists(p string) bool {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -44,13 +45,16 @@ type Node struct {
 	// max_clock_skew, raft_election_timeout), checked together.
 	Timing failover.Timing
 	// Scheduling, read by the master on management nodes (keep them equal there).
-	Strategy        string // spread or pack
-	HAReserveNodes  int    // headroom so the restart guests of any K lost nodes can be placed again
-	HAWarnOnly      bool   // admit guests that break the headroom, with a warning
-	Bootstrap       bool   // form a new cluster (one node, once, when the cluster is created)
-	Master          string // comma-separated API addresses of management nodes
-	ImagesDir       string
-	DisksDir        string
+	Strategy       string // spread or pack
+	HAReserveNodes int    // headroom so the restart guests of any K lost nodes can be placed again
+	HAWarnOnly     bool   // admit guests that break the headroom, with a warning
+	Bootstrap      bool   // form a new cluster (one node, once, when the cluster is created)
+	Master         string // comma-separated API addresses of management nodes
+	ImagesDir      string
+	DisksDir       string
+	// LockspaceDir is libvirt's lockspace (qemu-lockd.conf's file_lockspace_dir, spelt
+	// the same) where dvmd keeps a lock for every restart guest; "": none.
+	LockspaceDir    string
 	Share           hypervisor.Share
 	Accelerator     string
 	Labels          map[string]string
@@ -213,6 +217,11 @@ func (n *Node) set(key, val string) error {
 		n.ImagesDir = val
 	case "disks_dir":
 		n.DisksDir = val
+	case "lockspace_dir":
+		if !filepath.IsAbs(val) || filepath.Clean(val) != val || val == "/" {
+			return fmt.Errorf("%q is not a clean absolute directory: write it exactly as file_lockspace_dir in /etc/libvirt/qemu-lockd.conf", val)
+		}
+		n.LockspaceDir = val
 	case "reserved_cpus":
 		n.Share.ReservedCPUs, err = strconv.Atoi(val)
 		if err != nil || n.Share.ReservedCPUs < 0 {

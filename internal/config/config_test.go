@@ -18,6 +18,7 @@ token_file = /lab/token
 master = http://10.77.0.11:7460,http://10.77.0.12:7460
 images_dir = /lab/shared/images
 disks_dir = /lab/shared/disks
+lockspace_dir = /lab/shared/locks
 reserved_cpus = 0
 reserved_memory = 256MiB
 cpu_overcommit = 4
@@ -30,7 +31,7 @@ shutdown_timeout = 10s
 		t.Fatal(err)
 	}
 	if n.Name != "n2" || n.Share.ReservedMemoryBytes != 256<<20 || n.Share.MemoryOvercommit != 1.5 || n.Labels["rack"] != "r2" ||
-		n.ShutdownTimeout != 10*time.Second || n.Advertise != "10.77.0.12:7460" || n.Accelerator != "tcg" {
+		n.ShutdownTimeout != 10*time.Second || n.Advertise != "10.77.0.12:7460" || n.Accelerator != "tcg" || n.LockspaceDir != "/lab/shared/locks" {
 		t.Fatalf("parsed %+v", n)
 	}
 }
@@ -48,6 +49,8 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		"name = n1\nmaster = http://m:7460\nmanagement = maybe":               "line 3: management",
 		"name = n1\nmaster = http://m:7460\nlabels = rack":                    "line 3: labels",
 		"name = n1\nmaster = http://m:7460\nshutdown_timeout = -1s":           "line 3: shutdown_timeout",
+		"name = n1\nmaster = http://m:7460\nlockspace_dir = locks":            "line 3: lockspace_dir",
+		"name = n1\nmaster = http://m:7460\nlockspace_dir = /srv/locks/":      "line 3: lockspace_dir",
 		"master = http://m:7460":                                              "name is required",
 		"name = n1":                                                           "master is required",
 		"name = n1\nmaster = https://m:7460\napi_tls_cert = /etc/dvm/api.crt": "api_tls_cert and api_tls_key go together",

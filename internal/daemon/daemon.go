@@ -101,7 +101,7 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 	a, err := agent.New(agent.Config{
 		Name: cfg.Name, Node: node, Share: cfg.Share, Labels: cfg.Labels, Client: client,
 		Address: cfg.Advertise, LibvirtURI: cfg.AdvertiseLibvirtURI, ImagesDir: cfg.ImagesDir,
-		DisksDir: disks, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
+		DisksDir: disks, LockspaceDir: cfg.LockspaceDir, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
 		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
 		Fencing: fencing, FenceGrace: cfg.Timing.FenceGrace, FenceCheck: cfg.Timing.FenceCheck, Lease: lease,
 		// On libvirt's test driver (dvmd dev) guests have no taps: networks stay objects.

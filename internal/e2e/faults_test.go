@@ -348,8 +348,14 @@ func TestPausedNodeResumesAfterItsGuestsMoved(t *testing.T) {
 	t.Logf("guests of the paused %s placed elsewhere %.2f s after the pause", node, time.Since(paused).Seconds())
 	time.Sleep(5 * time.Second)
 	for _, g := range guests {
+		// The paused QEMU still holds the guest's lock (its disk's for frozen1, the
+		// guest's own for the diskless frozen2): every start elsewhere is refused by
+		// virtlockd, not merely not tried.
 		got := show(g)
 		t.Logf("%s while %s is paused: %s on %s %s", g, node, got.State, got.Node, got.Error)
+		if got.State == api.GuestRunning || !strings.Contains(got.Error, "is locked") {
+			t.Errorf("%s while %s is paused: %s on %s (%q); want its start refused by the lock manager", g, node, got.State, got.Node, got.Error)
+		}
 	}
 	c.run("lab", "resume", node, "--dir", c.lab.Dir())
 	resumed := time.Now()

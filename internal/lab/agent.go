@@ -36,6 +36,9 @@ func agentConfig(dir string, k, nodes int) string {
 	kv("master", masterURLs(nodes))
 	kv("images_dir", filepath.Join(dir, "shared", "images"))
 	kv("disks_dir", filepath.Join(dir, "shared", "disks"))
+	// The same lockspace as the node's virtlockd (qemuLockdConf): every restart guest
+	// runs under a lock there, the lab's diskless guest too.
+	kv("lockspace_dir", filepath.Join(dir, "shared", "locks"))
 	kv("reserved_cpus", "0")
 	kv("reserved_memory", "256MiB")
 	kv("cpu_overcommit", "4")
