@@ -252,8 +252,10 @@ func (spec *GuestSpec) check() (Profile, error) {
 		if err := checkPath("lockspace", l.Lockspace); err != nil {
 			return bad("%w", err)
 		}
-		if l.Lockspace != filepath.Clean(l.Lockspace) || l.Lockspace == "/" {
-			return bad("lockspace %q: write the directory as a clean absolute path, as file_lockspace_dir names it", l.Lockspace)
+		if l.Lockspace != filepath.Clean(l.Lockspace) || filepath.Dir(l.Lockspace) == "/" {
+			// virtlockd names the lockspace "<target path>/<lockspace>": a directory
+			// right under / would come out as //name and match no lockspace.
+			return bad("lockspace %q: write the directory as a clean absolute path, as file_lockspace_dir names it, below a directory of its own (not /NAME)", l.Lockspace)
 		}
 		if l.Key == "" || strings.ContainsAny(l.Key, "/") || l.Key == "." || l.Key == ".." || checkText("lock key", l.Key) != nil {
 			return bad("lock key %q: use a file name (printable, no '/')", l.Key)

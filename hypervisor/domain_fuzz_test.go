@@ -1,6 +1,7 @@
 package hypervisor
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,6 +14,9 @@ import (
 // keep what the spec said (name, size, disk, kernel, NICs, console, metadata), and be
 // accepted by libvirt's test driver, which checks the definition as libvirt does.
 // profile picks one of the known profiles (seeds cover each), or past them os itself.
+// A restart guest is given a lock, as dvmd gives one: its lockspace is the console
+// log's directory and its key comes from the uuid, so both are fuzzed without a change
+// to the corpus's arguments.
 func FuzzBuildDomain(f *testing.F) {
 	f.Add("g1", "8a3d51a2-1c7e-4a8e-9a57-2f1c1c0e0b01", "", uint8(0), 2, int64(2<<30), "/shared/disks/g1.qcow2", "qcow2",
 		"", "", "", "dvmbr42", "52:54:00:12:34:56", 1450, "/var/log/dvm/g1.log", "restart", uint8(2))
@@ -32,6 +36,9 @@ func FuzzBuildDomain(f *testing.F) {
 		}
 		if bridge != "" || mac != "" || mtu != 0 {
 			spec.NICs = []NIC{{Bridge: bridge, MAC: mac, MTU: mtu}}
+		}
+		if failover == "restart" {
+			spec.Lock = &GuestLock{Lockspace: filepath.Dir(console), Key: "dvm-guest-" + uuid}
 		}
 		a := []Accelerator{AccelKVM, AccelTCG, AccelTest}[accel%3]
 		d, err := BuildDomain(spec, a)
@@ -101,6 +108,12 @@ func checkSpecKept(t *testing.T, spec GuestSpec, d *libvirtxml.Domain) {
 	}
 	if spec.ConsoleLog != "" && (len(d.Devices.Serials) != 1 || d.Devices.Serials[0].Log == nil || d.Devices.Serials[0].Log.File != spec.ConsoleLog) {
 		fail("console log", d.Devices.Serials, spec.ConsoleLog)
+	}
+	if l := spec.Lock; l != nil {
+		if len(d.Devices.Leases) != 1 || d.Devices.Leases[0].Target == nil || d.Devices.Leases[0].Key != l.Key ||
+			d.Devices.Leases[0].Target.Path+"/"+d.Devices.Leases[0].Lockspace != l.Lockspace {
+			fail("lock", d.Devices.Leases, l)
+		}
 	}
 	m, ok := ParseMetadata(d.Metadata.XML)
 	if !ok || m.Name != spec.Name || m.OS != prof.Name || m.Failover != spec.Failover {

@@ -218,8 +218,8 @@ func (n *Node) set(key, val string) error {
 	case "disks_dir":
 		n.DisksDir = val
 	case "lockspace_dir":
-		if !filepath.IsAbs(val) || filepath.Clean(val) != val || val == "/" {
-			return fmt.Errorf("%q is not a clean absolute directory: write it exactly as file_lockspace_dir in /etc/libvirt/qemu-lockd.conf", val)
+		if !filepath.IsAbs(val) || filepath.Clean(val) != val || filepath.Dir(val) == "/" {
+			return fmt.Errorf("%q is not a clean absolute directory below another (such as /srv/dvm/locks): write it exactly as file_lockspace_dir in /etc/libvirt/qemu-lockd.conf", val)
 		}
 		n.LockspaceDir = val
 	case "reserved_cpus":
