@@ -88,6 +88,21 @@ func Load(path string) (Node, error) {
 	return n, nil
 }
 
+// stripComment drops a comment: a '#' at the start of the line or after a space or
+// tab. A '#' inside a value is kept (a path such as /tmp/run#2/locks is a path).
+func stripComment(line string) string {
+	line = strings.TrimSpace(line)
+	if strings.HasPrefix(line, "#") {
+		return ""
+	}
+	for i := 1; i < len(line); i++ {
+		if line[i] == '#' && (line[i-1] == ' ' || line[i-1] == '\t') {
+			return strings.TrimSpace(line[:i])
+		}
+	}
+	return line
+}
+
 // Parse reads a config from r.
 func Parse(r io.Reader) (Node, error) {
 	n := Defaults()
@@ -97,10 +112,7 @@ func Parse(r io.Reader) (Node, error) {
 	for sc.Scan() {
 		line++
 		text := sc.Text()
-		if i := strings.Index(text, "#"); i >= 0 {
-			text = text[:i]
-		}
-		text = strings.TrimSpace(text)
+		text = stripComment(text)
 		if text == "" {
 			continue
 		}

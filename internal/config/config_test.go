@@ -17,8 +17,8 @@ data_dir = /lab/n2
 token_file = /lab/token
 master = http://10.77.0.11:7460,http://10.77.0.12:7460
 images_dir = /lab/shared/images
-disks_dir = /lab/shared/disks
-lockspace_dir = /lab/shared/locks
+disks_dir = /lab/shared/disks	# a tab before a comment
+lockspace_dir = /lab/run#2/shared/locks # a '#' inside a value is kept
 reserved_cpus = 0
 reserved_memory = 256MiB
 cpu_overcommit = 4
@@ -31,7 +31,7 @@ shutdown_timeout = 10s
 		t.Fatal(err)
 	}
 	if n.Name != "n2" || n.Share.ReservedMemoryBytes != 256<<20 || n.Share.MemoryOvercommit != 1.5 || n.Labels["rack"] != "r2" ||
-		n.ShutdownTimeout != 10*time.Second || n.Advertise != "10.77.0.12:7460" || n.Accelerator != "tcg" || n.LockspaceDir != "/lab/shared/locks" {
+		n.ShutdownTimeout != 10*time.Second || n.Advertise != "10.77.0.12:7460" || n.Accelerator != "tcg" || n.LockspaceDir != "/lab/run#2/shared/locks" || n.DisksDir != "/lab/shared/disks" {
 		t.Fatalf("parsed %+v", n)
 	}
 }
