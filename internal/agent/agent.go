@@ -63,18 +63,27 @@ type Agent struct {
 	busy   map[string]bool   // guests with a slow step (shutdown, migration) in flight
 	report chan struct{}     // asks for a status report now
 
-	latest *api.Assignment // the last assignment read; guarded by mu
+	latest *heldAssignment // the last assignment read; guarded by mu
 	resync chan struct{}   // asks for a reconcile of latest now
 
 	net netAgent // guest networks (networks.go)
 
 	fenced   bool // no lease: HA guests must not run; guarded by mu
 	fencedAt time.Time
-	// latestAt is when latest was asked for, unfencedAt when the node last got its
-	// lease back: an assignment asked for before that may be stale (the guests it
-	// names may have been restarted elsewhere meanwhile) and starts no HA guest.
-	latestAt, unfencedAt time.Time
-	pollCancel           context.CancelFunc // ends the current blocking read of the assignment
+	// unfencedAt is when the node last got its lease back: an assignment asked for
+	// before that may be stale (the guests it names may have been restarted
+	// elsewhere meanwhile) and starts no HA guest.
+	unfencedAt time.Time
+	pollCancel context.CancelFunc // ends the current blocking read of the assignment
+}
+
+// heldAssignment is an assignment with when it was asked for. The two travel
+// together: a reconcile judges the freshness of the very assignment it acts on, not
+// of whichever one the poll stored since (a fresh one read just after the lease came
+// back must not vouch for the stale one a reconcile already holds).
+type heldAssignment struct {
+	api.Assignment
+	asked time.Time
 }
 
 // New checks the node's share and prepares its disk pool.
@@ -165,7 +174,7 @@ func (a *Agent) Run(ctx context.Context) {
 		// guests, and the index simply follows the master.
 		index = asg.Index
 		a.mu.Lock()
-		a.latest, a.latestAt = &asg, asked
+		a.latest = &heldAssignment{Assignment: asg, asked: asked}
 		a.mu.Unlock()
 		a.requestResync()
 	}
@@ -192,10 +201,10 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		a.mu.Lock()
-		asg := a.latest
+		held := a.latest
 		a.mu.Unlock()
-		if asg != nil {
-			a.reconcile(ctx, *asg)
+		if held != nil {
+			a.reconcile(ctx, *held)
 			a.requestReport()
 		}
 	}
@@ -248,7 +257,8 @@ func (a *Agent) startSlow(guest string, fn func()) {
 // reconcile makes libvirt match the assignment. It never touches a dvm guest that the
 // assignment does not name: removing a guest from a node is the master's explicit act
 // (delete, migration), never an inference from absence.
-func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
+func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
+	asg := held.Assignment
 	a.reconcileNetworks(asg)
 	present := map[string]hypervisor.State{}
 	if list, err := a.cfg.Node.List(); err == nil {
@@ -309,7 +319,7 @@ func (a *Agent) reconcile(ctx context.Context, asg api.Assignment) {
 			switch {
 			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
 				if isHA(g.Failover) {
-					if err := a.mayStartHA(asg); err != nil {
+					if err := a.mayStartHA(held); err != nil {
 						a.setErr(g.Name, err)
 						continue
 					}

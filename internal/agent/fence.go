@@ -60,9 +60,10 @@ func (a *Agent) Unfence() {
 // (a raft leader of an older group, still in reach, serves a stale state; the
 // master's own replica is in one group at a time). Nil Lease (dvmd dev) checks
 // only the fence.
-func (a *Agent) mayStartHA(asg api.Assignment) error {
+func (a *Agent) mayStartHA(held heldAssignment) error {
+	asg := held.Assignment
 	a.mu.Lock()
-	fenced, stale := a.fenced, !a.latestAt.After(a.unfencedAt)
+	fenced, stale := a.fenced, !held.asked.After(a.unfencedAt)
 	a.mu.Unlock()
 	switch {
 	case fenced:
