@@ -163,9 +163,9 @@ func (n *Node) set(key, val string) error {
 	case "advertise":
 		n.Advertise = val
 	case "data_dir":
-		n.DataDir = val
+		n.DataDir, err = absPath(val)
 	case "token_file":
-		n.TokenFile = val
+		n.TokenFile, err = absPath(val)
 	case "management":
 		n.Management, err = strconv.ParseBool(val)
 		if err != nil {
@@ -195,11 +195,11 @@ func (n *Node) set(key, val string) error {
 			n.GossipPeers = append(n.GossipPeers, p)
 		}
 	case "credentials_dir":
-		n.CredentialsDir = val
+		n.CredentialsDir, err = absPath(val)
 	case "api_tls_cert":
-		n.APITLSCert = val
+		n.APITLSCert, err = absPath(val)
 	case "api_tls_key":
-		n.APITLSKey = val
+		n.APITLSKey, err = absPath(val)
 	case "strategy":
 		if val != "spread" && val != "pack" {
 			return fmt.Errorf("%q is not spread or pack", val)
@@ -226,9 +226,9 @@ func (n *Node) set(key, val string) error {
 		}
 		n.Master = val
 	case "images_dir":
-		n.ImagesDir = val
+		n.ImagesDir, err = absPath(val)
 	case "disks_dir":
-		n.DisksDir = val
+		n.DisksDir, err = absPath(val)
 	case "lockspace_dir":
 		if !filepath.IsAbs(val) || filepath.Clean(val) != val || filepath.Dir(val) == "/" {
 			return fmt.Errorf("%q is not a clean absolute directory below another (such as /srv/dvm/locks): write it exactly as file_lockspace_dir in /etc/libvirt/qemu-lockd.conf", val)
@@ -265,6 +265,15 @@ func (n *Node) set(key, val string) error {
 		return fmt.Errorf("unknown key: see configs/dvmd.conf for the keys dvmd reads")
 	}
 	return err
+}
+
+// absPath accepts an absolute path only: dvmd runs from systemd, whose working
+// directory is /, and every node must name shared storage by the same path.
+func absPath(s string) (string, error) {
+	if !filepath.IsAbs(s) {
+		return "", fmt.Errorf("%q is not an absolute path: write it from / (such as /var/lib/dvm)", s)
+	}
+	return filepath.Clean(s), nil
 }
 
 func parseRatio(s string) (float64, error) {

@@ -51,6 +51,8 @@ func TestParseErrorsNameKeyAndLine(t *testing.T) {
 		"name = n1\nmaster = http://m:7460\nshutdown_timeout = -1s":           "line 3: shutdown_timeout",
 		"name = n1\nmaster = http://m:7460\nlockspace_dir = locks":            "line 3: lockspace_dir",
 		"name = n1\nmaster = http://m:7460\nlockspace_dir = /srv/locks/":      "line 3: lockspace_dir",
+		"name = n1\nmaster = http://m:7460\ndisks_dir = disks":                "line 3: disks_dir",
+		"name = n1\nmaster = http://m:7460\ndata_dir = ./dvm":                 "line 3: data_dir",
 		"master = http://m:7460":                                              "name is required",
 		"name = n1":                                                           "master is required",
 		"name = n1\nmaster = https://m:7460\napi_tls_cert = /etc/dvm/api.crt": "api_tls_cert and api_tls_key go together",
