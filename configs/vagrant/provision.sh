@@ -106,6 +106,7 @@ bootstrap = $bootstrap
 master = $master
 images_dir = /srv/dvm/images
 disks_dir = /srv/dvm/disks
+lockspace_dir = /srv/dvm/locks
 labels = rack=$rack
 EOT
 install -m 0644 configs/systemd/dvmd.service /etc/systemd/system/dvmd.service
