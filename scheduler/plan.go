@@ -136,7 +136,7 @@ func (s *Scheduler) evacuate(node string, lost bool) Plan {
 			plan.Moves = append(plan.Moves, mv)
 			continue
 		}
-		if lost && g.Failover != FailoverRestart {
+		if lost && g.Failover != FailoverRestart && g.Failover != FailoverTwin {
 			plan.Lost = append(plan.Lost, g.Name)
 			continue
 		}

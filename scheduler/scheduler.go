@@ -132,6 +132,12 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 	sumCPU := make([]int64, len(nodes))
 	sumMem := make([]int64, len(nodes))
 	for _, a := range existing {
+		if a.Guest.Failover == FailoverTwin && a.TwinNode != "" && a.TwinNode == a.Node {
+			// Not a state the master writes; were it skipped, its room would be free
+			// here while the master's commit check counts it: count it once.
+			s.problems = append(s.problems, fmt.Sprintf("guest %q: twin on its primary's node %q: counted once, as a guest without a twin", a.Guest.Name, a.Node))
+			a.TwinNode = ""
+		}
 		p, t, err := s.assignmentNodes(a)
 		if err == nil {
 			_, dup := s.byGuest[a.Guest.Name]
@@ -151,8 +157,10 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 			// The guest still holds its room where it is; only the move is not counted.
 			s.problems = append(s.problems, fmt.Sprintf("move in flight not counted: %v", err))
 		}
-		for _, n := range []int32{p, t, d} {
-			if n >= 0 {
+		for i, n := range []int32{p, t, d} {
+			// A node named twice holds the guest's room once, as the master's commit
+			// check counts it.
+			if n >= 0 && (i == 0 || n != p) && (i < 2 || n != t) {
 				sumCPU[n] += int64(a.Guest.CPUs)
 				sumMem[n] += a.Guest.MemoryBytes
 			}
@@ -258,6 +266,11 @@ func (s *Scheduler) assignmentNodes(a Assignment) (p, t int32, err error) {
 	var ok bool
 	if p, ok = s.byNode[a.Node]; !ok {
 		return -1, -1, fmt.Errorf("guest %q: node %q: %w", a.Guest.Name, a.Node, ErrUnknownNode)
+	}
+	if a.Guest.Failover == FailoverTwin && a.TwinNode == "" {
+		// A twin running without its twin (none could be placed after a loss): it
+		// holds room on its node only, and is planned like a restart guest.
+		return p, -1, nil
 	}
 	if a.Guest.Failover == FailoverTwin {
 		if t, ok = s.byNode[a.TwinNode]; !ok {

@@ -184,3 +184,28 @@ func TestTwinsNeverShareARack(t *testing.T) {
 		t.Fatalf("only %d twins placed; the test needs more", twins)
 	}
 }
+
+// TestTwinWithoutItsTwin: a twin whose twin could not be placed after a loss runs on
+// its node alone. It holds its room there (were it skipped, the node would look free
+// to every placement), and when its node is lost it restarts elsewhere from its disk,
+// as a restart guest does, rather than being given up.
+func TestTwinWithoutItsTwin(t *testing.T) {
+	nodes := []Node{node("a", 8, 64), node("b", 8, 64)}
+	s := New(nodes, []Assignment{{Guest: twin("t", 6, 4), Node: "a"}}, Options{Strategy: Spread})
+	if p := s.Problems(); len(p) != 0 {
+		t.Fatalf("problems: %v", p)
+	}
+	if cpus, _, _ := s.Free("a"); cpus != 2 {
+		t.Errorf("a has %d CPUs free; want 2, the twin's 6 counted", cpus)
+	}
+	plan := s.EvacuateLost("a")
+	if len(plan.Moves) != 1 || plan.Moves[0].Action != ActionRestart || plan.Moves[0].To != "b" || len(plan.Lost) != 0 {
+		t.Errorf("plan %+v; want t restarted on b", plan)
+	}
+	// A twin recorded on its own primary's node (no state the master writes) is
+	// counted once, and said.
+	s = New(nodes, []Assignment{{Guest: twin("u", 6, 4), Node: "a", TwinNode: "a"}}, Options{Strategy: Spread})
+	if cpus, _, _ := s.Free("a"); cpus != 2 || len(s.Problems()) != 1 {
+		t.Errorf("a has %d CPUs free, problems %v; want 2 and the problem named", cpus, s.Problems())
+	}
+}

@@ -164,8 +164,11 @@ func (b *books) use(g *store.GuestRecord, sign int64) {
 	if g.Node == "" {
 		return
 	}
-	for _, n := range [3]string{g.Node, g.TwinNode, moveTo(g, b.holds)} {
-		if n == "" {
+	nodes := [3]string{g.Node, g.TwinNode, moveTo(g, b.holds)}
+	for i, n := range nodes {
+		// A node named twice (a twin on its primary's node, which the scheduler counts
+		// once) holds the guest's room once, as in the scheduler's view.
+		if n == "" || slices.Contains(nodes[:i], n) {
 			continue
 		}
 		r := b.used[n]

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +59,11 @@ type Master struct {
 	st   *store.Store
 	opts Options
 	log  *slog.Logger
+
+	// problemsSaid is the last set of the scheduler's complaints about the state
+	// logged, so a lasting one is said once, not on every placement.
+	problemsMu   sync.Mutex
+	problemsSaid string
 
 	// mu serialises writes that depend on the state they read: placements are checked
 	// again under it where they are committed (commit.go), so two requests cannot both
@@ -178,7 +184,17 @@ func (m *Master) schedulerViewHolding(nodes []store.NodeRecord, guests []store.G
 		}
 		existing = append(existing, scheduler.Assignment{Guest: schedGuest(*g), Node: g.Node, TwinNode: g.TwinNode, MoveTo: moveTo(g, holds)})
 	}
-	return scheduler.New(sn, existing, m.opts.Scheduler)
+	s := scheduler.New(sn, existing, m.opts.Scheduler)
+	if p := strings.Join(s.Problems(), "; "); p != "" {
+		m.problemsMu.Lock()
+		said := p == m.problemsSaid
+		m.problemsSaid = p
+		m.problemsMu.Unlock()
+		if !said && m.log != nil {
+			m.log.Warn("the state holds what the scheduler cannot use as it is", "problems", p)
+		}
+	}
+	return s
 }
 
 func schedGuest(g store.GuestRecord) scheduler.Guest {
