@@ -82,9 +82,9 @@ type Node struct {
 	Accelerator          string            `json:"accelerator"`
 	HostCPUs             int               `json:"host_cpus"`
 	HostMemoryBytes      int64             `json:"host_memory_bytes"`
-	CPUs                 int               `json:"cpus"`         // pool share
-	MemoryBytes          int64             `json:"memory_bytes"` // pool share
-	AllocatedCPUs        int               `json:"allocated_cpus"`
+	CPUs                 int               `json:"cpus"`           // pool share
+	MemoryBytes          int64             `json:"memory_bytes"`   // pool share
+	AllocatedCPUs        int               `json:"allocated_cpus"` // held: its guests, twins it holds room for, moves toward it
 	AllocatedMemoryBytes int64             `json:"allocated_memory_bytes"`
 	Guests               int               `json:"guests"`
 	Labels               map[string]string `json:"labels,omitempty"`

@@ -17,8 +17,8 @@ func (m *Master) Collector() prometheus.Collector { return Collector{m} }
 var (
 	descNodeCPUs      = prometheus.NewDesc("dvm_node_cpus", "CPUs the node offers to guests (its pool share, after host reservation and overcommit).", []string{"node"}, nil)
 	descNodeMemory    = prometheus.NewDesc("dvm_node_memory_bytes", "Memory the node offers to guests (its pool share).", []string{"node"}, nil)
-	descNodeAllocCPU  = prometheus.NewDesc("dvm_node_allocated_cpus", "CPUs of the guests placed on the node.", []string{"node"}, nil)
-	descNodeAllocMem  = prometheus.NewDesc("dvm_node_allocated_memory_bytes", "Memory of the guests placed on the node.", []string{"node"}, nil)
+	descNodeAllocCPU  = prometheus.NewDesc("dvm_node_allocated_cpus", "CPUs held on the node: its guests, the twins it holds room for, moves toward it.", []string{"node"}, nil)
+	descNodeAllocMem  = prometheus.NewDesc("dvm_node_allocated_memory_bytes", "Memory held on the node: its guests, the twins it holds room for, moves toward it.", []string{"node"}, nil)
 	descNodeHostCPUs  = prometheus.NewDesc("dvm_node_host_cpus", "CPUs of the node's host, before reservation.", []string{"node"}, nil)
 	descNodeHostMem   = prometheus.NewDesc("dvm_node_host_memory_bytes", "Memory of the node's host, before reservation.", []string{"node"}, nil)
 	descNodeUp        = prometheus.NewDesc("dvm_node_up", "1 when the node reported within the node timeout, else 0.", []string{"node"}, nil)

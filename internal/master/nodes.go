@@ -80,6 +80,9 @@ func sameNode(a, b store.NodeRecord) bool {
 func (m *Master) Nodes() []api.Node {
 	nodes, guests, _ := m.st.Snapshot()
 	now := time.Now()
+	// Allocation is the room placement counts as taken: the guests on the node, the
+	// twins it holds room for, and moves in flight or planned toward it.
+	held := m.books(nodes, guests).used
 	out := make([]api.Node, 0, len(nodes))
 	for _, n := range nodes {
 		v := api.Node{
@@ -97,10 +100,11 @@ func (m *Master) Nodes() []api.Node {
 		m.obsMu.RLock()
 		v.LastSeen = m.lastSeen[n.Name].UTC()
 		m.obsMu.RUnlock()
+		if r := held[n.Name]; r != nil {
+			v.AllocatedCPUs, v.AllocatedMemoryBytes = int(r.cpu), r.mem
+		}
 		for _, g := range guests {
 			if g.Node == n.Name {
-				v.AllocatedCPUs += g.CPUs
-				v.AllocatedMemoryBytes += g.MemoryBytes
 				v.Guests++
 			}
 		}
