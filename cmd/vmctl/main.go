@@ -17,7 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/units"
 	"github.com/dvmproject/dvm/internal/version"
@@ -234,7 +234,7 @@ func vmCreate() *cli.Command {
 			"Waits until the guest runs. Exits 2 when no node can take it (it stays pending and\n" +
 			"is placed when room appears).",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "os", Value: hypervisor.DefaultProfile, Usage: "guest OS profile: " + strings.Join(hypervisor.ProfileNames(), ", ")},
+			&cli.StringFlag{Name: "os", Value: profile.Default, Usage: "guest OS profile: " + strings.Join(profile.Names(), ", ")},
 			&cli.IntFlag{Name: "cpus", Value: 1, Usage: "virtual CPUs"},
 			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512MiB or 2GiB"},
 			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE` (default 20GiB without --image, none with a kernel image)"},

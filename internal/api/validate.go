@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"github.com/dvmproject/dvm/internal/units"
 )
 
@@ -58,9 +58,9 @@ func (c *CreateGuest) Normalize() *FieldError {
 		return e
 	}
 	if c.OS == "" {
-		c.OS = hypervisor.DefaultProfile
+		c.OS = profile.Default
 	}
-	if _, err := hypervisor.LookupProfile(c.OS); err != nil {
+	if _, err := profile.Lookup(c.OS); err != nil {
 		return fieldErr("os", "%v", err)
 	}
 	if c.CPUs < 1 || c.CPUs > MaxGuestCPUs {
