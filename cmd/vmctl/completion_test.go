@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dvmproject/dvm/internal/cmdline"
 )
 
 // TestMain lets the test binary run as vmctl, so the completion script is tried against
@@ -25,7 +27,7 @@ func TestCompletionScripts(t *testing.T) {
 		if err := newApp(&out).Run([]string{"vmctl", "completion", sh}); err != nil {
 			t.Fatalf("completion %s: %v", sh, err)
 		}
-		if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), completionFlag) {
+		if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), cmdline.CompletionFlag) {
 			t.Errorf("completion %s lacks %q:\n%s", sh, want, out.String())
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/dvmproject/dvm/hypervisor/profile"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cmdline"
 	"github.com/dvmproject/dvm/internal/units"
 	"github.com/dvmproject/dvm/internal/version"
 	"github.com/urfave/cli/v2"
@@ -35,8 +36,8 @@ func (e *exitError) Error() string { return e.msg }
 func main() {
 	app := newApp(os.Stdout)
 	args := os.Args
-	if !completing(args) {
-		args = interspersed(app, args)
+	if !cmdline.Completing(args) {
+		args = cmdline.Interspersed(app, args)
 	}
 	if err := app.Run(args); err != nil {
 		fmt.Fprintln(os.Stderr, "vmctl:", err)
