@@ -41,6 +41,9 @@ func newApp(out io.Writer) *cli.App {
 		Writer:  out,
 		// vmctl completes `vmctl lab ...` by asking this program.
 		EnableBashCompletion: true,
+		// urfave/cli would end the process itself, with 3, for an unknown command.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Suggest:        true,
 		Description: `A lab is N nodes (n1..n7), each a set of Linux namespaces with its own
 libvirtd (qemu+tcp://10.77.0.(10+K)/system) and dvmd agent, joined by the bridge
 dvmlab0 (10.77.0.1/24). n1's agent runs the master (https://10.77.0.11:7460).

@@ -67,6 +67,10 @@ func newApp(out io.Writer) *cli.App {
 		Writer:  out,
 		// Shell completion: see vmctl completion.
 		EnableBashCompletion: true,
+		// urfave/cli would end the process itself, with 3, for an unknown command; 3 is
+		// vmctl's "applied but not acknowledged", so main alone decides exit codes.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Suggest:        true,
 		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes'\n" +
 			"https URLs; the first that answers is used) with the token in DVM_TOKEN, and checks the\n" +
 			"API's certificate against the CA in DVM_CA (the cluster's ca.crt), or the system's roots.\n\n" +
