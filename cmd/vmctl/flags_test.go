@@ -12,8 +12,18 @@ import (
 )
 
 // answerRead answers the fake API's reads of nodes, guests, networks and the cluster
-// as dvm's API does; false for a request it does not know.
+// as dvm's API does, and a guest's create with the guest as asked for; false for a
+// request it does not know.
 func answerRead(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/guests" {
+		var req api.CreateGuest
+		if json.NewDecoder(r.Body).Decode(&req) != nil {
+			return false
+		}
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestStarting, MemoryBytes: req.MemoryBytes, DiskBytes: req.DiskBytes})
+		return true
+	}
 	if r.Method != http.MethodGet {
 		return false
 	}
@@ -89,3 +99,34 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 }
 
 func join(parts ...[]string) []string { return slices.Concat(parts...) }
+
+// TestSizes: --memory and --disk read 2G, 2GB and 2GiB alike, as powers of 1024, and a
+// size vmctl cannot read is refused with the flag and the units named, before any
+// request.
+func TestSizes(t *testing.T) {
+	srv, ca, seen := fakeAPI(t)
+	g := []string{"--addr", srv.URL, "--token", "tok", "--ca", ca, "-o", "json"}
+	for _, size := range []string{"2G", "2GB", "2GiB", "2g", "2048M", "2048MiB"} {
+		out, err := vmctl(join([]string{"vm", "create", "web", "--no-wait", "--memory", size, "--disk", size}, g)...)
+		var got api.Guest
+		if err != nil || json.Unmarshal([]byte(out), &got) != nil || got.MemoryBytes != 2<<30 || got.DiskBytes != 2<<30 {
+			t.Errorf("--memory %s --disk %s: %v, %+v", size, size, err, got)
+		}
+	}
+	before := len(*seen)
+	for _, tc := range []struct{ flag, size, want string }{
+		{"--memory", "2XB", `--memory: size "2XB": unknown unit "XB": K, M, G and T`},
+		{"--memory", "lots", `--memory: size "lots" is not a number and a unit`},
+		{"--memory", "1.3G", "--memory: 1395864371 bytes is not a whole number of MiB: give whole MiB, such as 1331MiB"},
+		{"--disk", "-5G", `--disk: size "-5G" is negative`},
+		{"--disk", "2Gi", `--disk: size "2Gi": unknown unit "Gi"`},
+	} {
+		_, err := vmctl(join([]string{"vm", "create", "web", tc.flag, tc.size}, g)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s %s: %v, want %q", tc.flag, tc.size, err, tc.want)
+		}
+	}
+	if len(*seen) != before {
+		t.Errorf("a refused size reached the API: %v", (*seen)[before:])
+	}
+}

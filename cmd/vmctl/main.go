@@ -236,13 +236,15 @@ func vmCreate() *cli.Command {
 			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
 			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
 			"command line.\n\n" +
+			"Sizes: " + units.Help + ": 2G, 2GB and 2GiB\n" +
+			"are all 2×1024³ bytes. Memory is a whole number of MiB.\n\n" +
 			"Waits until the guest runs. Exits 2 when no node can take it (it stays pending and\n" +
 			"is placed when room appears).",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "os", Value: profile.Default, Usage: "guest OS profile: " + strings.Join(profile.Names(), ", ")},
 			&cli.IntFlag{Name: "cpus", Value: 1, Usage: "virtual CPUs"},
-			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512MiB or 2GiB"},
-			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE` (default 20GiB without --image, none with a kernel image)"},
+			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512M or 2G (powers of 1024: 2G, 2GB and 2GiB alike)"},
+			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE`, such as 20G (default 20GiB without --image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` in the nodes' images directory (lab: the lab guest)"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},

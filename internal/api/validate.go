@@ -70,7 +70,7 @@ func (c *CreateGuest) Normalize() *FieldError {
 		return fieldErr("memory_bytes", "%s is out of range: give %s to %s", units.FormatBytes(c.MemoryBytes), units.FormatBytes(MinGuestMemory), units.FormatBytes(MaxGuestMemory))
 	}
 	if c.MemoryBytes%(1<<20) != 0 {
-		return fieldErr("memory_bytes", "%d is not a whole number of MiB", c.MemoryBytes)
+		return fieldErr("memory_bytes", "%d bytes is not a whole number of MiB: give whole MiB, such as %dMiB", c.MemoryBytes, c.MemoryBytes>>20)
 	}
 	if c.Image != "" && !imageRE.MatchString(c.Image) {
 		return fieldErr("image", "%q is not a valid image name: use lowercase letters, digits, dots, dashes and underscores", c.Image)
