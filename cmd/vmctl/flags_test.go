@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dvmproject/dvm/internal/api"
@@ -28,7 +29,29 @@ func answerRead(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	var v any
+	index := r.URL.Query().Get("index")
 	switch r.URL.Path {
+	case "/v1/guests/slow":
+		// A blocking query's answer: running once asked with the index of starting.
+		v = api.Guest{Name: "slow", State: api.GuestStarting, Node: "n1"}
+		w.Header().Set(api.HeaderIndex, "1")
+		if index == "1" {
+			v = api.Guest{Name: "slow", State: api.GuestRunning, Node: "n1"}
+			w.Header().Set(api.HeaderIndex, "2")
+		}
+	case "/v1/guests/going":
+		w.Header().Set(api.HeaderIndex, "1")
+		v = api.Guest{Name: "going", State: api.GuestDeleting, Node: "n1"}
+		if index == "1" {
+			w.WriteHeader(http.StatusNotFound)
+			v = api.Error{Error: `guest "going" not found`}
+		}
+	case "/v1/guests/old":
+		// A master that does not block: no index, running at the third ask.
+		v = api.Guest{Name: "old", State: api.GuestStarting, Node: "n1"}
+		if oldAsks.Add(1) >= 3 {
+			v = api.Guest{Name: "old", State: api.GuestRunning, Node: "n1"}
+		}
 	case "/v1/nodes":
 		v = []api.Node{{Name: "n1", State: api.NodeReady}}
 	case "/v1/guests":
@@ -128,5 +151,51 @@ func TestSizes(t *testing.T) {
 	}
 	if len(*seen) != before {
 		t.Errorf("a refused size reached the API: %v", (*seen)[before:])
+	}
+}
+
+// oldAsks counts the reads of the guest "old" of the fake API.
+var oldAsks atomic.Int32
+
+// TestWaitsAskBlockingQueries: vm start and vm delete wait with blocking queries, given
+// back the index of the last answer, so that each change is one request; against a
+// master that answers without an index they ask once a second, not in a busy loop.
+func TestWaitsAskBlockingQueries(t *testing.T) {
+	srv, ca, seen := fakeAPI(t)
+	g := []string{"--addr", srv.URL, "--token", "tok", "--ca", ca}
+	count := func(from int, what string) int {
+		n := 0
+		for _, s := range (*seen)[from:] {
+			if strings.HasPrefix(s, what+" ") {
+				n++
+			}
+		}
+		return n
+	}
+	from := len(*seen)
+	if out, err := vmctl(join([]string{"vm", "start", "slow"}, g)...); err != nil || !strings.Contains(out, "slow  running") {
+		t.Errorf("vm start slow: %v\n%s", err, out)
+	}
+	if n := count(from, "GET /v1/guests/slow"); n != 2 {
+		t.Errorf("vm start slow read the guest %d times; want 2 (starting, then running)", n)
+	}
+	from = len(*seen)
+	if out, err := vmctl(join([]string{"vm", "delete", "going"}, g)...); err != nil || !strings.Contains(out, "guest going deleted") {
+		t.Errorf("vm delete going: %v\n%s", err, out)
+	}
+	if n := count(from, "GET /v1/guests/going"); n != 2 {
+		t.Errorf("vm delete going read the guest %d times; want 2 (deleting, then 404)", n)
+	}
+	from = len(*seen)
+	oldAsks.Store(0)
+	if out, err := vmctl(join([]string{"vm", "start", "old"}, g)...); err != nil || !strings.Contains(out, "old   running") {
+		t.Errorf("vm start old: %v\n%s", err, out)
+	}
+	if n := count(from, "GET /v1/guests/old"); n != 3 {
+		t.Errorf("vm start old read the guest %d times; want 3, a second apart", n)
+	}
+	out, err := vmctl(join([]string{"vm", "start", "web", "--timeout", "300ms"}, g)...)
+	if err != nil || !strings.Contains(out, "web   running") {
+		t.Errorf("vm start web (running already): %v\n%s", err, out)
 	}
 }

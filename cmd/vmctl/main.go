@@ -444,31 +444,66 @@ func vmShow(c *cli.Context) error {
 	return w.Flush()
 }
 
-// waitState polls a guest until it reaches want, fails, or the timeout passes.
-func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, error) {
+// errWaitedOut: the guest did not come to what was waited for within --timeout.
+var errWaitedOut = errors.New("waited out")
+
+// watchGuest hands check guest name (or the error of asking for it), and again each
+// time it changes, until check says it is done or fails, or --timeout passes
+// (errWaitedOut, with the guest as last seen). It asks with blocking queries, which
+// the master answers as soon as the guest changes.
+func watchGuest(c *cli.Context, cl *api.Client, name string, check func(api.Guest, error) (bool, error)) (api.Guest, error) {
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
+	var last api.Guest
+	index := ""
 	for {
-		g, err := getGuest(c, cl, name)
+		var g api.Guest
+		next, err := cl.Watch(ctx, "/v1/guests/"+url.PathEscape(name), index, 30*time.Second, &g)
+		if ctx.Err() != nil {
+			if c.Context.Err() != nil {
+				return last, c.Context.Err()
+			}
+			return last, errWaitedOut
+		}
+		if err == nil {
+			last = g
+		}
+		if done, err := check(g, err); done || err != nil {
+			return last, err
+		}
+		if next == "" {
+			// A master of an older dvm, which answers at once: ask again in a second.
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		index = next
+	}
+}
+
+// waitState waits until a guest reaches want, fails, or the timeout passes.
+func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, error) {
+	g, err := watchGuest(c, cl, name, func(g api.Guest, err error) (bool, error) {
 		if err != nil {
-			return g, err
+			return false, err
 		}
 		switch g.State {
 		case want:
-			return g, nil
+			return true, nil
 		case api.GuestFailed:
-			return g, fmt.Errorf("guest %s failed on node %s: %s", name, g.Node, g.Error)
+			return false, fmt.Errorf("guest %s failed on node %s: %s", name, g.Node, g.Error)
 		case api.GuestPending:
 			if want != api.GuestStopped {
-				return g, &exitError{2, fmt.Sprintf("guest %s cannot be placed: %s", name, g.PendingReason)}
+				return false, &exitError{2, fmt.Sprintf("guest %s cannot be placed: %s", name, g.PendingReason)}
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return g, fmt.Errorf("guest %s is %s, not %s, after %s (see vmctl vm show %s)", name, g.State, want, c.Duration("timeout"), name)
-		case <-time.After(50 * time.Millisecond):
-		}
+		return false, nil
+	})
+	if errors.Is(err, errWaitedOut) {
+		return g, fmt.Errorf("guest %s is %s, not %s, after %s (see vmctl vm show %s)", name, g.State, want, c.Duration("timeout"), name)
 	}
+	return g, err
 }
 
 func vmDesired(verb, want string) cli.ActionFunc {
@@ -509,18 +544,18 @@ func vmDelete(c *cli.Context) error {
 		return err
 	}
 	if !c.Bool("no-wait") {
-		ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
-		defer cancel()
-		for {
-			err := cl.Do(ctx, "GET", path, nil, nil)
+		_, err := watchGuest(c, cl, name, func(_ api.Guest, err error) (bool, error) {
 			var se *api.StatusError
-			if errors.As(err, &se) && se.Code == 404 {
-				break
+			if errors.As(err, &se) && se.Code == http.StatusNotFound {
+				return true, nil
 			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("guest %s is still being deleted after %s (see vmctl vm show %s)", name, c.Duration("timeout"), name)
-			}
-			time.Sleep(50 * time.Millisecond)
+			return false, err
+		})
+		if errors.Is(err, errWaitedOut) {
+			return fmt.Errorf("guest %s is still being deleted after %s (see vmctl vm show %s)", name, c.Duration("timeout"), name)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if !jsonOut(c) {

@@ -175,6 +175,28 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	})
 }
 
+// Watch reads path (a GET) as a blocking query and decodes its answer into out. Given
+// the index of an answer it has (HeaderIndex), it is answered once the answer differs,
+// or after wait; given "", at once. It returns the new answer's index: "" from a
+// server that does not block on path.
+func (c *Client) Watch(ctx context.Context, path, index string, wait time.Duration, out any) (string, error) {
+	if index != "" {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + url.Values{"index": {index}, "wait": {wait.String()}}.Encode()
+	}
+	var got string
+	err := c.retry(ctx, func() error {
+		return c.send(ctx, http.MethodGet, path, nil, func(resp *http.Response) error {
+			got = resp.Header.Get(HeaderIndex)
+			return decodeBody(resp, out)
+		})
+	})
+	return got, err
+}
+
 // retry calls send again while it ends with a *NoAnswerError, for RetryFor.
 func (c *Client) retry(ctx context.Context, send func() error) error {
 	deadline := time.Now().Add(c.RetryFor)

@@ -273,3 +273,8 @@ const (
 	HeaderGeneration = "Dvm-Generation"
 	HeaderTerm       = "Dvm-Term"
 )
+
+// HeaderIndex is the version of a guest's answer (GET /v1/guests/NAME): given back as
+// ?index=VERSION&wait=30s, the request is answered once the guest differs from it, or
+// after the wait. It is opaque, the same for the same view on any master.
+const HeaderIndex = "Dvm-Index"

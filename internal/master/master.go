@@ -80,6 +80,9 @@ type Master struct {
 	obsMu    sync.RWMutex
 	lastSeen map[string]time.Time                    // node -> last status report
 	observed map[string]map[string]api.ObservedGuest // node -> guest -> state
+	// obsChanged is closed, and replaced, when a report changes what a node observes
+	// or comes from a node that was not reporting: it wakes WatchGuest.
+	obsChanged chan struct{}
 
 	migMu   sync.Mutex
 	pending map[string]chan api.Migration // guest -> waiter of a migration in flight
@@ -120,6 +123,8 @@ func New(st *store.Store, opts Options) (*Master, error) {
 		kick:     make(chan struct{}, 1),
 		reg:      opts.Metrics,
 		recStart: map[string]time.Time{},
+
+		obsChanged: make(chan struct{}),
 	}, nil
 }
 

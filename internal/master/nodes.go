@@ -28,7 +28,11 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		obs[g.Name] = g
 	}
 	m.obsMu.Lock()
-	_, known := m.lastSeen[name]
+	last, known := m.lastSeen[name]
+	if !known || now.Sub(last) >= m.opts.NodeTimeout || !maps.Equal(m.observed[name], obs) {
+		close(m.obsChanged)
+		m.obsChanged = make(chan struct{})
+	}
 	m.lastSeen[name] = now
 	m.observed[name] = obs
 	m.obsMu.Unlock()
