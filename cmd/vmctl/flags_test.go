@@ -199,3 +199,26 @@ func TestWaitsAskBlockingQueries(t *testing.T) {
 		t.Errorf("vm start web (running already): %v\n%s", err, out)
 	}
 }
+
+// TestListAndShowTables: the lists and shows for people, one of each.
+func TestListAndShowTables(t *testing.T) {
+	srv, ca, _ := fakeAPI(t)
+	g := []string{"--addr", srv.URL, "--token", "tok", "--ca", ca}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "ls"}, "NAME  STATE  ACCEL  CPUS  MEMORY  GUESTS  LABELS\nn1    ready         0/0   0B/0B   0       \n"},
+		{[]string{"vm", "ls"}, "NAME  STATE    NODE  OS  CPUS  MEMORY  FAILOVER\nweb   running  n1        0     0B      \n"},
+		{[]string{"vm", "show", "web"}, "Name:     web\nState:    running\nNode:     n1\n"},
+		{[]string{"vm", "why", "web"}, "guest web is running on n1\n1 node: fits\n"},
+		{[]string{"net", "ls"}, "NAME  VNI  CIDR             MTU   GUESTS\nblue  42   192.168.42.0/24  auto  -\n"},
+		{[]string{"net", "show", "blue"}, "NAME  VNI  CIDR             MTU   GUESTS\nblue  42   192.168.42.0/24  auto  -\n"},
+		{[]string{"cluster", "status"}, "generation 1, master n1 (acting: true), voters \ncandidates, best first: -\n\nNODE  ROLE  LEASE LEFT  LOST AT\n"},
+	} {
+		out, err := vmctl(join(tc.args, g)...)
+		if err != nil || !strings.HasPrefix(out, tc.want) {
+			t.Errorf("vmctl %s: %v\n%q\nwant it to begin\n%q", strings.Join(tc.args, " "), err, out, tc.want)
+		}
+	}
+}

@@ -134,6 +134,36 @@ func table(c *cli.Context, header string, rows [][]string) {
 	w.Flush()
 }
 
+// show reads path into a T and prints it: as JSON with -o json, else with human, which
+// may ask the API more through cl.
+func show[T any](c *cli.Context, path string, human func(cl *api.Client, v T) error) error {
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var v T
+	if err := cl.Do(c.Context, "GET", path, nil, &v); err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		return printJSON(c, v)
+	}
+	return human(cl, v)
+}
+
+// list reads the list at path and prints it: as JSON with -o json, else as a table
+// under header with a row of each item.
+func list[T any](c *cli.Context, path, header string, row func(T) []string) error {
+	return show(c, path, func(_ *api.Client, items []T) error {
+		rows := make([][]string, 0, len(items))
+		for _, it := range items {
+			rows = append(rows, row(it))
+		}
+		table(c, header, rows)
+		return nil
+	})
+}
+
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.NArg() != 1 {
 		return "", fmt.Errorf("give exactly one %s: vmctl %s %s %s", what, c.Lineage()[1].Command.Name, c.Command.Name, strings.ToUpper(what))
@@ -153,35 +183,23 @@ func nodeCommand() *cli.Command {
 				"its pool share (host less reservation, times overcommit).\n\n" +
 				"Examples:\n  vmctl node ls\n  vmctl -o json node ls",
 			Action: func(c *cli.Context) error {
-				cl, err := client(c)
-				if err != nil {
-					return err
-				}
-				var nodes []api.Node
-				if err := cl.Do(c.Context, "GET", "/v1/nodes", nil, &nodes); err != nil {
-					return err
-				}
-				if jsonOut(c) {
-					return printJSON(c, nodes)
-				}
-				var rows [][]string
-				for _, n := range nodes {
-					state := n.State
-					if n.Maintenance {
-						state += ",maintenance"
-					} else if n.Draining {
-						state += ",draining"
-					}
-					rows = append(rows, []string{n.Name, state, n.Accelerator,
-						fmt.Sprintf("%d/%d", n.AllocatedCPUs, n.CPUs),
-						units.FormatBytes(n.AllocatedMemoryBytes) + "/" + units.FormatBytes(n.MemoryBytes),
-						fmt.Sprint(n.Guests), labels(n.Labels)})
-				}
-				table(c, "NAME\tSTATE\tACCEL\tCPUS\tMEMORY\tGUESTS\tLABELS", rows)
-				return nil
+				return list(c, "/v1/nodes", "NAME\tSTATE\tACCEL\tCPUS\tMEMORY\tGUESTS\tLABELS", nodeRow)
 			},
 		}},
 	}
+}
+
+func nodeRow(n api.Node) []string {
+	state := n.State
+	if n.Maintenance {
+		state += ",maintenance"
+	} else if n.Draining {
+		state += ",draining"
+	}
+	return []string{n.Name, state, n.Accelerator,
+		fmt.Sprintf("%d/%d", n.AllocatedCPUs, n.CPUs),
+		units.FormatBytes(n.AllocatedMemoryBytes) + "/" + units.FormatBytes(n.MemoryBytes),
+		fmt.Sprint(n.Guests), labels(n.Labels)}
 }
 
 func labels(m map[string]string) string { return api.FormatLabels(m) }
@@ -342,12 +360,14 @@ func flagOf(field string) string {
 	return field
 }
 
+const guestHeader = "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER"
+
 func printGuest(c *cli.Context, g api.Guest) {
 	if jsonOut(c) {
 		printJSON(c, g)
 		return
 	}
-	table(c, "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER", [][]string{guestRow(g)})
+	table(c, guestHeader, [][]string{guestRow(g)})
 }
 
 func guestRow(g api.Guest) []string {
@@ -361,48 +381,17 @@ func guestRow(g api.Guest) []string {
 	return []string{g.Name, g.State, node, g.OS, fmt.Sprint(g.CPUs), units.FormatBytes(g.MemoryBytes), g.Failover}
 }
 
-func vmList(c *cli.Context) error {
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var guests []api.Guest
-	if err := cl.Do(c.Context, "GET", "/v1/guests", nil, &guests); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, guests)
-	}
-	var rows [][]string
-	for _, g := range guests {
-		rows = append(rows, guestRow(g))
-	}
-	table(c, "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER", rows)
-	return nil
-}
-
-func getGuest(c *cli.Context, cl *api.Client, name string) (api.Guest, error) {
-	var g api.Guest
-	err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name), nil, &g)
-	return g, err
-}
+func vmList(c *cli.Context) error { return list(c, "/v1/guests", guestHeader, guestRow) }
 
 func vmShow(c *cli.Context) error {
 	name, err := oneArg(c, "name")
 	if err != nil {
 		return err
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	g, err := getGuest(c, cl, name)
-	if err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, g)
-	}
+	return show(c, "/v1/guests/"+url.PathEscape(name), func(cl *api.Client, g api.Guest) error { return showGuest(c, cl, g) })
+}
+
+func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	p := func(k, v string) {
 		if v != "" {
@@ -428,7 +417,7 @@ func vmShow(c *cli.Context) error {
 	p("Pending", g.PendingReason)
 	if g.State == api.GuestPending {
 		var why api.Why
-		if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/why", nil, &why); err == nil {
+		if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(g.Name)+"/why", nil, &why); err == nil {
 			p("Why", why.Summary)
 		}
 	}
@@ -594,17 +583,10 @@ func vmWhy(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var why api.Why
-	if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/why", nil, &why); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, why)
-	}
+	return show(c, "/v1/guests/"+url.PathEscape(name)+"/why", func(_ *api.Client, why api.Why) error { return showWhy(c, why) })
+}
+
+func showWhy(c *cli.Context, why api.Why) error {
 	fmt.Fprintf(c.App.Writer, "guest %s is %s", why.Guest, why.State)
 	if why.Node != "" {
 		fmt.Fprintf(c.App.Writer, " on %s", why.Node)
