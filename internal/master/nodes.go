@@ -278,20 +278,18 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 
 // MigrationDone records the outcome a source node reports.
 func (m *Master) MigrationDone(node, name string, res api.Migration) error {
-	m.mu.Lock()
-	g, ok := m.st.Guest(name)
-	if !ok || g.Node != node || g.MigrateTo == "" {
-		m.mu.Unlock()
-		return fmt.Errorf("guest %q is not migrating away from %s: %w", name, node, ErrConflict)
-	}
-	res.From, res.To, res.FinishedAt = node, g.MigrateTo, time.Now().UTC()
-	if res.OK {
-		g.Node = g.MigrateTo
-	}
-	g.MigrateTo = ""
-	g.LastMigration, _ = json.Marshal(res)
-	_, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g})
-	m.mu.Unlock()
+	_, err := m.updateGuest(name, func(g *store.GuestRecord) (store.Op, error) {
+		if g.Node != node || g.MigrateTo == "" {
+			return "", fmt.Errorf("guest %q is not migrating away from %s: %w", name, node, ErrConflict)
+		}
+		res.From, res.To, res.FinishedAt = node, g.MigrateTo, time.Now().UTC()
+		if res.OK {
+			g.Node = g.MigrateTo
+		}
+		g.MigrateTo = ""
+		g.LastMigration, _ = json.Marshal(res)
+		return store.OpPutGuest, nil
+	})
 	if err != nil {
 		return err
 	}
