@@ -22,11 +22,7 @@ import (
 
 func main() {
 	app := newApp(os.Stdout)
-	args := os.Args
-	if !cmdline.Completing(args) {
-		args = cmdline.Interspersed(app, args)
-	}
-	if err := app.Run(args); err != nil {
+	if err := app.Run(cmdline.Interspersed(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "vmctl lab:", err)
 		os.Exit(1)
 	}

@@ -35,11 +35,7 @@ func (e *exitError) Error() string { return e.msg }
 
 func main() {
 	app := newApp(os.Stdout)
-	args := os.Args
-	if !cmdline.Completing(args) {
-		args = cmdline.Interspersed(app, args)
-	}
-	if err := app.Run(args); err != nil {
+	if err := app.Run(cmdline.Interspersed(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "vmctl:", err)
 		os.Exit(exitCode(err))
 	}

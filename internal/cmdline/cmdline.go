@@ -14,10 +14,9 @@ import (
 // completion scripts append it to the command line typed so far.
 const CompletionFlag = "--generate-bash-completion"
 
-// Completing reports whether the program was run by a completion script. Its arguments
-// must then reach urfave/cli as typed, the flag last where urfave/cli looks for it,
-// and not be reordered by Interspersed.
-func Completing(args []string) bool {
+// completing reports whether the program was run by a completion script. Its arguments
+// must then reach urfave/cli as typed, the flag last where urfave/cli looks for it.
+func completing(args []string) bool {
 	return len(args) > 0 && args[len(args)-1] == CompletionFlag
 }
 
@@ -31,12 +30,13 @@ func Completing(args []string) bool {
 //   - positional arguments follow them, in their order;
 //   - everything after "--" stays as it is, after the rest;
 //   - everything after a command that reads its own arguments (SkipFlagParsing: vmctl
-//     lab, which hands them to vmctl-lab) stays as it is, global flags included.
+//     lab, which hands them to vmctl-lab) stays as it is, global flags included;
+//   - a line a completion script asks about (CompletionFlag last) stays as it is.
 //
 // A flag that neither the command nor the app knows stays with the command, where
 // urfave/cli refuses it and names it.
 func Interspersed(app *cli.App, args []string) []string {
-	if len(args) < 2 {
+	if len(args) < 2 || completing(args) {
 		return args
 	}
 	var globals, rest []string
