@@ -152,11 +152,9 @@ func (m *Master) RemoveNode(name string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, err := m.st.Apply(store.Command{Op: store.OpDeleteNode, Name: name}); err != nil {
-		return err
-	}
-	go m.Record("node-removed", name, "", "removed from the cluster by an operator")
-	return nil
+	// The event (node-removed) is the role machine's, which took it out first.
+	_, err := m.st.Apply(store.Command{Op: store.OpDeleteNode, Name: name})
+	return err
 }
 
 // Assignment returns what node must hold, waiting up to wait for a change past index.
