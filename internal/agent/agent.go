@@ -284,7 +284,7 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 				})
 			}
 		case g.Standby:
-			// A twin's standby: defined, never running here while its primary runs.
+			// The guest's twin: defined, never running here while its primary runs.
 			if !defined {
 				if err := a.define(g); err != nil {
 					a.setErr(g.Name, err)
