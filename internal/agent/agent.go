@@ -283,7 +283,7 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 					a.setErr(g.Name, a.cfg.Node.Undefine(g.Name)) // the disk stays: the guest's node uses it
 				})
 			}
-		case g.Standby:
+		case g.Twin:
 			// The guest's twin: defined, never running here while its primary runs.
 			if !defined {
 				if err := a.define(g); err != nil {

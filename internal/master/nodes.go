@@ -191,7 +191,7 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 			ag.Incoming = true
 			a.Guests = append(a.Guests, ag)
 		case g.TwinNode == node && g.Desired != store.DesiredDeleted && !g.Lost:
-			ag.Standby = true
+			ag.Twin = true
 			a.Guests = append(a.Guests, ag)
 		case observed[g.Name]:
 			// This node still holds a guest the cluster moved away while the node was
