@@ -4,7 +4,7 @@ GO ?= go
 
 .PHONY: build test vet bench demo clean
 build:
-	mkdir -p bin && $(GO) build -o bin/ ./cmd/dvmd ./cmd/vmctl
+	mkdir -p bin && $(GO) build -o bin/ ./cmd/dvmd ./cmd/vmctl ./cmd/vmctl-lab
 vet:
 	$(GO) vet ./...
 test: build vet

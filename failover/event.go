@@ -265,8 +265,9 @@ type Merge struct {
 	Reason string
 }
 
-// StopContacting: Node has been lost for GiveUpAfter; stop renewing its lease.
-type StopContacting struct{ Node string }
+// GiveUp: Node has been lost for GiveUpAfter; stop renewing its lease (the seed's
+// "give up": wait for a person).
+type GiveUp struct{ Node string }
 
 // SolitudeShutdown: Node reached no other node for SolitudeAfter; it writes its
 // state and shuts its management down.
@@ -286,7 +287,7 @@ func (ReForm) isAction()             {}
 func (Hold) isAction()               {}
 func (RequestVotes) isAction()       {}
 func (Merge) isAction()              {}
-func (StopContacting) isAction()     {}
+func (GiveUp) isAction()             {}
 func (SolitudeShutdown) isAction()   {}
 func (Notify) isAction()             {}
 func (Rejoin) isAction()             {}
@@ -310,7 +311,7 @@ func (a RequestVotes) String() string {
 	return fmt.Sprintf("request-votes generation %d", a.Generation)
 }
 func (a Merge) String() string            { return fmt.Sprintf("merge into %s (%s)", a.Into, a.Reason) }
-func (a StopContacting) String() string   { return "stop-contacting " + a.Node }
+func (a GiveUp) String() string           { return "give-up " + a.Node }
 func (a SolitudeShutdown) String() string { return "solitude-shutdown " + a.Node }
 func (a Notify) String() string           { return fmt.Sprintf("notify %s %s: %s", a.Kind, a.Node, a.Detail) }
 func (a Rejoin) String() string           { return fmt.Sprintf("rejoin generation %d", a.Generation) }

@@ -1278,7 +1278,7 @@ func (m *Machine) checkGiveUp(n *NodeState) {
 		return
 	}
 	m.stopped[n.Name] = true
-	m.emit(StopContacting{Node: n.Name},
+	m.emit(GiveUp{Node: n.Name},
 		Notify{Node: n.Name, Kind: "gave-up", Detail: fmt.Sprintf("lost for %v: check the host", m.cfg.GiveUpAfter)})
 }
 
@@ -1315,7 +1315,7 @@ func (m *Machine) deregister(e Deregister) {
 	delete(m.health, e.Node)
 	delete(m.stopped, e.Node)
 	m.view.Version++
-	m.emit(Notify{Node: e.Node, Kind: "removed", Detail: "removed from the cluster by an operator: gone for good"})
+	m.emit(Notify{Node: e.Node, Kind: "node-removed", Detail: "removed from the cluster by an operator: gone for good"})
 	m.fillVoters()
 	m.renew()
 }

@@ -54,7 +54,7 @@ func TestSimulation(t *testing.T) {
 	// A simulation that never reaches a scenario proves nothing about it.
 	for _, kind := range []string{"kill", "revive", "pause", "resume", "partition", "cut", "heal", "health", "isolate", "one-way",
 		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "rejoin", "merge",
-		"hold", "demote", "readmit", "set-membership", "transfer-leadership", "stop-contacting", "solitude-shutdown",
+		"hold", "demote", "readmit", "set-membership", "transfer-leadership", "give-up", "solitude-shutdown",
 		"fence", "unfence", "starts", "stops"} {
 		if stats[kind] == 0 {
 			t.Errorf("the fixed seeds never reached %q: widen the fault mix", kind)

@@ -13,6 +13,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -45,7 +46,7 @@ func (a Accelerator) domainType() string {
 type GuestSpec struct {
 	Name        string
 	UUID        string // stable for the guest's life, across moves
-	OS          string // profile name; "" is DefaultProfile
+	OS          string // profile name; "" is profile.Default
 	CPUs        int
 	MemoryBytes int64
 	Disk        *Disk       // nil: no disk (a direct-boot guest)
@@ -214,17 +215,17 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 const MaxCPUs = 255
 
 // check validates a spec and returns its profile. Errors name the guest and the field.
-func (spec *GuestSpec) check() (Profile, error) {
+func (spec *GuestSpec) check() (profile.Profile, error) {
 	if spec.Name == "" {
-		return Profile{}, errNoName
+		return profile.Profile{}, errNoName
 	}
 	if err := checkText("name", spec.Name); err != nil || strings.Contains(spec.Name, "/") || strings.TrimSpace(spec.Name) != spec.Name {
-		return Profile{}, fmt.Errorf("guest name %q: use printable characters without '/' or surrounding spaces", spec.Name)
+		return profile.Profile{}, fmt.Errorf("guest name %q: use printable characters without '/' or surrounding spaces", spec.Name)
 	}
-	bad := func(format string, args ...any) (Profile, error) {
-		return Profile{}, fmt.Errorf("guest %q: "+format, append([]any{spec.Name}, args...)...)
+	bad := func(format string, args ...any) (profile.Profile, error) {
+		return profile.Profile{}, fmt.Errorf("guest %q: "+format, append([]any{spec.Name}, args...)...)
 	}
-	prof, err := LookupProfile(spec.OS)
+	prof, err := profile.Lookup(spec.OS)
 	if err != nil {
 		return bad("%w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -20,13 +21,13 @@ import (
 func FuzzBuildDomain(f *testing.F) {
 	f.Add("g1", "8a3d51a2-1c7e-4a8e-9a57-2f1c1c0e0b01", "", uint8(0), 2, int64(2<<30), "/shared/disks/g1.qcow2", "qcow2",
 		"", "", "", "dvmbr42", "52:54:00:12:34:56", 1450, "/var/log/dvm/g1.log", "restart", uint8(2))
-	names := ProfileNames()
+	names := profile.Names()
 	node := openTestNode(f, Capacity{CPUs: 64, MemoryBytes: 256 << 30})
-	f.Fuzz(func(t *testing.T, name, uuid, os string, profile uint8, cpus int, memory int64, disk, format,
+	f.Fuzz(func(t *testing.T, name, uuid, os string, pick uint8, cpus int, memory int64, disk, format,
 		kernel, initrd, cmdline, bridge, mac string, mtu int, console, failover string, accel uint8) {
 		spec := GuestSpec{Name: name, UUID: uuid, OS: os, CPUs: cpus, MemoryBytes: memory, ConsoleLog: console, Failover: failover}
-		if int(profile) < len(names) {
-			spec.OS = names[profile]
+		if int(pick) < len(names) {
+			spec.OS = names[pick]
 		}
 		if disk != "" || format != "" {
 			spec.Disk = &Disk{Path: disk, Format: format}
@@ -73,7 +74,7 @@ func FuzzBuildDomain(f *testing.F) {
 // checkSpecKept checks that the parsed domain says what the spec said.
 func checkSpecKept(t *testing.T, spec GuestSpec, d *libvirtxml.Domain) {
 	t.Helper()
-	prof, _ := LookupProfile(spec.OS)
+	prof, _ := profile.Lookup(spec.OS)
 	fail := func(what string, got, want any) {
 		t.Helper()
 		t.Fatalf("%s: the XML says %v, the spec %v", what, got, want)

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -27,13 +28,13 @@ func roundTrip(t *testing.T, spec GuestSpec, accel Accelerator) *libvirtxml.Doma
 }
 
 func TestDomainPerProfile(t *testing.T) {
-	for _, name := range ProfileNames() {
+	for _, name := range profile.Names() {
 		t.Run(name, func(t *testing.T) {
 			spec := GuestSpec{Name: "g1", OS: name, CPUs: 2, MemoryBytes: 2 << 30,
 				Disk: &Disk{Path: "/shared/disks/g1.qcow2"},
 				NICs: []NIC{{Bridge: "dvmbr42", MAC: "52:54:00:12:34:56"}}, ConsoleLog: "/var/log/g1.log"}
 			d := roundTrip(t, spec, AccelTCG)
-			prof := Profiles[name]
+			prof := profile.All[name]
 			if d.Type != "qemu" || d.OS.Type.Machine != prof.Machine || d.OS.Type.Arch != "x86_64" {
 				t.Errorf("type %q machine %q arch %q", d.Type, d.OS.Type.Machine, d.OS.Type.Arch)
 			}

@@ -408,7 +408,7 @@ func (n *Node) State(name string) (State, error) {
 	return stateOf(s), nil
 }
 
-// DomainXML returns the live definition of a guest, for tests and `vm show --xml`.
+// DomainXML returns the live definition of a guest's domain, for tests.
 func (n *Node) DomainXML(name string) (string, error) {
 	d, err := n.lookup(name)
 	if err != nil {

@@ -42,6 +42,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dvmproject/dvm/hypervisor/profile"
 )
 
 // TwinRole is the part a twin half plays.
@@ -230,7 +232,7 @@ func TwinCommand(s TwinSpec, tapFD int) ([]string, error) {
 // probe's guest-less pair.
 func twinCommand(s TwinSpec, tapFD int) ([]string, error) {
 	g := s.Guest
-	prof, _ := LookupProfile(g.OS)
+	prof, _ := profile.Lookup(g.OS)
 	args := []string{
 		"-name", "guest=" + qemuOpt(g.Name) + ",debug-threads=on",
 		"-machine", twinMachine + ",accel=" + string(s.Accel),

@@ -90,15 +90,15 @@ func BenchmarkPlace(b *testing.B) {
 // and admission control refuses (counted in refused_ha).
 func BenchmarkPlaceOptions(b *testing.B) {
 	guests := benchGuests(100000, 7)
-	domains := []string{"rack", "zone"}
+	failureDomains := []string{"rack", "zone"}
 	for _, tc := range []struct {
 		name  string
 		nodes int
 		opts  Options
 	}{
-		{"nodes=10000/spread", 10000, Options{Strategy: Spread, FailureDomains: domains}},
-		{"nodes=10000/pack_ha=2", 10000, Options{Strategy: Pack, FailureDomains: domains, HAReserveNodes: 2}},
-		{"nodes=1000/pack_ha=50", 1000, Options{Strategy: Pack, FailureDomains: domains, HAReserveNodes: 50}},
+		{"nodes=10000/spread", 10000, Options{Strategy: Spread, FailureDomains: failureDomains}},
+		{"nodes=10000/pack_ha=2", 10000, Options{Strategy: Pack, FailureDomains: failureDomains, HAReserveNodes: 2}},
+		{"nodes=1000/pack_ha=50", 1000, Options{Strategy: Pack, FailureDomains: failureDomains, HAReserveNodes: 50}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			nodes := benchNodes(tc.nodes, 3)

@@ -13,28 +13,28 @@ import (
 // node index) or, for Spread, the most free. Only the static filters (state, accelerator,
 // profile, labels) are computed once per distinct requirement, as a plain slice of bools.
 type exhaustive struct {
-	nodes   []Node
-	opts    Options
-	freeCPU []int32
-	freeMem []int64
-	guests  []int32 // guests per node (primary or twin)
-	static  map[string][]bool
-	domains [][]int32 // per node, per level; -1 unlabelled
+	nodes          []Node
+	opts           Options
+	freeCPU        []int32
+	freeMem        []int64
+	guests         []int32 // guests per node (primary or twin)
+	static         map[string][]bool
+	failureDomains [][]int32 // per node, per level; -1 unlabelled
 }
 
 func newExhaustive(nodes []Node, opts Options) *exhaustive {
 	e := &exhaustive{nodes: nodes, opts: opts, static: map[string][]bool{},
 		freeCPU: make([]int32, len(nodes)), freeMem: make([]int64, len(nodes)),
-		guests: make([]int32, len(nodes)), domains: make([][]int32, len(nodes))}
+		guests: make([]int32, len(nodes)), failureDomains: make([][]int32, len(nodes))}
 	ids := map[string]int32{}
 	for i, n := range nodes {
 		e.freeCPU[i] = int32(n.CPUs - n.AllocatedCPUs)
 		e.freeMem[i] = n.MemoryBytes - n.AllocatedMemoryBytes
 		fd := opts.FailureDomains
-		e.domains[i] = make([]int32, len(fd))
+		e.failureDomains[i] = make([]int32, len(fd))
 		for lv := range fd {
 			if _, ok := n.Labels[fd[lv]]; !ok {
-				e.domains[i][lv] = -1
+				e.failureDomains[i][lv] = -1
 				continue
 			}
 			var path []string
@@ -45,7 +45,7 @@ func newExhaustive(nodes []Node, opts Options) *exhaustive {
 			if _, ok := ids[key]; !ok {
 				ids[key] = int32(len(ids))
 			}
-			e.domains[i][lv] = ids[key]
+			e.failureDomains[i][lv] = ids[key]
 		}
 	}
 	return e
@@ -90,7 +90,7 @@ func (e *exhaustive) best(el []bool, cpu int32, mem int64, pack bool, p int32, l
 				continue
 			}
 			if level >= 0 {
-				a, b := e.domains[i][level], e.domains[p][level]
+				a, b := e.failureDomains[i][level], e.failureDomains[p][level]
 				if a < 0 || a == b {
 					continue
 				}
@@ -127,8 +127,8 @@ func (e *exhaustive) place(g Guest) (int32, int32) {
 	t := int32(-1)
 	if g.Failover == FailoverTwin {
 		labelled := false
-		for lv := len(e.domains[p]) - 1; lv >= 0 && t < 0; lv-- {
-			if e.domains[p][lv] < 0 {
+		for lv := len(e.failureDomains[p]) - 1; lv >= 0 && t < 0; lv-- {
+			if e.failureDomains[p][lv] < 0 {
 				continue
 			}
 			labelled = true

@@ -46,11 +46,11 @@ type req struct {
 	covered *atom // the atom the pool or list already guarantees; not checked again
 	small   bool  // search covered.list exhaustively
 	// pinned has bit i set when a constraint names failure-domain level i's key: every
-	// candidate then shares the primary's domain at that level, so a twin search there
+	// candidate then shares the primary's failure domain at that level, so a twin search there
 	// would only walk nodes it must reject.
 	pinned uint64
 	// within: this requirement narrowed to one value of the broadest failure-domain
-	// label, for twin searches that must leave the primary's (large) domain.
+	// label, for twin searches that must leave the primary's (large) failure domain.
 	within map[string]*req
 }
 
@@ -213,13 +213,13 @@ func (s *Scheduler) twinVerdict(n int32, r *req, cpu int32, mem int64, p int32, 
 		return ReasonTwinSameNode
 	}
 	if level >= 0 && !s.separated(n, p, level) {
-		return ReasonTwinSameDomain
+		return ReasonTwinSameFailureDomain
 	}
 	return ""
 }
 
 // separated: nodes a and b are in different failure domains at level (both labelled).
 func (s *Scheduler) separated(a, b int32, level int) bool {
-	da, db := s.nodes[a].domains[level], s.nodes[b].domains[level]
+	da, db := s.nodes[a].failureDomains[level], s.nodes[b].failureDomains[level]
 	return da >= 0 && db >= 0 && da != db
 }

@@ -67,7 +67,7 @@ func reference(s *Scheduler, g *Guest, p int32, level int) int32 {
 
 // referenceTwin applies the twin rule (broadest labelled level first) by exhaustive search.
 func referenceTwin(s *Scheduler, g *Guest, p int32) int32 {
-	doms := s.nodes[p].domains
+	doms := s.nodes[p].failureDomains
 	labelled := false
 	for lv := len(doms) - 1; lv >= 0; lv-- {
 		if doms[lv] < 0 {

@@ -106,7 +106,7 @@ func TestEvacuate(t *testing.T) {
 		plan := s.Evacuate("a")
 		want := []Move{{Guest: "tw", Action: ActionPromote, From: "a", To: "b"}}
 		if !reflect.DeepEqual(plan.Moves, want) || len(plan.Unplaced) != 1 || !plan.Unplaced[0].Twin ||
-			plan.Unplaced[0].Reasons[ReasonTwinSameDomain] != 1 || !strings.Contains(strings.Join(plan.Warnings, ";"), `"tw" runs without a twin`) {
+			plan.Unplaced[0].Reasons[ReasonTwinSameFailureDomain] != 1 || !strings.Contains(strings.Join(plan.Warnings, ";"), `"tw" runs without a twin`) {
 			t.Fatalf("plan %+v unplaced %+v", plan, plan.Unplaced)
 		}
 	})

@@ -30,10 +30,11 @@ type Scheduler struct {
 	nguests   int32
 	freeSlots []int32
 	byGuest   map[string]int32
-	domainIDs map[string]int32
 	// Values of the broadest failure-domain label (zones, say), sorted.
 	broadValues []string
 	problems    []string
+	// failureDomainIDs numbers the failure domains, each by its path of label values.
+	failureDomainIDs map[string]int32
 
 	// HA admission control: free capacity over accepting nodes, and a cached sum of the
 	// K largest per-node keys (see ha.go).
@@ -58,11 +59,13 @@ type nodeState struct {
 	accel        string
 	profiles     []string
 	labels       map[string]string
-	domains      []int32 // per failure-domain level: domain id, -1 = node not labelled
-	first        int32   // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
-	count        int32   // guests whose primary or twin is here
-	haCPU, haMem int64   // demand of restart and twin guests here, for HA admission
-	inCPU, inMem int64   // room held here by moves in flight to this node
+	first        int32 // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
+	count        int32 // guests whose primary or twin is here
+	haCPU, haMem int64 // demand of restart and twin guests here, for HA admission
+	inCPU, inMem int64 // room held here by moves in flight to this node
+	// failureDomains has, per failure-domain level, the id of the node's failure
+	// domain there (-1: the node lacks the level's label).
+	failureDomains []int32
 }
 
 func (n *nodeState) accepting() bool { return n.schedulable && !n.draining && !n.excluded }
@@ -106,14 +109,14 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		opts.FailureDomains = nil
 	}
 	s := &Scheduler{
-		opts:      opts,
-		nodes:     make([]nodeState, len(nodes)),
-		byNode:    make(map[string]int32, len(nodes)),
-		atoms:     map[string]*atom{},
-		reqs:      map[string]*req{},
-		byGuest:   map[string]int32{},
-		domainIDs: map[string]int32{},
-		optsErr:   optsErr,
+		opts:             opts,
+		nodes:            make([]nodeState, len(nodes)),
+		byNode:           make(map[string]int32, len(nodes)),
+		atoms:            map[string]*atom{},
+		reqs:             map[string]*req{},
+		byGuest:          map[string]int32{},
+		failureDomainIDs: map[string]int32{},
+		optsErr:          optsErr,
 	}
 	usedCPU := make([]int64, len(nodes))
 	usedMem := make([]int64, len(nodes))
@@ -233,14 +236,14 @@ func (s *Scheduler) setStatic(ns *nodeState, n Node) {
 	for k, v := range n.Labels {
 		ns.labels[k] = v
 	}
-	// A domain at level i is the path of label values from i up to the broadest level,
-	// so rack "r1" of zone "a" and rack "r1" of zone "b" are different racks.
+	// A failure domain at level i is the path of label values from i up to the broadest
+	// level, so rack "r1" of zone "a" and rack "r1" of zone "b" are different racks.
 	fd := s.opts.FailureDomains
-	ns.domains = make([]int32, len(fd))
+	ns.failureDomains = make([]int32, len(fd))
 	for i := range fd {
 		v, ok := n.Labels[fd[i]]
 		if !ok {
-			ns.domains[i] = -1
+			ns.failureDomains[i] = -1
 			continue
 		}
 		var key strings.Builder
@@ -249,12 +252,12 @@ func (s *Scheduler) setStatic(ns *nodeState, n Node) {
 		for _, k := range fd[i+1:] {
 			key.WriteString("\x00" + n.Labels[k])
 		}
-		id, ok := s.domainIDs[key.String()]
+		id, ok := s.failureDomainIDs[key.String()]
 		if !ok {
-			id = int32(len(s.domainIDs))
-			s.domainIDs[key.String()] = id
+			id = int32(len(s.failureDomainIDs))
+			s.failureDomainIDs[key.String()] = id
 		}
-		ns.domains[i] = id
+		ns.failureDomains[i] = id
 	}
 }
 
@@ -649,7 +652,7 @@ func (s *Scheduler) UpdateNode(n Node) error {
 // addNode appends an empty, unschedulable node and grows every per-node structure.
 func (s *Scheduler) addNode(name string) int32 {
 	id := int32(len(s.nodes))
-	s.nodes = append(s.nodes, nodeState{name: name, domains: make([]int32, len(s.opts.FailureDomains))})
+	s.nodes = append(s.nodes, nodeState{name: name, failureDomains: make([]int32, len(s.opts.FailureDomains))})
 	s.byNode[name] = id
 	for _, x := range append([]*capIndex{s.global}, s.poolIndexes()...) {
 		x.next = append(x.next, 0)
@@ -798,10 +801,10 @@ func (s *Scheduler) better(strat Strategy, a, b int32, cpu int32, mem int64) boo
 	return na.spreadScore(cpu, mem) > nb.spreadScore(cpu, mem)
 }
 
-// maxSplitDomains: up to this many broadest domains (zones), a twin that must leave its
-// primary's domain is searched in each other domain's own index; beyond, the walk skips
-// the primary's domain node by node.
-const maxSplitDomains = 16
+// maxSplitFailureDomains: up to this many broadest failure domains (zones), a twin that
+// must leave its primary's failure domain is searched in each other one's own index;
+// beyond, the walk skips the primary's failure domain node by node.
+const maxSplitFailureDomains = 16
 
 func (s *Scheduler) collectBroadValues() {
 	s.broadValues = s.broadValues[:0]
@@ -820,13 +823,13 @@ func (s *Scheduler) collectBroadValues() {
 }
 
 // searchApart searches a twin for primary p, separated at level lv. Skipping the
-// primary's domain node by node costs as many steps as it has fitting nodes, which for a
-// zone that alone has room is a third of the cluster; so at the broadest level, when the
-// primary's domain is large and the domains few, each other domain is searched through
-// its own index and the best answer kept.
+// primary's failure domain node by node costs as many steps as it has fitting nodes,
+// which for a zone that alone has room is a third of the cluster; so at the broadest
+// level, when the primary's failure domain is large and the failure domains few, each
+// other one is searched through its own index and the best answer kept.
 func (s *Scheduler) searchApart(r *req, strat Strategy, cpu int32, mem int64, p int32, lv int) int32 {
 	fd := s.opts.FailureDomains
-	if r.small || lv != len(fd)-1 || len(s.broadValues) > maxSplitDomains {
+	if r.small || lv != len(fd)-1 || len(s.broadValues) > maxSplitFailureDomains {
 		return s.search(r, strat, cpu, mem, p, lv)
 	}
 	own := s.nodes[p].labels[fd[lv]]
@@ -854,12 +857,12 @@ func (s *Scheduler) searchApart(r *req, strat Strategy, cpu int32, mem int64, p 
 	return best
 }
 
-// searchTwin finds the twin node for primary p: in a different domain at the broadest
-// failure-domain level that has room, at worst at the most specific level where p is
+// searchTwin finds the twin node for primary p: in a different failure domain at the
+// broadest failure-domain level that has room, at worst at the most specific level where p is
 // labelled. It returns the node (or -1), the most specific level tried (for reasons),
 // and a warning when the twin had to settle for a narrower separation.
 func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p int32) (int32, int, string) {
-	doms := s.nodes[p].domains
+	doms := s.nodes[p].failureDomains
 	specific := -1
 	for lv := len(doms) - 1; lv >= 0; lv-- {
 		if doms[lv] < 0 {

@@ -13,7 +13,7 @@ func twin(name string, cpus int, memGiB int64) Guest {
 }
 
 func TestTwins(t *testing.T) {
-	domains := []string{"rack", "zone"}
+	failureDomains := []string{"rack", "zone"}
 	cases := []struct {
 		name      string
 		nodes     []Node
@@ -26,7 +26,7 @@ func TestTwins(t *testing.T) {
 		twinError bool
 	}{
 		{
-			name:  "no failure domains: any other node",
+			name:  "no failure failureDomains: any other node",
 			nodes: []Node{node("a", 8, 64), node("b", 8, 32)},
 			opts:  Options{Strategy: Spread},
 			guest: twin("t", 2, 4), node: "a", twin: "b",
@@ -44,7 +44,7 @@ func TestTwins(t *testing.T) {
 				node("a2", 8, 60, "rack=r2", "zone=z1"), // fits best, but same zone
 				node("b1", 8, 32, "rack=r3", "zone=z2"),
 			},
-			opts:  Options{Strategy: Spread, FailureDomains: domains},
+			opts:  Options{Strategy: Spread, FailureDomains: failureDomains},
 			guest: twin("t", 2, 4), node: "a1", twin: "b1",
 		},
 		{
@@ -54,7 +54,7 @@ func TestTwins(t *testing.T) {
 				node("a2", 8, 60, "rack=r2", "zone=z1"),
 				node("b1", 8, 2, "rack=r3", "zone=z2"),
 			},
-			opts:  Options{Strategy: Spread, FailureDomains: domains},
+			opts:  Options{Strategy: Spread, FailureDomains: failureDomains},
 			guest: twin("t", 2, 4), node: "a1", twin: "a2", warning: `twin shares zone "z1"`,
 		},
 		{
@@ -64,9 +64,9 @@ func TestTwins(t *testing.T) {
 				node("a2", 8, 60, "rack=r1", "zone=z1"),
 				node("b1", 8, 2, "rack=r3", "zone=z2"),
 			},
-			opts:      Options{Strategy: Spread, FailureDomains: domains},
+			opts:      Options{Strategy: Spread, FailureDomains: failureDomains},
 			guest:     twin("t", 2, 4),
-			reasons:   map[Reason]int{ReasonTwinSameNode: 1, ReasonTwinSameDomain: 1, ReasonNotEnoughMemory: 1},
+			reasons:   map[Reason]int{ReasonTwinSameNode: 1, ReasonTwinSameFailureDomain: 1, ReasonNotEnoughMemory: 1},
 			twinError: true,
 		},
 		{
@@ -75,18 +75,18 @@ func TestTwins(t *testing.T) {
 				node("a1", 8, 64, "rack=r1", "zone=z1"),
 				node("b1", 8, 60, "rack=r1", "zone=z2"),
 			},
-			opts:  Options{Strategy: Spread, FailureDomains: domains},
+			opts:  Options{Strategy: Spread, FailureDomains: failureDomains},
 			guest: twin("t", 2, 4), node: "a1", twin: "b1",
 		},
 		{
-			name: "unlabelled nodes are not another domain",
+			name: "unlabelled nodes are not another failure domain",
 			nodes: []Node{
 				node("a1", 8, 64, "rack=r1"),
 				node("x", 8, 60),
 			},
 			opts:      Options{Strategy: Spread, FailureDomains: []string{"rack"}},
 			guest:     twin("t", 2, 4),
-			reasons:   map[Reason]int{ReasonTwinSameNode: 1, ReasonTwinSameDomain: 1},
+			reasons:   map[Reason]int{ReasonTwinSameNode: 1, ReasonTwinSameFailureDomain: 1},
 			twinError: true,
 		},
 		{

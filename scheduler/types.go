@@ -121,8 +121,8 @@ const (
 	ReasonNotEnoughCPU    Reason = "not enough cpu"
 	ReasonNotEnoughMemory Reason = "not enough memory"
 	// Twin search only: the node is the primary's own node or in its failure domain.
-	ReasonTwinSameNode   Reason = "twin would share the primary's node"
-	ReasonTwinSameDomain Reason = "twin would share the primary's failure domain"
+	ReasonTwinSameNode          Reason = "twin would share the primary's node"
+	ReasonTwinSameFailureDomain Reason = "twin would share the primary's failure domain"
 	// Cluster-wide: placing would eat the headroom kept for restarts after node loss.
 	ReasonHAHeadroom Reason = "would break HA headroom"
 )

@@ -85,7 +85,7 @@ start_libvirtd() {
 }
 
 build() {
-	say "building dvmd and vmctl into ./bin"
+	say "building dvmd, vmctl and vmctl-lab (vmctl lab) into ./bin"
 	mkdir -p bin
-	go build -o bin/ ./cmd/dvmd ./cmd/vmctl || die "go build failed"
+	go build -o bin/ ./cmd/dvmd ./cmd/vmctl ./cmd/vmctl-lab || die "go build failed"
 }

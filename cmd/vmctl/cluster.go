@@ -21,41 +21,34 @@ func clusterCommand() *cli.Command {
 				"The master acts (schedules, declares nodes lost) only while it holds leases\n" +
 				"from a majority of all nodes; ACTING says whether it does now.",
 			Action: func(c *cli.Context) error {
-				cl, err := client(c)
-				if err != nil {
-					return err
-				}
-				var st api.ClusterStatus
-				if err := cl.Do(c.Context, "GET", "/v1/cluster", nil, &st); err != nil {
-					return err
-				}
-				if jsonOut(c) {
-					return printJSON(c, st)
-				}
-				fmt.Fprintf(c.App.Writer, "generation %d, master %s (acting: %v), voters %s\ncandidates, best first: %s\n",
-					st.Generation, st.Master, st.Acting, strings.Join(st.Voters, ","), orDash(strings.Join(st.Candidates, ",")))
-				// A dev cluster has no role table (no voters): nothing to compare.
-				if v := slices.Sorted(slices.Values(st.Voters)); len(v) > 0 && !slices.Equal(v, st.RaftVoters) {
-					fmt.Fprintf(c.App.Writer, "raft voters %s (catching up with the role table)\n", orDash(strings.Join(st.RaftVoters, ",")))
-				}
-				fmt.Fprintln(c.App.Writer)
-				var rows [][]string
-				for _, n := range st.Nodes {
-					lease := "-"
-					if n.LeaseSeconds > 0 {
-						lease = fmt.Sprintf("%.1fs", n.LeaseSeconds)
-					}
-					lost := "-"
-					if !n.LostAt.IsZero() {
-						lost = n.LostAt.Format(time.RFC3339)
-					}
-					rows = append(rows, []string{n.Name, n.Role, lease, lost})
-				}
-				table(c, "NODE\tROLE\tLEASE LEFT\tLOST AT", rows)
-				return nil
+				return show(c, "/v1/cluster", func(_ *api.Client, st api.ClusterStatus) error { return showCluster(c, st) })
 			},
 		}},
 	}
+}
+
+func showCluster(c *cli.Context, st api.ClusterStatus) error {
+	fmt.Fprintf(c.App.Writer, "generation %d, master %s (acting: %v), voters %s\ncandidates, best first: %s\n",
+		st.Generation, st.Master, st.Acting, strings.Join(st.Voters, ","), orDash(strings.Join(st.Candidates, ",")))
+	// A dev cluster has no role table (no voters): nothing to compare.
+	if v := slices.Sorted(slices.Values(st.Voters)); len(v) > 0 && !slices.Equal(v, st.RaftVoters) {
+		fmt.Fprintf(c.App.Writer, "raft voters %s (catching up with the role table)\n", orDash(strings.Join(st.RaftVoters, ",")))
+	}
+	fmt.Fprintln(c.App.Writer)
+	var rows [][]string
+	for _, n := range st.Nodes {
+		lease := "-"
+		if n.LeaseSeconds > 0 {
+			lease = fmt.Sprintf("%.1fs", n.LeaseSeconds)
+		}
+		lost := "-"
+		if !n.LostAt.IsZero() {
+			lost = n.LostAt.Format(time.RFC3339)
+		}
+		rows = append(rows, []string{n.Name, n.Role, lease, lost})
+	}
+	table(c, "NODE\tROLE\tLEASE LEFT\tLOST AT", rows)
+	return nil
 }
 
 func orDash(s string) string {

@@ -4,19 +4,9 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/dvmproject/dvm/internal/cmdline"
 	"github.com/urfave/cli/v2"
 )
-
-// completionFlag is the flag urfave/cli answers with the words that may come next; the
-// completion scripts below append it to the command line typed so far.
-const completionFlag = "--generate-bash-completion"
-
-// completing reports whether vmctl was run by a completion script. Its arguments then
-// reach urfave/cli as typed, the flag last where urfave/cli looks for it, instead of
-// being reordered by interspersed.
-func completing(args []string) bool {
-	return len(args) > 0 && args[len(args)-1] == completionFlag
-}
 
 // The scripts are urfave/cli's own (autocomplete/bash_autocomplete and zsh_autocomplete)
 // with the program name filled in.
@@ -34,9 +24,9 @@ _vmctl_bash_autocomplete() {
     fi
     words=("${words[@]:0:$cword}")
     if [[ "$cur" == "-"* ]]; then
-      requestComp="${words[*]} ${cur} ` + completionFlag + `"
+      requestComp="${words[*]} ${cur} ` + cmdline.CompletionFlag + `"
     else
-      requestComp="${words[*]} ` + completionFlag + `"
+      requestComp="${words[*]} ` + cmdline.CompletionFlag + `"
     fi
     opts=$(eval "${requestComp}" 2>/dev/null)
     COMPREPLY=($(compgen -W "${opts}" -- ${cur}))
@@ -53,9 +43,9 @@ _vmctl_zsh_autocomplete() {
   local cur
   cur=${words[-1]}
   if [[ "$cur" == "-"* ]]; then
-    opts=("${(@f)$(${words[@]:0:#words[@]-1} ${cur} ` + completionFlag + `)}")
+    opts=("${(@f)$(${words[@]:0:#words[@]-1} ${cur} ` + cmdline.CompletionFlag + `)}")
   else
-    opts=("${(@f)$(${words[@]:0:#words[@]-1} ` + completionFlag + `)}")
+    opts=("${(@f)$(${words[@]:0:#words[@]-1} ` + cmdline.CompletionFlag + `)}")
   fi
   if [[ "${opts[1]}" != "" ]]; then
     _describe 'values' opts

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dvmproject/dvm/internal/cmdline"
 )
 
 // TestMain lets the test binary run as vmctl, so the completion script is tried against
@@ -25,7 +27,7 @@ func TestCompletionScripts(t *testing.T) {
 		if err := newApp(&out).Run([]string{"vmctl", "completion", sh}); err != nil {
 			t.Fatalf("completion %s: %v", sh, err)
 		}
-		if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), completionFlag) {
+		if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), cmdline.CompletionFlag) {
 			t.Errorf("completion %s lacks %q:\n%s", sh, want, out.String())
 		}
 	}
@@ -52,12 +54,18 @@ func TestCompletionInBash(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bin, "vmctl"), []byte(wrapper), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// vmctl lab's words are vmctl-lab's: this one offers two, when asked as completion.
+	plugin := "#!/bin/sh\nfor a; do last=$a; done\n[ \"$last\" = " + cmdline.CompletionFlag + " ] && printf 'up\\nkill\\n'\n"
+	if err := os.WriteFile(filepath.Join(bin, labPlugin), []byte(plugin), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ words, want string }{
 		{"vmctl vm mi", "migrate"},
 		{"vmctl ne", "net"},
 		{"vmctl vm create --cp", "--cpus"},
 		// A guest name before the cursor: vmctl lists words and does not act.
 		{"vmctl vm delete web he", "help"},
+		{"vmctl lab ki", "kill"},
 	} {
 		script := `source <(vmctl completion bash)
 COMP_WORDS=(` + tc.words + `); COMP_CWORD=$((${#COMP_WORDS[@]} - 1))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/dvmproject/dvm/internal/api"
@@ -27,5 +28,19 @@ func TestExitCodes(t *testing.T) {
 		if got := exitCode(c.err); got != c.want {
 			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
 		}
+	}
+}
+
+// TestUnknownCommandExitsOne: a mistyped command is an error (1), not urfave/cli's own
+// exit 3, which a script would read as a change applied but not acknowledged.
+func TestUnknownCommandExitsOne(t *testing.T) {
+	for _, args := range [][]string{{"bogus"}, {"vm", "bogus"}, {"vm", "lss"}} {
+		_, err := vmctl(args...)
+		if err == nil || exitCode(err) != 1 {
+			t.Errorf("vmctl %v: %v, exit %d; want an error and exit 1", args, err, exitCode(err))
+		}
+	}
+	if _, err := vmctl("vm", "lss"); err == nil || !strings.Contains(err.Error(), `"ls"`) {
+		t.Errorf("vmctl vm lss: %v, want it to suggest ls", err)
 	}
 }

@@ -17,8 +17,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cmdline"
 	"github.com/dvmproject/dvm/internal/units"
 	"github.com/dvmproject/dvm/internal/version"
 	"github.com/urfave/cli/v2"
@@ -34,11 +35,7 @@ func (e *exitError) Error() string { return e.msg }
 
 func main() {
 	app := newApp(os.Stdout)
-	args := os.Args
-	if !completing(args) {
-		args = interspersed(app, args)
-	}
-	if err := app.Run(args); err != nil {
+	if err := app.Run(cmdline.Interspersed(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "vmctl:", err)
 		os.Exit(exitCode(err))
 	}
@@ -66,6 +63,10 @@ func newApp(out io.Writer) *cli.App {
 		Writer:  out,
 		// Shell completion: see vmctl completion.
 		EnableBashCompletion: true,
+		// urfave/cli would end the process itself, with 3, for an unknown command; 3 is
+		// vmctl's "applied but not acknowledged", so main alone decides exit codes.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Suggest:        true,
 		Description: "vmctl talks to dvm's API at DVM_ADDR (a comma-separated list of management nodes'\n" +
 			"https URLs; the first that answers is used) with the token in DVM_TOKEN, and checks the\n" +
 			"API's certificate against the CA in DVM_CA (the cluster's ca.crt), or the system's roots.\n\n" +
@@ -129,6 +130,36 @@ func table(c *cli.Context, header string, rows [][]string) {
 	w.Flush()
 }
 
+// show reads path into a T and prints it: as JSON with -o json, else with human, which
+// may ask the API more through cl.
+func show[T any](c *cli.Context, path string, human func(cl *api.Client, v T) error) error {
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var v T
+	if err := cl.Do(c.Context, "GET", path, nil, &v); err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		return printJSON(c, v)
+	}
+	return human(cl, v)
+}
+
+// list reads the list at path and prints it: as JSON with -o json, else as a table
+// under header with a row of each item.
+func list[T any](c *cli.Context, path, header string, row func(T) []string) error {
+	return show(c, path, func(_ *api.Client, items []T) error {
+		rows := make([][]string, 0, len(items))
+		for _, it := range items {
+			rows = append(rows, row(it))
+		}
+		table(c, header, rows)
+		return nil
+	})
+}
+
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.NArg() != 1 {
 		return "", fmt.Errorf("give exactly one %s: vmctl %s %s %s", what, c.Lineage()[1].Command.Name, c.Command.Name, strings.ToUpper(what))
@@ -148,35 +179,23 @@ func nodeCommand() *cli.Command {
 				"its pool share (host less reservation, times overcommit).\n\n" +
 				"Examples:\n  vmctl node ls\n  vmctl -o json node ls",
 			Action: func(c *cli.Context) error {
-				cl, err := client(c)
-				if err != nil {
-					return err
-				}
-				var nodes []api.Node
-				if err := cl.Do(c.Context, "GET", "/v1/nodes", nil, &nodes); err != nil {
-					return err
-				}
-				if jsonOut(c) {
-					return printJSON(c, nodes)
-				}
-				var rows [][]string
-				for _, n := range nodes {
-					state := n.State
-					if n.Maintenance {
-						state += ",maintenance"
-					} else if n.Draining {
-						state += ",draining"
-					}
-					rows = append(rows, []string{n.Name, state, n.Accelerator,
-						fmt.Sprintf("%d/%d", n.AllocatedCPUs, n.CPUs),
-						units.FormatBytes(n.AllocatedMemoryBytes) + "/" + units.FormatBytes(n.MemoryBytes),
-						fmt.Sprint(n.Guests), labels(n.Labels)})
-				}
-				table(c, "NAME\tSTATE\tACCEL\tCPUS\tMEMORY\tGUESTS\tLABELS", rows)
-				return nil
+				return list(c, "/v1/nodes", "NAME\tSTATE\tACCEL\tCPUS\tMEMORY\tGUESTS\tLABELS", nodeRow)
 			},
 		}},
 	}
+}
+
+func nodeRow(n api.Node) []string {
+	state := n.State
+	if n.Maintenance {
+		state += ",maintenance"
+	} else if n.Draining {
+		state += ",draining"
+	}
+	return []string{n.Name, state, n.Accelerator,
+		fmt.Sprintf("%d/%d", n.AllocatedCPUs, n.CPUs),
+		units.FormatBytes(n.AllocatedMemoryBytes) + "/" + units.FormatBytes(n.MemoryBytes),
+		fmt.Sprint(n.Guests), labels(n.Labels)}
 }
 
 func labels(m map[string]string) string { return api.FormatLabels(m) }
@@ -231,13 +250,15 @@ func vmCreate() *cli.Command {
 			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
 			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
 			"command line.\n\n" +
+			"Sizes: " + units.Help + ": 2G, 2GB and 2GiB\n" +
+			"are all 2×1024³ bytes. Memory is a whole number of MiB.\n\n" +
 			"Waits until the guest runs. Exits 2 when no node can take it (it stays pending and\n" +
 			"is placed when room appears).",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "os", Value: hypervisor.DefaultProfile, Usage: "guest OS profile: " + strings.Join(hypervisor.ProfileNames(), ", ")},
+			&cli.StringFlag{Name: "os", Value: profile.Default, Usage: "guest OS profile: " + strings.Join(profile.Names(), ", ")},
 			&cli.IntFlag{Name: "cpus", Value: 1, Usage: "virtual CPUs"},
-			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512MiB or 2GiB"},
-			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE` (default 20GiB without --image, none with a kernel image)"},
+			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512M or 2G (powers of 1024: 2G, 2GB and 2GiB alike)"},
+			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE`, such as 20G (default 20GiB without --image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` in the nodes' images directory (lab: the lab guest)"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
@@ -335,12 +356,14 @@ func flagOf(field string) string {
 	return field
 }
 
+const guestHeader = "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER"
+
 func printGuest(c *cli.Context, g api.Guest) {
 	if jsonOut(c) {
 		printJSON(c, g)
 		return
 	}
-	table(c, "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER", [][]string{guestRow(g)})
+	table(c, guestHeader, [][]string{guestRow(g)})
 }
 
 func guestRow(g api.Guest) []string {
@@ -354,48 +377,17 @@ func guestRow(g api.Guest) []string {
 	return []string{g.Name, g.State, node, g.OS, fmt.Sprint(g.CPUs), units.FormatBytes(g.MemoryBytes), g.Failover}
 }
 
-func vmList(c *cli.Context) error {
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var guests []api.Guest
-	if err := cl.Do(c.Context, "GET", "/v1/guests", nil, &guests); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, guests)
-	}
-	var rows [][]string
-	for _, g := range guests {
-		rows = append(rows, guestRow(g))
-	}
-	table(c, "NAME\tSTATE\tNODE\tOS\tCPUS\tMEMORY\tFAILOVER", rows)
-	return nil
-}
-
-func getGuest(c *cli.Context, cl *api.Client, name string) (api.Guest, error) {
-	var g api.Guest
-	err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name), nil, &g)
-	return g, err
-}
+func vmList(c *cli.Context) error { return list(c, "/v1/guests", guestHeader, guestRow) }
 
 func vmShow(c *cli.Context) error {
 	name, err := oneArg(c, "name")
 	if err != nil {
 		return err
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	g, err := getGuest(c, cl, name)
-	if err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, g)
-	}
+	return show(c, "/v1/guests/"+url.PathEscape(name), func(cl *api.Client, g api.Guest) error { return showGuest(c, cl, g) })
+}
+
+func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	p := func(k, v string) {
 		if v != "" {
@@ -421,7 +413,7 @@ func vmShow(c *cli.Context) error {
 	p("Pending", g.PendingReason)
 	if g.State == api.GuestPending {
 		var why api.Why
-		if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/why", nil, &why); err == nil {
+		if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(g.Name)+"/why", nil, &why); err == nil {
 			p("Why", why.Summary)
 		}
 	}
@@ -437,31 +429,66 @@ func vmShow(c *cli.Context) error {
 	return w.Flush()
 }
 
-// waitState polls a guest until it reaches want, fails, or the timeout passes.
-func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, error) {
+// errWaitedOut: the guest did not come to what was waited for within --timeout.
+var errWaitedOut = errors.New("waited out")
+
+// watchGuest hands check guest name (or the error of asking for it), and again each
+// time it changes, until check says it is done or fails, or --timeout passes
+// (errWaitedOut, with the guest as last seen). It asks with blocking queries, which
+// the master answers as soon as the guest changes.
+func watchGuest(c *cli.Context, cl *api.Client, name string, check func(api.Guest, error) (bool, error)) (api.Guest, error) {
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
+	var last api.Guest
+	index := ""
 	for {
-		g, err := getGuest(c, cl, name)
+		var g api.Guest
+		next, err := cl.Watch(ctx, "/v1/guests/"+url.PathEscape(name), index, 30*time.Second, &g)
+		if ctx.Err() != nil {
+			if c.Context.Err() != nil {
+				return last, c.Context.Err()
+			}
+			return last, errWaitedOut
+		}
+		if err == nil {
+			last = g
+		}
+		if done, err := check(g, err); done || err != nil {
+			return last, err
+		}
+		if next == "" {
+			// A master of an older dvm, which answers at once: ask again in a second.
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		index = next
+	}
+}
+
+// waitState waits until a guest reaches want, fails, or the timeout passes.
+func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, error) {
+	g, err := watchGuest(c, cl, name, func(g api.Guest, err error) (bool, error) {
 		if err != nil {
-			return g, err
+			return false, err
 		}
 		switch g.State {
 		case want:
-			return g, nil
+			return true, nil
 		case api.GuestFailed:
-			return g, fmt.Errorf("guest %s failed on node %s: %s", name, g.Node, g.Error)
+			return false, fmt.Errorf("guest %s failed on node %s: %s", name, g.Node, g.Error)
 		case api.GuestPending:
 			if want != api.GuestStopped {
-				return g, &exitError{2, fmt.Sprintf("guest %s cannot be placed: %s", name, g.PendingReason)}
+				return false, &exitError{2, fmt.Sprintf("guest %s cannot be placed: %s", name, g.PendingReason)}
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return g, fmt.Errorf("guest %s is %s, not %s, after %s (see vmctl vm show %s)", name, g.State, want, c.Duration("timeout"), name)
-		case <-time.After(50 * time.Millisecond):
-		}
+		return false, nil
+	})
+	if errors.Is(err, errWaitedOut) {
+		return g, fmt.Errorf("guest %s is %s, not %s, after %s (see vmctl vm show %s)", name, g.State, want, c.Duration("timeout"), name)
 	}
+	return g, err
 }
 
 func vmDesired(verb, want string) cli.ActionFunc {
@@ -502,18 +529,18 @@ func vmDelete(c *cli.Context) error {
 		return err
 	}
 	if !c.Bool("no-wait") {
-		ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
-		defer cancel()
-		for {
-			err := cl.Do(ctx, "GET", path, nil, nil)
+		_, err := watchGuest(c, cl, name, func(_ api.Guest, err error) (bool, error) {
 			var se *api.StatusError
-			if errors.As(err, &se) && se.Code == 404 {
-				break
+			if errors.As(err, &se) && se.Code == http.StatusNotFound {
+				return true, nil
 			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("guest %s is still being deleted after %s (see vmctl vm show %s)", name, c.Duration("timeout"), name)
-			}
-			time.Sleep(50 * time.Millisecond)
+			return false, err
+		})
+		if errors.Is(err, errWaitedOut) {
+			return fmt.Errorf("guest %s is still being deleted after %s (see vmctl vm show %s)", name, c.Duration("timeout"), name)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if !jsonOut(c) {
@@ -552,17 +579,10 @@ func vmWhy(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var why api.Why
-	if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/why", nil, &why); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, why)
-	}
+	return show(c, "/v1/guests/"+url.PathEscape(name)+"/why", func(_ *api.Client, why api.Why) error { return showWhy(c, why) })
+}
+
+func showWhy(c *cli.Context, why api.Why) error {
 	fmt.Fprintf(c.App.Writer, "guest %s is %s", why.Guest, why.State)
 	if why.Node != "" {
 		fmt.Fprintf(c.App.Writer, " on %s", why.Node)

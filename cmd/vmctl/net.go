@@ -68,58 +68,34 @@ func netCreate(c *cli.Context) error {
 		}
 		return err
 	}
-	return printNetworks(c, []api.Network{n}, true)
+	if jsonOut(c) {
+		return printJSON(c, n)
+	}
+	table(c, netHeader, [][]string{netRow(n)})
+	return nil
 }
 
-func netList(c *cli.Context) error {
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var nets []api.Network
-	if err := cl.Do(c.Context, "GET", "/v1/networks", nil, &nets); err != nil {
-		return err
-	}
-	return printNetworks(c, nets, false)
-}
+func netList(c *cli.Context) error { return list(c, "/v1/networks", netHeader, netRow) }
 
 func netShow(c *cli.Context) error {
 	name, err := oneArg(c, "name")
 	if err != nil {
 		return err
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var n api.Network
-	if err := cl.Do(c.Context, "GET", "/v1/networks/"+url.PathEscape(name), nil, &n); err != nil {
-		return err
-	}
-	return printNetworks(c, []api.Network{n}, true)
+	return show(c, "/v1/networks/"+url.PathEscape(name), func(_ *api.Client, n api.Network) error {
+		table(c, netHeader, [][]string{netRow(n)})
+		return nil
+	})
 }
 
-func printNetworks(c *cli.Context, nets []api.Network, one bool) error {
-	if jsonOut(c) {
-		if one && len(nets) == 1 {
-			return printJSON(c, nets[0])
-		}
-		return printJSON(c, nets)
+const netHeader = "NAME\tVNI\tCIDR\tMTU\tGUESTS"
+
+func netRow(n api.Network) []string {
+	mtu := "auto"
+	if n.MTU > 0 {
+		mtu = fmt.Sprint(n.MTU)
 	}
-	var rows [][]string
-	for _, n := range nets {
-		mtu := "auto"
-		if n.MTU > 0 {
-			mtu = fmt.Sprint(n.MTU)
-		}
-		guests := strings.Join(n.Guests, ",")
-		if guests == "" {
-			guests = "-"
-		}
-		rows = append(rows, []string{n.Name, fmt.Sprint(n.VNI), n.CIDR, mtu, guests})
-	}
-	table(c, "NAME\tVNI\tCIDR\tMTU\tGUESTS", rows)
-	return nil
+	return []string{n.Name, fmt.Sprint(n.VNI), n.CIDR, mtu, orDash(strings.Join(n.Guests, ","))}
 }
 
 func netDelete(c *cli.Context) error {

@@ -89,29 +89,15 @@ func tokenCreate(c *cli.Context) error {
 }
 
 func tokenList(c *cli.Context) error {
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var ts []api.Token
-	if err := cl.Do(c.Context, "GET", "/v1/tokens", nil, &ts); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, ts)
-	}
-	var rows [][]string
 	when := func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
 		}
 		return t.Local().Format(time.RFC3339)
 	}
-	for _, t := range ts {
-		rows = append(rows, []string{t.Name, t.Scope, t.State, when(t.CreatedAt), orDash(t.CreatedBy), when(t.ExpiresAt)})
-	}
-	table(c, "NAME\tSCOPE\tSTATE\tCREATED\tBY\tEXPIRES", rows)
-	return nil
+	return list(c, "/v1/tokens", "NAME\tSCOPE\tSTATE\tCREATED\tBY\tEXPIRES", func(t api.Token) []string {
+		return []string{t.Name, t.Scope, t.State, when(t.CreatedAt), orDash(t.CreatedBy), when(t.ExpiresAt)}
+	})
 }
 
 func tokenRevoke(c *cli.Context) error {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cmdline"
 )
 
 // fakeAPI is an HTTPS server that records what reaches it and answers token requests
@@ -33,7 +34,9 @@ func fakeAPI(t *testing.T) (srv *httptest.Server, ca string, seen *[]string) {
 		case r.Method == "GET" && r.URL.Path == "/v1/events":
 			json.NewEncoder(w).Encode([]api.Event{{Seq: 1, Kind: "write", Guest: "web", Detail: "POST /v1/guests/web/stop (202)", Token: "ops"}})
 		default:
-			w.WriteHeader(http.StatusNoContent)
+			if !answerRead(w, r) {
+				w.WriteHeader(http.StatusNoContent)
+			}
 		}
 	}))
 	t.Cleanup(srv.Close)
@@ -50,7 +53,7 @@ func fakeAPI(t *testing.T) (srv *httptest.Server, ca string, seen *[]string) {
 func vmctl(args ...string) (string, error) {
 	var out bytes.Buffer
 	app := newApp(&out)
-	err := app.Run(interspersed(app, append([]string{"vmctl"}, args...)))
+	err := app.Run(cmdline.Interspersed(app, append([]string{"vmctl"}, args...)))
 	return out.String(), err
 }
 

@@ -283,8 +283,8 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 					a.setErr(g.Name, a.cfg.Node.Undefine(g.Name)) // the disk stays: the guest's node uses it
 				})
 			}
-		case g.Standby:
-			// A twin's standby: defined, never running here while its primary runs.
+		case g.Twin:
+			// The guest's twin: defined, never running here while its primary runs.
 			if !defined {
 				if err := a.define(g); err != nil {
 					a.setErr(g.Name, err)

@@ -167,11 +167,41 @@ func (e *StatusError) Error() string { return e.Msg }
 
 // Do sends a request with a JSON body (nil for none) and decodes the JSON answer into
 // out (nil to ignore it). A connection failure moves on to the next address; an answer,
-// even an error, ends the search.
+// even an error, ends the search. While no listed node answers, or none has a master,
+// it tries again for RetryFor.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	return c.retry(ctx, func() error {
+		return c.send(ctx, method, path, body, func(resp *http.Response) error { return decodeBody(resp, out) })
+	})
+}
+
+// Watch reads path (a GET) as a blocking query and decodes its answer into out. Given
+// the index of an answer it has (HeaderIndex), it is answered once the answer differs,
+// or after wait; given "", at once. It returns the new answer's index: "" from a
+// server that does not block on path.
+func (c *Client) Watch(ctx context.Context, path, index string, wait time.Duration, out any) (string, error) {
+	if index != "" {
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		path += sep + url.Values{"index": {index}, "wait": {wait.String()}}.Encode()
+	}
+	var got string
+	err := c.retry(ctx, func() error {
+		return c.send(ctx, http.MethodGet, path, nil, func(resp *http.Response) error {
+			got = resp.Header.Get(HeaderIndex)
+			return decodeBody(resp, out)
+		})
+	})
+	return got, err
+}
+
+// retry calls send again while it ends with a *NoAnswerError, for RetryFor.
+func (c *Client) retry(ctx context.Context, send func() error) error {
 	deadline := time.Now().Add(c.RetryFor)
 	for {
-		err := c.do(ctx, method, path, body, out)
+		err := send()
 		var unanswered *NoAnswerError
 		if !errors.As(err, &unanswered) || ctx.Err() != nil || time.Now().After(deadline) {
 			return err
@@ -182,6 +212,18 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// decodeBody reads a JSON answer into out (nil to ignore it).
+func decodeBody(resp *http.Response, out any) error {
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if out != nil && len(data) > 0 {
+		return json.Unmarshal(data, out)
+	}
+	return nil
 }
 
 // DefaultReadTimeout bounds a read from one node: a node that is stopped (SIGSTOP,
@@ -220,7 +262,13 @@ func (e *NoAnswerError) Error() string {
 
 func (e *NoAnswerError) Unwrap() error { return e.Last }
 
-func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+// send sends one request to the listed management nodes in turn until one answers
+// that has a master, and hands its answer to answer; an error status is a
+// *StatusError instead. A node that cannot be reached, or has no master to forward to
+// now (502, 503), is passed over; a GET is given at most the read timeout past its
+// wait at each node. When no node answers it is a *NoAnswerError, or the TLS failure
+// that kept one from answering.
+func (c *Client) send(ctx context.Context, method, path string, body any, answer func(*http.Response) error) error {
 	var payload []byte
 	if body != nil {
 		var err error
@@ -231,59 +279,58 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	var lastErr, tlsErr error
 	addrs := c.addrs()
 	for _, addr := range addrs {
-		actx, cancel := context.WithCancel(ctx)
-		if d, ok := readTimeout(method, path, c.ReadTimeout); ok {
-			actx, cancel = context.WithTimeout(ctx, d)
-		}
-		req, err := http.NewRequestWithContext(actx, method, addr+path, bytes.NewReader(payload))
-		if err != nil {
-			cancel()
+		done, err := func() (bool, error) {
+			actx, cancel := context.WithCancel(ctx)
+			if d, ok := readTimeout(method, path, c.ReadTimeout); ok {
+				actx, cancel = context.WithTimeout(ctx, d)
+			}
+			defer cancel()
+			req, err := http.NewRequestWithContext(actx, method, addr+path, bytes.NewReader(payload))
+			if err != nil {
+				return true, err
+			}
+			c.authorize(req)
+			if body != nil {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			resp, err := c.HTTP.Do(req)
+			if err != nil {
+				if terr := tlsProblem(addr, err); terr != nil {
+					tlsErr = terr
+				}
+				lastErr = err
+				c.last.CompareAndSwap(addr, "")
+				return ctx.Err() != nil, err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
+				// This management node has no master to forward to right now (an
+				// election, a partition): another listed node may.
+				data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+				lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
+				return false, nil
+			}
+			if resp.StatusCode >= 300 {
+				data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+				if err != nil {
+					return true, err
+				}
+				if plainToTLS(resp.StatusCode, data) {
+					return true, plainToTLSError(addr)
+				}
+				c.last.Store(addr)
+				var e Error
+				if json.Unmarshal(data, &e) != nil || e.Error == "" {
+					e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+				}
+				return true, &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
+			}
+			c.last.Store(addr)
+			return true, answer(resp)
+		}()
+		if done {
 			return err
 		}
-		c.authorize(req)
-		if body != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := c.HTTP.Do(req)
-		if err != nil {
-			cancel()
-			if terr := tlsProblem(addr, err); terr != nil {
-				tlsErr = terr
-			}
-			lastErr = err
-			if ctx.Err() != nil {
-				return err
-			}
-			c.last.CompareAndSwap(addr, "")
-			continue
-		}
-		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		resp.Body.Close()
-		cancel()
-		if err != nil {
-			return err
-		}
-		if plainToTLS(resp.StatusCode, data) {
-			return plainToTLSError(addr)
-		}
-		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
-			// This management node has no master to forward to right now (an election,
-			// a partition): another listed node may.
-			lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
-			continue
-		}
-		c.last.Store(addr)
-		if resp.StatusCode >= 300 {
-			var e Error
-			if json.Unmarshal(data, &e) != nil || e.Error == "" {
-				e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-			}
-			return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
-		}
-		if out != nil && len(data) > 0 {
-			return json.Unmarshal(data, out)
-		}
-		return nil
 	}
 	if tlsErr != nil {
 		return tlsErr // no retry: it would fail the same way
@@ -293,51 +340,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 
 // Stream sends a request and calls line for every line of a newline-delimited JSON
 // answer as it arrives (drain progress). Like Do, it moves on to the next address
-// when a node does not answer or has no master now.
+// when a node does not answer or has no master now; it does not try again.
 func (c *Client) Stream(ctx context.Context, method, path string, body any, line func([]byte) error) error {
-	var payload []byte
-	if body != nil {
-		var err error
-		if payload, err = json.Marshal(body); err != nil {
-			return err
-		}
-	}
-	var lastErr, tlsErr error
-	for _, addr := range c.addrs() {
-		req, err := http.NewRequestWithContext(ctx, method, addr+path, bytes.NewReader(payload))
-		if err != nil {
-			return err
-		}
-		c.authorize(req)
-		resp, err := c.HTTP.Do(req)
-		if err != nil {
-			if terr := tlsProblem(addr, err); terr != nil {
-				tlsErr = terr
-			}
-			lastErr = err
-			if ctx.Err() != nil {
-				return err
-			}
-			continue
-		}
-		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway {
-			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			resp.Body.Close()
-			lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
-			continue
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode >= 300 {
-			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			if plainToTLS(resp.StatusCode, data) {
-				return plainToTLSError(addr)
-			}
-			var e Error
-			if json.Unmarshal(data, &e) != nil || e.Error == "" {
-				e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-			}
-			return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
-		}
+	return c.send(ctx, method, path, body, func(resp *http.Response) error {
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -346,11 +351,7 @@ func (c *Client) Stream(ctx context.Context, method, path string, body any, line
 			}
 		}
 		return sc.Err()
-	}
-	if tlsErr != nil {
-		return tlsErr
-	}
-	return fmt.Errorf("no dvm API answered at %s: %w", strings.Join(c.Addrs, ", "), lastErr)
+	})
 }
 
 // UseTLS makes the client speak TLS with cfg (the cluster's mutual TLS for agents).

@@ -96,3 +96,44 @@ func TestClientLeavesANodeThatNeverAnswersAReadFor(t *testing.T) {
 		t.Fatalf("%d writes", writes)
 	}
 }
+
+// TestStreamMovesOnAsDoDoes: a stream (drain progress) passes over a node that cannot
+// be reached or has no master, as Do does, and an error answer is a *StatusError.
+func TestStreamMovesOnAsDoDoes(t *testing.T) {
+	noMaster := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":"no master is elected right now"}`, http.StatusServiceUnavailable)
+	}))
+	defer noMaster.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/nodes/n2/drain" {
+			w.WriteHeader(http.StatusNotFound)
+			w.Write([]byte(`{"error":"node \"n9\" not found"}`))
+			return
+		}
+		w.Write([]byte("{\"guest\":\"a\"}\n{\"guest\":\"b\"}\n"))
+	}))
+	defer srv.Close()
+	c, err := NewClient(closedAddr(t)+","+noMaster.URL+","+srv.URL, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	if err := c.Stream(context.Background(), "POST", "/v1/nodes/n2/drain", nil, func(b []byte) error {
+		lines = append(lines, string(b))
+		return nil
+	}); err != nil || len(lines) != 2 || lines[1] != `{"guest":"b"}` {
+		t.Fatalf("stream past a dead node and one without a master: %q, %v", lines, err)
+	}
+	err = c.Stream(context.Background(), "POST", "/v1/nodes/n9/drain", nil, func([]byte) error { return nil })
+	if se, ok := err.(*StatusError); !ok || se.Code != http.StatusNotFound || se.Msg != `node "n9" not found` {
+		t.Fatalf("an error answer: %#v", err)
+	}
+	none, err := NewClient(closedAddr(t)+","+noMaster.URL, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = none.Stream(context.Background(), "POST", "/v1/nodes/n2/drain", nil, func([]byte) error { return nil })
+	if _, ok := err.(*NoAnswerError); !ok {
+		t.Fatalf("no node with a master: %#v, want a *NoAnswerError", err)
+	}
+}

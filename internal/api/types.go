@@ -148,9 +148,10 @@ type AssignedGuest struct {
 	// domain alone until the migration ends.
 	Incoming bool          `json:"incoming,omitempty"`
 	NICs     []AssignedNIC `json:"nics,omitempty"`
-	// Standby marks a twin's standby copy: defined on this node, not started, until the
-	// guest's node is lost and the twin is promoted.
-	Standby bool `json:"standby,omitempty"`
+	// Twin marks the guest's twin: defined on this node, not started, until the guest's
+	// node is lost and the twin is promoted. On the wire it keeps its first name,
+	// standby, which agents of earlier releases read during a rolling upgrade.
+	Twin bool `json:"standby,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.
@@ -273,3 +274,8 @@ const (
 	HeaderGeneration = "Dvm-Generation"
 	HeaderTerm       = "Dvm-Term"
 )
+
+// HeaderIndex is the version of a guest's answer (GET /v1/guests/NAME): given back as
+// ?index=VERSION&wait=30s, the request is answered once the guest differs from it, or
+// after the wait. It is opaque, the same for the same view on any master.
+const HeaderIndex = "Dvm-Index"

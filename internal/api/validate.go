@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/hypervisor/profile"
 	"github.com/dvmproject/dvm/internal/units"
 )
 
@@ -58,9 +58,9 @@ func (c *CreateGuest) Normalize() *FieldError {
 		return e
 	}
 	if c.OS == "" {
-		c.OS = hypervisor.DefaultProfile
+		c.OS = profile.Default
 	}
-	if _, err := hypervisor.LookupProfile(c.OS); err != nil {
+	if _, err := profile.Lookup(c.OS); err != nil {
 		return fieldErr("os", "%v", err)
 	}
 	if c.CPUs < 1 || c.CPUs > MaxGuestCPUs {
@@ -70,7 +70,7 @@ func (c *CreateGuest) Normalize() *FieldError {
 		return fieldErr("memory_bytes", "%s is out of range: give %s to %s", units.FormatBytes(c.MemoryBytes), units.FormatBytes(MinGuestMemory), units.FormatBytes(MaxGuestMemory))
 	}
 	if c.MemoryBytes%(1<<20) != 0 {
-		return fieldErr("memory_bytes", "%d is not a whole number of MiB", c.MemoryBytes)
+		return fieldErr("memory_bytes", "%d bytes is not a whole number of MiB: give whole MiB, such as %dMiB", c.MemoryBytes, c.MemoryBytes>>20)
 	}
 	if c.Image != "" && !imageRE.MatchString(c.Image) {
 		return fieldErr("image", "%q is not a valid image name: use lowercase letters, digits, dots, dashes and underscores", c.Image)

@@ -49,7 +49,7 @@ func agentConfig(dir string, k, nodes int) string {
 }
 
 // findDvmd resolves the agent binary: path if given, else dvmd next to the running
-// executable, else dvmd in $PATH.
+// executable (vmctl-lab, built into the same bin/ as dvmd), else dvmd in $PATH.
 func findDvmd(path string) (string, error) {
 	if path != "" {
 		abs, err := filepath.Abs(path)
@@ -70,7 +70,7 @@ func findDvmd(path string) (string, error) {
 	if p, err := exec.LookPath("dvmd"); err == nil {
 		return filepath.Abs(p)
 	}
-	return "", errors.New("dvmd not found next to vmctl nor in $PATH: build it (`go build -o /usr/local/bin/dvmd ./cmd/dvmd`) or name it with --dvmd PATH")
+	return "", errors.New("dvmd not found next to vmctl-lab nor in $PATH: build it (`go build -o /usr/local/bin/dvmd ./cmd/dvmd`) or name it with --dvmd PATH")
 }
 
 // apiNode is the part of GET /v1/nodes the lab reads.

@@ -133,7 +133,8 @@ func MasterURL() string { return agentURL(1) }
 func (l *Lab) Dir() string { return l.dir }
 
 // EnvFile is DIR/env: DVM_ADDR, DVM_TOKEN, DVM_CA and DVM_LAB_NODES for vmctl, virsh
-// and tests.
+// and tests, and DVM_LAB_DIR, so that `vmctl lab kill n2` after sourcing it acts on
+// this lab.
 func (l *Lab) EnvFile() string { return filepath.Join(l.dir, "env") }
 
 // CAFile is DIR/credentials/ca.crt, the lab cluster's CA: the nodes' API certificates
@@ -502,13 +503,15 @@ func (l *Lab) waitNodes(ctx context.Context, timeout time.Duration, nodes []node
 	return errors.Join(errs...)
 }
 
-// writeEnv writes DIR/env, the same form as `dvmd dev` plus DVM_LAB_NODES.
+// writeEnv writes DIR/env, the same form as `dvmd dev` plus DVM_LAB_NODES and
+// DVM_LAB_DIR.
 func (l *Lab) writeEnv(token string) error {
 	var nodes []string
 	for _, n := range l.st.Nodes {
 		nodes = append(nodes, n.Name+"="+libvirtURI(n.Index))
 	}
-	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_CA=%s\nDVM_LAB_NODES=%s\n", masterURLs(len(l.st.Nodes)), token, l.CAFile(), strings.Join(nodes, ","))
+	env := fmt.Sprintf("DVM_ADDR=%s\nDVM_TOKEN=%s\nDVM_CA=%s\nDVM_LAB_NODES=%s\nDVM_LAB_DIR=%s\n",
+		masterURLs(len(l.st.Nodes)), token, l.CAFile(), strings.Join(nodes, ","), l.dir)
 	if err := writeFileAtomic(l.EnvFile(), []byte(env), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", l.EnvFile(), err)
 	}

@@ -62,8 +62,9 @@ func TestLab(t *testing.T) {
 		// DVM_ADDR lists every management-capable node's API, n1's first.
 		addr := "DVM_ADDR=https://10.77.0.11:7460,https://10.77.0.12:7460,https://10.77.0.13:7460\n"
 		ca := "DVM_CA=" + l.CAFile() + "\n" // the nodes' API speaks TLS with the lab's CA
-		if !strings.Contains(string(env), want) || !strings.Contains(string(env), addr) || !strings.Contains(string(env), ca) {
-			t.Errorf("env file:\n%s\nwant it to hold %s, %s and %s", env, addr, ca, want)
+		dir := "DVM_LAB_DIR=" + l.Dir() + "\n"
+		if !strings.Contains(string(env), want) || !strings.Contains(string(env), addr) || !strings.Contains(string(env), ca) || !strings.Contains(string(env), dir) {
+			t.Errorf("env file:\n%s\nwant it to hold %s, %s, %s and %s", env, addr, ca, want, dir)
 		}
 	})
 

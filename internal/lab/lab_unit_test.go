@@ -117,6 +117,27 @@ func TestLoadWithoutLab(t *testing.T) {
 	}
 }
 
+// TestEnvNamesTheLab: DIR/env points vmctl at the lab's API and names DIR, so that after
+// sourcing it `vmctl lab kill n2` acts on that lab (DVM_LAB_DIR is vmctl lab's --dir).
+func TestEnvNamesTheLab(t *testing.T) {
+	dir := t.TempDir()
+	l := &Lab{dir: dir, st: state{Nodes: []nodeState{{Name: "n1", Index: 1}, {Name: "n2", Index: 2}}}}
+	if err := l.writeEnv("s3cret"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "DVM_ADDR=https://10.77.0.11:7460,https://10.77.0.12:7460\nDVM_TOKEN=s3cret\n" +
+		"DVM_CA=" + filepath.Join(dir, "credentials", "ca.crt") + "\n" +
+		"DVM_LAB_NODES=n1=qemu+tcp://10.77.0.11/system,n2=qemu+tcp://10.77.0.12/system\n" +
+		"DVM_LAB_DIR=" + dir + "\n"
+	if string(got) != want {
+		t.Errorf("env file:\n%s\nwant:\n%s", got, want)
+	}
+}
+
 func TestFindDvmd(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "dvmd")

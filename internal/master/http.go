@@ -464,22 +464,33 @@ func (h *handler) nodeStatus(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (h *handler) assignment(w http.ResponseWriter, r *http.Request) {
+// blocking reads a blocking query's parameters: the whole number in param (index,
+// after; 0 when absent) and wait, up to 5 minutes. On a bad one it answers 400 and
+// returns false.
+func blocking(w http.ResponseWriter, r *http.Request, param, what string) (uint64, time.Duration, bool) {
 	q := r.URL.Query()
-	var index uint64
+	var n uint64
 	var wait time.Duration
 	var err error
-	if s := q.Get("index"); s != "" {
-		if index, err = strconv.ParseUint(s, 10, 64); err != nil {
-			writeErr(w, http.StatusBadRequest, "index must be a whole number", "index")
-			return
+	if s := q.Get(param); param != "" && s != "" {
+		if n, err = strconv.ParseUint(s, 10, 64); err != nil {
+			writeErr(w, http.StatusBadRequest, param+" must be a whole number"+what, param)
+			return 0, 0, false
 		}
 	}
 	if s := q.Get("wait"); s != "" {
 		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > 5*time.Minute {
 			writeErr(w, http.StatusBadRequest, "wait must be a duration up to 5m, such as 30s", "wait")
-			return
+			return 0, 0, false
 		}
+	}
+	return n, wait, true
+}
+
+func (h *handler) assignment(w http.ResponseWriter, r *http.Request) {
+	index, wait, ok := blocking(w, r, "index", "")
+	if !ok {
+		return
 	}
 	writeJSON(w, http.StatusOK, h.m.Assignment(r.Context(), r.PathValue("name"), index, wait))
 }
@@ -507,12 +518,19 @@ func (h *handler) createGuest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, code, g)
 }
 
+// getGuest answers at once, or, given the index of an answer (?index=VERSION&wait=D),
+// once the guest differs from it (see WatchGuest).
 func (h *handler) getGuest(w http.ResponseWriter, r *http.Request) {
-	g, err := h.m.Guest(r.PathValue("name"))
+	_, wait, ok := blocking(w, r, "", "")
+	if !ok {
+		return
+	}
+	g, version, err := h.m.WatchGuest(r.Context(), r.PathValue("name"), r.URL.Query().Get("index"), wait)
 	if err != nil {
 		fail(w, err)
 		return
 	}
+	w.Header().Set(api.HeaderIndex, version)
 	writeJSON(w, http.StatusOK, g)
 }
 
@@ -611,21 +629,9 @@ func (h *handler) join(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) events(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	var after uint64
-	var wait time.Duration
-	var err error
-	if s := q.Get("after"); s != "" {
-		if after, err = strconv.ParseUint(s, 10, 64); err != nil {
-			writeErr(w, http.StatusBadRequest, "after must be a whole number (an event's seq)", "after")
-			return
-		}
-	}
-	if s := q.Get("wait"); s != "" {
-		if wait, err = time.ParseDuration(s); err != nil || wait < 0 || wait > 5*time.Minute {
-			writeErr(w, http.StatusBadRequest, "wait must be a duration up to 5m, such as 30s", "wait")
-			return
-		}
+	after, wait, ok := blocking(w, r, "after", " (an event's seq)")
+	if !ok {
+		return
 	}
 	writeJSON(w, http.StatusOK, h.m.Events(r.Context(), after, wait))
 }

@@ -80,6 +80,9 @@ type Master struct {
 	obsMu    sync.RWMutex
 	lastSeen map[string]time.Time                    // node -> last status report
 	observed map[string]map[string]api.ObservedGuest // node -> guest -> state
+	// obsChanged is closed, and replaced, when a report changes what a node observes
+	// or comes from a node that was not reporting: it wakes WatchGuest.
+	obsChanged chan struct{}
 
 	migMu   sync.Mutex
 	pending map[string]chan api.Migration // guest -> waiter of a migration in flight
@@ -120,6 +123,8 @@ func New(st *store.Store, opts Options) (*Master, error) {
 		kick:     make(chan struct{}, 1),
 		reg:      opts.Metrics,
 		recStart: map[string]time.Time{},
+
+		obsChanged: make(chan struct{}),
 	}, nil
 }
 
@@ -443,30 +448,54 @@ func (m *Master) state(g store.GuestRecord, now time.Time, errOut *string) strin
 	return api.GuestStopped
 }
 
+// updateGuest reads guest name's record, lets change edit it, and writes it back under
+// mu: change returns what to write (OpPutGuest, OpDeleteGuest, or "" for nothing) or
+// why the change is refused. It returns the record as change left it.
+func (m *Master) updateGuest(name string, change func(g *store.GuestRecord) (store.Op, error)) (store.GuestRecord, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.st.Guest(name)
+	if !ok {
+		return g, fmt.Errorf("guest %q %w", name, ErrNotFound)
+	}
+	op, err := change(&g)
+	switch {
+	case err != nil:
+		return g, err
+	case op == store.OpDeleteGuest:
+		_, err = m.st.Apply(store.Command{Op: op, Name: name})
+	case op != "":
+		_, err = m.st.Apply(store.Command{Op: op, Guest: &g})
+	}
+	return g, err
+}
+
 // SetDesired asks for a guest to be running or stopped.
 func (m *Master) SetDesired(name, desired string) (api.Guest, error) {
 	if err := m.mustAct(); err != nil {
 		return api.Guest{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	g, ok := m.st.Guest(name)
-	if !ok {
-		return api.Guest{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
-	}
-	if g.Desired == store.DesiredDeleted {
-		return api.Guest{}, fmt.Errorf("guest %q is being deleted: %w", name, ErrConflict)
-	}
-	if g.Desired != desired || (g.Lost && desired == store.DesiredRunning) {
+	replace := false
+	g, err := m.updateGuest(name, func(g *store.GuestRecord) (store.Op, error) {
+		if g.Desired == store.DesiredDeleted {
+			return "", fmt.Errorf("guest %q is being deleted: %w", name, ErrConflict)
+		}
+		// An operator brings back a guest lost with its node: place it anew.
+		replace = g.Lost && desired == store.DesiredRunning
+		if g.Desired == desired && !replace {
+			return "", nil
+		}
 		g.Desired = desired
-		if g.Lost && desired == store.DesiredRunning {
-			// An operator brings back a guest lost with its node: place it anew.
+		if replace {
 			g.Lost, g.Node, g.TwinNode = false, "", ""
-			defer m.wake()
 		}
-		if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
-			return api.Guest{}, err
-		}
+		return store.OpPutGuest, nil
+	})
+	if err != nil {
+		return api.Guest{}, err
+	}
+	if replace {
+		m.wake()
 	}
 	return m.view(g, time.Now()), nil
 }
@@ -477,23 +506,21 @@ func (m *Master) DeleteGuest(name string) (api.Guest, error) {
 	if err := m.mustAct(); err != nil {
 		return api.Guest{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	g, ok := m.st.Guest(name)
-	if !ok {
-		return api.Guest{}, fmt.Errorf("guest %q %w", name, ErrNotFound)
-	}
-	if g.MigrateTo != "" {
-		return api.Guest{}, fmt.Errorf("guest %q is migrating to %s: %w; delete it when the migration ends", name, g.MigrateTo, ErrConflict)
-	}
-	if g.Node == "" || g.Lost {
-		_, err := m.st.Apply(store.Command{Op: store.OpDeleteGuest, Name: name})
+	g, err := m.updateGuest(name, func(g *store.GuestRecord) (store.Op, error) {
+		if g.MigrateTo != "" {
+			return "", fmt.Errorf("guest %q is migrating to %s: %w; delete it when the migration ends", name, g.MigrateTo, ErrConflict)
+		}
 		g.Desired = store.DesiredDeleted
-		return api.Guest{Name: g.Name, State: "deleted"}, err
-	}
-	g.Desired = store.DesiredDeleted
-	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g}); err != nil {
+		if g.Node == "" || g.Lost {
+			return store.OpDeleteGuest, nil
+		}
+		return store.OpPutGuest, nil
+	})
+	switch {
+	case err != nil:
 		return api.Guest{}, err
+	case g.Node == "" || g.Lost:
+		return api.Guest{Name: g.Name, State: "deleted"}, nil
 	}
 	return m.view(g, time.Now()), nil
 }

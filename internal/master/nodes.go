@@ -28,7 +28,11 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		obs[g.Name] = g
 	}
 	m.obsMu.Lock()
-	_, known := m.lastSeen[name]
+	last, known := m.lastSeen[name]
+	if !known || now.Sub(last) >= m.opts.NodeTimeout || !maps.Equal(m.observed[name], obs) {
+		close(m.obsChanged)
+		m.obsChanged = make(chan struct{})
+	}
 	m.lastSeen[name] = now
 	m.observed[name] = obs
 	m.obsMu.Unlock()
@@ -148,11 +152,9 @@ func (m *Master) RemoveNode(name string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, err := m.st.Apply(store.Command{Op: store.OpDeleteNode, Name: name}); err != nil {
-		return err
-	}
-	go m.Record("node-removed", name, "", "removed from the cluster by an operator")
-	return nil
+	// The event (node-removed) is the role machine's, which took it out first.
+	_, err := m.st.Apply(store.Command{Op: store.OpDeleteNode, Name: name})
+	return err
 }
 
 // Assignment returns what node must hold, waiting up to wait for a change past index.
@@ -189,7 +191,7 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 			ag.Incoming = true
 			a.Guests = append(a.Guests, ag)
 		case g.TwinNode == node && g.Desired != store.DesiredDeleted && !g.Lost:
-			ag.Standby = true
+			ag.Twin = true
 			a.Guests = append(a.Guests, ag)
 		case observed[g.Name]:
 			// This node still holds a guest the cluster moved away while the node was
@@ -274,20 +276,18 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 
 // MigrationDone records the outcome a source node reports.
 func (m *Master) MigrationDone(node, name string, res api.Migration) error {
-	m.mu.Lock()
-	g, ok := m.st.Guest(name)
-	if !ok || g.Node != node || g.MigrateTo == "" {
-		m.mu.Unlock()
-		return fmt.Errorf("guest %q is not migrating away from %s: %w", name, node, ErrConflict)
-	}
-	res.From, res.To, res.FinishedAt = node, g.MigrateTo, time.Now().UTC()
-	if res.OK {
-		g.Node = g.MigrateTo
-	}
-	g.MigrateTo = ""
-	g.LastMigration, _ = json.Marshal(res)
-	_, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &g})
-	m.mu.Unlock()
+	_, err := m.updateGuest(name, func(g *store.GuestRecord) (store.Op, error) {
+		if g.Node != node || g.MigrateTo == "" {
+			return "", fmt.Errorf("guest %q is not migrating away from %s: %w", name, node, ErrConflict)
+		}
+		res.From, res.To, res.FinishedAt = node, g.MigrateTo, time.Now().UTC()
+		if res.OK {
+			g.Node = g.MigrateTo
+		}
+		g.MigrateTo = ""
+		g.LastMigration, _ = json.Marshal(res)
+		return store.OpPutGuest, nil
+	})
 	if err != nil {
 		return err
 	}

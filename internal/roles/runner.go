@@ -467,8 +467,8 @@ func (r *Runner) carryOut(acts []failover.Action) {
 				h.Unfence()
 			}
 		case failover.DeclareLost:
+			// The event (node-lost) is the master's, which recovers the guests.
 			r.log.Warn("node lost", "node", a.Node, "why", a.Why)
-			r.event("node-lost", a.Node, a.Why)
 			if h.DeclareLost != nil {
 				r.ordered(func() { h.DeclareLost(a.Node, a.Why) })
 			}
@@ -495,20 +495,16 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			r.transfer(a.To)
 		case failover.SetMembership:
 			r.setMembership(a)
-		case failover.Hold:
-			r.event("on-hold", a.Node, a.Why)
 		case failover.Notify:
+			// Where the machine acts and tells at once (hold and on-hold, give-up and
+			// gave-up, solitude-shutdown and solitude), the event is what it tells.
 			r.event(a.Kind, a.Node, a.Detail)
 		case failover.Merge:
 			// The machine follows the winner from now on; raft follows through Rejoin
 			// once the winner's group speaks to this node.
 			r.event("merge", r.cfg.Self, fmt.Sprintf("into the group of %s: %s", a.Into, a.Reason))
-		case failover.StopContacting:
-			r.event("gave-up", a.Node, "no longer contacted")
-		case failover.SolitudeShutdown:
-			r.event("solitude", a.Node, "reached no other node: management shut down")
 		case failover.RequestVotes:
-			r.event("semi-master", r.cfg.Self, fmt.Sprintf("asking witness votes for generation %d", a.Generation))
+			r.event("request-votes", r.cfg.Self, fmt.Sprintf("asking witness votes for generation %d", a.Generation))
 		}
 	}
 }

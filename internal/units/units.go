@@ -1,49 +1,61 @@
-// Package units parses and prints the byte sizes operators write: "2GiB", "512MiB",
-// "20G". One parser for the CLI, the API and config files, so a size means the same
+// Package units parses and prints the byte sizes operators write: "2G", "2GB", "2GiB",
+// "512M". One parser for the CLI, the API and config files, so a size means the same
 // everywhere.
+//
+// Every unit is a power of 1024, whichever way it is written, in any case: K, KB and
+// KiB are 1024 bytes; M, MB and MiB 1024²; G, GB and GiB 1024³; T, TB and TiB 1024⁴.
+// dvm's sizes are guests' memory and disks, which QEMU (-m 2G), qemu-img and every RAM
+// module count in powers of 1024: an operator who writes --memory 2GB means 2 GiB (a
+// decimal 2 GB, 2 000 000 000 bytes, is not even a whole number of MiB). libvirt's XML
+// alone reads GB as 10⁹; dvm writes its domains in KiB.
 package units
 
 import (
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 )
 
-var suffixes = []struct {
-	name string
-	mult int64
-}{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40},
-	{"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"TB", 1000 * 1000 * 1000 * 1000},
-	{"B", 1},
+// Help says which units ParseBytes reads, for flag usage and error messages.
+const Help = "K, M, G and T (also written KB or KiB, MB or MiB, ...) are powers of 1024; a bare number is bytes"
+
+// multipliers maps a unit, upper-cased, to its size in bytes.
+var multipliers = map[string]int64{"": 1, "B": 1}
+
+func init() {
+	for i, p := range []string{"K", "M", "G", "T"} {
+		m := int64(1) << (10 * (i + 1))
+		for _, u := range []string{p, p + "B", p + "IB"} {
+			multipliers[u] = m
+		}
+	}
 }
 
-// ParseBytes reads a size such as "2GiB", "1.5G" or "1048576". Binary suffixes (K, M, G,
-// T, with or without "iB") are powers of 1024; "KB", "MB", "GB", "TB" are powers of 1000,
-// as in IEC usage. A bare number is bytes.
+var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*([A-Za-z]*)$`)
+
+// ParseBytes reads a size such as "2G", "2GB", "2GiB", "1.5G", "512m" or "1048576"
+// (see the package comment for the units). A fraction of a byte is dropped.
 func ParseBytes(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	if t == "" {
-		return 0, fmt.Errorf("empty size: write a size such as 512MiB or 2GiB")
+		return 0, fmt.Errorf("empty size: write a number and a unit, such as 512M or 2G: %s", Help)
 	}
-	mult := int64(1)
-	num := t
-	for _, sfx := range suffixes {
-		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(sfx.name)) {
-			// "B" alone must not swallow the "B" of "KiB"; the table lists longer first.
-			num = strings.TrimSpace(t[:len(t)-len(sfx.name)])
-			mult = sfx.mult
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("size %q is not a number with a unit: write a size such as 512MiB or 2GiB", s)
-	}
-	if f < 0 {
+	if strings.HasPrefix(t, "-") {
 		return 0, fmt.Errorf("size %q is negative", s)
+	}
+	m := sizeRE.FindStringSubmatch(t)
+	if m == nil {
+		return 0, fmt.Errorf("size %q is not a number and a unit: write one such as 512M or 2G: %s", s, Help)
+	}
+	mult, ok := multipliers[strings.ToUpper(m[2])]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown unit %q: %s", s, m[2], Help)
+	}
+	f, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q is not a number and a unit: write one such as 512M or 2G: %s", s, Help)
 	}
 	v := f * float64(mult)
 	if v > math.MaxInt64/2 {

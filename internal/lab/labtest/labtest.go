@@ -25,8 +25,9 @@ import (
 // one place outside DIR the lab writes to.
 var lockPath = filepath.Join(lab.DefaultImageCache, "labtest.lock")
 
-// Up builds ./cmd/dvmd and ./cmd/vmctl of this module into a temporary directory
-// and brings up a lab of n nodes running that dvmd, in a temporary DIR. The lab is
+// Up builds ./cmd/dvmd, ./cmd/vmctl and ./cmd/vmctl-lab of this module into a
+// temporary directory and brings up a lab of n nodes running that dvmd, in a
+// temporary DIR. The lab is
 // brought down when the test ends.
 func Up(t testing.TB, n int) *lab.Lab {
 	t.Helper()
@@ -83,8 +84,9 @@ func Require(t testing.TB) {
 	t.Skipf("no lab on this machine (set CI=true to make this a failure): %v", why)
 }
 
-// Build compiles this module's ./cmd/dvmd and ./cmd/vmctl into a temporary
-// directory (vmctl next to dvmd, as the lab looks for it) and returns their paths.
+// Build compiles this module's ./cmd/dvmd, ./cmd/vmctl and ./cmd/vmctl-lab into one
+// temporary directory and returns the paths of dvmd and vmctl: `vmctl lab` runs the
+// vmctl-lab next to it, and the lab runs the dvmd next to vmctl-lab.
 func Build(t testing.TB) (dvmd, vmctl string) {
 	t.Helper()
 	root, err := moduleRoot()
@@ -92,12 +94,10 @@ func Build(t testing.TB) (dvmd, vmctl string) {
 		t.Fatalf("labtest: %v", err)
 	}
 	bin := t.TempDir()
-	for _, name := range []string{"dvmd", "vmctl"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("labtest: go build ./cmd/%s: %v\n%s", name, err, out)
-		}
+	cmd := exec.Command("go", "build", "-o", bin+string(filepath.Separator), "./cmd/dvmd", "./cmd/vmctl", "./cmd/vmctl-lab")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("labtest: go build ./cmd/dvmd ./cmd/vmctl ./cmd/vmctl-lab: %v\n%s", err, out)
 	}
 	return filepath.Join(bin, "dvmd"), filepath.Join(bin, "vmctl")
 }

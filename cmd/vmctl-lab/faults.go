@@ -14,7 +14,7 @@ import (
 
 // labFaultsCommand is `vmctl lab faults`: seeded fault schedules on an up lab, checked
 // from outside (see internal/lab/faults).
-func labFaultsCommand(dir cli.Flag) *cli.Command {
+func labFaultsCommand() *cli.Command {
 	seed := &cli.Uint64Flag{Name: "seed", Usage: "`N` that draws the schedule: the same seed replays the same schedule (default: a new one, printed)"}
 	steps := &cli.IntFlag{Name: "steps", Value: 12, Usage: "number of fault steps before the finale"}
 	seedOf := func(c *cli.Context) uint64 {
@@ -57,16 +57,14 @@ Exit code 0: no violation; 1: a violation or a run that could not be carried out
 
 Examples:
   vmctl lab up --nodes 5 && vmctl lab faults run --seed 7 --steps 12 && vmctl lab down`,
-				Flags: []cli.Flag{dir, seed, steps,
+				Flags: []cli.Flag{seed, steps,
 					&cli.DurationFlag{Name: "write-bound", Value: 30 * time.Second, Usage: "from the last heal to a write accepted"},
 					&cli.DurationFlag{Name: "restart-bound", Value: 90 * time.Second, Usage: "from the last heal to every restart guest running"},
 					&cli.StringFlag{Name: "prefix", Usage: "start of the names of the guests the run creates (default f<seed>-)"},
 				},
 				Action: func(c *cli.Context) error {
-					if args, err := labArgs(c); err != nil {
-						return err
-					} else if len(args) > 0 {
-						return fmt.Errorf("vmctl lab faults run takes no arguments (got %q): use --seed N --steps K", args)
+					if c.NArg() > 0 {
+						return fmt.Errorf("vmctl lab faults run takes no arguments (got %q): use --seed N --steps K", c.Args().Slice())
 					}
 					l, err := loadUp(c.String("dir"))
 					if err != nil {

@@ -1,4 +1,7 @@
-package hypervisor
+// Package profile holds the guest OS profiles: what each OS runs well on. It is pure
+// data, apart from libvirt, so that the API's validation and vmctl (built without cgo)
+// name the same profiles as the domain builder in hypervisor.
+package profile
 
 import (
 	"fmt"
@@ -28,8 +31,8 @@ type Profile struct {
 	ACPI         bool
 }
 
-// Profiles are the OS profiles dvm knows. DragonFly BSD is the default.
-var Profiles = map[string]Profile{
+// All are the OS profiles dvm knows. DragonFly BSD is the default.
+var All = map[string]Profile{
 	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true},
 	"freebsd":   {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
 	"netbsd":    {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
@@ -37,27 +40,27 @@ var Profiles = map[string]Profile{
 	"linux":     {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
 }
 
-// DefaultProfile is the profile of a guest that names none.
-const DefaultProfile = "dragonfly"
+// Default is the profile of a guest that names none.
+const Default = "dragonfly"
 
-// ProfileNames lists the known profiles, sorted, for error messages and help texts.
-func ProfileNames() []string {
-	names := make([]string, 0, len(Profiles))
-	for n := range Profiles {
+// Names lists the known profiles, sorted, for error messages and help texts.
+func Names() []string {
+	names := make([]string, 0, len(All))
+	for n := range All {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	return names
 }
 
-// LookupProfile returns the profile of an OS name; "" is the default profile.
-func LookupProfile(os string) (Profile, error) {
+// Lookup returns the profile of an OS name; "" is the default profile.
+func Lookup(os string) (Profile, error) {
 	if os == "" {
-		os = DefaultProfile
+		os = Default
 	}
-	p, ok := Profiles[os]
+	p, ok := All[os]
 	if !ok {
-		return Profile{}, fmt.Errorf("unknown os %q: use one of %s", os, strings.Join(ProfileNames(), ", "))
+		return Profile{}, fmt.Errorf("unknown os %q: use one of %s", os, strings.Join(Names(), ", "))
 	}
 	return p, nil
 }
