@@ -49,13 +49,17 @@ type Node struct {
 	HV        *hypervisor.Node
 	Roles     *roles.Runner
 	agent     sync.WaitGroup // the agent's Run, waited for before HV is closed
-	members   *cluster.Members
-	agentLn   net.Listener
-	master    *Master
-	raftAddr  string
-	cancel    context.CancelFunc
-	done      chan struct{}
-	err       error
+	// writers are the loops that write files in data_dir (the role machine's state,
+	// the fence guard's lease file): Stop waits for them, so a caller that removes
+	// the directory next (a test's cleanup, an operator's script) races with nothing.
+	writers  sync.WaitGroup
+	members  *cluster.Members
+	agentLn  net.Listener
+	master   *Master
+	raftAddr string
+	cancel   context.CancelFunc
+	done     chan struct{}
+	err      error
 }
 
 // StartNode starts a node as cfg says. It returns once the node serves and its agent
@@ -236,14 +240,21 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	if agentLn != nil {
 		go Serve(ctx, agentLn, master.AgentHandler(mm, cfg.Name, n.Token, reg))
 	}
-	go n.Roles.Run(ctx)
+	n.writers.Add(2)
+	go func() {
+		defer n.writers.Done()
+		n.Roles.Run(ctx)
+	}()
 	n.agent.Add(1)
 	go func() {
 		defer n.agent.Done()
 		a.Run(ctx)
 	}()
 	leaseFile := filepath.Join(cfg.DataDir, "lease")
-	go vouch(ctx, n.Roles, leaseFile)
+	go func() {
+		defer n.writers.Done()
+		vouch(ctx, n.Roles, leaseFile)
+	}()
 	if err := startFenceGuard(cfg, leaseFile, log); err != nil {
 		n.Stop()
 		return nil, err
@@ -518,6 +529,7 @@ func (n *Node) Stop() {
 		<-n.done
 	}
 	n.agent.Wait()
+	n.writers.Wait()
 	n.closeAll()
 }
 
