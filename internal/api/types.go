@@ -184,10 +184,21 @@ type Error struct {
 
 // Health is the body of GET /v1/health.
 type Health struct {
-	Status string `json:"status"`
-	Node   string `json:"node"`
-	Role   string `json:"role"`
+	Status  string `json:"status"` // HealthOK or HealthHalted
+	Node    string `json:"node"`
+	Role    string `json:"role"`
+	Version string `json:"version,omitempty"` // the node's dvmd
+	// Error says what is wrong when Status is not ok.
+	Error string `json:"error,omitempty"`
 }
+
+// Health statuses.
+const (
+	HealthOK = "ok"
+	// HealthHalted: the node's replica of the cluster state met a log entry or
+	// snapshot its dvmd cannot read and applies nothing more (Error says which).
+	HealthHalted = "halted"
+)
 
 // Why is the answer of GET /v1/guests/{name}/why: how the scheduler sees the guest now.
 type Why struct {

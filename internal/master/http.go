@@ -17,6 +17,7 @@ import (
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -50,7 +51,9 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		role = "master"
 	}
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, api.Health{Status: "ok", Node: nodeName, Role: role})
+		// Always 200 while dvmd answers: the role machine's probes take an answer as
+		// reach. What is wrong is in the body.
+		writeJSON(w, http.StatusOK, health(m, nodeName, role))
 	})
 	if m != nil {
 		h.route(mux, "GET /v1/nodes", h.listNodes)
@@ -93,6 +96,17 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		}
 	})
 	return mux
+}
+
+// health is a node's answer to GET /v1/health.
+func health(m *Master, node, role string) api.Health {
+	h := api.Health{Status: api.HealthOK, Node: node, Role: role, Version: version.Version}
+	if m != nil {
+		if err := m.st.Halted(); err != nil {
+			h.Status, h.Error = api.HealthHalted, err.Error()
+		}
+	}
+	return h
 }
 
 type handler struct {
@@ -359,8 +373,10 @@ func fail(w http.ResponseWriter, err error) {
 		// Not 503: the change was applied, and a client that retried it on another
 		// node would only be told it exists. 504 ends the request with the news.
 		writeErr(w, http.StatusGatewayTimeout, err.Error()+"; it may or may not survive: look (vmctl vm show, vmctl net ls) before you retry", "")
-	case errors.Is(err, ErrNotActing):
+	case errors.Is(err, ErrNotActing), errors.Is(err, store.ErrHalted):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
+	case errors.Is(err, store.ErrTooOld):
+		writeErr(w, http.StatusConflict, err.Error(), "")
 	case errors.Is(err, ErrBadRequest):
 		writeErr(w, http.StatusBadRequest, err.Error(), "")
 	default:

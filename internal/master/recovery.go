@@ -42,11 +42,16 @@ func (m *Master) WaitDurable(ctx context.Context) error {
 // ErrNotActing: this master holds no majority lease now.
 var ErrNotActing = errors.New("this master does not hold leases from a majority of nodes now: retry in a moment")
 
+// acting: this master may write. A master whose replica has halted may not: its state
+// stops at an entry it could not read, and what it would decide from it is stale.
 func (m *Master) acting() bool {
-	return m.IsLeader() && (m.opts.Authority == nil || m.opts.Authority.Acting())
+	return m.IsLeader() && m.st.Halted() == nil && (m.opts.Authority == nil || m.opts.Authority.Acting())
 }
 
 func (m *Master) mustAct() error {
+	if err := m.st.Halted(); err != nil {
+		return err
+	}
 	if !m.acting() {
 		return ErrNotActing
 	}
