@@ -55,15 +55,7 @@ func (e *HaltError) Error() string {
 	if e.Snap {
 		what = fmt.Sprintf("the state snapshot at index %d", e.Index)
 	}
-	var why string
-	switch {
-	case e.Op != "":
-		why = fmt.Sprintf("holds op %q, which this dvmd (%s) does not know", e.Op, e.Running)
-	case e.Field != "":
-		why = fmt.Sprintf("has field %q, which this dvmd (%s) does not know", e.Field, e.Running)
-	default:
-		why = "cannot be read: " + e.Reason
-	}
+	why := e.problem()
 	todo := "the entry is damaged or was written by an incompatible build: restore the cluster state from a snapshot (vmctl cluster snapshot restore)"
 	if version.Compare(e.Writer, e.Running) > 0 {
 		todo = "upgrade this node's dvmd to " + e.Writer + " or newer; it then applies the log from where it stopped"
@@ -72,6 +64,17 @@ func (e *HaltError) Error() string {
 }
 
 func (e *HaltError) Unwrap() error { return ErrHalted }
+
+// problem says what is wrong with the entry or snapshot, in a phrase.
+func (e *HaltError) problem() string {
+	switch {
+	case e.Op != "":
+		return fmt.Sprintf("holds op %q, which this dvmd (%s) does not know", e.Op, e.Running)
+	case e.Field != "":
+		return fmt.Sprintf("has field %q, which this dvmd (%s) does not know", e.Field, e.Running)
+	}
+	return "cannot be read: " + e.Reason
+}
 
 // decodeEntry reads one log entry's commands strictly: every op must be one this
 // build knows, every field one it knows, and every command complete. Anything else is
