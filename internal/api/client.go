@@ -166,9 +166,10 @@ type StatusError struct {
 func (e *StatusError) Error() string { return e.Msg }
 
 // Do sends a request with a JSON body (nil for none) and decodes the JSON answer into
-// out (nil to ignore it). A connection failure moves on to the next address; an answer,
-// even an error, ends the search. While no listed node answers, or none has a master,
-// it tries again for RetryFor.
+// out (nil to ignore it). A body of []byte is sent as it is (a snapshot file), and an
+// out of *[]byte gets the answer as it is. A connection failure moves on to the next
+// address; an answer, even an error, ends the search. While no listed node answers, or
+// none has a master, it tries again for RetryFor.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
 	return c.retry(ctx, func() error {
 		return c.send(ctx, method, path, body, func(resp *http.Response) error { return decodeBody(resp, out) })
@@ -216,9 +217,17 @@ func (c *Client) retry(ctx context.Context, send func() error) error {
 
 // decodeBody reads a JSON answer into out (nil to ignore it).
 func decodeBody(resp *http.Response, out any) error {
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	limit := int64(64 << 20)
+	if _, ok := out.(*[]byte); ok {
+		limit = 2 << 30 // a snapshot file; its reader checks its length
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
 		return err
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
 	}
 	if out != nil && len(data) > 0 {
 		return json.Unmarshal(data, out)
@@ -270,7 +279,10 @@ func (e *NoAnswerError) Unwrap() error { return e.Last }
 // that kept one from answering.
 func (c *Client) send(ctx context.Context, method, path string, body any, answer func(*http.Response) error) error {
 	var payload []byte
-	if body != nil {
+	contentType := "application/json"
+	if raw, ok := body.([]byte); ok {
+		payload, contentType = raw, "application/octet-stream"
+	} else if body != nil {
 		var err error
 		if payload, err = json.Marshal(body); err != nil {
 			return err
@@ -291,7 +303,7 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 			}
 			c.authorize(req)
 			if body != nil {
-				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Content-Type", contentType)
 			}
 			resp, err := c.HTTP.Do(req)
 			if err != nil {

@@ -234,6 +234,9 @@ type ClusterStatus struct {
 	RaftVoters []string      `json:"raft_voters"`
 	Candidates []string      `json:"candidates"` // ranked, best first
 	Nodes      []ClusterNode `json:"nodes"`
+	// Adoption is the last restore from a snapshot and its adoption of the guests;
+	// nil when the state was never restored.
+	Adoption *Adoption `json:"adoption,omitempty"`
 }
 
 // ClusterNode is one node's role: master, backup, candidate, node, semi-master,

@@ -53,6 +53,12 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &rec})
 	}
 	_, guests, _ := m.st.Snapshot()
+	var adopted []adoptEvent
+	if a := m.adopting(); a != nil && m.acting() {
+		var acmds []store.Command
+		acmds, adopted = m.adopt(a, name, obs, guests, now)
+		cmds = append(cmds, acmds...)
+	}
 	for _, g := range guests {
 		if g.Node == name && obs[g.Name].State == "running" {
 			m.recoveryDone(name, g.Name)
@@ -67,6 +73,9 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		if _, err := m.st.Apply(cmds...); err != nil {
 			return err
 		}
+	}
+	if len(adopted) > 0 {
+		go m.recordAdoption(name, adopted)
 	}
 	if !known {
 		m.wake() // a node (back) online may take pending guests
@@ -171,6 +180,11 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 	}
 	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}, Master: m.st.ID(), Generation: m.st.Generation(),
 		NodeLost: !byName[node].LostAt.IsZero()}
+	if m.adopting() != nil {
+		m.adoptingAssignment(&a, node, guests)
+		m.addNetworks(&a, node, nodes, guests)
+		return a
+	}
 	observed := map[string]bool{}
 	m.obsMu.RLock()
 	for g := range m.observed[node] {
@@ -209,7 +223,7 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 // the migration ends, either way, the guest holds its room on both nodes. A destination
 // that cannot take the guest is refused with a *RefusedPlacement that says why.
 func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, error) {
-	if err := m.mustAct(); err != nil {
+	if err := m.mustPlace(); err != nil {
 		return api.Migration{}, err
 	}
 	m.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -93,6 +94,13 @@ func (m *Master) RecoverNode(node, why string) {
 			cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &n})
 		}
 	}
+	// A node awaited after a restore is awaited no more: its guests are recovered
+	// here like any lost node's.
+	var adoptionDone bool
+	if a := m.adopting(); a != nil && slices.Contains(a.Awaiting, node) {
+		cmds = append(cmds, store.Command{Op: store.OpSetAdoption, Adoption: awaitingLess(a, node, declared)})
+		adoptionDone = len(a.Awaiting) == 1
+	}
 	// A lost node's guests come before planned work: room a drain holds for a move it
 	// has not begun is free to them (the drain plans that move again when it comes to
 	// it); a live migration in flight holds its room, its guest is on the way there.
@@ -161,6 +169,9 @@ func (m *Master) RecoverNode(node, why string) {
 	sort.Slice(events, func(i, j int) bool { return events[i].guest < events[j].guest })
 	for _, e := range events {
 		m.Record("recovery", node, e.guest, e.detail)
+	}
+	if adoptionDone {
+		m.recordAdoption(node, []adoptEvent{{done: true}})
 	}
 }
 

@@ -7,11 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/snapshot"
 	"github.com/dvmproject/dvm/internal/version"
 	"github.com/hashicorp/raft"
 )
@@ -33,10 +33,23 @@ func filled(t *testing.T, s *Store) {
 	}
 }
 
+// savedState is the state of a filled store, saved to a snapshot file and read back.
+func savedState(t *testing.T) State {
+	t.Helper()
+	src := single(t, t.TempDir())
+	defer src.Close()
+	filled(t, src)
+	_, st, err := ReadSnapshot(bytes.NewReader(snapshotFile(t, src.State())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 func snapshotFile(t *testing.T, st State) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	if _, err := WriteSnapshot(&buf, st, SnapshotHeader{Term: 3, Generation: 1, Master: "n1", TakenAt: time.Now()}); err != nil {
+	if _, err := WriteSnapshot(&buf, st, snapshot.Header{Term: 3, Generation: 1, Master: "n1", TakenAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
@@ -44,10 +57,10 @@ func snapshotFile(t *testing.T, st State) []byte {
 
 // resum rewrites a snapshot file's header for a changed state, as one made by hand
 // would be: the checks past the checksum must hold on their own.
-func resum(t *testing.T, file []byte, edit func(h *SnapshotHeader, body []byte) []byte) []byte {
+func resum(t *testing.T, file []byte, edit func(h *snapshot.Header, body []byte) []byte) []byte {
 	t.Helper()
 	head, body, _ := bytes.Cut(file, []byte("\n"))
-	var h SnapshotHeader
+	var h snapshot.Header
 	if err := json.Unmarshal(head, &h); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +80,7 @@ func TestSnapshotFileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Kind != SnapshotKind || h.Format != SnapshotFormat || h.Version != version.Version || h.Index != want.Index ||
+	if h.Kind != snapshot.Kind || h.Format != snapshot.Format || h.Version != version.Version || h.Index != want.Index ||
 		h.Guests != 5 || h.Nodes != 2 || h.Networks != 1 || h.Tokens != 1 || h.Master != "n1" || h.Term != 3 {
 		t.Fatalf("header %+v", h)
 	}
@@ -101,19 +114,19 @@ func TestSnapshotFileRefusesBadInput(t *testing.T) {
 		{"nothing", nil, "not a whole snapshot header"},
 		{"another file", []byte("[{\"op\":\"put_node\"}]\n{}"), "not a whole snapshot header"},
 		{"two run together", append(bytes.Clone(good), good...), "data after the state's"},
-		{"a newer format", resum(t, good, func(h *SnapshotHeader, b []byte) []byte { h.Format, h.Version = 2, "9.0.0"; return b }),
-			"its format is 2, written by dvmd 9.0.0; this dvmd (" + version.Version + ") reads formats up to 1: restore it with dvmd 9.0.0 or newer"},
-		{"a newer state format", resum(t, good, func(h *SnapshotHeader, b []byte) []byte {
+		{"a newer format", resum(t, good, func(h *snapshot.Header, b []byte) []byte { h.Format, h.Version = 2, "9.0.0"; return b }),
+			"its format is 2, written by dvmd 9.0.0; this build (" + version.Version + ") reads formats up to 1: restore it with dvmd 9.0.0 or newer"},
+		{"a newer state format", resum(t, good, func(h *snapshot.Header, b []byte) []byte {
 			return bytes.Replace(b, []byte(`"format":1`), []byte(`"format":3`), 1)
 		}), "its format 3 is newer than this build's (1)"},
-		{"a field not known", resum(t, good, func(h *SnapshotHeader, b []byte) []byte {
+		{"a field not known", resum(t, good, func(h *snapshot.Header, b []byte) []byte {
 			return bytes.Replace(b, []byte(`"guests":[{`), []byte(`"guests":[{"colour":"red",`), 1)
 		}), `has field "colour", which this dvmd`},
-		{"a header not its state's", resum(t, good, func(h *SnapshotHeader, b []byte) []byte { h.Index++; return b }), "does not match its state"},
+		{"a header not its state's", resum(t, good, func(h *snapshot.Header, b []byte) []byte { h.Index++; return b }), "does not match its state"},
 		{"no checksum", bytes.Replace(good, []byte(`"sha256":"`), []byte(`"sha256":"x`), 1), "gives no valid size and checksum"},
 	} {
 		_, _, err := ReadSnapshot(bytes.NewReader(c.file))
-		if !errors.Is(err, ErrBadSnapshot) || !strings.Contains(err.Error(), c.want) {
+		if !errors.Is(err, snapshot.ErrBad) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want %q", c.what, err, c.want)
 		}
 	}
@@ -122,13 +135,7 @@ func TestSnapshotFileRefusesBadInput(t *testing.T) {
 // TestRestoreReplacesTheState: a restore replaces every record with the snapshot's
 // at once, never lowers the index, and stays after a restart.
 func TestRestoreReplacesTheState(t *testing.T) {
-	src := single(t, t.TempDir())
-	filled(t, src)
-	_, snap, err := ReadSnapshot(bytes.NewReader(snapshotFile(t, src.State())))
-	src.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := savedState(t)
 	dir := t.TempDir()
 	s := single(t, dir)
 	for i := 0; i < 30; i++ { // an index past the snapshot's
@@ -172,41 +179,14 @@ func TestRestoreReplacesTheState(t *testing.T) {
 // restored state too (raft sends it to them as a snapshot), and a follower that
 // becomes leader afterwards holds it.
 func TestRestoreReachesEveryReplica(t *testing.T) {
-	names := []string{"n1", "n2", "n3"}
-	trs := map[string]*raft.InmemTransport{}
-	for _, n := range names {
-		_, trs[n] = raft.NewInmemTransport(raft.ServerAddress(n))
-	}
-	for _, a := range names {
-		for _, b := range names {
-			if a != b {
-				trs[a].Connect(raft.ServerAddress(b), trs[b])
-			}
-		}
-	}
-	stores := map[string]*Store{}
-	for _, n := range names {
-		s, err := Open(Config{NodeID: n, Dir: t.TempDir(), Transport: trs[n], Bootstrap: n == "n1", LogOutput: io.Discard})
-		if err != nil {
-			t.Fatal(err)
-		}
-		stores[n] = s
-		defer s.Close()
-	}
-	leader := stores["n1"]
-	waitTrue(t, "n1 leads", leader.IsLeader)
+	c := newMemCluster(t, "n1", "n2", "n3")
+	names, stores, leader := c.names, c.stores, c.stores["n1"]
 	for _, n := range names[1:] {
 		if err := leader.Raft().AddVoter(raft.ServerID(n), raft.ServerAddress(n), 0, 0).Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	src := single(t, t.TempDir())
-	filled(t, src)
-	_, snap, err := ReadSnapshot(bytes.NewReader(snapshotFile(t, src.State())))
-	src.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := savedState(t)
 	if err := leader.Restore(snap); err != nil {
 		t.Fatal(err)
 	}
@@ -217,16 +197,7 @@ func TestRestoreReachesEveryReplica(t *testing.T) {
 	if err := leader.Raft().LeadershipTransfer().Error(); err != nil {
 		t.Fatal(err)
 	}
-	var next *Store
-	waitTrue(t, "another leader", func() bool {
-		for _, n := range names[1:] {
-			if stores[n].IsLeader() {
-				next = stores[n]
-				return true
-			}
-		}
-		return false
-	})
+	next := leaderAmong(t, stores, names[1:])
 	if _, err := next.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "after", Desired: DesiredRunning}}); err != nil {
 		t.Fatal(err)
 	}
