@@ -17,12 +17,27 @@ import (
 	"github.com/dvmproject/dvm/internal/snapshot"
 )
 
+// tlsAPI serves handler over TLS and returns vmctl's flags that reach it.
+func tlsAPI(t *testing.T, handler http.HandlerFunc) []string {
+	t.Helper()
+	srv := httptest.NewTLSServer(handler)
+	t.Cleanup(srv.Close)
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"DVM_ADDR", "DVM_TOKEN", "DVM_CA"} {
+		t.Setenv(v, "")
+	}
+	return []string{"--addr", srv.URL, "--token", "tok", "--ca", ca}
+}
+
 // snapshotAPI serves file as GET /v1/cluster/snapshot and records the bodies PUT to
 // it.
 func snapshotAPI(t *testing.T, file []byte) (g []string, put *[][]byte) {
 	t.Helper()
 	var got [][]byte
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	g = tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == "GET" && r.URL.Path == "/v1/cluster/snapshot":
 			w.Write(file)
@@ -33,16 +48,8 @@ func snapshotAPI(t *testing.T, file []byte) (g []string, put *[][]byte) {
 		default:
 			w.WriteHeader(http.StatusNotFound)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	ca := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range []string{"DVM_ADDR", "DVM_TOKEN", "DVM_CA"} {
-		t.Setenv(v, "")
-	}
-	return []string{"--addr", srv.URL, "--token", "tok", "--ca", ca}, &got
+	})
+	return g, &got
 }
 
 func snapshotBytes(t *testing.T) []byte {

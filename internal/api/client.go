@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/dvmproject/dvm/internal/version"
 )
 
 // Client talks to a dvm API. Addrs may name several management nodes; each request
@@ -305,6 +307,7 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 			if body != nil {
 				req.Header.Set("Content-Type", contentType)
 			}
+			req.Header.Set(HeaderVersion, version.Version)
 			resp, err := c.HTTP.Do(req)
 			if err != nil {
 				if terr := tlsProblem(addr, err); terr != nil {
@@ -331,11 +334,7 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 					return true, plainToTLSError(addr)
 				}
 				c.last.Store(addr)
-				var e Error
-				if json.Unmarshal(data, &e) != nil || e.Error == "" {
-					e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-				}
-				return true, &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
+				return true, statusError(method, path, resp, data)
 			}
 			c.last.Store(addr)
 			return true, answer(resp)
@@ -451,4 +450,22 @@ func plainToTLS(code int, body []byte) bool {
 
 func plainToTLSError(addr string) error {
 	return fmt.Errorf("%s speaks TLS: use https://%s (and give the cluster's CA with --ca or DVM_CA)", addr, strings.TrimPrefix(addr, "http://"))
+}
+
+// statusError is an error answer. When an older dvmd refuses what it does not know (a
+// field, an endpoint, a method), the error says so: the request may be one it does
+// not understand yet.
+func statusError(method, path string, resp *http.Response, data []byte) *StatusError {
+	var e Error
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+	}
+	unknown := resp.StatusCode == http.StatusMethodNotAllowed ||
+		(resp.StatusCode == http.StatusBadRequest && strings.Contains(e.Error, "unknown field")) ||
+		(resp.StatusCode == http.StatusNotFound && strings.HasPrefix(e.Error, "no such endpoint"))
+	if theirs := version.Or(resp.Header.Get(HeaderVersion)); unknown && version.Compare(theirs, version.Version) < 0 {
+		e.Error += fmt.Sprintf(" (the dvmd that answered runs %s, older than this client's %s: it may not know this request yet; upgrade the cluster, or use a client of %s)",
+			theirs, version.Version, theirs)
+	}
+	return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
 }

@@ -85,6 +85,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 				writeJSON(w, http.StatusOK, h.m.ClusterStatus())
 			}
 		})
+		h.route(mux, "GET /v1/cluster/upgrade-check", h.upgradeCheck)
 		h.route(mux, "GET /v1/cluster/snapshot", h.saveSnapshot)
 		h.route(mux, "PUT /v1/cluster/snapshot", h.durable(h.restoreSnapshot))
 		h.route(mux, "GET /v1/events", h.events)
@@ -98,7 +99,40 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 			writeErr(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), "")
 		}
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(&versionWriter{ResponseWriter: w}, r)
+	})
+}
+
+// versionWriter names this dvmd's version (Dvm-Version) on an answer that does not
+// name one yet: a forwarded answer keeps the master's.
+type versionWriter struct {
+	http.ResponseWriter
+	done bool
+}
+
+func (v *versionWriter) WriteHeader(code int) {
+	if !v.done {
+		v.done = true
+		if v.Header().Get(api.HeaderVersion) == "" {
+			v.Header().Set(api.HeaderVersion, version.Version)
+		}
+	}
+	v.ResponseWriter.WriteHeader(code)
+}
+
+func (v *versionWriter) Write(p []byte) (int, error) {
+	if !v.done {
+		v.WriteHeader(http.StatusOK)
+	}
+	return v.ResponseWriter.Write(p)
+}
+
+// Flush lets streaming answers (drain progress) through.
+func (v *versionWriter) Flush() {
+	if f, ok := v.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // health is a node's answer to GET /v1/health.
@@ -488,6 +522,7 @@ func (h *handler) nodeStatus(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
+	st.Version = r.Header.Get(api.HeaderVersion)
 	if err := h.m.ReportStatus(r.PathValue("name"), st); err != nil {
 		fail(w, err)
 		return
@@ -797,5 +832,14 @@ func (h *handler) restoreSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	callerOf(r).detail = fmt.Sprintf("state restored from the snapshot taken at %s (index %d)", res.SnapshotTakenAt.Format(time.RFC3339), res.SnapshotIndex)
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *handler) upgradeCheck(w http.ResponseWriter, r *http.Request) {
+	res, err := h.m.UpgradeCheck(r.URL.Query().Get("to"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, res)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/version"
 )
 
 // ReportStatus records a node's status report: it registers a new node, updates what
@@ -44,7 +45,7 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	rec := old
 	rec.Name, rec.Address, rec.LibvirtURI, rec.Accelerator = name, st.Address, st.LibvirtURI, st.Accelerator
 	rec.HostCPUs, rec.HostMemory, rec.CPUs, rec.MemoryBytes = st.HostCPUs, st.HostMemoryBytes, st.CPUs, st.MemoryBytes
-	rec.Labels = st.Labels
+	rec.Labels, rec.Version = st.Labels, st.Version
 	if !ok {
 		rec.RegisteredAt = now.UTC()
 		m.log.Info("node registered", "node", name, "cpus", st.CPUs, "memory_bytes", st.MemoryBytes)
@@ -86,7 +87,7 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 func sameNode(a, b store.NodeRecord) bool {
 	return a.Address == b.Address && a.LibvirtURI == b.LibvirtURI && a.Accelerator == b.Accelerator &&
 		a.HostCPUs == b.HostCPUs && a.HostMemory == b.HostMemory && a.CPUs == b.CPUs &&
-		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels)
+		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels) && a.Version == b.Version
 }
 
 // Nodes lists the nodes with their allocation.
@@ -102,7 +103,7 @@ func (m *Master) Nodes() []api.Node {
 			Name: n.Name, Address: n.Address, LibvirtURI: n.LibvirtURI, Accelerator: n.Accelerator,
 			HostCPUs: n.HostCPUs, HostMemoryBytes: n.HostMemory, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
 			Labels: n.Labels, Schedulable: !n.Unschedulable && !n.Draining, State: api.NodeUnreachable,
-			Draining: n.Draining, Maintenance: n.Maintenance,
+			Draining: n.Draining, Maintenance: n.Maintenance, Version: n.Version,
 		}
 		if m.nodeReady(n.Name, now) {
 			v.State = api.NodeReady
@@ -179,7 +180,7 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 		byName[n.Name] = n
 	}
 	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}, Master: m.st.ID(), Generation: m.st.Generation(),
-		NodeLost: !byName[node].LostAt.IsZero()}
+		NodeLost: !byName[node].LostAt.IsZero(), Version: version.Version}
 	if m.adopting() != nil {
 		m.adoptingAssignment(&a, node, guests)
 		m.addNetworks(&a, node, nodes, guests)

@@ -1,13 +1,11 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
+	"github.com/dvmproject/dvm/internal/strictjson"
 	"github.com/dvmproject/dvm/internal/version"
 	"github.com/hashicorp/raft"
 )
@@ -102,8 +100,8 @@ func decodeEntry(data []byte, index, term uint64) ([]Command, error) {
 		}
 	}
 	var cmds []Command
-	if err := strictJSON(data, &cmds); err != nil {
-		if f, ok := unknownField(err); ok {
+	if err := strictjson.Decode(data, &cmds); err != nil {
+		if f, ok := strictjson.UnknownField(err); ok {
 			halt.Field = f
 		} else {
 			halt.Reason = err.Error()
@@ -117,32 +115,6 @@ func decodeEntry(data []byte, index, term uint64) ([]Command, error) {
 		}
 	}
 	return cmds, nil
-}
-
-// strictJSON decodes data into v, refusing fields v does not have and trailing data.
-func strictJSON(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON value")
-	}
-	return nil
-}
-
-// unknownField reads the field's name out of encoding/json's refusal of it.
-func unknownField(err error) (string, bool) {
-	rest, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
-	if !ok {
-		return "", false
-	}
-	f, uerr := strconv.Unquote(rest)
-	if uerr != nil {
-		return rest, true
-	}
-	return f, true
 }
 
 // Halted returns why this replica stopped applying the log, or nil while it applies.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/strictjson"
 	"github.com/dvmproject/dvm/internal/version"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -376,8 +377,8 @@ func DecodeState(data []byte) (State, error) {
 		return State{}, halt
 	}
 	var st State
-	if err := strictJSON(data, &st); err != nil {
-		if f, ok := unknownField(err); ok {
+	if err := strictjson.Decode(data, &st); err != nil {
+		if f, ok := strictjson.UnknownField(err); ok {
 			halt.Field = f
 		} else {
 			halt.Reason = err.Error()

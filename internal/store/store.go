@@ -38,6 +38,9 @@ type NodeRecord struct {
 	RegisteredAt  time.Time         `json:"registered_at"`
 	// LostAt is when the role machine declared the node lost; zero while it is not.
 	LostAt time.Time `json:"lost_at,omitzero"`
+	// Version is the dvmd version the node's agent last reported; "" for one from
+	// before versions were carried.
+	Version string `json:"version,omitempty"`
 }
 
 // GuestRecord is a guest the cluster keeps, with where it runs and what is wanted of it.
