@@ -60,9 +60,18 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		acmds, adopted = m.adopt(a, name, obs, guests, now)
 		cmds = append(cmds, acmds...)
 	}
+	var found []string
 	for _, g := range guests {
 		if g.Node == name && obs[g.Name].State == "running" {
 			m.recoveryDone(name, g.Name)
+		}
+		if g.Node == name && g.Lost && rec.LostAt.IsZero() && runs(obs[g.Name]) && adopted == nil {
+			// A guest of policy none lost with its node, which is back (taken in
+			// again) and runs it still, as after a dvmd restart that outlasted the
+			// lease: it is not lost.
+			g.Lost = false
+			cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+			found = append(found, g.Name)
 		}
 		if g.Node == name && g.Desired == store.DesiredDeleted {
 			if _, present := obs[g.Name]; !present {
@@ -74,6 +83,9 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		if _, err := m.st.Apply(cmds...); err != nil {
 			return err
 		}
+	}
+	for _, g := range found {
+		go m.Record("recovered", name, g, fmt.Sprintf("guest %s, lost with node %s, runs there still now that the node is back: no longer lost", g, name))
 	}
 	if len(adopted) > 0 {
 		go m.recordAdoption(name, adopted)

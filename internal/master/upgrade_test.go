@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/store"
 	"github.com/dvmproject/dvm/internal/version"
 )
 
@@ -110,4 +111,28 @@ func TestUpgradeCheck(t *testing.T) {
 	}
 	m.RecoverNode("n2", "test")
 	wantReason(t, upgradeCheck(t, c, ""), "node n2 is lost")
+}
+
+// TestLostGuestFoundRunningOnItsReturnedNode: a guest of policy none lost with its
+// node (as when a dvmd restart outlasts the lease) is no longer lost once the node is
+// taken in again and reports it running; while the node is still held lost it stays
+// lost.
+func TestLostGuestFoundRunningOnItsReturnedNode(t *testing.T) {
+	m, c := capacityMaster(t, Options{})
+	reportAs(t, c, "n1", version.Version)
+	var g api.Guest
+	if err := c.Do(context.Background(), "POST", "/v1/guests", api.CreateGuest{Name: "solo", CPUs: 1, MemoryBytes: gib, Failover: api.FailoverNone}, &g); err != nil || g.Node != "n1" {
+		t.Fatalf("%+v %v", g, err)
+	}
+	m.RecoverNode("n1", "test")
+	awaitGuest(t, m.st, "solo", "lost", func(g store.GuestRecord) bool { return g.Lost })
+	reportRunning(t, c, "n1", "solo")
+	if g, _ := m.st.Guest("solo"); !g.Lost {
+		t.Fatal("a guest of a node still held lost is no longer lost")
+	}
+	m.Readmit("n1")
+	reportRunning(t, c, "n1", "solo")
+	if g := awaitGuest(t, m.st, "solo", "no longer lost", func(g store.GuestRecord) bool { return !g.Lost }); g.Node != "n1" {
+		t.Fatalf("solo %+v", g)
+	}
 }
