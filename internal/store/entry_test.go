@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -195,5 +197,53 @@ func TestNewerOpWaitsForEveryReplica(t *testing.T) {
 	}
 	if a := s.Adoption(); a == nil || !a.Adopting() || a.Awaiting[0] != "n1" {
 		t.Fatalf("adoption %+v", a)
+	}
+}
+
+// TestReplicaWithAnUnknownSnapshotDoesNotStart: a replica whose only raft snapshot
+// holds a field this build does not know (one a newer dvmd took) does not start, and
+// says why, rather than start from less than its state.
+func TestReplicaWithAnUnknownSnapshotDoesNotStart(t *testing.T) {
+	dir := t.TempDir()
+	s := single(t, dir)
+	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", Desired: DesiredRunning}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := s.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.State()
+	s.Close()
+	// What a newer dvmd would have left: the same state, with a field more.
+	snaps, err := raft.NewFileSnapshotStore(dir, 2, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := snaps.List()
+	if err != nil || len(old) != 1 {
+		t.Fatalf("snapshots %v %v", old, err)
+	}
+	data, _ := json.Marshal(st)
+	data = []byte(strings.Replace(string(data), `"guests":[{`, `"guests":[{"colour":"red",`, 1))
+	_, tr := raft.NewInmemTransport("")
+	sink, err := snaps.Create(raft.SnapshotVersionMax, old[0].Index, old[0].Term, raft.Configuration{Servers: conf}, old[0].ConfigurationIndex, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink.Write(data)
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "snapshots", old[0].ID)); err != nil {
+		t.Fatal(err)
+	}
+	_, tr = raft.NewInmemTransport("")
+	_, err = Open(Config{NodeID: "n1", Dir: dir, Transport: tr, Bootstrap: true, LogOutput: io.Discard})
+	if !errors.Is(err, ErrHalted) || !strings.Contains(err.Error(), `has field "colour"`) || !strings.Contains(err.Error(), "state snapshot at index") {
+		t.Fatalf("Open with an unknown snapshot: %v", err)
 	}
 }

@@ -165,6 +165,10 @@ func Open(cfg Config) (*Store, error) {
 	r, err := raft.NewRaft(rc, (*fsm)(s), logs, logs, snaps, s.trans)
 	if err != nil {
 		logs.Close()
+		if h := s.Halted(); h != nil {
+			// raft says only that no snapshot could be loaded; this says why.
+			return nil, fmt.Errorf("start raft: %w", h)
+		}
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.setRaft(r)
