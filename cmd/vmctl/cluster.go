@@ -23,7 +23,7 @@ func clusterCommand() *cli.Command {
 			Action: func(c *cli.Context) error {
 				return show(c, "/v1/cluster", func(_ *api.Client, st api.ClusterStatus) error { return showCluster(c, st) })
 			},
-		}},
+		}, snapshotCommand()},
 	}
 }
 
@@ -48,6 +48,7 @@ func showCluster(c *cli.Context, st api.ClusterStatus) error {
 		rows = append(rows, []string{n.Name, n.Role, lease, lost})
 	}
 	table(c, "NODE\tROLE\tLEASE LEFT\tLOST AT", rows)
+	printAdoption(c.App.Writer, st.Adoption)
 	return nil
 }
 

@@ -171,7 +171,7 @@ func nodeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "node",
 		Usage: "the cluster's nodes",
-		Subcommands: []*cli.Command{drainCommand(), undrainCommand(), maintenanceCommand(), removeCommand(), {
+		Subcommands: []*cli.Command{drainCommand(), undrainCommand(), maintenanceCommand(), removeCommand(), upgradeCheckCommand(), {
 			Name:    "ls",
 			Aliases: []string{"list"},
 			Usage:   "list nodes with their capacity and allocation",

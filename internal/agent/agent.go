@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,8 @@ import (
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/strictjson"
+	"github.com/dvmproject/dvm/internal/version"
 )
 
 // Config is what an agent needs.
@@ -155,12 +158,22 @@ func (a *Agent) Run(ctx context.Context) {
 		// its lease back (during a cut, delivered when TCP retransmits after the
 		// heal) may name guests the cluster has moved away meanwhile.
 		asked := time.Now()
-		err := a.cfg.Client.Do(pctx, "GET", path, nil, &asg)
+		var raw []byte
+		err := a.cfg.Client.Do(pctx, "GET", path, nil, &raw)
 		refetch := pctx.Err() != nil // cancelled by Unfence, not ended by itself
 		cancel()
 		if refetch && ctx.Err() == nil {
 			index = 0 // asked to read afresh (the lease is back): no waiting
 			continue
+		}
+		if err == nil {
+			if err = decodeAssignment(raw, &asg); err != nil {
+				// The last assignment this agent understood stays in force: guests keep
+				// running as they are, nothing new is done, until dvmd is upgraded.
+				a.cfg.Log.Error("assignment refused", "err", err)
+				sleep(ctx, 5*time.Second)
+				continue
+			}
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -509,4 +522,26 @@ func (a *Agent) eventLoop(ctx context.Context) {
 			a.requestResync()
 		}
 	}
+}
+
+// decodeAssignment reads an assignment strictly: a field this agent does not know was
+// written by a newer master, and acting on the rest without it could do the wrong
+// thing (start what it meant to hold back, say). The error names the field and the
+// master's version.
+func decodeAssignment(raw []byte, asg *api.Assignment) error {
+	err := strictjson.Decode(raw, asg)
+	if err == nil {
+		return nil
+	}
+	var head struct {
+		Master  string `json:"master"`
+		Version string `json:"version"`
+	}
+	_ = json.Unmarshal(raw, &head)
+	theirs := version.Or(head.Version)
+	if f, ok := strictjson.UnknownField(err); ok {
+		return fmt.Errorf("the assignment from master %s (dvmd %s) has field %q, which this dvmd (%s) does not know: this node keeps its guests as they are and applies no assignment until its dvmd is upgraded to %s or newer",
+			head.Master, theirs, f, version.Version, theirs)
+	}
+	return fmt.Errorf("the assignment from master %s (dvmd %s) cannot be read: %w", head.Master, theirs, err)
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/dvmproject/dvm/internal/version"
 )
 
 // Client talks to a dvm API. Addrs may name several management nodes; each request
@@ -166,9 +168,10 @@ type StatusError struct {
 func (e *StatusError) Error() string { return e.Msg }
 
 // Do sends a request with a JSON body (nil for none) and decodes the JSON answer into
-// out (nil to ignore it). A connection failure moves on to the next address; an answer,
-// even an error, ends the search. While no listed node answers, or none has a master,
-// it tries again for RetryFor.
+// out (nil to ignore it). A body of []byte is sent as it is (a snapshot file), and an
+// out of *[]byte gets the answer as it is. A connection failure moves on to the next
+// address; an answer, even an error, ends the search. While no listed node answers, or
+// none has a master, it tries again for RetryFor.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
 	return c.retry(ctx, func() error {
 		return c.send(ctx, method, path, body, func(resp *http.Response) error { return decodeBody(resp, out) })
@@ -216,9 +219,17 @@ func (c *Client) retry(ctx context.Context, send func() error) error {
 
 // decodeBody reads a JSON answer into out (nil to ignore it).
 func decodeBody(resp *http.Response, out any) error {
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	limit := int64(64 << 20)
+	if _, ok := out.(*[]byte); ok {
+		limit = 2 << 30 // a snapshot file; its reader checks its length
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
 		return err
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
 	}
 	if out != nil && len(data) > 0 {
 		return json.Unmarshal(data, out)
@@ -270,7 +281,10 @@ func (e *NoAnswerError) Unwrap() error { return e.Last }
 // that kept one from answering.
 func (c *Client) send(ctx context.Context, method, path string, body any, answer func(*http.Response) error) error {
 	var payload []byte
-	if body != nil {
+	contentType := "application/json"
+	if raw, ok := body.([]byte); ok {
+		payload, contentType = raw, "application/octet-stream"
+	} else if body != nil {
 		var err error
 		if payload, err = json.Marshal(body); err != nil {
 			return err
@@ -291,8 +305,9 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 			}
 			c.authorize(req)
 			if body != nil {
-				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Content-Type", contentType)
 			}
+			req.Header.Set(HeaderVersion, version.Version)
 			resp, err := c.HTTP.Do(req)
 			if err != nil {
 				if terr := tlsProblem(addr, err); terr != nil {
@@ -319,11 +334,7 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 					return true, plainToTLSError(addr)
 				}
 				c.last.Store(addr)
-				var e Error
-				if json.Unmarshal(data, &e) != nil || e.Error == "" {
-					e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
-				}
-				return true, &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
+				return true, statusError(method, path, resp, data)
 			}
 			c.last.Store(addr)
 			return true, answer(resp)
@@ -439,4 +450,22 @@ func plainToTLS(code int, body []byte) bool {
 
 func plainToTLSError(addr string) error {
 	return fmt.Errorf("%s speaks TLS: use https://%s (and give the cluster's CA with --ca or DVM_CA)", addr, strings.TrimPrefix(addr, "http://"))
+}
+
+// statusError is an error answer. When an older dvmd refuses what it does not know (a
+// field, an endpoint, a method), the error says so: the request may be one it does
+// not understand yet.
+func statusError(method, path string, resp *http.Response, data []byte) *StatusError {
+	var e Error
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+	}
+	unknown := resp.StatusCode == http.StatusMethodNotAllowed ||
+		(resp.StatusCode == http.StatusBadRequest && strings.Contains(e.Error, "unknown field")) ||
+		(resp.StatusCode == http.StatusNotFound && strings.HasPrefix(e.Error, "no such endpoint"))
+	if theirs := version.Or(resp.Header.Get(HeaderVersion)); unknown && version.Compare(theirs, version.Version) < 0 {
+		e.Error += fmt.Sprintf(" (the dvmd that answered runs %s, older than this client's %s: it may not know this request yet; upgrade the cluster, or use a client of %s)",
+			theirs, version.Version, theirs)
+	}
+	return &StatusError{Code: resp.StatusCode, Msg: e.Error, Field: e.Field}
 }

@@ -92,6 +92,9 @@ type Node struct {
 	Draining             bool              `json:"draining,omitempty"`
 	Maintenance          bool              `json:"maintenance,omitempty"`
 	LastSeen             time.Time         `json:"last_seen"`
+	// Version is the dvmd version the node's agent last reported ("" before it did,
+	// or for a dvmd from before versions were carried).
+	Version string `json:"version,omitempty"`
 }
 
 // NodeStatus is what an agent reports: PUT /v1/nodes/{name}/status.
@@ -105,6 +108,10 @@ type NodeStatus struct {
 	MemoryBytes     int64             `json:"memory_bytes"`
 	Labels          map[string]string `json:"labels,omitempty"`
 	Guests          []ObservedGuest   `json:"guests"`
+	// Version is the agent's dvmd version. It travels in the request's Dvm-Version
+	// header, not in the body, which a master of an earlier release would refuse
+	// for a field it does not know.
+	Version string `json:"-"`
 }
 
 // ObservedGuest is one guest as its node sees it.
@@ -127,6 +134,9 @@ type Assignment struct {
 	// NodeLost: the replicated state records the node lost (its guests recovered
 	// elsewhere); it starts none of its restart and twin guests until readmitted.
 	NodeLost bool `json:"node_lost,omitempty"`
+	// Version is the master's dvmd version. An agent refuses an assignment with a
+	// field it does not know (a newer master's) and names this version.
+	Version string `json:"version,omitempty"`
 }
 
 // AssignedGuest is one guest a node must hold.
@@ -184,10 +194,21 @@ type Error struct {
 
 // Health is the body of GET /v1/health.
 type Health struct {
-	Status string `json:"status"`
-	Node   string `json:"node"`
-	Role   string `json:"role"`
+	Status  string `json:"status"` // HealthOK or HealthHalted
+	Node    string `json:"node"`
+	Role    string `json:"role"`
+	Version string `json:"version,omitempty"` // the node's dvmd
+	// Error says what is wrong when Status is not ok.
+	Error string `json:"error,omitempty"`
 }
+
+// Health statuses.
+const (
+	HealthOK = "ok"
+	// HealthHalted: the node's replica of the cluster state met a log entry or
+	// snapshot its dvmd cannot read and applies nothing more (Error says which).
+	HealthHalted = "halted"
+)
 
 // Why is the answer of GET /v1/guests/{name}/why: how the scheduler sees the guest now.
 type Why struct {
@@ -223,6 +244,9 @@ type ClusterStatus struct {
 	RaftVoters []string      `json:"raft_voters"`
 	Candidates []string      `json:"candidates"` // ranked, best first
 	Nodes      []ClusterNode `json:"nodes"`
+	// Adoption is the last restore from a snapshot and its adoption of the guests;
+	// nil when the state was never restored.
+	Adoption *Adoption `json:"adoption,omitempty"`
 }
 
 // ClusterNode is one node's role: master, backup, candidate, node, semi-master,
@@ -279,3 +303,38 @@ const (
 // ?index=VERSION&wait=30s, the request is answered once the guest differs from it, or
 // after the wait. It is opaque, the same for the same view on any master.
 const HeaderIndex = "Dvm-Index"
+
+// HeaderVersion is the dvm version of whoever sent a request or an answer: every
+// client (vmctl, agents) names its own, every dvmd its own on every answer (a
+// forwarded answer names the master's). A client told "unknown field" or "no such
+// endpoint" by an older dvmd says so (see Client); the master records each agent's
+// as its node's version.
+const HeaderVersion = "Dvm-Version"
+
+// UpgradeCheck answers GET /v1/cluster/upgrade-check?to=VERSION: whether the cluster
+// can take the next step of a rolling upgrade now (one more node upgraded), and why
+// not.
+type UpgradeCheck struct {
+	Ready   bool     `json:"ready"`
+	Reasons []string `json:"reasons"` // why not, when not ready
+	// Oldest and Newest are the versions the nodes run; To, the version asked about.
+	Oldest string        `json:"oldest"`
+	Newest string        `json:"newest"`
+	To     string        `json:"to,omitempty"`
+	Master string        `json:"master"`
+	Acting bool          `json:"acting"`
+	Voters []string      `json:"voters"`
+	Nodes  []UpgradeNode `json:"nodes"`
+}
+
+// UpgradeNode is one node in an UpgradeCheck.
+type UpgradeNode struct {
+	Name string `json:"name"`
+	// Version is the dvmd its agent last reported (version.Unknown for one from
+	// before versions were carried).
+	Version string `json:"version"`
+	State   string `json:"state"` // ready, unreachable or lost
+	Role    string `json:"role"`
+	// Draining covers maintenance too: the node is being emptied or kept empty.
+	Draining bool `json:"draining,omitempty"`
+}

@@ -68,6 +68,10 @@ type Meta struct {
 	UpSince time.Time `json:"up,omitzero"`
 	// Downtime is the host's downtime record over the tracked window.
 	Downtime time.Duration `json:"down,omitempty"`
+	// Version is the node's dvmd version: a master writes a newer kind of log entry
+	// only once every replica's says it applies it (store.Store.SetPeerVersion).
+	// Members ignore metadata fields they do not know: metadata only advises.
+	Version string `json:"ver,omitempty"`
 }
 
 // MemberState is a member's state as this node last learned it. There is no "suspect":

@@ -94,6 +94,16 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 	if err != nil {
 		return nil, nil, err
 	}
+	a, err := agentOver(node, cfg, client, log, fencing, lease)
+	if err != nil {
+		node.Close()
+		return nil, nil, err
+	}
+	return a, node, nil
+}
+
+// agentOver makes a node's agent over a hypervisor already open.
+func agentOver(node *hypervisor.Node, cfg config.Node, client *api.Client, log *slog.Logger, fencing bool, lease func() (string, uint64, bool)) (*agent.Agent, error) {
 	disks := cfg.DisksDir
 	if disks == "" {
 		disks = filepath.Join(cfg.DataDir, "disks")
@@ -108,13 +118,12 @@ func NewAgent(cfg config.Node, client *api.Client, reg *metrics.Registry, log *s
 		Net: agent.NetConfig{Disabled: node.Accelerator() == hypervisor.AccelTest},
 	})
 	if err != nil {
-		node.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	log.Info("node ready", "node", cfg.Name, "libvirt", cfg.LibvirtURI, "accelerator", node.Accelerator(),
 		"host_cpus", node.HostCapacity().CPUs, "host_memory_bytes", node.HostCapacity().MemoryBytes,
 		"pool_cpus", a.PoolShare().CPUs, "pool_memory_bytes", a.PoolShare().MemoryBytes)
-	return a, node, nil
+	return a, nil
 }
 
 // WriteEnv writes the env file that points vmctl at a cluster: DVM_ADDR, DVM_TOKEN and

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/agent"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
@@ -32,6 +33,10 @@ type DevOptions struct {
 	Log     *slog.Logger
 	// Scheduler overrides the dev cluster's scheduling (default: spread, no HA reserve).
 	Scheduler *scheduler.Options
+	// Hypervisors are the nodes of a dev cluster stopped with Detach, one a node, with
+	// the guests still running on them: this cluster's agents take them over, as a
+	// dvmd started again on a host finds the guests libvirtd kept running.
+	Hypervisors []*hypervisor.Node
 }
 
 // Dev is a whole cluster in one process: a master and N agents, each agent on its own
@@ -48,6 +53,7 @@ type Dev struct {
 	stopped chan struct{}  // closed when the API server has stopped
 	agents  sync.WaitGroup // the agents' Run, waited for before their nodes are closed
 	err     error          // why it stopped; set before stopped is closed
+	keep    bool           // Detach: leave the hypervisors open
 }
 
 // devCapacity gives dev nodes different sizes, as real racks have.
@@ -60,6 +66,9 @@ func devCapacity(i int) hypervisor.Capacity {
 func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	if o.Nodes < 1 || o.Nodes > 64 {
 		return nil, fmt.Errorf("--nodes %d: give 1 to 64", o.Nodes)
+	}
+	if len(o.Hypervisors) > 0 && len(o.Hypervisors) != o.Nodes {
+		return nil, fmt.Errorf("%d hypervisors for %d nodes", len(o.Hypervisors), o.Nodes)
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -128,7 +137,15 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 		cfg.DataDir = filepath.Join(dir, "nodes", name)
 		cfg.Advertise = ln.Addr().String()
 		cfg.Labels = map[string]string{"rack": fmt.Sprintf("r%d", i%3+1)}
-		a, node, err := NewAgent(cfg, client, reg, o.Log, false, nil)
+		var a *agent.Agent
+		node := (*hypervisor.Node)(nil)
+		if len(o.Hypervisors) > 0 {
+			node = o.Hypervisors[i]
+			cfg.LibvirtURI, cfg.AdvertiseLibvirtURI = node.URI(), node.URI()
+			a, err = agentOver(node, cfg, client, o.Log, false, nil)
+		} else {
+			a, node, err = NewAgent(cfg, client, reg, o.Log, false, nil)
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -208,11 +225,27 @@ func (d *Dev) Stop() {
 	d.closeAll()
 }
 
+// Detach ends the cluster's master, API and agents, as a dvmd that stops, and leaves
+// its hypervisors open with their guests running, as libvirtd keeps them; it returns
+// them, for another dev cluster to take over (DevOptions.Hypervisors). Stop after
+// Detach does nothing more.
+func (d *Dev) Detach() []*hypervisor.Node {
+	d.keep = true
+	d.Stop()
+	return d.Nodes
+}
+
 func (d *Dev) closeAll() {
-	for _, n := range d.Nodes {
-		n.Close()
+	if d.master == nil {
+		return // closed already
+	}
+	if !d.keep {
+		for _, n := range d.Nodes {
+			n.Close()
+		}
 	}
 	d.master.Close()
+	d.master = nil
 }
 
 func schedOpts(o *scheduler.Options) scheduler.Options {

@@ -21,8 +21,16 @@ import (
 
 func startDev(t *testing.T, dir string, nodes int) (*Dev, *api.Client) {
 	t.Helper()
-	d, err := StartDev(context.Background(), DevOptions{Nodes: nodes, Listen: "127.0.0.1:0", DataDir: dir,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return startDevWith(t, DevOptions{Nodes: nodes, DataDir: dir})
+}
+
+// startDevWith starts a dev cluster as o says, on a free port and with its log
+// discarded, and waits until its nodes are ready.
+func startDevWith(t *testing.T, o DevOptions) (*Dev, *api.Client) {
+	t.Helper()
+	nodes := o.Nodes
+	o.Listen, o.Log = "127.0.0.1:0", slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := StartDev(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

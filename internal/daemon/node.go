@@ -31,6 +31,7 @@ import (
 	"github.com/dvmproject/dvm/internal/metrics"
 	"github.com/dvmproject/dvm/internal/roles"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/version"
 	"github.com/dvmproject/dvm/scheduler"
 	"github.com/hashicorp/raft"
 )
@@ -118,7 +119,8 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		return fail(fmt.Errorf("gossip_listen %q: %w", cfg.GossipListen, err))
 	}
 	gport, _ := strconv.Atoi(gp)
-	meta := cluster.Meta{API: cfg.Advertise, Agent: cfg.AgentListen, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime()}
+	meta := cluster.Meta{API: cfg.Advertise, Agent: cfg.AgentListen, Management: cfg.Management, Network: 1, CPU: 1, Disk: 1, UpSince: bootTime(),
+		Version: version.Version}
 	n.members, err = cluster.Join(cluster.MemberConfig{
 		Credentials: creds, BindAddr: gh, BindPort: gport, Peers: cfg.GossipPeers, Meta: meta,
 		Log: log.With("component", "gossip"),
@@ -151,6 +153,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 			log.Warn("gossip the raft address", "err", err)
 		}
 		reg.MustRegister(n.master.Collector())
+		n.master.st.SetPeerVersion(n.memberVersion)
 	}
 	// Agent traffic (status reports, assignments, joins) goes to the management nodes'
 	// mutual-TLS listeners, which membership announces, with this node's certificate,
@@ -431,6 +434,17 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 		return err
 	}
 	return nil
+}
+
+// memberVersion is the dvmd version a member gossips; "" for one not in reach or
+// from before versions were carried.
+func (n *Node) memberVersion(node string) string {
+	for _, m := range n.members.Members() {
+		if m.Name == node && m.State == cluster.StateAlive && m.MetaErr == nil {
+			return m.Meta.Version
+		}
+	}
+	return ""
 }
 
 // storeHandle gives the role runner the store of a management node, nil elsewhere.

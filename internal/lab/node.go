@@ -18,8 +18,8 @@ import (
 // nodeScript is run by tini as the only child of a node's PID 1. It makes the
 // node's private mounts, configures eth0 (which the root namespace moves in), starts
 // virtlogd and libvirtd, marks libvirtd ready, then runs the dvmd agent again and
-// again as a service manager would (or sleeps, for a lab without agent). When the
-// script ends, tini ends and with it the node.
+// again as a service manager would, unless held (StopAgent), or sleeps, for a lab
+// without agent. When the script ends, tini ends and with it the node.
 var nodeScript = template.Must(template.New("node.sh").Funcs(template.FuncMap{"q": shellQuote}).Parse(`#!/bin/sh
 # Node {{.Name}} of the dvm lab in {{.Dir}}; written by vmctl lab up. PID 1 is tini.
 set -eu
@@ -84,6 +84,8 @@ log "libvirtd ready at {{.LibvirtURI}}"
 touch "$nodedir/libvirtd.ready"
 {{if .Dvmd}}
 while :; do
+	# dvmd.hold keeps dvmd stopped (Lab.StopAgent) until it is removed (StartAgent).
+	while [ -e "$nodedir/dvmd.hold" ]; do sleep 0.2; done
 	log "starting dvmd agent (log: $nodedir/dvmd.log)"
 	{{q .Dvmd}} agent --config "$nodedir/dvmd.conf" >>"$nodedir/dvmd.log" 2>&1 || log "dvmd agent exited with status $?"
 	sleep 1

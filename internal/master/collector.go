@@ -29,17 +29,23 @@ var (
 	descNodeLost      = prometheus.NewDesc("dvm_node_lost_seconds", "How long ago the role machine declared the node lost; absent while it is not.", []string{"node"}, nil)
 	descTwinProtected = prometheus.NewDesc("dvm_twin_protected", "1 when a twin guest has its twin placed on another node, 0 when it runs unprotected.", []string{"domain"}, nil)
 	descNodeDraining  = prometheus.NewDesc("dvm_node_draining", "1 while a node is drained or in maintenance.", []string{"node"}, nil)
+	descHalted        = prometheus.NewDesc("dvm_replica_halted", "1 when this management node's replica of the cluster state met a log entry or snapshot its dvmd cannot read and applies nothing more (GET /v1/health says which).", nil, nil)
 	allGuestStates    = []string{api.GuestLost, api.GuestPending, api.GuestStarting, api.GuestRunning, api.GuestStopping, api.GuestStopped, api.GuestMigrating, api.GuestDeleting, api.GuestFailed, api.GuestUnknown}
 	allFailoverPolicy = []string{api.FailoverNone, api.FailoverRestart, api.FailoverTwin}
 )
 
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo, descNodeLost, descTwinProtected, descNodeDraining} {
+	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo, descNodeLost, descTwinProtected, descNodeDraining, descHalted} {
 		ch <- d
 	}
 }
 
 func (c Collector) Collect(ch chan<- prometheus.Metric) {
+	halted := 0.0
+	if c.m.st.Halted() != nil {
+		halted = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descHalted, prometheus.GaugeValue, halted)
 	nodes, records, _ := c.m.st.Snapshot()
 	for _, n := range nodes {
 		if !n.LostAt.IsZero() {

@@ -22,7 +22,7 @@ import (
 // progress gets a line per step. With maintenance, the node is marked as in maintenance
 // too.
 func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progress func(api.DrainProgress)) (api.DrainProgress, error) {
-	if err := m.mustAct(); err != nil {
+	if err := m.mustPlace(); err != nil {
 		return api.DrainProgress{}, err
 	}
 	m.mu.Lock()

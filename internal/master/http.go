@@ -16,7 +16,9 @@ import (
 
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/metrics"
+	"github.com/dvmproject/dvm/internal/snapshot"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -50,7 +52,9 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		role = "master"
 	}
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, api.Health{Status: "ok", Node: nodeName, Role: role})
+		// Always 200 while dvmd answers: the role machine's probes take an answer as
+		// reach. What is wrong is in the body.
+		writeJSON(w, http.StatusOK, health(m, nodeName, role))
 	})
 	if m != nil {
 		h.route(mux, "GET /v1/nodes", h.listNodes)
@@ -81,6 +85,9 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 				writeJSON(w, http.StatusOK, h.m.ClusterStatus())
 			}
 		})
+		h.route(mux, "GET /v1/cluster/upgrade-check", h.upgradeCheck)
+		h.route(mux, "GET /v1/cluster/snapshot", h.saveSnapshot)
+		h.route(mux, "PUT /v1/cluster/snapshot", h.durable(h.restoreSnapshot))
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
 		h.route(mux, "POST /v1/networks", h.durable(h.createNetwork))
@@ -92,7 +99,51 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 			writeErr(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), "")
 		}
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(&versionWriter{ResponseWriter: w}, r)
+	})
+}
+
+// versionWriter names this dvmd's version (Dvm-Version) on an answer that does not
+// name one yet: a forwarded answer keeps the master's.
+type versionWriter struct {
+	http.ResponseWriter
+	done bool
+}
+
+func (v *versionWriter) WriteHeader(code int) {
+	if !v.done {
+		v.done = true
+		if v.Header().Get(api.HeaderVersion) == "" {
+			v.Header().Set(api.HeaderVersion, version.Version)
+		}
+	}
+	v.ResponseWriter.WriteHeader(code)
+}
+
+func (v *versionWriter) Write(p []byte) (int, error) {
+	if !v.done {
+		v.WriteHeader(http.StatusOK)
+	}
+	return v.ResponseWriter.Write(p)
+}
+
+// Flush lets streaming answers (drain progress) through.
+func (v *versionWriter) Flush() {
+	if f, ok := v.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// health is a node's answer to GET /v1/health.
+func health(m *Master, node, role string) api.Health {
+	h := api.Health{Status: api.HealthOK, Node: node, Role: role, Version: version.Version}
+	if m != nil {
+		if err := m.st.Halted(); err != nil {
+			h.Status, h.Error = api.HealthHalted, err.Error()
+		}
+	}
+	return h
 }
 
 type handler struct {
@@ -124,6 +175,9 @@ func scopeFor(method, path string) string {
 	case agentRoutes[method+" "+path]:
 		return scopeAgent
 	case path == "/v1/tokens" || strings.HasPrefix(path, "/v1/tokens/"):
+		return api.ScopeAdmin
+	case path == "/v1/cluster/snapshot":
+		// A snapshot holds the tokens' hashes, and a restore replaces them.
 		return api.ScopeAdmin
 	case path == "/v1/cluster/credentials":
 		return api.ScopeJoin
@@ -247,7 +301,7 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, &c))
-		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
+		r.Body = http.MaxBytesReader(sw, r.Body, bodyLimit(method, path))
 		sw.header = h.epochHeaders()
 		fn(sw, r)
 		// A 504 write was applied, only not acknowledged: it happened.
@@ -271,6 +325,15 @@ func (h *handler) recordWrite(r *http.Request, c *caller, code int) {
 		detail += ": " + c.detail
 	}
 	h.m.recordWrite(c.token, node, guest, detail)
+}
+
+// bodyLimit is the most a request body may hold: MaxBody, but a whole snapshot file
+// for a restore.
+func bodyLimit(method, path string) int64 {
+	if method == http.MethodPut && path == "/v1/cluster/snapshot" {
+		return snapshot.MaxBytes + 1<<20
+	}
+	return MaxBody
 }
 
 // DurableTimeout bounds how long a client write waits to be on enough management
@@ -359,8 +422,10 @@ func fail(w http.ResponseWriter, err error) {
 		// Not 503: the change was applied, and a client that retried it on another
 		// node would only be told it exists. 504 ends the request with the news.
 		writeErr(w, http.StatusGatewayTimeout, err.Error()+"; it may or may not survive: look (vmctl vm show, vmctl net ls) before you retry", "")
-	case errors.Is(err, ErrNotActing):
+	case errors.Is(err, ErrNotActing), errors.Is(err, store.ErrHalted):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
+	case errors.Is(err, store.ErrTooOld), errors.Is(err, ErrAdopting):
+		writeErr(w, http.StatusConflict, err.Error(), "")
 	case errors.Is(err, ErrBadRequest):
 		writeErr(w, http.StatusBadRequest, err.Error(), "")
 	default:
@@ -457,6 +522,7 @@ func (h *handler) nodeStatus(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
+	st.Version = r.Header.Get(api.HeaderVersion)
 	if err := h.m.ReportStatus(r.PathValue("name"), st); err != nil {
 		fail(w, err)
 		return
@@ -728,4 +794,52 @@ func (h *handler) joinHost(w http.ResponseWriter, r *http.Request) {
 	c := callerOf(r)
 	c.subject, c.detail = req.Name, "host "+req.Name+" given its credentials ("+strings.Join(req.IPs, ", ")+")"
 	writeJSON(w, http.StatusOK, creds)
+}
+
+// saveSnapshot answers with a snapshot file of the replicated state.
+func (h *handler) saveSnapshot(w http.ResponseWriter, r *http.Request) {
+	var buf bytes.Buffer
+	sh, err := h.m.SaveSnapshot(&buf)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set(api.HeaderSnapshotIndex, strconv.FormatUint(sh.Index, 10))
+	w.WriteHeader(http.StatusOK)
+	w.Write(buf.Bytes())
+}
+
+// restoreSnapshot restores the state of a new management group from the snapshot
+// file in the body (see Master.RestoreSnapshot).
+func (h *handler) restoreSnapshot(w http.ResponseWriter, r *http.Request) {
+	var timeout time.Duration
+	if s := r.URL.Query().Get("adopt_timeout"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Second || d > 24*time.Hour {
+			writeErr(w, http.StatusBadRequest, "adopt_timeout must be a duration from 1s to 24h, such as 5m", "adopt_timeout")
+			return
+		}
+		timeout = d
+	}
+	res, err := h.m.RestoreSnapshot(r.Body, timeout)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = &api.FieldError{Field: "body", Msg: fmt.Sprintf("larger than %d bytes: not a snapshot file", mbe.Limit)}
+		}
+		fail(w, err)
+		return
+	}
+	callerOf(r).detail = fmt.Sprintf("state restored from the snapshot taken at %s (index %d)", res.SnapshotTakenAt.Format(time.RFC3339), res.SnapshotIndex)
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *handler) upgradeCheck(w http.ResponseWriter, r *http.Request) {
+	res, err := h.m.UpgradeCheck(r.URL.Query().Get("to"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }

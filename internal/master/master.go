@@ -98,6 +98,10 @@ type Master struct {
 	fwd      map[string]*http.Transport // master's node name -> transport that forwards to it
 	recMu    sync.Mutex
 	recStart map[string]time.Time // guest -> when its node was declared lost
+	// adoptSaid keeps an adoption's once-only events from repeating at every report
+	// (adopt.go); losing it only repeats an event.
+	adoptMu   sync.Mutex
+	adoptSaid map[string]bool
 }
 
 // New makes a master over a store.
@@ -125,6 +129,7 @@ func New(st *store.Store, opts Options) (*Master, error) {
 		recStart: map[string]time.Time{},
 
 		obsChanged: make(chan struct{}),
+		adoptSaid:  map[string]bool{},
 	}, nil
 }
 
@@ -142,6 +147,7 @@ func (m *Master) Run(ctx context.Context) {
 		case <-m.kick:
 		case <-tick.C:
 		}
+		m.checkAdoption()
 		m.placePending()
 	}
 }
@@ -212,7 +218,7 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 	if fe := req.Normalize(); fe != nil {
 		return api.Guest{}, fe
 	}
-	if err := m.mustAct(); err != nil {
+	if err := m.mustPlace(); err != nil {
 		return api.Guest{}, err
 	}
 	if _, ok := m.st.Guest(req.Name); ok {
@@ -314,7 +320,7 @@ func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) (warnings [
 // without the lock, as CreateGuest does; a placement refused at commit is planned again
 // on the next round, which it asks for at once.
 func (m *Master) placePending() {
-	if !m.acting() {
+	if !m.acting() || m.adopting() != nil {
 		return
 	}
 	exact := m.opts.Scheduler.HAReserveNodes > 0

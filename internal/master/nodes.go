@@ -10,6 +10,7 @@ import (
 
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/version"
 )
 
 // ReportStatus records a node's status report: it registers a new node, updates what
@@ -44,7 +45,7 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	rec := old
 	rec.Name, rec.Address, rec.LibvirtURI, rec.Accelerator = name, st.Address, st.LibvirtURI, st.Accelerator
 	rec.HostCPUs, rec.HostMemory, rec.CPUs, rec.MemoryBytes = st.HostCPUs, st.HostMemoryBytes, st.CPUs, st.MemoryBytes
-	rec.Labels = st.Labels
+	rec.Labels, rec.Version = st.Labels, st.Version
 	if !ok {
 		rec.RegisteredAt = now.UTC()
 		m.log.Info("node registered", "node", name, "cpus", st.CPUs, "memory_bytes", st.MemoryBytes)
@@ -53,9 +54,24 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &rec})
 	}
 	_, guests, _ := m.st.Snapshot()
+	var adopted []adoptEvent
+	if a := m.adopting(); a != nil && m.acting() {
+		var acmds []store.Command
+		acmds, adopted = m.adopt(a, name, obs, guests, now)
+		cmds = append(cmds, acmds...)
+	}
+	var found []string
 	for _, g := range guests {
 		if g.Node == name && obs[g.Name].State == "running" {
 			m.recoveryDone(name, g.Name)
+		}
+		if g.Node == name && g.Lost && rec.LostAt.IsZero() && runs(obs[g.Name]) && adopted == nil {
+			// A guest of policy none lost with its node, which is back (taken in
+			// again) and runs it still, as after a dvmd restart that outlasted the
+			// lease: it is not lost.
+			g.Lost = false
+			cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &g})
+			found = append(found, g.Name)
 		}
 		if g.Node == name && g.Desired == store.DesiredDeleted {
 			if _, present := obs[g.Name]; !present {
@@ -68,6 +84,12 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 			return err
 		}
 	}
+	for _, g := range found {
+		go m.Record("recovered", name, g, fmt.Sprintf("guest %s, lost with node %s, runs there still now that the node is back: no longer lost", g, name))
+	}
+	if len(adopted) > 0 {
+		go m.recordAdoption(name, adopted)
+	}
 	if !known {
 		m.wake() // a node (back) online may take pending guests
 	}
@@ -77,7 +99,7 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 func sameNode(a, b store.NodeRecord) bool {
 	return a.Address == b.Address && a.LibvirtURI == b.LibvirtURI && a.Accelerator == b.Accelerator &&
 		a.HostCPUs == b.HostCPUs && a.HostMemory == b.HostMemory && a.CPUs == b.CPUs &&
-		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels)
+		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels) && a.Version == b.Version
 }
 
 // Nodes lists the nodes with their allocation.
@@ -93,7 +115,7 @@ func (m *Master) Nodes() []api.Node {
 			Name: n.Name, Address: n.Address, LibvirtURI: n.LibvirtURI, Accelerator: n.Accelerator,
 			HostCPUs: n.HostCPUs, HostMemoryBytes: n.HostMemory, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
 			Labels: n.Labels, Schedulable: !n.Unschedulable && !n.Draining, State: api.NodeUnreachable,
-			Draining: n.Draining, Maintenance: n.Maintenance,
+			Draining: n.Draining, Maintenance: n.Maintenance, Version: n.Version,
 		}
 		if m.nodeReady(n.Name, now) {
 			v.State = api.NodeReady
@@ -170,7 +192,12 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 		byName[n.Name] = n
 	}
 	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}, Master: m.st.ID(), Generation: m.st.Generation(),
-		NodeLost: !byName[node].LostAt.IsZero()}
+		NodeLost: !byName[node].LostAt.IsZero(), Version: version.Version}
+	if m.adopting() != nil {
+		m.adoptingAssignment(&a, node, guests)
+		m.addNetworks(&a, node, nodes, guests)
+		return a
+	}
 	observed := map[string]bool{}
 	m.obsMu.RLock()
 	for g := range m.observed[node] {
@@ -209,7 +236,7 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 // the migration ends, either way, the guest holds its room on both nodes. A destination
 // that cannot take the guest is refused with a *RefusedPlacement that says why.
 func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, error) {
-	if err := m.mustAct(); err != nil {
+	if err := m.mustPlace(); err != nil {
 		return api.Migration{}, err
 	}
 	m.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -42,11 +43,16 @@ func (m *Master) WaitDurable(ctx context.Context) error {
 // ErrNotActing: this master holds no majority lease now.
 var ErrNotActing = errors.New("this master does not hold leases from a majority of nodes now: retry in a moment")
 
+// acting: this master may write. A master whose replica has halted may not: its state
+// stops at an entry it could not read, and what it would decide from it is stale.
 func (m *Master) acting() bool {
-	return m.IsLeader() && (m.opts.Authority == nil || m.opts.Authority.Acting())
+	return m.IsLeader() && m.st.Halted() == nil && (m.opts.Authority == nil || m.opts.Authority.Acting())
 }
 
 func (m *Master) mustAct() error {
+	if err := m.st.Halted(); err != nil {
+		return err
+	}
 	if !m.acting() {
 		return ErrNotActing
 	}
@@ -87,6 +93,13 @@ func (m *Master) RecoverNode(node, why string) {
 			n := nodes[i]
 			cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &n})
 		}
+	}
+	// A node awaited after a restore is awaited no more: its guests are recovered
+	// here like any lost node's.
+	var adoptionDone bool
+	if a := m.adopting(); a != nil && slices.Contains(a.Awaiting, node) {
+		cmds = append(cmds, store.Command{Op: store.OpSetAdoption, Adoption: awaitingLess(a, node, declared)})
+		adoptionDone = len(a.Awaiting) == 1
 	}
 	// A lost node's guests come before planned work: room a drain holds for a move it
 	// has not begun is free to them (the drain plans that move again when it comes to
@@ -156,6 +169,9 @@ func (m *Master) RecoverNode(node, why string) {
 	sort.Slice(events, func(i, j int) bool { return events[i].guest < events[j].guest })
 	for _, e := range events {
 		m.Record("recovery", node, e.guest, e.detail)
+	}
+	if adoptionDone {
+		m.recordAdoption(node, []adoptEvent{{done: true}})
 	}
 }
 

@@ -27,7 +27,7 @@ func (m *Master) SetRoles(r RoleSource) { m.roles = r }
 // whether the master this node follows holds its majority lease: on the master itself
 // its own lease count; elsewhere whether this node holds a lease from an acting master.
 func (m *Master) ClusterStatus() api.ClusterStatus {
-	out := api.ClusterStatus{Generation: m.st.Meta().Generation, Master: m.st.Leader(), Acting: m.acting()}
+	out := api.ClusterStatus{Generation: m.st.Meta().Generation, Master: m.st.Leader(), Acting: m.acting(), Adoption: m.adoptionStatus()}
 	if m.roles != nil && !m.IsLeader() {
 		out.Acting = !m.roles.Fenced()
 	}

@@ -13,12 +13,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/dvmproject/dvm/failover"
+	"github.com/dvmproject/dvm/internal/atomicfile"
 	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/hashicorp/raft"
@@ -141,30 +141,7 @@ func (r *Runner) saveHardState() error {
 	if err != nil {
 		return err
 	}
-	tmp := r.cfg.StateFile + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, r.cfg.StateFile); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(r.cfg.StateFile)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(r.cfg.StateFile, b, 0o600)
 }
 
 // Run drives the machine until ctx ends.

@@ -8,9 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/strictjson"
+	"github.com/dvmproject/dvm/internal/version"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
@@ -162,6 +165,10 @@ func Open(cfg Config) (*Store, error) {
 	r, err := raft.NewRaft(rc, (*fsm)(s), logs, logs, snaps, s.trans)
 	if err != nil {
 		logs.Close()
+		if h := s.Halted(); h != nil {
+			// raft says only that no snapshot could be loaded; this says why.
+			return nil, fmt.Errorf("start raft: %w", h)
+		}
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.setRaft(r)
@@ -289,17 +296,33 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	var cmds []Command
-	if err := json.Unmarshal(l.Data, &cmds); err != nil {
-		// A log entry every replica fails to read is skipped by all alike; the state
-		// stays the same everywhere.
-		return fmt.Errorf("decode state change at index %d: %w", l.Index, err)
+	s := (*Store)(f)
+	if err := s.Halted(); err != nil {
+		// Nothing after an entry this replica could not apply: the state would be
+		// one no replica that applies the log in order ever holds.
+		return err
 	}
-	(*Store)(f).applyBatch(cmds, l.Index)
+	cmds, err := decodeEntry(l.Data, l.Index, l.Term)
+	if err != nil {
+		var h *HaltError
+		if errors.As(err, &h) {
+			s.stopApplying(h)
+		}
+		return err
+	}
+	s.applyBatch(cmds, l.Index)
 	return nil
 }
 
-type snapshot struct {
+// StateFormat is the format of State this build writes and the newest it reads.
+// Format 1 was written before State carried a format (0 on the wire).
+const StateFormat = 1
+
+// State is the whole replicated state at one index: what a raft snapshot holds and
+// what a cluster snapshot file carries (snapshot.go).
+type State struct {
+	Format   int             `json:"format"`
+	Version  string          `json:"version,omitempty"` // the dvmd that wrote it
 	Index    uint64          `json:"index"`
 	Nodes    []NodeRecord    `json:"nodes"`
 	Guests   []GuestRecord   `json:"guests"`
@@ -307,21 +330,104 @@ type snapshot struct {
 	Events   []EventRecord   `json:"events"`
 	Tokens   []TokenRecord   `json:"tokens,omitempty"`
 	Meta     Meta            `json:"meta"`
+	Adoption *Adoption       `json:"adoption,omitempty"`
+}
+
+// State copies the whole state at the index it was last applied at, under one lock.
+func (s *Store) State() State {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := State{Format: StateFormat, Version: version.Version, Index: s.index, Meta: s.meta,
+		Nodes: make([]NodeRecord, 0, len(s.nodes)), Guests: make([]GuestRecord, 0, len(s.guests)),
+		Networks: make([]NetworkRecord, 0, len(s.nets)), Tokens: make([]TokenRecord, 0, len(s.tokens)),
+		Events: slices.Clone(s.events)}
+	for _, name := range sortedKeys(s.nodes) {
+		st.Nodes = append(st.Nodes, *s.nodes[name])
+	}
+	for _, name := range sortedKeys(s.guests) {
+		st.Guests = append(st.Guests, *s.guests[name])
+	}
+	for _, name := range sortedKeys(s.nets) {
+		st.Networks = append(st.Networks, *s.nets[name])
+	}
+	for _, name := range sortedKeys(s.tokens) {
+		st.Tokens = append(st.Tokens, *s.tokens[name])
+	}
+	if s.adopt != nil {
+		a := *s.adopt
+		a.Awaiting = slices.Clone(a.Awaiting)
+		st.Adoption = &a
+	}
+	return st
+}
+
+// DecodeState reads a State strictly: a format newer than StateFormat, or a field or
+// op this build does not know, is refused with a *HaltError that names it. index is
+// where it comes from, for the message.
+func DecodeState(data []byte) (State, error) {
+	var head struct {
+		Format  int    `json:"format"`
+		Version string `json:"version"`
+		Index   uint64 `json:"index"`
+	}
+	halt := &HaltError{Snap: true, Writer: version.Unknown, Running: version.Version}
+	if err := json.Unmarshal(data, &head); err != nil {
+		halt.Reason = "not a state snapshot: " + err.Error()
+		return State{}, halt
+	}
+	halt.Index, halt.Writer = head.Index, version.Or(head.Version)
+	if head.Format > StateFormat {
+		halt.Reason = fmt.Sprintf("its format %d is newer than this build's (%d)", head.Format, StateFormat)
+		return State{}, halt
+	}
+	var st State
+	if err := strictjson.Decode(data, &st); err != nil {
+		if f, ok := strictjson.UnknownField(err); ok {
+			halt.Field = f
+		} else {
+			halt.Reason = err.Error()
+		}
+		return State{}, halt
+	}
+	if st.Format == 0 {
+		st.Format = 1
+	}
+	return st, nil
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	s := (*Store)(f)
-	nodes, guests, idx := s.Snapshot()
-	return &snapshot{Index: idx, Nodes: nodes, Guests: guests, Networks: s.Networks(), Events: s.Events(0), Tokens: s.Tokens(), Meta: s.Meta()}, nil
+	if err := s.Halted(); err != nil {
+		// A snapshot now would record raft's index past the entry this replica did
+		// not apply, and the log before it would be compacted away: the entry would
+		// be lost for good. Kept in the log, it is applied by a dvmd that knows it.
+		return nil, err
+	}
+	st := s.State()
+	return &st, nil
 }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var snap snapshot
-	if err := json.NewDecoder(rc).Decode(&snap); err != nil {
+	s := (*Store)(f)
+	data, err := io.ReadAll(rc)
+	if err != nil {
 		return fmt.Errorf("read state snapshot: %w", err)
 	}
-	s := (*Store)(f)
+	snap, err := DecodeState(data)
+	if err != nil {
+		var h *HaltError
+		if errors.As(err, &h) {
+			s.stopApplying(h)
+		}
+		return err
+	}
+	s.load(snap)
+	return nil
+}
+
+// load replaces the whole state with snap.
+func (s *Store) load(snap State) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nodes = map[string]*NodeRecord{}
@@ -342,13 +448,13 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	s.events = snap.Events
 	s.meta = snap.Meta
+	s.adopt = snap.Adoption
 	s.index = snap.Index
 	close(s.changed)
 	s.changed = make(chan struct{})
-	return nil
 }
 
-func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+func (s *State) Persist(sink raft.SnapshotSink) error {
 	if err := json.NewEncoder(sink).Encode(s); err != nil {
 		sink.Cancel()
 		return err
@@ -356,7 +462,7 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
-func (s *snapshot) Release() {}
+func (s *State) Release() {}
 
 // Members returns the servers of this node's raft configuration (voters and
 // non-voters), as this node last knew it; it needs no leader.

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/version"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -37,6 +38,9 @@ type NodeRecord struct {
 	RegisteredAt  time.Time         `json:"registered_at"`
 	// LostAt is when the role machine declared the node lost; zero while it is not.
 	LostAt time.Time `json:"lost_at,omitzero"`
+	// Version is the dvmd version the node's agent last reported; "" for one from
+	// before versions were carried.
+	Version string `json:"version,omitempty"`
 }
 
 // GuestRecord is a guest the cluster keeps, with where it runs and what is wanted of it.
@@ -132,20 +136,53 @@ const (
 	OpDelNetwork  Op = "delete_network"
 	OpEvent       Op = "event"
 	OpPutToken    Op = "put_token"
+	OpSetAdoption Op = "set_adoption"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
 // same commands give the same state on every node that applies them.
 type Command struct {
-	Op    Op             `json:"op"`
-	Node  *NodeRecord    `json:"node,omitempty"`
-	Guest *GuestRecord   `json:"guest,omitempty"`
-	Name  string         `json:"name,omitempty"` // for deletes
-	Meta  *Meta          `json:"meta,omitempty"`
-	Net   *NetworkRecord `json:"network,omitempty"`
-	Event *EventRecord   `json:"event,omitempty"`
-	Token *TokenRecord   `json:"token,omitempty"`
+	Op Op `json:"op"`
+	// Version is the dvmd version that wrote the command (Apply sets it); entries
+	// written before versions were carried have none.
+	Version string         `json:"v,omitempty"`
+	Node    *NodeRecord    `json:"node,omitempty"`
+	Guest   *GuestRecord   `json:"guest,omitempty"`
+	Name    string         `json:"name,omitempty"` // for deletes
+	Meta    *Meta          `json:"meta,omitempty"`
+	Net     *NetworkRecord `json:"network,omitempty"`
+	Event   *EventRecord   `json:"event,omitempty"`
+	Token   *TokenRecord   `json:"token,omitempty"`
+	// Adoption is set_adoption's record.
+	Adoption *Adoption `json:"adoption,omitempty"`
 }
+
+// Adoption is the cluster taking in the guests its nodes run, after its state was
+// restored from a snapshot onto a new management group (vmctl cluster snapshot
+// restore). The snapshot says where each guest was placed when it was taken; since
+// then guests may have moved, stopped or been fenced. So, until every node of the
+// restored state has reported what it runs (its running guests are then adopted
+// where they run) or has been declared lost, the master starts, places and moves
+// nothing: a guest is never started on the node the snapshot names while another
+// node may still run it.
+type Adoption struct {
+	RestoredAt time.Time `json:"restored_at"`
+	// The snapshot restored: the index it was taken at, when, and by which dvmd.
+	SnapshotIndex   uint64    `json:"snapshot_index"`
+	SnapshotTakenAt time.Time `json:"snapshot_taken_at"`
+	SnapshotVersion string    `json:"snapshot_version"`
+	// Awaiting are the nodes not yet heard from, sorted.
+	Awaiting []string `json:"awaiting"`
+	// Deadline is when nodes still awaited are declared lost, if they hold no lease.
+	Deadline time.Time `json:"deadline"`
+	// DoneAt is when the last awaited node reported or was declared lost; zero while
+	// the cluster is adopting.
+	DoneAt time.Time `json:"done_at,omitzero"`
+}
+
+// Adopting says whether the cluster is still waiting for nodes to report after a
+// restore.
+func (a *Adoption) Adopting() bool { return a != nil && a.DoneAt.IsZero() }
 
 // ErrNotLeader: this node is not the master; the write must go to the leader.
 var ErrNotLeader = errors.New("not the master")
@@ -161,7 +198,14 @@ type Store struct {
 	tokens  map[string]*TokenRecord // by name
 	byHash  map[string]string       // secret hash -> token name
 	meta    Meta
+	adopt   *Adoption
 	changed chan struct{} // closed and replaced on every apply
+
+	// halt is why this replica stopped applying the log; nil while it applies.
+	halt atomic.Pointer[HaltError]
+	// peerVersion says which dvmd version a replica of the group runs ("" when it
+	// cannot tell), for the writes of newer ops; nil does not check.
+	peerVersion func(node string) string
 
 	gmu      sync.Mutex // guards r and guard, which Reform and Rejoin replace
 	r        *raft.Raft
@@ -227,6 +271,10 @@ func (s *Store) apply(c Command) {
 		delete(s.nets, c.Name)
 	case OpPutToken:
 		s.putToken(*c.Token)
+	case OpSetAdoption:
+		a := *c.Adoption
+		a.Awaiting = slices.Clone(a.Awaiting)
+		s.adopt = &a
 	case OpEvent:
 		e := *c.Event
 		e.Seq = 1
@@ -242,13 +290,24 @@ func (s *Store) apply(c Command) {
 
 // Apply replicates commands as one log entry and returns its index once this node has
 // applied it. Only the leader can write: elsewhere the error is ErrNotLeader.
+// A replica that has halted writes nothing, and an op newer than some replica of the
+// group runs is refused (see opSince).
 func (s *Store) Apply(cmds ...Command) (uint64, error) {
-	for _, c := range cmds {
+	if err := s.Halted(); err != nil {
+		return 0, err
+	}
+	stamped := make([]Command, len(cmds))
+	for i, c := range cmds {
 		if err := c.check(); err != nil {
 			return 0, err
 		}
+		if err := s.mayWrite(c.Op); err != nil {
+			return 0, err
+		}
+		c.Version = version.Version
+		stamped[i] = c
 	}
-	data, err := json.Marshal(cmds)
+	data, err := json.Marshal(stamped)
 	if err != nil {
 		return 0, err
 	}
@@ -295,10 +354,63 @@ func (c Command) check() error {
 		if c.Meta == nil {
 			return errors.New("set_meta without meta")
 		}
+	case OpSetAdoption:
+		if c.Adoption == nil {
+			return errors.New("set_adoption without an adoption")
+		}
 	default:
 		return fmt.Errorf("unknown command %q", c.Op)
 	}
 	return nil
+}
+
+// mayWrite refuses an op that a replica of this group would not apply: one newer
+// than the version the replica runs, or than one that does not say.
+func (s *Store) mayWrite(op Op) error {
+	s.mu.RLock()
+	peerVersion := s.peerVersion
+	s.mu.RUnlock()
+	since := opSince[op]
+	if since == "" || peerVersion == nil {
+		return nil
+	}
+	servers, err := s.Members()
+	if err != nil {
+		return err
+	}
+	for _, sv := range servers {
+		if sv.ID == s.rc.LocalID {
+			continue
+		}
+		if v := peerVersion(string(sv.ID)); !version.AtLeast(v, since) {
+			return fmt.Errorf("%w: %s needs dvmd %s or newer on every management node, and %s runs %s: upgrade it first",
+				ErrTooOld, op, since, sv.ID, version.Or(v))
+		}
+	}
+	return nil
+}
+
+// ErrTooOld: a replica of the group runs a dvmd too old for a write.
+var ErrTooOld = errors.New("a management node runs too old a dvmd")
+
+// SetPeerVersion tells the store how to learn which dvmd version a replica runs (from
+// gossip); before it is set, writes of newer ops are not checked.
+func (s *Store) SetPeerVersion(f func(node string) string) {
+	s.mu.Lock()
+	s.peerVersion = f
+	s.mu.Unlock()
+}
+
+// Adoption returns the last restore's adoption, nil when the state was never restored.
+func (s *Store) Adoption() *Adoption {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.adopt == nil {
+		return nil
+	}
+	a := *s.adopt
+	a.Awaiting = slices.Clone(a.Awaiting)
+	return &a
 }
 
 // Meta returns the cluster-wide state.

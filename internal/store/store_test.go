@@ -159,16 +159,7 @@ func TestThreeVotersReplicateAndFailOver(t *testing.T) {
 	for _, tr := range trs {
 		tr.Disconnect("n1")
 	}
-	var next *Store
-	waitTrue(t, "a new leader", func() bool {
-		for _, n := range names[1:] {
-			if stores[n].IsLeader() {
-				next = stores[n]
-				return true
-			}
-		}
-		return false
-	})
+	next := leaderAmong(t, stores, names[1:])
 	if _, err := next.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "after", Desired: DesiredRunning}}); err != nil {
 		t.Fatalf("new leader refuses writes: %v", err)
 	}
@@ -423,4 +414,20 @@ func TestEventsKeepOrderAndBound(t *testing.T) {
 	if got := s.Events(MaxEvents + 3); len(got) != 2 {
 		t.Fatalf("after %d: %d events", MaxEvents+3, len(got))
 	}
+}
+
+// leaderAmong waits for one of the named stores to lead, and returns it.
+func leaderAmong(t *testing.T, stores map[string]*Store, names []string) *Store {
+	t.Helper()
+	var leader *Store
+	waitTrue(t, "a leader among "+strings.Join(names, ", "), func() bool {
+		for _, n := range names {
+			if stores[n].IsLeader() {
+				leader = stores[n]
+				return true
+			}
+		}
+		return false
+	})
+	return leader
 }

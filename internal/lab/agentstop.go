@@ -1,0 +1,82 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// StopAgent stops the node's dvmd and keeps it stopped, as `systemctl stop dvmd` on a
+// host: the node, its libvirtd and its guests run on, and so does the fence guard
+// dvmd started (a process of its own). dvmd is killed (SIGKILL, as in a crash);
+// StartAgent lets the node's script start it again.
+func (l *Lab) StopAgent(node string) error {
+	return l.onRunningNode(node, func(n *nodeState) error {
+		hold := filepath.Join(l.nodeDir(n.Name), "dvmd.hold")
+		if err := os.WriteFile(hold, nil, 0o644); err != nil {
+			return err
+		}
+		ns := pidNS(n.PID)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			agents := agentsIn(ns)
+			if len(agents) == 0 {
+				l.logf("node %s: dvmd stopped (held by %s)", n.Name, hold)
+				return nil
+			}
+			for _, pid := range agents {
+				if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+					return fmt.Errorf("node %s: kill dvmd (PID %d): %w", n.Name, pid, err)
+				}
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("node %s: dvmd %v still alive after SIGKILL", n.Name, agents)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+}
+
+// StartAgent lets the node's dvmd start again after StopAgent, and waits until it
+// listens.
+func (l *Lab) StartAgent(ctx context.Context, node string) error {
+	var ns nodeState
+	err := l.onRunningNode(node, func(n *nodeState) error {
+		ns = *n
+		err := os.Remove(filepath.Join(l.nodeDir(n.Name), "dvmd.hold"))
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := l.waitAgent(wctx, ns); err != nil {
+		return err
+	}
+	l.logf("node %s: dvmd started", node)
+	return nil
+}
+
+// agentsIn lists the dvmd agent processes of PID namespace ns (not its fence guard).
+func agentsIn(ns string) []int {
+	if ns == "" {
+		return nil
+	}
+	var out []int
+	for _, pid := range nsMembers(ns) {
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.Contains(string(cmd), "\x00agent\x00--config") {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
