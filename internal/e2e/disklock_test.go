@@ -161,7 +161,9 @@ func (c *cluster) wantNoImageLock(t *testing.T, node, guest, disk string) {
 func (c *cluster) startCopy(t *testing.T, from, to, guest, name string) error {
 	t.Helper()
 	def := c.domain(t, from, guest, libvirt.DOMAIN_XML_INACTIVE)
-	def.Name, def.UUID, def.Metadata = name, "", nil
+	// Without the guest's own lock (a restart guest's <lease>, which would refuse the
+	// copy first): what must refuse it here is its disk's lease.
+	def.Name, def.UUID, def.Metadata, def.Devices.Leases = name, "", nil, nil
 	x, err := def.Marshal()
 	if err != nil {
 		t.Fatal(err)

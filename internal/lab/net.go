@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -127,7 +128,9 @@ func delVeth(k int) error {
 	if err != nil {
 		return fmt.Errorf("veth %s: %w", vethName(k), err)
 	}
-	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &nf) {
+	// The pair goes away by itself when the node's namespace dies, which may happen
+	// between the lookup and the delete: ENODEV is that, not a failure.
+	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &nf) && !errors.Is(err, syscall.ENODEV) {
 		return fmt.Errorf("delete veth %s: %w", vethName(k), err)
 	}
 	return nil
