@@ -180,10 +180,10 @@ func (n *nodeState) use(cpu int32, mem int64) float64 {
 // guest off the most used node (dominant share of CPU or memory) to the node Spread would
 // choose for it, when that lowers the larger of the two nodes' shares; a node none of
 // whose guests can go anywhere better is passed over. Twin guests stay (moving a lockstep
-// pair costs more than it evens out), so do guests already moving; filters apply; each
-// guest moves at most once. Each
-// move costs one pass over the nodes plus an index search per guest of the hot node. The
-// snapshot is not changed.
+// pair costs more than it evens out), so do guests already moving and those that must
+// stay (Assignment.Stay); filters apply; each guest moves at most once. Each move costs
+// one pass over the nodes plus an index search per guest of the hot node. The snapshot
+// is not changed.
 func (s *Scheduler) Rebalance(maxMoves int) Plan {
 	var plan Plan
 	j := &journal{s: s}
@@ -214,7 +214,7 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 		s.setExcluded(hot, true)
 		for _, id := range s.guestsOn(hot) {
 			pg := s.guest(id)
-			if pg.twin >= 0 || pg.node != hot || moved[id] || pg.dest >= 0 {
+			if pg.twin >= 0 || pg.node != hot || moved[id] || pg.dest >= 0 || pg.stay {
 				continue
 			}
 			g := &pg.g

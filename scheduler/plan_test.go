@@ -248,3 +248,37 @@ func TestRebalancePassesOverStuckNodes(t *testing.T) {
 		}
 	}
 }
+
+// Guests that must stay (Assignment.Stay: stopped, not running yet) are load, never
+// moves: the plan moves the others, and a node whose every guest must stay is passed over.
+func TestRebalanceLeavesGuestsThatStay(t *testing.T) {
+	existing := []Assignment{
+		{Guest: guest("stay1", 4, 8), Node: "a", Stay: true},
+		{Guest: guest("stay2", 4, 8), Node: "a", Stay: true},
+		{Guest: guest("go1", 4, 8), Node: "a"},
+		{Guest: guest("go2", 4, 8), Node: "a"},
+	}
+	s := New([]Node{node("a", 16, 64), node("b", 16, 64), node("c", 16, 64)}, existing, Options{})
+	plan := s.Rebalance(10)
+	var moved []string
+	for _, m := range plan.Moves {
+		moved = append(moved, m.Guest)
+	}
+	sort.Strings(moved)
+	if !reflect.DeepEqual(moved, []string{"go1", "go2"}) {
+		t.Fatalf("moves %+v, want go1 and go2 only", plan.Moves)
+	}
+	if a, _ := s.Lookup("stay1"); !a.Stay {
+		t.Fatalf("Lookup lost Stay: %+v", a)
+	}
+	// Assign keeps Stay too; with every guest of a staying, nothing moves.
+	s = New([]Node{node("a", 16, 64), node("b", 16, 64)}, nil, Options{})
+	for _, g := range []Guest{guest("s1", 4, 8), guest("s2", 4, 8), guest("s3", 4, 8)} {
+		if err := s.Assign(Assignment{Guest: g, Node: "a", Stay: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if plan := s.Rebalance(10); len(plan.Moves) != 0 {
+		t.Fatalf("moved guests that must stay: %+v", plan.Moves)
+	}
+}
