@@ -241,3 +241,34 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 	}
 	return plan
 }
+
+// Imbalance is how unevenly the nodes that take guests are used: the most and the least
+// used by dominant share (the larger of a node's CPU and memory shares in use, room held
+// by moves in flight included). Rebalance narrows the spread between them.
+type Imbalance struct {
+	Hot, Cold           string
+	HotShare, ColdShare float64
+}
+
+// Spread is the hot node's share less the cold node's: 0 when even.
+func (i Imbalance) Spread() float64 { return i.HotShare - i.ColdShare }
+
+// Imbalance measures the nodes that take guests; zero when none does. One pass over the
+// nodes.
+func (s *Scheduler) Imbalance() Imbalance {
+	var out Imbalance
+	for i := range s.nodes {
+		ns := &s.nodes[i]
+		if !ns.accepting() {
+			continue
+		}
+		u := ns.use(0, 0)
+		if out.Hot == "" || u > out.HotShare {
+			out.Hot, out.HotShare = ns.name, u
+		}
+		if out.Cold == "" || u < out.ColdShare {
+			out.Cold, out.ColdShare = ns.name, u
+		}
+	}
+	return out
+}
