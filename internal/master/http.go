@@ -88,6 +88,8 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "GET /v1/cluster/upgrade-check", h.upgradeCheck)
 		h.route(mux, "GET /v1/cluster/snapshot", h.saveSnapshot)
 		h.route(mux, "PUT /v1/cluster/snapshot", h.durable(h.restoreSnapshot))
+		h.route(mux, "GET /v1/cluster/rebalance", h.rebalancePlan)
+		h.route(mux, "POST /v1/cluster/rebalance", h.rebalance)
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
 		h.route(mux, "POST /v1/networks", h.durable(h.createNetwork))
@@ -731,7 +733,7 @@ func (h *handler) drain(maintenance bool) http.HandlerFunc {
 			flush()
 		})
 		if err != nil {
-			sum = api.DrainProgress{Node: node, Done: true, Status: "failed", Error: err.Error()}
+			sum = api.DrainProgress{Node: node, MoveOutcome: api.MoveOutcome{Done: true, Status: "failed", Error: err.Error()}}
 		}
 		enc.Encode(sum)
 		flush()
