@@ -321,13 +321,18 @@ func (m *Master) MigrationDone(node, name string, res api.Migration) error {
 	m.wake() // the room the move held on the node it did not end on is free again
 	m.log.Info("migration finished", "guest", name, "from", res.From, "to", res.To, "ok", res.OK, "error", res.Error,
 		"total_seconds", res.TotalSeconds, "downtime_seconds", res.DowntimeSeconds)
-	m.migMu.Lock()
-	if ch, ok := m.pending[name]; ok {
-		ch <- res
-		delete(m.pending, name)
-	}
-	m.migMu.Unlock()
+	m.endWait(name, res)
 	return nil
+}
+
+// endWait hands the end of guest's migration to whoever waits for it in Migrate.
+func (m *Master) endWait(guest string, res api.Migration) {
+	m.migMu.Lock()
+	defer m.migMu.Unlock()
+	if ch, ok := m.pending[guest]; ok {
+		ch <- res
+		delete(m.pending, guest)
+	}
 }
 
 // hostOf returns the host of a host:port address.

@@ -402,3 +402,23 @@ func putOn(t *testing.T, m *Master, node string, names ...string) {
 type switchAuthority struct{ acting atomic.Bool }
 
 func (a *switchAuthority) Acting() bool { return a.acting.Load() }
+
+// A migration whose source node is lost never gets its agent's report: its waiter (a
+// migrate request, a drain, a rebalance, the balancer) is told when the node is
+// recovered, instead of waiting for ever.
+func TestMigrationWaiterLearnsOfNodeLoss(t *testing.T) {
+	m, c := capacityMaster(t, Options{})
+	st := m.Store()
+	reportAll(t, c, st, "n1")
+	pile(t, c, []string{"g"}, nil)
+	reportAll(t, c, st, "n1", "n2", "n3")
+	done := migrate(t, c, "g", "n2")
+	awaitGuest(t, st, "g", "migrating", func(g store.GuestRecord) bool { return g.MigrateTo == "n2" })
+	m.RecoverNode("n1", "test: declared lost")
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "node n1 was lost during the migration") {
+		t.Fatalf("the migrate request answered %v", err)
+	}
+	if g, _ := st.Guest("g"); g.Node == "n1" || g.MigrateTo != "" {
+		t.Fatalf("g after its node was lost: %+v", g)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/dvmproject/dvm/scheduler"
 )
@@ -165,6 +166,14 @@ func (m *Master) RecoverNode(node, why string) {
 	if err != nil {
 		m.log.Error("recover node", "node", node, "err", err)
 		return
+	}
+	// The lost node's agent will never report the migrations it was carrying out: their
+	// waiters (a migrate request, a drain, a rebalance) learn it here.
+	for _, g := range guests {
+		if g.Node == node && g.MigrateTo != "" {
+			m.endWait(g.Name, api.Migration{From: node, To: g.MigrateTo, FinishedAt: declared.UTC(),
+				Error: fmt.Sprintf("node %s was lost during the migration: the guest is recovered by its failover policy (vmctl vm show %s)", node, g.Name)})
+		}
 	}
 	sort.Slice(events, func(i, j int) bool { return events[i].guest < events[j].guest })
 	for _, e := range events {
