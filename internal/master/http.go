@@ -424,6 +424,9 @@ func fail(w http.ResponseWriter, err error) {
 		// Not 503: the change was applied, and a client that retried it on another
 		// node would only be told it exists. 504 ends the request with the news.
 		writeErr(w, http.StatusGatewayTimeout, err.Error()+"; it may or may not survive: look (vmctl vm show, vmctl net ls) before you retry", "")
+	case errors.Is(err, ErrMasterChanged):
+		// Not 503: what was started goes on; a retry would only be told it runs.
+		writeErr(w, http.StatusGatewayTimeout, err.Error(), "")
 	case errors.Is(err, ErrNotActing), errors.Is(err, store.ErrHalted):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
 	case errors.Is(err, store.ErrTooOld), errors.Is(err, ErrAdopting):

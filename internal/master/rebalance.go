@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -163,10 +164,17 @@ func (m *Master) rebalance(ctx context.Context, maxMoves int, cooldown time.Dura
 		} else {
 			p.Status, p.Error = "failed", err.Error()
 			sum.Failed++
-			m.Record("rebalance", mv.From, mv.Guest, fmt.Sprintf("%s: not moved to %s, stays where it runs: %s", what, mv.To, p.Error))
+			if !errors.Is(err, ErrMasterChanged) { // that move goes on: it may yet end on mv.To
+				m.Record("rebalance", mv.From, mv.Guest, fmt.Sprintf("%s: not moved to %s, stays where it runs: %s", what, mv.To, p.Error))
+			}
 		}
 		progress(p)
 		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, ErrMasterChanged) {
+			// The moves left are the new master's to plan, with the cluster as it is then.
+			sum.Error = "this node stopped being the master: the rebalance ends here; see `vmctl vm ls`, and rebalance again once a master acts"
 			break
 		}
 	}
@@ -181,7 +189,9 @@ func (m *Master) rebalance(ctx context.Context, maxMoves int, cooldown time.Dura
 		cancel()
 		if err != nil {
 			sum.Unacknowledged = true
-			sum.Error = err.Error() + "; the moves are made, but may or may not survive: look (vmctl vm ls) before you rebalance again"
+			if sum.Error == "" {
+				sum.Error = err.Error() + "; the moves are made, but may or may not survive: look (vmctl vm ls) before you rebalance again"
+			}
 		}
 	}
 	return sum, nil

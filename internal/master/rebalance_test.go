@@ -422,3 +422,61 @@ func TestMigrationWaiterLearnsOfNodeLoss(t *testing.T) {
 		t.Fatalf("g after its node was lost: %+v", g)
 	}
 }
+
+// A node that stops being the master while it waits for a migration's end never hears
+// of it (the agent reports to the new master): the rebalance learns it, ends without
+// starting more moves, and leaves no rebalance marked running, so a later one on this
+// node, master again, is not refused.
+func TestRebalanceEndsWhenTheMasterChanges(t *testing.T) {
+	m, c := capacityMaster(t, Options{})
+	st := m.Store()
+	reportAll(t, c, st, "n1")
+	pile(t, c, []string{"g1", "g2", "g3", "g4"}, nil)
+	reportAll(t, c, st, "n1", "n2", "n3")
+	type result struct {
+		lines []api.RebalanceProgress
+		sum   api.RebalanceProgress
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.sum, r.err = m.Rebalance(context.Background(), func(p api.RebalanceProgress) { r.lines = append(r.lines, p) })
+		done <- r
+	}()
+	var first string
+	awaitGuest(t, st, "g1", "a move under way", func(store.GuestRecord) bool {
+		_, guests, _ := st.Snapshot()
+		for _, g := range guests {
+			if g.MigrateTo != "" {
+				first = g.Name
+				return true
+			}
+		}
+		return false
+	})
+	if err := st.Raft().Shutdown().Error(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if len(r.lines) != 2 || r.lines[0].Plan == nil || len(r.lines[0].Plan.Moves) < 2 {
+		t.Fatalf("lines %+v: want the plan and the one move begun", r.lines)
+	}
+	if p := r.lines[1]; p.Guest != first || p.Status != "failed" || !strings.Contains(p.Error, "stopped being the master") || !strings.Contains(p.Error, "the migration goes on") {
+		t.Fatalf("the move under way: %+v", p)
+	}
+	if !r.sum.Done || r.sum.Moved != 0 || !strings.Contains(r.sum.Error, "the rebalance ends here") {
+		t.Fatalf("summary %+v", r.sum)
+	}
+	if m.rebalancing.Load() {
+		t.Fatal("a rebalance is still marked running")
+	}
+	m.migMu.Lock()
+	defer m.migMu.Unlock()
+	if len(m.pending) != 0 {
+		t.Fatalf("waiters left: %v", m.pending)
+	}
+}
