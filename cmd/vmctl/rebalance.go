@@ -115,7 +115,7 @@ func runRebalance(c *cli.Context) error {
 }
 
 // spreadOf says how uneven the nodes are: "spread 50% (n1 most used at 50%, n3 least at 0%)".
-func spreadOf(b api.Balance) string {
+func spreadOf(b api.Imbalance) string {
 	if b.Hot == "" {
 		return "no node takes guests"
 	}

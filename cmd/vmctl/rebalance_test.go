@@ -19,15 +19,15 @@ func TestClusterRebalance(t *testing.T) {
 			{Guest: "g1", From: "n1", To: "n3", CPUs: 1, MemoryBytes: 2 << 30},
 			{Guest: "g2", From: "n1", To: "n2", CPUs: 2, MemoryBytes: 4 << 30},
 		},
-		Before:  api.Balance{Hot: "n1", HotShare: 0.5, Cold: "n3", Spread: 0.5},
-		After:   api.Balance{Hot: "n1", HotShare: 0.25, Cold: "n3", ColdShare: 0.1, Spread: 0.15},
+		Before:  api.Imbalance{Hot: "n1", HotShare: 0.5, Cold: "n3", Spread: 0.5},
+		After:   api.Imbalance{Hot: "n1", HotShare: 0.25, Cold: "n3", ColdShare: 0.1, Spread: 0.15},
 		Staying: map[string]int{"not running": 1, "twin": 2},
 	}
 	moved := func(g, from, to string) api.RebalanceProgress {
 		return api.RebalanceProgress{Guest: g, From: from, To: to, MoveOutcome: api.MoveOutcome{Status: "moved", TotalSeconds: 1.5, DowntimeSeconds: 0.02}}
 	}
 	failed := api.RebalanceProgress{Guest: "g2", From: "n1", To: "n2", MoveOutcome: api.MoveOutcome{Status: "failed", Error: "migrate guest \"g2\" from n1 to n2: destination refused"}}
-	after := api.Balance{Hot: "n1", HotShare: 0.35, Cold: "n3", ColdShare: 0.1, Spread: 0.25}
+	after := api.Imbalance{Hot: "n1", HotShare: 0.35, Cold: "n3", ColdShare: 0.1, Spread: 0.25}
 	summary := func(m, f int) api.RebalanceProgress {
 		return api.RebalanceProgress{After: &after, MoveOutcome: api.MoveOutcome{Done: true, Moved: m, Failed: f, TotalSeconds: 3}}
 	}
@@ -89,7 +89,7 @@ func TestClusterRebalance(t *testing.T) {
 		{"one failed", []any{api.RebalanceProgress{Plan: &plan}, moved("g1", "n1", "n3"), failed, summary(1, 1)}, 2, []string{
 			"guest g2: not moved to n2: migrate guest \"g2\" from n1 to n2: destination refused\n",
 			"rebalanced in 3.0s: 1 moved, 1 not moved"}},
-		{"nothing to move", []any{api.RebalanceProgress{Plan: &api.RebalancePlan{Before: api.Balance{Hot: "n2", HotShare: 0.1, Cold: "n1", Spread: 0.1}}}, summary(0, 0)}, 0, []string{
+		{"nothing to move", []any{api.RebalanceProgress{Plan: &api.RebalancePlan{Before: api.Imbalance{Hot: "n2", HotShare: 0.1, Cold: "n1", Spread: 0.1}}}, summary(0, 0)}, 0, []string{
 			"nothing to move: spread 10% (n2 most used at 10%, n1 least at 0%), and no move narrows it\n"}},
 		{"not acknowledged", []any{api.RebalanceProgress{Plan: &plan}, moved("g1", "n1", "n3"), api.RebalanceProgress{Unacknowledged: true,
 			MoveOutcome: api.MoveOutcome{Done: true, Moved: 1, Error: "the change is applied but not yet on enough management nodes"}}}, 3, []string{"guest g1 n1 -> n3"}},

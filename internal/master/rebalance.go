@@ -67,8 +67,8 @@ func (m *Master) rebalanceView(nodes []store.NodeRecord, guests []store.GuestRec
 	return s, staying
 }
 
-func balanceOf(im scheduler.Imbalance) api.Balance {
-	return api.Balance{Hot: im.Hot, HotShare: im.HotShare, Cold: im.Cold, ColdShare: im.ColdShare, Spread: im.Spread()}
+func imbalanceOf(im scheduler.Imbalance) api.Imbalance {
+	return api.Imbalance{Hot: im.Hot, HotShare: im.HotShare, Cold: im.Cold, ColdShare: im.ColdShare, Spread: im.Spread()}
 }
 
 // planRebalance plans at most maxMoves moves (0: as many as help) on the state given,
@@ -78,7 +78,7 @@ func (m *Master) planRebalance(nodes []store.NodeRecord, guests []store.GuestRec
 		maxMoves = len(guests) // each guest moves at most once
 	}
 	s, staying := m.rebalanceView(nodes, guests, cooldown)
-	out := api.RebalancePlan{Moves: []api.RebalanceMove{}, Before: balanceOf(s.Imbalance()), Staying: staying}
+	out := api.RebalancePlan{Moves: []api.RebalanceMove{}, Before: imbalanceOf(s.Imbalance()), Staying: staying}
 	byName := make(map[string]int, len(guests))
 	for i := range guests {
 		byName[guests[i].Name] = i
@@ -91,7 +91,7 @@ func (m *Master) planRebalance(nodes []store.NodeRecord, guests []store.GuestRec
 	}
 	out.After = out.Before
 	if len(out.Moves) > 0 {
-		out.After = balanceOf(m.schedulerView(nodes, after).Imbalance())
+		out.After = imbalanceOf(m.schedulerView(nodes, after).Imbalance())
 	}
 	return out
 }
@@ -179,7 +179,7 @@ func (m *Master) rebalance(ctx context.Context, maxMoves int, cooldown time.Dura
 		}
 	}
 	nodes, guests, _ = m.st.Snapshot()
-	after := balanceOf(m.schedulerView(nodes, guests).Imbalance())
+	after := imbalanceOf(m.schedulerView(nodes, guests).Imbalance())
 	sum.After = &after
 	sum.TotalSeconds = time.Since(start).Seconds()
 	m.Record("rebalance", "", "", fmt.Sprintf("%s done in %.1f s: %d moved, %d failed; spread now %s", what, sum.TotalSeconds, sum.Moved, sum.Failed, pct(after.Spread)))
@@ -254,7 +254,7 @@ func (m *Master) balanceRound(ctx context.Context, active, stuck *bool) bool {
 	}
 	nodes, guests, _ := m.st.Snapshot()
 	s, _ := m.rebalanceView(nodes, guests, b.Cooldown)
-	im := balanceOf(s.Imbalance())
+	im := imbalanceOf(s.Imbalance())
 	switch {
 	case !*active && im.Spread > b.Threshold:
 		*active = true
