@@ -38,28 +38,18 @@ func rebalanceCommand() *cli.Command {
 }
 
 func rebalancePlan(c *cli.Context) error {
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var plan api.RebalancePlan
-	if err := cl.Do(c.Context, "GET", "/v1/cluster/rebalance", nil, &plan); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		return printJSON(c, plan)
-	}
-	if len(plan.Moves) == 0 {
-		fmt.Fprintf(c.App.Writer, "nothing to move: %s, and no move narrows it%s\n", spreadOf(plan.Before), staying(plan.Staying))
+	return show(c, "/v1/cluster/rebalance", func(_ *api.Client, plan api.RebalancePlan) error {
+		if len(plan.Moves) == 0 {
+			return nothingToMove(c, plan)
+		}
+		fmt.Fprintf(c.App.Writer, "%s; after these %d moves, %s%s\n\n", spreadOf(plan.Before), len(plan.Moves), pctOf(plan.After.Spread), staying(plan.Staying))
+		var rows [][]string
+		for _, mv := range plan.Moves {
+			rows = append(rows, []string{mv.Guest, mv.From, mv.To, fmt.Sprint(mv.CPUs), units.FormatBytes(mv.MemoryBytes)})
+		}
+		table(c, "GUEST\tFROM\tTO\tCPUS\tMEMORY", rows)
 		return nil
-	}
-	fmt.Fprintf(c.App.Writer, "%s; after these %d moves, %s%s\n\n", spreadOf(plan.Before), len(plan.Moves), pctOf(plan.After.Spread), staying(plan.Staying))
-	var rows [][]string
-	for _, mv := range plan.Moves {
-		rows = append(rows, []string{mv.Guest, mv.From, mv.To, fmt.Sprint(mv.CPUs), units.FormatBytes(mv.MemoryBytes)})
-	}
-	table(c, "GUEST\tFROM\tTO\tCPUS\tMEMORY", rows)
-	return nil
+	})
 }
 
 func runRebalance(c *cli.Context) error {
@@ -79,7 +69,7 @@ func runRebalance(c *cli.Context) error {
 		}
 		switch {
 		case p.Plan != nil && len(p.Plan.Moves) == 0:
-			fmt.Fprintf(c.App.Writer, "nothing to move: %s, and no move narrows it%s\n", spreadOf(p.Plan.Before), staying(p.Plan.Staying))
+			return nothingToMove(c, *p.Plan)
 		case p.Plan != nil:
 			fmt.Fprintf(c.App.Writer, "%s: %d moves planned, to %s%s\n", spreadOf(p.Plan.Before), len(p.Plan.Moves), pctOf(p.Plan.After.Spread), staying(p.Plan.Staying))
 		case p.Done:
@@ -112,6 +102,11 @@ func runRebalance(c *cli.Context) error {
 		return &exitError{2, fmt.Sprintf("%d guests could not move (they keep running where they were)", last.Failed)}
 	}
 	return nil
+}
+
+func nothingToMove(c *cli.Context, plan api.RebalancePlan) error {
+	_, err := fmt.Fprintf(c.App.Writer, "nothing to move: %s, and no move narrows it%s\n", spreadOf(plan.Before), staying(plan.Staying))
+	return err
 }
 
 // spreadOf says how uneven the nodes are: "spread 50% (n1 most used at 50%, n3 least at 0%)".

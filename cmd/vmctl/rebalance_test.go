@@ -55,7 +55,7 @@ func TestClusterRebalance(t *testing.T) {
 	ca := serveTLS(t, srv)
 	g := []string{"--addr", srv.URL, "--token", "tok", "--ca", ca}
 
-	out, err := vmctl(append(g, "cluster", "rebalance", "--dry-run")...)
+	out, err := vmctl(append([]string{"cluster", "rebalance", "--dry-run"}, g...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestClusterRebalance(t *testing.T) {
 			t.Errorf("--dry-run printed\n%s\nwant %q", out, want)
 		}
 	}
-	out, err = vmctl(append(g, "-o", "json", "cluster", "rebalance", "--dry-run")...)
+	out, err = vmctl(append([]string{"cluster", "rebalance", "--dry-run", "-o", "json"}, g...)...)
 	var got api.RebalancePlan
 	if err != nil || json.Unmarshal([]byte(out), &got) != nil || len(got.Moves) != 2 {
 		t.Fatalf("-o json --dry-run: %v\n%s", err, out)
@@ -97,7 +97,7 @@ func TestClusterRebalance(t *testing.T) {
 		{"refused", []any{api.Error{Error: "a rebalance is running now (see vmctl events): conflict"}}, 1, nil},
 	} {
 		lines = tc.lines
-		out, err := vmctl(append(g, "cluster", "rebalance")...)
+		out, err := vmctl(append([]string{"cluster", "rebalance"}, g...)...)
 		if code := 0; err != nil {
 			code = exitCode(err)
 			if code != tc.code {
@@ -124,7 +124,7 @@ func TestClusterRebalance(t *testing.T) {
 	}
 
 	before := len(seen)
-	if _, err := vmctl(append(g, "cluster", "rebalance", "n1")...); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
+	if _, err := vmctl(append([]string{"cluster", "rebalance", "n1"}, g...)...); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
 		t.Errorf("rebalance n1: %v", err)
 	}
 	if len(seen) != before {
