@@ -99,21 +99,28 @@ func TestDevKillBringsGuestsBack(t *testing.T) {
 			t.Fatalf("%s is %s, want lost", victim, n.State)
 		}
 	}
+	// The events tell it in the order it happened: the loss, each guest's restart
+	// elsewhere, that guest running there (the agents of a dev cluster start a guest at
+	// once: a restart recorded after the write that made it came after its recovered).
+	var seq map[string]uint64
 	waitFor(t, "an event of each guest recovered", func() bool {
-		seen := map[string]bool{}
+		seq = map[string]uint64{}
 		for _, e := range eventsOf(t, c) {
-			seen[e.Kind+" "+e.Node+" "+e.Guest] = true
-		}
-		if !seen["node-lost "+victim+" "] {
-			return false
+			seq[e.Kind+" "+e.Node+" "+e.Guest] = e.Seq
 		}
 		for _, g := range lost {
-			if got := guest(t, c, g); !seen["recovery "+victim+" "+g] || !seen["recovered "+got.Node+" "+g] {
+			if seq["recovered "+guest(t, c, g).Node+" "+g] == 0 {
 				return false
 			}
 		}
 		return true
 	})
+	for _, g := range lost {
+		lostAt, restart, running := seq["node-lost "+victim+" "], seq["recovery "+victim+" "+g], seq["recovered "+guest(t, c, g).Node+" "+g]
+		if lostAt == 0 || restart <= lostAt || running <= restart {
+			t.Errorf("%s: events node-lost %d, recovery %d, recovered %d: want them in that order", g, lostAt, restart, running)
+		}
+	}
 
 	// Refused, and nothing changes.
 	before := len(eventsOf(t, c))
