@@ -111,7 +111,8 @@ func (m *Master) RebalancePlan() api.RebalancePlan {
 // move whose guest changed meanwhile, or whose destination can no longer take it, is
 // reported failed and the others go on; a failed migration leaves its guest running
 // where it was. progress gets the plan, then a line per move; the summary comes back.
-// Only one rebalance runs at a time, the automatic balancer's included (ErrConflict).
+// Only one rebalance runs at a time, the automatic balancer's included (ErrConflict), and
+// none while the cluster adopts its guests after a restore (ErrAdopting).
 func (m *Master) Rebalance(ctx context.Context, progress func(api.RebalanceProgress)) (api.RebalanceProgress, error) {
 	return m.rebalance(ctx, 0, 0, "rebalance", progress)
 }
@@ -119,7 +120,7 @@ func (m *Master) Rebalance(ctx context.Context, progress func(api.RebalanceProgr
 // rebalance is Rebalance with at most maxMoves moves (0: as many as help), guests that
 // moved less than cooldown ago left alone, and what names it in events.
 func (m *Master) rebalance(ctx context.Context, maxMoves int, cooldown time.Duration, what string, progress func(api.RebalanceProgress)) (api.RebalanceProgress, error) {
-	if err := m.mustAct(); err != nil {
+	if err := m.mustPlace(); err != nil {
 		return api.RebalanceProgress{}, err
 	}
 	if !m.rebalancing.CompareAndSwap(false, true) {
@@ -245,7 +246,9 @@ func (m *Master) BalanceLoop(ctx context.Context) {
 // moved a guest and the spread may still be above the target).
 func (m *Master) balanceRound(ctx context.Context, active, stuck *bool) bool {
 	b := m.opts.Balance
-	if !m.acting() {
+	// After a restore nothing moves until the nodes have reported (adopt.go); the
+	// balancer then starts afresh.
+	if !m.acting() || m.adopting() != nil {
 		*active, *stuck = false, false
 		return false
 	}

@@ -480,3 +480,40 @@ func TestRebalanceEndsWhenTheMasterChanges(t *testing.T) {
 		t.Fatalf("waiters left: %v", m.pending)
 	}
 }
+
+// After a restore nothing moves until the nodes have reported: a rebalance is refused
+// (409, saying why) and the balancer waits, and nothing changes.
+func TestRebalanceWaitsForTheAdoption(t *testing.T) {
+	m, c := capacityMaster(t, Options{Balance: scheduler.Balance{Threshold: 0.2, Target: 0.1, Interval: time.Second, Cooldown: time.Hour}})
+	st := m.Store()
+	reportAll(t, c, st, "n1")
+	pile(t, c, []string{"g1", "g2", "g3", "g4"}, nil)
+	reportAll(t, c, st, "n1", "n2", "n3")
+	m.mu.Lock()
+	_, err := st.Apply(store.Command{Op: store.OpSetAdoption, Adoption: &store.Adoption{RestoredAt: time.Now(), Awaiting: []string{"n4"}, Deadline: time.Now().Add(time.Hour)}})
+	m.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, idx := len(events(st, "rebalance")), st.Index()
+	err = c.Stream(context.Background(), "POST", "/v1/cluster/rebalance", nil, func([]byte) error { return nil })
+	if code, _ := statusOf(err); code != http.StatusConflict || !strings.Contains(err.Error(), "adopting its guests after a restore") {
+		t.Fatalf("rebalance while adopting: %v, want 409", err)
+	}
+	var active, stuck bool
+	if m.balanceRound(context.Background(), &active, &stuck) || active {
+		t.Fatal("the balancer acted while the cluster adopts")
+	}
+	_, guests, _ := st.Snapshot()
+	for _, g := range guests {
+		if g.Node != "n1" || g.MigrateTo != "" {
+			t.Fatalf("%s moved while adopting: %+v", g.Name, g)
+		}
+	}
+	if h := m.heldMoves(); len(h) != 0 || len(events(st, "rebalance")) != before || m.rebalancing.Load() {
+		t.Fatalf("holds %v, rebalance events %v, running %v", h, events(st, "rebalance")[before:], m.rebalancing.Load())
+	}
+	if st.Index() != idx {
+		t.Fatalf("%d writes while refused", st.Index()-idx)
+	}
+}
