@@ -180,10 +180,10 @@ func (n *nodeState) use(cpu int32, mem int64) float64 {
 // guest off the most used node (dominant share of CPU or memory) to the node Spread would
 // choose for it, when that lowers the larger of the two nodes' shares; a node none of
 // whose guests can go anywhere better is passed over. Twin guests stay (moving a lockstep
-// pair costs more than it evens out), so do guests already moving; filters apply; each
-// guest moves at most once. Each
-// move costs one pass over the nodes plus an index search per guest of the hot node. The
-// snapshot is not changed.
+// pair costs more than it evens out), so do guests already moving and those that must
+// stay (Assignment.Stay); filters apply; each guest moves at most once. Each move costs
+// one pass over the nodes plus an index search per guest of the hot node. The snapshot
+// is not changed.
 func (s *Scheduler) Rebalance(maxMoves int) Plan {
 	var plan Plan
 	j := &journal{s: s}
@@ -214,7 +214,7 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 		s.setExcluded(hot, true)
 		for _, id := range s.guestsOn(hot) {
 			pg := s.guest(id)
-			if pg.twin >= 0 || pg.node != hot || moved[id] || pg.dest >= 0 {
+			if pg.twin >= 0 || pg.node != hot || moved[id] || pg.dest >= 0 || pg.stay {
 				continue
 			}
 			g := &pg.g
@@ -240,4 +240,35 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 		plan.Moves = append(plan.Moves, Move{Guest: g.Name, Action: ActionMigrate, From: hs.name, To: s.nodes[bestN].name})
 	}
 	return plan
+}
+
+// Imbalance is how unevenly the nodes that take guests are used: the most and the least
+// used by dominant share (the larger of a node's CPU and memory shares in use, room held
+// by moves in flight included). Rebalance narrows the spread between them.
+type Imbalance struct {
+	Hot, Cold           string
+	HotShare, ColdShare float64
+}
+
+// Spread is the hot node's share less the cold node's: 0 when even.
+func (i Imbalance) Spread() float64 { return i.HotShare - i.ColdShare }
+
+// Imbalance measures the nodes that take guests; zero when none does. One pass over the
+// nodes.
+func (s *Scheduler) Imbalance() Imbalance {
+	var out Imbalance
+	for i := range s.nodes {
+		ns := &s.nodes[i]
+		if !ns.accepting() {
+			continue
+		}
+		u := ns.use(0, 0)
+		if out.Hot == "" || u > out.HotShare {
+			out.Hot, out.HotShare = ns.name, u
+		}
+		if out.Cold == "" || u < out.ColdShare {
+			out.Cold, out.ColdShare = ns.name, u
+		}
+	}
+	return out
 }

@@ -248,3 +248,73 @@ func TestRebalancePassesOverStuckNodes(t *testing.T) {
 		}
 	}
 }
+
+// Guests that must stay (Assignment.Stay: stopped, not running yet) are load, never
+// moves: the plan moves the others, and a node whose every guest must stay is passed over.
+func TestRebalanceLeavesGuestsThatStay(t *testing.T) {
+	existing := []Assignment{
+		{Guest: guest("stay1", 4, 8), Node: "a", Stay: true},
+		{Guest: guest("stay2", 4, 8), Node: "a", Stay: true},
+		{Guest: guest("go1", 4, 8), Node: "a"},
+		{Guest: guest("go2", 4, 8), Node: "a"},
+	}
+	s := New([]Node{node("a", 16, 64), node("b", 16, 64), node("c", 16, 64)}, existing, Options{})
+	plan := s.Rebalance(10)
+	var moved []string
+	for _, m := range plan.Moves {
+		moved = append(moved, m.Guest)
+	}
+	sort.Strings(moved)
+	if !reflect.DeepEqual(moved, []string{"go1", "go2"}) {
+		t.Fatalf("moves %+v, want go1 and go2 only", plan.Moves)
+	}
+	if a, _ := s.Lookup("stay1"); !a.Stay {
+		t.Fatalf("Lookup lost Stay: %+v", a)
+	}
+	// Assign keeps Stay too; with every guest of a staying, nothing moves.
+	s = New([]Node{node("a", 16, 64), node("b", 16, 64)}, nil, Options{})
+	for _, g := range []Guest{guest("s1", 4, 8), guest("s2", 4, 8), guest("s3", 4, 8)} {
+		if err := s.Assign(Assignment{Guest: g, Node: "a", Stay: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if plan := s.Rebalance(10); len(plan.Moves) != 0 {
+		t.Fatalf("moved guests that must stay: %+v", plan.Moves)
+	}
+}
+
+// Imbalance measures what Rebalance evens out: a plan's moves, made, narrow the spread.
+func TestImbalance(t *testing.T) {
+	existing := []Assignment{
+		{Guest: guest("g1", 4, 8), Node: "a"}, {Guest: guest("g2", 4, 8), Node: "a"},
+		{Guest: guest("g3", 2, 24), Node: "b"}, {Guest: guest("g4", 2, 24), Node: "b"},
+	}
+	nodes := []Node{node("a", 16, 64), node("b", 16, 64), node("c", 16, 64), node("d", 16, 64)}
+	nodes[3].Draining = true // takes no guests: not measured
+	s := New(nodes, existing, Options{})
+	im := s.Imbalance()
+	// a: CPU 8/16 = 0.5, memory 16/64; b: memory 48/64 = 0.75 dominates; c: empty.
+	if im.Hot != "b" || im.HotShare != 0.75 || im.Cold != "c" || im.ColdShare != 0 || im.Spread() != 0.75 {
+		t.Fatalf("imbalance %+v", im)
+	}
+	plan := s.Rebalance(10)
+	if len(plan.Moves) == 0 || plan.Moves[0].From != "b" || plan.Moves[0].To != "c" {
+		t.Fatalf("moves %+v, want b to c first", plan.Moves)
+	}
+	byName := map[string]Guest{}
+	for _, a := range existing {
+		byName[a.Guest.Name] = a.Guest
+	}
+	for _, mv := range plan.Moves {
+		s.Release(mv.Guest)
+		if err := s.Assign(Assignment{Guest: byName[mv.Guest], Node: mv.To}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := s.Imbalance(); after.Spread() >= im.Spread() {
+		t.Fatalf("after the plan's moves: %+v, before %+v", after, im)
+	}
+	if (New(nil, nil, Options{}).Imbalance() != Imbalance{}) {
+		t.Fatal("an empty cluster is not even")
+	}
+}

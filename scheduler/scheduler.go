@@ -75,6 +75,8 @@ type placed struct {
 	node int32
 	twin int32 // -1 unless twin
 	dest int32 // -1 unless a move in flight holds room there
+	// stay: Rebalance leaves the guest where it is (Assignment.Stay).
+	stay bool
 	// Links of the per-node guest lists: [0] for the primary's node, [1] for the twin's.
 	next, prev [2]int32 // slot+1, 0 = none
 }
@@ -168,7 +170,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 				sumMem[n] += a.Guest.MemoryBytes
 			}
 		}
-		s.addGuest(a.Guest, p, t, d)
+		s.guest(s.addGuest(a.Guest, p, t, d)).stay = a.Stay
 	}
 	for i := range s.nodes {
 		ns := &s.nodes[i]
@@ -545,6 +547,7 @@ func (s *Scheduler) Assign(a Assignment) error {
 		return err
 	}
 	s.commit(a.Guest, p, t, d)
+	s.guest(s.byGuest[a.Guest.Name]).stay = a.Stay
 	return nil
 }
 
@@ -578,6 +581,7 @@ func (s *Scheduler) Lookup(guestName string) (Assignment, bool) {
 	if pg.dest >= 0 {
 		a.MoveTo = s.nodes[pg.dest].name
 	}
+	a.Stay = pg.stay
 	return a, true
 }
 

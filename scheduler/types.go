@@ -99,6 +99,9 @@ type Assignment struct {
 	// or not, the guest holds its CPUs and memory on MoveTo as well as on Node, so
 	// nothing placed meanwhile takes the room it lands in.
 	MoveTo string
+	// Stay keeps the guest where it is in Rebalance's plans: it cannot move live now
+	// (stopped, not yet running, ...). It still counts as load on its node.
+	Stay bool
 }
 
 // Placement is where Place put a guest.

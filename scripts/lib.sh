@@ -28,8 +28,9 @@ ensure_packages() {
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 	done
 	# The lab's guest kernel is fetched with `apt-get download`, which needs package lists
-	# even when every package above is installed already.
-	if [ -z "$missing" ] && ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+	# even when every package above is installed already. apt may keep them compressed
+	# (Debian 12: *_Packages.lz4).
+	if [ -z "$missing" ] && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
 		apt-get update -qq || die "apt-get update failed"
 	fi
 	if [ -n "$missing" ]; then

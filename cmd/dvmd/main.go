@@ -57,13 +57,27 @@ func main() {
 				ArgsUsage: " ",
 				Description: "Runs N nodes, each on its own in-process libvirt test hypervisor with its own\n" +
 					"capacity, and a master. State survives a restart (DIR/state.db). Writes DIR/env:\n" +
-					"  set -a; . DIR/env; set +a; vmctl node ls",
+					"  set -a; . DIR/env; set +a; vmctl node ls\n" +
+					"A node dies with dvmd dev kill NODE (its guests come back on the others); a restart\n" +
+					"takes it back.",
 				Flags: []cli.Flag{
 					&cli.IntFlag{Name: "nodes", Value: 3, Usage: "number of nodes (1 to 64)"},
 					&cli.StringFlag{Name: "listen", Value: "127.0.0.1:7460", Usage: "API `ADDR`"},
 					&cli.StringFlag{Name: "data-dir", Value: "./dvm-dev", Usage: "state `DIR`"},
 				},
 				Action: runDev,
+				Subcommands: []*cli.Command{{
+					Name:      "kill",
+					Usage:     "kill a node of the dev cluster running on DIR, as a host that loses power",
+					ArgsUsage: "NODE",
+					Description: "The node's agent stops and every guest running on it is destroyed. Once the master\n" +
+						"shows the node unreachable, the dev cluster declares it lost (it has no role machine\n" +
+						"to do so) and the master brings its guests back on the other nodes: watch it with\n" +
+						"vmctl events -f. The node stays dead until dvmd dev is started again.\n\n" +
+						"Example:\n  dvmd dev kill --data-dir ./dvm-dev n2",
+					Flags:  []cli.Flag{&cli.StringFlag{Name: "data-dir", Value: "./dvm-dev", Usage: "`DIR` of the running dev cluster"}},
+					Action: runDevKill,
+				}},
 			},
 		},
 	}
@@ -105,6 +119,18 @@ func runAgent(c *cli.Context) error {
 	case <-n.Done():
 		return n.Err()
 	}
+}
+
+func runDevKill(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("give one node, after the flags: dvmd dev kill --data-dir DIR NODE")
+	}
+	detail, err := daemon.KillDevNode(c.String("data-dir"), c.Args().First())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.App.Writer, detail)
+	return nil
 }
 
 func runDev(c *cli.Context) error {

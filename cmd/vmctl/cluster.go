@@ -14,7 +14,7 @@ func clusterCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "cluster",
 		Usage: "the management group",
-		Subcommands: []*cli.Command{{
+		Subcommands: []*cli.Command{rebalanceCommand(), {
 			Name:  "status",
 			Usage: "roles, generation, ranked candidates and lease ages",
 			Description: "Roles: master, backup, candidate, node, semi-master, on-hold, lost.\n" +

@@ -66,6 +66,8 @@ func answerRead(w http.ResponseWriter, r *http.Request) bool {
 		v = api.Network{Name: "blue", VNI: 42, CIDR: "192.168.42.0/24"}
 	case "/v1/cluster":
 		v = api.ClusterStatus{Generation: 1, Master: "n1", Acting: true}
+	case "/v1/cluster/rebalance":
+		v = api.RebalancePlan{Moves: []api.RebalanceMove{}, Before: api.Imbalance{Hot: "n1", Cold: "n1"}}
 	default:
 		return false
 	}
@@ -82,7 +84,7 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 		"node":    {{"node", "ls"}},
 		"vm":      {{"vm", "ls"}, {"vm", "show", "web"}, {"vm", "why", "web"}},
 		"net":     {{"net", "ls"}, {"net", "show", "blue"}},
-		"cluster": {{"cluster", "status"}},
+		"cluster": {{"cluster", "status"}, {"cluster", "rebalance", "--dry-run"}},
 		"events":  {{"events"}},
 		"token":   {{"token", "ls"}},
 	}

@@ -39,6 +39,13 @@ func fakeAPI(t *testing.T) (srv *httptest.Server, ca string, seen *[]string) {
 			}
 		}
 	}))
+	return srv, serveTLS(t, srv), &got
+}
+
+// serveTLS writes the CA file of srv, a started httptest TLS server, and closes srv when
+// the test ends; vmctl's environment is emptied so that only the flags count.
+func serveTLS(t *testing.T, srv *httptest.Server) (ca string) {
+	t.Helper()
 	t.Cleanup(srv.Close)
 	ca = filepath.Join(t.TempDir(), "ca.crt")
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
@@ -47,7 +54,7 @@ func fakeAPI(t *testing.T) (srv *httptest.Server, ca string, seen *[]string) {
 	for _, v := range []string{"DVM_ADDR", "DVM_TOKEN", "DVM_CA"} {
 		t.Setenv(v, "")
 	}
-	return srv, ca, &got
+	return ca
 }
 
 func vmctl(args ...string) (string, error) {

@@ -274,9 +274,16 @@ type Event struct {
 // DrainProgress is one line of POST /v1/nodes/{name}/drain's answer (newline-delimited
 // JSON): a guest moved or not; the last line has Done set and the totals.
 type DrainProgress struct {
-	Node            string  `json:"node"`
-	Guest           string  `json:"guest,omitempty"`
-	To              string  `json:"to,omitempty"`
+	Node  string `json:"node"`
+	Guest string `json:"guest,omitempty"`
+	To    string `json:"to,omitempty"`
+	MoveOutcome
+}
+
+// MoveOutcome is what became of one move of a drain or a rebalance, as a line of its
+// progress; on the last line (Done), the totals and, for a failure of the whole run, its
+// error.
+type MoveOutcome struct {
 	Status          string  `json:"status,omitempty"` // moved or failed
 	Error           string  `json:"error,omitempty"`
 	TotalSeconds    float64 `json:"total_seconds,omitempty"`

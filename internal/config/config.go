@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/units"
+	"github.com/dvmproject/dvm/scheduler"
 )
 
 // Node is a dvmd node's configuration.
@@ -48,10 +50,12 @@ type Node struct {
 	Strategy       string // spread or pack
 	HAReserveNodes int    // headroom so the restart guests of any K lost nodes can be placed again
 	HAWarnOnly     bool   // admit guests that break the headroom, with a warning
-	Bootstrap      bool   // form a new cluster (one node, once, when the cluster is created)
-	Master         string // comma-separated API addresses of management nodes
-	ImagesDir      string
-	DisksDir       string
+	// Balance is the automatic balancer's policy (balance_* keys; off by default).
+	Balance   scheduler.Balance
+	Bootstrap bool   // form a new cluster (one node, once, when the cluster is created)
+	Master    string // comma-separated API addresses of management nodes
+	ImagesDir string
+	DisksDir  string
 	// LockspaceDir is libvirt's lockspace (qemu-lockd.conf's file_lockspace_dir, spelt
 	// the same) where dvmd keeps a lock for every restart guest; "": none.
 	LockspaceDir    string
@@ -67,7 +71,7 @@ type Node struct {
 func Defaults() Node {
 	return Node{
 		LibvirtURI: "qemu:///system", Listen: "127.0.0.1:7460", DataDir: "/var/lib/dvm",
-		Timing:      failover.DefaultTiming(),
+		Timing: failover.DefaultTiming(), Balance: scheduler.DefaultBalance(),
 		Accelerator: "auto", ShutdownTimeout: 30 * time.Second, NodeTimeout: 5 * time.Second,
 		Share:  hypervisor.Share{ReservedCPUs: 1, ReservedMemoryBytes: 1 << 30, CPUOvercommit: 4, MemoryOvercommit: 1},
 		Labels: map[string]string{}, LogLevel: "info",
@@ -210,6 +214,14 @@ func (n *Node) set(key, val string) error {
 		if err != nil || n.HAReserveNodes < 0 || n.HAReserveNodes > 1000 {
 			return fmt.Errorf("%q is not a number of nodes (0 to switch admission control off)", val)
 		}
+	case "balance_threshold":
+		n.Balance.Threshold, err = parsePercent(val)
+	case "balance_target":
+		n.Balance.Target, err = parsePercent(val)
+	case "balance_interval":
+		n.Balance.Interval, err = parseDuration(val)
+	case "balance_cooldown":
+		n.Balance.Cooldown, err = parseDuration(val)
 	case "ha_warn_only":
 		n.HAWarnOnly, err = strconv.ParseBool(val)
 		if err != nil {
@@ -284,6 +296,15 @@ func parseRatio(s string) (float64, error) {
 	return f, nil
 }
 
+// parsePercent reads a share written as a percentage, "25%" or "25", as 0.25.
+func parsePercent(s string) (float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(s, "%")), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%q is not a percentage such as 25%%", s)
+	}
+	return f / 100, nil
+}
+
 func parseDuration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
@@ -337,6 +358,9 @@ func (n *Node) Validate() error {
 	}
 	// The guarantee that a guest never runs twice rests on these together.
 	if err := n.Timing.Validate(); err != nil {
+		return err
+	}
+	if err := n.Balance.Validate(); err != nil {
 		return err
 	}
 	if n.AdvertiseLibvirtURI == "" {

@@ -76,3 +76,30 @@ func TestShippedExampleParses(t *testing.T) {
 		t.Fatalf("parsed %+v", n)
 	}
 }
+
+// The automatic balancer's keys: off by default; a bad value or a combination that
+// breaks a rule stops dvmd with the key and the rule.
+func TestParseBalance(t *testing.T) {
+	const base = "name = n1\nmanagement = true\n"
+	n, err := Parse(strings.NewReader(base))
+	if err != nil || n.Balance.On() {
+		t.Fatalf("default: %+v %v; want the balancer off", n.Balance, err)
+	}
+	n, err = Parse(strings.NewReader(base + "balance_threshold = 25%\nbalance_target = 10\nbalance_interval = 30s\nbalance_cooldown = 10m\n"))
+	if err != nil || n.Balance.Threshold != 0.25 || n.Balance.Target != 0.10 || n.Balance.Interval != 30*time.Second || n.Balance.Cooldown != 10*time.Minute {
+		t.Fatalf("parsed %+v, %v", n.Balance, err)
+	}
+	cases := map[string]string{
+		"balance_threshold = lots\n":                                                `line 3: balance_threshold: "lots" is not a percentage such as 25%`,
+		"balance_threshold = 3%\n":                                                  "balance_threshold: 3% must be 0 (off) or from 5% to 100%",
+		"balance_threshold = 20%\nbalance_target = 30%\n":                           "balance_target: 30% must be at least 0% and below balance_threshold (20%)",
+		"balance_threshold = 20%\nbalance_interval = 1m\nbalance_cooldown = 30s\n":  "balance_cooldown: 30s must be at least balance_interval (1m0s)",
+		"balance_interval = 0s\n":                                                   `line 3: balance_interval: "0s" is not a positive duration`,
+		"balance_threshold = 20%\nbalance_interval = 48h\nbalance_cooldown = 72h\n": "balance_interval: 48h0m0s must be from 1s to 24h",
+	}
+	for in, want := range cases {
+		if _, err := Parse(strings.NewReader(base + in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error containing %q", in, err, want)
+		}
+	}
+}

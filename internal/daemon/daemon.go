@@ -46,6 +46,8 @@ type MasterConfig struct {
 	Epoch *store.Epoch
 	// ElectionTimeout is raft's (failover.Timing); zero takes the store's default.
 	ElectionTimeout time.Duration
+	// Balance is the automatic balancer's policy; the zero value is off.
+	Balance scheduler.Balance
 }
 
 // OpenMaster opens this node's replica of the cluster state (DataDir/raft) and makes a
@@ -57,7 +59,7 @@ func OpenMaster(c MasterConfig) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := master.New(st, master.Options{NodeTimeout: c.NodeTimeout, Scheduler: c.Scheduler, Log: c.Log})
+	m, err := master.New(st, master.Options{NodeTimeout: c.NodeTimeout, Scheduler: c.Scheduler, Log: c.Log, Balance: c.Balance})
 	if err != nil {
 		st.Close()
 		return nil, err

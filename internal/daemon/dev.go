@@ -49,11 +49,27 @@ type Dev struct {
 	CAFile  string
 	Nodes   []*hypervisor.Node
 	master  *Master
+	ctx     context.Context
 	cancel  context.CancelFunc
 	stopped chan struct{}  // closed when the API server has stopped
 	agents  sync.WaitGroup // the agents' Run, waited for before their nodes are closed
 	err     error          // why it stopped; set before stopped is closed
 	keep    bool           // Detach: leave the hypervisors open
+
+	killMu sync.Mutex
+	alive  []*devAgent // by node, as Nodes; nil once killed (Kill)
+	// bg is the dev cluster's own work on the master (declaring killed nodes lost,
+	// taking them back), waited for before the master is closed.
+	bg sync.WaitGroup
+	// control is the listener of `dvmd dev kill` (ControlSocket); closed by Stop.
+	control net.Listener
+}
+
+// devAgent is a dev node's agent while it runs: Kill stops it with cancel and waits for
+// done.
+type devAgent struct {
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // devCapacity gives dev nodes different sizes, as real racks have.
@@ -103,7 +119,7 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	d := &Dev{Addr: "https://" + dialable(ln.Addr()), Token: token, EnvFile: filepath.Join(dir, "env"),
-		CAFile: cluster.CACertPath(filepath.Join(dir, "credentials")), master: m, cancel: cancel, stopped: make(chan struct{})}
+		CAFile: cluster.CACertPath(filepath.Join(dir, "credentials")), master: m, ctx: ctx, cancel: cancel, stopped: make(chan struct{})}
 	fail := func(err error) (*Dev, error) {
 		d.Stop()
 		return nil, err
@@ -127,7 +143,7 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 		return fail(err)
 	}
 	for i := 0; i < o.Nodes; i++ {
-		name := fmt.Sprintf("n%d", i+1)
+		name := devNodeName(i)
 		uri, err := hypervisor.TestDriverURI(hvDir, name, devCapacity(i))
 		if err != nil {
 			return fail(err)
@@ -150,12 +166,22 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 			return fail(err)
 		}
 		d.Nodes = append(d.Nodes, node)
+		actx, stop := context.WithCancel(ctx)
+		run := &devAgent{cancel: stop, done: make(chan struct{})}
+		d.alive = append(d.alive, run)
 		d.agents.Add(1)
 		go func() {
 			defer d.agents.Done()
-			a.Run(ctx)
+			defer close(run.done)
+			a.Run(actx)
 		}()
 	}
+	d.bg.Add(1)
+	go d.readmitKilled()
+	if d.control, err = listenControl(dir); err != nil {
+		return fail(err)
+	}
+	go d.serveControl()
 	if err := WriteEnv(d.EnvFile, d.Addr, token, d.CAFile); err != nil {
 		return fail(fmt.Errorf("write env file: %w", err))
 	}
@@ -220,8 +246,15 @@ func (d *Dev) Err() error { return d.err }
 // Stop ends the cluster and closes its state.
 func (d *Dev) Stop() {
 	d.cancel()
+	if d.control != nil {
+		d.control.Close()
+	}
 	<-d.stopped
 	d.agents.Wait()
+	// A Kill under way ends before the nodes close; one after it sees ctx ended.
+	d.killMu.Lock()
+	d.killMu.Unlock()
+	d.bg.Wait()
 	d.closeAll()
 }
 

@@ -426,7 +426,8 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 		Bootstrap: cfg.Bootstrap, NodeTimeout: cfg.NodeTimeout, Log: log, RaftLog: logWriter{log}, Epoch: epoch,
 		ElectionTimeout: cfg.Timing.ElectionTimeout,
 		Scheduler: scheduler.Options{Strategy: scheduler.Strategy(cfg.Strategy), FailureDomains: []string{"rack", "zone"},
-			HAReserveNodes: cfg.HAReserveNodes, HAWarnOnly: cfg.HAWarnOnly}})
+			HAReserveNodes: cfg.HAReserveNodes, HAWarnOnly: cfg.HAWarnOnly},
+		Balance: cfg.Balance})
 	if err != nil {
 		if c, ok := trans.(io.Closer); ok {
 			c.Close()

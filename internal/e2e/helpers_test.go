@@ -97,27 +97,28 @@ func (c *cluster) guest(name string) api.Guest {
 
 // domainState asks a node's own libvirtd, as virsh would, for a domain's state; ok is
 // false when the node has no such domain.
-func (c *cluster) domainState(node, name string) (libvirt.DomainState, bool) {
+func (c *cluster) domainState(node, name string) (st libvirt.DomainState, ok bool) {
 	c.t.Helper()
-	n, err := c.lab.Node(node)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	conn, err := libvirt.NewConnect(n.LibvirtURI)
-	if err != nil {
-		c.t.Fatalf("connect to %s at %s: %v", node, n.LibvirtURI, err)
-	}
+	c.withDomain(node, name, func(d *libvirt.Domain) {
+		var err error
+		st, _, err = d.GetState()
+		ok = err == nil
+	})
+	return st, ok
+}
+
+// withDomain calls f with domain name as node's own libvirtd has it; f is not called
+// when the node has no such domain.
+func (c *cluster) withDomain(node, name string, f func(*libvirt.Domain)) {
+	c.t.Helper()
+	conn := c.connect(c.t, node)
 	defer conn.Close()
 	d, err := conn.LookupDomainByName(name)
 	if err != nil {
-		return 0, false
+		return
 	}
 	defer d.Free()
-	st, _, err := d.GetState()
-	if err != nil {
-		return 0, false
-	}
-	return st, true
+	f(d)
 }
 
 // waitFor polls cond; the limit only ends a broken run, it asserts no speed.

@@ -230,7 +230,7 @@ func TestCommitRefusesStalePlacements(t *testing.T) {
 			meanwhile: func(t *testing.T, m *Master) {
 				put(t, m, store.GuestRecord{Name: "drained", CPUs: 3, MemoryBytes: gib, Node: "n1", Desired: store.DesiredRunning})
 				m.mu.Lock()
-				m.setHold("drained", hold{from: "n1", to: "n2", drain: 99})
+				m.setHold("drained", hold{from: "n1", to: "n2", plan: 99})
 				m.mu.Unlock()
 			},
 			refused: []string{`late@n2: not enough cpu: 1 of 4 free, the guest needs 2`},

@@ -20,7 +20,8 @@ import (
 // time: as Nomad's plan applier does, it checks each placement again against the state
 // as it is then and leaves out the ones that no longer fit, with the reason. The caller
 // plans those again or reports them. Room held by moves in flight (live migrations and
-// a drain's planned moves) counts as taken, in the scheduler's view and here alike.
+// the planned moves of drains and rebalances) counts as taken, in the scheduler's view
+// and here alike.
 
 // change is one guest record to write, planned from base (nil for a new guest).
 type change struct {
@@ -47,14 +48,14 @@ func (e *RefusedPlacement) Error() string {
 // Is makes a refused placement an ErrConflict, answered with 409.
 func (e *RefusedPlacement) Is(target error) bool { return target == ErrConflict }
 
-// hold is the room drain number drain has planned for a guest on node to, while the
-// guest is on from.
+// hold is the room that plan number plan (a drain or a rebalance) has planned for a
+// guest on node to, while the guest is on from.
 type hold struct {
 	from, to string
-	drain    uint64
+	plan     uint64
 }
 
-// setHold records the room a drain holds for guest. Called with m.mu held, so a commit
+// setHold records the room a plan holds for guest. Called with m.mu held, so a commit
 // sees holds and state change together.
 func (m *Master) setHold(guest string, h hold) {
 	m.holdMu.Lock()
@@ -63,18 +64,18 @@ func (m *Master) setHold(guest string, h hold) {
 	m.holdVer++
 }
 
-// dropHold gives back the room drain holds for guest, if it still holds it. Called with
+// dropHold gives back the room plan holds for guest, if it still holds it. Called with
 // m.mu held.
-func (m *Master) dropHold(guest string, drain uint64) {
+func (m *Master) dropHold(guest string, plan uint64) {
 	m.holdMu.Lock()
 	defer m.holdMu.Unlock()
-	if h, ok := m.holds[guest]; ok && h.drain == drain {
+	if h, ok := m.holds[guest]; ok && h.plan == plan {
 		delete(m.holds, guest)
 		m.holdVer++
 	}
 }
 
-// heldMoves copies the drains' holds.
+// heldMoves copies the plans' holds.
 func (m *Master) heldMoves() map[string]hold {
 	m.holdMu.Lock()
 	defer m.holdMu.Unlock()
@@ -94,7 +95,7 @@ func (m *Master) stateVersion() [2]uint64 {
 }
 
 // moveTo is where g holds room for a move in flight: the destination of its live
-// migration, or where a drain has planned to move it; "" when it is not moving. A lost
+// migration, or where a drain or rebalance has planned to move it; "" when it is not moving. A lost
 // guest's migration can never end (its node is gone), so it holds nothing.
 func moveTo(g *store.GuestRecord, holds map[string]hold) string {
 	if g.Node == "" || g.Lost {
@@ -194,7 +195,7 @@ func (b *books) admit(c *change) *RefusedPlacement {
 	case c.base != nil && !reflect.DeepEqual(*cur, *c.base):
 		return &RefusedPlacement{Guest: g.Name, Reason: "changed meanwhile (moved, stopped or deleted): plan it again"}
 	}
-	// Nodes the guest is on, or migrating to, need no check. Room a drain holds for it
+	// Nodes the guest is on, or migrating to, need no check. Room a plan holds for it
 	// is checked like a new placement (the node may have gone meanwhile); with the
 	// guest's own room taken off the books, the room it held is there for it.
 	on := map[string]bool{}

@@ -44,13 +44,13 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 		byName[g.Name] = g
 	}
 	m.holdMu.Lock()
-	m.drains++
-	id := m.drains
+	m.plans++
+	id := m.plans
 	m.holdMu.Unlock()
 	var held []string
 	for _, mv := range plan.Moves {
 		if g, ok := byName[mv.Guest]; ok && g.Node == node && g.MigrateTo == "" && mv.Action == scheduler.ActionMigrate {
-			m.setHold(g.Name, hold{from: node, to: mv.To, drain: id})
+			m.setHold(g.Name, hold{from: node, to: mv.To, plan: id})
 			held = append(held, g.Name)
 		}
 	}
@@ -70,7 +70,7 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 	}
 	m.Record(kind, node, "", fmt.Sprintf("%s started: %d guests to move", kind, len(plan.Moves)+len(plan.Unplaced)))
 	start := time.Now()
-	sum := api.DrainProgress{Node: node, Done: true}
+	sum := api.DrainProgress{Node: node, MoveOutcome: api.MoveOutcome{Done: true}}
 	for _, mv := range plan.Moves {
 		g, ok := byName[mv.Guest]
 		if !ok || g.Node != node || mv.To == "" || mv.Action == scheduler.ActionNewTwin {
@@ -117,7 +117,7 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 	}
 	for _, u := range plan.Unplaced {
 		sum.Failed++
-		p := api.DrainProgress{Node: node, Guest: u.Guest, Status: "failed", Error: "nowhere to go: " + u.Error()}
+		p := api.DrainProgress{Node: node, Guest: u.Guest, MoveOutcome: api.MoveOutcome{Status: "failed", Error: "nowhere to go: " + u.Error()}}
 		m.Record(kind, node, u.Guest, "could not move, stays where it runs: "+p.Error)
 		progress(p)
 	}
@@ -146,7 +146,7 @@ func (m *Master) reassign(guest, from, to string) error {
 
 // replanMove chooses a new node for a drain's move of guest off from, and holds its room
 // there for the drain; "" and why when none can take it now.
-func (m *Master) replanMove(guest, from string, drain uint64) (string, string) {
+func (m *Master) replanMove(guest, from string, plan uint64) (string, string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g, ok := m.st.Guest(guest)
@@ -160,7 +160,7 @@ func (m *Master) replanMove(guest, from string, drain uint64) (string, string) {
 	if e.Node == "" {
 		return "", e.Summary()
 	}
-	m.setHold(guest, hold{from: from, to: e.Node, drain: drain})
+	m.setHold(guest, hold{from: from, to: e.Node, plan: plan})
 	return e.Node, ""
 }
 

@@ -88,6 +88,8 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "GET /v1/cluster/upgrade-check", h.upgradeCheck)
 		h.route(mux, "GET /v1/cluster/snapshot", h.saveSnapshot)
 		h.route(mux, "PUT /v1/cluster/snapshot", h.durable(h.restoreSnapshot))
+		h.route(mux, "GET /v1/cluster/rebalance", h.rebalancePlan)
+		h.route(mux, "POST /v1/cluster/rebalance", h.rebalance)
 		h.route(mux, "GET /v1/events", h.events)
 		h.route(mux, "GET /v1/networks", h.listNetworks)
 		h.route(mux, "POST /v1/networks", h.durable(h.createNetwork))
@@ -422,6 +424,9 @@ func fail(w http.ResponseWriter, err error) {
 		// Not 503: the change was applied, and a client that retried it on another
 		// node would only be told it exists. 504 ends the request with the news.
 		writeErr(w, http.StatusGatewayTimeout, err.Error()+"; it may or may not survive: look (vmctl vm show, vmctl net ls) before you retry", "")
+	case errors.Is(err, ErrMasterChanged):
+		// Not 503: what was started goes on; a retry would only be told it runs.
+		writeErr(w, http.StatusGatewayTimeout, err.Error(), "")
 	case errors.Is(err, ErrNotActing), errors.Is(err, store.ErrHalted):
 		writeErr(w, http.StatusServiceUnavailable, err.Error(), "")
 	case errors.Is(err, store.ErrTooOld), errors.Is(err, ErrAdopting):
@@ -731,7 +736,7 @@ func (h *handler) drain(maintenance bool) http.HandlerFunc {
 			flush()
 		})
 		if err != nil {
-			sum = api.DrainProgress{Node: node, Done: true, Status: "failed", Error: err.Error()}
+			sum = api.DrainProgress{Node: node, MoveOutcome: api.MoveOutcome{Done: true, Status: "failed", Error: err.Error()}}
 		}
 		enc.Encode(sum)
 		flush()

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dvmproject/dvm/internal/api"
@@ -34,6 +35,8 @@ type Options struct {
 	Authority Authority
 	// Metrics receives recovery outcomes and durations; nil records nothing.
 	Metrics Recorder
+	// Balance is the automatic balancer's policy (BalanceLoop); the zero value is off.
+	Balance scheduler.Balance
 }
 
 // Recorder is where the master reports what operators measure.
@@ -70,12 +73,14 @@ type Master struct {
 	// take the same free capacity.
 	mu sync.Mutex
 
-	// holds is the room drains have planned for their moves not yet made (guest ->
-	// hold), counted as taken until each move ends; changed only with mu held.
+	// holds is the room drains and rebalances have planned for their moves not yet made
+	// (guest -> hold), counted as taken until each move ends; changed only with mu held.
 	holdMu  sync.Mutex
 	holds   map[string]hold
 	holdVer uint64
-	drains  uint64 // drains started, numbering their holds
+	plans   uint64 // drains and rebalances started, numbering their holds
+
+	rebalancing atomic.Bool // a rebalance runs (one at a time, the balancer's included)
 
 	obsMu    sync.RWMutex
 	lastSeen map[string]time.Time                    // node -> last status report
@@ -109,6 +114,9 @@ func New(st *store.Store, opts Options) (*Master, error) {
 	if err := opts.Scheduler.Validate(); err != nil {
 		return nil, err
 	}
+	if err := opts.Balance.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.NodeTimeout <= 0 {
 		opts.NodeTimeout = 5 * time.Second
 	}
@@ -136,8 +144,10 @@ func New(st *store.Store, opts Options) (*Master, error) {
 // Store is the master's state store.
 func (m *Master) Store() *store.Store { return m.st }
 
-// Run places pending guests whenever the cluster changes, until ctx ends.
+// Run places pending guests whenever the cluster changes, and runs the automatic
+// balancer when its policy is on, until ctx ends.
 func (m *Master) Run(ctx context.Context) {
+	go m.BalanceLoop(ctx)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -175,9 +185,15 @@ func (m *Master) schedulerView(nodes []store.NodeRecord, guests []store.GuestRec
 	return m.schedulerViewHolding(nodes, guests, m.heldMoves())
 }
 
-// schedulerViewHolding is schedulerView with the drains' holds given: nil counts live
+// schedulerViewHolding is schedulerView with the plans' holds given: nil counts live
 // migrations in flight only.
 func (m *Master) schedulerViewHolding(nodes []store.NodeRecord, guests []store.GuestRecord, holds map[string]hold) *scheduler.Scheduler {
+	return m.schedulerViewWith(nodes, guests, holds, nil)
+}
+
+// schedulerViewWith is schedulerViewHolding with the guests for which stay says so
+// marked to stay where they are in rebalance plans (nil: none).
+func (m *Master) schedulerViewWith(nodes []store.NodeRecord, guests []store.GuestRecord, holds map[string]hold, stay func(*store.GuestRecord) bool) *scheduler.Scheduler {
 	now := time.Now()
 	sn := make([]scheduler.Node, 0, len(nodes))
 	for _, n := range nodes {
@@ -193,7 +209,8 @@ func (m *Master) schedulerViewHolding(nodes []store.NodeRecord, guests []store.G
 		if g.Node == "" {
 			continue
 		}
-		existing = append(existing, scheduler.Assignment{Guest: schedGuest(*g), Node: g.Node, TwinNode: g.TwinNode, MoveTo: moveTo(g, holds)})
+		existing = append(existing, scheduler.Assignment{Guest: schedGuest(*g), Node: g.Node, TwinNode: g.TwinNode, MoveTo: moveTo(g, holds),
+			Stay: stay != nil && stay(g)})
 	}
 	s := scheduler.New(sn, existing, m.opts.Scheduler)
 	if p := strings.Join(s.Problems(), "; "); p != "" {

@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -231,6 +232,10 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 	return a
 }
 
+// ErrMasterChanged: this node stopped being the master while it waited for the end of
+// work it had started (a live migration), which goes on without it.
+var ErrMasterChanged = errors.New("this node stopped being the master meanwhile")
+
 // Migrate live-migrates a running guest to another node and waits for the outcome. The
 // guest's node changes in the state only when its node reports libvirt's success; until
 // the migration ends, either way, the guest holds its room on both nodes. A destination
@@ -290,14 +295,32 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 		return api.Migration{}, err
 	}
 	m.log.Info("migration started", "guest", name, "from", g.Node, "to", to)
-	select {
-	case res := <-done:
-		if !res.OK {
-			return res, fmt.Errorf("migrate guest %q from %s to %s: %s", name, res.From, res.To, res.Error)
+	// The source's agent reports the end to whichever node is master then: a master
+	// that is no longer one would wait for ever (and a rebalance with it, holding its
+	// turn), so it looks every second whether it still leads.
+	lead := time.NewTicker(time.Second)
+	defer lead.Stop()
+	for {
+		select {
+		case res := <-done:
+			if !res.OK {
+				return res, fmt.Errorf("migrate guest %q from %s to %s: %s", name, res.From, res.To, res.Error)
+			}
+			return res, nil
+		case <-ctx.Done():
+			return api.Migration{}, fmt.Errorf("guest %q: still migrating to %s; watch `vmctl vm show %s`", name, to, name)
+		case <-lead.C:
+			if m.IsLeader() {
+				continue
+			}
+			m.migMu.Lock()
+			if m.pending[name] == done {
+				delete(m.pending, name)
+			}
+			m.migMu.Unlock()
+			return api.Migration{}, fmt.Errorf("guest %q, migrating to %s: %w; the migration goes on and the new master records its end: watch `vmctl vm show %s`",
+				name, to, ErrMasterChanged, name)
 		}
-		return res, nil
-	case <-ctx.Done():
-		return api.Migration{}, fmt.Errorf("guest %q: still migrating to %s; watch `vmctl vm show %s`", name, to, name)
 	}
 }
 
@@ -321,13 +344,18 @@ func (m *Master) MigrationDone(node, name string, res api.Migration) error {
 	m.wake() // the room the move held on the node it did not end on is free again
 	m.log.Info("migration finished", "guest", name, "from", res.From, "to", res.To, "ok", res.OK, "error", res.Error,
 		"total_seconds", res.TotalSeconds, "downtime_seconds", res.DowntimeSeconds)
-	m.migMu.Lock()
-	if ch, ok := m.pending[name]; ok {
-		ch <- res
-		delete(m.pending, name)
-	}
-	m.migMu.Unlock()
+	m.endWait(name, res)
 	return nil
+}
+
+// endWait hands the end of guest's migration to whoever waits for it in Migrate.
+func (m *Master) endWait(guest string, res api.Migration) {
+	m.migMu.Lock()
+	defer m.migMu.Unlock()
+	if ch, ok := m.pending[guest]; ok {
+		ch <- res
+		delete(m.pending, guest)
+	}
 }
 
 // hostOf returns the host of a host:port address.

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/dvmproject/dvm/scheduler"
 )
@@ -62,14 +63,22 @@ func (m *Master) mustAct() error {
 // Record keeps an event in the replicated state, where `vmctl events` reads it. Only
 // the master writes; elsewhere the event is logged only.
 func (m *Master) Record(kind, node, guest, detail string) {
-	m.log.Info("event", "kind", kind, "node", node, "guest", guest, "detail", detail)
+	c := m.eventCommand(kind, node, guest, detail)
 	if !m.IsLeader() {
 		return
 	}
-	e := store.EventRecord{Time: time.Now().UTC(), Kind: kind, Node: node, Guest: guest, Detail: detail}
-	if _, err := m.st.Apply(store.Command{Op: store.OpEvent, Event: &e}); err != nil {
+	if _, err := m.st.Apply(c); err != nil {
 		m.log.Warn("record event", "err", err)
 	}
+}
+
+// eventCommand is the write that keeps an event, for a change that carries its events in
+// its own write: nothing can then come between the change and the events that tell of
+// it. It logs the event, as Record does.
+func (m *Master) eventCommand(kind, node, guest, detail string) store.Command {
+	m.log.Info("event", "kind", kind, "node", node, "guest", guest, "detail", detail)
+	e := store.EventRecord{Time: time.Now().UTC(), Kind: kind, Node: node, Guest: guest, Detail: detail}
+	return store.Command{Op: store.OpEvent, Event: &e}
 }
 
 // RecoverNode carries out what "node lost" means for its guests, as the role machine
@@ -157,6 +166,13 @@ func (m *Master) RecoverNode(node, why string) {
 		events = append(events, outcome{g.Name, "lost with its node (failover none): not restarted"})
 		m.reg.RecoveryOutcome("lost")
 	}
+	// The recovery events go in the same write as the moves: a restarted guest's node
+	// may report it running (the event recovered) before a later write could tell of
+	// its restart.
+	sort.Slice(events, func(i, j int) bool { return events[i].guest < events[j].guest })
+	for _, e := range events {
+		cmds = append(cmds, m.eventCommand("recovery", node, e.guest, e.detail))
+	}
 	var err error
 	if len(cmds) > 0 {
 		_, err = m.st.Apply(cmds...)
@@ -166,9 +182,13 @@ func (m *Master) RecoverNode(node, why string) {
 		m.log.Error("recover node", "node", node, "err", err)
 		return
 	}
-	sort.Slice(events, func(i, j int) bool { return events[i].guest < events[j].guest })
-	for _, e := range events {
-		m.Record("recovery", node, e.guest, e.detail)
+	// The lost node's agent will never report the migrations it was carrying out: their
+	// waiters (a migrate request, a drain, a rebalance) learn it here.
+	for _, g := range guests {
+		if g.Node == node && g.MigrateTo != "" {
+			m.endWait(g.Name, api.Migration{From: node, To: g.MigrateTo, FinishedAt: declared.UTC(),
+				Error: fmt.Sprintf("node %s was lost during the migration: the guest is recovered by its failover policy (vmctl vm show %s)", node, g.Name)})
+		}
 	}
 	if adoptionDone {
 		m.recordAdoption(node, []adoptEvent{{done: true}})

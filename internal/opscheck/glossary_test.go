@@ -12,15 +12,16 @@ import (
 
 // eventKindSources are where the code names the kinds of events it records, and who
 // writes them (the glossary's "written by" column): the master's Record calls (made
-// anywhere: the daemon passes the runner's events on to it), its drain kinds and write
-// events; the roles runner's own events, and the kinds of the role machine's Notify
-// actions, which the runner records.
+// anywhere: the daemon passes the runner's events on to it), the events it writes with
+// a change (eventCommand), its drain kinds and write events; the roles runner's own
+// events, and the kinds of the role machine's Notify actions, which the runner records.
 var eventKindSources = []struct {
 	glob   string // relative to the top; "..." is every directory
 	re     *regexp.Regexp
 	writer string
 }{
 	{".../*.go", regexp.MustCompile(`\.Record\("([a-z-]+)"`), "master"},
+	{"internal/master/*.go", regexp.MustCompile(`\.eventCommand\("([a-z-]+)"`), "master"},
 	{"internal/master/drain.go", regexp.MustCompile(`kind :?= "([a-z-]+)"`), "master"},
 	{"internal/master/*.go", regexp.MustCompile(`EventWrite = "([a-z-]+)"`), "master"},
 	{"internal/roles/*.go", regexp.MustCompile(`r\.event\("([a-z-]+)"`), "role machine"},
