@@ -95,6 +95,16 @@ func (c *cluster) guest(name string) api.Guest {
 	return g
 }
 
+// allRunning says whether the API has every one of names running.
+func (c *cluster) allRunning(names []string) bool {
+	for _, g := range names {
+		if c.guest(g).State != api.GuestRunning {
+			return false
+		}
+	}
+	return true
+}
+
 // domainState asks a node's own libvirtd, as virsh would, for a domain's state; ok is
 // false when the node has no such domain.
 func (c *cluster) domainState(node, name string) (st libvirt.DomainState, ok bool) {

@@ -543,14 +543,7 @@ func TestDvmdCrashNoDuplicate(t *testing.T) {
 	}
 	// Whether they were restarted elsewhere or came back where they were, every guest
 	// runs again, and none ever ran twice.
-	waitFor(t, "all guests running again", 90*time.Second, func() bool {
-		for _, g := range guests {
-			if c.guest(g).State != api.GuestRunning {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, "all guests running again", 90*time.Second, func() bool { return c.allRunning(guests) })
 	time.Sleep(3 * time.Second)
 	s.finish(t)
 }
