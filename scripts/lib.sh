@@ -9,7 +9,7 @@ say() { echo "== $*" >&2; }
 # and nftables for the lab network; prometheus for promtool.
 DVM_PACKAGES="gcc pkg-config libc6-dev libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu \
 libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio tini iproute2 nftables prometheus \
-ca-certificates vagrant vagrant-libvirt shellcheck"
+ca-certificates git vagrant vagrant-libvirt shellcheck"
 
 ensure_root() {
 	if [ "$(id -u)" -ne 0 ]; then

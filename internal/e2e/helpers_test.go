@@ -30,7 +30,12 @@ func upCluster(t *testing.T, n int) *cluster {
 	t.Helper()
 	labtest.Require(t)
 	dvmd, vmctl := labtest.Build(t)
-	l := labtest.Start(t, lab.Options{Nodes: n, DvmdPath: dvmd})
+	return newCluster(t, labtest.Start(t, lab.Options{Nodes: n, DvmdPath: dvmd}), vmctl)
+}
+
+// newCluster is the cluster of lab l, driven with the vmctl at path vmctl.
+func newCluster(t *testing.T, l *lab.Lab, vmctl string) *cluster {
+	t.Helper()
 	env, err := os.ReadFile(l.EnvFile())
 	if err != nil {
 		t.Fatal(err)
