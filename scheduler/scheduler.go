@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"math"
 	"math/bits"
@@ -29,7 +30,7 @@ type Scheduler struct {
 	chunks    [][]placed // guests by id, in chunks so growing never copies them
 	nguests   int32
 	freeSlots []int32
-	byGuest   map[string]int32
+	names     guestNames // guest ids by name
 	// Values of the broadest failure-domain label (zones, say), sorted.
 	broadValues []string
 	problems    []string
@@ -116,7 +117,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		byNode:           make(map[string]int32, len(nodes)),
 		atoms:            map[string]*atom{},
 		reqs:             map[string]*req{},
-		byGuest:          map[string]int32{},
+		names:            guestNames{seed: maphash.MakeSeed()},
 		failureDomainIDs: map[string]int32{},
 		optsErr:          optsErr,
 	}
@@ -145,7 +146,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		}
 		p, t, err := s.assignmentNodes(a)
 		if err == nil {
-			_, dup := s.byGuest[a.Guest.Name]
+			_, dup := s.findGuest(a.Guest.Name)
 			switch {
 			case dup || a.Guest.Name == "":
 				err = fmt.Errorf("guest %q: %w", a.Guest.Name, ErrGuestExists)
@@ -321,7 +322,7 @@ func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
 	}
 	pg := s.guest(id)
 	*pg = placed{g: g, node: p, twin: t, dest: d}
-	s.byGuest[g.Name] = id
+	s.names.insert(g.Name, id)
 	if d >= 0 {
 		s.nodes[d].inCPU += int64(g.CPUs)
 		s.nodes[d].inMem += g.MemoryBytes
@@ -375,7 +376,7 @@ func (s *Scheduler) dropGuest(id int32) {
 			s.haDirty = true
 		}
 	}
-	delete(s.byGuest, pg.g.Name)
+	s.names.remove(pg.g.Name, id)
 	*pg = placed{}
 	s.freeSlots = append(s.freeSlots, id)
 }
@@ -471,7 +472,7 @@ func (s *Scheduler) checkGuest(g *Guest) error {
 	default:
 		return fmt.Errorf("%w %q: strategy %q unknown: use %q or %q", ErrInvalidGuest, g.Name, g.Strategy, Pack, Spread)
 	}
-	if _, dup := s.byGuest[g.Name]; dup {
+	if _, dup := s.findGuest(g.Name); dup {
 		return fmt.Errorf("guest %q: %w; release it first", g.Name, ErrGuestExists)
 	}
 	return nil
@@ -547,14 +548,15 @@ func (s *Scheduler) Assign(a Assignment) error {
 		return err
 	}
 	s.commit(a.Guest, p, t, d)
-	s.guest(s.byGuest[a.Guest.Name]).stay = a.Stay
+	id, _ := s.findGuest(a.Guest.Name)
+	s.guest(id).stay = a.Stay
 	return nil
 }
 
 // Release forgets a guest and frees its capacity, the room of its move in flight too;
 // unknown names are ignored (releasing twice is harmless).
 func (s *Scheduler) Release(guestName string) {
-	id, ok := s.byGuest[guestName]
+	id, ok := s.findGuest(guestName)
 	if !ok {
 		return
 	}
@@ -569,7 +571,7 @@ func (s *Scheduler) Release(guestName string) {
 
 // Lookup returns where a guest is recorded.
 func (s *Scheduler) Lookup(guestName string) (Assignment, bool) {
-	id, ok := s.byGuest[guestName]
+	id, ok := s.findGuest(guestName)
 	if !ok {
 		return Assignment{}, false
 	}
