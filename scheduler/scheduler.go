@@ -661,9 +661,7 @@ func (s *Scheduler) addNode(name string) int32 {
 	s.nodes = append(s.nodes, nodeState{name: name, failureDomains: make([]int32, len(s.opts.FailureDomains))})
 	s.byNode[name] = id
 	for _, x := range append([]*capIndex{s.global}, s.poolIndexes()...) {
-		x.next = append(x.next, 0)
-		x.prev = append(x.prev, 0)
-		x.at = append(x.at, 0)
+		x.links = append(x.links, nodeLink{})
 	}
 	for _, a := range s.atomList {
 		if int(id)/64 >= len(a.members) {
@@ -699,7 +697,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 			for m != 0 {
 				b := bits.TrailingZeros64(m)
 				m &= m - 1
-				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
+				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
 					n := id - 1
 					if !s.fits(n, r, cpu, mem, p, level) {
 						continue
@@ -728,7 +726,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		for m != 0 {
 			b := 63 - bits.LeadingZeros64(m)
 			m &^= 1 << uint(b)
-			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
+			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
 				n := id - 1
 				if !s.fits(n, r, cpu, mem, p, level) {
 					continue
