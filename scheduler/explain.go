@@ -10,7 +10,7 @@ func (s *Scheduler) Explain(g Guest) Explanation {
 	if id, ok := s.findGuest(g.Name); ok {
 		a := *s.guest(id)
 		s.Release(g.Name)
-		defer s.commit(a.g, a.node, a.twin, a.dest)
+		defer s.commit(&a.g, a.g.Constraints, a.node, a.twin, a.dest)
 	}
 	if err := s.checkGuest(&g); err != nil {
 		e.Error = err.Error()

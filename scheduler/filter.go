@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"encoding/binary"
+	"maps"
 	"slices"
 )
 
@@ -52,6 +54,9 @@ type req struct {
 	// within: this requirement narrowed to one value of the broadest failure-domain
 	// label, for twin searches that must leave the primary's (large) failure domain.
 	within map[string]*req
+	// constraints is a copy of the constraints this requirement was made from (nil when
+	// none), stored with every guest placed with it; never changed.
+	constraints map[string]string
 }
 
 func (s *Scheduler) atomFor(kind Reason, key, value string) *atom {
@@ -86,9 +91,10 @@ func (n *nodeState) matches(a *atom) bool {
 
 // resolve returns the cached requirement of g.
 func (s *Scheduler) resolve(g *Guest) *req {
-	b := append(s.reqBuf[:0], g.Accelerator...)
-	b = append(b, 0)
-	b = append(b, g.OS...)
+	// Each string is written after its length, so no two requirements share a key
+	// whatever their labels hold ({"a": "b=c"} and {"a=b": "c"} differ).
+	b := appendString(s.reqBuf[:0], g.Accelerator)
+	b = appendString(b, g.OS)
 	if len(g.Constraints) > 0 {
 		keys := s.keysBuf[:0]
 		for k := range g.Constraints {
@@ -96,10 +102,8 @@ func (s *Scheduler) resolve(g *Guest) *req {
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			b = append(b, 0)
-			b = append(b, k...)
-			b = append(b, '=')
-			b = append(b, g.Constraints[k]...)
+			b = appendString(b, k)
+			b = appendString(b, g.Constraints[k])
 		}
 		s.keysBuf = keys[:0]
 	}
@@ -108,6 +112,9 @@ func (s *Scheduler) resolve(g *Guest) *req {
 		return r
 	}
 	r := &req{}
+	if len(g.Constraints) > 0 {
+		r.constraints = maps.Clone(g.Constraints)
+	}
 	if g.Accelerator != "" {
 		r.atoms = append(r.atoms, s.atomFor(ReasonAccelerator, "", g.Accelerator))
 	}
@@ -130,6 +137,10 @@ func (s *Scheduler) resolve(g *Guest) *req {
 	s.plan(r)
 	s.reqs[string(s.reqBuf)] = r
 	return r
+}
+
+func appendString(b []byte, v string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(v))), v...)
 }
 
 // plan chooses where a requirement is searched. Called again when nodes change.

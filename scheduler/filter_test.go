@@ -381,3 +381,41 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// Requirements whose labels would read alike if joined with separators stay apart, and
+// each guest keeps its own constraints, unchanged by what the caller does with its map.
+func TestConstraintsKeptApart(t *testing.T) {
+	one := node("one", 8, 16)
+	one.Labels = map[string]string{"a": "b=c"}
+	other := node("other", 8, 16)
+	other.Labels = map[string]string{"a=b": "c"}
+	s := New([]Node{one, other}, nil, Options{})
+	for _, tc := range []struct {
+		guest       string
+		constraints map[string]string
+		want        string
+	}{
+		{"g1", map[string]string{"a": "b=c"}, "one"},
+		{"g2", map[string]string{"a=b": "c"}, "other"},
+		{"g3", map[string]string{"a": "b=c"}, "one"},
+	} {
+		g := guest(tc.guest, 1, 1)
+		g.Constraints = tc.constraints
+		p, err := s.Place(g)
+		if err != nil || p.Node != tc.want {
+			t.Fatalf("%s %v: placed on %q (%v), want %q", tc.guest, tc.constraints, p.Node, err, tc.want)
+		}
+		for k := range tc.constraints {
+			tc.constraints[k] = "changed by the caller"
+		}
+		a, _ := s.Lookup(tc.guest)
+		a.Guest.Constraints["x"] = "changed by a Lookup caller"
+	}
+	for name, want := range map[string]map[string]string{
+		"g1": {"a": "b=c"}, "g2": {"a=b": "c"}, "g3": {"a": "b=c"},
+	} {
+		if a, _ := s.Lookup(name); !reflect.DeepEqual(a.Guest.Constraints, want) {
+			t.Errorf("%s recorded with %v, want %v", name, a.Guest.Constraints, want)
+		}
+	}
+}

@@ -171,7 +171,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 				sumMem[n] += a.Guest.MemoryBytes
 			}
 		}
-		s.guest(s.addGuest(a.Guest, p, t, d)).stay = a.Stay
+		s.guest(s.addGuest(&a.Guest, p, t, d)).stay = a.Stay
 	}
 	for i := range s.nodes {
 		ns := &s.nodes[i]
@@ -308,7 +308,7 @@ func (s *Scheduler) moveDest(a Assignment, p int32) (int32, error) {
 
 // addGuest records a guest on p (and twin t, and a move's destination d) without
 // touching capacity.
-func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
+func (s *Scheduler) addGuest(g *Guest, p, t, d int32) int32 {
 	var id int32
 	if k := len(s.freeSlots); k > 0 {
 		id = s.freeSlots[k-1]
@@ -321,13 +321,13 @@ func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
 		}
 	}
 	pg := s.guest(id)
-	*pg = placed{g: g, node: p, twin: t, dest: d}
+	*pg = placed{g: *g, node: p, twin: t, dest: d}
 	s.names.insert(g.Name, id)
 	if d >= 0 {
 		s.nodes[d].inCPU += int64(g.CPUs)
 		s.nodes[d].inMem += g.MemoryBytes
 	}
-	ha := haGuest(&g)
+	ha := haGuest(g)
 	for k, n := range [2]int32{p, t} {
 		if n < 0 {
 			continue
@@ -512,15 +512,24 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 		}
 		pl.Warnings = append(pl.Warnings, "admitted below the HA reserve: "+short)
 	}
-	s.commit(g, p, t, -1)
+	s.commit(&g, r.constraints, p, t, -1)
 	return pl, nil
 }
 
-func (s *Scheduler) commit(g Guest, p, t, d int32) {
+// commit records g on p (and twin t, and a move's destination d) and takes the capacity.
+// constraints is a copy of g.Constraints the scheduler owns and never changes (the
+// requirement's, shared by every guest that has it), or nil to make one: the caller may
+// reuse its map.
+func (s *Scheduler) commit(g *Guest, constraints map[string]string, p, t, d int32) {
 	if len(g.Constraints) > 0 {
-		g.Constraints = maps.Clone(g.Constraints) // the caller may reuse its map
+		if constraints == nil {
+			constraints = maps.Clone(g.Constraints)
+		}
+		c := *g
+		c.Constraints = constraints
+		g = &c
 	}
-	if !haGuest(&g) || d >= 0 {
+	if !haGuest(g) || d >= 0 {
 		// p's key (or d's, whose free share shrinks with no demand added) shrinks: the
 		// cached sum is now an upper bound.
 		s.haExact = false
@@ -547,7 +556,7 @@ func (s *Scheduler) Assign(a Assignment) error {
 	if err != nil {
 		return err
 	}
-	s.commit(a.Guest, p, t, d)
+	s.commit(&a.Guest, nil, p, t, d)
 	id, _ := s.findGuest(a.Guest.Name)
 	s.guest(id).stay = a.Stay
 	return nil
@@ -577,6 +586,10 @@ func (s *Scheduler) Lookup(guestName string) (Assignment, bool) {
 	}
 	pg := s.guest(id)
 	a := Assignment{Guest: pg.g, Node: s.nodes[pg.node].name}
+	if len(a.Guest.Constraints) > 0 {
+		// The scheduler's copy is shared by the guests of the same requirement.
+		a.Guest.Constraints = maps.Clone(a.Guest.Constraints)
+	}
 	if pg.twin >= 0 {
 		a.TwinNode = s.nodes[pg.twin].name
 	}
