@@ -57,6 +57,7 @@ type req struct {
 	// constraints is a copy of the constraints this requirement was made from (nil when
 	// none), stored with every guest placed with it; never changed.
 	constraints map[string]string
+	os, accel   string // the guest's OS and accelerator it was made from
 }
 
 func (s *Scheduler) atomFor(kind Reason, key, value string) *atom {
@@ -89,8 +90,20 @@ func (n *nodeState) matches(a *atom) bool {
 	}
 }
 
+// maxPlainReqs bounds the list of requirements without constraints that resolve scans
+// before building a key: beyond, they are found through the map like the others.
+const maxPlainReqs = 32
+
 // resolve returns the cached requirement of g.
 func (s *Scheduler) resolve(g *Guest) *req {
+	if len(g.Constraints) == 0 {
+		// Most guests have none: a few string compares cost less than a key and a hash.
+		for _, r := range s.plainReqs {
+			if r.os == g.OS && r.accel == g.Accelerator {
+				return r
+			}
+		}
+	}
 	// Each string is written after its length, so no two requirements share a key
 	// whatever their labels hold ({"a": "b=c"} and {"a=b": "c"} differ).
 	b := appendString(s.reqBuf[:0], g.Accelerator)
@@ -111,9 +124,11 @@ func (s *Scheduler) resolve(g *Guest) *req {
 	if r, ok := s.reqs[string(b)]; ok {
 		return r
 	}
-	r := &req{}
+	r := &req{os: g.OS, accel: g.Accelerator}
 	if len(g.Constraints) > 0 {
 		r.constraints = maps.Clone(g.Constraints)
+	} else if len(s.plainReqs) < maxPlainReqs {
+		s.plainReqs = append(s.plainReqs, r)
 	}
 	if g.Accelerator != "" {
 		r.atoms = append(r.atoms, s.atomFor(ReasonAccelerator, "", g.Accelerator))

@@ -139,10 +139,10 @@ func (x *capIndex) setTop(c int, v byte) {
 	case old == bt:
 		// The class held the block's top and went down: the block's line is at hand.
 		tops := x.top[blk*classBlock : (blk+1)*classBlock]
-		m := word(tops, 0)
-		for i := 8; i < classBlock; i += 8 {
-			m = maxBytes(m, word(tops, i))
-		}
+		// Pairwise, so the eight words are not one long chain of dependent steps.
+		m := maxBytes(
+			maxBytes(maxBytes(word(tops, 0), word(tops, 8)), maxBytes(word(tops, 16), word(tops, 24))),
+			maxBytes(maxBytes(word(tops, 32), word(tops, 40)), maxBytes(word(tops, 48), word(tops, 56))))
 		m = maxBytes(m, m>>32)
 		m = maxBytes(m, m>>16)
 		m = maxBytes(m, m>>8)

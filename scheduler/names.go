@@ -14,9 +14,17 @@ type guestNames struct {
 	seed  maphash.Seed // set by New
 	slots []uint64     // hash<<32 | id+1; 0 = empty
 	n     int
+	// The last name hashed and its hash: Place looks a name up, then records it.
+	lastName string
+	lastHash uint32
 }
 
-func (t *guestNames) hash(name string) uint32 { return uint32(maphash.String(t.seed, name)) }
+func (t *guestNames) hash(name string) uint32 {
+	if name != t.lastName || t.lastName == "" {
+		t.lastName, t.lastHash = name, uint32(maphash.String(t.seed, name))
+	}
+	return t.lastHash
+}
 
 // findGuest returns the id of the guest named name.
 func (s *Scheduler) findGuest(name string) (int32, bool) {

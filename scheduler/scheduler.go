@@ -26,6 +26,7 @@ type Scheduler struct {
 	atomList  []*atom
 	pools     []*atom // atoms with their own capacity index
 	reqs      map[string]*req
+	plainReqs []*req // some of reqs: those without constraints (see resolve)
 	optsErr   error
 	chunks    [][]placed // guests by id, in chunks so growing never copies them
 	nguests   int32
