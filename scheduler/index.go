@@ -18,8 +18,8 @@ const classBlock = 64
 // others. A node sits in one bucket (memory class, CPU bucket): the memory class is its
 // free memory shifted right by shift, so classes are ordered by free memory. Each class
 // has a 64-bit mask of its non-empty CPU buckets and a top byte (its highest non-empty
-// bucket + 1, 0 when empty); each block of 64 classes has the highest top of its
-// classes. "The first class at or above m with a node of at least c free CPUs" compares
+// bucket + 1, 0 when empty); each block of 64 classes has a bound on the tops of its
+// classes (their maximum, or more until a search finds the block stale and fixes it). "The first class at or above m with a node of at least c free CPUs" compares
 // eight tops at a time (see atLeast) within m's block, then the block tops, then within
 // the block found: a few cache lines, where a binary tree over 8192 classes walked up to
 // 13 levels and missed the cache at most of them, on every update too.
@@ -32,7 +32,7 @@ type capIndex struct {
 	classes  int
 	mask     []uint64 // per class: bit b set when bucket (class, b) is non-empty
 	top      []byte   // per class, padded to whole blocks: highest non-empty bucket + 1, 0 = none
-	blockTop []byte   // per block, padded to 8: the highest top of its classes
+	blockTop []byte   // per block, padded to 8: at least the highest top of its classes
 	head     []int32  // per bucket (class*cpuBuckets+b): first node+1, 0 = empty
 	links    []nodeLink
 	size     int // nodes indexed
@@ -128,26 +128,28 @@ func (x *capIndex) remove(n int32) {
 	}
 }
 
-// setTop records class c's top and keeps its block's top in step.
+// setTop records class c's top. Its block's top is only raised here: when the class
+// goes down, the block's top stays an upper bound until a search finds nothing in the
+// block (see fixBlock). Most blocks a node leaves on its way down are not searched again
+// before another node arrives, so they are not recomputed on every move.
 func (x *capIndex) setTop(c int, v byte) {
-	old := x.top[c]
 	x.top[c] = v
-	blk := c / classBlock
-	switch bt := x.blockTop[blk]; {
-	case v >= bt:
+	if blk := c / classBlock; v > x.blockTop[blk] {
 		x.blockTop[blk] = v
-	case old == bt:
-		// The class held the block's top and went down: the block's line is at hand.
-		tops := x.top[blk*classBlock : (blk+1)*classBlock]
-		// Pairwise, so the eight words are not one long chain of dependent steps.
-		m := maxBytes(
-			maxBytes(maxBytes(word(tops, 0), word(tops, 8)), maxBytes(word(tops, 16), word(tops, 24))),
-			maxBytes(maxBytes(word(tops, 32), word(tops, 40)), maxBytes(word(tops, 48), word(tops, 56))))
-		m = maxBytes(m, m>>32)
-		m = maxBytes(m, m>>16)
-		m = maxBytes(m, m>>8)
-		x.blockTop[blk] = byte(m)
 	}
+}
+
+// fixBlock sets block blk's top to the highest top of its classes.
+func (x *capIndex) fixBlock(blk int) {
+	tops := x.top[blk*classBlock : (blk+1)*classBlock]
+	// Pairwise, so the eight words are not one long chain of dependent steps.
+	m := maxBytes(
+		maxBytes(maxBytes(word(tops, 0), word(tops, 8)), maxBytes(word(tops, 16), word(tops, 24))),
+		maxBytes(maxBytes(word(tops, 32), word(tops, 40)), maxBytes(word(tops, 48), word(tops, 56))))
+	m = maxBytes(m, m>>32)
+	m = maxBytes(m, m>>16)
+	m = maxBytes(m, m>>8)
+	x.blockTop[blk] = byte(m)
 }
 
 // maxBytes returns the bytewise maximum of a and b, whose bytes are all below 128: a
@@ -220,10 +222,15 @@ func (x *capIndex) nextClass(lo int, need int8) int {
 	if c := firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], lo%classBlock, v); c >= 0 {
 		return blk*classBlock + c
 	}
-	if blk = firstAtLeast(x.blockTop, blk+1, v); blk < 0 {
-		return -1
+	for {
+		if blk = firstAtLeast(x.blockTop, blk+1, v); blk < 0 {
+			return -1
+		}
+		if c := firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], 0, v); c >= 0 {
+			return blk*classBlock + c
+		}
+		x.fixBlock(blk) // its top was stale: now below v
 	}
-	return blk*classBlock + firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], 0, v)
 }
 
 // prevClass returns the last class <= hi holding a node with CPU bucket >= need, or -1.
@@ -239,11 +246,14 @@ func (x *capIndex) prevClass(hi int, need int8) int {
 	if c := lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], hi%classBlock, v); c >= 0 {
 		return blk*classBlock + c
 	}
-	if blk == 0 {
-		return -1
+	for blk > 0 {
+		if blk = lastAtLeast(x.blockTop, blk-1, v); blk < 0 {
+			return -1
+		}
+		if c := lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], classBlock-1, v); c >= 0 {
+			return blk*classBlock + c
+		}
+		x.fixBlock(blk)
 	}
-	if blk = lastAtLeast(x.blockTop, blk-1, v); blk < 0 {
-		return -1
-	}
-	return blk*classBlock + lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], classBlock-1, v)
+	return -1
 }
