@@ -10,7 +10,8 @@ func (s *Scheduler) Explain(g Guest) Explanation {
 	if id, ok := s.findGuest(g.Name); ok {
 		a := *s.guest(id)
 		s.Release(g.Name)
-		defer s.commit(&a.g, a.g.Constraints, a.node, a.twin, a.dest)
+		g := a.guest()
+		defer s.commit(&g, a.spec, a.node, a.twin, a.dest)
 	}
 	if err := s.checkGuest(&g); err != nil {
 		e.Error = err.Error()

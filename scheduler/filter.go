@@ -58,6 +58,9 @@ type req struct {
 	// none), stored with every guest placed with it; never changed.
 	constraints map[string]string
 	os, accel   string // the guest's OS and accelerator it was made from
+	// specs: the guest specs of this requirement, by failover policy and strategy (see
+	// specFor).
+	specs [4][3]*guestSpec
 }
 
 func (s *Scheduler) atomFor(kind Reason, key, value string) *atom {

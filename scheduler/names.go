@@ -40,7 +40,7 @@ func (s *Scheduler) findGuest(name string) (int32, bool) {
 			return -1, false
 		}
 		if uint32(e>>32) == h {
-			if id := int32(uint32(e)) - 1; s.guest(id).g.Name == name {
+			if id := int32(uint32(e)) - 1; s.guest(id).name == name {
 				return id, true
 			}
 		}

@@ -26,7 +26,7 @@ func TestGuestNamesAgainstMap(t *testing.T) {
 			if _, ok := want[name]; ok {
 				continue
 			}
-			want[name] = s.addGuest(&Guest{Name: name, CPUs: 1, MemoryBytes: 1}, -1, -1, -1)
+			want[name] = s.addGuest(&Guest{Name: name, CPUs: 1, MemoryBytes: 1}, &guestSpec{}, -1, -1, -1)
 			live = append(live, name)
 		}
 		if step%2000 == 0 || step == 199999 {
