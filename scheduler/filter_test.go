@@ -419,3 +419,34 @@ func TestConstraintsKeptApart(t *testing.T) {
 		}
 	}
 }
+
+// Lookup returns each guest as it was given, whether placed, assigned or existing, and
+// whatever parts it shares with other guests in the scheduler's books.
+func TestLookupReturnsGuestAsGiven(t *testing.T) {
+	nodes := []Node{node("a", 64, 256, "zone=z1"), node("b", 64, 256, "zone=z2")}
+	full := Guest{Name: "full", OS: "linux", CPUs: 2, MemoryBytes: 3 * gib, Failover: FailoverNone,
+		Constraints: map[string]string{"zone": "z1"}, Accelerator: "kvm", Strategy: Spread}
+	existing := Guest{Name: "old", OS: "netbsd", CPUs: 1, MemoryBytes: gib, Failover: "bogus", Strategy: "odd"}
+	s := New(nodes, []Assignment{{Guest: existing, Node: "b"}}, Options{Strategy: Pack})
+	placed := []Guest{
+		full,
+		{Name: "plain", CPUs: 1, MemoryBytes: gib},
+		{Name: "same-req", OS: "linux", CPUs: 1, MemoryBytes: gib, Failover: FailoverRestart,
+			Constraints: map[string]string{"zone": "z1"}, Accelerator: "kvm"},
+	}
+	for _, g := range placed {
+		if _, err := s.Place(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assigned := Guest{Name: "assigned", OS: "openbsd", CPUs: 1, MemoryBytes: gib, Failover: FailoverTwin, Strategy: Pack}
+	if err := s.Assign(Assignment{Guest: assigned, Node: "a", TwinNode: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range append(placed, existing, assigned) {
+		a, ok := s.Lookup(want.Name)
+		if !ok || !reflect.DeepEqual(a.Guest, want) {
+			t.Errorf("Lookup(%q) = %+v, %v; want %+v", want.Name, a.Guest, ok, want)
+		}
+	}
+}
