@@ -431,6 +431,8 @@ func TestLookupReturnsGuestAsGiven(t *testing.T) {
 	placed := []Guest{
 		full,
 		{Name: "plain", CPUs: 1, MemoryBytes: gib},
+		{Name: "empty-map", CPUs: 1, MemoryBytes: gib, Constraints: map[string]string{}},
+		{Name: "plain-again", CPUs: 1, MemoryBytes: gib},
 		{Name: "same-req", OS: "linux", CPUs: 1, MemoryBytes: gib, Failover: FailoverRestart,
 			Constraints: map[string]string{"zone": "z1"}, Accelerator: "kvm"},
 	}

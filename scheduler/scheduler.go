@@ -111,8 +111,12 @@ func newSpec(g *Guest, constraints map[string]string) *guestSpec {
 }
 
 // specFor returns the spec for a guest resolved to r: shared per requirement for the
-// known failover policies and strategies, made anew otherwise.
+// known failover policies and strategies, made anew otherwise (and for an empty, non-nil
+// constraints map, which the guest keeps as it was given, as it did before specs).
 func (s *Scheduler) specFor(r *req, g *Guest) *guestSpec {
+	if g.Constraints != nil && len(g.Constraints) == 0 {
+		return newSpec(g, nil)
+	}
 	f, st := -1, -1
 	switch g.Failover {
 	case "":
