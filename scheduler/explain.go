@@ -7,10 +7,11 @@ func (s *Scheduler) Explain(g Guest) Explanation {
 	e := Explanation{Guest: g.Name, Nodes: len(s.nodes), Reasons: map[Reason]int{}}
 	// A guest that is already placed is explained as if it were not: its own allocation
 	// (and the room its move in flight holds) would otherwise count against it.
-	if id, ok := s.byGuest[g.Name]; ok {
+	if id, ok := s.findGuest(g.Name); ok {
 		a := *s.guest(id)
 		s.Release(g.Name)
-		defer s.commit(a.g, a.node, a.twin, a.dest)
+		g := a.guest()
+		defer s.commit(&g, a.spec, a.node, a.twin, a.dest)
 	}
 	if err := s.checkGuest(&g); err != nil {
 		e.Error = err.Error()

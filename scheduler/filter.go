@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"encoding/binary"
+	"maps"
 	"slices"
 )
 
@@ -52,6 +54,13 @@ type req struct {
 	// within: this requirement narrowed to one value of the broadest failure-domain
 	// label, for twin searches that must leave the primary's (large) failure domain.
 	within map[string]*req
+	// constraints is a copy of the constraints this requirement was made from (nil when
+	// none), stored with every guest placed with it; never changed.
+	constraints map[string]string
+	os, accel   string // the guest's OS and accelerator it was made from
+	// specs: the guest specs of this requirement, by failover policy and strategy (see
+	// specFor).
+	specs [4][3]*guestSpec
 }
 
 func (s *Scheduler) atomFor(kind Reason, key, value string) *atom {
@@ -84,11 +93,24 @@ func (n *nodeState) matches(a *atom) bool {
 	}
 }
 
+// maxPlainReqs bounds the list of requirements without constraints that resolve scans
+// before building a key: beyond, they are found through the map like the others.
+const maxPlainReqs = 32
+
 // resolve returns the cached requirement of g.
 func (s *Scheduler) resolve(g *Guest) *req {
-	b := append(s.reqBuf[:0], g.Accelerator...)
-	b = append(b, 0)
-	b = append(b, g.OS...)
+	if len(g.Constraints) == 0 {
+		// Most guests have none: a few string compares cost less than a key and a hash.
+		for _, r := range s.plainReqs {
+			if r.os == g.OS && r.accel == g.Accelerator {
+				return r
+			}
+		}
+	}
+	// Each string is written after its length, so no two requirements share a key
+	// whatever their labels hold ({"a": "b=c"} and {"a=b": "c"} differ).
+	b := appendString(s.reqBuf[:0], g.Accelerator)
+	b = appendString(b, g.OS)
 	if len(g.Constraints) > 0 {
 		keys := s.keysBuf[:0]
 		for k := range g.Constraints {
@@ -96,10 +118,8 @@ func (s *Scheduler) resolve(g *Guest) *req {
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			b = append(b, 0)
-			b = append(b, k...)
-			b = append(b, '=')
-			b = append(b, g.Constraints[k]...)
+			b = appendString(b, k)
+			b = appendString(b, g.Constraints[k])
 		}
 		s.keysBuf = keys[:0]
 	}
@@ -107,7 +127,12 @@ func (s *Scheduler) resolve(g *Guest) *req {
 	if r, ok := s.reqs[string(b)]; ok {
 		return r
 	}
-	r := &req{}
+	r := &req{os: g.OS, accel: g.Accelerator}
+	if len(g.Constraints) > 0 {
+		r.constraints = maps.Clone(g.Constraints)
+	} else if len(s.plainReqs) < maxPlainReqs {
+		s.plainReqs = append(s.plainReqs, r)
+	}
 	if g.Accelerator != "" {
 		r.atoms = append(r.atoms, s.atomFor(ReasonAccelerator, "", g.Accelerator))
 	}
@@ -130,6 +155,10 @@ func (s *Scheduler) resolve(g *Guest) *req {
 	s.plan(r)
 	s.reqs[string(s.reqBuf)] = r
 	return r
+}
+
+func appendString(b []byte, v string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(v))), v...)
 }
 
 // plan chooses where a requirement is searched. Called again when nodes change.

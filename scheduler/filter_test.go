@@ -381,3 +381,74 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// Requirements whose labels would read alike if joined with separators stay apart, and
+// each guest keeps its own constraints, unchanged by what the caller does with its map.
+func TestConstraintsKeptApart(t *testing.T) {
+	one := node("one", 8, 16)
+	one.Labels = map[string]string{"a": "b=c"}
+	other := node("other", 8, 16)
+	other.Labels = map[string]string{"a=b": "c"}
+	s := New([]Node{one, other}, nil, Options{})
+	for _, tc := range []struct {
+		guest       string
+		constraints map[string]string
+		want        string
+	}{
+		{"g1", map[string]string{"a": "b=c"}, "one"},
+		{"g2", map[string]string{"a=b": "c"}, "other"},
+		{"g3", map[string]string{"a": "b=c"}, "one"},
+	} {
+		g := guest(tc.guest, 1, 1)
+		g.Constraints = tc.constraints
+		p, err := s.Place(g)
+		if err != nil || p.Node != tc.want {
+			t.Fatalf("%s %v: placed on %q (%v), want %q", tc.guest, tc.constraints, p.Node, err, tc.want)
+		}
+		for k := range tc.constraints {
+			tc.constraints[k] = "changed by the caller"
+		}
+		a, _ := s.Lookup(tc.guest)
+		a.Guest.Constraints["x"] = "changed by a Lookup caller"
+	}
+	for name, want := range map[string]map[string]string{
+		"g1": {"a": "b=c"}, "g2": {"a=b": "c"}, "g3": {"a": "b=c"},
+	} {
+		if a, _ := s.Lookup(name); !reflect.DeepEqual(a.Guest.Constraints, want) {
+			t.Errorf("%s recorded with %v, want %v", name, a.Guest.Constraints, want)
+		}
+	}
+}
+
+// Lookup returns each guest as it was given, whether placed, assigned or existing, and
+// whatever parts it shares with other guests in the scheduler's books.
+func TestLookupReturnsGuestAsGiven(t *testing.T) {
+	nodes := []Node{node("a", 64, 256, "zone=z1"), node("b", 64, 256, "zone=z2")}
+	full := Guest{Name: "full", OS: "linux", CPUs: 2, MemoryBytes: 3 * gib, Failover: FailoverNone,
+		Constraints: map[string]string{"zone": "z1"}, Accelerator: "kvm", Strategy: Spread}
+	existing := Guest{Name: "old", OS: "netbsd", CPUs: 1, MemoryBytes: gib, Failover: "bogus", Strategy: "odd"}
+	s := New(nodes, []Assignment{{Guest: existing, Node: "b"}}, Options{Strategy: Pack})
+	placed := []Guest{
+		full,
+		{Name: "plain", CPUs: 1, MemoryBytes: gib},
+		{Name: "empty-map", CPUs: 1, MemoryBytes: gib, Constraints: map[string]string{}},
+		{Name: "plain-again", CPUs: 1, MemoryBytes: gib},
+		{Name: "same-req", OS: "linux", CPUs: 1, MemoryBytes: gib, Failover: FailoverRestart,
+			Constraints: map[string]string{"zone": "z1"}, Accelerator: "kvm"},
+	}
+	for _, g := range placed {
+		if _, err := s.Place(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	assigned := Guest{Name: "assigned", OS: "openbsd", CPUs: 1, MemoryBytes: gib, Failover: FailoverTwin, Strategy: Pack}
+	if err := s.Assign(Assignment{Guest: assigned, Node: "a", TwinNode: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range append(placed, existing, assigned) {
+		a, ok := s.Lookup(want.Name)
+		if !ok || !reflect.DeepEqual(a.Guest, want) {
+			t.Errorf("Lookup(%q) = %+v, %v; want %+v", want.Name, a.Guest, ok, want)
+		}
+	}
+}

@@ -1,55 +1,61 @@
 package scheduler
 
-import "math/bits"
+import (
+	"encoding/binary"
+	"math/bits"
+)
 
 // cpuBuckets is how many free-CPU buckets each memory class has; bucket b holds nodes with
 // exactly b free CPUs, the last one nodes with cpuBuckets-1 or more.
 const cpuBuckets = 64
 
+// classBlock is how many memory classes share one summary byte: a block's tops are one
+// 64-byte cache line.
+const classBlock = 64
+
 // capIndex orders the nodes of one pool (all accepting nodes, or those carrying one
 // label) by free capacity, so the best-fitting node is found without looking at the
 // others. A node sits in one bucket (memory class, CPU bucket): the memory class is its
 // free memory shifted right by shift, so classes are ordered by free memory. Each class
-// has a 64-bit mask of its non-empty CPU buckets, and a max segment tree over the classes
-// holds the highest non-empty CPU bucket below each tree node, so "the first class at or
-// above m with a node of at least c free CPUs" is one descent of the tree.
+// has a 64-bit mask of its non-empty CPU buckets and a top byte (its highest non-empty
+// bucket + 1, 0 when empty); each block of 64 classes has a bound on the tops of its
+// classes (their maximum, or more until a search finds the block stale and fixes it). "The first class at or above m with a node of at least c free CPUs" compares
+// eight tops at a time (see atLeast) within m's block, then the block tops, then within
+// the block found: a few cache lines, where a binary tree over 8192 classes walked up to
+// 13 levels and missed the cache at most of them, on every update too.
 //
-// Every operation is O(log classes) or O(1); nothing depends on the number of nodes except
-// the walk along one bucket's list, which only continues past nodes that fail a filter
-// the pool does not cover.
+// Every operation is O(classes/64/8) word compares at worst, O(1) cache lines in
+// practice; nothing depends on the number of nodes except the walk along one bucket's
+// list, which only continues past nodes that fail a filter the pool does not cover.
 type capIndex struct {
-	shift   uint
-	classes int
-	leaves  int      // power of two >= classes
-	mask    []uint64 // per class: bit b set when bucket (class, b) is non-empty
-	top     []int8   // segment tree, leaves at [leaves+class]: highest non-empty bucket, -1 none
-	head    []int32  // per bucket (class*cpuBuckets+b): first node+1, 0 = empty
-	next    []int32  // per node: next node+1 in its bucket
-	prev    []int32  // per node: previous node+1 in its bucket
-	at      []int32  // per node: bucket+1, 0 = not in this index
-	size    int      // nodes indexed
+	shift    uint
+	classes  int
+	mask     []uint64 // per class: bit b set when bucket (class, b) is non-empty
+	top      []byte   // per class, padded to whole blocks: highest non-empty bucket + 1, 0 = none
+	blockTop []byte   // per block, padded to 8: at least the highest top of its classes
+	head     []int32  // per bucket (class*cpuBuckets+b): first node+1, 0 = empty
+	links    []nodeLink
+	size     int // nodes indexed
+}
+
+// nodeLink is a node's place in its bucket's list, kept together so moving a node
+// touches one cache line of its own.
+type nodeLink struct {
+	next, prev int32 // node+1 in the same bucket, 0 = none
+	at         int32 // bucket+1, 0 = not in this index
 }
 
 func newCapIndex(nodes, classes int, shift uint) *capIndex {
-	leaves := 1
-	for leaves < classes {
-		leaves <<= 1
+	blocks := (classes + classBlock - 1) / classBlock
+	return &capIndex{
+		shift:    shift,
+		classes:  classes,
+		mask:     make([]uint64, classes),
+		top:      make([]byte, blocks*classBlock),
+		blockTop: make([]byte, (blocks+7)/8*8),
+		head:     make([]int32, classes*cpuBuckets),
+		links:    make([]nodeLink, nodes),
 	}
-	x := &capIndex{
-		shift:   shift,
-		classes: classes,
-		leaves:  leaves,
-		mask:    make([]uint64, classes),
-		top:     make([]int8, 2*leaves),
-		head:    make([]int32, classes*cpuBuckets),
-		next:    make([]int32, nodes),
-		prev:    make([]int32, nodes),
-		at:      make([]int32, nodes),
-	}
-	for i := range x.top {
-		x.top[i] = -1
-	}
-	return x
 }
 
 func (x *capIndex) class(freeMem int64) int {
@@ -77,66 +83,130 @@ func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) {
 	c := x.class(freeMem)
 	b := cpuBucket(freeCPU)
 	bucket := int32(c*cpuBuckets + b)
-	if x.at[n] == bucket+1 {
+	l := &x.links[n]
+	if l.at == bucket+1 {
 		return
 	}
 	x.remove(n)
 	h := x.head[bucket]
-	x.next[n] = h
-	x.prev[n] = 0
+	l.next, l.prev, l.at = h, 0, bucket+1
 	if h != 0 {
-		x.prev[h-1] = n + 1
+		x.links[h-1].prev = n + 1
 	}
 	x.head[bucket] = n + 1
-	x.at[n] = bucket + 1
 	x.size++
 	if x.mask[c]&(1<<b) == 0 {
 		x.mask[c] |= 1 << b
-		if int8(b) > x.top[x.leaves+c] {
-			x.setTop(c, int8(b))
+		if byte(b+1) > x.top[c] {
+			x.setTop(c, byte(b+1))
 		}
 	}
 }
 
 func (x *capIndex) remove(n int32) {
-	a := x.at[n]
-	if a == 0 {
+	l := &x.links[n]
+	if l.at == 0 {
 		return
 	}
-	bucket := a - 1
-	p, nx := x.prev[n], x.next[n]
+	bucket := l.at - 1
+	p, nx := l.prev, l.next
 	if p != 0 {
-		x.next[p-1] = nx
+		x.links[p-1].next = nx
 	} else {
 		x.head[bucket] = nx
 	}
 	if nx != 0 {
-		x.prev[nx-1] = p
+		x.links[nx-1].prev = p
 	}
-	x.at[n] = 0
+	*l = nodeLink{}
 	x.size--
 	if x.head[bucket] == 0 {
 		c := int(bucket) / cpuBuckets
 		b := int(bucket) % cpuBuckets
 		x.mask[c] &^= 1 << b
-		x.setTop(c, int8(bits.Len64(x.mask[c])-1))
+		x.setTop(c, byte(bits.Len64(x.mask[c])))
 	}
 }
 
-func (x *capIndex) setTop(c int, v int8) {
-	i := x.leaves + c
-	x.top[i] = v
-	for i > 1 {
-		i >>= 1
-		l, r := x.top[2*i], x.top[2*i+1]
-		if r > l {
-			l = r
-		}
-		if x.top[i] == l {
-			return
-		}
-		x.top[i] = l
+// setTop records class c's top. Its block's top is only raised here: when the class
+// goes down, the block's top stays an upper bound until a search finds nothing in the
+// block (see fixBlock). Most blocks a node leaves on its way down are not searched again
+// before another node arrives, so they are not recomputed on every move.
+func (x *capIndex) setTop(c int, v byte) {
+	x.top[c] = v
+	if blk := c / classBlock; v > x.blockTop[blk] {
+		x.blockTop[blk] = v
 	}
+}
+
+// fixBlock sets block blk's top to the highest top of its classes.
+func (x *capIndex) fixBlock(blk int) {
+	tops := x.top[blk*classBlock : (blk+1)*classBlock]
+	// Pairwise, so the eight words are not one long chain of dependent steps.
+	m := maxBytes(
+		maxBytes(maxBytes(word(tops, 0), word(tops, 8)), maxBytes(word(tops, 16), word(tops, 24))),
+		maxBytes(maxBytes(word(tops, 32), word(tops, 40)), maxBytes(word(tops, 48), word(tops, 56))))
+	m = maxBytes(m, m>>32)
+	m = maxBytes(m, m>>16)
+	m = maxBytes(m, m>>8)
+	x.blockTop[blk] = byte(m)
+}
+
+// maxBytes returns the bytewise maximum of a and b, whose bytes are all below 128: a
+// byte of (a|128) - b keeps its high bit exactly when a's byte >= b's, and never borrows
+// from the next.
+func maxBytes(a, b uint64) uint64 {
+	ge := ((a | highBytes) - b) & highBytes
+	m := (ge >> 7) * 0xff
+	return a&m | b&^m
+}
+
+const (
+	lowBytes  = 0x0101010101010101
+	highBytes = 0x8080808080808080
+)
+
+// atLeast returns the bytes of w (eight tops, each at most cpuBuckets) that are >= v
+// (1 <= v <= cpuBuckets) as their high bits: adding 128-v to a byte sets its high bit
+// exactly when it is >= v, and no byte carries into the next (64+127 < 256).
+func atLeast(w uint64, v byte) uint64 {
+	return (w + uint64(0x80-v)*lowBytes) & highBytes
+}
+
+func word(b []byte, i int) uint64 { return binary.LittleEndian.Uint64(b[i:]) }
+
+// firstAtLeast returns the index of the first byte of b at or after from that is >= v,
+// or -1; len(b) is a multiple of 8.
+func firstAtLeast(b []byte, from int, v byte) int {
+	if from >= len(b) {
+		return -1
+	}
+	i := from &^ 7
+	m := atLeast(word(b, i), v) &^ (1<<(8*(from&7)) - 1)
+	for m == 0 {
+		if i += 8; i >= len(b) {
+			return -1
+		}
+		m = atLeast(word(b, i), v)
+	}
+	return i + bits.TrailingZeros64(m)/8
+}
+
+// lastAtLeast returns the index of the last byte of b at or before to that is >= v, or
+// -1; len(b) is a multiple of 8.
+func lastAtLeast(b []byte, to int, v byte) int {
+	i := to &^ 7
+	m := atLeast(word(b, i), v)
+	if k := to & 7; k < 7 {
+		m &= 1<<(8*(k+1)) - 1
+	}
+	for m == 0 {
+		if i -= 8; i < 0 {
+			return -1
+		}
+		m = atLeast(word(b, i), v)
+	}
+	return i + (63-bits.LeadingZeros64(m))/8
 }
 
 // nextClass returns the first class >= lo holding a node with CPU bucket >= need, or -1.
@@ -147,29 +217,20 @@ func (x *capIndex) nextClass(lo int, need int8) int {
 	if lo >= x.classes {
 		return -1
 	}
-	top := x.top
-	i := x.leaves + lo
-	if top[i] < need {
-		for {
-			for i&1 == 1 {
-				i >>= 1
-			}
-			if i == 0 {
-				return -1
-			}
-			i++
-			if top[i] >= need {
-				break
-			}
-		}
-		for i < x.leaves {
-			i <<= 1
-			if top[i] < need {
-				i++
-			}
-		}
+	v := byte(max(need, 0)) + 1
+	blk := lo / classBlock
+	if c := firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], lo%classBlock, v); c >= 0 {
+		return blk*classBlock + c
 	}
-	return i - x.leaves
+	for {
+		if blk = firstAtLeast(x.blockTop, blk+1, v); blk < 0 {
+			return -1
+		}
+		if c := firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], 0, v); c >= 0 {
+			return blk*classBlock + c
+		}
+		x.fixBlock(blk) // its top was stale: now below v
+	}
 }
 
 // prevClass returns the last class <= hi holding a node with CPU bucket >= need, or -1.
@@ -180,27 +241,19 @@ func (x *capIndex) prevClass(hi int, need int8) int {
 	if hi < 0 {
 		return -1
 	}
-	top := x.top
-	i := x.leaves + hi
-	if top[i] < need {
-		for {
-			for i&1 == 0 {
-				i >>= 1
-			}
-			if i == 1 {
-				return -1
-			}
-			i--
-			if top[i] >= need {
-				break
-			}
-		}
-		for i < x.leaves {
-			i = i<<1 | 1
-			if top[i] < need {
-				i--
-			}
-		}
+	v := byte(max(need, 0)) + 1
+	blk := hi / classBlock
+	if c := lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], hi%classBlock, v); c >= 0 {
+		return blk*classBlock + c
 	}
-	return i - x.leaves
+	for blk > 0 {
+		if blk = lastAtLeast(x.blockTop, blk-1, v); blk < 0 {
+			return -1
+		}
+		if c := lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], classBlock-1, v); c >= 0 {
+			return blk*classBlock + c
+		}
+		x.fixBlock(blk)
+	}
+	return -1
 }

@@ -7,10 +7,11 @@ import (
 	"testing"
 )
 
-// The segment-tree descents agree with a plain scan over the classes.
+// The class searches (within a block, then over the block tops) agree with a plain scan
+// over the classes, with enough classes for many blocks and several words of block tops.
 func TestCapIndexAgainstScan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, classes := range []int{1, 2, 3, 7, 64, 100} {
+	for _, classes := range []int{1, 2, 3, 7, 64, 65, 100, 700, 8192} {
 		x := newCapIndex(200, classes, 0)
 		free := make([][2]int64, 200)
 		for step := 0; step < 3000; step++ {
@@ -20,13 +21,17 @@ func TestCapIndexAgainstScan(t *testing.T) {
 			free[n] = [2]int64{int64(cpu), mem}
 			lo, need := rng.IntN(classes+1)-1, int8(rng.IntN(cpuBuckets))
 			wantNext, wantPrev := -1, -1
-			for c := 0; c < classes; c++ {
-				top := int8(-1)
-				for i := range free {
-					if free[i][0] >= 1 && free[i][1] >= 1 && x.class(free[i][1]) == c {
-						top = max(top, int8(cpuBucket(int32(free[i][0]))))
-					}
+			tops := make([]int8, classes)
+			for c := range tops {
+				tops[c] = -1
+			}
+			for i := range free {
+				if free[i][0] >= 1 && free[i][1] >= 1 {
+					c := x.class(free[i][1])
+					tops[c] = max(tops[c], int8(cpuBucket(int32(free[i][0]))))
 				}
+			}
+			for c, top := range tops {
 				if top >= need && c >= lo && wantNext < 0 {
 					wantNext = c
 				}
@@ -183,3 +188,20 @@ func TestIndexAgreesWithExhaustive(t *testing.T) {
 }
 
 func asUnplaceable(err error, u **Unplaceable) bool { return errors.As(err, u) }
+
+// maxBytes is the bytewise maximum for the byte values tops take.
+func TestMaxBytes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range 100000 {
+		var a, b [8]byte
+		for i := range a {
+			a[i], b[i] = byte(rng.IntN(cpuBuckets+1)), byte(rng.IntN(cpuBuckets+1))
+		}
+		got := maxBytes(word(a[:], 0), word(b[:], 0))
+		for i := range a {
+			if g := byte(got >> (8 * i)); g != max(a[i], b[i]) {
+				t.Fatalf("maxBytes(%v, %v): byte %d is %d", a, b, i, g)
+			}
+		}
+	}
+}

@@ -87,18 +87,18 @@ func (s *Scheduler) evacuate(node string, lost bool) Plan {
 	// Largest first: first-fit decreasing packs better and the hard cases fail early.
 	ids := s.guestsOn(x)
 	sort.Slice(ids, func(a, b int) bool {
-		ga, gb := &s.guest(ids[a]).g, &s.guest(ids[b]).g
-		if ga.MemoryBytes != gb.MemoryBytes {
-			return ga.MemoryBytes > gb.MemoryBytes
+		ga, gb := s.guest(ids[a]), s.guest(ids[b])
+		if ga.mem != gb.mem {
+			return ga.mem > gb.mem
 		}
-		if ga.CPUs != gb.CPUs {
-			return ga.CPUs > gb.CPUs
+		if ga.cpus != gb.cpus {
+			return ga.cpus > gb.cpus
 		}
-		return ga.Name < gb.Name
+		return ga.name < gb.name
 	})
 	for _, id := range ids {
 		pg := *s.guest(id)
-		g := pg.g
+		g := pg.guest()
 		r := s.resolve(&g)
 		strat := s.strategy(&g)
 		cpu, mem := int32(g.CPUs), g.MemoryBytes
@@ -217,14 +217,15 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 			if pg.twin >= 0 || pg.node != hot || moved[id] || pg.dest >= 0 || pg.stay {
 				continue
 			}
-			g := &pg.g
+			gv := pg.guest()
+			g := &gv
 			cpu, mem := int32(g.CPUs), g.MemoryBytes
 			n := s.search(s.resolve(g), Spread, cpu, mem, -1, -1)
 			if n < 0 {
 				continue
 			}
 			score := max(hs.use(-cpu, -mem), s.nodes[n].use(cpu, mem))
-			if score < bestScore-1e-9 || (bestG >= 0 && score < bestScore+1e-9 && g.MemoryBytes < s.guest(bestG).g.MemoryBytes) {
+			if score < bestScore-1e-9 || (bestG >= 0 && score < bestScore+1e-9 && g.MemoryBytes < s.guest(bestG).mem) {
 				bestG, bestN, bestScore = id, n, score
 			}
 		}
@@ -233,7 +234,7 @@ func (s *Scheduler) Rebalance(maxMoves int) Plan {
 			stuck[hot] = true
 			continue
 		}
-		g := s.guest(bestG).g
+		g := s.guest(bestG).guest()
 		j.take(hot, &g, -1)
 		j.take(bestN, &g, 1)
 		moved[bestG] = true

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"math"
 	"math/bits"
@@ -25,11 +26,12 @@ type Scheduler struct {
 	atomList  []*atom
 	pools     []*atom // atoms with their own capacity index
 	reqs      map[string]*req
+	plainReqs []*req // some of reqs: those without constraints (see resolve)
 	optsErr   error
 	chunks    [][]placed // guests by id, in chunks so growing never copies them
 	nguests   int32
 	freeSlots []int32
-	byGuest   map[string]int32
+	names     guestNames // guest ids by name
 	// Values of the broadest failure-domain label (zones, say), sorted.
 	broadValues []string
 	problems    []string
@@ -70,8 +72,16 @@ type nodeState struct {
 
 func (n *nodeState) accepting() bool { return n.schedulable && !n.draining && !n.excluded }
 
+// placed is a guest as recorded. Its name and size are its own; the rest (OS,
+// accelerator, constraints, failover, strategy) is a spec that the guests placed with the
+// same requirement and policy share. A record is 72 bytes with two pointers, where a
+// copy of the Guest made it 136 with six: every placement allocates one, and the garbage
+// collector scans them all.
 type placed struct {
-	g    Guest
+	name string
+	spec *guestSpec
+	cpus int
+	mem  int64
 	node int32
 	twin int32 // -1 unless twin
 	dest int32 // -1 unless a move in flight holds room there
@@ -80,6 +90,70 @@ type placed struct {
 	// Links of the per-node guest lists: [0] for the primary's node, [1] for the twin's.
 	next, prev [2]int32 // slot+1, 0 = none
 }
+
+// guestSpec is what a guest asks for besides its name and size; never changed once
+// made, as guests share it.
+type guestSpec struct {
+	os, accel, failover string
+	strategy            Strategy
+	constraints         map[string]string
+}
+
+// newSpec makes g's spec. constraints is a copy of g.Constraints the scheduler owns
+// (nil: one is made, the caller may reuse its map).
+func newSpec(g *Guest, constraints map[string]string) *guestSpec {
+	if constraints == nil && len(g.Constraints) > 0 {
+		constraints = maps.Clone(g.Constraints)
+	} else if len(g.Constraints) == 0 {
+		constraints = g.Constraints
+	}
+	return &guestSpec{os: g.OS, accel: g.Accelerator, failover: g.Failover, strategy: g.Strategy, constraints: constraints}
+}
+
+// specFor returns the spec for a guest resolved to r: shared per requirement for the
+// known failover policies and strategies, made anew otherwise (and for an empty, non-nil
+// constraints map, which the guest keeps as it was given, as it did before specs).
+func (s *Scheduler) specFor(r *req, g *Guest) *guestSpec {
+	if g.Constraints != nil && len(g.Constraints) == 0 {
+		return newSpec(g, nil)
+	}
+	f, st := -1, -1
+	switch g.Failover {
+	case "":
+		f = 0
+	case FailoverNone:
+		f = 1
+	case FailoverRestart:
+		f = 2
+	case FailoverTwin:
+		f = 3
+	}
+	switch g.Strategy {
+	case "":
+		st = 0
+	case Pack:
+		st = 1
+	case Spread:
+		st = 2
+	}
+	if f < 0 || st < 0 {
+		return newSpec(g, r.constraints)
+	}
+	sp := &r.specs[f][st]
+	if *sp == nil {
+		*sp = newSpec(g, r.constraints)
+	}
+	return *sp
+}
+
+// guest returns the Guest as it was given.
+func (pg *placed) guest() Guest {
+	sp := pg.spec
+	return Guest{Name: pg.name, OS: sp.os, CPUs: pg.cpus, MemoryBytes: pg.mem, Failover: sp.failover,
+		Constraints: sp.constraints, Accelerator: sp.accel, Strategy: sp.strategy}
+}
+
+func (pg *placed) ha() bool { return haFailover(pg.spec.failover) }
 
 const chunkBits = 12
 
@@ -116,7 +190,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		byNode:           make(map[string]int32, len(nodes)),
 		atoms:            map[string]*atom{},
 		reqs:             map[string]*req{},
-		byGuest:          map[string]int32{},
+		names:            guestNames{seed: maphash.MakeSeed()},
 		failureDomainIDs: map[string]int32{},
 		optsErr:          optsErr,
 	}
@@ -145,7 +219,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 		}
 		p, t, err := s.assignmentNodes(a)
 		if err == nil {
-			_, dup := s.byGuest[a.Guest.Name]
+			_, dup := s.findGuest(a.Guest.Name)
 			switch {
 			case dup || a.Guest.Name == "":
 				err = fmt.Errorf("guest %q: %w", a.Guest.Name, ErrGuestExists)
@@ -170,7 +244,7 @@ func New(nodes []Node, existing []Assignment, opts Options) *Scheduler {
 				sumMem[n] += a.Guest.MemoryBytes
 			}
 		}
-		s.guest(s.addGuest(a.Guest, p, t, d)).stay = a.Stay
+		s.guest(s.addGuest(&a.Guest, newSpec(&a.Guest, a.Guest.Constraints), p, t, d)).stay = a.Stay
 	}
 	for i := range s.nodes {
 		ns := &s.nodes[i]
@@ -307,7 +381,7 @@ func (s *Scheduler) moveDest(a Assignment, p int32) (int32, error) {
 
 // addGuest records a guest on p (and twin t, and a move's destination d) without
 // touching capacity.
-func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
+func (s *Scheduler) addGuest(g *Guest, spec *guestSpec, p, t, d int32) int32 {
 	var id int32
 	if k := len(s.freeSlots); k > 0 {
 		id = s.freeSlots[k-1]
@@ -320,13 +394,13 @@ func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
 		}
 	}
 	pg := s.guest(id)
-	*pg = placed{g: g, node: p, twin: t, dest: d}
-	s.byGuest[g.Name] = id
+	*pg = placed{name: g.Name, spec: spec, cpus: g.CPUs, mem: g.MemoryBytes, node: p, twin: t, dest: d}
+	s.names.insert(g.Name, id)
 	if d >= 0 {
 		s.nodes[d].inCPU += int64(g.CPUs)
 		s.nodes[d].inMem += g.MemoryBytes
 	}
-	ha := haGuest(&g)
+	ha := haGuest(g)
 	for k, n := range [2]int32{p, t} {
 		if n < 0 {
 			continue
@@ -349,10 +423,10 @@ func (s *Scheduler) addGuest(g Guest, p, t, d int32) int32 {
 
 func (s *Scheduler) dropGuest(id int32) {
 	pg := s.guest(id)
-	ha := haGuest(&pg.g)
+	ha := pg.ha()
 	if pg.dest >= 0 {
-		s.nodes[pg.dest].inCPU -= int64(pg.g.CPUs)
-		s.nodes[pg.dest].inMem -= pg.g.MemoryBytes
+		s.nodes[pg.dest].inCPU -= int64(pg.cpus)
+		s.nodes[pg.dest].inMem -= pg.mem
 	}
 	for k, n := range [2]int32{pg.node, pg.twin} {
 		if n < 0 {
@@ -370,19 +444,21 @@ func (s *Scheduler) dropGuest(id int32) {
 		}
 		ns.count--
 		if ha {
-			ns.haCPU -= int64(pg.g.CPUs)
-			ns.haMem -= pg.g.MemoryBytes
+			ns.haCPU -= int64(pg.cpus)
+			ns.haMem -= pg.mem
 			s.haDirty = true
 		}
 	}
-	delete(s.byGuest, pg.g.Name)
+	s.names.remove(pg.name, id)
 	*pg = placed{}
 	s.freeSlots = append(s.freeSlots, id)
 }
 
 // haGuest: the guest needs capacity again when a node it is on is lost (a restart, or a
 // new twin).
-func haGuest(g *Guest) bool { return g.Failover == FailoverRestart || g.Failover == FailoverTwin }
+func haGuest(g *Guest) bool { return haFailover(g.Failover) }
+
+func haFailover(f string) bool { return f == FailoverRestart || f == FailoverTwin }
 
 // take changes node n's free capacity by -cpu, -mem (give back with negative values) and
 // keeps the indexes and totals in step.
@@ -471,7 +547,7 @@ func (s *Scheduler) checkGuest(g *Guest) error {
 	default:
 		return fmt.Errorf("%w %q: strategy %q unknown: use %q or %q", ErrInvalidGuest, g.Name, g.Strategy, Pack, Spread)
 	}
-	if _, dup := s.byGuest[g.Name]; dup {
+	if _, dup := s.findGuest(g.Name); dup {
 		return fmt.Errorf("guest %q: %w; release it first", g.Name, ErrGuestExists)
 	}
 	return nil
@@ -511,15 +587,17 @@ func (s *Scheduler) Place(g Guest) (Placement, error) {
 		}
 		pl.Warnings = append(pl.Warnings, "admitted below the HA reserve: "+short)
 	}
-	s.commit(g, p, t, -1)
+	s.commit(&g, s.specFor(r, &g), p, t, -1)
 	return pl, nil
 }
 
-func (s *Scheduler) commit(g Guest, p, t, d int32) {
-	if len(g.Constraints) > 0 {
-		g.Constraints = maps.Clone(g.Constraints) // the caller may reuse its map
+// commit records g on p (and twin t, and a move's destination d) and takes the capacity.
+// spec is g's spec (see specFor), or nil to make one.
+func (s *Scheduler) commit(g *Guest, spec *guestSpec, p, t, d int32) {
+	if spec == nil {
+		spec = newSpec(g, nil)
 	}
-	if !haGuest(&g) || d >= 0 {
+	if !haGuest(g) || d >= 0 {
 		// p's key (or d's, whose free share shrinks with no demand added) shrinks: the
 		// cached sum is now an upper bound.
 		s.haExact = false
@@ -529,7 +607,7 @@ func (s *Scheduler) commit(g Guest, p, t, d int32) {
 			s.take(n, int32(g.CPUs), g.MemoryBytes)
 		}
 	}
-	s.addGuest(g, p, t, d)
+	s.addGuest(g, spec, p, t, d)
 }
 
 // Assign records a guest the master placed itself (or moved by a plan), without
@@ -546,22 +624,23 @@ func (s *Scheduler) Assign(a Assignment) error {
 	if err != nil {
 		return err
 	}
-	s.commit(a.Guest, p, t, d)
-	s.guest(s.byGuest[a.Guest.Name]).stay = a.Stay
+	s.commit(&a.Guest, nil, p, t, d)
+	id, _ := s.findGuest(a.Guest.Name)
+	s.guest(id).stay = a.Stay
 	return nil
 }
 
 // Release forgets a guest and frees its capacity, the room of its move in flight too;
 // unknown names are ignored (releasing twice is harmless).
 func (s *Scheduler) Release(guestName string) {
-	id, ok := s.byGuest[guestName]
+	id, ok := s.findGuest(guestName)
 	if !ok {
 		return
 	}
 	pg := *s.guest(id)
 	for _, n := range [3]int32{pg.node, pg.twin, pg.dest} {
 		if n >= 0 {
-			s.take(n, -int32(pg.g.CPUs), -pg.g.MemoryBytes)
+			s.take(n, -int32(pg.cpus), -pg.mem)
 		}
 	}
 	s.dropGuest(id)
@@ -569,12 +648,16 @@ func (s *Scheduler) Release(guestName string) {
 
 // Lookup returns where a guest is recorded.
 func (s *Scheduler) Lookup(guestName string) (Assignment, bool) {
-	id, ok := s.byGuest[guestName]
+	id, ok := s.findGuest(guestName)
 	if !ok {
 		return Assignment{}, false
 	}
 	pg := s.guest(id)
-	a := Assignment{Guest: pg.g, Node: s.nodes[pg.node].name}
+	a := Assignment{Guest: pg.guest(), Node: s.nodes[pg.node].name}
+	if len(a.Guest.Constraints) > 0 {
+		// The scheduler's copy is shared by the guests of the same requirement.
+		a.Guest.Constraints = maps.Clone(a.Guest.Constraints)
+	}
 	if pg.twin >= 0 {
 		a.TwinNode = s.nodes[pg.twin].name
 	}
@@ -615,8 +698,8 @@ func (s *Scheduler) UpdateNode(n Node) error {
 	}
 	sumCPU, sumMem := ns.inCPU, ns.inMem
 	for _, gid := range s.guestsOn(id) {
-		sumCPU += int64(s.guest(gid).g.CPUs)
-		sumMem += s.guest(gid).g.MemoryBytes
+		sumCPU += int64(s.guest(gid).cpus)
+		sumMem += s.guest(gid).mem
 	}
 	excluded, first, count, haCPU, haMem, inCPU, inMem := ns.excluded, ns.first, ns.count, ns.haCPU, ns.haMem, ns.inCPU, ns.inMem
 	*ns = nodeState{}
@@ -659,9 +742,7 @@ func (s *Scheduler) addNode(name string) int32 {
 	s.nodes = append(s.nodes, nodeState{name: name, failureDomains: make([]int32, len(s.opts.FailureDomains))})
 	s.byNode[name] = id
 	for _, x := range append([]*capIndex{s.global}, s.poolIndexes()...) {
-		x.next = append(x.next, 0)
-		x.prev = append(x.prev, 0)
-		x.at = append(x.at, 0)
+		x.links = append(x.links, nodeLink{})
 	}
 	for _, a := range s.atomList {
 		if int(id)/64 >= len(a.members) {
@@ -697,7 +778,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 			for m != 0 {
 				b := bits.TrailingZeros64(m)
 				m &= m - 1
-				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
+				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
 					n := id - 1
 					if !s.fits(n, r, cpu, mem, p, level) {
 						continue
@@ -726,7 +807,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		for m != 0 {
 			b := 63 - bits.LeadingZeros64(m)
 			m &^= 1 << uint(b)
-			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.next[id-1] {
+			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
 				n := id - 1
 				if !s.fits(n, r, cpu, mem, p, level) {
 					continue
