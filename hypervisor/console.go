@@ -34,6 +34,7 @@ type Console struct {
 	freed   bool
 	closing atomic.Bool
 	closed  chan struct{} // closed by Close, after its Abort
+	done    chan struct{} // closed when the pump has freed the stream
 	once    sync.Once
 }
 
@@ -83,7 +84,7 @@ func (n *Node) OpenConsole(name string) (*Console, error) {
 		return nil, n.fail("console", fmt.Errorf("open the console of guest %q: %w", name, err))
 	}
 	pr, pw := io.Pipe()
-	c := &Console{guest: name, st: st, dom: d, pr: pr, closed: make(chan struct{})}
+	c := &Console{guest: name, st: st, dom: d, pr: pr, closed: make(chan struct{}), done: make(chan struct{})}
 	ok = true
 	go c.pump(pw)
 	return c, nil
@@ -125,6 +126,7 @@ func (c *Console) pump(pw *io.PipeWriter) {
 	c.st.Free()
 	c.dom.Free()
 	c.mu.Unlock()
+	close(c.done)
 }
 
 // Read reads what the guest wrote to its console; io.EOF once the console ended.
@@ -149,7 +151,8 @@ func (c *Console) Write(p []byte) (int, error) {
 }
 
 // Close ends the console session: the stream is aborted, which ends the pump's Recv
-// (and a Send in progress). Every Console must be closed: its stream is freed then.
+// (and a Send in progress). Every Console must be closed, before the Node is: Close
+// returns once the stream is freed.
 func (c *Console) Close() error {
 	c.once.Do(func() {
 		c.closing.Store(true)
@@ -157,5 +160,6 @@ func (c *Console) Close() error {
 		c.pr.Close()
 		close(c.closed)
 	})
+	<-c.done
 	return nil
 }
