@@ -84,7 +84,7 @@ func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request) {
 	conn, err := api.AcceptConsole(w)
 	if err != nil {
 		a.closeConsole(name, s)
-		a.cfg.Log.Warn("console session", "guest", name, "err", err)
+		consoleErr(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	a.cons.mu.Lock()

@@ -63,18 +63,24 @@ func headerHas(h http.Header, key, token string) bool {
 
 // AcceptConsole answers a console request with 101 Switching Protocols (with the
 // headers already set on w, such as HeaderNode) and returns the connection, whose
-// reads give what the client sends. The caller closes it.
+// reads give what the client sends. The caller closes it. It takes the connection
+// over before it answers: when it cannot (a ResponseWriter that hides it), nothing
+// is written yet and the caller answers with the error, instead of a 101 after which
+// the client would wait for ever.
 func AcceptConsole(w http.ResponseWriter) (io.ReadWriteCloser, error) {
-	w.Header().Set("Connection", "Upgrade")
-	w.Header().Set("Upgrade", ConsoleProtocol)
-	w.WriteHeader(http.StatusSwitchingProtocols)
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return nil, fmt.Errorf("take the connection over for the console: %w", err)
 	}
 	// The server's read and write deadlines, if any, were for a request, not a session.
 	conn.SetDeadline(time.Time{})
-	if err := brw.Writer.Flush(); err != nil {
+	h := w.Header().Clone()
+	h.Set("Connection", "Upgrade")
+	h.Set("Upgrade", ConsoleProtocol)
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	h.Write(brw)
+	brw.WriteString("\r\n")
+	if err := brw.Flush(); err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -94,11 +94,16 @@ func (h *handler) console(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set(api.HeaderNode, node)
+	w.Header().Set(api.HeaderMaster, h.node)
 	conn, err := api.AcceptConsole(w)
 	if err != nil {
 		nconn.Close()
-		h.m.log.Warn("console session", "guest", name, "err", err)
+		h.m.recordConsole(c.token, node, name, "console closed at once: "+err.Error())
+		writeErr(w, http.StatusInternalServerError, err.Error(), "")
 		return
+	}
+	if sw, ok := w.(*statusWriter); ok {
+		sw.code = http.StatusSwitchingProtocols // written on the connection, past route's writer
 	}
 	start := time.Now()
 	err = api.Relay(r.Context(), conn, nconn)
