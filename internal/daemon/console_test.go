@@ -136,7 +136,6 @@ func TestRealQEMUConsole(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("vmctl did not exit on ^]; screen:\n%s", screen.String())
 	}
-	t.Logf("screen:\n%s", screen.String())
 	after, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
 	if err != nil || *after != *before {
 		t.Fatalf("the terminal is not restored after ^]: %+v, was %+v (%v)", after, before, err)
