@@ -62,6 +62,11 @@ func TestDomainPerProfile(t *testing.T) {
 			if len(d.Devices.Serials) != 1 || d.Devices.Serials[0].Log.File != "/var/log/g1.log" || len(d.Devices.Consoles) != 1 || d.Devices.Consoles[0].Target.Type != "serial" {
 				t.Errorf("serial console missing or without log")
 			}
+			// A pty serial with a <log>: libvirt opens consoles only on a pty, and the
+			// log keeps being written while one is open (OpenConsole).
+			if s := d.Devices.Serials; len(s) == 1 && (s[0].Source == nil || s[0].Source.Pty == nil || s[0].Source.File != nil) {
+				t.Errorf("serial is not a pty: %+v", s[0].Source)
+			}
 			if (len(d.Devices.RNGs) == 1) != prof.RNG {
 				t.Errorf("rng devices %d, profile rng %v", len(d.Devices.RNGs), prof.RNG)
 			}

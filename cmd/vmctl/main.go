@@ -226,6 +226,7 @@ func vmCommand() *cli.Command {
 				Description: "Example:\n  vmctl vm migrate web --to n2",
 				Flags:       []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "destination `NODE`"}},
 				Action:      vmMigrate},
+			vmConsoleCommand(),
 		},
 	}
 }

@@ -78,6 +78,8 @@ type Agent struct {
 	// elsewhere meanwhile) and starts no HA guest.
 	unfencedAt time.Time
 	pollCancel context.CancelFunc // ends the current blocking read of the assignment
+
+	cons consoles // console sessions (console.go)
 }
 
 // heldAssignment is an assignment with when it was asked for. The two travel
@@ -135,7 +137,7 @@ func (a *Agent) Run(ctx context.Context) {
 	// the libvirt connection after Run (a call on a closed connection crashes in C).
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	loops := []func(context.Context){a.reportLoop, a.eventLoop, a.reconcileLoop}
+	loops := []func(context.Context){a.reportLoop, a.eventLoop, a.reconcileLoop, a.consoleLoop}
 	if a.cfg.Fencing {
 		loops = append(loops, a.fenceLoop)
 	}

@@ -267,7 +267,8 @@ type Event struct {
 	Node   string    `json:"node,omitempty"`
 	Guest  string    `json:"guest,omitempty"`
 	Detail string    `json:"detail"`
-	// Token names the API token whose request the event records (kind "write").
+	// Token names the API token whose request the event records (kinds "write" and
+	// "console").
 	Token string `json:"token,omitempty"`
 }
 

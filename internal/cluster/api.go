@@ -28,6 +28,11 @@ import (
 // clients get that one instead, except a peer that asks for this node by its name (TLS
 // SNI, as PeerAPITLS does): the cluster's own probes and forwarded requests check the
 // node's certificate against the cluster's CA whatever operators are shown.
+//
+// A peer that names this node may show its own node certificate, which is then
+// verified against the cluster's CA (r.TLS.VerifiedChains): the master shows it to
+// open a guest's console here (PeerAPIClientTLS). Clients that do not name the node,
+// operators' among them, are never asked for a certificate.
 func (c *Credentials) APIServerTLS(operator *tls.Certificate) *tls.Config {
 	node := c.cert
 	node.Certificate = [][]byte{c.cert.Certificate[0], c.ca.Raw}
@@ -43,6 +48,13 @@ func (c *Credentials) APIServerTLS(operator *tls.Certificate) *tls.Config {
 			}
 			return shown, nil
 		},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if hello.ServerName != c.node {
+				return nil, nil
+			}
+			return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{node},
+				ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: c.pool}, nil
+		},
 	}
 }
 
@@ -52,6 +64,14 @@ func (c *Credentials) APIServerTLS(operator *tls.Certificate) *tls.Config {
 // even where operators are shown another.
 func (c *Credentials) PeerAPITLS(node string) *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: c.pool, ServerName: node}
+}
+
+// PeerAPIClientTLS is PeerAPITLS with this node's certificate shown as the client's:
+// the master calls a node's API so to open a guest's console there.
+func (c *Credentials) PeerAPIClientTLS(node string) *tls.Config {
+	cfg := c.PeerAPITLS(node)
+	cfg.Certificates = []tls.Certificate{c.cert}
+	return cfg
 }
 
 // CheckAPIHost returns an error unless the node's certificate is valid for host (an IP

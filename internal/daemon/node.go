@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/agent"
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
@@ -226,6 +228,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		mm.SetAuthority(n.Roles)
 		mm.SetRoles(n.Roles)
 		mm.SetPeerTLS(creds.PeerAPITLS)
+		mm.SetNodeTLS(creds.PeerAPIClientTLS)
 		if n.Token != "" {
 			go mm.KeepBootstrapToken(ctx, n.Token)
 		}
@@ -237,7 +240,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		}
 	}
 	go func() {
-		n.err = Serve(ctx, ln, master.Handler(mm, cfg.Name, n.Token, reg))
+		n.err = Serve(ctx, ln, apiHandler(a, master.Handler(mm, cfg.Name, n.Token, reg)))
 		close(n.done)
 	}()
 	if agentLn != nil {
@@ -263,6 +266,16 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		return nil, err
 	}
 	return n, nil
+}
+
+// apiHandler serves a node's API listener: the API (api, which on a node without a
+// management role is only /metrics and /v1/health) and the node's own console
+// endpoint, which the master alone uses (agent.Agent.ConsoleHandler).
+func apiHandler(a *agent.Agent, api http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/v1/node/", a.ConsoleHandler())
+	mux.Handle("/", api)
+	return mux
 }
 
 // apiServerTLS is the API listener's TLS: an operator's certificate (api_tls_cert and

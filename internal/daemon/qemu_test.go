@@ -25,6 +25,51 @@ import (
 // real guest (the lab kernel and busybox initramfs) is created through the API, boots,
 // runs, answers an ACPI shutdown by powering itself off, and is deleted.
 func TestRealQEMUGuest(t *testing.T) {
+	rn := startRealNode(t, "dvmtest-qemu")
+	c, n, name, cfg := rn.client, rn.node, rn.guest, rn.cfg
+	ctx := context.Background()
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverRestart}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, name+" running", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestRunning })
+	console := filepath.Join(cfg.DataDir, "console", name+".log")
+	waitLong(t, "the guest's init on its console", 2*time.Minute, func() bool { return fileHas(console, "dvm-lab-guest: acpi ready") })
+	x, err := n.HV.DomainXML(name)
+	if err != nil || !strings.Contains(x, "type='qemu'") {
+		t.Fatalf("domain is not a TCG qemu domain: %v\n%s", err, x)
+	}
+
+	if err := c.Do(ctx, "POST", "/v1/guests/"+name+"/stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, name+" stopped", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestStopped })
+	if !fileHas(console, "dvm-lab-guest: power button: powering off") {
+		t.Fatalf("the guest did not shut down on ACPI (forced off instead); console:\n%s", tail(console))
+	}
+
+	if err := c.Do(ctx, "DELETE", "/v1/guests/"+name, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLong(t, name+" deleted", time.Minute, func() bool {
+		_, err := n.HV.State(name)
+		return errors.Is(err, hypervisor.ErrNotFound)
+	})
+}
+
+// realNode is a one-node cluster (management, bootstrap) over this host's libvirtd
+// (qemu:///system) under TCG, with the lab image as image "lab", and the name of the
+// guest its test makes; a failed test logs what each layer saw of that guest.
+type realNode struct {
+	node   *Node
+	client *api.Client // the bootstrap (admin) token's
+	cfg    config.Node
+	dir    string
+	guest  string
+}
+
+// startRealNode starts a realNode, skipping (failing where CI=true) without libvirtd.
+func startRealNode(t *testing.T, prefix string) *realNode {
+	t.Helper()
 	labtest.Require(t)
 	hv, err := hypervisor.Open(hypervisor.Options{URI: "qemu:///system", Accelerator: "tcg"})
 	if err != nil {
@@ -68,18 +113,27 @@ func TestRealQEMUGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logFile.Close()
+	t.Cleanup(func() { logFile.Close() })
+	name := fmt.Sprintf("%s-%d", prefix, os.Getpid())
+	// Cleanups run last first: the node is stopped (and its libvirt connection closed,
+	// so its agent starts nothing again) before a guest a failed run leaves behind is
+	// undefined through a connection of its own.
+	t.Cleanup(func() {
+		if hv, err := hypervisor.Open(hypervisor.Options{URI: "qemu:///system", Accelerator: "tcg"}); err == nil {
+			hv.Undefine(name)
+			hv.Close()
+		}
+	})
 	n, err := StartNode(context.Background(), cfg, slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Stop()
+	t.Cleanup(n.Stop)
 	c, err := n.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	name := fmt.Sprintf("dvmtest-qemu-%d", os.Getpid())
 	// A failure on a CI machine is only worth something with what each layer saw.
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -87,7 +141,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		}
 		var g api.Guest
 		gerr := c.Do(ctx, "GET", "/v1/guests/"+name, nil, &g)
-		t.Logf("guest record: %+v (err %v)", g, gerr)
+		t.Logf("guest record: %+v (err %v)", g, gerr) // the node still runs: cleanups run last first
 		if st, err := n.HV.State(name); err == nil || !errors.Is(err, hypervisor.ErrNotFound) {
 			t.Logf("libvirt state: %v (err %v)", st, err)
 		}
@@ -99,40 +153,7 @@ func TestRealQEMUGuest(t *testing.T) {
 		var ns []api.Node
 		return c.Do(ctx, "GET", "/v1/nodes", nil, &ns) == nil && len(ns) == 1 && ns[0].State == api.NodeReady
 	})
-	// The node is stopped (and its libvirt connection closed) by the time cleanups run:
-	// a guest a failed run leaves behind is undefined through a connection of its own.
-	t.Cleanup(func() {
-		if hv, err := hypervisor.Open(hypervisor.Options{URI: "qemu:///system", Accelerator: "tcg"}); err == nil {
-			hv.Undefine(name)
-			hv.Close()
-		}
-	})
-	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", Image: "lab", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverRestart}, nil); err != nil {
-		t.Fatal(err)
-	}
-	waitLong(t, name+" running", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestRunning })
-	console := filepath.Join(cfg.DataDir, "console", name+".log")
-	waitLong(t, "the guest's init on its console", 2*time.Minute, func() bool { return fileHas(console, "dvm-lab-guest: acpi ready") })
-	x, err := n.HV.DomainXML(name)
-	if err != nil || !strings.Contains(x, "type='qemu'") {
-		t.Fatalf("domain is not a TCG qemu domain: %v\n%s", err, x)
-	}
-
-	if err := c.Do(ctx, "POST", "/v1/guests/"+name+"/stop", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	waitLong(t, name+" stopped", 2*time.Minute, func() bool { return guest(t, c, name).State == api.GuestStopped })
-	if !fileHas(console, "dvm-lab-guest: power button: powering off") {
-		t.Fatalf("the guest did not shut down on ACPI (forced off instead); console:\n%s", tail(console))
-	}
-
-	if err := c.Do(ctx, "DELETE", "/v1/guests/"+name, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	waitLong(t, name+" deleted", time.Minute, func() bool {
-		_, err := n.HV.State(name)
-		return errors.Is(err, hypervisor.ErrNotFound)
-	})
+	return &realNode{node: n, client: c, cfg: cfg, dir: dir, guest: name}
 }
 
 func waitLong(t *testing.T, what string, limit time.Duration, cond func() bool) {

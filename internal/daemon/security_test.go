@@ -228,6 +228,25 @@ func testNode(t *testing.T, dir, name, credsDir string) config.Node {
 	return cfg
 }
 
+// startFirstNode starts node name, on the test driver with its credentials in
+// credsDir, as the management node that forms the cluster, and returns it with a
+// client of its admin token. It stops when the test ends.
+func startFirstNode(t *testing.T, dir, name, credsDir string) (*Node, *api.Client) {
+	t.Helper()
+	cfg := testNode(t, dir, name, credsDir)
+	cfg.Management, cfg.Bootstrap = true, true
+	n, err := StartNode(context.Background(), cfg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Stop)
+	admin, err := n.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, admin
+}
+
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestHostJoinsWithJoinToken: a management node holding the cluster's CA key lets a new
@@ -246,17 +265,7 @@ func TestHostJoinsWithJoinToken(t *testing.T) {
 	if err := cluster.Issue(clusterDir, "n1", []net.IP{net.ParseIP("127.0.0.1")}, nil); err != nil {
 		t.Fatal(err)
 	}
-	cfg1 := testNode(t, dir, "n1", clusterDir)
-	cfg1.Management, cfg1.Bootstrap = true, true
-	n1, err := StartNode(context.Background(), cfg1, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n1.Stop()
-	admin, err := n1.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	n1, admin := startFirstNode(t, dir, "n1", clusterDir)
 	ctx := context.Background()
 	waitFor(t, "n1 ready", func() bool {
 		var ns []api.Node

@@ -65,6 +65,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "POST /v1/guests", h.durable(h.createGuest))
 		h.route(mux, "GET /v1/guests/{name}", h.getGuest)
 		h.route(mux, "GET /v1/guests/{name}/why", h.why)
+		h.route(mux, "GET /v1/guests/{name}/console", h.console)
 		h.route(mux, "DELETE /v1/guests/{name}", h.durable(h.deleteGuest))
 		h.route(mux, "POST /v1/guests/{name}/start", h.durable(h.desired(store.DesiredRunning)))
 		h.route(mux, "POST /v1/guests/{name}/stop", h.durable(h.desired(store.DesiredStopped)))
@@ -137,6 +138,9 @@ func (v *versionWriter) Flush() {
 	}
 }
 
+// Unwrap lets http.ResponseController reach the connection (a console's Upgrade).
+func (v *versionWriter) Unwrap() http.ResponseWriter { return v.ResponseWriter }
+
 // health is a node's answer to GET /v1/health.
 func health(m *Master, node, role string) api.Health {
 	h := api.Health{Status: api.HealthOK, Node: node, Role: role, Version: version.Version}
@@ -183,6 +187,9 @@ func scopeFor(method, path string) string {
 		return api.ScopeAdmin
 	case path == "/v1/cluster/credentials":
 		return api.ScopeJoin
+	case path == "/v1/guests/{name}/console":
+		// A console types into the guest: guest work, though it is a GET.
+		return api.ScopeOperator
 	case method == http.MethodGet:
 		return api.ScopeRead
 	}
@@ -276,6 +283,9 @@ func (s *statusWriter) Flush() {
 		f.Flush()
 	}
 }
+
+// Unwrap lets http.ResponseController reach the connection (a console's Upgrade).
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // route registers an endpoint behind the master check (forward or 503), the token
 // and scope check (scopeFor), the body bound, the request duration metric and, for an

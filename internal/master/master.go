@@ -99,6 +99,7 @@ type Master struct {
 	issuer   Issuer     // signs joining hosts' certificates; nil without the CA key
 	tokMu    sync.Mutex // serialises token changes (read, check, write)
 	peerTLS  func(node string) *tls.Config
+	nodeTLS  func(node string) *tls.Config // opens consoles on nodes (console.go)
 	fwdMu    sync.Mutex
 	fwd      map[string]*http.Transport // master's node name -> transport that forwards to it
 	recMu    sync.Mutex

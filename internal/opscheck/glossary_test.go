@@ -24,6 +24,7 @@ var eventKindSources = []struct {
 	{"internal/master/*.go", regexp.MustCompile(`\.eventCommand\("([a-z-]+)"`), "master"},
 	{"internal/master/drain.go", regexp.MustCompile(`kind :?= "([a-z-]+)"`), "master"},
 	{"internal/master/*.go", regexp.MustCompile(`EventWrite = "([a-z-]+)"`), "master"},
+	{"internal/master/*.go", regexp.MustCompile(`EventConsole = "([a-z-]+)"`), "master"},
 	{"internal/roles/*.go", regexp.MustCompile(`r\.event\("([a-z-]+)"`), "role machine"},
 	{"failover/*.go", regexp.MustCompile(`Notify\{[^}]*Kind: "([a-z-]+)"`), "role machine"},
 }
