@@ -101,6 +101,15 @@ func (s *Store) Restore(st State) error {
 	if _, err := DecodeState(data); err != nil {
 		return fmt.Errorf("restore state: %w", err)
 	}
+	// raft refuses a restore until its leader has applied the latest configuration
+	// entry, which a group just bootstrapped or just elected may not have yet: a
+	// barrier waits for everything before it to be applied.
+	if err := s.Raft().Barrier(30 * time.Second).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return fmt.Errorf("restore state: waiting for the log to be applied: %w", err)
+	}
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: st.Index, Size: int64(len(data))}
 	if err := s.Raft().Restore(meta, bytes.NewReader(data), 30*time.Second); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
