@@ -41,9 +41,10 @@ func newCluster(t *testing.T, l *lab.Lab, vmctl string) *cluster {
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, lab: l, vmctl: vmctl, env: os.Environ()}
-	// Cleanups run last-registered first: this one runs before the lab goes down.
+	// Cleanups run last-registered first: this one runs before the lab goes down. It
+	// keeps the nodes' logs of a failed test, and of every test with DVM_E2E_KEEP_LOGS=1.
 	t.Cleanup(func() {
-		if !t.Failed() {
+		if !t.Failed() && os.Getenv("DVM_E2E_KEEP_LOGS") != "1" {
 			return
 		}
 		keep := filepath.Join(os.TempDir(), "dvm-e2e-logs", t.Name())

@@ -186,7 +186,8 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 	if !ready || res.Oldest != res.Newest || res.Newest == version.Version {
 		t.Fatalf("before the upgrade: %+v (ready %v); want every node at the previous release, not %s", res, ready, version.Version)
 	}
-	t.Logf("previous release %s runs everywhere; upgrading to %s", res.Oldest, version.Version)
+	from := res.Oldest
+	t.Logf("previous release %s runs everywhere; upgrading to %s", from, version.Version)
 
 	policies := map[string]string{"up-none1": "none", "up-none2": "none", "up-none3": "none", "up-rst1": "restart", "up-rst2": "restart", "up-twin": "twin"}
 	var guests []string
@@ -299,6 +300,8 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 			}
 			continue
 		}
+		_, reason, _ := c.domainRun(got.Node, g)
+		t.Logf("%s (%s) runs on %s, libvirt's reason %d (1 booted, 2 migrated, 3 restored, 5 unpaused)", g, policies[g], got.Node, reason)
 		if con := c.console(g); con.boots != 1 || con.resets > 0 {
 			t.Errorf("%s (%s) on %s: its console shows %d boots and a tick counter started over %d times: it was restarted", g, policies[g], got.Node, con.boots, con.resets)
 		}
@@ -307,7 +310,7 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 		t.Errorf("acknowledged creates no longer listed: %v", missing)
 	}
 	t.Logf("FIGURE rolling upgrade %s -> %s of 3 nodes with %d guests running: none restarted; %d creates acknowledged, the longest time with no write accepted %.2f s (ended %s)",
-		res.Oldest, version.Version, len(guests), len(acked), gap.Seconds(), gapEnd.Format("15:04:05.000"))
+		from, version.Version, len(guests), len(acked), gap.Seconds(), gapEnd.Format("15:04:05.000"))
 	if gap > writeBound {
 		t.Errorf("no write accepted for %.2f s, over the %s bound", gap.Seconds(), writeBound)
 	}
