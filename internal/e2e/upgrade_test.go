@@ -18,6 +18,7 @@ import (
 	"github.com/dvmproject/dvm/internal/lab"
 	"github.com/dvmproject/dvm/internal/lab/labtest"
 	"github.com/dvmproject/dvm/internal/version"
+	"libvirt.org/go/libvirt"
 )
 
 // previousRelease is the commit of the release before this tree, N-1 of the rolling
@@ -170,7 +171,15 @@ func (w *writer) finish() (names []string, gap time.Duration, gapEnd time.Time) 
 // no sample of the nodes' libvirtds saw one on two nodes; every acknowledged create is
 // listed; and the longest time without an accepted write is printed (FIGURE), bounded
 // by writeBound: the master's restart, which re-forms the group, is the long one.
+//
+// It fails today, and so runs only with DVM_E2E_UPGRADE=1: when the master's dvmd
+// stops, the group takes longer to re-form (about 2.5-4 s in the lab) than the nodes'
+// leases last past the master's last renewal (lease_duration + fence_grace, 2.5 s), so
+// every node fences its restart and twin guests and the new master starts them again.
 func TestRollingUpgradeKeepsGuests(t *testing.T) {
+	if os.Getenv("DVM_E2E_UPGRADE") != "1" {
+		t.Skip("fails today (the master's restart fences every node's HA guests): run with DVM_E2E_UPGRADE=1")
+	}
 	labtest.Require(t)
 	old := buildRelease(t, previousRelease)
 	current, vmctl := labtest.Build(t)
@@ -300,8 +309,13 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 			}
 			continue
 		}
+		// Every node was upgraded, so every restart and twin guest moved at least once:
+		// libvirt must say it runs because it migrated there. A guest started anew
+		// (fenced, then restarted) says booted, even on the node it ran on before.
 		_, reason, _ := c.domainRun(got.Node, g)
-		t.Logf("%s (%s) runs on %s, libvirt's reason %d (1 booted, 2 migrated, 3 restored, 5 unpaused)", g, policies[g], got.Node, reason)
+		if reason != int(libvirt.DOMAIN_RUNNING_MIGRATED) {
+			t.Errorf("%s (%s) on %s: libvirt's running reason is %d, not %d (migrated): it was started anew", g, policies[g], got.Node, reason, libvirt.DOMAIN_RUNNING_MIGRATED)
+		}
 		if con := c.console(g); con.boots != 1 || con.resets > 0 {
 			t.Errorf("%s (%s) on %s: its console shows %d boots and a tick counter started over %d times: it was restarted", g, policies[g], got.Node, con.boots, con.resets)
 		}
