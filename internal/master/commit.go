@@ -13,13 +13,14 @@ import (
 )
 
 // The plan applier. The master plans placements from a snapshot of the state (the
-// scheduler's view costs O(nodes + guests) to build, so creates plan side by side,
-// outside m.mu); by the time a placement is written, other requests may have taken the
-// room, and a node may have gone or been drained. Every write that places a guest
-// therefore goes through commit, under m.mu, where such writes are applied one at a
-// time: as Nomad's plan applier does, it checks each placement again against the state
-// as it is then and leaves out the ones that no longer fit, with the reason. The caller
-// plans those again or reports them. Room held by moves in flight (live migrations and
+// scheduler's view costs O(nodes + guests) to build, so pending guests are planned
+// outside m.mu, and creates are planned in batches, one view for each: batch.go); by
+// the time a placement is written, other requests may have taken the room, and a node
+// may have gone or been drained. Every write that places a guest therefore goes through
+// commit, under m.mu, where such writes are applied one at a time: as Nomad's plan
+// applier does, it checks each placement again against the state as it is then and
+// leaves out the ones that no longer fit, with the reason. The caller plans those
+// again or reports them. Room held by moves in flight (live migrations and
 // the planned moves of drains and rebalances) counts as taken, in the scheduler's view
 // and here alike.
 
@@ -61,7 +62,6 @@ func (m *Master) setHold(guest string, h hold) {
 	m.holdMu.Lock()
 	defer m.holdMu.Unlock()
 	m.holds[guest] = h
-	m.holdVer++
 }
 
 // dropHold gives back the room plan holds for guest, if it still holds it. Called with
@@ -71,7 +71,6 @@ func (m *Master) dropHold(guest string, plan uint64) {
 	defer m.holdMu.Unlock()
 	if h, ok := m.holds[guest]; ok && h.plan == plan {
 		delete(m.holds, guest)
-		m.holdVer++
 	}
 }
 
@@ -84,14 +83,6 @@ func (m *Master) heldMoves() map[string]hold {
 		out[g] = h
 	}
 	return out
-}
-
-// stateVersion changes whenever the state or the holds do: a plan made at one version
-// was made on the state as it still is when the version is the same.
-func (m *Master) stateVersion() [2]uint64 {
-	m.holdMu.Lock()
-	defer m.holdMu.Unlock()
-	return [2]uint64{m.st.Index(), m.holdVer}
 }
 
 // moveTo is where g holds room for a move in flight: the destination of its live
