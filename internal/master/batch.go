@@ -17,9 +17,10 @@ import "github.com/dvmproject/dvm/internal/store"
 //     and then checks them with commit, whose books count every create admitted
 //     before in the batch: a batch can never overfill a node, however many creates
 //     it holds;
-//   - it writes the admitted creates as one log entry, which every replica applies
-//     whole (store.Apply), and answers each create only once raft has committed and
-//     this replica applied that entry. A create refused (its name taken, no network
+//   - it writes the admitted creates as one log entry, with the events that record
+//     them as writes through the API, which every replica applies whole
+//     (store.Apply), and answers each create only once raft has committed and this
+//     replica applied that entry. A create refused (its name taken, no network
 //     address free, HA admission control, or a refusal at commit) gets its own error
 //     and leaves the others as they are; if the entry cannot be written, no create of
 //     it is acknowledged.
@@ -32,7 +33,8 @@ import "github.com/dvmproject/dvm/internal/store"
 type createReq struct {
 	g        store.GuestRecord // as the request asks, not yet placed
 	networks []string
-	done     chan createResult // buffered: the applier never waits on a create
+	event    func(pending bool) store.EventRecord // the write's event, written with it; nil: none
+	done     chan createResult                    // buffered: the applier never waits on a create
 }
 
 type createResult struct {
@@ -128,10 +130,20 @@ func (m *Master) writeCreates() {
 	if len(changes) == 0 {
 		return
 	}
-	refused, err := m.commit(nodes, guests, changes)
+	cmds, refused := m.books(nodes, guests).check(changes)
 	why := make(map[string]*RefusedPlacement, len(refused))
 	for _, r := range refused {
 		why[r.Guest] = r
+	}
+	for k, i := range owner {
+		if why[changes[k].next.Name] == nil && batch[i].event != nil {
+			e := batch[i].event(changes[k].next.Node == "")
+			cmds = append(cmds, store.Command{Op: store.OpEvent, Event: &e})
+		}
+	}
+	var err error
+	if len(cmds) > 0 {
+		_, err = m.st.Apply(cmds...)
 	}
 	for k, i := range owner {
 		if r := why[changes[k].next.Name]; r != nil {

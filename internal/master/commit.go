@@ -242,21 +242,28 @@ func (b *books) refuse(n string, g *store.GuestRecord) string {
 // and the extra commands, unchecked, as one log entry. It returns the changes it left
 // out, in order. Must be called with m.mu held.
 func (m *Master) commit(nodes []store.NodeRecord, guests []store.GuestRecord, changes []change, extra ...store.Command) ([]*RefusedPlacement, error) {
-	b := m.books(nodes, guests)
-	var refused []*RefusedPlacement
-	cmds := make([]store.Command, 0, len(changes)+len(extra))
-	for i := range changes {
-		if r := b.admit(&changes[i]); r != nil {
-			m.log.Info("placement refused at commit", "guest", r.Guest, "node", r.Node, "reason", r.Reason)
-			refused = append(refused, r)
-			continue
-		}
-		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &changes[i].next})
-	}
+	cmds, refused := m.books(nodes, guests).check(changes)
 	cmds = append(cmds, extra...)
 	if len(cmds) == 0 {
 		return refused, nil
 	}
 	_, err := m.st.Apply(cmds...)
 	return refused, err
+}
+
+// check admits the changes that fit, in order, each against the books as the ones
+// before it left them, and returns the commands that write them and the changes it
+// left out.
+func (b *books) check(changes []change) ([]store.Command, []*RefusedPlacement) {
+	var refused []*RefusedPlacement
+	cmds := make([]store.Command, 0, len(changes))
+	for i := range changes {
+		if r := b.admit(&changes[i]); r != nil {
+			b.m.log.Info("placement refused at commit", "guest", r.Guest, "node", r.Node, "reason", r.Reason)
+			refused = append(refused, r)
+			continue
+		}
+		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &changes[i].next})
+	}
+	return cmds, refused
 }

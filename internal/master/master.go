@@ -240,6 +240,13 @@ func schedGuest(g store.GuestRecord) scheduler.Guest {
 // written with the creates made at the same time, in one batch (batch.go), and
 // answered once that batch's log entry is committed.
 func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
+	return m.createGuest(req, nil)
+}
+
+// createGuest is CreateGuest with the event that records the write, written in the
+// same log entry as the guest (nil: none); pending says whether the guest is written
+// pending a node.
+func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store.EventRecord) (api.Guest, error) {
 	if fe := req.Normalize(); fe != nil {
 		return api.Guest{}, fe
 	}
@@ -258,7 +265,7 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
 		Desired: desired, CreatedAt: time.Now().UTC(),
 	}
-	res := m.createBatched(&createReq{g: g, networks: req.Networks, done: make(chan createResult, 1)})
+	res := m.createBatched(&createReq{g: g, networks: req.Networks, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
 		return api.Guest{}, res.err
 	}
