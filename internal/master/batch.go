@@ -1,6 +1,11 @@
 package master
 
-import "github.com/dvmproject/dvm/internal/store"
+import (
+	"time"
+
+	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/scheduler"
+)
 
 // Creates are written in batches (group commit, as etcd and Nomad's plan applier do).
 // A raft entry costs a round to a majority of the voters and a sync to disk on each,
@@ -92,8 +97,7 @@ func (m *Master) writeCreates() {
 		}
 		return
 	}
-	nodes, guests, _ := m.st.Snapshot()
-	s := m.schedulerView(nodes, guests)
+	v := m.createView()
 	var nb *nicBook
 	var changes []change
 	var owner []int // changes[k] is batch[owner[k]]'s
@@ -106,6 +110,7 @@ func (m *Master) writeCreates() {
 		}
 		if len(r.networks) > 0 {
 			if nb == nil {
+				_, guests, _ := m.st.Snapshot()
 				nb = m.nicBook(guests)
 			}
 			nics, err := nb.alloc(r.networks)
@@ -115,7 +120,7 @@ func (m *Master) writeCreates() {
 			}
 			g.NICs = nics
 		}
-		warnings, headroom := m.place(&g, s)
+		warnings, headroom := m.place(&g, v.s)
 		if headroom != "" {
 			// HA admission control refuses: admitting the guest would leave too little
 			// room to restart the guests of a lost node. Nothing is created.
@@ -130,7 +135,7 @@ func (m *Master) writeCreates() {
 	if len(changes) == 0 {
 		return
 	}
-	cmds, refused := m.books(nodes, guests).check(changes)
+	cmds, refused := v.b.check(changes)
 	why := make(map[string]*RefusedPlacement, len(refused))
 	for _, r := range refused {
 		why[r.Guest] = r
@@ -145,6 +150,12 @@ func (m *Master) writeCreates() {
 	if len(cmds) > 0 {
 		_, err = m.st.Apply(cmds...)
 	}
+	if err != nil || len(refused) > 0 {
+		// The view took room for what was not written (or may not have been).
+		m.cview = nil
+	} else {
+		v.writes++
+	}
 	for k, i := range owner {
 		if r := why[changes[k].next.Name]; r != nil {
 			// Planned on the very state it was checked against: only a node's report
@@ -154,4 +165,52 @@ func (m *Master) writeCreates() {
 			out[i].err = err
 		}
 	}
+}
+
+// createView is the state as batches of creates see it: the scheduler's view and the
+// books, built from a snapshot and then kept up to date by every batch, whose
+// placements take their room in both as they are planned and checked. A batch then
+// costs what its own creates do, not a pass over every guest. The view holds as long
+// as the store's nodes and guests changed by the batches' entries alone (counted by
+// store.PlacementWrites), the plans' holds did not change, and the same nodes are
+// ready: otherwise it is built again.
+type createView struct {
+	s      *scheduler.Scheduler
+	b      *books
+	writes uint64 // the store's PlacementWrites the view shows
+	holds  uint64 // m.holdVersion it shows
+	ready  string // which of nodes were ready, one byte each
+	nodes  []string
+}
+
+// createView returns the creates' view of the state now. Called with m.mu held.
+func (m *Master) createView() *createView {
+	now := time.Now()
+	if v := m.cview; v != nil && v.writes == m.st.PlacementWrites() && v.holds == m.holdVersion() && v.ready == m.readyOf(v.nodes, now) {
+		v.b.now = now
+		return v
+	}
+	// Read before the snapshot: a write between the two makes the view older than it
+	// says, and it is built again next time.
+	writes, holds := m.st.PlacementWrites(), m.holdVersion()
+	nodes, guests, _ := m.st.Snapshot()
+	v := &createView{s: m.schedulerView(nodes, guests), b: m.books(nodes, guests), writes: writes, holds: holds}
+	for _, n := range nodes {
+		v.nodes = append(v.nodes, n.Name)
+	}
+	v.ready = m.readyOf(v.nodes, v.b.now)
+	m.cview = v
+	return v
+}
+
+// readyOf says which of nodes are ready at now, one byte each.
+func (m *Master) readyOf(nodes []string, now time.Time) string {
+	b := make([]byte, len(nodes))
+	for i, n := range nodes {
+		b[i] = '0'
+		if m.nodeReady(n, now) {
+			b[i] = '1'
+		}
+	}
+	return string(b)
 }

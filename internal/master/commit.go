@@ -62,6 +62,7 @@ func (m *Master) setHold(guest string, h hold) {
 	m.holdMu.Lock()
 	defer m.holdMu.Unlock()
 	m.holds[guest] = h
+	m.holdVer++
 }
 
 // dropHold gives back the room plan holds for guest, if it still holds it. Called with
@@ -71,7 +72,15 @@ func (m *Master) dropHold(guest string, plan uint64) {
 	defer m.holdMu.Unlock()
 	if h, ok := m.holds[guest]; ok && h.plan == plan {
 		delete(m.holds, guest)
+		m.holdVer++
 	}
+}
+
+// holdVersion changes whenever the holds do.
+func (m *Master) holdVersion() uint64 {
+	m.holdMu.Lock()
+	defer m.holdMu.Unlock()
+	return m.holdVer
 }
 
 // heldMoves copies the plans' holds.

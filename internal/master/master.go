@@ -75,15 +75,19 @@ type Master struct {
 
 	// holds is the room drains and rebalances have planned for their moves not yet made
 	// (guest -> hold), counted as taken until each move ends; changed only with mu held.
-	holdMu sync.Mutex
-	holds  map[string]hold
-	plans  uint64 // drains and rebalances started, numbering their holds
+	holdMu  sync.Mutex
+	holds   map[string]hold
+	holdVer uint64 // changes whenever holds does
+	plans   uint64 // drains and rebalances started, numbering their holds
 
 	// creates are the creates queued for the next batch (batch.go); applier is held by
 	// the one create that writes a batch.
 	createMu sync.Mutex
 	creates  []*createReq
 	applier  chan struct{}
+	// cview is the creates' view of the state, kept with their batches; changed only
+	// with mu held.
+	cview *createView
 
 	rebalancing atomic.Bool // a rebalance runs (one at a time, the balancer's included)
 

@@ -97,6 +97,7 @@ func (m *Master) RestoreSnapshot(r io.Reader, adoptTimeout time.Duration) (api.S
 	// progress) belongs to a state that is gone.
 	m.holdMu.Lock()
 	clear(m.holds)
+	m.holdVer++
 	m.holdMu.Unlock()
 	m.recMu.Lock()
 	clear(m.recStart)

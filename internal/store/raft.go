@@ -450,6 +450,7 @@ func (s *Store) load(snap State) {
 	s.meta = snap.Meta
 	s.adopt = snap.Adoption
 	s.index = snap.Index
+	s.placementWrites++
 	close(s.changed)
 	s.changed = make(chan struct{})
 }

@@ -200,6 +200,9 @@ type Store struct {
 	meta    Meta
 	adopt   *Adoption
 	changed chan struct{} // closed and replaced on every apply
+	// placementWrites counts the entries applied that changed a node or a guest,
+	// and the states loaded.
+	placementWrites uint64
 
 	// halt is why this replica stopped applying the log; nil while it applies.
 	halt atomic.Pointer[HaltError]
@@ -245,9 +248,26 @@ func (s *Store) applyBatch(cmds []Command, index uint64) {
 	for _, c := range cmds {
 		s.apply(c)
 	}
+	if slices.ContainsFunc(cmds, func(c Command) bool { return placementOps[c.Op] }) {
+		s.placementWrites++
+	}
 	s.index = index
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+// placementOps are the ops that change where guests are or could go: what the
+// scheduler's view is built from.
+var placementOps = map[Op]bool{OpPutNode: true, OpDeleteNode: true, OpPutGuest: true, OpDeleteGuest: true}
+
+// PlacementWrites counts the log entries this replica applied that changed a node or
+// a guest, and the states it loaded (Restore, a raft snapshot): while it is the same,
+// so are the nodes and guests. A master keeps a view of them up to date with its own
+// writes as long as no other write comes between (see internal/master's batch.go).
+func (s *Store) PlacementWrites() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.placementWrites
 }
 
 func (s *Store) apply(c Command) {
@@ -293,35 +313,49 @@ func (s *Store) apply(c Command) {
 // A replica that has halted writes nothing, and an op newer than some replica of the
 // group runs is refused (see opSince).
 func (s *Store) Apply(cmds ...Command) (uint64, error) {
-	if err := s.Halted(); err != nil {
+	wait, err := s.Submit(cmds...)
+	if err != nil {
 		return 0, err
+	}
+	return wait()
+}
+
+// Submit is Apply without the wait: it hands the entry to raft and returns what waits
+// for it, which returns what Apply would. Entries submitted one after another are
+// committed, and applied, in that order: one is committed only once every entry
+// before it is.
+func (s *Store) Submit(cmds ...Command) (wait func() (uint64, error), err error) {
+	if err := s.Halted(); err != nil {
+		return nil, err
 	}
 	stamped := make([]Command, len(cmds))
 	for i, c := range cmds {
 		if err := c.check(); err != nil {
-			return 0, err
+			return nil, err
 		}
 		if err := s.mayWrite(c.Op); err != nil {
-			return 0, err
+			return nil, err
 		}
 		c.Version = version.Version
 		stamped[i] = c
 	}
 	data, err := json.Marshal(stamped)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	f := s.Raft().Apply(data, 10*time.Second)
-	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+	return func() (uint64, error) {
+		if err := f.Error(); err != nil {
+			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+				return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+			}
+			return 0, fmt.Errorf("replicate state change: %w", err)
 		}
-		return 0, fmt.Errorf("replicate state change: %w", err)
-	}
-	if err, ok := f.Response().(error); ok && err != nil {
-		return 0, err
-	}
-	return f.Index(), nil
+		if err, ok := f.Response().(error); ok && err != nil {
+			return 0, err
+		}
+		return f.Index(), nil
+	}, nil
 }
 
 func (c Command) check() error {
