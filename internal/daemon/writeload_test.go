@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"testing"
 
@@ -16,10 +15,13 @@ import (
 // TestWriteLoadOnDevCluster runs scripts/bench-writes' driver against a dev cluster
 // over its HTTPS API with a token: creates of stopped guests from concurrent clients.
 // Every create is acknowledged once, each guest is recorded once, stopped, and every
-// write is an event naming its token. DVM_WRITELOAD_COUNT and DVM_WRITELOAD_CLIENTS
-// make it larger, to try the driver; it asserts no speed.
+// write is an event naming its token. DVM_WRITES_CLIENTS and DVM_WRITES_COUNT make it
+// larger, to try the driver; it asserts no speed.
 func TestWriteLoadOnDevCluster(t *testing.T) {
-	count, clients := envInt(t, "DVM_WRITELOAD_COUNT", 48), envInt(t, "DVM_WRITELOAD_CLIENTS", 8)
+	clients, count, err := writeload.FromEnv(8, 48)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d, c := startDev(t, t.TempDir(), 2)
 	ctx := context.Background()
 	var before []api.Event
@@ -69,17 +71,4 @@ func TestWriteLoadOnDevCluster(t *testing.T) {
 			}
 		}
 	}
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		t.Fatalf("%s=%q: give a whole number, 1 or more", name, s)
-	}
-	return n
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -20,7 +19,10 @@ func TestWriteThroughput(t *testing.T) {
 	if os.Getenv("DVM_WRITES") != "1" {
 		t.Skip("a measurement: scripts/bench-writes runs it (DVM_WRITES=1)")
 	}
-	clients, count := numberFromEnv(t, "DVM_WRITES_CLIENTS", 64), numberFromEnv(t, "DVM_WRITES_COUNT", 10000)
+	clients, count, err := writeload.FromEnv(64, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := upCluster(t, 3)
 	st := c.waitStatus(t, "a master and two backups", 90*time.Second, nil, fullGroup)
 	c.settled(t, st)
@@ -49,18 +51,4 @@ func TestWriteThroughput(t *testing.T) {
 		t.Errorf("creates failed: %s", res)
 	}
 	t.Logf("FIGURE writes through a 3-voter lab (master %s), %d clients: %s", st.Master, clients, res)
-}
-
-// numberFromEnv reads a whole number, 1 or more, for a figure (def when unset).
-func numberFromEnv(t *testing.T, name string, def int) int {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		t.Fatalf("%s=%q: give a whole number, 1 or more", name, s)
-	}
-	return n
 }

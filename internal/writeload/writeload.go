@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,4 +119,23 @@ func Run(ctx context.Context, c *api.Client, opts Options) (Result, error) {
 		res.P50, res.P99, res.Max = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
 	}
 	return res, ctx.Err()
+}
+
+// FromEnv reads the clients and the count from DVM_WRITES_CLIENTS and DVM_WRITES_COUNT,
+// as scripts/bench-writes sets them; unset, they are the defaults given.
+func FromEnv(clients, count int) (int, int, error) {
+	var err error
+	read := func(name string, def int) int {
+		s := os.Getenv(name)
+		if s == "" || err != nil {
+			return def
+		}
+		n, perr := strconv.Atoi(s)
+		if perr != nil || n < 1 {
+			err = fmt.Errorf("%s=%q: give a whole number, 1 or more", name, s)
+		}
+		return n
+	}
+	clients, count = read("DVM_WRITES_CLIENTS", clients), read("DVM_WRITES_COUNT", count)
+	return clients, count, err
 }
