@@ -302,8 +302,11 @@ func (s *Store) apply(c Command) {
 			e.Seq = s.events[n-1].Seq + 1
 		}
 		s.events = append(s.events, e)
-		if len(s.events) > MaxEvents {
-			s.events = append([]EventRecord(nil), s.events[len(s.events)-MaxEvents:]...)
+		// Dropped in bulk, not one by one: each drop copies the events kept, and a
+		// busy master writes an event with every write. Only the last MaxEvents are
+		// ever shown (kept).
+		if len(s.events) >= 2*MaxEvents {
+			s.events = append([]EventRecord(nil), s.kept()...)
 		}
 	}
 }
@@ -554,8 +557,14 @@ func (s *Store) Network(name string) (NetworkRecord, bool) {
 func (s *Store) Events(after uint64) []EventRecord {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	i := sort.Search(len(s.events), func(i int) bool { return s.events[i].Seq > after })
-	return append([]EventRecord(nil), s.events[i:]...)
+	kept := s.kept()
+	i := sort.Search(len(kept), func(i int) bool { return kept[i].Seq > after })
+	return append([]EventRecord(nil), kept[i:]...)
+}
+
+// kept is the events the cluster keeps: the last MaxEvents. Called with mu held.
+func (s *Store) kept() []EventRecord {
+	return s.events[max(len(s.events)-MaxEvents, 0):]
 }
 
 func (s *Store) putToken(t TokenRecord) {
