@@ -1,6 +1,7 @@
 package master
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -315,5 +316,26 @@ func TestCreateAndItsWriteEventAreOneEntry(t *testing.T) {
 	}
 	if e := got[len(got)-1]; e.Kind != EventWrite || e.Guest != "web" || e.Token != api.BootstrapToken || e.Detail != "POST /v1/guests (201)" {
 		t.Fatalf("write event %+v", e)
+	}
+}
+
+// A node's poll for its assignment is answered when its assignment changes, not at
+// every write: a create placed on another node does not wake it, one placed on it does.
+func TestAssignmentWaitsForItsNode(t *testing.T) {
+	m, c := newTestMasterWith(t, Options{NodeTimeout: time.Hour})
+	report(t, c, "n2", 8, 16)
+	report(t, c, "n1", 2, 16)
+	got := make(chan api.Assignment, 1)
+	idx := m.st.Index()
+	go func() { got <- m.Assignment(context.Background(), "n1", idx, time.Hour) }()
+	if g := create(t, c, "elsewhere", 7, 1); g.Node != "n2" {
+		t.Fatalf("elsewhere on %q, want n2, the only node with room", g.Node)
+	}
+	if g := create(t, c, "here", 1, 1); g.Node != "n1" {
+		t.Fatalf("here on %q, want n1, the emptier", g.Node)
+	}
+	a := <-got
+	if len(a.Guests) != 1 || a.Guests[0].Name != "here" {
+		t.Fatalf("n1 was answered %+v, want its guest here", a.Guests)
 	}
 }

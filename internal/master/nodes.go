@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"strings"
 	"time"
 
@@ -180,13 +181,49 @@ func (m *Master) RemoveNode(name string) error {
 	return err
 }
 
-// Assignment returns what node must hold, waiting up to wait for a change past index.
+// Assignment returns what node must hold. Given the index of the node's last answer
+// and a wait, it answers once the state has passed that index and the node's
+// assignment differs from what it was when the poll came (or what the node observes
+// changed), or when wait is over: a write that does not concern the node (a create
+// placed elsewhere, an event) does not wake every node's poll, its reconcile and its
+// report.
 func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait time.Duration) api.Assignment {
-	if wait > 0 {
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		m.st.Wait(wctx, index)
-		cancel()
+	if wait <= 0 || m.st.Index() > index {
+		return m.assignmentNow(node)
 	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	held := m.assignmentNow(node)
+	for {
+		m.obsMu.RLock()
+		reported := m.obsChanged
+		m.obsMu.RUnlock()
+		octx, ocancel := context.WithCancel(wctx)
+		go func() {
+			select {
+			case <-reported:
+				ocancel()
+			case <-octx.Done():
+			}
+		}()
+		index = m.st.Wait(octx, index)
+		ocancel()
+		a := m.assignmentNow(node)
+		if wctx.Err() != nil || !sameAssignment(held, a) {
+			return a
+		}
+	}
+}
+
+// sameAssignment says whether a and b ask the same of their node (their indexes
+// aside).
+func sameAssignment(a, b api.Assignment) bool {
+	a.Index, b.Index = 0, 0
+	return reflect.DeepEqual(a, b)
+}
+
+// assignmentNow is what node must hold now.
+func (m *Master) assignmentNow(node string) api.Assignment {
 	nodes, guests, idx := m.st.Snapshot()
 	byName := map[string]store.NodeRecord{}
 	for _, n := range nodes {
