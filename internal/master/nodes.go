@@ -224,7 +224,17 @@ func sameAssignment(a, b api.Assignment) bool {
 
 // assignmentNow is what node must hold now.
 func (m *Master) assignmentNow(node string) api.Assignment {
-	nodes, guests, idx := m.st.Snapshot()
+	observed := map[string]bool{}
+	m.obsMu.RLock()
+	for g := range m.observed[node] {
+		observed[g] = true
+	}
+	m.obsMu.RUnlock()
+	// Only the guests that concern the node, and those with NICs (which nodes carry a
+	// network): every poll reads this, and most guests are elsewhere.
+	nodes, guests, idx := m.st.SnapshotWhere(func(g *store.GuestRecord) bool {
+		return g.Node == node || g.MigrateTo == node || g.TwinNode == node || observed[g.Name] || len(g.NICs) > 0
+	})
 	byName := map[string]store.NodeRecord{}
 	for _, n := range nodes {
 		byName[n.Name] = n
@@ -236,12 +246,6 @@ func (m *Master) assignmentNow(node string) api.Assignment {
 		m.addNetworks(&a, node, nodes, guests)
 		return a
 	}
-	observed := map[string]bool{}
-	m.obsMu.RLock()
-	for g := range m.observed[node] {
-		observed[g] = true
-	}
-	m.obsMu.RUnlock()
 	for _, g := range guests {
 		ag := api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: g.Desired}

@@ -506,6 +506,12 @@ func (s *Store) Guest(name string) (GuestRecord, bool) {
 // Snapshot returns copies of all nodes and guests, sorted by name, and the index they
 // were read at.
 func (s *Store) Snapshot() ([]NodeRecord, []GuestRecord, uint64) {
+	return s.SnapshotWhere(nil)
+}
+
+// SnapshotWhere is Snapshot with only the guests keep says (nil: all): it copies and
+// sorts those alone. keep is called with the store's lock held and must not call it.
+func (s *Store) SnapshotWhere(keep func(*GuestRecord) bool) ([]NodeRecord, []GuestRecord, uint64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	// Sorting the names and copying each record once is several times faster than
@@ -514,8 +520,19 @@ func (s *Store) Snapshot() ([]NodeRecord, []GuestRecord, uint64) {
 	for _, name := range sortedKeys(s.nodes) {
 		nodes = append(nodes, *s.nodes[name])
 	}
-	guests := make([]GuestRecord, 0, len(s.guests))
-	for _, name := range sortedKeys(s.guests) {
+	var names []string
+	if keep == nil {
+		names = sortedKeys(s.guests)
+	} else {
+		for name, g := range s.guests {
+			if keep(g) {
+				names = append(names, name)
+			}
+		}
+		slices.Sort(names)
+	}
+	guests := make([]GuestRecord, 0, len(names))
+	for _, name := range names {
 		guests = append(guests, *s.guests[name])
 	}
 	return nodes, guests, s.index
