@@ -55,9 +55,12 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	if !ok || !sameNode(old, rec) {
 		cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &rec})
 	}
-	_, guests, _ := m.st.Snapshot()
+	// The guests of the node alone, but while adopting, which looks at every guest:
+	// every node reports every few seconds, and after every change it carried out.
+	a := m.adopting()
+	_, guests, _ := m.st.SnapshotWhere(func(g *store.GuestRecord) bool { return a != nil || g.Node == name })
 	var adopted []adoptEvent
-	if a := m.adopting(); a != nil && m.acting() {
+	if a != nil && m.acting() {
 		var acmds []store.Command
 		acmds, adopted = m.adopt(a, name, obs, guests, now)
 		cmds = append(cmds, acmds...)
