@@ -194,11 +194,14 @@ func (m *Master) createView() *createView {
 	// says, and it is built again next time.
 	writes, holds := m.st.PlacementWrites(), m.holdVersion()
 	nodes, guests, _ := m.st.Snapshot()
-	v := &createView{s: m.schedulerView(nodes, guests), b: m.books(nodes, guests), writes: writes, holds: holds}
+	v := &createView{writes: writes, holds: holds}
 	for _, n := range nodes {
 		v.nodes = append(v.nodes, n.Name)
 	}
-	v.ready = m.readyOf(v.nodes, v.b.now)
+	// Likewise before the scheduler reads it: a node that goes silent or comes back
+	// meanwhile makes the view built again next time.
+	v.ready = m.readyOf(v.nodes, now)
+	v.s, v.b = m.schedulerView(nodes, guests), m.books(nodes, guests)
 	m.cview = v
 	return v
 }
