@@ -13,13 +13,14 @@ import (
 )
 
 // The plan applier. The master plans placements from a snapshot of the state (the
-// scheduler's view costs O(nodes + guests) to build, so creates plan side by side,
-// outside m.mu); by the time a placement is written, other requests may have taken the
-// room, and a node may have gone or been drained. Every write that places a guest
-// therefore goes through commit, under m.mu, where such writes are applied one at a
-// time: as Nomad's plan applier does, it checks each placement again against the state
-// as it is then and leaves out the ones that no longer fit, with the reason. The caller
-// plans those again or reports them. Room held by moves in flight (live migrations and
+// scheduler's view costs O(nodes + guests) to build, so pending guests are planned
+// outside m.mu, and creates are planned in batches, one view for each: batch.go); by
+// the time a placement is written, other requests may have taken the room, and a node
+// may have gone or been drained. Every write that places a guest therefore goes through
+// commit, under m.mu, where such writes are applied one at a time: as Nomad's plan
+// applier does, it checks each placement again against the state as it is then and
+// leaves out the ones that no longer fit, with the reason. The caller plans those
+// again or reports them. Room held by moves in flight (live migrations and
 // the planned moves of drains and rebalances) counts as taken, in the scheduler's view
 // and here alike.
 
@@ -75,6 +76,13 @@ func (m *Master) dropHold(guest string, plan uint64) {
 	}
 }
 
+// holdVersion changes whenever the holds do.
+func (m *Master) holdVersion() uint64 {
+	m.holdMu.Lock()
+	defer m.holdMu.Unlock()
+	return m.holdVer
+}
+
 // heldMoves copies the plans' holds.
 func (m *Master) heldMoves() map[string]hold {
 	m.holdMu.Lock()
@@ -84,14 +92,6 @@ func (m *Master) heldMoves() map[string]hold {
 		out[g] = h
 	}
 	return out
-}
-
-// stateVersion changes whenever the state or the holds do: a plan made at one version
-// was made on the state as it still is when the version is the same.
-func (m *Master) stateVersion() [2]uint64 {
-	m.holdMu.Lock()
-	defer m.holdMu.Unlock()
-	return [2]uint64{m.st.Index(), m.holdVer}
 }
 
 // moveTo is where g holds room for a move in flight: the destination of its live
@@ -251,21 +251,28 @@ func (b *books) refuse(n string, g *store.GuestRecord) string {
 // and the extra commands, unchecked, as one log entry. It returns the changes it left
 // out, in order. Must be called with m.mu held.
 func (m *Master) commit(nodes []store.NodeRecord, guests []store.GuestRecord, changes []change, extra ...store.Command) ([]*RefusedPlacement, error) {
-	b := m.books(nodes, guests)
-	var refused []*RefusedPlacement
-	cmds := make([]store.Command, 0, len(changes)+len(extra))
-	for i := range changes {
-		if r := b.admit(&changes[i]); r != nil {
-			m.log.Info("placement refused at commit", "guest", r.Guest, "node", r.Node, "reason", r.Reason)
-			refused = append(refused, r)
-			continue
-		}
-		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &changes[i].next})
-	}
+	cmds, refused := m.books(nodes, guests).check(changes)
 	cmds = append(cmds, extra...)
 	if len(cmds) == 0 {
 		return refused, nil
 	}
 	_, err := m.st.Apply(cmds...)
 	return refused, err
+}
+
+// check admits the changes that fit, in order, each against the books as the ones
+// before it left them, and returns the commands that write them and the changes it
+// left out.
+func (b *books) check(changes []change) ([]store.Command, []*RefusedPlacement) {
+	var refused []*RefusedPlacement
+	cmds := make([]store.Command, 0, len(changes))
+	for i := range changes {
+		if r := b.admit(&changes[i]); r != nil {
+			b.m.log.Info("placement refused at commit", "guest", r.Guest, "node", r.Node, "reason", r.Reason)
+			refused = append(refused, r)
+			continue
+		}
+		cmds = append(cmds, store.Command{Op: store.OpPutGuest, Guest: &changes[i].next})
+	}
+	return cmds, refused
 }

@@ -202,6 +202,8 @@ type caller struct {
 	token, scope, node string
 	guest, subject     string // the guest or node a write was about, when its path does not say
 	detail             string // more for the write's event
+	// recorded: the write's event went into the log entry of the write itself.
+	recorded bool
 }
 
 type callerKey struct{}
@@ -317,14 +319,14 @@ func (h *handler) route(mux *http.ServeMux, pattern string, fn http.HandlerFunc)
 		sw.header = h.epochHeaders()
 		fn(sw, r)
 		// A 504 write was applied, only not acknowledged: it happened.
-		if need != scopeAgent && method != http.MethodGet && (sw.code < 300 || sw.code == http.StatusGatewayTimeout) {
-			h.recordWrite(r, &c, sw.code)
+		if !c.recorded && need != scopeAgent && method != http.MethodGet && (sw.code < 300 || sw.code == http.StatusGatewayTimeout) {
+			h.m.recordWrite(h.writeEvent(r, &c, sw.code))
 		}
 	})
 }
 
-// recordWrite keeps a write done through the API as an event naming its token.
-func (h *handler) recordWrite(r *http.Request, c *caller, code int) {
+// writeEvent is the event that keeps a write done through the API, naming its token.
+func (h *handler) writeEvent(r *http.Request, c *caller, code int) store.EventRecord {
 	guest, node := c.guest, c.subject
 	switch {
 	case strings.HasPrefix(r.URL.Path, "/v1/guests/"):
@@ -336,7 +338,7 @@ func (h *handler) recordWrite(r *http.Request, c *caller, code int) {
 	if c.detail != "" {
 		detail += ": " + c.detail
 	}
-	h.m.recordWrite(c.token, node, guest, detail)
+	return writeEvent(c.token, node, guest, detail)
 }
 
 // bodyLimit is the most a request body may hold: MaxBody, but a whole snapshot file
@@ -586,17 +588,26 @@ func (h *handler) createGuest(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	callerOf(r).guest = req.Name
-	g, err := h.m.CreateGuest(req)
+	c := callerOf(r)
+	c.guest = req.Name
+	// The write's event goes into the create's own log entry: one round to the backups
+	// for both. Its code is the one answered unless the wait for copies fails (504).
+	g, err := h.m.createGuest(req, func(pending bool) store.EventRecord { return h.writeEvent(r, c, createdCode(pending)) })
 	if err != nil {
 		fail(w, err)
 		return
 	}
-	code := http.StatusCreated
-	if g.State == api.GuestPending {
-		code = http.StatusAccepted // recorded, placed when room appears
+	c.recorded = true
+	writeJSON(w, createdCode(g.State == api.GuestPending), g)
+}
+
+// createdCode answers a create: 201, or 202 for a guest recorded and pending, placed
+// when room appears.
+func createdCode(pending bool) int {
+	if pending {
+		return http.StatusAccepted
 	}
-	writeJSON(w, code, g)
+	return http.StatusCreated
 }
 
 // getGuest answers at once, or, given the index of an answer (?index=VERSION&wait=D),

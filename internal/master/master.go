@@ -77,8 +77,17 @@ type Master struct {
 	// (guest -> hold), counted as taken until each move ends; changed only with mu held.
 	holdMu  sync.Mutex
 	holds   map[string]hold
-	holdVer uint64
+	holdVer uint64 // changes whenever holds does
 	plans   uint64 // drains and rebalances started, numbering their holds
+
+	// creates are the creates queued for the next batch (batch.go); applier is held by
+	// the one create that writes a batch.
+	createMu sync.Mutex
+	creates  []*createReq
+	applier  chan struct{}
+	// cview is the creates' view of the state, kept with their batches; changed only
+	// with mu held.
+	cview *createView
 
 	rebalancing atomic.Bool // a rebalance runs (one at a time, the balancer's included)
 
@@ -134,6 +143,7 @@ func New(st *store.Store, opts Options) (*Master, error) {
 		pending:  map[string]chan api.Migration{},
 		holds:    map[string]hold{},
 		kick:     make(chan struct{}, 1),
+		applier:  make(chan struct{}, 1),
 		reg:      opts.Metrics,
 		recStart: map[string]time.Time{},
 
@@ -231,8 +241,17 @@ func schedGuest(g store.GuestRecord) scheduler.Guest {
 }
 
 // CreateGuest validates, records and places a new guest. A guest that fits nowhere is
-// kept as pending with the reason and placed as soon as room appears.
+// kept as pending with the reason and placed as soon as room appears. It is placed and
+// written with the creates made at the same time, in one batch (batch.go), and
+// answered once that batch's log entry is committed.
 func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
+	return m.createGuest(req, nil)
+}
+
+// createGuest is CreateGuest with the event that records the write, written in the
+// same log entry as the guest (nil: none); pending says whether the guest is written
+// pending a node.
+func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store.EventRecord) (api.Guest, error) {
 	if fe := req.Normalize(); fe != nil {
 		return api.Guest{}, fe
 	}
@@ -251,57 +270,14 @@ func (m *Master) CreateGuest(req api.CreateGuest) (api.Guest, error) {
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
 		Desired: desired, CreatedAt: time.Now().UTC(),
 	}
-	// Plan without the lock (see commit.go), except with an HA reserve: that is
-	// cluster-wide, and commit checks placements node by node.
-	exact := m.opts.Scheduler.HAReserveNodes > 0
-	var warnings []string
-	var headroom string
-	planned := m.stateVersion()
-	nodes, guests, _ := m.st.Snapshot()
-	if !exact {
-		warnings, headroom = m.place(&g, m.schedulerView(nodes, guests))
+	res := m.createBatched(&createReq{g: g, networks: req.Networks, event: event, done: make(chan createResult, 1)})
+	if res.err != nil {
+		return api.Guest{}, res.err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, ok := m.st.Guest(req.Name); ok {
-		return api.Guest{}, guestExists(req.Name)
-	}
-	stale := m.stateVersion() != planned
-	if stale {
-		nodes, guests, _ = m.st.Snapshot()
-	}
-	nics, err := m.allocNICs(req.Networks, guests)
-	if err != nil {
-		return api.Guest{}, err
-	}
-	g.NICs = nics
-	if exact || (stale && g.Node == "") {
-		// Nothing planned yet, or "nowhere" found on a state that has changed since.
-		warnings, headroom = m.place(&g, m.schedulerView(nodes, guests))
-	}
-	for try := 0; ; try++ {
-		if headroom != "" {
-			// HA admission control refuses: admitting the guest would leave too little
-			// room to restart the guests of a lost node. Nothing is created.
-			return api.Guest{}, &RefusedError{Reason: headroom}
-		}
-		refused, err := m.commit(nodes, guests, []change{{next: g}})
-		if err != nil {
-			return api.Guest{}, err
-		}
-		if len(refused) == 0 {
-			break
-		}
-		if try > 0 {
-			// Planned on the very state it was checked against: only a node's report
-			// timing out in between gets here.
-			return api.Guest{}, refused[0]
-		}
-		warnings, headroom = m.place(&g, m.schedulerView(nodes, guests))
-	}
+	g = res.g
 	m.log.Info("guest created", "guest", g.Name, "node", g.Node, "pending", g.PendingReason)
 	out := m.view(g, time.Now())
-	out.Warnings = warnings
+	out.Warnings = res.warnings
 	return out, nil
 }
 
@@ -335,8 +311,8 @@ func (m *Master) place(g *store.GuestRecord, s *scheduler.Scheduler) (warnings [
 }
 
 // placePending tries again to place every pending guest, in creation order. It plans
-// without the lock, as CreateGuest does; a placement refused at commit is planned again
-// on the next round, which it asks for at once.
+// without the lock (with an HA reserve, under it); a placement refused at commit is
+// planned again on the next round, which it asks for at once.
 func (m *Master) placePending() {
 	if !m.acting() || m.adopting() != nil {
 		return

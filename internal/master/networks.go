@@ -113,34 +113,48 @@ func networkUsers(guests []store.GuestRecord) map[string][]string {
 	return out
 }
 
-// allocNICs gives a new guest one NIC per network: a MAC in 52:54:00:xx:xx:xx (QEMU's
-// locally administered range) that no other NIC in the cluster has, and the lowest
-// free host address of the network's CIDR (the network address, and for IPv4 the
-// broadcast address, are never given). Called with m.mu held, so two creates cannot
-// take the same MAC or address.
-func (m *Master) allocNICs(networks []string, guests []store.GuestRecord) ([]store.NICRecord, error) {
-	if fe := api.ValidateNetworkList(networks); fe != nil {
-		return nil, fe
-	}
-	if len(networks) == 0 {
-		return nil, nil
-	}
-	macs := map[string]bool{}
-	ips := map[string]map[netip.Addr]bool{}
+// nicBook is what NICs the state's guests already have: every MAC in the cluster and
+// every address of each network. Built once per batch of creates (it costs a pass over
+// the guests), it takes what each create is given, so that the creates of one batch
+// never get the same MAC or address. Used with m.mu held, so creates of two batches
+// cannot either.
+type nicBook struct {
+	m    *Master
+	macs map[string]bool
+	ips  map[string]map[netip.Addr]bool // network -> addresses given
+}
+
+func (m *Master) nicBook(guests []store.GuestRecord) *nicBook {
+	nb := &nicBook{m: m, macs: map[string]bool{}, ips: map[string]map[netip.Addr]bool{}}
 	for _, g := range guests {
 		for _, nic := range g.NICs {
-			macs[strings.ToLower(nic.MAC)] = true
+			nb.macs[strings.ToLower(nic.MAC)] = true
 			if p, err := netip.ParsePrefix(nic.IP); err == nil {
-				if ips[nic.Network] == nil {
-					ips[nic.Network] = map[netip.Addr]bool{}
-				}
-				ips[nic.Network][p.Addr()] = true
+				nb.take(nic.Network, p.Addr())
 			}
 		}
 	}
+	return nb
+}
+
+func (nb *nicBook) take(network string, ip netip.Addr) {
+	if nb.ips[network] == nil {
+		nb.ips[network] = map[netip.Addr]bool{}
+	}
+	nb.ips[network][ip] = true
+}
+
+// alloc gives a new guest one NIC per network: a MAC in 52:54:00:xx:xx:xx (QEMU's
+// locally administered range) that no other NIC in the cluster has, and the lowest
+// free host address of the network's CIDR (the network address, and for IPv4 the
+// broadcast address, are never given).
+func (nb *nicBook) alloc(networks []string) ([]store.NICRecord, error) {
+	if fe := api.ValidateNetworkList(networks); fe != nil {
+		return nil, fe
+	}
 	var out []store.NICRecord
 	for _, name := range networks {
-		n, ok := m.st.Network(name)
+		n, ok := nb.m.st.Network(name)
 		if !ok {
 			return nil, &api.FieldError{Field: "networks", Msg: fmt.Sprintf("network %q does not exist: create it with `vmctl net create %s --vni N --cidr CIDR`, or see `vmctl net ls`", name, name)}
 		}
@@ -148,19 +162,16 @@ func (m *Master) allocNICs(networks []string, guests []store.GuestRecord) ([]sto
 		if err != nil {
 			return nil, fmt.Errorf("network %q has a bad CIDR %q in the state: %w", name, n.CIDR, err)
 		}
-		ip, ok := freeAddr(p, ips[name])
+		ip, ok := freeAddr(p, nb.ips[name])
 		if !ok {
 			return nil, fmt.Errorf("network %q (%s) has no free address: %w; delete a guest on it or make a larger network", name, p, ErrConflict)
 		}
-		if ips[name] == nil {
-			ips[name] = map[netip.Addr]bool{}
-		}
-		ips[name][ip] = true
-		mac, err := newMAC(macs)
+		nb.take(name, ip)
+		mac, err := newMAC(nb.macs)
 		if err != nil {
 			return nil, err
 		}
-		macs[mac] = true
+		nb.macs[mac] = true
 		out = append(out, store.NICRecord{Network: name, MAC: mac, IP: netip.PrefixFrom(ip, p.Bits()).String()})
 	}
 	return out, nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"strings"
 	"time"
 
@@ -54,9 +55,12 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	if !ok || !sameNode(old, rec) {
 		cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &rec})
 	}
-	_, guests, _ := m.st.Snapshot()
+	// The guests of the node alone, but while adopting, which looks at every guest:
+	// every node reports every few seconds, and after every change it carried out.
+	a := m.adopting()
+	_, guests, _ := m.st.SnapshotWhere(func(g *store.GuestRecord) bool { return a != nil || g.Node == name })
 	var adopted []adoptEvent
-	if a := m.adopting(); a != nil && m.acting() {
+	if a != nil && m.acting() {
 		var acmds []store.Command
 		acmds, adopted = m.adopt(a, name, obs, guests, now)
 		cmds = append(cmds, acmds...)
@@ -180,14 +184,60 @@ func (m *Master) RemoveNode(name string) error {
 	return err
 }
 
-// Assignment returns what node must hold, waiting up to wait for a change past index.
+// Assignment returns what node must hold. Given the index of the node's last answer
+// and a wait, it answers once the state has passed that index and the node's
+// assignment differs from what it was when the poll came (or what the node observes
+// changed), or when wait is over: a write that does not concern the node (a create
+// placed elsewhere, an event) does not wake every node's poll, its reconcile and its
+// report.
 func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait time.Duration) api.Assignment {
-	if wait > 0 {
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		m.st.Wait(wctx, index)
-		cancel()
+	if wait <= 0 || m.st.Index() > index {
+		return m.assignmentNow(node)
 	}
-	nodes, guests, idx := m.st.Snapshot()
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	held := m.assignmentNow(node)
+	for {
+		m.obsMu.RLock()
+		reported := m.obsChanged
+		m.obsMu.RUnlock()
+		octx, ocancel := context.WithCancel(wctx)
+		go func() {
+			select {
+			case <-reported:
+				ocancel()
+			case <-octx.Done():
+			}
+		}()
+		index = m.st.Wait(octx, index)
+		ocancel()
+		a := m.assignmentNow(node)
+		if wctx.Err() != nil || !sameAssignment(held, a) {
+			return a
+		}
+	}
+}
+
+// sameAssignment says whether a and b ask the same of their node (their indexes
+// aside).
+func sameAssignment(a, b api.Assignment) bool {
+	a.Index, b.Index = 0, 0
+	return reflect.DeepEqual(a, b)
+}
+
+// assignmentNow is what node must hold now.
+func (m *Master) assignmentNow(node string) api.Assignment {
+	observed := map[string]bool{}
+	m.obsMu.RLock()
+	for g := range m.observed[node] {
+		observed[g] = true
+	}
+	m.obsMu.RUnlock()
+	// Only the guests that concern the node, and those with NICs (which nodes carry a
+	// network): every poll reads this, and most guests are elsewhere.
+	nodes, guests, idx := m.st.SnapshotWhere(func(g *store.GuestRecord) bool {
+		return g.Node == node || g.MigrateTo == node || g.TwinNode == node || observed[g.Name] || len(g.NICs) > 0
+	})
 	byName := map[string]store.NodeRecord{}
 	for _, n := range nodes {
 		byName[n.Name] = n
@@ -199,12 +249,6 @@ func (m *Master) Assignment(ctx context.Context, node string, index uint64, wait
 		m.addNetworks(&a, node, nodes, guests)
 		return a
 	}
-	observed := map[string]bool{}
-	m.obsMu.RLock()
-	for g := range m.observed[node] {
-		observed[g] = true
-	}
-	m.obsMu.RUnlock()
 	for _, g := range guests {
 		ag := api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: g.Desired}

@@ -269,12 +269,16 @@ func (m *Master) knownNode(name string) bool {
 	return false
 }
 
+// writeEvent is the event that keeps an operator's write, naming its token.
+func writeEvent(token, node, guest, detail string) store.EventRecord {
+	return store.EventRecord{Time: time.Now().UTC(), Kind: EventWrite, Node: node, Guest: guest, Detail: detail, Token: token}
+}
+
 // recordWrite keeps an operator's write as an event naming its token. It runs after
 // the write was answered: a master that loses its role in between records nothing.
-func (m *Master) recordWrite(token, node, guest, detail string) {
-	e := store.EventRecord{Time: time.Now().UTC(), Kind: EventWrite, Node: node, Guest: guest, Detail: detail, Token: token}
+func (m *Master) recordWrite(e store.EventRecord) {
 	if _, err := m.st.Apply(store.Command{Op: store.OpEvent, Event: &e}); err != nil {
-		m.log.Warn("record a write", "token", token, "detail", detail, "err", err)
+		m.log.Warn("record a write", "token", e.Token, "detail", e.Detail, "err", err)
 	}
 }
 

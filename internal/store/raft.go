@@ -340,7 +340,7 @@ func (s *Store) State() State {
 	st := State{Format: StateFormat, Version: version.Version, Index: s.index, Meta: s.meta,
 		Nodes: make([]NodeRecord, 0, len(s.nodes)), Guests: make([]GuestRecord, 0, len(s.guests)),
 		Networks: make([]NetworkRecord, 0, len(s.nets)), Tokens: make([]TokenRecord, 0, len(s.tokens)),
-		Events: slices.Clone(s.events)}
+		Events: slices.Clone(s.kept())}
 	for _, name := range sortedKeys(s.nodes) {
 		st.Nodes = append(st.Nodes, *s.nodes[name])
 	}
@@ -450,6 +450,7 @@ func (s *Store) load(snap State) {
 	s.meta = snap.Meta
 	s.adopt = snap.Adoption
 	s.index = snap.Index
+	s.placementWrites++
 	close(s.changed)
 	s.changed = make(chan struct{})
 }

@@ -200,6 +200,9 @@ type Store struct {
 	meta    Meta
 	adopt   *Adoption
 	changed chan struct{} // closed and replaced on every apply
+	// placementWrites counts the entries applied that changed a node or a guest,
+	// and the states loaded.
+	placementWrites uint64
 
 	// halt is why this replica stopped applying the log; nil while it applies.
 	halt atomic.Pointer[HaltError]
@@ -245,9 +248,26 @@ func (s *Store) applyBatch(cmds []Command, index uint64) {
 	for _, c := range cmds {
 		s.apply(c)
 	}
+	if slices.ContainsFunc(cmds, func(c Command) bool { return placementOps[c.Op] }) {
+		s.placementWrites++
+	}
 	s.index = index
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+// placementOps are the ops that change where guests are or could go: what the
+// scheduler's view is built from.
+var placementOps = map[Op]bool{OpPutNode: true, OpDeleteNode: true, OpPutGuest: true, OpDeleteGuest: true}
+
+// PlacementWrites counts the log entries this replica applied that changed a node or
+// a guest, and the states it loaded (Restore, a raft snapshot): while it is the same,
+// so are the nodes and guests. A master keeps a view of them up to date with its own
+// writes as long as no other write comes between (see internal/master's batch.go).
+func (s *Store) PlacementWrites() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.placementWrites
 }
 
 func (s *Store) apply(c Command) {
@@ -282,8 +302,11 @@ func (s *Store) apply(c Command) {
 			e.Seq = s.events[n-1].Seq + 1
 		}
 		s.events = append(s.events, e)
-		if len(s.events) > MaxEvents {
-			s.events = append([]EventRecord(nil), s.events[len(s.events)-MaxEvents:]...)
+		// Dropped in bulk, not one by one: each drop copies the events kept, and a
+		// busy master writes an event with every write. Only the last MaxEvents are
+		// ever shown (kept).
+		if len(s.events) >= 2*MaxEvents {
+			s.events = append([]EventRecord(nil), s.kept()...)
 		}
 	}
 }
@@ -293,35 +316,49 @@ func (s *Store) apply(c Command) {
 // A replica that has halted writes nothing, and an op newer than some replica of the
 // group runs is refused (see opSince).
 func (s *Store) Apply(cmds ...Command) (uint64, error) {
-	if err := s.Halted(); err != nil {
+	wait, err := s.Submit(cmds...)
+	if err != nil {
 		return 0, err
+	}
+	return wait()
+}
+
+// Submit is Apply without the wait: it hands the entry to raft and returns what waits
+// for it, which returns what Apply would. Entries submitted one after another are
+// committed, and applied, in that order: one is committed only once every entry
+// before it is.
+func (s *Store) Submit(cmds ...Command) (wait func() (uint64, error), err error) {
+	if err := s.Halted(); err != nil {
+		return nil, err
 	}
 	stamped := make([]Command, len(cmds))
 	for i, c := range cmds {
 		if err := c.check(); err != nil {
-			return 0, err
+			return nil, err
 		}
 		if err := s.mayWrite(c.Op); err != nil {
-			return 0, err
+			return nil, err
 		}
 		c.Version = version.Version
 		stamped[i] = c
 	}
 	data, err := json.Marshal(stamped)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	f := s.Raft().Apply(data, 10*time.Second)
-	if err := f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+	return func() (uint64, error) {
+		if err := f.Error(); err != nil {
+			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+				return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+			}
+			return 0, fmt.Errorf("replicate state change: %w", err)
 		}
-		return 0, fmt.Errorf("replicate state change: %w", err)
-	}
-	if err, ok := f.Response().(error); ok && err != nil {
-		return 0, err
-	}
-	return f.Index(), nil
+		if err, ok := f.Response().(error); ok && err != nil {
+			return 0, err
+		}
+		return f.Index(), nil
+	}, nil
 }
 
 func (c Command) check() error {
@@ -469,6 +506,12 @@ func (s *Store) Guest(name string) (GuestRecord, bool) {
 // Snapshot returns copies of all nodes and guests, sorted by name, and the index they
 // were read at.
 func (s *Store) Snapshot() ([]NodeRecord, []GuestRecord, uint64) {
+	return s.SnapshotWhere(nil)
+}
+
+// SnapshotWhere is Snapshot with only the guests keep says (nil: all): it copies and
+// sorts those alone. keep is called with the store's lock held and must not call it.
+func (s *Store) SnapshotWhere(keep func(*GuestRecord) bool) ([]NodeRecord, []GuestRecord, uint64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	// Sorting the names and copying each record once is several times faster than
@@ -477,8 +520,19 @@ func (s *Store) Snapshot() ([]NodeRecord, []GuestRecord, uint64) {
 	for _, name := range sortedKeys(s.nodes) {
 		nodes = append(nodes, *s.nodes[name])
 	}
-	guests := make([]GuestRecord, 0, len(s.guests))
-	for _, name := range sortedKeys(s.guests) {
+	var names []string
+	if keep == nil {
+		names = sortedKeys(s.guests)
+	} else {
+		for name, g := range s.guests {
+			if keep(g) {
+				names = append(names, name)
+			}
+		}
+		slices.Sort(names)
+	}
+	guests := make([]GuestRecord, 0, len(names))
+	for _, name := range names {
 		guests = append(guests, *s.guests[name])
 	}
 	return nodes, guests, s.index
@@ -520,8 +574,14 @@ func (s *Store) Network(name string) (NetworkRecord, bool) {
 func (s *Store) Events(after uint64) []EventRecord {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	i := sort.Search(len(s.events), func(i int) bool { return s.events[i].Seq > after })
-	return append([]EventRecord(nil), s.events[i:]...)
+	kept := s.kept()
+	i := sort.Search(len(kept), func(i int) bool { return kept[i].Seq > after })
+	return append([]EventRecord(nil), kept[i:]...)
+}
+
+// kept is the events the cluster keeps: the last MaxEvents. Called with mu held.
+func (s *Store) kept() []EventRecord {
+	return s.events[max(len(s.events)-MaxEvents, 0):]
 }
 
 func (s *Store) putToken(t TokenRecord) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,17 +403,29 @@ func TestGuardAdmitsVotersOnly(t *testing.T) {
 func TestEventsKeepOrderAndBound(t *testing.T) {
 	s := single(t, t.TempDir())
 	defer s.Close()
-	for i := 0; i < MaxEvents+5; i++ {
-		if _, err := s.Apply(Command{Op: OpEvent, Event: &EventRecord{Kind: "test", Detail: "x"}}); err != nil {
+	// Past twice the bound, where the oldest are dropped in bulk, checked at every
+	// entry, a hundred events each.
+	written := uint64(0)
+	for written < 2*MaxEvents+5 {
+		var cmds []Command
+		for range 100 {
+			cmds = append(cmds, Command{Op: OpEvent, Event: &EventRecord{Kind: "test", Detail: "x"}})
+		}
+		if _, err := s.Apply(cmds...); err != nil {
 			t.Fatal(err)
 		}
-	}
-	all := s.Events(0)
-	if len(all) != MaxEvents || all[0].Seq != 6 || all[len(all)-1].Seq != MaxEvents+5 {
-		t.Fatalf("%d events, seq %d..%d", len(all), all[0].Seq, all[len(all)-1].Seq)
-	}
-	if got := s.Events(MaxEvents + 3); len(got) != 2 {
-		t.Fatalf("after %d: %d events", MaxEvents+3, len(got))
+		written += 100
+		all := s.Events(0)
+		first := max(written, MaxEvents) - MaxEvents + 1
+		if uint64(len(all)) != min(written, MaxEvents) || all[0].Seq != first || all[len(all)-1].Seq != written {
+			t.Fatalf("after %d: %d events, seq %d..%d", written, len(all), all[0].Seq, all[len(all)-1].Seq)
+		}
+		if got := s.Events(written - 2); len(got) != 2 {
+			t.Fatalf("after %d: %d events after %d", written, len(got), written-2)
+		}
+		if st := s.State(); !slices.Equal(st.Events, all) {
+			t.Fatalf("after %d: the state's events differ from Events", written)
+		}
 	}
 }
 
