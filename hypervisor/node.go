@@ -335,6 +335,43 @@ func (n *Node) destroy(d *libvirt.Domain, name string) error {
 	return nil
 }
 
+// Suspend pauses a running guest's vCPUs. QEMU finishes the guest's disk requests in
+// flight before it answers, and libvirt releases the guest's disk locks (virtlockd)
+// while it is paused, so a paused guest writes nothing and holds no disk another node
+// may start it on. Suspending a paused guest is not an error.
+func (n *Node) Suspend(name string) error {
+	d, err := n.lookup(name)
+	if err != nil {
+		return err
+	}
+	defer d.Free()
+	if s, _, err := d.GetState(); err == nil && s == libvirt.DOMAIN_PAUSED {
+		return nil
+	}
+	if err := d.Suspend(); err != nil {
+		return n.fail("suspend", fmt.Errorf("pause guest %q: %w", name, err))
+	}
+	return nil
+}
+
+// Resume runs a paused guest again. libvirt takes its disk locks back first and
+// refuses the resume if another node's copy of the guest holds them. Resuming a
+// running guest is not an error.
+func (n *Node) Resume(name string) error {
+	d, err := n.lookup(name)
+	if err != nil {
+		return err
+	}
+	defer d.Free()
+	if s, _, err := d.GetState(); err == nil && s == libvirt.DOMAIN_RUNNING {
+		return nil
+	}
+	if err := d.Resume(); err != nil {
+		return n.fail("resume", fmt.Errorf("resume guest %q: %w", name, err))
+	}
+	return nil
+}
+
 // Undefine removes a stopped guest's definition. A running guest is destroyed first.
 func (n *Node) Undefine(name string) error {
 	d, err := n.lookup(name)
@@ -360,6 +397,7 @@ func (n *Node) Undefine(name string) error {
 // Guest is a dvm guest found on the node.
 type Guest struct {
 	Name     string
+	UUID     string // the domain's, which is the guest's
 	OS       string
 	Failover string // from the domain's metadata
 	State    State
@@ -383,7 +421,8 @@ func (n *Node) List() ([]Guest, error) {
 					st = stateOf(s)
 				}
 				name, _ := d.GetName()
-				out = append(out, Guest{Name: name, OS: m.OS, Failover: m.Failover, State: st})
+				uuid, _ := d.GetUUIDString()
+				out = append(out, Guest{Name: name, UUID: uuid, OS: m.OS, Failover: m.Failover, State: st})
 			}
 		}
 		d.Free()

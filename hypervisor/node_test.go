@@ -72,6 +72,25 @@ func TestNodeLifecycle(t *testing.T) {
 	if err := n.Start("web"); err != nil {
 		t.Fatal(err)
 	}
+	for i := 0; i < 2; i++ { // twice: pausing a paused guest is not an error
+		if err := n.Suspend("web"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := n.State("web"); st != StatePaused {
+		t.Fatalf("state after suspend = %s", st)
+	}
+	for i := 0; i < 2; i++ {
+		if err := n.Resume("web"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := n.State("web"); st != StateRunning {
+		t.Fatalf("state after resume = %s", st)
+	}
+	if err := n.Suspend("ghost"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Suspend of unknown guest: %v", err)
+	}
 	if err := n.Destroy("web"); err != nil {
 		t.Fatal(err)
 	}

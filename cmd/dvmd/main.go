@@ -33,12 +33,13 @@ func main() {
 					&cli.StringFlag{Name: "libvirt-uri", Required: true},
 					&cli.StringFlag{Name: "lease-file", Required: true},
 					&cli.DurationFlag{Name: "window", Required: true},
+					&cli.StringFlag{Name: "paused-file", Usage: "record of the HA guests paused for want of a lease; without it they are destroyed"},
 				},
 				Action: func(c *cli.Context) error {
 					ctx, cancel := signalContext()
 					defer cancel()
 					return fenceguard.Run(ctx, fenceguard.Options{URI: c.String("libvirt-uri"), LeaseFile: c.String("lease-file"),
-						Window: c.Duration("window"), Log: logger("info").With("component", "fence-guard")})
+						Window: c.Duration("window"), PausedFile: c.String("paused-file"), Log: logger("info").With("component", "fence-guard")})
 				},
 			},
 			{

@@ -39,6 +39,9 @@ type Config struct {
 	// set, every restart guest runs under a lock there, disk or no disk.
 	LockspaceDir string
 	ConsoleDir   string // serial console logs
+	// PausedFile records the HA guests this node paused when its lease lapsed
+	// (pause.go), shared with the fence guard; without it a fence destroys them.
+	PausedFile string
 	// ShutdownTimeout is how long a guest gets to power off before it is destroyed.
 	ShutdownTimeout time.Duration
 	// ReportInterval is the period of status reports (the master's liveness signal).
@@ -67,7 +70,11 @@ type Agent struct {
 	report chan struct{}     // asks for a status report now
 
 	latest *heldAssignment // the last assignment read; guarded by mu
-	resync chan struct{}   // asks for a reconcile of latest now
+	// basis is the loss count and whether it was counted last written to the paused
+	// guests' record (pause.go); guarded by mu.
+	basis      [2]uint64
+	basisKnown bool
+	resync     chan struct{} // asks for a reconcile of latest now
 
 	net netAgent // guest networks (networks.go)
 
@@ -124,8 +131,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	// A node with a role machine starts fenced, as its machine does: it has no lease
 	// until the master's first request arrives.
-	return &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, report: make(chan struct{}, 1),
-		resync: make(chan struct{}, 1), fenced: cfg.Fencing, fencedAt: time.Now()}, nil
+	a := &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, report: make(chan struct{}, 1),
+		resync: make(chan struct{}, 1), fenced: cfg.Fencing, fencedAt: time.Now()}
+	return a, nil
 }
 
 // PoolShare is what the node offers to the cluster.
@@ -191,6 +199,7 @@ func (a *Agent) Run(ctx context.Context) {
 		a.mu.Lock()
 		a.latest = &heldAssignment{Assignment: asg, asked: asked}
 		a.mu.Unlock()
+		a.noteBasis(asg)
 		a.requestResync()
 	}
 }
@@ -284,12 +293,17 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 		a.cfg.Log.Warn("list guests", "err", err)
 		return
 	}
+	paused := a.readPaused()
+	a.prunePaused(paused, present)
 	for _, g := range asg.Guests {
 		g := g
 		if g.Incoming {
 			continue
 		}
 		state, defined := present[g.Name]
+		if a.settlePaused(held, paused, g, state) {
+			continue
+		}
 		switch {
 		case g.Evict:
 			if defined {

@@ -94,7 +94,9 @@ func (a *Agent) Fenced() bool {
 }
 
 // fenceLoop stops HA guests while the node is fenced past the grace, and keeps them
-// stopped: a guest started by hand meanwhile is stopped too.
+// stopped: a running one is paused (pause.go), one paused by anything but the fence
+// is destroyed (an incoming migration's paused guest runs when it ends), and a
+// paused copy resumed by hand meanwhile is paused again.
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.FenceCheck)
 	defer t.Stop()
@@ -114,16 +116,19 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		paused := a.readPaused()
 		for _, g := range list {
-			if isHA(g.Failover) && (g.State == hypervisor.StateRunning || g.State == hypervisor.StatePaused) {
+			if !isHA(g.Failover) {
+				continue
+			}
+			_, ours := paused.Guests[g.Name]
+			switch {
+			case g.State == hypervisor.StateRunning:
+				a.pauseForFence(g)
+			case g.State == hypervisor.StatePaused && !ours:
 				// Destroy, not shutdown: the master may restart the guest elsewhere soon,
 				// and a guest that takes its time to power off would then run twice.
-				if err := a.cfg.Node.Destroy(g.Name); err != nil {
-					a.cfg.Log.Error("fence: stop guest", "guest", g.Name, "err", err)
-					continue
-				}
-				a.cfg.Log.Warn("fence: guest stopped, this node holds no lease", "guest", g.Name)
-				a.setErr(g.Name, errFenced)
+				a.destroyPaused(g.Name, "fence: guest stopped, this node holds no lease")
 			}
 		}
 	}

@@ -137,7 +137,19 @@ type Assignment struct {
 	// Version is the master's dvmd version. An agent refuses an assignment with a
 	// field it does not know (a newer master's) and names this version.
 	Version string `json:"version,omitempty"`
+	// Losses is how many times the cluster declared the node lost
+	// (store.NodeRecord.Losses), and LossesCounted says that this master counts them
+	// (a master's own replica may lack losses from while a replica of its group ran
+	// a dvmd from before the count: upgrade only with no node lost). A node resumes an HA guest it paused
+	// when its lease lapsed only from an assignment that counts losses, with the
+	// count it held at the pause: any loss since means the guest was recovered
+	// elsewhere. Sent only to agents of LossesSince or newer.
+	Losses        uint64 `json:"losses,omitempty"`
+	LossesCounted bool   `json:"losses_counted,omitempty"`
 }
+
+// LossesSince is the first dvmd version whose agents read Assignment.Losses.
+const LossesSince = "0.2.0"
 
 // AssignedGuest is one guest a node must hold.
 type AssignedGuest struct {

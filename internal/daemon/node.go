@@ -384,7 +384,8 @@ func startFenceGuard(cfg config.Node, leaseFile string, log *slog.Logger) error 
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "fence-guard", "--libvirt-uri", cfg.LibvirtURI, "--lease-file", leaseFile, "--window", window.String())
+	cmd := exec.Command(exe, "fence-guard", "--libvirt-uri", cfg.LibvirtURI, "--lease-file", leaseFile, "--window", window.String(),
+		"--paused-file", PausedFile(cfg))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // not in dvmd's process group: it must outlive dvmd
 	if err := cmd.Start(); err != nil {
@@ -394,6 +395,10 @@ func startFenceGuard(cfg config.Node, leaseFile string, log *slog.Logger) error 
 	log.Info("fence guard started", "pid", cmd.Process.Pid, "window", window)
 	return os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 }
+
+// PausedFile is where a node records the HA guests it paused when its lease lapsed,
+// shared by its agent and its fence guard.
+func PausedFile(cfg config.Node) string { return filepath.Join(cfg.DataDir, "paused-guests.json") }
 
 // raftIOTimeout is raft's timeout for a connection and one exchange with a peer
 // (snapshots get more, in proportion to their size).

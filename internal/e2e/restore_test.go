@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dvmproject/dvm/internal/api"
+	"libvirt.org/go/libvirt"
 )
 
 // qemusOf lists, for each guest, the QEMU processes that run it and on which node,
@@ -35,9 +37,10 @@ func (c *cluster) qemusOf(t *testing.T) map[string][]string {
 // away, while the hosts and their libvirtds run on. A new group is started on n1 with
 // an empty state and the snapshot restored onto it; n2 and n3 join it afresh. Every
 // guest is listed and runs on exactly one node, and no sample of the nodes'
-// libvirtds ever saw one on two. The guests of policy none ran throughout (the same
-// QEMU process); the restart and twin guests were stopped by their nodes' fence
-// guards when no master was left, and run again, once each.
+// libvirtds ever saw one on two, and none was restarted: every guest runs in the
+// QEMU process it ran in before. The guests of policy none ran throughout; the
+// restart and twin guests were paused by their nodes' fence guards when no lease was
+// left, and resumed once the restored state placed them where they were.
 func TestSnapshotRestoreAfterManagementLoss(t *testing.T) {
 	c := upCluster(t, 3)
 	c.settled(t, c.waitStatus(t, "a master and two backups", 90*time.Second, nil, fullGroup))
@@ -70,8 +73,19 @@ func TestSnapshotRestoreAfterManagementLoss(t *testing.T) {
 			}
 		}
 	}
-	// Long enough for every lease to lapse and the fence guards to act.
+	// Long enough for every lease to lapse and the fence guards to act: the HA guests
+	// are paused, those of policy none run.
 	time.Sleep(5 * time.Second)
+	for _, g := range guests {
+		node, _, _ := strings.Cut(before[g][0], "/")
+		want := libvirt.DOMAIN_PAUSED
+		if policies[g] == "none" {
+			want = libvirt.DOMAIN_RUNNING
+		}
+		if st, ok := c.domainState(node, g); !ok || st != want {
+			t.Errorf("%s (policy %s) on %s with no master: libvirt state %d, want %d", g, policies[g], node, st, want)
+		}
+	}
 
 	// A new group on n1 (bootstrap = true in its config), empty; the snapshot restored.
 	ctx := context.Background()
@@ -103,8 +117,8 @@ func TestSnapshotRestoreAfterManagementLoss(t *testing.T) {
 		if len(after[g]) != 1 {
 			t.Errorf("guest %s runs as %v", g, after[g])
 		}
-		if policies[g] == "none" && (len(before[g]) != 1 || len(after[g]) != 1 || before[g][0] != after[g][0]) {
-			t.Errorf("guest %s (policy none) ran as %v before the loss and as %v after the restore: restarted", g, before[g], after[g])
+		if len(before[g]) != 1 || len(after[g]) != 1 || before[g][0] != after[g][0] {
+			t.Errorf("guest %s (policy %s) ran as %v before the loss and as %v after the restore: restarted", g, policies[g], before[g], after[g])
 		}
 	}
 	var listed []api.Guest

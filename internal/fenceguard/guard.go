@@ -5,7 +5,8 @@
 // lease, restarts those guests elsewhere: the guest would run twice. The guard is a
 // separate process that outlives dvmd. While dvmd holds its lease it writes, a few
 // times a second, until when its lease lets the node serve; once that time plus the
-// window has passed, the guard destroys the HA guests itself. The master declares a
+// window has passed, the guard pauses the HA guests itself (paused.go; destroys them
+// without a paused guests' record). The master declares a
 // node lost no sooner than lease_margin after that time, and the window is shorter
 // than the margin by the guard's polling and a destroy, so the guests are down
 // before they are restarted elsewhere; a dvmd that only stalls keeps its guests
@@ -53,7 +54,9 @@ type Options struct {
 	URI       string        // the node's libvirt
 	LeaseFile string        // where dvmd writes its heartbeat
 	Window    time.Duration // how long after the time vouched for the HA guests are stopped
-	Log       *slog.Logger
+	// PausedFile is the paused guests' record shared with dvmd; "" destroys instead.
+	PausedFile string
+	Log        *slog.Logger
 }
 
 // Run guards until ctx ends.
@@ -88,7 +91,7 @@ func Run(ctx context.Context, o Options) error {
 				continue // libvirtd down: no QEMU runs under it either, or it comes back
 			}
 		}
-		if n, err := FenceOnce(node, o.Log); err != nil {
+		if n, err := FenceOnce(node, o.PausedFile, o.Log); err != nil {
 			o.Log.Error("fence guard", "err", err)
 		} else if n > 0 {
 			o.Log.Warn("fence guard: dvmd holds no lease; stopped HA guests", "guests", n)
@@ -96,17 +99,44 @@ func Run(ctx context.Context, o Options) error {
 	}
 }
 
-// FenceOnce destroys the running restart and twin guests of a node and returns how
-// many it stopped.
-func FenceOnce(node *hypervisor.Node, log *slog.Logger) (int, error) {
+// FenceOnce stops the running restart and twin guests of a node and returns how
+// many it stopped: each is paused and recorded in pausedFile, or destroyed when it
+// cannot be (or pausedFile is ""). A paused HA guest the record does not hold (an
+// incoming migration's, one paused by hand) is destroyed: it may run again by itself.
+func FenceOnce(node *hypervisor.Node, pausedFile string, log *slog.Logger) (int, error) {
 	list, err := node.List()
 	if err != nil {
 		return 0, err
 	}
+	paused := Paused{Guests: map[string]PausedGuest{}}
+	if pausedFile != "" {
+		if paused, err = ReadPaused(pausedFile); err != nil {
+			log.Error("fence guard", "err", err)
+		}
+	}
 	n := 0
 	var errs []error
 	for _, g := range list {
-		if (g.Failover == "restart" || g.Failover == "twin") && (g.State == hypervisor.StateRunning || g.State == hypervisor.StatePaused) {
+		if g.Failover != "restart" && g.Failover != "twin" {
+			continue
+		}
+		_, ours := paused.Guests[g.Name]
+		switch {
+		case g.State == hypervisor.StateRunning && pausedFile != "":
+			err := UpdatePaused(pausedFile, func(p *Paused) {
+				p.Guests[g.Name] = PausedGuest{UUID: g.UUID, Losses: p.Losses, Counted: p.Counted, At: time.Now().UTC()}
+			})
+			if err == nil {
+				err = node.Suspend(g.Name)
+			}
+			if err == nil {
+				log.Warn("fence guard: guest paused", "guest", g.Name)
+				n++
+				continue
+			}
+			log.Error("fence guard: pause failed, destroying the guest", "guest", g.Name, "err", err)
+			fallthrough
+		case g.State == hypervisor.StateRunning || g.State == hypervisor.StatePaused && !ours:
 			if err := node.Destroy(g.Name); err != nil {
 				errs = append(errs, fmt.Errorf("guest %s: %w", g.Name, err))
 				continue

@@ -244,6 +244,9 @@ func (m *Master) assignmentNow(node string) api.Assignment {
 	}
 	a := api.Assignment{Index: idx, Guests: []api.AssignedGuest{}, Master: m.st.ID(), Generation: m.st.Generation(),
 		NodeLost: !byName[node].LostAt.IsZero(), Version: version.Version}
+	if version.AtLeast(byName[node].Version, api.LossesSince) {
+		a.Losses, a.LossesCounted = byName[node].Losses, true
+	}
 	if m.adopting() != nil {
 		m.adoptingAssignment(&a, node, guests)
 		m.addNetworks(&a, node, nodes, guests)

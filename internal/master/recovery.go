@@ -101,6 +101,15 @@ func (m *Master) RecoverNode(node, why string) {
 			nodes[i].LostAt = declared.UTC()
 			n := nodes[i]
 			cmds = append(cmds, store.Command{Op: store.OpPutNode, Node: &n})
+			// Counted, so that the node resumes none of the guests it paused when its
+			// lease lapsed (they are recovered elsewhere in this very write). A group
+			// with a replica from before the count goes without it: its agents are
+			// told no count (Assignment.Losses) and destroy what they paused.
+			if err := m.st.MayWrite(store.OpCountLoss); err == nil {
+				cmds = append(cmds, store.Command{Op: store.OpCountLoss, Name: node})
+			} else {
+				m.log.Warn("node lost: loss not counted", "node", node, "err", err)
+			}
 		}
 	}
 	// A node awaited after a restore is awaited no more: its guests are recovered

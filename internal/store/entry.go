@@ -27,6 +27,7 @@ var opSince = map[Op]string{
 	OpEvent:       "",
 	OpPutToken:    "",
 	OpSetAdoption: "0.1.0",
+	OpCountLoss:   "0.2.0",
 }
 
 // ErrHalted: this replica met a log entry or snapshot it cannot read and applies

@@ -247,3 +247,53 @@ func TestReplicaWithAnUnknownSnapshotDoesNotStart(t *testing.T) {
 		t.Fatalf("Open with an unknown snapshot: %v", err)
 	}
 }
+
+// TestCountLossRaisesOnlyThatNode: count_loss raises the named node's Losses by one
+// each time, leaves other nodes and an unknown name alone, is held back while a
+// replica runs a dvmd from before it (MayWrite says so first), and survives a reopen.
+func TestCountLossRaisesOnlyThatNode(t *testing.T) {
+	dir := t.TempDir()
+	s := single(t, dir)
+	for _, n := range []string{"n1", "n2"} {
+		if _, err := s.Apply(Command{Op: OpPutNode, Node: &NodeRecord{Name: n}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := s.PlacementWrites()
+	for i := 0; i < 2; i++ {
+		if _, err := s.Apply(Command{Op: OpCountLoss, Name: "n1"}, Command{Op: OpCountLoss, Name: "ghost"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.PlacementWrites() == before {
+		t.Error("a count_loss did not count as a change of the nodes")
+	}
+	if n, _ := s.Node("n1"); n.Losses != 2 {
+		t.Fatalf("n1 losses %d, want 2", n.Losses)
+	}
+	if n, _ := s.Node("n2"); n.Losses != 0 {
+		t.Fatalf("n2 losses %d, want 0", n.Losses)
+	}
+	if _, ok := s.Node("ghost"); ok {
+		t.Fatal("count_loss of an unknown node made one")
+	}
+	if _, err := s.Apply(Command{Op: OpCountLoss}); err == nil {
+		t.Fatal("count_loss without a name was taken")
+	}
+	if err := s.Raft().AddNonvoter("n3", "n3", 0, 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	s.SetPeerVersion(func(string) string { return "0.1.0" })
+	if err := s.MayWrite(OpCountLoss); !errors.Is(err, ErrTooOld) {
+		t.Fatalf("MayWrite(count_loss) with a 0.1.0 replica: %v", err)
+	}
+	if _, err := s.Apply(Command{Op: OpCountLoss, Name: "n1"}); !errors.Is(err, ErrTooOld) {
+		t.Fatalf("count_loss with a 0.1.0 replica: %v", err)
+	}
+	s.Close()
+	s = single(t, dir)
+	defer s.Close()
+	if n, _ := s.Node("n1"); n.Losses != 2 {
+		t.Fatalf("after reopen n1 losses %d, want 2", n.Losses)
+	}
+}

@@ -41,6 +41,11 @@ type NodeRecord struct {
 	// Version is the dvmd version the node's agent last reported; "" for one from
 	// before versions were carried.
 	Version string `json:"version,omitempty"`
+	// Losses counts the times the node was declared lost (OpCountLoss), never lowered.
+	// A node that paused its HA guests when its lease lapsed resumes one only if the
+	// count is what it was at the pause: a loss in between means the guest was
+	// recovered elsewhere, and the paused copy is stale.
+	Losses uint64 `json:"losses,omitempty"`
 }
 
 // GuestRecord is a guest the cluster keeps, with where it runs and what is wanted of it.
@@ -137,6 +142,8 @@ const (
 	OpEvent       Op = "event"
 	OpPutToken    Op = "put_token"
 	OpSetAdoption Op = "set_adoption"
+	// OpCountLoss raises the named node's Losses by one.
+	OpCountLoss Op = "count_loss"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
@@ -258,7 +265,7 @@ func (s *Store) applyBatch(cmds []Command, index uint64) {
 
 // placementOps are the ops that change where guests are or could go: what the
 // scheduler's view is built from.
-var placementOps = map[Op]bool{OpPutNode: true, OpDeleteNode: true, OpPutGuest: true, OpDeleteGuest: true}
+var placementOps = map[Op]bool{OpCountLoss: true, OpPutNode: true, OpDeleteNode: true, OpPutGuest: true, OpDeleteGuest: true}
 
 // PlacementWrites counts the log entries this replica applied that changed a node or
 // a guest, and the states it loaded (Restore, a raft snapshot): while it is the same,
@@ -277,6 +284,12 @@ func (s *Store) apply(c Command) {
 		s.nodes[n.Name] = &n
 	case OpDeleteNode:
 		delete(s.nodes, c.Name)
+	case OpCountLoss:
+		if n, ok := s.nodes[c.Name]; ok {
+			cp := *n // records are shared with readers: replaced, never changed in place
+			cp.Losses++
+			s.nodes[c.Name] = &cp
+		}
 	case OpPutGuest:
 		g := *c.Guest
 		s.guests[g.Name] = &g
@@ -383,7 +396,7 @@ func (c Command) check() error {
 		if c.Token == nil || c.Token.Name == "" || c.Token.Hash == "" {
 			return errors.New("put_token without a named token and its hash")
 		}
-	case OpDeleteNode, OpDeleteGuest, OpDelNetwork:
+	case OpDeleteNode, OpDeleteGuest, OpDelNetwork, OpCountLoss:
 		if c.Name == "" {
 			return fmt.Errorf("%s without a name", c.Op)
 		}
@@ -400,6 +413,10 @@ func (c Command) check() error {
 	}
 	return nil
 }
+
+// MayWrite says whether this group may take op now: nil, or why a replica would
+// not apply it (ErrTooOld). A writer that can do without the op asks first.
+func (s *Store) MayWrite(op Op) error { return s.mayWrite(op) }
 
 // mayWrite refuses an op that a replica of this group would not apply: one newer
 // than the version the replica runs, or than one that does not say.
