@@ -14,6 +14,13 @@ type Event interface{ isEvent() }
 // taken to happen at that time.
 type Tick struct{ Now time.Time }
 
+// HandOver asks an acting master about to stop (dvmd's SIGTERM: an upgrade, a
+// restart) to give its role to a backup at once rather than leave the nodes to wait
+// for its leases to lapse: it stops acting, tells every node, which may then grant
+// the successor its lease without waiting, and hands raft's leadership to it.
+// Anything else ignores it.
+type HandOver struct{}
+
 // Probe is a failure detector result about another node (memberlist's direct
 // and indirect probes). Via names the node that reached it for us when the
 // direct probe failed; Reachable false means neither worked.
@@ -94,6 +101,7 @@ func (Probe) isEvent()      {}
 func (Health) isEvent()     {}
 func (Replica) isEvent()    {}
 func (Message) isEvent()    {}
+func (HandOver) isEvent()   {}
 
 // MsgType is the kind of a Message.
 type MsgType string
@@ -114,6 +122,10 @@ const (
 	// to the nodes it asked: it counts their votes no more, so a vote for that
 	// very proposal (its Generation and Since) may go to another at once.
 	MsgRelease MsgType = "release"
+	// MsgHandOver is sent by a master that hands its role over before it stops
+	// (HandOver) to every node: it acts no more, so a node that granted it its
+	// lease in that tenure (Since) may grant the successor (Holder) at once.
+	MsgHandOver MsgType = "hand-over"
 )
 
 // Message travels between Machines: returned inside Send, delivered with Step.

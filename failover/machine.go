@@ -103,6 +103,32 @@ type Machine struct {
 	handedBack, synced   time.Time
 	declaredAt, readmit  map[string]time.Time // per node: last DeclareLost / Readmit asked
 
+	// handedOver is when this node last handed its master's role over (HandOver); it
+	// does not take the role back from raft for ConfirmTimeout after, while raft's
+	// leadership moves to the successor.
+	handedOver time.Time
+	// goneTenure is the last master tenure (holder and Since) that handed over: its
+	// late lease requests are refused, so that they hold no node from the successor.
+	goneTenure struct {
+		holder string
+		since  time.Time
+	}
+	// handOverSeen is when a master's hand-over last reached this node. Nodes that let
+	// their grants go at that moment still serve until the old master's acting time,
+	// which may run up to LeaseDuration past it: a master declares no node lost within
+	// LeaseDuration + LeaseMargin of it (checkLost), as it would not within that much
+	// of the node's last grant to it.
+	handOverSeen time.Time
+	// handOff reserves the grant a hand-over let go for the successor alone until
+	// the old grant would have run out: any other holder (a semi-master asking for
+	// votes) still waits for that, as if the grant held, so the rule that a group
+	// forms only after the last master's leases ran out holds for every group but
+	// the successor's, which continues the same raft group.
+	handOff struct {
+		to    string
+		until time.Time
+	}
+
 	// behind: proposers whose log this node saw behind its own, since when.
 	behind map[string]time.Time
 
@@ -283,6 +309,8 @@ func (m *Machine) Step(ev Event) []Action {
 		if e.To == m.cfg.Self {
 			m.receive(e)
 		}
+	case HandOver:
+		m.handOver()
 	}
 	out := m.out
 	m.out = nil
@@ -492,6 +520,9 @@ func (m *Machine) mayGrantAbove(holder string, generation uint64, vote bool, log
 	if live && m.grant.Holder != holder {
 		return false // one holder at a time: wait for the lease to expire
 	}
+	if m.now.Before(m.handOff.until) && holder != m.handOff.to {
+		return false // a grant handed over is the successor's until it would have run out
+	}
 	if m.seen.master != "" && m.seen.master != holder && m.now.Sub(m.seen.at) < m.cfg.LeaseDuration {
 		if m.seen.generation > generation {
 			return false // an acting master of a newer generation asked: let this lease lapse
@@ -546,7 +577,8 @@ func (m *Machine) receive(msg Message) {
 		}
 		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Epoch, msg.Term, acting, msg.Since, msg.Log, true)
 		vote := msg.Type == MsgVote
-		if !m.mayGrant(msg.From, msg.Generation, vote, msg.Log) {
+		handedOver := msg.From == m.goneTenure.holder && msg.Since.Equal(m.goneTenure.since)
+		if handedOver || !m.mayGrant(msg.From, msg.Generation, vote, msg.Log) {
 			m.send(m.refusal(msg))
 			if vote {
 				m.challenge(msg)
@@ -569,9 +601,21 @@ func (m *Machine) receive(msg Message) {
 		m.send(grant)
 	case MsgLeaseGrant, MsgVoteGrant:
 		m.lastGrant[msg.From] = m.now
-		ok := (m.role == RoleMaster && msg.Type == MsgLeaseGrant && msg.Generation <= m.view.Generation) ||
+		// A grant counts only for a request of this tenure: one answered before a
+		// hand-over may have been released since.
+		ok := (m.role == RoleMaster && msg.Type == MsgLeaseGrant && msg.Generation <= m.view.Generation && !msg.SentAt.Before(m.since)) ||
 			(m.role == RoleSemiMaster && msg.Type == MsgVoteGrant && msg.Generation == m.proposed)
 		if ok {
+			wasActing := m.role == RoleMaster && m.Acting()
+			defer func() {
+				// The grant that makes a master act is answered with a renewal at once:
+				// it carries the acting time that lets the nodes serve on, which a master
+				// not yet acting could not give (a new master after a hand-over or a
+				// loss, before the nodes' service from the last one runs out).
+				if !wasActing && m.role == RoleMaster && m.Acting() {
+					m.renew()
+				}
+			}()
 			until := msg.SentAt.Add(m.cfg.leaseCount())
 			if l := m.leases[msg.From]; until.After(l.until) {
 				m.leases[msg.From] = lease{until: until, generation: msg.Generation}
@@ -587,6 +631,20 @@ func (m *Machine) receive(msg Message) {
 			m.holder.since.Equal(msg.Since) && m.now.Before(m.grant.Until) {
 			m.grant.Until = m.now
 		}
+	case MsgHandOver:
+		// Only the grant of that very tenure: a hand-over that comes late, after the
+		// sender became master again, frees nothing. The node still serves until its
+		// service time runs out, which the successor extends with its first grants.
+		if m.grant.Holder == msg.From && m.holder.role == RoleMaster && m.holder.since.Equal(msg.Since) && m.now.Before(m.grant.Until) {
+			m.handOff.to, m.handOff.until = msg.Holder, m.grant.Until
+			m.grant.Until = m.now
+			m.holder.acting = false
+		}
+		if m.seen.master == msg.From {
+			m.seen.master, m.seen.at = "", time.Time{}
+		}
+		m.goneTenure.holder, m.goneTenure.since = msg.From, msg.Since
+		m.handOverSeen = m.now
 	case MsgRefuse:
 		known := msg.Holder != "" && m.reachable(msg.Holder)
 		if known {
@@ -846,6 +904,9 @@ func (m *Machine) leaderObserved(leader string, term uint64) {
 		if old != self && m.actingMasterInReach(old) {
 			return
 		}
+		if old == self && !m.handedOver.IsZero() && m.now.Sub(m.handedOver) < m.cfg.ConfirmTimeout {
+			return // raft's leadership is on its way to the successor
+		}
 		m.term = term
 		if old != self && m.view.Role(old) == RoleMaster {
 			m.view.setRole(old, RoleBackup)
@@ -856,6 +917,7 @@ func (m *Machine) leaderObserved(leader string, term uint64) {
 		m.proposed = 0
 		m.becomeHolder(RoleMaster)
 		m.emit(Promote{Node: self, To: RoleMaster})
+		m.renew() // its first lease requests now, not at its next tick
 	case leader != self && m.role == RoleMaster:
 		if m.Acting() {
 			// Still holding the majority lease (a raft leader of a stale
@@ -917,6 +979,53 @@ func (m *Machine) becomeHolder(r Role) {
 	m.quorumLostSince = time.Time{}
 	m.waiting = ""
 	m.shortSince = time.Time{}
+}
+
+// mayDeclareLost says whether a master may declare a node lost now: not within
+// LeaseDuration + LeaseMargin of a hand-over reaching it. The nodes that let their
+// grants go to the successor serve on under the old master's acting time, which runs
+// out at most LeaseDuration after the hand-over, and fence within LeaseMargin of that.
+func (m *Machine) mayDeclareLost() bool {
+	return m.handOverSeen.IsZero() || !m.now.Before(m.handOverSeen.Add(m.cfg.LeaseDuration+m.cfg.LeaseMargin))
+}
+
+// handOver: see HandOver. The master stops acting before it tells anyone (its leases
+// are dropped, and grants still on the way count no more once it is a backup), so
+// the nodes that let the successor in at once never have two acting holders. With no
+// backup in direct reach to take over it does nothing: the stop is then a loss, as
+// if it crashed.
+func (m *Machine) handOver() {
+	self := m.cfg.Self
+	if m.role != RoleMaster || !m.Acting() {
+		return
+	}
+	to := ""
+	for _, v := range m.view.Voters {
+		if v != self && m.view.Role(v) == RoleBackup && m.direct(v) && m.functional(v) {
+			to = v
+			break
+		}
+	}
+	if to == "" {
+		m.emit(Notify{Node: self, Kind: "hand-over", Detail: "no backup in reach to hand the master's role to: the nodes wait for its leases to lapse"})
+		return
+	}
+	since := m.since
+	m.role = RoleBackup
+	m.handedOver = m.now
+	m.leases = map[string]lease{}
+	m.lastRenew = time.Time{}
+	if m.grant.Holder == self && m.now.Before(m.grant.Until) {
+		m.grant.Until = m.now
+	}
+	m.emit(Demote{Node: self, To: RoleBackup})
+	for _, n := range m.view.Nodes {
+		if n.Name != self {
+			m.send(Message{Type: MsgHandOver, To: n.Name, Generation: m.view.Generation, SentAt: m.now, Since: since, Holder: to})
+		}
+	}
+	m.emit(TransferLeadership{To: to},
+		Notify{Node: self, Kind: "hand-over", Detail: "master's role handed to " + to + " before this node stops"})
 }
 
 // tickBackup: scenario 2. When the master is out of reach even through other
@@ -1236,6 +1345,9 @@ func (m *Machine) checkLost(n *NodeState) bool {
 	last := m.lastGrant[n.Name]
 	if last.Before(m.started) {
 		last = m.started
+	}
+	if !m.mayDeclareLost() {
+		return false
 	}
 	if m.now.Before(last.Add(m.cfg.LeaseDuration + m.cfg.LeaseMargin)) {
 		return false

@@ -172,7 +172,7 @@ func (m *Machine) reconcileLost() {
 		recorded := slices.Contains(m.replica.Lost, n.Name)
 		lost := n.Role == RoleLost || n.Role == RoleOnHold
 		switch {
-		case lost && !recorded && m.now.Sub(m.declaredAt[n.Name]) >= retryRaft:
+		case lost && !recorded && m.now.Sub(m.declaredAt[n.Name]) >= retryRaft && m.mayDeclareLost():
 			m.declaredAt[n.Name] = m.now
 			m.emit(DeclareLost{Node: n.Name, Why: "lost in the role table; its recovery is not in the replicated state yet"})
 		case !lost && recorded && m.now.Sub(m.readmit[n.Name]) >= retryRaft:

@@ -55,7 +55,7 @@ func TestSimulation(t *testing.T) {
 	for _, kind := range []string{"kill", "revive", "pause", "resume", "partition", "cut", "heal", "health", "isolate", "one-way",
 		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "rejoin", "merge",
 		"hold", "demote", "readmit", "set-membership", "transfer-leadership", "give-up", "solitude-shutdown",
-		"fence", "unfence", "starts", "stops"} {
+		"fence", "unfence", "starts", "stops", "hand-over", "stop"} {
 		if stats[kind] == 0 {
 			t.Errorf("the fixed seeds never reached %q: widen the fault mix", kind)
 		}
@@ -162,6 +162,13 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 				note("kill " + n)
 				c.Kill(n)
 			}
+		case r < 12:
+			// dvmd stopped (an upgrade, a crash of dvmd alone): the host and its
+			// guests run on until its fence guard acts.
+			if n := pick(true); n != "" && !c.Paused(n) {
+				note("stop " + n)
+				c.Stop(n)
+			}
 		case r < 18:
 			if n := pick(false); n != "" {
 				note("revive " + n)
@@ -217,6 +224,20 @@ func simulate(seed uint64, steps int, stats map[string]int) error {
 				if c.Paused(n) {
 					note("resume " + n)
 					c.Resume(n)
+					break
+				}
+			}
+		case r < 86:
+			// A planned stop: the acting master hands its role over, and its dvmd
+			// stops at once or a little later (or never: a stop that hung).
+			for _, n := range nodes {
+				if c.Acting(n) && c.Alive(n) && !c.Paused(n) {
+					note("hand-over " + n)
+					c.HandOver(n)
+					if rng.IntN(2) == 0 {
+						note("stop " + n)
+						c.Stop(n)
+					}
 					break
 				}
 			}

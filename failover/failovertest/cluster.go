@@ -80,12 +80,15 @@ type Cluster struct {
 	machines map[string]*failover.Machine
 	hard     map[string]failover.HardState
 	paused   map[string]bool
-	offset   map[string]time.Duration // clock offset of each node
-	role     map[string]failover.Role
-	acting   map[string]bool
-	lastGen  map[string]uint64
-	health   map[string]failover.HealthReport
-	probed   map[[2]string]failover.Probe
+	// stopped: nodes whose dvmd stopped while the host and its guests run on, until
+	// the fence guard stops the guests (Stop).
+	stopped map[string]time.Time
+	offset  map[string]time.Duration // clock offset of each node
+	role    map[string]failover.Role
+	acting  map[string]bool
+	lastGen map[string]uint64
+	health  map[string]failover.HealthReport
+	probed  map[[2]string]failover.Probe
 
 	net      // messages: links, faults, held messages
 	raftSim  // replicas, leaders, writes
@@ -115,6 +118,7 @@ func NewWithGuests(cfg failover.Config, view failover.ClusterView, health map[st
 		machines:        map[string]*failover.Machine{},
 		hard:            map[string]failover.HardState{},
 		paused:          map[string]bool{},
+		stopped:         map[string]time.Time{},
 		offset:          map[string]time.Duration{},
 		role:            map[string]failover.Role{},
 		acting:          map[string]bool{},
@@ -206,9 +210,56 @@ func (c *Cluster) Kill(n string) error {
 			// Raft keeps its term and log on disk; it starts again as a follower.
 			r.leads, r.heard = false, time.Time{}
 		}
+	} else if _, ok := c.stopped[n]; ok {
+		delete(c.stopped, n) // the host dies too: its guests with it
+		c.stopGuests(n)
 	}
 	return nil
 }
+
+// Stop stops node n's dvmd, not its host (systemctl stop dvmd): its machine is gone
+// as in Kill, but its guests run on until its fence guard stops them, the window of
+// a real guard (lease_margin - max_clock_skew - 200ms) after the node's service time.
+// Declaring it lost, or starting its guests elsewhere, before then is a violation.
+func (c *Cluster) Stop(n string) error {
+	m := c.machines[n]
+	if m == nil || c.paused[n] {
+		return c.Kill(n)
+	}
+	// A fenced node's agent has stopped its guests (the simulation stops them at the
+	// fence); one that serves leaves them to the guard.
+	until := c.now
+	if !m.Fenced() {
+		cfg := c.cfg.WithDefaults()
+		until = m.ServiceUntil().Add(-c.offset[n]).Add(cfg.LeaseMargin - cfg.MaxClockSkew - 200*time.Millisecond)
+	}
+	c.hard[n] = m.HardState()
+	delete(c.machines, n)
+	delete(c.queued, n)
+	c.serving[n] = false
+	c.acting[n] = false
+	c.stopped[n] = until
+	c.record(n, "dvmd stopped; its guests run until "+until.Sub(c.start).String())
+	if r := c.replicas[n]; r != nil {
+		r.leads, r.heard = false, time.Time{}
+	}
+	return nil
+}
+
+// HandOver asks node n, if it runs, to hand its master's role over as before a
+// planned stop (failover.HandOver).
+func (c *Cluster) HandOver(n string) error {
+	if err := c.known(n); err != nil {
+		return err
+	}
+	if c.up(n) {
+		c.stepNode(n, failover.HandOver{})
+	}
+	return nil
+}
+
+// Acting reports whether node n acts as master.
+func (c *Cluster) Acting(n string) bool { return c.acting[n] }
 
 // Revive restarts node n from its HardState.
 func (c *Cluster) Revive(n string) error {
@@ -217,6 +268,10 @@ func (c *Cluster) Revive(n string) error {
 	}
 	if c.machines[n] != nil {
 		return c.Resume(n)
+	}
+	if _, ok := c.stopped[n]; ok {
+		delete(c.stopped, n) // the guard has stopped them, or stops them now
+		c.stopGuests(n)
 	}
 	mc := c.cfg
 	mc.Self = n
@@ -352,6 +407,11 @@ func (c *Cluster) Step() {
 	c.now = c.now.Add(c.TickEvery)
 	c.step++
 	c.driftClocks()
+	for n, until := range c.stopped {
+		if !c.now.Before(until) && c.machines[n] == nil {
+			c.stopGuests(n)
+		}
+	}
 	c.deliver()
 	c.probe()
 	c.raftStep()
@@ -399,6 +459,9 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 		case failover.DeclareLost:
 			if c.up(a.Node) && c.serving[a.Node] {
 				c.fail("%s declared %s lost while it still serves its HA guests: they would run twice", n, a.Node)
+			}
+			if until, ok := c.stopped[a.Node]; ok && c.now.Before(until) {
+				c.fail("%s declared %s lost while its dvmd is stopped and its guests run until its fence guard acts (%v more)", n, a.Node, until.Sub(c.now))
 			}
 			c.recordLoss(n, a.Node)
 		case failover.Readmit:

@@ -555,8 +555,16 @@ func (n *Node) Done() <-chan struct{} { return n.done }
 // Err is why the server stopped.
 func (n *Node) Err() error { return n.err }
 
-// Stop ends the node.
+// handOverWait bounds how long a stopping master waits for raft's leadership to
+// reach its successor: a transfer takes one round of raft messages.
+const handOverWait = 2 * time.Second
+
+// Stop ends the node. A master that acts hands its role to a backup first, so that
+// a planned stop (an upgrade, a restart) costs the nodes no lapsed lease.
 func (n *Node) Stop() {
+	if n.Roles != nil {
+		n.Roles.HandOver(handOverWait) // the role machine's hand-over event says it
+	}
 	n.cancel()
 	if n.Addr != "" {
 		<-n.done

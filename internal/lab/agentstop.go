@@ -13,8 +13,12 @@ import (
 
 // StopAgent stops the node's dvmd and keeps it stopped, as `systemctl stop dvmd` on a
 // host: the node, its libvirtd and its guests run on, and so does the fence guard
-// dvmd started (a process of its own). dvmd is killed (SIGKILL, as in a crash);
-// StartAgent lets the node's script start it again.
+// dvmd started (a process of its own). dvmd is asked to stop (SIGTERM, as systemd
+// does: a master hands its role over first) and killed (SIGKILL) if it has not
+// stopped within agentStopTimeout; StartAgent lets the node's script start it again.
+// agentStopTimeout is how long a dvmd asked to stop gets before it is killed.
+const agentStopTimeout = 15 * time.Second
+
 func (l *Lab) StopAgent(node string) error {
 	return l.onRunningNode(node, func(n *nodeState) error {
 		hold := filepath.Join(l.nodeDir(n.Name), "dvmd.hold")
@@ -22,20 +26,30 @@ func (l *Lab) StopAgent(node string) error {
 			return err
 		}
 		ns := pidNS(n.PID)
-		deadline := time.Now().Add(30 * time.Second)
+		start := time.Now()
+		asked := map[int]bool{}
+		deadline := start.Add(agentStopTimeout + 30*time.Second)
 		for {
 			agents := agentsIn(ns)
 			if len(agents) == 0 {
-				l.logf("node %s: dvmd stopped (held by %s)", n.Name, hold)
+				l.logf("node %s: dvmd stopped in %v (held by %s)", n.Name, time.Since(start).Round(time.Millisecond), hold)
 				return nil
 			}
 			for _, pid := range agents {
-				if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+				sig := syscall.SIGKILL
+				switch {
+				case time.Since(start) > agentStopTimeout:
+				case asked[pid]:
+					continue // asked once: a second SIGTERM could land after dvmd stops catching it
+				default:
+					sig, asked[pid] = syscall.SIGTERM, true
+				}
+				if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 					return fmt.Errorf("node %s: kill dvmd (PID %d): %w", n.Name, pid, err)
 				}
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("node %s: dvmd %v still alive after SIGKILL", n.Name, agents)
+				return fmt.Errorf("node %s: dvmd %v still alive after SIGTERM and SIGKILL", n.Name, agents)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -88,6 +88,10 @@ type Runner struct {
 	// lost orders the master's recovery and readmission hooks: one worker, in the
 	// order the machine asked.
 	lost chan func()
+	// handOvers are the hand-over messages on their way: raft's leadership moves to
+	// the successor only once they are out (or handOverSendWait has passed), so that
+	// the successor knows the old master stopped acting when raft makes it leader.
+	handOvers sync.WaitGroup
 }
 
 // New prepares a runner. A node with a saved hard state resumes from it; the node that
@@ -427,7 +431,15 @@ func (r *Runner) carryOut(acts []failover.Action) {
 		case failover.Send:
 			b, err := json.Marshal(a.Msg)
 			if err == nil {
-				go r.cfg.Members.Send(a.Msg.To, b)
+				if a.Msg.Type == failover.MsgHandOver {
+					r.handOvers.Add(1)
+					go func() {
+						defer r.handOvers.Done()
+						r.cfg.Members.Send(a.Msg.To, b)
+					}()
+				} else {
+					go r.cfg.Members.Send(a.Msg.To, b)
+				}
 			}
 		// Fence and Unfence run here, in the machine's order: run apart, an Unfence
 		// could overtake the Fence before it and leave the agent fenced while the
@@ -566,6 +578,7 @@ func (r *Runner) transfer(to string) {
 		return
 	}
 	r.duty("transfer", func() {
+		r.handOversSent()
 		servers, err := st.Members()
 		if err != nil {
 			return
@@ -579,6 +592,22 @@ func (r *Runner) transfer(to string) {
 			}
 		}
 	})
+}
+
+// handOverSendWait bounds how long a leadership transfer waits for the hand-over
+// messages before it: a node out of reach must not hold the transfer up for a TCP
+// timeout (it learns of the new master from its lease requests).
+const handOverSendWait = 500 * time.Millisecond
+
+// handOversSent waits until the hand-over messages asked so far are sent, or
+// handOverSendWait has passed.
+func (r *Runner) handOversSent() {
+	sent := make(chan struct{})
+	go func() { r.handOvers.Wait(); close(sent) }()
+	select {
+	case <-sent:
+	case <-time.After(handOverSendWait):
+	}
 }
 
 // setMembership makes raft's configuration the role table's: the view's voters vote
@@ -707,6 +736,30 @@ func (r *Runner) AckCopies() int {
 		return 1
 	}
 	return r.m.AckCopies()
+}
+
+// HandOver, before dvmd stops, hands this node's master role to a backup if it acts
+// (failover.HandOver), and waits, up to wait, for its messages to be sent and raft's
+// leadership to move to the successor. It says whether it handed the role over; a
+// node that is not an acting master has nothing to hand over.
+func (r *Runner) HandOver(wait time.Duration) bool {
+	r.mu.Lock()
+	if r.m == nil {
+		r.mu.Unlock()
+		return false
+	}
+	before := r.m.Role()
+	r.stepLocked(failover.HandOver{})
+	handed := before == failover.RoleMaster && r.m.Role() != failover.RoleMaster
+	r.mu.Unlock()
+	if !handed {
+		return false
+	}
+	deadline := time.Now().Add(wait)
+	for st := r.cfg.Store; st != nil && st.IsLeader() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // Lease is the lease this node holds: the holder it granted it to and that
