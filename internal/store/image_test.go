@@ -85,8 +85,9 @@ func TestStateWithoutImagesIsReadByOlderBuilds(t *testing.T) {
 }
 
 // TestImageOpsAreChecked: an image command without its record, name, format or
-// state is refused before it reaches the log, and the new ops wait for every replica
-// to run a dvmd that applies them.
+// state is refused before it reaches the log, and the new ops (and guest records
+// with the fields added with them) wait for every replica to run a dvmd that applies
+// them.
 func TestImageOpsAreChecked(t *testing.T) {
 	s := single(t, t.TempDir())
 	defer s.Close()
@@ -111,5 +112,16 @@ func TestImageOpsAreChecked(t *testing.T) {
 	_, err := s.Apply(Command{Op: OpPutImage, Image: &ImageRecord{Name: "x", Format: "raw", State: ImageImporting}})
 	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "put_image needs dvmd 0.2.0") {
 		t.Fatalf("put_image with a 0.1.3 replica: %v", err)
+	}
+	// A guest record with the fields added since is held back too; one without is not.
+	_, err = s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", ExtraDiskBytes: []int64{1 << 30}}})
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with extra disks needs dvmd 0.2.0") {
+		t.Fatalf("extra disks with a 0.1.3 replica: %v", err)
+	}
+	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", KeepDisks: true}}); !errors.Is(err, ErrTooOld) {
+		t.Fatalf("keep_disks with a 0.1.3 replica: %v", err)
+	}
+	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web"}}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -72,6 +72,10 @@ type GuestRecord struct {
 	// across moves.
 	NICs      []NICRecord `json:"nics,omitempty"`
 	CreatedAt time.Time   `json:"created_at"`
+	// ExtraDiskBytes are the sizes of the guest's disks past its first (since 0.2.0).
+	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// KeepDisks: the guest is being deleted and its disks are to be kept (since 0.2.0).
+	KeepDisks bool `json:"keep_disks,omitempty"`
 }
 
 // NICRecord is one guest network interface.
@@ -386,6 +390,11 @@ func (s *Store) Submit(cmds ...Command) (wait func() (uint64, error), err error)
 		if err := s.mayWrite(c.Op); err != nil {
 			return nil, err
 		}
+		if what, since := c.fieldsSince(); since != "" {
+			if err := s.mayWriteSince(what, since); err != nil {
+				return nil, err
+			}
+		}
 		c.Version = version.Version
 		stamped[i] = c
 	}
@@ -458,11 +467,30 @@ func (s *Store) MayWrite(op Op) error { return s.mayWrite(op) }
 
 // mayWrite refuses an op that a replica of this group would not apply: one newer
 // than the version the replica runs, or than one that does not say.
-func (s *Store) mayWrite(op Op) error {
+func (s *Store) mayWrite(op Op) error { return s.mayWriteSince(string(op), opSince[op]) }
+
+// fieldsSince names what of a command is newer than its op (a field added to its
+// record since), and the first dvmd version that reads it: a replica of an older
+// one would refuse the entry and halt. "" when nothing is.
+func (c Command) fieldsSince() (what, since string) {
+	if g := c.Guest; c.Op == OpPutGuest && g != nil {
+		switch {
+		case len(g.ExtraDiskBytes) > 0:
+			return "a guest with extra disks", "0.2.0"
+		case g.KeepDisks:
+			return "a guest deleted keeping its disks", "0.2.0"
+		}
+	}
+	return "", ""
+}
+
+// mayWriteSince refuses what (an op, or a command with newer fields) that a replica of
+// this group would not apply: it needs dvmd since, and the replica runs an older
+// version or one that does not say.
+func (s *Store) mayWriteSince(what, since string) error {
 	s.mu.RLock()
 	peerVersion := s.peerVersion
 	s.mu.RUnlock()
-	since := opSince[op]
 	if since == "" || peerVersion == nil {
 		return nil
 	}
@@ -476,7 +504,7 @@ func (s *Store) mayWrite(op Op) error {
 		}
 		if v := peerVersion(string(sv.ID)); !version.AtLeast(v, since) {
 			return fmt.Errorf("%w: %s needs dvmd %s or newer on every management node, and %s runs %s: upgrade it first",
-				ErrTooOld, op, since, sv.ID, version.Or(v))
+				ErrTooOld, what, since, sv.ID, version.Or(v))
 		}
 	}
 	return nil
