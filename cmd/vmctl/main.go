@@ -310,6 +310,9 @@ func vmCreate() *cli.Command {
 				if errors.As(err, &se) && strings.HasPrefix(se.Msg, "refused by HA admission control") {
 					return &exitError{2, se.Msg}
 				}
+				if errors.As(err, &se) && se.Code == http.StatusBadRequest && se.Field != "" {
+					return flagError(&api.FieldError{Field: se.Field, Msg: strings.TrimPrefix(se.Msg, se.Field+": ")})
+				}
 				return err
 			}
 			for _, w := range g.Warnings {

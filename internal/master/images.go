@@ -128,7 +128,7 @@ func (m *Master) ImportImage(name, format, want, token string, body io.Reader) (
 	}
 	root := m.opts.ImagesDir
 	if root == "" {
-		return api.Image{}, fmt.Errorf("%w: set images_dir in every management node's dvmd config to the shared images directory (the same path on every node), and restart dvmd; nothing was changed: %w",
+		return api.Image{}, fmt.Errorf("%w (%w): set images_dir in every management node's dvmd config to the shared images directory (the same path on every node), and restart dvmd; nothing was changed",
 			ErrNoImagesDir, ErrConflict)
 	}
 	if err := m.mustAct(); err != nil {
@@ -165,11 +165,11 @@ func (m *Master) beginImport(rec store.ImageRecord, dir string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.st.Image(rec.Name); ok {
-		return fmt.Errorf("image %q already exists (%s, %s): delete it first (vmctl image delete %s) or choose another name; nothing was changed: %w",
-			rec.Name, old.Format, old.State, rec.Name, ErrConflict)
+		return fmt.Errorf("image %q already exists (%s, %s): %w; delete it first (vmctl image delete %s) or choose another name; nothing was changed",
+			rec.Name, old.Format, old.State, ErrConflict, rec.Name)
 	}
 	if _, err := os.Lstat(dir); err == nil {
-		return fmt.Errorf("%s exists in images_dir, though no image %q is recorded (placed there by hand, or left by an import cut off): choose another name, or remove the directory; nothing was changed: %w",
+		return fmt.Errorf("%s exists in images_dir, though no image %q is recorded (placed there by hand, or left by an import cut off): %w; choose another name, or remove the directory; nothing was changed",
 			dir, rec.Name, ErrConflict)
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -324,11 +324,11 @@ func (m *Master) DeleteImage(name string) error {
 		return noImage(name)
 	}
 	if m.imports.isRunning(name) {
-		return fmt.Errorf("image %q is being imported now: wait for the import to end, or stop it; nothing was changed: %w", name, ErrConflict)
+		return fmt.Errorf("image %q is being imported now: %w; wait for the import to end, or stop it; nothing was changed", name, ErrConflict)
 	}
 	_, guests, _ := m.st.Snapshot()
 	if users := usersOf(name, guests); len(users) > 0 {
-		return fmt.Errorf("image %q is used by %d guests (%s): their disks are made on it; delete them first; nothing was changed: %w",
+		return fmt.Errorf("image %q is used by %d guests (%s): %w: their disks are made on it; delete them first; nothing was changed",
 			name, len(users), joinNames(users), ErrConflict)
 	}
 	if _, err := m.st.Apply(store.Command{Op: store.OpDeleteImage, Name: name}); err != nil {
@@ -405,7 +405,7 @@ func imageReady(im store.ImageRecord) error {
 func (m *Master) imageStill(name string) error {
 	im, ok := m.st.Image(name)
 	if !ok {
-		return fmt.Errorf("image %q was deleted while the guest was being created: nothing was created: %w", name, ErrConflict)
+		return fmt.Errorf("image %q was deleted while the guest was being created: %w; nothing was created", name, ErrConflict)
 	}
 	return imageReady(im)
 }
@@ -435,7 +435,7 @@ func (m *Master) nodesRun(what, since string, only ...string) error {
 			continue
 		}
 		if !version.AtLeast(n.Version, since) {
-			return fmt.Errorf("%s needs dvmd %s or newer on every node, and node %s runs %s: finish the upgrade first; nothing was changed: %w",
+			return fmt.Errorf("%s needs dvmd %s or newer on every node, and node %s runs %s: %w; finish the upgrade first; nothing was changed",
 				what, since, n.Name, version.Or(n.Version), ErrConflict)
 		}
 	}
