@@ -50,7 +50,7 @@ func imageCommand() *cli.Command {
 				Description: "Example:\n  vmctl image show debian-12", Action: imageShow},
 			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete an image no guest uses", ArgsUsage: "NAME",
 				Description: "Refused, naming them, while guests made from it exist.\n\nExample:\n  vmctl image delete debian-12",
-				Action:      imageDelete},
+				Action:      deleteAction("image", "/v1/images/")},
 		},
 	}
 }
@@ -273,23 +273,5 @@ func showImage(c *cli.Context, im api.Image) error {
 	p("Guests", strings.Join(im.UsedBy, ", "))
 	p("Created", im.CreatedAt.Format(time.RFC3339))
 	p("By", im.CreatedBy)
-	return nil
-}
-
-func imageDelete(c *cli.Context) error {
-	name, err := oneArg(c, "name")
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	if err := cl.Do(c.Context, "DELETE", "/v1/images/"+url.PathEscape(name), nil, nil); err != nil {
-		return err
-	}
-	if !jsonOut(c) {
-		fmt.Fprintf(c.App.Writer, "image %s deleted\n", name)
-	}
 	return nil
 }

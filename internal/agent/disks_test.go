@@ -2,12 +2,10 @@ package agent
 
 import (
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"libvirt.org/go/libvirtxml"
 )
@@ -18,27 +16,11 @@ import (
 // looked for.
 func TestGuestDisksFromAnImage(t *testing.T) {
 	dir := t.TempDir()
-	uri, err := hypervisor.TestDriverURI(dir, "n1", hypervisor.Capacity{CPUs: 4, MemoryBytes: 8 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := hypervisor.Open(hypervisor.Options{URI: uri, Accelerator: "auto"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := testNode(t, dir)
 	if err := node.EnsureDiskPool(filepath.Join(dir, "disks")); err != nil {
 		t.Fatal(err)
 	}
-	images := filepath.Join(dir, "images")
-	for name, file := range map[string]string{"debian": "disk.raw", "bsd": "disk.qcow2", "media": "disk.iso"} {
-		if err := os.MkdirAll(filepath.Join(images, name), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(images, name, file), []byte("x"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	images := imagesDir(t, dir, map[string]string{"debian": "disk.raw", "bsd": "disk.qcow2", "media": "disk.iso"})
 	a := &Agent{cfg: Config{Name: "n1", Node: node, ImagesDir: images, Log: slog.New(slog.DiscardHandler)}}
 	guest := func(name, image string, disk int64, extra ...int64) api.AssignedGuest {
 		return api.AssignedGuest{Name: name, UUID: "5c338286-c360-4b65-a1c1-a97ca933a4a" + name[len(name)-1:], Image: image, CPUs: 1, MemoryBytes: 64 << 20,
