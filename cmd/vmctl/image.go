@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -28,18 +30,20 @@ func imageCommand() *cli.Command {
 			{
 				Name:      "import",
 				Usage:     "upload an image file to the cluster",
-				ArgsUsage: "NAME FILE",
+				ArgsUsage: "NAME FILE|DIR",
 				Description: "Examples:\n" +
 					"  vmctl image import debian-12 debian-12-generic-amd64.qcow2 --sha256 SUM\n" +
-					"  vmctl image import dfly dfly-x86_64-6.4.0_REL.img --format raw\n\n" +
+					"  vmctl image import dfly dfly-x86_64-6.4.0_REL.img --format raw\n" +
+					"  vmctl image import lab2 /var/lib/dvm-lab/shared/images/lab   # a kernel image\n\n" +
 					"The file is streamed to the master, which writes it to the images directory\n" +
 					"(images_dir, shared by every node) and computes its SHA-256 on the way; with\n" +
 					"--sha256 the image is kept only if the sums match. It is usable (ready) once it is\n" +
 					"whole, verified and synced; whatever fails, nothing is kept. Progress goes to\n" +
 					"stderr. Without --format the format is read from the file: qcow2 by its header,\n" +
-					"iso by its volume descriptor, raw otherwise.",
+					"iso by its volume descriptor, raw otherwise. A directory is a kernel image, booted\n" +
+					"directly: its files kernel, initrd and cmdline are sent as one archive.",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "format", Usage: "the file's format: qcow2, raw or iso (default: read from the file)"},
+					&cli.StringFlag{Name: "format", Usage: "the file's format: qcow2, raw or iso (default: read from the file); kernel for a directory"},
 					&cli.StringFlag{Name: "sha256", Usage: "the file's SHA-256 `SUM` (64 hex digits, as sha256sum prints it): the import fails unless it matches"},
 				},
 				Action: imageImport,
@@ -57,7 +61,7 @@ func imageCommand() *cli.Command {
 
 func imageImport(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("give an image name and a file: vmctl image import NAME FILE")
+		return errors.New("give an image name and a file (or a kernel image's directory): vmctl image import NAME FILE")
 	}
 	name, file := c.Args().Get(0), c.Args().Get(1)
 	if fe := api.ValidateImageName("name", name); fe != nil {
@@ -71,6 +75,22 @@ func imageImport(c *cli.Context) error {
 		}
 		sum = s
 	}
+	format := c.String("format")
+	if st, err := os.Stat(file); err == nil && st.IsDir() {
+		if format != "" && format != api.ImageKernel {
+			return fmt.Errorf("FILE: %s is a directory: a %s image is one file; a directory is a kernel image (kernel, initrd, cmdline)", file, format)
+		}
+		if sum != "" {
+			return fmt.Errorf("--sha256 checks an image file; a kernel directory is sent as an archive vmctl makes, whose SHA-256 the import shows")
+		}
+		if file, err = kernelArchive(file); err != nil {
+			return fmt.Errorf("FILE: %w", err)
+		}
+		defer os.Remove(file)
+		format = api.ImageKernel
+	} else if format == api.ImageKernel {
+		return fmt.Errorf("--format kernel: give the directory that holds kernel, initrd and cmdline, not a file")
+	}
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("FILE: %w", err)
@@ -80,8 +100,6 @@ func imageImport(c *cli.Context) error {
 	switch {
 	case err != nil:
 		return fmt.Errorf("FILE: %w", err)
-	case st.IsDir():
-		return fmt.Errorf("FILE: %s is a directory: give one image file (qcow2, raw or iso)", file)
 	case !st.Mode().IsRegular():
 		return fmt.Errorf("FILE: %s is not a regular file", file)
 	case st.Size() == 0:
@@ -89,7 +107,6 @@ func imageImport(c *cli.Context) error {
 	case st.Size() > api.MaxImageBytes:
 		return fmt.Errorf("FILE: %s is %s, larger than the largest image, %s", file, units.FormatBytes(st.Size()), units.FormatBytes(api.MaxImageBytes))
 	}
-	format := c.String("format")
 	if format == "" {
 		if format, err = sniffFormat(f); err != nil {
 			return fmt.Errorf("FILE: %w", err)
@@ -127,6 +144,53 @@ func imageImport(c *cli.Context) error {
 		return printJSON(c, im)
 	}
 	return showImage(c, im)
+}
+
+// kernelArchive writes the files of a kernel image in dir (kernel, and initrd and
+// cmdline when there) as a tar archive in a temporary file, which it returns: what
+// an import of a kernel image sends. The archive is the same for the same files
+// (no times, owners or modes of their own), so its SHA-256 is too.
+func kernelArchive(dir string) (string, error) {
+	out, err := os.CreateTemp("", "vmctl-kernel-*.tar")
+	if err != nil {
+		return "", err
+	}
+	fail := func(err error) (string, error) {
+		out.Close()
+		os.Remove(out.Name())
+		return "", err
+	}
+	tw := tar.NewWriter(out)
+	for _, name := range []string{"kernel", "initrd", "cmdline"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if errors.Is(err, os.ErrNotExist) && name != "kernel" {
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("a kernel image directory holds kernel, and optionally initrd and cmdline: %w", err))
+		}
+		st, err := f.Stat()
+		if err == nil && !st.Mode().IsRegular() {
+			err = fmt.Errorf("%s is not a regular file", f.Name())
+		}
+		if err == nil {
+			err = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: st.Size(), ModTime: time.Unix(0, 0), Format: tar.FormatUSTAR})
+		}
+		if err == nil {
+			_, err = io.Copy(tw, f)
+		}
+		f.Close()
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fail(err)
+	}
+	if err := out.Close(); err != nil {
+		return fail(err)
+	}
+	return out.Name(), nil
 }
 
 // sniffFormat reads an image's format from its first bytes, as the master checks it.
@@ -244,7 +308,15 @@ func showProgress(w io.Writer, what string, body *sending, size int64) func(ok b
 const imageHeader = "NAME\tFORMAT\tSTATE\tSIZE\tVIRTUAL\tGUESTS"
 
 func imageRow(im api.Image) []string {
-	return []string{im.Name, im.Format, im.State, units.FormatBytes(im.SizeBytes), units.FormatBytes(im.VirtualBytes), orDash(strings.Join(im.UsedBy, ","))}
+	return []string{im.Name, im.Format, im.State, units.FormatBytes(im.SizeBytes), virtualSize(im), orDash(strings.Join(im.UsedBy, ","))}
+}
+
+// virtualSize is the disk an image holds; a kernel image holds none.
+func virtualSize(im api.Image) string {
+	if im.VirtualBytes == 0 {
+		return "-"
+	}
+	return units.FormatBytes(im.VirtualBytes)
 }
 
 func imageList(c *cli.Context) error { return list(c, "/v1/images", imageHeader, imageRow) }
@@ -268,7 +340,7 @@ func showImage(c *cli.Context, im api.Image) error {
 	p("Format", im.Format)
 	p("State", im.State)
 	p("Size", units.FormatBytes(im.SizeBytes))
-	p("Virtual", units.FormatBytes(im.VirtualBytes))
+	p("Virtual", strings.TrimPrefix(virtualSize(im), "-"))
 	p("SHA-256", im.SHA256)
 	p("Guests", strings.Join(im.UsedBy, ", "))
 	p("Created", im.CreatedAt.Format(time.RFC3339))

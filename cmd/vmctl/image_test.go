@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -83,7 +84,9 @@ func TestImageImport(t *testing.T) {
 		want string
 	}{
 		{[]string{"image", "import", "deb", filepath.Join(dir, "missing")}, "no such file"},
-		{[]string{"image", "import", "deb", dir}, "is a directory"},
+		{[]string{"image", "import", "deb", dir}, "a kernel image directory holds kernel"},
+		{[]string{"image", "import", "deb", dir, "--format", "raw"}, "a raw image is one file"},
+		{[]string{"image", "import", "deb", raw, "--format", "kernel"}, "give the directory"},
 		{[]string{"image", "import", "deb", filepath.Join(dir, "empty")}, "is empty"},
 		{[]string{"image", "import", "Deb!", raw}, "not a valid image name"},
 		{[]string{"image", "import", "deb", raw, "--format", "vmdk"}, `--format: "vmdk" is not an image format`},
@@ -96,6 +99,39 @@ func TestImageImport(t *testing.T) {
 	}
 	if len(*seen) != 2 {
 		t.Fatalf("bad input was sent: %q", *seen)
+	}
+
+	// A directory is a kernel image, sent as a tar archive of its files.
+	kdir := filepath.Join(dir, "lab")
+	os.Mkdir(kdir, 0o755)
+	os.WriteFile(filepath.Join(kdir, "kernel"), []byte("KERNEL"), 0o644)
+	os.WriteFile(filepath.Join(kdir, "cmdline"), []byte("console=ttyS0"), 0o644)
+	out, _, err = vmctlErr(append(g, "image", "import", "lab", kdir)...)
+	if err != nil || !strings.Contains(out, "Format:    kernel") || (*seen)[2] != "format=kernel 100-continue" {
+		t.Fatalf("kernel import: %v %q\n%s", err, *seen, out)
+	}
+	if _, _, err := vmctlErr(append(g, "image", "import", "lab", kdir, "--sha256", hex.EncodeToString(sum[:]))...); err == nil || !strings.Contains(err.Error(), "--sha256 checks an image file") {
+		t.Errorf("--sha256 with a directory: %v", err)
+	}
+	ar, err := kernelArchive(kdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(ar)
+	f, _ := os.Open(ar)
+	tr := tar.NewReader(f)
+	var names []string
+	for h, err := tr.Next(); err == nil; h, err = tr.Next() {
+		names = append(names, h.Name)
+	}
+	f.Close()
+	if strings.Join(names, " ") != "kernel cmdline" {
+		t.Fatalf("archive holds %v", names)
+	}
+	again, _ := kernelArchive(kdir)
+	defer os.Remove(again)
+	if a, b := fileSum(t, ar), fileSum(t, again); a != b {
+		t.Fatalf("the same files made archives of SHA-256 %s and %s", a, b)
 	}
 
 	bad, _ := imageAPI(t, true)
@@ -148,4 +184,14 @@ func TestDiskFlags(t *testing.T) {
 	if len(bodies) != 1 {
 		t.Fatalf("a bad --disk was sent: %+v", bodies)
 	}
+}
+
+func fileSum(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

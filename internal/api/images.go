@@ -9,15 +9,15 @@ import (
 )
 
 // Image formats. A disk image (qcow2, raw) is the base guests' disks are made from;
-// an iso is install media.
+// an iso is install media; a kernel image is a Linux kernel with an optional initrd
+// and command line, booted directly (the lab guest), imported as a tar archive of
+// its files kernel, initrd and cmdline.
 const (
-	ImageQCOW2 = "qcow2"
-	ImageRaw   = "raw"
-	ImageISO   = "iso"
+	ImageQCOW2  = "qcow2"
+	ImageRaw    = "raw"
+	ImageISO    = "iso"
+	ImageKernel = "kernel"
 )
-
-// ImageFormats are the formats an image can be imported in.
-var ImageFormats = []string{ImageQCOW2, ImageRaw, ImageISO}
 
 // Image states: an image is importing until its bytes are all written and verified,
 // then ready; only a ready image makes guests.
@@ -69,12 +69,12 @@ func ValidateImageName(field, name string) *FieldError {
 // ValidateImageFormat checks an import's format.
 func ValidateImageFormat(format string) *FieldError {
 	switch format {
-	case ImageQCOW2, ImageRaw, ImageISO:
+	case ImageQCOW2, ImageRaw, ImageISO, ImageKernel:
 		return nil
 	case "":
-		return fieldErr(ImportFormat, "is empty: give qcow2, raw or iso")
+		return fieldErr(ImportFormat, "is empty: give qcow2, raw, iso or kernel")
 	}
-	return fieldErr(ImportFormat, "%q is not an image format: use qcow2, raw or iso", format)
+	return fieldErr(ImportFormat, "%q is not an image format: use qcow2, raw, iso or kernel", format)
 }
 
 // NormalizeSHA256 checks a SHA-256 given as hex and returns it in lowercase.

@@ -1,6 +1,7 @@
 package master
 
 import (
+	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -186,7 +187,9 @@ func (m *Master) beginImport(rec store.ImageRecord, dir string) error {
 // receiveImage writes body into dir as rec's file and fills rec's size, virtual size
 // and checksum; the file is renamed into place only once all is verified and synced.
 func (m *Master) receiveImage(rec *store.ImageRecord, dir, want string, body io.Reader) error {
-	final := imageFile(filepath.Dir(dir), rec.Name, rec.Format)
+	if rec.Format == api.ImageKernel {
+		return m.receiveKernel(rec, dir, want, body)
+	}
 	f, err := os.CreateTemp(dir, ".disk."+rec.Format+".*")
 	if err != nil {
 		return fmt.Errorf("images_dir: %w", err)
@@ -196,24 +199,50 @@ func (m *Master) receiveImage(rec *store.ImageRecord, dir, want string, body io.
 	head := &headWriter{max: formatHead}
 	n, err := io.Copy(io.MultiWriter(f, h, head), body)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &api.FieldError{Field: "body", Msg: fmt.Sprintf("larger than %s, the largest image", units.FormatBytes(api.MaxImageBytes))}
-		}
-		return fmt.Errorf("%w: the upload of image %q ended after %s: %v; nothing was kept: import it again", ErrBadRequest, rec.Name, units.FormatBytes(n), err)
-	}
-	if n == 0 {
-		return &api.FieldError{Field: "body", Msg: "empty: send the image's bytes"}
+		return uploadErr(rec.Name, n, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
-	if want != "" && sum != want {
-		return &api.FieldError{Field: api.ImportSHA256, Msg: fmt.Sprintf("the %s received have SHA-256 %s, not %s: the file is not the one meant, or was damaged on its way; check it (sha256sum FILE) and import it again; nothing was kept",
-			units.FormatBytes(n), sum, want)}
+	if err := checkSum(sum, want, n); err != nil {
+		return err
 	}
 	virtual, err := checkImageFormat(rec.Format, head.buf.Bytes(), n)
 	if err != nil {
 		return &api.FieldError{Field: api.ImportFormat, Msg: err.Error() + "; nothing was kept"}
 	}
+	if err := place(f, imageFile(filepath.Dir(dir), rec.Name, rec.Format)); err != nil {
+		return err
+	}
+	syncDir(dir)
+	syncDir(filepath.Dir(dir))
+	rec.SizeBytes, rec.VirtualBytes, rec.SHA256 = n, virtual, sum
+	return nil
+}
+
+// uploadErr says why an upload ended after n bytes.
+func uploadErr(name string, n int64, err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return &api.FieldError{Field: "body", Msg: fmt.Sprintf("larger than %s, the largest image", units.FormatBytes(api.MaxImageBytes))}
+	}
+	return fmt.Errorf("%w: the upload of image %q ended after %s: %v; nothing was kept: import it again", ErrBadRequest, name, units.FormatBytes(n), err)
+}
+
+// checkSum compares the SHA-256 of the n bytes received with the one the operator
+// gave, if any.
+func checkSum(sum, want string, n int64) error {
+	switch {
+	case n == 0:
+		return &api.FieldError{Field: "body", Msg: "empty: send the image's bytes"}
+	case want != "" && sum != want:
+		return &api.FieldError{Field: api.ImportSHA256, Msg: fmt.Sprintf("the %s received have SHA-256 %s, not %s: the file is not the one meant, or was damaged on its way; check it (sha256sum FILE) and import it again; nothing was kept",
+			units.FormatBytes(n), sum, want)}
+	}
+	return nil
+}
+
+// place makes a temporary file written in full the file final: synced, readable by
+// QEMU (which runs as its own user), renamed. The caller syncs the directory.
+func place(f *os.File, final string) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("images_dir: sync %s: %w", f.Name(), err)
 	}
@@ -226,10 +255,112 @@ func (m *Master) receiveImage(rec *store.ImageRecord, dir, want string, body io.
 	if err := os.Rename(f.Name(), final); err != nil {
 		return fmt.Errorf("images_dir: %w", err)
 	}
+	return nil
+}
+
+// kernelFiles are the files of a kernel image, booted directly (the lab guest): the
+// kernel, and optionally an initrd and a kernel command line.
+var kernelFiles = []string{"kernel", "initrd", "cmdline"}
+
+// maxCmdline bounds a kernel image's command line: Linux takes at most 2048 bytes on
+// x86 (COMMAND_LINE_SIZE), and dvm adds its own parameters.
+const maxCmdline = 2048
+
+// receiveKernel unpacks a kernel image, sent as a tar archive of its files
+// (kernelFiles, regular files at the archive's top), into dir, each through a
+// temporary file renamed into place once all are verified. Its checksum is the
+// archive's, every byte sent.
+func (m *Master) receiveKernel(rec *store.ImageRecord, dir, want string, body io.Reader) error {
+	h := sha256.New()
+	counted := &countingReader{r: io.TeeReader(body, h)}
+	tr := tar.NewReader(counted)
+	files := map[string]*os.File{}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	bad := func(format string, args ...any) error {
+		return &api.FieldError{Field: "body", Msg: fmt.Sprintf(format, args...) + ": a kernel image is a tar archive of the files kernel, initrd and cmdline (vmctl image import NAME DIR makes it); nothing was kept"}
+	}
+	// blocks is how far the archive must go to hold its entries and its end: tar's
+	// reader takes an archive that stops between entries for a whole one.
+	var size, blocks int64
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			if counted.n < blocks+1024 {
+				return bad("it is cut short (it has no end-of-archive blocks)")
+			}
+			break
+		}
+		if err != nil {
+			if counted.err != nil {
+				return uploadErr(rec.Name, counted.n, counted.err)
+			}
+			return bad("not a tar archive (%v)", err)
+		}
+		name := hdr.Name
+		switch {
+		case !slices.Contains(kernelFiles, name) || hdr.Typeflag != tar.TypeReg:
+			return bad("it holds %q", name)
+		case files[name] != nil:
+			return bad("it holds %s twice", name)
+		case name == "cmdline" && hdr.Size > maxCmdline:
+			return bad("its cmdline is %d bytes, more than %d", hdr.Size, maxCmdline)
+		}
+		f, err := os.CreateTemp(dir, "."+name+".*")
+		if err != nil {
+			return fmt.Errorf("images_dir: %w", err)
+		}
+		files[name] = f
+		blocks += 512 + (hdr.Size+511)/512*512
+		n, err := io.Copy(f, tr)
+		size += n
+		if err != nil {
+			if counted.err != nil {
+				return uploadErr(rec.Name, counted.n, counted.err)
+			}
+			return bad("its %s is cut short (%v)", name, err)
+		}
+	}
+	// What follows the archive's end (its padding) is hashed too: the checksum is of
+	// every byte sent, as sha256sum of the archive gives it.
+	if _, err := io.Copy(io.Discard, counted); err != nil {
+		return uploadErr(rec.Name, counted.n, err)
+	}
+	if err := checkSum(hex.EncodeToString(h.Sum(nil)), want, counted.n); err != nil {
+		return err
+	}
+	if files["kernel"] == nil {
+		return bad("it has no kernel")
+	}
+	for name, f := range files {
+		if err := place(f, filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
 	syncDir(dir)
 	syncDir(filepath.Dir(dir))
-	rec.SizeBytes, rec.VirtualBytes, rec.SHA256 = n, virtual, sum
+	rec.SizeBytes, rec.VirtualBytes, rec.SHA256 = size, 0, hex.EncodeToString(h.Sum(nil))
 	return nil
+}
+
+// countingReader counts the bytes read through it and keeps the first error of the
+// reader it reads, to tell a cut upload from a bad archive.
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
+	return n, err
 }
 
 func syncDir(dir string) {
@@ -378,6 +509,9 @@ func (m *Master) guestImage(req *api.CreateGuest) (bool, error) {
 	}
 	if err := imageReady(im); err != nil {
 		return true, err
+	}
+	if im.Format == api.ImageKernel {
+		return true, nil // booted directly: its disk, if any, is empty
 	}
 	if im.Format == api.ImageISO {
 		return true, &api.FieldError{Field: "image", Msg: fmt.Sprintf("image %q is install media (iso): a guest's disk is made from a qcow2 or raw image", im.Name)}

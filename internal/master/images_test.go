@@ -1,6 +1,7 @@
 package master
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -174,7 +175,7 @@ func TestImageImportBadInput(t *testing.T) {
 		{"checksum not hex", ops, "new", "qcow2", "xyz", good, 400, "sha256", "64 hex digits"},
 		{"bad name", ops, "New!", "qcow2", "", good, 400, "name", "not a valid image name"},
 		{"unknown format", ops, "new", "vmdk", "", good, 400, "format", `"vmdk" is not an image format`},
-		{"no format", ops, "new", "", "", good, 400, "format", "give qcow2, raw or iso"},
+		{"no format", ops, "new", "", "", good, 400, "format", "give qcow2, raw, iso or kernel"},
 		{"raw called qcow2", ops, "new", "qcow2", "", raw, 400, "format", "not a qcow2 image"},
 		{"qcow2 called raw", ops, "new", "raw", "", good, 400, "format", "import it with --format qcow2"},
 		{"not an iso", ops, "new", "iso", "", raw, 400, "format", "not an ISO 9660 image"},
@@ -314,5 +315,77 @@ func TestGuestsFromImages(t *testing.T) {
 	// An import cut off with its master leaves a record importing, which a delete removes.
 	if err := c.Do(ctx, "DELETE", "/v1/images/half", nil, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// tarOf is a tar archive of files, in order, as vmctl sends a kernel image.
+func tarOf(t *testing.T, files ...[2]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f[0], Mode: 0o644, Size: int64(len(f[1])), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(f[1]))
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// TestKernelImage: a kernel image arrives as a tar archive of kernel, initrd and
+// cmdline, and is unpacked into IMAGES_DIR/NAME as the agents read it, its checksum
+// the archive's; a guest made from it needs no disk. An archive with anything else
+// in it, or without a kernel, is refused and leaves nothing.
+func TestKernelImage(t *testing.T) {
+	dir := t.TempDir()
+	images := filepath.Join(dir, "images")
+	os.Mkdir(images, 0o755)
+	m, c := capacityMaster(t, Options{ImagesDir: images})
+	report(t, c, "n1", 8, 16)
+	put := func(name string, body []byte) (api.Image, error) {
+		var im api.Image
+		err := c.Upload(context.Background(), "PUT", "/v1/images/"+name+"?format=kernel", bytes.NewReader(body), int64(len(body)), &im)
+		return im, err
+	}
+	archive := tarOf(t, [2]string{"kernel", "KERNEL"}, [2]string{"initrd", "INITRD!"}, [2]string{"cmdline", "console=ttyS0\n"})
+	im, err := put("lab2", archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(archive)
+	if im.Format != api.ImageKernel || im.State != api.ImageReady || im.SizeBytes != 6+7+14 || im.VirtualBytes != 0 || im.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("imported %+v", im)
+	}
+	for name, want := range map[string]string{"kernel": "KERNEL", "initrd": "INITRD!", "cmdline": "console=ttyS0\n"} {
+		if b, err := os.ReadFile(filepath.Join(images, "lab2", name)); err != nil || string(b) != want {
+			t.Errorf("%s: %q, %v", name, b, err)
+		}
+	}
+	if left := listDir(t, filepath.Join(images, "lab2")); len(left) != 3 {
+		t.Fatalf("lab2 holds %v", left)
+	}
+	var g api.Guest
+	if err := c.Do(context.Background(), "POST", "/v1/guests", api.CreateGuest{Name: "k1", OS: "linux", Image: "lab2", CPUs: 1, MemoryBytes: 128 << 20}, &g); err != nil || g.DiskBytes != 0 {
+		t.Fatalf("guest from a kernel image: %+v, %v", g, err)
+	}
+
+	before := listDir(t, images)
+	for what, body := range map[string][]byte{
+		"another file":  tarOf(t, [2]string{"kernel", "K"}, [2]string{"../etc/passwd", "x"}),
+		"no kernel":     tarOf(t, [2]string{"initrd", "I"}),
+		"twice":         tarOf(t, [2]string{"kernel", "K"}, [2]string{"kernel", "K"}),
+		"long cmdline":  tarOf(t, [2]string{"kernel", "K"}, [2]string{"cmdline", strings.Repeat("x", 3000)}),
+		"not a tar":     bytes.Repeat([]byte("junk"), 1000),
+		"a cut archive": archive[:700],
+	} {
+		_, err := put("bad", body)
+		wantStatus(t, what, err, 400, "nothing was kept")
+		if after := listDir(t, images); !slices.Equal(after, before) {
+			t.Fatalf("%s left %v", what, after)
+		}
+		if _, ok := m.st.Image("bad"); ok {
+			t.Fatalf("%s left a record", what)
+		}
 	}
 }

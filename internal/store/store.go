@@ -122,14 +122,15 @@ type TokenRecord struct {
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 }
 
-// ImageRecord is an image guests are made from: a file in the cluster's images
-// directory (shared storage, the same path on every node), IMAGES_DIR/NAME/disk.FORMAT.
+// ImageRecord is an image guests are made from: files in the cluster's images
+// directory (shared storage, the same path on every node), IMAGES_DIR/NAME/disk.FORMAT,
+// or IMAGES_DIR/NAME/{kernel,initrd,cmdline} for a kernel image.
 // An image is written as importing before its bytes arrive and becomes ready only
 // once they are all written, synced and verified against their checksum; only a
 // ready image makes guests.
 type ImageRecord struct {
 	Name   string `json:"name"`
-	Format string `json:"format"` // qcow2, raw or iso
+	Format string `json:"format"` // qcow2, raw, iso or kernel
 	// SizeBytes is the file's size; VirtualBytes the disk it holds (a qcow2's virtual
 	// size; a raw or iso image's own size). Both 0 while importing.
 	SizeBytes    int64     `json:"size_bytes"`
