@@ -389,3 +389,37 @@ func TestKernelImage(t *testing.T) {
 		}
 	}
 }
+
+// countingSeeker counts the bytes read from it.
+type countingSeeker struct {
+	*bytes.Reader
+	n int
+}
+
+func (c *countingSeeker) Read(p []byte) (int, error) {
+	n, err := c.Reader.Read(p)
+	c.n += n
+	return n, err
+}
+
+// TestRefusedImportSendsNothing: a refusal that needs none of the body (a name
+// taken, a token too small) is answered before the client sends it.
+func TestRefusedImportSendsNothing(t *testing.T) {
+	images := filepath.Join(t.TempDir(), "images")
+	os.Mkdir(images, 0o755)
+	m, admin := newTestMasterWith(t, Options{ImagesDir: images})
+	m.st.Apply(store.Command{Op: store.OpPutImage, Image: &store.ImageRecord{Name: "taken", Format: "raw", State: store.ImageReady}})
+	reader := as(t, admin, mustToken(t, admin, "viewer", api.ScopeRead))
+	for what, c := range map[string]struct {
+		cl   *api.Client
+		name string
+		code int
+	}{"a name taken": {admin, "taken", 409}, "a read token": {reader, "new", 403}} {
+		body := &countingSeeker{Reader: bytes.NewReader(make([]byte, 8<<20))}
+		err := c.cl.Upload(context.Background(), "PUT", "/v1/images/"+c.name+"?format=raw", body, 8<<20, nil)
+		wantStatus(t, what, err, c.code, "")
+		if body.n > 0 {
+			t.Errorf("%s: %d bytes sent before the refusal (%v)", what, body.n, err)
+		}
+	}
+}
