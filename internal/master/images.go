@@ -448,23 +448,13 @@ func (m *Master) DeleteImage(name string) error {
 	if err := m.mustAct(); err != nil {
 		return err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	rec, ok := m.st.Image(name)
-	if !ok {
-		return noImage(name)
-	}
-	if m.imports.isRunning(name) {
-		return fmt.Errorf("image %q is being imported now: %w; wait for the import to end, or stop it; nothing was changed", name, ErrConflict)
-	}
-	_, guests, _ := m.st.Snapshot()
-	if users := usersOf(name, guests); len(users) > 0 {
-		return fmt.Errorf("image %q is used by %d guests (%s): %w: their disks are made on it; delete them first; nothing was changed",
-			name, len(users), joinNames(users), ErrConflict)
-	}
-	if _, err := m.st.Apply(store.Command{Op: store.OpDeleteImage, Name: name}); err != nil {
+	rec, err := m.forgetImage(name)
+	if err != nil {
 		return err
 	}
+	// Outside m.mu: removing a large file from shared storage may take a while, and
+	// placements wait on m.mu. An import of the same name meanwhile is refused, the
+	// directory being there still.
 	if root := m.opts.ImagesDir; root != "" {
 		if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
 			return fmt.Errorf("image %q is deleted, but its files could not be removed: %w: remove %s by hand", name, err, filepath.Join(root, name))
@@ -472,6 +462,27 @@ func (m *Master) DeleteImage(name string) error {
 	}
 	m.log.Info("image deleted", "image", name, "format", rec.Format)
 	return nil
+}
+
+// forgetImage deletes an image's record, under m.mu (which creates hold where they
+// check their image), unless a guest uses it or this master imports it.
+func (m *Master) forgetImage(name string) (store.ImageRecord, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, ok := m.st.Image(name)
+	if !ok {
+		return rec, noImage(name)
+	}
+	if m.imports.isRunning(name) {
+		return rec, fmt.Errorf("image %q is being imported now: %w; wait for the import to end, or stop it; nothing was changed", name, ErrConflict)
+	}
+	_, guests, _ := m.st.Snapshot()
+	if users := usersOf(name, guests); len(users) > 0 {
+		return rec, fmt.Errorf("image %q is used by %d guests (%s): %w: their disks are made on it; delete them first; nothing was changed",
+			name, len(users), joinNames(users), ErrConflict)
+	}
+	_, err := m.st.Apply(store.Command{Op: store.OpDeleteImage, Name: name})
+	return rec, err
 }
 
 // joinNames lists names for a message, the first ten of them.
