@@ -130,8 +130,8 @@ func TestImageImport(t *testing.T) {
 	}
 	again, _ := kernelArchive(kdir)
 	defer os.Remove(again)
-	if a, b := fileSum(t, ar), fileSum(t, again); a != b {
-		t.Fatalf("the same files made archives of SHA-256 %s and %s", a, b)
+	if a, b := readAll(t, ar), readAll(t, again); !bytes.Equal(a, b) {
+		t.Fatal("the same files made two archives that differ")
 	}
 
 	bad, _ := imageAPI(t, true)
@@ -186,12 +186,11 @@ func TestDiskFlags(t *testing.T) {
 	}
 }
 
-func fileSum(t *testing.T, file string) string {
+func readAll(t *testing.T, file string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
+	return b
 }
