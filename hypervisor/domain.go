@@ -49,10 +49,12 @@ type GuestSpec struct {
 	OS          string // profile name; "" is profile.Default
 	CPUs        int
 	MemoryBytes int64
-	Disk        *Disk       // nil: no disk (a direct-boot guest)
-	Boot        *DirectBoot // nil: boot from the disk
-	NICs        []NIC
-	ConsoleLog  string // file that receives the serial console's output; "" for none
+	Disk        *Disk // nil: no disk (a direct-boot guest)
+	// ExtraDisks follow the first disk on the same bus (vdb, vdc, … for virtio).
+	ExtraDisks []Disk
+	Boot       *DirectBoot // nil: boot from the disk
+	NICs       []NIC
+	ConsoleLog string // file that receives the serial console's output; "" for none
 	// Failover is the guest's policy (none, restart, twin), kept in the domain's
 	// metadata so a node cut off from the cluster knows which guests to fence.
 	Failover string
@@ -72,7 +74,11 @@ type GuestLock struct {
 	Key       string // a file name: no '/'
 }
 
-// Disk is the guest's boot disk, a file on the node (usually on shared storage).
+// MaxExtraDisks is how many disks a guest may have past its first: its disks are named
+// a to z on their bus.
+const MaxExtraDisks = 25
+
+// Disk is a guest disk, a file on the node (usually on shared storage).
 type Disk struct {
 	Path   string
 	Format string // "qcow2" (also when empty) or "raw"; other QEMU formats: see diskFormats
@@ -148,16 +154,18 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		d.OS.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "hd"}}
 	}
 	if disk := spec.Disk; disk != nil {
-		format := disk.Format
-		if format == "" {
-			format = "qcow2"
+		for i, disk := range append([]Disk{*disk}, spec.ExtraDisks...) {
+			format := disk.Format
+			if format == "" {
+				format = "qcow2"
+			}
+			d.Devices.Disks = append(d.Devices.Disks, libvirtxml.DomainDisk{
+				Device: "disk",
+				Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: format, Cache: "none", IO: "native"},
+				Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: disk.Path}},
+				Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + string(rune('a'+i)), Bus: prof.DiskBus},
+			})
 		}
-		d.Devices.Disks = append(d.Devices.Disks, libvirtxml.DomainDisk{
-			Device: "disk",
-			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: format, Cache: "none", IO: "native"},
-			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: disk.Path}},
-			Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + "a", Bus: prof.DiskBus},
-		})
 	}
 	if l := spec.Lock; l != nil {
 		// virtlockd joins <target path> and <lockspace> with '/' into the lockspace's
@@ -241,12 +249,20 @@ func (spec *GuestSpec) check() (profile.Profile, error) {
 	if spec.Disk == nil && spec.Boot == nil {
 		return bad("neither a disk nor a kernel to boot")
 	}
-	if d := spec.Disk; d != nil {
-		if err := checkPath("disk", d.Path); err != nil {
-			return bad("%w", err)
-		}
-		if !slices.Contains(diskFormats, d.Format) {
-			return bad("disk format %q: use qcow2 or raw (or one of %s)", d.Format, strings.Join(diskFormats[3:], ", "))
+	if spec.Disk == nil && len(spec.ExtraDisks) > 0 {
+		return bad("extra disks without a first disk")
+	}
+	if len(spec.ExtraDisks) > MaxExtraDisks {
+		return bad("%d extra disks: at most %d", len(spec.ExtraDisks), MaxExtraDisks)
+	}
+	if spec.Disk != nil {
+		for _, d := range append([]Disk{*spec.Disk}, spec.ExtraDisks...) {
+			if err := checkPath("disk", d.Path); err != nil {
+				return bad("%w", err)
+			}
+			if !slices.Contains(diskFormats, d.Format) {
+				return bad("disk format %q: use qcow2 or raw (or one of %s)", d.Format, strings.Join(diskFormats[3:], ", "))
+			}
 		}
 	}
 	if l := spec.Lock; l != nil {

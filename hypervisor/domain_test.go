@@ -193,3 +193,33 @@ func TestNICMTU(t *testing.T) {
 		t.Errorf("NIC without MTU got %+v", m)
 	}
 }
+
+// TestExtraDisks: extra disks follow the first on its bus (vdb, vdc), each with its
+// format; more than MaxExtraDisks, or extra disks without a first, are refused.
+func TestExtraDisks(t *testing.T) {
+	spec := GuestSpec{Name: "g1", OS: "dragonfly", CPUs: 1, MemoryBytes: 1 << 30,
+		Disk:       &Disk{Path: "/d/g1.qcow2", Format: "qcow2"},
+		ExtraDisks: []Disk{{Path: "/d/g1.disk1.qcow2", Format: "qcow2"}, {Path: "/d/g1.disk2.qcow2"}}}
+	d := roundTrip(t, spec, AccelTCG)
+	var got []string
+	for _, disk := range d.Devices.Disks {
+		got = append(got, disk.Target.Dev+"="+disk.Source.File.File+"/"+disk.Driver.Type+"/"+disk.Target.Bus)
+	}
+	want := "vda=/d/g1.qcow2/qcow2/virtio vdb=/d/g1.disk1.qcow2/qcow2/virtio vdc=/d/g1.disk2.qcow2/qcow2/virtio"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("disks %v, want %s", got, want)
+	}
+	many := spec
+	many.ExtraDisks = make([]Disk, MaxExtraDisks+1)
+	for i := range many.ExtraDisks {
+		many.ExtraDisks[i] = Disk{Path: "/d/x.qcow2"}
+	}
+	if _, err := BuildDomain(many, AccelTCG); err == nil || !strings.Contains(err.Error(), "at most 25") {
+		t.Errorf("26 extra disks: %v", err)
+	}
+	none := spec
+	none.Disk, none.Boot = nil, &DirectBoot{Kernel: "/k"}
+	if _, err := BuildDomain(none, AccelTCG); err == nil || !strings.Contains(err.Error(), "without a first disk") {
+		t.Errorf("extra disks alone: %v", err)
+	}
+}

@@ -3,6 +3,8 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,21 +161,103 @@ func TestDiskPoolOnTestDriver(t *testing.T) {
 	if err := n.EnsureDiskPool(dir); err != nil {
 		t.Fatalf("second EnsureDiskPool: %v", err)
 	}
-	p1, err := n.EnsureDisk("web", 20<<30, "")
+	p1, err := n.EnsureDisk("web", 0, 20<<30, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2, err := n.EnsureDisk("web", 20<<30, "")
+	p2, err := n.EnsureDisk("web", 0, 20<<30, nil)
 	if err != nil || p1 != p2 {
 		t.Fatalf("second EnsureDisk: %q %v, first %q", p2, err, p1)
 	}
-	if err := n.DeleteDisk("web"); err != nil {
+	if err := n.DeleteDisks("web"); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.DeleteDisk("web"); err != nil {
-		t.Fatalf("second DeleteDisk: %v", err)
+	if err := n.DeleteDisks("web"); err != nil {
+		t.Fatalf("second DeleteDisks: %v", err)
 	}
 	if err := n.EnsureDiskPool("relative/dir"); err == nil {
 		t.Fatal("relative pool directory accepted")
 	}
+}
+
+// TestDisksFromAnImage: a guest's first disk is a qcow2 overlay of the asked size on
+// its image, the image's format named; extra disks are empty; DeleteDisks removes the
+// guest's disks and no other guest's, even one whose name starts the same.
+func TestDisksFromAnImage(t *testing.T) {
+	n := openTestNode(t, Capacity{CPUs: 4, MemoryBytes: 8 << 30})
+	if err := n.EnsureDiskPool(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"qcow2", "raw"} {
+		base := &Base{Path: "/shared/images/debian/disk." + format, Format: format}
+		p, err := n.EnsureDisk("web-"+format, 0, 30<<30, base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vol := volumeXML(t, n, "web-"+format+".qcow2")
+		if vol.BackingStore == nil || vol.BackingStore.Path != base.Path || vol.BackingStore.Format.Type != format ||
+			vol.Capacity.Value != 30<<30 || vol.Target.Format.Type != "qcow2" || vol.Target.Path != p {
+			t.Errorf("%s: volume %+v, backing %+v", format, vol.Target, vol.BackingStore)
+		}
+	}
+	if _, err := n.EnsureDisk("web", 0, 20<<30, &Base{Path: "/shared/images/x/disk.iso", Format: "iso"}); err == nil || !strings.Contains(err.Error(), `format "iso"`) {
+		t.Fatalf("disk on an iso: %v", err)
+	}
+	for i, size := range []int64{20 << 30, 50 << 30, 1 << 30} {
+		if _, err := n.EnsureDisk("web", i, size, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if vol := volumeXML(t, n, "web.disk1.qcow2"); vol.BackingStore != nil || vol.Capacity.Value != 50<<30 {
+		t.Errorf("extra disk: %+v, backing %+v", vol.Capacity, vol.BackingStore)
+	}
+	if _, err := n.EnsureDisk("web-disk1", 0, 1<<30, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.DeleteDisks("web"); err != nil {
+		t.Fatal(err)
+	}
+	left := poolVolumes(t, n)
+	want := []string{"web-disk1.qcow2", "web-qcow2.qcow2", "web-raw.qcow2"}
+	if !slices.Equal(left, want) {
+		t.Fatalf("after DeleteDisks(web): %v, want %v", left, want)
+	}
+}
+
+func volumeXML(t *testing.T, n *Node, name string) libvirtxml.StorageVolume {
+	t.Helper()
+	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Free()
+	vol, err := pool.LookupStorageVolByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vol.Free()
+	x, err := vol.GetXMLDesc(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v libvirtxml.StorageVolume
+	if err := v.Unmarshal(x); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func poolVolumes(t *testing.T, n *Node) []string {
+	t.Helper()
+	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Free()
+	names, err := pool.ListStorageVolumes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	return names
 }

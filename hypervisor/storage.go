@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -72,16 +74,38 @@ func (n *Node) EnsureDiskPool(dir string) error {
 	return nil
 }
 
-// EnsureDisk returns the path of a guest's disk volume, creating it (qcow2, sparse, of
-// the given size, on top of backing when that is set) when it does not exist yet. An
-// existing disk is never recreated: it holds the guest's data.
-func (n *Node) EnsureDisk(guest string, sizeBytes int64, backing string) (string, error) {
+// Base is the image a guest's first disk is made from: the disk is a qcow2 overlay
+// whose backing file is Path, read as Format. The format is always named, never
+// probed: QEMU probing a raw image could take a guest's own bytes for a qcow2 header
+// naming any file on the host as its backing file.
+type Base struct {
+	Path   string
+	Format string // qcow2 or raw
+}
+
+// DiskVolume names disk i of a guest in the disk pool: GUEST.qcow2 for the first
+// (the name disks always had), GUEST.diskI.qcow2 for the extra ones. A guest name has
+// no dots, so no guest's volume can be another guest's.
+func DiskVolume(guest string, i int) string {
+	if i == 0 {
+		return guest + ".qcow2"
+	}
+	return fmt.Sprintf("%s.disk%d.qcow2", guest, i)
+}
+
+// EnsureDisk returns the path of disk i of a guest (DiskVolume), creating it when it
+// does not exist yet: qcow2, sparse, of the given size, as an overlay on base when
+// base is set (the image's content, the guest's writes in the overlay; the size may
+// exceed the image's, which the guest then sees as a larger disk). An existing disk is
+// never recreated: it holds the guest's data (a guest restarted on another node finds
+// its disks on the shared directory).
+func (n *Node) EnsureDisk(guest string, i int, sizeBytes int64, base *Base) (string, error) {
 	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
 	if err != nil {
 		return "", n.fail("pool", fmt.Errorf("disk pool %s: %w (is disks_dir set?)", DiskPool, err))
 	}
 	defer pool.Free()
-	name := guest + ".qcow2"
+	name := DiskVolume(guest, i)
 	if vol, err := pool.LookupStorageVolByName(name); err == nil {
 		defer vol.Free()
 		return vol.GetPath()
@@ -98,8 +122,11 @@ func (n *Node) EnsureDisk(guest string, sizeBytes int64, backing string) (string
 		Allocation: &libvirtxml.StorageVolumeSize{Value: 0, Unit: "bytes"},
 		Target:     &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "qcow2"}},
 	}
-	if backing != "" {
-		def.BackingStore = &libvirtxml.StorageVolumeBackingStore{Path: backing, Format: &libvirtxml.StorageVolumeTargetFormat{Type: "qcow2"}}
+	if base != nil {
+		if base.Format != "qcow2" && base.Format != "raw" {
+			return "", fmt.Errorf("disk of guest %q: base image %s has format %q: a disk is made only on a qcow2 or raw image", guest, base.Path, base.Format)
+		}
+		def.BackingStore = &libvirtxml.StorageVolumeBackingStore{Path: base.Path, Format: &libvirtxml.StorageVolumeTargetFormat{Type: base.Format}}
 	}
 	x, err := def.Marshal()
 	if err != nil {
@@ -107,27 +134,49 @@ func (n *Node) EnsureDisk(guest string, sizeBytes int64, backing string) (string
 	}
 	vol, err := pool.StorageVolCreateXML(x, 0)
 	if err != nil {
-		return "", n.fail("volume", fmt.Errorf("create disk of guest %q: %w", guest, err))
+		return "", n.fail("volume", fmt.Errorf("create disk %s of guest %q: %w", name, guest, err))
 	}
 	defer vol.Free()
 	return vol.GetPath()
 }
 
-// DeleteDisk removes a guest's disk volume; a missing disk is not an error.
-func (n *Node) DeleteDisk(guest string) error {
+// DeleteDisks removes every disk volume of a guest (DiskVolume); missing disks are
+// not an error.
+func (n *Node) DeleteDisks(guest string) error {
 	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
 	if err != nil {
 		return nil
 	}
 	defer pool.Free()
 	_ = pool.Refresh(0)
-	vol, err := pool.LookupStorageVolByName(guest + ".qcow2")
+	vols, err := pool.ListAllStorageVolumes(0)
 	if err != nil {
-		return nil
+		return n.fail("volume", fmt.Errorf("list disks of guest %q: %w", guest, err))
 	}
-	defer vol.Free()
-	if err := vol.Delete(0); err != nil {
-		return n.fail("volume", fmt.Errorf("delete disk of guest %q: %w", guest, err))
+	var errs []error
+	for i := range vols {
+		vol := &vols[i]
+		name, err := vol.GetName()
+		if err == nil && isDiskOf(guest, name) {
+			if err := vol.Delete(0); err != nil {
+				errs = append(errs, n.fail("volume", fmt.Errorf("delete disk %s of guest %q: %w", name, guest, err)))
+			}
+		}
+		vol.Free()
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// isDiskOf says whether a volume name is one DiskVolume gives guest.
+func isDiskOf(guest, vol string) bool {
+	if vol == DiskVolume(guest, 0) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(vol, guest+".disk")
+	if !ok {
+		return false
+	}
+	num, ok := strings.CutSuffix(rest, ".qcow2")
+	i, err := strconv.Atoi(num)
+	return ok && err == nil && i > 0 && strconv.Itoa(i) == num
 }

@@ -62,6 +62,10 @@ func answerRead(w http.ResponseWriter, r *http.Request) bool {
 		v = api.Why{Guest: "web", State: api.GuestRunning, Node: "n1", Summary: "1 node: fits"}
 	case "/v1/networks":
 		v = []api.Network{{Name: "blue", VNI: 42, CIDR: "192.168.42.0/24"}}
+	case "/v1/images":
+		v = []api.Image{{Name: "deb", Format: api.ImageQCOW2, State: api.ImageReady}}
+	case "/v1/images/deb":
+		v = api.Image{Name: "deb", Format: api.ImageQCOW2, State: api.ImageReady}
 	case "/v1/networks/blue":
 		v = api.Network{Name: "blue", VNI: 42, CIDR: "192.168.42.0/24"}
 	case "/v1/cluster":
@@ -84,6 +88,7 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 		"node":    {{"node", "ls"}},
 		"vm":      {{"vm", "ls"}, {"vm", "show", "web"}, {"vm", "why", "web"}},
 		"net":     {{"net", "ls"}, {"net", "show", "blue"}},
+		"image":   {{"image", "ls"}, {"image", "show", "deb"}},
 		"cluster": {{"cluster", "status"}, {"cluster", "rebalance", "--dry-run"}},
 		"events":  {{"events"}},
 		"token":   {{"token", "ls"}},

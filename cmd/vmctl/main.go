@@ -84,7 +84,7 @@ func newApp(out io.Writer) *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{nodeCommand(), vmCommand(), netCommand(), clusterCommand(), eventsCommand(), tokenCommand(), labCommand(), completionCommand(),
+		Commands: []*cli.Command{nodeCommand(), vmCommand(), imageCommand(), netCommand(), clusterCommand(), eventsCommand(), tokenCommand(), labCommand(), completionCommand(),
 			{Name: "version", Usage: "print vmctl's version", Action: func(c *cli.Context) error {
 				fmt.Fprintln(c.App.Writer, "vmctl", version.Version)
 				return nil
@@ -219,9 +219,12 @@ func vmCommand() *cli.Command {
 			{Name: "stop", Usage: "shut a guest down (ACPI, then forced after the node's shutdown timeout)", ArgsUsage: "NAME", Flags: waitFlags(),
 				Description: "Waits until the guest is stopped, unless --no-wait. It keeps its node and disk.\n\nExamples:\n  vmctl vm stop web\n  vmctl vm stop web --timeout 2m",
 				Action:      vmDesired("stop", api.GuestStopped)},
-			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a guest and its disk", ArgsUsage: "NAME", Flags: waitFlags(),
-				Description: "Stops the guest if it runs, undefines its domain and removes its disk.\n\nExample:\n  vmctl vm delete web",
-				Action:      vmDelete},
+			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a guest and its disks", ArgsUsage: "NAME",
+				Flags: append([]cli.Flag{&cli.BoolFlag{Name: "keep-disks", Usage: "keep the guest's disks in the disks directory"}}, waitFlags()...),
+				Description: "Stops the guest if it runs, undefines its domain and removes its disks (with\n" +
+					"--keep-disks they stay in disks_dir as GUEST.qcow2, GUEST.disk1.qcow2, …).\n\n" +
+					"Examples:\n  vmctl vm delete web\n  vmctl vm delete web --keep-disks",
+				Action: vmDelete},
 			{Name: "migrate", Usage: "live-migrate a running guest to another node", ArgsUsage: "NAME",
 				Description: "Example:\n  vmctl vm migrate web --to n2",
 				Flags:       []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "destination `NODE`"}},
@@ -259,8 +262,8 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "os", Value: profile.Default, Usage: "guest OS profile: " + strings.Join(profile.Names(), ", ")},
 			&cli.IntFlag{Name: "cpus", Value: 1, Usage: "virtual CPUs"},
 			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512M or 2G (powers of 1024: 2G, 2GB and 2GiB alike)"},
-			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE`, such as 20G (default 20GiB without --image, none with a kernel image)"},
-			&cli.StringFlag{Name: "image", Usage: "image `NAME` in the nodes' images directory (lab: the lab guest)"},
+			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE[,SIZE…]`, such as 20G or 20G,50G: the first made from --image, the others empty (default 20GiB without --image, the image's size with a disk image, none with a kernel image)"},
+			&cli.StringFlag{Name: "image", Usage: "image `NAME` (vmctl image ls; lab: the lab guest)"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
 			&cli.BoolFlag{Name: "stopped", Usage: "create it without starting it"},
@@ -276,11 +279,8 @@ func vmCreate() *cli.Command {
 				return fmt.Errorf("--memory: %w", err)
 			}
 			if s := c.String("disk"); s != "" {
-				if req.DiskBytes, err = units.ParseBytes(s); err != nil {
-					return fmt.Errorf("--disk: %w", err)
-				}
-				if req.DiskBytes == 0 {
-					return errors.New("--disk 0: leave --disk out for no disk (with --image), or give a size")
+				if req.DiskBytes, req.ExtraDiskBytes, err = parseDisks(s); err != nil {
+					return err
 				}
 			}
 			if s := c.String("constraint"); s != "" {
@@ -310,6 +310,9 @@ func vmCreate() *cli.Command {
 				if errors.As(err, &se) && strings.HasPrefix(se.Msg, "refused by HA admission control") {
 					return &exitError{2, se.Msg}
 				}
+				if errors.As(err, &se) && se.Code == http.StatusBadRequest && se.Field != "" {
+					return flagError(&api.FieldError{Field: se.Field, Msg: strings.TrimPrefix(se.Msg, se.Field+": ")})
+				}
 				return err
 			}
 			for _, w := range g.Warnings {
@@ -334,6 +337,22 @@ func vmCreate() *cli.Command {
 	}
 }
 
+// parseDisks reads --disk SIZE[,SIZE…]: the first disk, then the extra ones.
+func parseDisks(s string) (int64, []int64, error) {
+	var sizes []int64
+	for _, part := range strings.Split(s, ",") {
+		b, err := units.ParseBytes(strings.TrimSpace(part))
+		if err != nil {
+			return 0, nil, fmt.Errorf("--disk: %w", err)
+		}
+		if b == 0 {
+			return 0, nil, fmt.Errorf("--disk %s: a disk of 0 bytes: leave --disk out for no disk (with a kernel image), or give a size", part)
+		}
+		sizes = append(sizes, b)
+	}
+	return sizes[0], sizes[1:], nil
+}
+
 // flagError says which argument or flag a request field that is wrong comes from.
 func flagError(fe *api.FieldError) error {
 	if fe.Field == "name" {
@@ -347,7 +366,7 @@ func flagOf(field string) string {
 	switch field {
 	case "memory_bytes":
 		return "memory"
-	case "disk_bytes":
+	case "disk_bytes", "extra_disk_bytes":
 		return "disk"
 	case "constraints":
 		return "constraint"
@@ -405,7 +424,11 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 	p("CPUs", fmt.Sprint(g.CPUs))
 	p("Memory", units.FormatBytes(g.MemoryBytes))
 	if g.DiskBytes > 0 {
-		p("Disk", units.FormatBytes(g.DiskBytes))
+		disks := []string{units.FormatBytes(g.DiskBytes)}
+		for _, b := range g.ExtraDiskBytes {
+			disks = append(disks, units.FormatBytes(b))
+		}
+		p("Disks", strings.Join(disks, ", "))
 	}
 	p("Image", g.Image)
 	p("Failover", g.Failover)
@@ -526,7 +549,11 @@ func vmDelete(c *cli.Context) error {
 		return err
 	}
 	path := "/v1/guests/" + url.PathEscape(name)
-	if err := cl.Do(c.Context, "DELETE", path, nil, nil); err != nil {
+	del := path
+	if c.Bool("keep-disks") {
+		del += "?keep_disks=true"
+	}
+	if err := cl.Do(c.Context, "DELETE", del, nil, nil); err != nil {
 		return err
 	}
 	if !c.Bool("no-wait") {

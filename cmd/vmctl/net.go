@@ -37,7 +37,7 @@ func netCommand() *cli.Command {
 			{Name: "show", Usage: "show one network", ArgsUsage: "NAME",
 				Description: "Example:\n  vmctl net show blue", Action: netShow},
 			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a network no guest uses", ArgsUsage: "NAME",
-				Description: "Example:\n  vmctl net delete blue", Action: netDelete},
+				Description: "Example:\n  vmctl net delete blue", Action: deleteAction("network", "/v1/networks/")},
 		},
 	}
 }
@@ -98,22 +98,26 @@ func netRow(n api.Network) []string {
 	return []string{n.Name, fmt.Sprint(n.VNI), n.CIDR, mtu, orDash(strings.Join(n.Guests, ","))}
 }
 
-func netDelete(c *cli.Context) error {
-	name, err := oneArg(c, "name")
-	if err != nil {
-		return err
+// deleteAction deletes the object of NAME at path+NAME and says so: vmctl net delete,
+// vmctl image delete.
+func deleteAction(noun, path string) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		name, err := oneArg(c, "name")
+		if err != nil {
+			return err
+		}
+		cl, err := client(c)
+		if err != nil {
+			return err
+		}
+		if err := cl.Do(c.Context, "DELETE", path+url.PathEscape(name), nil, nil); err != nil {
+			return err
+		}
+		if !jsonOut(c) {
+			fmt.Fprintf(c.App.Writer, "%s %s deleted\n", noun, name)
+		}
+		return nil
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	if err := cl.Do(c.Context, "DELETE", "/v1/networks/"+url.PathEscape(name), nil, nil); err != nil {
-		return err
-	}
-	if !jsonOut(c) {
-		fmt.Fprintf(c.App.Writer, "network %s deleted\n", name)
-	}
-	return nil
 }
 
 // netFlag is `--net NAME[,NAME]` of vm create.

@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -328,8 +327,8 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 		case g.Desired == store.DesiredDeleted:
 			a.startSlow(g.Name, func() {
 				err := a.cfg.Node.Undefine(g.Name)
-				if err == nil && g.DiskBytes > 0 {
-					err = a.cfg.Node.DeleteDisk(g.Name)
+				if err == nil {
+					err = a.deleteDisks(g)
 				}
 				a.setErr(g.Name, err)
 			})
@@ -377,25 +376,9 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	if a.cfg.ConsoleDir != "" {
 		spec.ConsoleLog = filepath.Join(a.cfg.ConsoleDir, g.Name+".log")
 	}
-	backing := ""
-	if g.Image != "" {
-		dir := filepath.Join(a.cfg.ImagesDir, g.Image)
-		kernel := filepath.Join(dir, "kernel")
-		disk := filepath.Join(dir, "disk.qcow2")
-		switch {
-		case fileExists(kernel):
-			spec.Boot = &hypervisor.DirectBoot{Kernel: kernel}
-			if initrd := filepath.Join(dir, "initrd"); fileExists(initrd) {
-				spec.Boot.Initrd = initrd
-			}
-			if b, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
-				spec.Boot.Cmdline = strings.TrimSpace(string(b))
-			}
-		case fileExists(disk):
-			backing = disk
-		default:
-			return fmt.Errorf("image %q not found on node %s: expected %s or %s", g.Image, a.cfg.Name, kernel, disk)
-		}
+	base, err := a.useImage(g, &spec)
+	if err != nil {
+		return err
 	}
 	if g.Failover == api.FailoverRestart && a.cfg.LockspaceDir != "" {
 		lock, err := guestLock(a.cfg.LockspaceDir, g)
@@ -405,16 +388,8 @@ func (a *Agent) define(g api.AssignedGuest) error {
 		spec.Lock = lock
 	}
 	a.attachNICs(&spec, g)
-	if g.DiskBytes > 0 || backing != "" {
-		size := g.DiskBytes
-		if size == 0 {
-			size = api.DefaultDisk
-		}
-		path, err := a.cfg.Node.EnsureDisk(g.Name, size, backing)
-		if err != nil {
-			return err
-		}
-		spec.Disk = &hypervisor.Disk{Path: path, Format: "qcow2"}
+	if err := a.attachDisks(&spec, g, base); err != nil {
+		return err
 	}
 	return a.cfg.Node.Define(spec)
 }

@@ -16,22 +16,8 @@ import (
 // the key to look at.
 func TestRestartGuestLock(t *testing.T) {
 	dir := t.TempDir()
-	uri, err := hypervisor.TestDriverURI(dir, "n1", hypervisor.Capacity{CPUs: 4, MemoryBytes: 8 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := hypervisor.Open(hypervisor.Options{URI: uri, Accelerator: "auto"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	images := filepath.Join(dir, "images")
-	if err := os.MkdirAll(filepath.Join(images, "lab"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(images, "lab", "kernel"), []byte("k"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	node := testNode(t, dir)
+	images := imagesDir(t, dir, map[string]string{"lab": "kernel"})
 	locks := filepath.Join(dir, "locks")
 	if err := os.Mkdir(locks, 0o755); err != nil {
 		t.Fatal(err)
@@ -65,4 +51,34 @@ func TestRestartGuestLock(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "lockspace_dir") {
 		t.Errorf("define with a missing lockspace: %v; want an error naming lockspace_dir", err)
 	}
+}
+
+// testNode is a node on libvirt's test driver, closed when the test ends.
+func testNode(t *testing.T, dir string) *hypervisor.Node {
+	t.Helper()
+	uri, err := hypervisor.TestDriverURI(dir, "n1", hypervisor.Capacity{CPUs: 4, MemoryBytes: 8 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := hypervisor.Open(hypervisor.Options{URI: uri, Accelerator: "auto"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	return node
+}
+
+// imagesDir makes DIR/images with an image directory per name, holding one file.
+func imagesDir(t *testing.T, dir string, files map[string]string) string {
+	t.Helper()
+	images := filepath.Join(dir, "images")
+	for name, file := range files {
+		if err := os.MkdirAll(filepath.Join(images, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(images, name, file), []byte("k"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return images
 }

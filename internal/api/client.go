@@ -282,8 +282,16 @@ func (e *NoAnswerError) Unwrap() error { return e.Last }
 func (c *Client) send(ctx context.Context, method, path string, body any, answer func(*http.Response) error) error {
 	var payload []byte
 	contentType := "application/json"
+	hc := c.HTTP
+	up, _ := body.(*upload)
 	if raw, ok := body.([]byte); ok {
 		payload, contentType = raw, "application/octet-stream"
+	} else if up != nil {
+		// An upload takes as long as its bytes do: no bound on the whole exchange.
+		contentType = "application/octet-stream"
+		unbounded := *c.HTTP
+		unbounded.Timeout = 0
+		hc = &unbounded
 	} else if body != nil {
 		var err error
 		if payload, err = json.Marshal(body); err != nil {
@@ -299,16 +307,30 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 				actx, cancel = context.WithTimeout(ctx, d)
 			}
 			defer cancel()
-			req, err := http.NewRequestWithContext(actx, method, addr+path, bytes.NewReader(payload))
+			var rd io.Reader = bytes.NewReader(payload)
+			if up != nil {
+				// From the start again at each node: one that failed may have read some.
+				if _, err := up.r.Seek(0, io.SeekStart); err != nil {
+					return true, err
+				}
+				rd = up.r
+			}
+			req, err := http.NewRequestWithContext(actx, method, addr+path, rd)
 			if err != nil {
 				return true, err
+			}
+			if up != nil {
+				req.ContentLength = up.size
+				// The server answers a refusal (a bad name, a name taken, a token too
+				// small) before any byte of the body is sent.
+				req.Header.Set("Expect", "100-continue")
 			}
 			c.authorize(req)
 			if body != nil {
 				req.Header.Set("Content-Type", contentType)
 			}
 			req.Header.Set(HeaderVersion, version.Version)
-			resp, err := c.HTTP.Do(req)
+			resp, err := hc.Do(req)
 			if err != nil {
 				if terr := tlsProblem(addr, err); terr != nil {
 					tlsErr = terr

@@ -55,6 +55,9 @@ type Guest struct {
 	Warnings  []string  `json:"warnings,omitempty"`
 	NICs      []NIC     `json:"nics,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+
+	// ExtraDiskBytes are the sizes of the guest's disks past its first.
+	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
 }
 
 // CreateGuest is the body of POST /v1/guests.
@@ -71,6 +74,11 @@ type CreateGuest struct {
 	Start *bool `json:"start,omitempty"`
 	// Networks get one NIC each, in this order (eth0 first), with a MAC and an address.
 	Networks []string `json:"networks,omitempty"`
+
+	// DiskBytes, with a disk image, is the size of the disk made from it: 0 for the
+	// image's virtual size, never less. ExtraDiskBytes are the sizes of more disks,
+	// made empty.
+	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -174,6 +182,10 @@ type AssignedGuest struct {
 	// node is lost and the twin is promoted. On the wire it keeps its first name,
 	// standby, which agents of earlier releases read during a rolling upgrade.
 	Twin bool `json:"standby,omitempty"`
+	// ExtraDiskBytes are the sizes of the guest's disks past its first (empty ones).
+	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// KeepDisks, on a guest to delete, keeps its disks (vmctl vm delete --keep-disks).
+	KeepDisks bool `json:"keep_disks,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.

@@ -31,6 +31,9 @@ const (
 	MinDisk        = 1 << 20
 	MaxDisk        = 64 << 40
 	DefaultDisk    = 20 << 30
+	// MaxExtraDisks is how many disks a guest may have past its first (they are
+	// named b to z on its bus).
+	MaxExtraDisks = 25
 )
 
 var (
@@ -72,8 +75,10 @@ func (c *CreateGuest) Normalize() *FieldError {
 	if c.MemoryBytes%(1<<20) != 0 {
 		return fieldErr("memory_bytes", "%d bytes is not a whole number of MiB: give whole MiB, such as %dMiB", c.MemoryBytes, c.MemoryBytes>>20)
 	}
-	if c.Image != "" && !imageRE.MatchString(c.Image) {
-		return fieldErr("image", "%q is not a valid image name: use lowercase letters, digits, dots, dashes and underscores", c.Image)
+	if c.Image != "" {
+		if e := ValidateImageName("image", c.Image); e != nil {
+			return e
+		}
 	}
 	if c.DiskBytes == 0 && c.Image == "" {
 		c.DiskBytes = DefaultDisk
@@ -84,12 +89,23 @@ func (c *CreateGuest) Normalize() *FieldError {
 	if c.DiskBytes < 0 {
 		return fieldErr("disk_bytes", "must not be negative")
 	}
+	if len(c.ExtraDiskBytes) > MaxExtraDisks {
+		return fieldErr("extra_disk_bytes", "%d extra disks: a guest has at most %d", len(c.ExtraDiskBytes), MaxExtraDisks)
+	}
+	for _, b := range c.ExtraDiskBytes {
+		if b < MinDisk || b > MaxDisk {
+			return fieldErr("extra_disk_bytes", "%s is out of range: give %s to %s", units.FormatBytes(b), units.FormatBytes(MinDisk), units.FormatBytes(MaxDisk))
+		}
+	}
 	switch c.Failover {
 	case "":
 		c.Failover = FailoverRestart
 	case FailoverNone, FailoverRestart, FailoverTwin:
 	default:
 		return fieldErr("failover", "%q is not a failover policy: use none, restart or twin", c.Failover)
+	}
+	if c.Failover == FailoverTwin && len(c.ExtraDiskBytes) > 0 {
+		return fieldErr("extra_disk_bytes", "a twin guest has one disk, the one mirrored to its twin: give one disk size, or failover restart")
 	}
 	for k, v := range c.Constraints {
 		if !labelRE.MatchString(k) || (v != "" && !labelRE.MatchString(v)) {

@@ -48,6 +48,8 @@ type MasterConfig struct {
 	ElectionTimeout time.Duration
 	// Balance is the automatic balancer's policy; the zero value is off.
 	Balance scheduler.Balance
+	// ImagesDir is the shared images directory imported images are written to.
+	ImagesDir string
 }
 
 // OpenMaster opens this node's replica of the cluster state (DataDir/raft) and makes a
@@ -59,7 +61,8 @@ func OpenMaster(c MasterConfig) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := master.New(st, master.Options{NodeTimeout: c.NodeTimeout, Scheduler: c.Scheduler, Log: c.Log, Balance: c.Balance})
+	m, err := master.New(st, master.Options{NodeTimeout: c.NodeTimeout, Scheduler: c.Scheduler, Log: c.Log, Balance: c.Balance,
+		ImagesDir: c.ImagesDir})
 	if err != nil {
 		st.Close()
 		return nil, err

@@ -111,8 +111,15 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 	ln := tls.NewListener(raw, creds.APIServerTLS(nil))
 	// One management node: a raft of one voter, in process.
 	_, trans := raft.NewInmemTransport("")
+	// The dev cluster's nodes share one images directory, as a real cluster's share
+	// theirs.
+	images := filepath.Join(dir, "images")
+	if err := os.MkdirAll(images, 0o755); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("images directory: %w", err)
+	}
 	m, err := OpenMaster(MasterConfig{Name: "dev", DataDir: dir, Transport: trans, Bootstrap: true, NodeTimeout: 5 * time.Second,
-		Scheduler: schedOpts(o.Scheduler), Log: o.Log, RaftLog: io.Discard})
+		Scheduler: schedOpts(o.Scheduler), Log: o.Log, RaftLog: io.Discard, ImagesDir: images})
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -151,6 +158,7 @@ func StartDev(ctx context.Context, o DevOptions) (*Dev, error) {
 		cfg := config.Defaults()
 		cfg.Name, cfg.LibvirtURI, cfg.AdvertiseLibvirtURI = name, uri, uri
 		cfg.DataDir = filepath.Join(dir, "nodes", name)
+		cfg.ImagesDir = images
 		cfg.Advertise = ln.Addr().String()
 		cfg.Labels = map[string]string{"rack": fmt.Sprintf("r%d", i%3+1)}
 		var a *agent.Agent

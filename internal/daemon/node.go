@@ -445,7 +445,7 @@ func (n *Node) openMaster(cfg config.Node, creds *cluster.Credentials, log *slog
 		ElectionTimeout: cfg.Timing.ElectionTimeout,
 		Scheduler: scheduler.Options{Strategy: scheduler.Strategy(cfg.Strategy), FailureDomains: []string{"rack", "zone"},
 			HAReserveNodes: cfg.HAReserveNodes, HAWarnOnly: cfg.HAWarnOnly},
-		Balance: cfg.Balance})
+		Balance: cfg.Balance, ImagesDir: cfg.ImagesDir})
 	if err != nil {
 		if c, ok := trans.(io.Closer); ok {
 			c.Close()

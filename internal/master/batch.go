@@ -38,6 +38,7 @@ import (
 type createReq struct {
 	g        store.GuestRecord // as the request asks, not yet placed
 	networks []string
+	image    bool                                 // its image is a recorded one (images.go), ready when the create was asked
 	event    func(pending bool) store.EventRecord // the write's event, written with it; nil: none
 	done     chan createResult                    // buffered: the applier never waits on a create
 }
@@ -107,6 +108,14 @@ func (m *Master) writeCreates() {
 		if _, ok := m.st.Guest(g.Name); ok || names[g.Name] {
 			out[i].err = guestExists(g.Name)
 			continue
+		}
+		if r.image {
+			// Checked again under m.mu, which an image's delete holds: no guest is
+			// made from an image deleted since the create was asked.
+			if err := m.imageStill(g.Image); err != nil {
+				out[i].err = err
+				continue
+			}
 		}
 		if len(r.networks) > 0 {
 			if nb == nil {

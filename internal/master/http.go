@@ -96,6 +96,10 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "POST /v1/networks", h.durable(h.createNetwork))
 		h.route(mux, "GET /v1/networks/{name}", h.getNetwork)
 		h.route(mux, "DELETE /v1/networks/{name}", h.durable(h.deleteNetwork))
+		h.route(mux, "GET /v1/images", h.listImages)
+		h.route(mux, "GET /v1/images/{name}", h.getImage)
+		h.route(mux, "PUT /v1/images/{name}", h.durable(h.importImage))
+		h.route(mux, "DELETE /v1/images/{name}", h.durable(h.deleteImage))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := h.admit(w, r, api.ScopeRead); ok {
@@ -342,10 +346,13 @@ func (h *handler) writeEvent(r *http.Request, c *caller, code int) store.EventRe
 }
 
 // bodyLimit is the most a request body may hold: MaxBody, but a whole snapshot file
-// for a restore.
+// for a restore and a whole image for an import.
 func bodyLimit(method, path string) int64 {
 	if method == http.MethodPut && path == "/v1/cluster/snapshot" {
 		return snapshot.MaxBytes + 1<<20
+	}
+	if method == http.MethodPut && path == "/v1/images/{name}" {
+		return api.MaxImageBytes
 	}
 	return MaxBody
 }
@@ -627,7 +634,12 @@ func (h *handler) getGuest(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) deleteGuest(w http.ResponseWriter, r *http.Request) {
-	g, err := h.m.DeleteGuest(r.PathValue("name"))
+	keep, err := boolParam(r, "keep_disks")
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	g, err := h.m.DeleteGuest(r.PathValue("name"), keep)
 	if err != nil {
 		fail(w, err)
 		return

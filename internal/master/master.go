@@ -37,6 +37,9 @@ type Options struct {
 	Metrics Recorder
 	// Balance is the automatic balancer's policy (BalanceLoop); the zero value is off.
 	Balance scheduler.Balance
+	// ImagesDir is the shared images directory the master writes imported images to
+	// (images.go); "" for none, and then images cannot be imported.
+	ImagesDir string
 }
 
 // Recorder is where the master reports what operators measure.
@@ -67,6 +70,8 @@ type Master struct {
 	// logged, so a lasting one is said once, not on every placement.
 	problemsMu   sync.Mutex
 	problemsSaid string
+
+	imports imports // image imports in progress (images.go)
 
 	// mu serialises writes that depend on the state they read: placements are checked
 	// again under it where they are committed (commit.go), so two requests cannot both
@@ -261,6 +266,13 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	if _, ok := m.st.Guest(req.Name); ok {
 		return api.Guest{}, guestExists(req.Name)
 	}
+	recorded, err := m.guestImage(&req)
+	if err != nil {
+		return api.Guest{}, err
+	}
+	if err := m.extraDisks(req); err != nil {
+		return api.Guest{}, err
+	}
 	desired := store.DesiredRunning
 	if req.Start != nil && !*req.Start {
 		desired = store.DesiredStopped
@@ -268,9 +280,9 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	g := store.GuestRecord{
 		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
-		Desired: desired, CreatedAt: time.Now().UTC(),
+		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes,
 	}
-	res := m.createBatched(&createReq{g: g, networks: req.Networks, event: event, done: make(chan createResult, 1)})
+	res := m.createBatched(&createReq{g: g, networks: req.Networks, image: recorded, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
 		return api.Guest{}, res.err
 	}
@@ -405,7 +417,7 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		Name: g.Name, UUID: g.UUID, Node: g.Node, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
-		NICs: nicViews(g.NICs),
+		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes,
 	}
 	if len(g.LastMigration) > 0 {
 		var mig api.Migration
@@ -502,7 +514,7 @@ func (m *Master) SetDesired(name, desired string) (api.Guest, error) {
 
 // DeleteGuest marks a guest for deletion. Its node removes the domain and disk and then
 // reports it gone, which removes the record; a guest on no node is removed at once.
-func (m *Master) DeleteGuest(name string) (api.Guest, error) {
+func (m *Master) DeleteGuest(name string, keepDisks bool) (api.Guest, error) {
 	if err := m.mustAct(); err != nil {
 		return api.Guest{}, err
 	}
@@ -510,7 +522,12 @@ func (m *Master) DeleteGuest(name string) (api.Guest, error) {
 		if g.MigrateTo != "" {
 			return "", fmt.Errorf("guest %q is migrating to %s: %w; delete it when the migration ends", name, g.MigrateTo, ErrConflict)
 		}
-		g.Desired = store.DesiredDeleted
+		if keepDisks {
+			if err := m.nodesRun("vm delete --keep-disks", disksSince, g.Node); err != nil {
+				return "", err
+			}
+		}
+		g.Desired, g.KeepDisks = store.DesiredDeleted, keepDisks
 		if g.Node == "" || g.Lost {
 			return store.OpDeleteGuest, nil
 		}

@@ -67,9 +67,10 @@ func (m *Master) RestoreSnapshot(r io.Reader, adoptTimeout time.Duration) (api.S
 	defer m.mu.Unlock()
 	_, guests, _ := m.st.Snapshot()
 	nets := m.st.Networks()
-	if len(guests) > 0 || len(nets) > 0 {
-		return api.SnapshotRestored{}, fmt.Errorf("this cluster's state already holds %d guests and %d networks: a snapshot is restored only onto a new management group, started empty, after every management node of the old one was lost (operator guide, section Backup and restore); nothing was changed: %w",
-			len(guests), len(nets), ErrConflict)
+	images := m.st.Images()
+	if len(guests) > 0 || len(nets) > 0 || len(images) > 0 {
+		return api.SnapshotRestored{}, fmt.Errorf("this cluster's state already holds %d guests, %d networks and %d images: a snapshot is restored only onto a new management group, started empty, after every management node of the old one was lost (operator guide, section Backup and restore); nothing was changed: %w",
+			len(guests), len(nets), len(images), ErrConflict)
 	}
 	now := time.Now().UTC()
 	a := &store.Adoption{RestoredAt: now, SnapshotIndex: h.Index, SnapshotTakenAt: h.TakenAt, SnapshotVersion: h.Version,

@@ -329,8 +329,11 @@ type State struct {
 	Networks []NetworkRecord `json:"networks"`
 	Events   []EventRecord   `json:"events"`
 	Tokens   []TokenRecord   `json:"tokens,omitempty"`
-	Meta     Meta            `json:"meta"`
-	Adoption *Adoption       `json:"adoption,omitempty"`
+	// Images is left out when there are none, so that a state without images stays
+	// one that a dvmd from before images reads.
+	Images   []ImageRecord `json:"images,omitempty"`
+	Meta     Meta          `json:"meta"`
+	Adoption *Adoption     `json:"adoption,omitempty"`
 }
 
 // State copies the whole state at the index it was last applied at, under one lock.
@@ -352,6 +355,9 @@ func (s *Store) State() State {
 	}
 	for _, name := range sortedKeys(s.tokens) {
 		st.Tokens = append(st.Tokens, *s.tokens[name])
+	}
+	for _, name := range sortedKeys(s.images) {
+		st.Images = append(st.Images, *s.images[name])
 	}
 	if s.adopt != nil {
 		a := *s.adopt
@@ -433,6 +439,10 @@ func (s *Store) load(snap State) {
 	s.nodes = map[string]*NodeRecord{}
 	s.guests = map[string]*GuestRecord{}
 	s.nets = map[string]*NetworkRecord{}
+	s.images = map[string]*ImageRecord{}
+	for i := range snap.Images {
+		s.images[snap.Images[i].Name] = &snap.Images[i]
+	}
 	s.tokens, s.byHash = map[string]*TokenRecord{}, map[string]string{}
 	for _, t := range snap.Tokens {
 		s.putToken(t)

@@ -69,6 +69,11 @@ func ReadSnapshot(r io.Reader) (snapshot.Header, State, error) {
 			return h, State{}, snapshot.Bad("its state holds a node without a name")
 		}
 	}
+	for _, im := range st.Images {
+		if im.Name == "" {
+			return h, State{}, snapshot.Bad("its state holds an image without a name")
+		}
+	}
 	return h, st, nil
 }
 
@@ -87,6 +92,12 @@ func (s *Store) Restore(st State) error {
 	}
 	if st.Adoption != nil {
 		if err := s.mayWrite(OpSetAdoption); err != nil {
+			return err
+		}
+	}
+	if len(st.Images) > 0 {
+		// A replica that does not know images would halt on the state.
+		if err := s.mayWrite(OpPutImage); err != nil {
 			return err
 		}
 	}

@@ -72,6 +72,10 @@ type GuestRecord struct {
 	// across moves.
 	NICs      []NICRecord `json:"nics,omitempty"`
 	CreatedAt time.Time   `json:"created_at"`
+	// ExtraDiskBytes are the sizes of the guest's disks past its first (since 0.2.0).
+	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// KeepDisks: the guest is being deleted and its disks are to be kept (since 0.2.0).
+	KeepDisks bool `json:"keep_disks,omitempty"`
 }
 
 // NICRecord is one guest network interface.
@@ -118,6 +122,31 @@ type TokenRecord struct {
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 }
 
+// ImageRecord is an image guests are made from: files in the cluster's images
+// directory (shared storage, the same path on every node), IMAGES_DIR/NAME/disk.FORMAT,
+// or IMAGES_DIR/NAME/{kernel,initrd,cmdline} for a kernel image.
+// An image is written as importing before its bytes arrive and becomes ready only
+// once they are all written, synced and verified against their checksum; only a
+// ready image makes guests.
+type ImageRecord struct {
+	Name   string `json:"name"`
+	Format string `json:"format"` // qcow2, raw, iso or kernel
+	// SizeBytes is the file's size; VirtualBytes the disk it holds (a qcow2's virtual
+	// size; a raw or iso image's own size). Both 0 while importing.
+	SizeBytes    int64     `json:"size_bytes"`
+	VirtualBytes int64     `json:"virtual_bytes"`
+	SHA256       string    `json:"sha256,omitempty"` // hex; set once ready
+	State        string    `json:"state"`            // importing or ready
+	CreatedAt    time.Time `json:"created_at"`
+	CreatedBy    string    `json:"created_by,omitempty"` // the token that imported it
+}
+
+// Image states.
+const (
+	ImageImporting = "importing"
+	ImageReady     = "ready"
+)
+
 // MaxEvents is how many events the cluster keeps; older ones are dropped.
 const MaxEvents = 2000
 
@@ -143,7 +172,9 @@ const (
 	OpPutToken    Op = "put_token"
 	OpSetAdoption Op = "set_adoption"
 	// OpCountLoss raises the named node's Losses by one.
-	OpCountLoss Op = "count_loss"
+	OpCountLoss   Op = "count_loss"
+	OpPutImage    Op = "put_image"
+	OpDeleteImage Op = "delete_image"
 )
 
 // Command is one change. Commands are applied in order and must be deterministic: the
@@ -162,6 +193,8 @@ type Command struct {
 	Token   *TokenRecord   `json:"token,omitempty"`
 	// Adoption is set_adoption's record.
 	Adoption *Adoption `json:"adoption,omitempty"`
+	// Image is put_image's record.
+	Image *ImageRecord `json:"image,omitempty"`
 }
 
 // Adoption is the cluster taking in the guests its nodes run, after its state was
@@ -201,6 +234,7 @@ type Store struct {
 	nodes   map[string]*NodeRecord
 	guests  map[string]*GuestRecord
 	nets    map[string]*NetworkRecord
+	images  map[string]*ImageRecord
 	events  []EventRecord
 	tokens  map[string]*TokenRecord // by name
 	byHash  map[string]string       // secret hash -> token name
@@ -245,7 +279,7 @@ type Meta struct {
 
 func newState() *Store {
 	return &Store{nodes: map[string]*NodeRecord{}, guests: map[string]*GuestRecord{}, nets: map[string]*NetworkRecord{},
-		tokens: map[string]*TokenRecord{}, byHash: map[string]string{}, changed: make(chan struct{})}
+		images: map[string]*ImageRecord{}, tokens: map[string]*TokenRecord{}, byHash: map[string]string{}, changed: make(chan struct{})}
 }
 
 // applyBatch applies one log entry's commands at index.
@@ -304,6 +338,11 @@ func (s *Store) apply(c Command) {
 		delete(s.nets, c.Name)
 	case OpPutToken:
 		s.putToken(*c.Token)
+	case OpPutImage:
+		im := *c.Image
+		s.images[im.Name] = &im
+	case OpDeleteImage:
+		delete(s.images, c.Name)
 	case OpSetAdoption:
 		a := *c.Adoption
 		a.Awaiting = slices.Clone(a.Awaiting)
@@ -352,6 +391,11 @@ func (s *Store) Submit(cmds ...Command) (wait func() (uint64, error), err error)
 		if err := s.mayWrite(c.Op); err != nil {
 			return nil, err
 		}
+		if what, since := c.fieldsSince(); since != "" {
+			if err := s.mayWriteSince(what, since); err != nil {
+				return nil, err
+			}
+		}
 		c.Version = version.Version
 		stamped[i] = c
 	}
@@ -396,7 +440,11 @@ func (c Command) check() error {
 		if c.Token == nil || c.Token.Name == "" || c.Token.Hash == "" {
 			return errors.New("put_token without a named token and its hash")
 		}
-	case OpDeleteNode, OpDeleteGuest, OpDelNetwork, OpCountLoss:
+	case OpPutImage:
+		if c.Image == nil || c.Image.Name == "" || c.Image.Format == "" || c.Image.State == "" {
+			return errors.New("put_image without a named image, its format and state")
+		}
+	case OpDeleteNode, OpDeleteGuest, OpDelNetwork, OpCountLoss, OpDeleteImage:
 		if c.Name == "" {
 			return fmt.Errorf("%s without a name", c.Op)
 		}
@@ -420,11 +468,30 @@ func (s *Store) MayWrite(op Op) error { return s.mayWrite(op) }
 
 // mayWrite refuses an op that a replica of this group would not apply: one newer
 // than the version the replica runs, or than one that does not say.
-func (s *Store) mayWrite(op Op) error {
+func (s *Store) mayWrite(op Op) error { return s.mayWriteSince(string(op), opSince[op]) }
+
+// fieldsSince names what of a command is newer than its op (a field added to its
+// record since), and the first dvmd version that reads it: a replica of an older
+// one would refuse the entry and halt. "" when nothing is.
+func (c Command) fieldsSince() (what, since string) {
+	if g := c.Guest; c.Op == OpPutGuest && g != nil {
+		switch {
+		case len(g.ExtraDiskBytes) > 0:
+			return "a guest with extra disks", "0.2.0"
+		case g.KeepDisks:
+			return "a guest deleted keeping its disks", "0.2.0"
+		}
+	}
+	return "", ""
+}
+
+// mayWriteSince refuses what (an op, or a command with newer fields) that a replica of
+// this group would not apply: it needs dvmd since, and the replica runs an older
+// version or one that does not say.
+func (s *Store) mayWriteSince(what, since string) error {
 	s.mu.RLock()
 	peerVersion := s.peerVersion
 	s.mu.RUnlock()
-	since := opSince[op]
 	if since == "" || peerVersion == nil {
 		return nil
 	}
@@ -438,7 +505,7 @@ func (s *Store) mayWrite(op Op) error {
 		}
 		if v := peerVersion(string(sv.ID)); !version.AtLeast(v, since) {
 			return fmt.Errorf("%w: %s needs dvmd %s or newer on every management node, and %s runs %s: upgrade it first",
-				ErrTooOld, op, since, sv.ID, version.Or(v))
+				ErrTooOld, what, since, sv.ID, version.Or(v))
 		}
 	}
 	return nil
@@ -585,6 +652,28 @@ func (s *Store) Network(name string) (NetworkRecord, bool) {
 		return NetworkRecord{}, false
 	}
 	return *n, true
+}
+
+// Images returns copies of all images, sorted by name.
+func (s *Store) Images() []ImageRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]ImageRecord, 0, len(s.images))
+	for _, name := range sortedKeys(s.images) {
+		out = append(out, *s.images[name])
+	}
+	return out
+}
+
+// Image returns a copy of one image.
+func (s *Store) Image(name string) (ImageRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	im, ok := s.images[name]
+	if !ok {
+		return ImageRecord{}, false
+	}
+	return *im, true
 }
 
 // Events returns the events after seq, oldest first.

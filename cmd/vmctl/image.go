@@ -1,0 +1,349 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/units"
+	"github.com/urfave/cli/v2"
+)
+
+// imageCommand is `vmctl image`: images guests' disks are made from.
+func imageCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "image",
+		Usage: "images that guests' disks are made from (vmctl vm create … --image NAME)",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "import",
+				Usage:     "upload an image file to the cluster",
+				ArgsUsage: "NAME FILE|DIR",
+				Description: "Examples:\n" +
+					"  vmctl image import debian-12 debian-12-generic-amd64.qcow2 --sha256 SUM\n" +
+					"  vmctl image import dfly dfly-x86_64-6.4.0_REL.img --format raw\n" +
+					"  vmctl image import lab2 /var/lib/dvm-lab/shared/images/lab   # a kernel image\n\n" +
+					"The file is streamed to the master, which writes it to the images directory\n" +
+					"(images_dir, shared by every node) and computes its SHA-256 on the way; with\n" +
+					"--sha256 the image is kept only if the sums match. It is usable (ready) once it is\n" +
+					"whole, verified and synced; whatever fails, nothing is kept. Progress goes to\n" +
+					"stderr. Without --format the format is read from the file: qcow2 by its header,\n" +
+					"iso by its volume descriptor, raw otherwise. A directory is a kernel image, booted\n" +
+					"directly: its files kernel, initrd and cmdline are sent as one archive.",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "format", Usage: "the file's format: qcow2, raw or iso (default: read from the file); kernel for a directory"},
+					&cli.StringFlag{Name: "sha256", Usage: "the file's SHA-256 `SUM` (64 hex digits, as sha256sum prints it): the import fails unless it matches"},
+				},
+				Action: imageImport,
+			},
+			{Name: "ls", Aliases: []string{"list"}, Usage: "list images and the guests made from them",
+				Description: "Examples:\n  vmctl image ls\n  vmctl -o json image ls", Action: imageList},
+			{Name: "show", Usage: "show one image", ArgsUsage: "NAME",
+				Description: "Example:\n  vmctl image show debian-12", Action: imageShow},
+			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete an image no guest uses", ArgsUsage: "NAME",
+				Description: "Refused, naming them, while guests made from it exist.\n\nExample:\n  vmctl image delete debian-12",
+				Action:      deleteAction("image", "/v1/images/")},
+		},
+	}
+}
+
+func imageImport(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return errors.New("give an image name and a file (or a kernel image's directory): vmctl image import NAME FILE")
+	}
+	name, file := c.Args().Get(0), c.Args().Get(1)
+	if fe := api.ValidateImageName("name", name); fe != nil {
+		return fmt.Errorf("NAME: %s", fe.Msg)
+	}
+	sum := c.String("sha256")
+	if sum != "" {
+		s, fe := api.NormalizeSHA256(sum)
+		if fe != nil {
+			return fmt.Errorf("--sha256: %s", fe.Msg)
+		}
+		sum = s
+	}
+	format := c.String("format")
+	if st, err := os.Stat(file); err == nil && st.IsDir() {
+		if format != "" && format != api.ImageKernel {
+			return fmt.Errorf("FILE: %s is a directory: a %s image is one file; a directory is a kernel image (kernel, initrd, cmdline)", file, format)
+		}
+		if sum != "" {
+			return fmt.Errorf("--sha256 checks an image file; a kernel directory is sent as an archive vmctl makes, whose SHA-256 the import shows")
+		}
+		if file, err = kernelArchive(file); err != nil {
+			return fmt.Errorf("FILE: %w", err)
+		}
+		defer os.Remove(file)
+		format = api.ImageKernel
+	} else if format == api.ImageKernel {
+		return fmt.Errorf("--format kernel: give the directory that holds kernel, initrd and cmdline, not a file")
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("FILE: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		return fmt.Errorf("FILE: %w", err)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("FILE: %s is not a regular file", file)
+	case st.Size() == 0:
+		return fmt.Errorf("FILE: %s is empty", file)
+	case st.Size() > api.MaxImageBytes:
+		return fmt.Errorf("FILE: %s is %s, larger than the largest image, %s", file, units.FormatBytes(st.Size()), units.FormatBytes(api.MaxImageBytes))
+	}
+	if format == "" {
+		if format, err = sniffFormat(f); err != nil {
+			return fmt.Errorf("FILE: %w", err)
+		}
+	}
+	if fe := api.ValidateImageFormat(format); fe != nil {
+		return fmt.Errorf("--format: %s", fe.Msg)
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	q := url.Values{api.ImportFormat: {format}}
+	if sum != "" {
+		q.Set(api.ImportSHA256, sum)
+	}
+	body := &sending{f: f, h: sha256.New()}
+	stop := showProgress(c.App.ErrWriter, "importing image "+name, body, st.Size())
+	var im api.Image
+	err = cl.Upload(c.Context, "PUT", "/v1/images/"+url.PathEscape(name)+"?"+q.Encode(), body, st.Size(), &im)
+	stop(err == nil)
+	if err != nil {
+		var se *api.StatusError
+		if errors.As(err, &se) && (se.Field == api.ImportFormat || se.Field == api.ImportSHA256) {
+			return fmt.Errorf("--%s: %s", se.Field, strings.TrimPrefix(se.Msg, se.Field+": "))
+		}
+		return err
+	}
+	// The master checked what it received against --sha256; this checks it against
+	// what was sent when no sum was given.
+	if sent := body.sum(); im.SHA256 != sent {
+		return fmt.Errorf("image %s was received with SHA-256 %s, but %s has %s: delete it (vmctl image delete %s) and import it again", name, im.SHA256, file, sent, name)
+	}
+	if jsonOut(c) {
+		return printJSON(c, im)
+	}
+	return showImage(c, im)
+}
+
+// kernelArchive writes the files of a kernel image in dir (kernel, and initrd and
+// cmdline when there) as a tar archive in a temporary file, which it returns: what
+// an import of a kernel image sends. The archive is the same for the same files
+// (no times, owners or modes of their own), so its SHA-256 is too.
+func kernelArchive(dir string) (string, error) {
+	out, err := os.CreateTemp("", "vmctl-kernel-*.tar")
+	if err != nil {
+		return "", err
+	}
+	fail := func(err error) (string, error) {
+		out.Close()
+		os.Remove(out.Name())
+		return "", err
+	}
+	tw := tar.NewWriter(out)
+	for _, name := range []string{"kernel", "initrd", "cmdline"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if errors.Is(err, os.ErrNotExist) && name != "kernel" {
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("a kernel image directory holds kernel, and optionally initrd and cmdline: %w", err))
+		}
+		st, err := f.Stat()
+		if err == nil && !st.Mode().IsRegular() {
+			err = fmt.Errorf("%s is not a regular file", f.Name())
+		}
+		if err == nil {
+			err = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: st.Size(), ModTime: time.Unix(0, 0), Format: tar.FormatUSTAR})
+		}
+		if err == nil {
+			_, err = io.Copy(tw, f)
+		}
+		f.Close()
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fail(err)
+	}
+	if err := out.Close(); err != nil {
+		return fail(err)
+	}
+	return out.Name(), nil
+}
+
+// sniffFormat reads an image's format from its first bytes, as the master checks it.
+func sniffFormat(f *os.File) (string, error) {
+	head := make([]byte, 0x8006)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return "", err
+	}
+	head = head[:n]
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	switch {
+	case bytes.HasPrefix(head, []byte{'Q', 'F', 'I', 0xfb}):
+		return api.ImageQCOW2, nil
+	case len(head) >= 0x8006 && string(head[0x8001:0x8006]) == "CD001":
+		return api.ImageISO, nil
+	}
+	return api.ImageRaw, nil
+}
+
+// sending is an image file as it is sent: it counts the bytes read and hashes them,
+// from the start again when the upload starts over (at another management node).
+type sending struct {
+	f  *os.File
+	mu sync.Mutex
+	h  hash.Hash
+	n  int64
+}
+
+func (s *sending) Read(p []byte) (int, error) {
+	n, err := s.f.Read(p)
+	s.mu.Lock()
+	s.h.Write(p[:n])
+	s.n += int64(n)
+	s.mu.Unlock()
+	return n, err
+}
+
+func (s *sending) Seek(off int64, whence int) (int64, error) {
+	pos, err := s.f.Seek(off, whence)
+	if err == nil && pos == 0 {
+		s.mu.Lock()
+		s.h.Reset()
+		s.n = 0
+		s.mu.Unlock()
+	}
+	return pos, err
+}
+
+func (s *sending) sent() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+func (s *sending) sum() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return hex.EncodeToString(s.h.Sum(nil))
+}
+
+// showProgress writes how much of size body has sent, with the rate: on a terminal
+// one line redrawn twice a second, elsewhere a line every 5 seconds. The function it
+// returns stops it and ends the line.
+func showProgress(w io.Writer, what string, body *sending, size int64) func(ok bool) {
+	every, redraw := 5*time.Second, false
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			every, redraw = 500*time.Millisecond, true
+		}
+	}
+	start := time.Now()
+	line := func() string {
+		n := body.sent()
+		rate := float64(n) / max(time.Since(start).Seconds(), 0.001)
+		return fmt.Sprintf("%s: %s of %s (%d%%), %s/s", what, units.FormatBytes(n), units.FormatBytes(size), n*100/max(size, 1), units.FormatBytes(int64(rate)))
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if redraw {
+					fmt.Fprintf(w, "\r\033[K%s", line())
+				} else {
+					fmt.Fprintln(w, line())
+				}
+			}
+		}
+	}()
+	return func(ok bool) {
+		close(done)
+		wg.Wait()
+		end := ""
+		if !ok {
+			end = " (failed)"
+		}
+		if redraw {
+			fmt.Fprintf(w, "\r\033[K%s%s\n", line(), end)
+		} else if ok {
+			fmt.Fprintln(w, line())
+		}
+	}
+}
+
+const imageHeader = "NAME\tFORMAT\tSTATE\tSIZE\tVIRTUAL\tGUESTS"
+
+func imageRow(im api.Image) []string {
+	return []string{im.Name, im.Format, im.State, units.FormatBytes(im.SizeBytes), virtualSize(im), orDash(strings.Join(im.UsedBy, ","))}
+}
+
+// virtualSize is the disk an image holds; a kernel image holds none.
+func virtualSize(im api.Image) string {
+	if im.VirtualBytes == 0 {
+		return "-"
+	}
+	return units.FormatBytes(im.VirtualBytes)
+}
+
+func imageList(c *cli.Context) error { return list(c, "/v1/images", imageHeader, imageRow) }
+
+func imageShow(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	return show(c, "/v1/images/"+url.PathEscape(name), func(_ *api.Client, im api.Image) error { return showImage(c, im) })
+}
+
+func showImage(c *cli.Context, im api.Image) error {
+	w := c.App.Writer
+	p := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(w, "%-10s %s\n", k+":", v)
+		}
+	}
+	p("Name", im.Name)
+	p("Format", im.Format)
+	p("State", im.State)
+	p("Size", units.FormatBytes(im.SizeBytes))
+	p("Virtual", strings.TrimPrefix(virtualSize(im), "-"))
+	p("SHA-256", im.SHA256)
+	p("Guests", strings.Join(im.UsedBy, ", "))
+	p("Created", im.CreatedAt.Format(time.RFC3339))
+	p("By", im.CreatedBy)
+	return nil
+}

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cmdline"
+)
+
+// vmctlErr runs vmctl and returns its standard output and error output.
+func vmctlErr(args ...string) (string, string, error) {
+	var out, errw bytes.Buffer
+	app := newApp(&out)
+	app.ErrWriter = &errw
+	err := app.Run(cmdline.Interspersed(app, append([]string{"vmctl"}, args...)))
+	return out.String(), errw.String(), err
+}
+
+// imageAPI answers an import as the master does (the SHA-256 of what it received;
+// with tamper, of other bytes), and records each import's query and length.
+func imageAPI(t *testing.T, tamper bool) ([]string, *[]string) {
+	t.Helper()
+	var seen []string
+	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != "PUT" || !strings.HasPrefix(r.URL.Path, "/v1/images/") {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		h := sha256.New()
+		n, _ := io.Copy(h, r.Body)
+		if tamper {
+			h.Write([]byte("x"))
+		}
+		seen = append(seen, r.URL.RawQuery+" "+r.Header.Get("Expect"))
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(api.Image{Name: strings.TrimPrefix(r.URL.Path, "/v1/images/"), Format: r.URL.Query().Get("format"),
+			State: api.ImageReady, SizeBytes: n, VirtualBytes: n, SHA256: hex.EncodeToString(h.Sum(nil))})
+	})
+	return g, &seen
+}
+
+// TestImageImport: import streams the file with its format (read from the file when
+// not given) and checksum, says how far it got on stderr, and shows the image; bad
+// input is refused before anything is sent, and an image received with other bytes
+// than were sent is an error that says what to do.
+func TestImageImport(t *testing.T) {
+	dir := t.TempDir()
+	qcow := filepath.Join(dir, "a.qcow2")
+	os.WriteFile(qcow, append([]byte{'Q', 'F', 'I', 0xfb}, bytes.Repeat([]byte{1}, 100000)...), 0o644)
+	raw := filepath.Join(dir, "a.img")
+	os.WriteFile(raw, bytes.Repeat([]byte{2}, 5000), 0o644)
+	sum := sha256.Sum256(bytes.Repeat([]byte{2}, 5000))
+	g, seen := imageAPI(t, false)
+
+	out, errOut, err := vmctlErr(append(g, "image", "import", "deb", qcow)...)
+	if err != nil || !strings.Contains(out, "State:     ready") || !strings.Contains(out, "Format:    qcow2") {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	if !strings.Contains(errOut, "importing image deb: 97KiB of 97KiB (100%)") {
+		t.Errorf("progress: %q", errOut)
+	}
+	out, _, err = vmctlErr(append(g, "image", "import", "raw1", raw, "--sha256", strings.ToUpper(hex.EncodeToString(sum[:])))...)
+	if err != nil || !strings.Contains(out, "Format:    raw") {
+		t.Fatalf("raw import: %v\n%s", err, out)
+	}
+	want := []string{"format=qcow2 100-continue", "format=raw&sha256=" + hex.EncodeToString(sum[:]) + " 100-continue"}
+	if strings.Join(*seen, "|") != strings.Join(want, "|") {
+		t.Fatalf("requests %q, want %q", *seen, want)
+	}
+
+	os.WriteFile(filepath.Join(dir, "empty"), nil, 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"image", "import", "deb", filepath.Join(dir, "missing")}, "no such file"},
+		{[]string{"image", "import", "deb", dir}, "a kernel image directory holds kernel"},
+		{[]string{"image", "import", "deb", dir, "--format", "raw"}, "a raw image is one file"},
+		{[]string{"image", "import", "deb", raw, "--format", "kernel"}, "give the directory"},
+		{[]string{"image", "import", "deb", filepath.Join(dir, "empty")}, "is empty"},
+		{[]string{"image", "import", "Deb!", raw}, "not a valid image name"},
+		{[]string{"image", "import", "deb", raw, "--format", "vmdk"}, `--format: "vmdk" is not an image format`},
+		{[]string{"image", "import", "deb", raw, "--sha256", "abc"}, "--sha256: \"abc\" is not a SHA-256"},
+		{[]string{"image", "import", "deb"}, "give an image name and a file"},
+	} {
+		if _, _, err := vmctlErr(append(g, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+	}
+	if len(*seen) != 2 {
+		t.Fatalf("bad input was sent: %q", *seen)
+	}
+
+	// A directory is a kernel image, sent as a tar archive of its files.
+	kdir := filepath.Join(dir, "lab")
+	os.Mkdir(kdir, 0o755)
+	os.WriteFile(filepath.Join(kdir, "kernel"), []byte("KERNEL"), 0o644)
+	os.WriteFile(filepath.Join(kdir, "cmdline"), []byte("console=ttyS0"), 0o644)
+	out, _, err = vmctlErr(append(g, "image", "import", "lab", kdir)...)
+	if err != nil || !strings.Contains(out, "Format:    kernel") || (*seen)[2] != "format=kernel 100-continue" {
+		t.Fatalf("kernel import: %v %q\n%s", err, *seen, out)
+	}
+	if _, _, err := vmctlErr(append(g, "image", "import", "lab", kdir, "--sha256", hex.EncodeToString(sum[:]))...); err == nil || !strings.Contains(err.Error(), "--sha256 checks an image file") {
+		t.Errorf("--sha256 with a directory: %v", err)
+	}
+	ar, err := kernelArchive(kdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(ar)
+	f, _ := os.Open(ar)
+	tr := tar.NewReader(f)
+	var names []string
+	for h, err := tr.Next(); err == nil; h, err = tr.Next() {
+		names = append(names, h.Name)
+	}
+	f.Close()
+	if strings.Join(names, " ") != "kernel cmdline" {
+		t.Fatalf("archive holds %v", names)
+	}
+	again, _ := kernelArchive(kdir)
+	defer os.Remove(again)
+	if a, b := readAll(t, ar), readAll(t, again); !bytes.Equal(a, b) {
+		t.Fatal("the same files made two archives that differ")
+	}
+
+	bad, _ := imageAPI(t, true)
+	if _, _, err := vmctlErr(append(bad, "image", "import", "deb", raw)...); err == nil || !strings.Contains(err.Error(), "vmctl image delete deb") {
+		t.Fatalf("import received with other bytes: %v", err)
+	}
+}
+
+// TestDiskFlags: --disk takes the first disk's size and the extra ones', and vm
+// delete --keep-disks asks to keep them.
+func TestDiskFlags(t *testing.T) {
+	var bodies []api.CreateGuest
+	var deletes []string
+	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v1/guests":
+			var req api.CreateGuest
+			json.NewDecoder(r.Body).Decode(&req)
+			bodies = append(bodies, req)
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestRunning})
+		case r.Method == "DELETE":
+			deletes = append(deletes, r.URL.String())
+			w.WriteHeader(http.StatusAccepted)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(api.Error{Error: "guest not found"})
+		}
+	})
+	if _, err := vmctl(append(g, "vm", "create", "web", "--image", "deb", "--disk", "20GiB, 50GiB", "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if len(bodies) != 1 || bodies[0].DiskBytes != 20<<30 || len(bodies[0].ExtraDiskBytes) != 1 || bodies[0].ExtraDiskBytes[0] != 50<<30 {
+		t.Fatalf("create sent %+v", bodies)
+	}
+	for _, d := range []string{"20G,0", "20G,lots"} {
+		if _, err := vmctl(append(g, "vm", "create", "web", "--disk", d, "--no-wait")...); err == nil || !strings.Contains(err.Error(), "--disk") {
+			t.Errorf("--disk %s: %v", d, err)
+		}
+	}
+	if _, err := vmctl(append(g, "vm", "delete", "web", "--keep-disks", "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vmctl(append(g, "vm", "delete", "web", "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(deletes, " ") != "/v1/guests/web?keep_disks=true /v1/guests/web" {
+		t.Fatalf("deletes %v", deletes)
+	}
+	if len(bodies) != 1 {
+		t.Fatalf("a bad --disk was sent: %+v", bodies)
+	}
+}
+
+func readAll(t *testing.T, file string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
