@@ -206,9 +206,9 @@ func (h *harness) do1(cmd string, input []string) ([]string, error) {
 			return []string{"no: " + err.Error()}, nil
 		}
 		return []string{"yes"}, nil
-	case "kill", "revive", "pause", "resume", "deregister":
+	case "kill", "revive", "pause", "resume", "deregister", "stop", "hand-over":
 		f := map[string]func(string) error{"kill": h.c.Kill, "revive": h.c.Revive, "pause": h.c.Pause, "resume": h.c.Resume,
-			"deregister": h.c.Deregister}[words[0]]
+			"deregister": h.c.Deregister, "stop": h.c.Stop, "hand-over": h.c.HandOver}[words[0]]
 		for _, n := range bare {
 			if err := f(n); err != nil {
 				return nil, err
