@@ -578,7 +578,11 @@ func (m *Machine) receive(msg Message) {
 		m.noteGroup(msg.From, msg.Role, msg.Generation, msg.Epoch, msg.Term, acting, msg.Since, msg.Log, true)
 		vote := msg.Type == MsgVote
 		handedOver := msg.From == m.goneTenure.holder && msg.Since.Equal(m.goneTenure.since)
-		if handedOver || !m.mayGrant(msg.From, msg.Generation, vote, msg.Log) {
+		// A late request of an earlier tenure of the holder this node grants now (it
+		// restarted since) is refused: granting it would make the grant that tenure's
+		// again, which its hand-over may then release under the new tenure's lease.
+		earlier := msg.From == m.grant.Holder && m.now.Before(m.grant.Until) && msg.Since.Before(m.holder.since)
+		if handedOver || earlier || !m.mayGrant(msg.From, msg.Generation, vote, msg.Log) {
 			m.send(m.refusal(msg))
 			if vote {
 				m.challenge(msg)
