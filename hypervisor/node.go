@@ -401,6 +401,9 @@ type Guest struct {
 	OS       string
 	Failover string // from the domain's metadata
 	State    State
+	// PausedByCall: paused by a suspend call (libvirt's reason "user": dvm's fence, its
+	// fence guard, or virsh suspend), not by a migration, an I/O error or QEMU itself.
+	PausedByCall bool
 }
 
 // List returns the dvm guests defined or running on the node; domains without dvm's
@@ -416,13 +419,14 @@ func (n *Node) List() ([]Guest, error) {
 		meta, err := d.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, MetadataNS, 0)
 		if err == nil {
 			if m, ok := ParseMetadata(meta); ok {
-				st := StateUnknown
-				if s, _, err := d.GetState(); err == nil {
+				st, byCall := StateUnknown, false
+				if s, reason, err := d.GetState(); err == nil {
 					st = stateOf(s)
+					byCall = s == libvirt.DOMAIN_PAUSED && reason == int(libvirt.DOMAIN_PAUSED_USER)
 				}
 				name, _ := d.GetName()
 				uuid, _ := d.GetUUIDString()
-				out = append(out, Guest{Name: name, UUID: uuid, OS: m.OS, Failover: m.Failover, State: st})
+				out = append(out, Guest{Name: name, UUID: uuid, OS: m.OS, Failover: m.Failover, State: st, PausedByCall: byCall})
 			}
 		}
 		d.Free()

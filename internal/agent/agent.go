@@ -284,9 +284,11 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 	asg := held.Assignment
 	a.reconcileNetworks(asg)
 	present := map[string]hypervisor.State{}
+	pausedByCall := map[string]bool{}
 	if list, err := a.cfg.Node.List(); err == nil {
 		for _, g := range list {
 			present[g.Name] = g.State
+			pausedByCall[g.Name] = g.PausedByCall
 		}
 	} else {
 		a.cfg.Log.Warn("list guests", "err", err)
@@ -300,7 +302,7 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 			continue
 		}
 		state, defined := present[g.Name]
-		if a.settlePaused(held, paused, g, state) {
+		if a.settlePaused(held, paused, g, state) || a.settleUnknownPause(held, paused, g, pausedByCall[g.Name]) {
 			continue
 		}
 		switch {

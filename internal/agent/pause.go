@@ -169,14 +169,36 @@ func staleBecause(p fenceguard.PausedGuest, asg api.Assignment, g api.AssignedGu
 	return ""
 }
 
-// prunePaused forgets paused copies that are no longer paused on the node (destroyed,
-// undefined, resumed by hand).
+// prunePaused forgets paused copies that no longer run on the node (destroyed,
+// undefined). One that runs is kept: the fence guard records a guest before it
+// pauses it, and a record forgotten in between would leave the guest paused and
+// unknown.
 func (a *Agent) prunePaused(paused fenceguard.Paused, present map[string]hypervisor.State) {
 	var gone []string
 	for name := range paused.Guests {
-		if present[name] != hypervisor.StatePaused {
+		if st, ok := present[name]; !ok || (st != hypervisor.StatePaused && st != hypervisor.StateRunning) {
 			gone = append(gone, name)
 		}
 	}
 	a.forgetPaused(gone...)
+}
+
+// settleUnknownPause handles an HA guest paused by a suspend call that the paused
+// guests' record does not hold (the fence guard paused it on a lease file a moment
+// stale, or someone ran virsh suspend): once an assignment vouches for HA starts and
+// places it here to run, it is destroyed, so that the reconcile starts it afresh. It
+// is never resumed: nothing says it was not recovered elsewhere meanwhile. It
+// returns whether it dealt with g.
+func (a *Agent) settleUnknownPause(held heldAssignment, paused fenceguard.Paused, g api.AssignedGuest, byCall bool) bool {
+	if _, recorded := paused.Guests[g.Name]; recorded || !byCall || !isHA(g.Failover) || g.Desired != store.DesiredRunning ||
+		g.Evict || g.Twin || g.MigrateTo != "" || a.cfg.PausedFile == "" {
+		return false
+	}
+	if err := a.mayStartHA(held); err != nil {
+		a.setErr(g.Name, err)
+		return true
+	}
+	a.destroyPaused(g.Name, "guest paused by a call this node has no record of: destroyed, to be started afresh")
+	a.requestResync()
+	return true
 }

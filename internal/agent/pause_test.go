@@ -13,6 +13,7 @@ import (
 
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/fenceguard"
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/dvmproject/dvm/internal/version"
 )
@@ -191,7 +192,34 @@ func TestFencePausesAndResumes(t *testing.T) {
 		web.UUID = c.guest.UUID
 	}
 
-	// A pause the fence did not make (here by hand; an incoming migration's) is destroyed.
+	// A record written just before a pause (the fence guard records, then pauses)
+	// outlives a reconcile that sees the guest still running.
+	if err := fenceguard.UpdatePaused(r.cfg.PausedFile, func(p *fenceguard.Paused) {
+		p.Guests["web"] = fenceguard.PausedGuest{UUID: web.UUID, Losses: 2, Counted: true}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r.read(2, web, db)
+	if _, ok := r.a.readPaused().Guests["web"]; !ok {
+		t.Fatal("the record of a guest about to be paused was forgotten")
+	}
+	r.a.forgetPaused("web")
+
+	// A pause by a call the record does not hold (the guard on a stale lease file,
+	// virsh suspend), seen with the lease held: destroyed, then started afresh.
+	before := r.id("web")
+	if err := r.node.Suspend("web"); err != nil {
+		t.Fatal(err)
+	}
+	r.read(2, web, db)
+	r.read(2, web, db)
+	r.wait("web", hypervisor.StateRunning)
+	if r.id("web") == before {
+		t.Fatal("a guest paused by an unknown call was resumed")
+	}
+
+	// A pause the fence did not make (by hand; an incoming migration's), seen while
+	// fenced: destroyed.
 	if err := r.node.Suspend("web"); err != nil {
 		t.Fatal(err)
 	}

@@ -193,7 +193,18 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	if n.master != nil {
 		st = &storeHandle{n.master}
 	}
-	hooks := roles.Hooks{Fence: a.Fence, Unfence: a.Unfence, Event: func(kind, node, detail string) {
+	// An unfence is written to the lease file at once, not at the vouch loop's next
+	// tick: the agent resumes paused guests a moment later, and the fence guard must
+	// not pause them again on a lease file that still says the lease lapsed.
+	vouchNow := make(chan struct{}, 1)
+	unfence := func() {
+		a.Unfence()
+		select {
+		case vouchNow <- struct{}{}:
+		default:
+		}
+	}
+	hooks := roles.Hooks{Fence: a.Fence, Unfence: unfence, Event: func(kind, node, detail string) {
 		log.Info("cluster event", "kind", kind, "node", node, "detail", detail)
 		if n.master != nil && n.master.IsLeader() {
 			n.master.Record(kind, node, "", detail)
@@ -259,7 +270,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 	leaseFile := filepath.Join(cfg.DataDir, "lease")
 	go func() {
 		defer n.writers.Done()
-		vouch(ctx, n.Roles, leaseFile)
+		vouch(ctx, n.Roles, leaseFile, vouchNow)
 	}()
 	if err := startFenceGuard(cfg, leaseFile, log); err != nil {
 		n.Stop()
@@ -340,7 +351,7 @@ func (n *Node) Client() (*api.Client, error) {
 // vouch writes to the lease file, while this node holds its lease, until when the
 // lease lets it serve its HA guests: the fence guard stops them a window after that
 // time if dvmd (stalled, hung, dead) no longer moves it on.
-func vouch(ctx context.Context, r *roles.Runner, path string) {
+func vouch(ctx context.Context, r *roles.Runner, path string, now <-chan struct{}) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -348,9 +359,10 @@ func vouch(ctx context.Context, r *roles.Runner, path string) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if until, ok := r.ServiceUntil(); ok {
-				fenceguard.Vouch(path, until)
-			}
+		case <-now:
+		}
+		if until, ok := r.ServiceUntil(); ok {
+			fenceguard.Vouch(path, until)
 		}
 	}
 }
