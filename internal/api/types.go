@@ -157,7 +157,7 @@ type Assignment struct {
 }
 
 // LossesSince is the first dvmd version whose agents read Assignment.Losses.
-const LossesSince = "0.2.0"
+const LossesSince = "0.3.0"
 
 // AssignedGuest is one guest a node must hold.
 type AssignedGuest struct {

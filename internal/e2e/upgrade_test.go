@@ -22,13 +22,13 @@ import (
 )
 
 // previousRelease is the commit of the release before this tree, N-1 of the rolling
-// upgrade test: the last landing on main (stop 18, dvmd 0.1.0-dev). Move it forward
+// upgrade test: the last landing on main (stop 19, dvmd 0.2.0-dev). Move it forward
 // when a release is made, so that the test always upgrades from the one before.
-const previousRelease = "5563db94162f4f7a27d84d0840893752d271cb8d"
+const previousRelease = "d5ac6275f73d64b86701af4ef104c5706030090e"
 
 // handOverSince is the first dvmd release whose master hands its role over when its
 // dvmd stops (failover.HandOver).
-const handOverSince = "0.2.0"
+const handOverSince = "0.3.0"
 
 // buildRelease builds cmd/dvmd of commit from this repository's history into a
 // temporary directory.

@@ -557,7 +557,7 @@ func (m *Master) imageStill(name string) error {
 
 // disksSince is the first dvmd whose agents make extra disks and keep disks on a
 // delete: an older agent refuses an assignment that holds either.
-const disksSince = "0.2.0"
+const disksSince = "0.3.0"
 
 // extraDisks checks a create's extra disks: they follow a first disk, and every
 // node's agent must know them (an older one would refuse its whole assignment).

@@ -27,9 +27,9 @@ var opSince = map[Op]string{
 	OpEvent:       "",
 	OpPutToken:    "",
 	OpSetAdoption: "0.1.0",
-	OpCountLoss:   "0.2.0",
-	OpPutImage:    "0.2.0",
-	OpDeleteImage: "0.2.0",
+	OpCountLoss:   "0.3.0",
+	OpPutImage:    "0.3.0",
+	OpDeleteImage: "0.3.0",
 }
 
 // ErrHalted: this replica met a log entry or snapshot it cannot read and applies

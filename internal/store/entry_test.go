@@ -283,12 +283,12 @@ func TestCountLossRaisesOnlyThatNode(t *testing.T) {
 	if err := s.Raft().AddNonvoter("n3", "n3", 0, 5*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	s.SetPeerVersion(func(string) string { return "0.1.0" })
+	s.SetPeerVersion(func(string) string { return "0.2.0-dev" })
 	if err := s.MayWrite(OpCountLoss); !errors.Is(err, ErrTooOld) {
-		t.Fatalf("MayWrite(count_loss) with a 0.1.0 replica: %v", err)
+		t.Fatalf("MayWrite(count_loss) with a 0.2.0-dev replica: %v", err)
 	}
 	if _, err := s.Apply(Command{Op: OpCountLoss, Name: "n1"}); !errors.Is(err, ErrTooOld) {
-		t.Fatalf("count_loss with a 0.1.0 replica: %v", err)
+		t.Fatalf("count_loss with a 0.2.0-dev replica: %v", err)
 	}
 	s.Close()
 	s = single(t, dir)

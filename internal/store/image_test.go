@@ -108,18 +108,18 @@ func TestImageOpsAreChecked(t *testing.T) {
 	if err := s.Raft().AddNonvoter("n2", "n2", 0, 5*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	s.SetPeerVersion(func(string) string { return "0.1.3" })
+	s.SetPeerVersion(func(string) string { return "0.2.0-dev" }) // the last landing before images
 	_, err := s.Apply(Command{Op: OpPutImage, Image: &ImageRecord{Name: "x", Format: "raw", State: ImageImporting}})
-	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "put_image needs dvmd 0.2.0") {
-		t.Fatalf("put_image with a 0.1.3 replica: %v", err)
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "put_image needs dvmd 0.3.0") {
+		t.Fatalf("put_image with a 0.2.0-dev replica: %v", err)
 	}
 	// A guest record with the fields added since is held back too; one without is not.
 	_, err = s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", ExtraDiskBytes: []int64{1 << 30}}})
-	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with extra disks needs dvmd 0.2.0") {
-		t.Fatalf("extra disks with a 0.1.3 replica: %v", err)
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with extra disks needs dvmd 0.3.0") {
+		t.Fatalf("extra disks with a 0.2.0-dev replica: %v", err)
 	}
 	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", KeepDisks: true}}); !errors.Is(err, ErrTooOld) {
-		t.Fatalf("keep_disks with a 0.1.3 replica: %v", err)
+		t.Fatalf("keep_disks with a 0.2.0-dev replica: %v", err)
 	}
 	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web"}}); err != nil {
 		t.Fatal(err)

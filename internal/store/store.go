@@ -477,9 +477,9 @@ func (c Command) fieldsSince() (what, since string) {
 	if g := c.Guest; c.Op == OpPutGuest && g != nil {
 		switch {
 		case len(g.ExtraDiskBytes) > 0:
-			return "a guest with extra disks", "0.2.0"
+			return "a guest with extra disks", "0.3.0"
 		case g.KeepDisks:
-			return "a guest deleted keeping its disks", "0.2.0"
+			return "a guest deleted keeping its disks", "0.3.0"
 		}
 	}
 	return "", ""
