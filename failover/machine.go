@@ -26,6 +26,17 @@ type HardState struct {
 	// generation; a restarted old master keeps its old term and so loses to
 	// the leader raft elected meanwhile.
 	Term uint64
+	// Voted is the newest generation this node gave a witness vote for, and to
+	// whom: it votes for each generation once, as raft votes once a term, so that
+	// two groups are never re-formed as one generation (their logs, compared as one
+	// group's, would let one lose what the other acknowledged).
+	Voted Vote
+}
+
+// Vote is a witness vote given: for Generation, to Holder.
+type Vote struct {
+	Generation uint64
+	Holder     string
 }
 
 // lease is a grant received by a holder, timed on the holder's own clock.
@@ -53,6 +64,7 @@ type Machine struct {
 	now  time.Time
 
 	grant        Grant
+	voted        Vote   // see HardState.Voted
 	term         uint64 // raft term of the view's generation, from LeaderObserved
 	holder       holderInfo
 	serviceUntil time.Time
@@ -184,6 +196,7 @@ func RestartMachine(cfg Config, hs HardState) (*Machine, error) {
 	}
 	m.grant = hs.Grant
 	m.term = hs.Term
+	m.voted = hs.Voted
 	return m, nil
 }
 
@@ -215,7 +228,7 @@ func (m *Machine) Grant() Grant { return m.grant }
 
 // HardState returns what must be persisted before acting on a Step's actions.
 func (m *Machine) HardState() HardState {
-	return HardState{View: m.view.Clone(), Grant: m.grant, Term: m.term}
+	return HardState{View: m.view.Clone(), Grant: m.grant, Term: m.term, Voted: m.voted}
 }
 
 // ShutDown reports whether the node shut its management down after solitude.
@@ -505,6 +518,9 @@ func (m *Machine) mayGrantAbove(holder string, generation uint64, vote bool, log
 	if generation < m.view.Generation {
 		return false
 	}
+	if vote && m.voted.Generation == generation && m.voted.Holder != "" && m.voted.Holder != holder {
+		return false // one vote a generation: this one went to another proposer
+	}
 	if vote && holder != self {
 		if n := m.view.node(self); !m.hasReplica && n != nil && n.Capable {
 			return false // its own log is not known yet (just restarted): it cannot compare
@@ -544,6 +560,9 @@ func (m *Machine) floor() uint64 { return max(m.view.Generation, m.grant.Generat
 func (m *Machine) doGrant(holder string, generation uint64, vote bool, actingUntil time.Time) {
 	until := m.now.Add(m.cfg.LeaseDuration)
 	m.grant = Grant{Holder: holder, Generation: generation, Until: until}
+	if vote && generation > m.voted.Generation {
+		m.voted = Vote{Generation: generation, Holder: holder}
+	}
 	if holder == m.cfg.Self {
 		m.holder = holderInfo{role: m.role, acting: !actingUntil.IsZero(), since: m.since, epoch: m.holderEpoch(), term: m.term}
 	}

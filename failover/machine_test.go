@@ -127,14 +127,19 @@ func TestLeaseRule(t *testing.T) {
 	}
 	expired := t0.Add(time.Second + failover.DefaultLeaseDuration)
 	m.Step(failover.Tick{Now: expired})
-	if r := reply(t, m, req(failover.MsgVote, "n2", 2)); r.Type != failover.MsgVoteGrant {
-		t.Fatalf("after expiry another holder may get the vote: %v", r)
+	// One vote a generation, as raft votes once a term: generation 2's went to n1,
+	// and two groups re-formed as one generation would be taken for one.
+	if r := reply(t, m, req(failover.MsgVote, "n2", 2)); r.Type != failover.MsgRefuse || r.Generation != 2 {
+		t.Fatalf("after expiry, a vote for generation 2 (given to n1) to another holder: %v; want a refusal at generation 2", r)
 	}
-	if g := m.Grant(); g.Holder != "n2" || g.Generation != 2 || !g.Until.Equal(expired.Add(failover.DefaultLeaseDuration)) {
+	if r := reply(t, m, req(failover.MsgVote, "n2", 3)); r.Type != failover.MsgVoteGrant {
+		t.Fatalf("after expiry another holder may get the vote for a newer generation: %v", r)
+	}
+	if g := m.Grant(); g.Holder != "n2" || g.Generation != 3 || !g.Until.Equal(expired.Add(failover.DefaultLeaseDuration)) {
 		t.Fatalf("grant %+v", g)
 	}
-	if hs := m.HardState(); hs.Grant != m.Grant() {
-		t.Fatalf("HardState must carry the grant: %+v", hs)
+	if hs := m.HardState(); hs.Grant != m.Grant() || hs.Voted != (failover.Vote{Generation: 3, Holder: "n2"}) {
+		t.Fatalf("HardState must carry the grant and the vote: %+v", hs)
 	}
 }
 
