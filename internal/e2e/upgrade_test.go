@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -93,10 +95,21 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 // upgradeCheck is `vmctl node upgrade-check -o json`; ready is its exit 0.
 func (c *cluster) upgradeCheck(t *testing.T) (api.UpgradeCheck, bool) {
 	t.Helper()
-	out, code := c.try("-o", "json", "node", "upgrade-check")
+	// The JSON is on stdout; with exit 2 the reasons are said on stderr too.
+	cmd := exec.Command(c.vmctl, "-o", "json", "node", "upgrade-check")
+	cmd.Env = c.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("vmctl node upgrade-check: %v", err)
+	}
 	var res api.UpgradeCheck
-	if code != 0 && code != 2 || json.Unmarshal([]byte(out), &res) != nil {
-		t.Fatalf("vmctl node upgrade-check: exit %d\n%s", code, out)
+	if code != 0 && code != 2 || json.Unmarshal(stdout.Bytes(), &res) != nil {
+		t.Fatalf("vmctl node upgrade-check: exit %d\n%s%s", code, stdout.String(), stderr.String())
 	}
 	return res, code == 0
 }
@@ -239,8 +252,16 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 	}
 	order = append(order, st.Master)
 	for i, node := range order {
-		if res, ready := c.upgradeCheck(t); !ready {
-			t.Fatalf("before upgrading %s: not ready: %v", node, res.Reasons)
+		// As an operator does: ask until the cluster says ready (a group just whole
+		// again may say for a moment that its master is not acting yet).
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			res, ready := c.upgradeCheck(t)
+			if ready {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("before upgrading %s: not ready for 30 s: %v", node, res.Reasons)
+			}
 		}
 		for _, g := range guests {
 			got := c.guest(g)
