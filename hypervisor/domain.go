@@ -53,6 +53,10 @@ type GuestSpec struct {
 	// ExtraDisks follow the first disk on the same bus (vdb, vdc, … for virtio).
 	ExtraDisks []Disk
 	Boot       *DirectBoot // nil: boot from the disk
+	// ISO is install media (an image file of format iso): a read-only cdrom, booted
+	// before the disk, so an installer runs first and, once the media is ejected
+	// (EjectISO), the disk it installed boots. "" for none.
+	ISO        string
 	NICs       []NIC
 	ConsoleLog string // file that receives the serial console's output; "" for none
 	// Failover is the guest's policy (none, restart, twin), kept in the domain's
@@ -104,6 +108,9 @@ type GuestMetadata struct {
 	OS           string   `xml:"dvm:os"`
 	ConsoleSpeed int      `xml:"dvm:console-speed"`
 	Failover     string   `xml:"dvm:failover,omitempty"`
+	// ISO is the install media in the guest's cdrom, until it is ejected: what a node
+	// compares with its assignment to know whether to eject it.
+	ISO string `xml:"dvm:iso,omitempty"`
 }
 
 var errNoName = errors.New("guest has no name")
@@ -116,7 +123,7 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if err != nil {
 		return nil, err
 	}
-	meta, err := xml.Marshal(GuestMetadata{NS: MetadataNS, Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover})
+	meta, err := metadataXML(GuestMetadata{Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover, ISO: spec.ISO})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +131,7 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		Type:     accel.domainType(),
 		Name:     spec.Name,
 		UUID:     spec.UUID,
-		Metadata: &libvirtxml.DomainMetadata{XML: string(meta)},
+		Metadata: &libvirtxml.DomainMetadata{XML: meta},
 		Memory:   &libvirtxml.DomainMemory{Value: uint(spec.MemoryBytes >> 10), Unit: "KiB"},
 		VCPU:     &libvirtxml.DomainVCPU{Value: uint(spec.CPUs)},
 		OS: &libvirtxml.DomainOS{
@@ -150,6 +157,8 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if b := spec.Boot; b != nil {
 		d.OS.Kernel, d.OS.Initrd = b.Kernel, b.Initrd
 		d.OS.Cmdline = withConsole(b.Cmdline, prof.ConsoleSpeed)
+	} else if spec.ISO != "" {
+		d.OS.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "cdrom"}, {Dev: "hd"}}
 	} else {
 		d.OS.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "hd"}}
 	}
@@ -166,6 +175,9 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 				Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + string(rune('a'+i)), Bus: prof.DiskBus},
 			})
 		}
+	}
+	if spec.ISO != "" {
+		d.Devices.Disks = append(d.Devices.Disks, isoDrive(prof, spec.ISO))
 	}
 	if l := spec.Lock; l != nil {
 		// virtlockd joins <target path> and <lockspace> with '/' into the lockspace's
@@ -218,6 +230,21 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	return d, nil
 }
 
+// isoDrive is the guest's first cdrom, holding install media at path ("" for an
+// empty drive: the media ejected).
+func isoDrive(prof profile.Profile, path string) libvirtxml.DomainDisk {
+	d := libvirtxml.DomainDisk{
+		Device:   "cdrom",
+		Driver:   &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
+		Target:   &libvirtxml.DomainDiskTarget{Dev: prof.CDROMTargetPrefix + "a", Bus: prof.CDROMBus},
+		ReadOnly: &libvirtxml.DomainDiskReadOnly{},
+	}
+	if path != "" {
+		d.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}}
+	}
+	return d
+}
+
 // MaxCPUs bounds a guest's virtual CPUs: QEMU's pc and q35 machines take no more
 // without x2apic tuning.
 const MaxCPUs = 255
@@ -263,6 +290,14 @@ func (spec *GuestSpec) check() (profile.Profile, error) {
 			if !slices.Contains(diskFormats, d.Format) {
 				return bad("disk format %q: use qcow2 or raw (or one of %s)", d.Format, strings.Join(diskFormats[3:], ", "))
 			}
+		}
+	}
+	if spec.ISO != "" {
+		if err := checkPath("iso", spec.ISO); err != nil {
+			return bad("%w", err)
+		}
+		if spec.Disk == nil {
+			return bad("install media without a disk to install on")
 		}
 	}
 	if l := spec.Lock; l != nil {
@@ -376,9 +411,10 @@ func ParseMetadata(s string) (GuestMetadata, bool) {
 		OS           string `xml:"os"`
 		ConsoleSpeed int    `xml:"console-speed"`
 		Failover     string `xml:"failover"`
+		ISO          string `xml:"iso"`
 	}
 	if s == "" || xml.Unmarshal([]byte(s), &m) != nil || m.Name == "" {
 		return GuestMetadata{}, false
 	}
-	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover}, true
+	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover, ISO: m.ISO}, true
 }

@@ -18,7 +18,11 @@ type Profile struct {
 	DiskBus string // "virtio" gives virtio-blk: /dev/vbdN on DragonFly, vtbdN on FreeBSD, ld on NetBSD, sd on OpenBSD
 	// DiskTargetPrefix names the disk target dev ("vd" for virtio-blk).
 	DiskTargetPrefix string
-	NICModel         string // "virtio": vtnet(4) on DragonFly and FreeBSD, vioif(4) on NetBSD, vio(4) on OpenBSD
+	// CDROMBus is the bus of the guest's cdroms (install media, a cloud-init seed):
+	// "ide" on the pc machine, whose firmware and every BSD installer boot from an ATAPI
+	// drive; "sata" on q35, which has no IDE. CDROMTargetPrefix names their target dev.
+	CDROMBus, CDROMTargetPrefix string
+	NICModel                    string // "virtio": vtnet(4) on DragonFly and FreeBSD, vioif(4) on NetBSD, vio(4) on OpenBSD
 	// NICNoTSO switches TCP segmentation offload off on the host and guest side of the
 	// NIC: DragonFly's vtnet is known to mishandle TSO, so its default is off.
 	NICNoTSO bool
@@ -33,11 +37,11 @@ type Profile struct {
 
 // All are the OS profiles dvm knows. DragonFly BSD is the default.
 var All = map[string]Profile{
-	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true},
-	"freebsd":   {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
-	"netbsd":    {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
-	"openbsd":   {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
-	"linux":     {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
+	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true},
+	"freebsd":   {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
+	"netbsd":    {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
+	"openbsd":   {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
+	"linux":     {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "sata", CDROMTargetPrefix: "sd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
 }
 
 // Default is the profile of a guest that names none.
