@@ -58,6 +58,9 @@ type Guest struct {
 
 	// ExtraDiskBytes are the sizes of the guest's disks past its first.
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// ISO is the image (of format iso) in the guest's cdrom, until it is ejected
+	// (POST /v1/guests/NAME/eject).
+	ISO string `json:"iso,omitempty"`
 }
 
 // CreateGuest is the body of POST /v1/guests.
@@ -79,6 +82,9 @@ type CreateGuest struct {
 	// image's virtual size, never less. ExtraDiskBytes are the sizes of more disks,
 	// made empty.
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// ISO names an image of format iso: install media in a read-only cdrom, booted
+	// before the guest's first disk (made empty), until it is ejected.
+	ISO string `json:"iso,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -186,6 +192,9 @@ type AssignedGuest struct {
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
 	// KeepDisks, on a guest to delete, keeps its disks (vmctl vm delete --keep-disks).
 	KeepDisks bool `json:"keep_disks,omitempty"`
+	// ISO names the image (of format iso) in the guest's cdrom; a node ejects the
+	// media of a guest defined with it when it is gone from here.
+	ISO string `json:"iso,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.

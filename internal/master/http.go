@@ -70,6 +70,7 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "POST /v1/guests/{name}/start", h.durable(h.desired(store.DesiredRunning)))
 		h.route(mux, "POST /v1/guests/{name}/stop", h.durable(h.desired(store.DesiredStopped)))
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.durable(h.migrate))
+		h.route(mux, "POST /v1/guests/{name}/eject", h.durable(h.ejectISO))
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
 		h.route(mux, "POST /v1/cluster/credentials", h.joinHost)

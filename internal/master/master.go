@@ -273,6 +273,9 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	if err := m.extraDisks(req); err != nil {
 		return api.Guest{}, err
 	}
+	if err := m.guestISO(req); err != nil {
+		return api.Guest{}, err
+	}
 	desired := store.DesiredRunning
 	if req.Start != nil && !*req.Start {
 		desired = store.DesiredStopped
@@ -280,7 +283,7 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	g := store.GuestRecord{
 		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
-		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes,
+		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes, ISO: req.ISO,
 	}
 	res := m.createBatched(&createReq{g: g, networks: req.Networks, image: recorded, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
@@ -417,7 +420,7 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		Name: g.Name, UUID: g.UUID, Node: g.Node, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
-		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes,
+		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes, ISO: g.ISO,
 	}
 	if len(g.LastMigration) > 0 {
 		var mig api.Migration

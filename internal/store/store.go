@@ -76,6 +76,9 @@ type GuestRecord struct {
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
 	// KeepDisks: the guest is being deleted and its disks are to be kept (since 0.2.0).
 	KeepDisks bool `json:"keep_disks,omitempty"`
+	// ISO names the image of format iso in the guest's cdrom, until it is ejected
+	// (since 0.2.0).
+	ISO string `json:"iso,omitempty"`
 }
 
 // NICRecord is one guest network interface.
@@ -480,6 +483,8 @@ func (c Command) fieldsSince() (what, since string) {
 			return "a guest with extra disks", "0.3.0"
 		case g.KeepDisks:
 			return "a guest deleted keeping its disks", "0.3.0"
+		case g.ISO != "":
+			return "a guest with install media", "0.3.0"
 		}
 	}
 	return "", ""
