@@ -285,10 +285,12 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 	a.reconcileNetworks(asg)
 	present := map[string]hypervisor.State{}
 	pausedByCall := map[string]bool{}
+	media := map[string]string{} // install media in a guest's cdrom
 	if list, err := a.cfg.Node.List(); err == nil {
 		for _, g := range list {
 			present[g.Name] = g.State
 			pausedByCall[g.Name] = g.PausedByCall
+			media[g.Name] = g.ISO
 		}
 	} else {
 		a.cfg.Log.Warn("list guests", "err", err)
@@ -345,6 +347,14 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 					continue
 				}
 				state = hypervisor.StateStopped
+			} else if media[g.Name] != "" && g.ISO == "" {
+				// Ejected in the cluster's state (vmctl vm eject): out of the drive
+				// now, and out of the definition, so the next boot is from the disk.
+				if err := a.cfg.Node.EjectISO(g.Name); err != nil {
+					a.setErr(g.Name, err)
+					continue
+				}
+				a.cfg.Log.Info("install media ejected", "guest", g.Name, "iso", media[g.Name])
 			}
 			switch {
 			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
@@ -391,6 +401,9 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	}
 	a.attachNICs(&spec, g)
 	if err := a.attachDisks(&spec, g, base); err != nil {
+		return err
+	}
+	if err := a.attachISO(&spec, g); err != nil {
 		return err
 	}
 	return a.cfg.Node.Define(spec)

@@ -76,6 +76,21 @@ func (a *Agent) attachDisks(spec *hypervisor.GuestSpec, g api.AssignedGuest, bas
 	return nil
 }
 
+// attachISO puts a guest's install media in its spec: the image's file in the images
+// directory, which every node sees at the same path, so a guest moved or restarted
+// elsewhere before its media was ejected finds it there too.
+func (a *Agent) attachISO(spec *hypervisor.GuestSpec, g api.AssignedGuest) error {
+	if g.ISO == "" {
+		return nil
+	}
+	p := filepath.Join(a.cfg.ImagesDir, g.ISO, "disk."+api.ImageISO)
+	if !fileExists(p) {
+		return fmt.Errorf("install media %q not found on node %s: expected %s (is images_dir the shared images directory?)", g.ISO, a.cfg.Name, p)
+	}
+	spec.ISO = p
+	return nil
+}
+
 // deleteDisks removes a deleted guest's disks, unless it was deleted keeping them.
 func (a *Agent) deleteDisks(g api.AssignedGuest) error {
 	if g.KeepDisks {

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/store"
+	"github.com/dvmproject/dvm/internal/version"
+	"libvirt.org/go/libvirtxml"
+)
+
+// TestISOInstallThenEject: a guest assigned with install media is defined with the
+// image's file in a cdrom booted before its empty disk, and started; once an
+// assignment comes without it (vmctl vm eject), the node ejects it from the running
+// guest's definition and keeps it running; install media not in images_dir fails
+// the define, naming the file looked for.
+func TestISOInstallThenEject(t *testing.T) {
+	dir := t.TempDir()
+	node := testNode(t, dir)
+	images := imagesDir(t, dir, map[string]string{"dfly": "disk.iso"})
+	a, err := New(Config{Name: "n1", Node: node, ImagesDir: images, DisksDir: filepath.Join(dir, "disks"),
+		Net: NetConfig{Disabled: true}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := api.AssignedGuest{Name: "inst", UUID: "5c338286-c360-4b65-a1c1-a97ca933a4a1", OS: "dragonfly", CPUs: 1, MemoryBytes: 64 << 20,
+		Failover: api.FailoverNone, DiskBytes: 20 << 30, Desired: store.DesiredRunning, ISO: "dfly"}
+	read := func(guests ...api.AssignedGuest) {
+		a.reconcile(context.Background(), heldAssignment{Assignment: api.Assignment{Master: "m1", Generation: 1,
+			Version: version.Version, Guests: guests}, asked: time.Now()})
+	}
+	definition := func() (boot []string, drives []string) {
+		x, err := node.DomainXML("inst")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d libvirtxml.Domain
+		if err := d.Unmarshal(x); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range d.OS.BootDevices {
+			boot = append(boot, b.Dev)
+		}
+		for _, disk := range d.Devices.Disks {
+			src := "empty"
+			if disk.Source != nil && disk.Source.File != nil && disk.Source.File.File != "" {
+				src = strings.TrimPrefix(disk.Source.File.File, dir+"/")
+			}
+			drives = append(drives, disk.Device+":"+disk.Target.Dev+"="+src)
+		}
+		return boot, drives
+	}
+	read(inst)
+	if st, err := node.State("inst"); err != nil || st != hypervisor.StateRunning {
+		t.Fatalf("inst: %v, %v; errors %v", st, err, a.errs)
+	}
+	boot, drives := definition()
+	if strings.Join(boot, ",") != "cdrom,hd" || strings.Join(drives, " ") != "disk:vda=disks/inst.qcow2 cdrom:hda=images/dfly/disk.iso" {
+		t.Fatalf("inst defined booting %v from %v", boot, drives)
+	}
+
+	inst.ISO = ""
+	read(inst)
+	if st, _ := node.State("inst"); st != hypervisor.StateRunning || a.errs["inst"] != "" {
+		t.Fatalf("after the eject: %v, error %q", st, a.errs["inst"])
+	}
+	list, _ := node.List()
+	if len(list) != 1 || list[0].ISO != "" {
+		t.Fatalf("listed after the eject: %+v", list)
+	}
+	if err := node.Destroy("inst"); err != nil { // the definition is what the next boot uses
+		t.Fatal(err)
+	}
+	if _, drives := definition(); strings.Join(drives, " ") != "disk:vda=disks/inst.qcow2 cdrom:hda=empty" {
+		t.Fatalf("definition after the eject: %v", drives)
+	}
+
+	gone := inst
+	gone.Name, gone.UUID, gone.ISO = "other", "5c338286-c360-4b65-a1c1-a97ca933a4a2", "nope"
+	if err := a.define(gone); err == nil || !strings.Contains(err.Error(), filepath.Join(images, "nope", "disk.iso")) {
+		t.Fatalf("define with install media not there: %v", err)
+	}
+}
