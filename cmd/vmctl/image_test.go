@@ -194,3 +194,46 @@ func readAll(t *testing.T, file string) []byte {
 	}
 	return b
 }
+
+// TestISOFlags: vm create --iso sends the install media (the disk then empty, of the
+// default size, as the master makes it), --iso beside --image is refused before
+// anything is sent, vm eject asks the guest's eject, and vm show names the ISO.
+func TestISOFlags(t *testing.T) {
+	var bodies []api.CreateGuest
+	var ejects []string
+	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v1/guests":
+			var req api.CreateGuest
+			json.NewDecoder(r.Body).Decode(&req)
+			bodies = append(bodies, req)
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestRunning, ISO: req.ISO})
+		case r.Method == "POST" && r.URL.Path == "/v1/guests/inst/eject":
+			ejects = append(ejects, r.URL.Path)
+			json.NewEncoder(w).Encode(api.Guest{Name: "inst", State: api.GuestRunning})
+		case r.Method == "GET" && r.URL.Path == "/v1/guests/inst":
+			json.NewEncoder(w).Encode(api.Guest{Name: "inst", State: api.GuestRunning, ISO: "dfly", DiskBytes: 20 << 30})
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(api.Error{Error: "not found"})
+		}
+	})
+	if _, err := vmctl(append(g, "vm", "create", "inst", "--iso", "dfly", "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if len(bodies) != 1 || bodies[0].ISO != "dfly" || bodies[0].Image != "" {
+		t.Fatalf("create sent %+v", bodies)
+	}
+	_, err := vmctl(append(g, "vm", "create", "inst", "--iso", "dfly", "--image", "deb", "--no-wait")...)
+	if err == nil || !strings.Contains(err.Error(), "--iso: ") || !strings.Contains(err.Error(), "not both") || len(bodies) != 1 {
+		t.Fatalf("--iso with --image: %v (sent %d)", err, len(bodies))
+	}
+	if _, err := vmctl(append(g, "vm", "eject", "inst")...); err != nil || len(ejects) != 1 {
+		t.Fatalf("eject: %v, %v", err, ejects)
+	}
+	out, err := vmctl(append(g, "vm", "show", "inst")...)
+	if err != nil || !strings.Contains(out, "ISO:") || !strings.Contains(out, "dfly (in its cdrom, booted first; vmctl vm eject inst takes it out)") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+}

@@ -230,6 +230,11 @@ func vmCommand() *cli.Command {
 				Flags:       []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "destination `NODE`"}},
 				Action:      vmMigrate},
 			vmConsoleCommand(),
+			{Name: "eject", Usage: "take a guest's install media (--iso) out of its cdrom", ArgsUsage: "NAME",
+				Description: "Out of the running guest's drive at once, and out of its definition, on its node and\n" +
+					"wherever it is defined again: it boots from its disk from then on. Its image is then free\n" +
+					"to delete.\n\nExample:\n  vmctl vm eject dfly",
+				Action: vmEject},
 		},
 	}
 }
@@ -249,7 +254,10 @@ func vmCreate() *cli.Command {
 		Description: "Examples:\n" +
 			"  vmctl vm create web --os dragonfly --cpus 2 --memory 2GiB --disk 20GiB\n" +
 			"  vmctl vm create lab1 --os linux --image lab --cpus 1 --memory 128MiB\n" +
-			"  vmctl vm create lab2 --os linux --image lab --memory 128MiB --net blue\n\n" +
+			"  vmctl vm create lab2 --os linux --image lab --memory 128MiB --net blue\n" +
+			"  vmctl vm create dfly --iso dfly-6.4 --disk 20GiB     # then: vmctl vm console dfly; vmctl vm eject dfly\n\n" +
+			"With --iso the guest boots the ISO (a read-only cdrom) before its empty disk: install on\n" +
+			"the console, then vmctl vm eject NAME, and it boots from its disk from then on.\n\n" +
 			"With --net each network gives the guest a NIC with its own MAC (52:54:00:xx:xx:xx) and\n" +
 			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
 			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
@@ -264,6 +272,7 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512M or 2G (powers of 1024: 2G, 2GB and 2GiB alike)"},
 			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE[,SIZE…]`, such as 20G or 20G,50G: the first made from --image, the others empty (default 20GiB without --image, the image's size with a disk image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` (vmctl image ls; lab: the lab guest)"},
+			&cli.StringFlag{Name: "iso", Usage: "install media: an image `NAME` of format iso, booted before the empty disk until vmctl vm eject"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
 			&cli.BoolFlag{Name: "stopped", Usage: "create it without starting it"},
@@ -274,7 +283,8 @@ func vmCreate() *cli.Command {
 			if err != nil {
 				return err
 			}
-			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover")}
+			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover"),
+				ISO: c.String("iso")}
 			if req.MemoryBytes, err = units.ParseBytes(c.String("memory")); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
@@ -431,6 +441,9 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 		p("Disks", strings.Join(disks, ", "))
 	}
 	p("Image", g.Image)
+	if g.ISO != "" {
+		p("ISO", g.ISO+" (in its cdrom, booted first; vmctl vm eject "+g.Name+" takes it out)")
+	}
 	p("Failover", g.Failover)
 	p("Constraints", labels(g.Constraints))
 	p("NICs", nicsLine(g.NICs))
@@ -537,6 +550,23 @@ func vmDesired(verb, want string) cli.ActionFunc {
 		printGuest(c, g)
 		return nil
 	}
+}
+
+func vmEject(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var g api.Guest
+	if err := cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/eject", nil, &g); err != nil {
+		return err
+	}
+	printGuest(c, g)
+	return nil
 }
 
 func vmDelete(c *cli.Context) error {
