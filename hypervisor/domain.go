@@ -56,7 +56,10 @@ type GuestSpec struct {
 	// ISO is install media (an image file of format iso): a read-only cdrom, booted
 	// before the disk, so an installer runs first and, once the media is ejected
 	// (EjectISO), the disk it installed boots. "" for none.
-	ISO        string
+	ISO string
+	// VNC, when set, gives the guest a graphical console (a VNC display, with a video
+	// card), for installers that need one.
+	VNC        *VNC
 	NICs       []NIC
 	ConsoleLog string // file that receives the serial console's output; "" for none
 	// Failover is the guest's policy (none, restart, twin), kept in the domain's
@@ -67,6 +70,17 @@ type GuestSpec struct {
 	// any host that shares the lockspace refuses to start another.
 	Lock *GuestLock
 }
+
+// VNC is a guest's VNC display: on one address of its node (never all of them: the
+// node's management address or loopback), on a port libvirt chooses (5900 and up),
+// behind a password. QEMU's VNC authentication reads at most 8 characters of it.
+type VNC struct {
+	Listen   string // an IP address
+	Password string // 1 to MaxVNCPassword printable ASCII characters
+}
+
+// MaxVNCPassword is the longest password VNC authentication reads.
+const MaxVNCPassword = 8
 
 // GuestLock names a guest's lock in the lock manager's lockspace. With libvirt's
 // virtlockd (lock_manager = "lockd"), Lockspace must be the lockspace directory
@@ -111,6 +125,8 @@ type GuestMetadata struct {
 	// ISO is the install media in the guest's cdrom, until it is ejected: what a node
 	// compares with its assignment to know whether to eject it.
 	ISO string `xml:"dvm:iso,omitempty"`
+	// VNC says the guest has a VNC display, whose port its node reports.
+	VNC bool `xml:"dvm:vnc,omitempty"`
 }
 
 var errNoName = errors.New("guest has no name")
@@ -123,7 +139,7 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if err != nil {
 		return nil, err
 	}
-	meta, err := metadataXML(GuestMetadata{Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover, ISO: spec.ISO})
+	meta, err := metadataXML(GuestMetadata{Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover, ISO: spec.ISO, VNC: spec.VNC != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +221,12 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 			}
 		}
 		d.Devices.Interfaces = append(d.Devices.Interfaces, iface)
+	}
+	if v := spec.VNC; v != nil {
+		d.Devices.Graphics = []libvirtxml.DomainGraphic{{VNC: &libvirtxml.DomainGraphicVNC{
+			AutoPort: "yes", Listen: v.Listen, Passwd: v.Password,
+			Listeners: []libvirtxml.DomainGraphicListener{{Address: &libvirtxml.DomainGraphicListenerAddress{Address: v.Listen}}},
+		}}}
 	}
 	port := uint(0)
 	serial := libvirtxml.DomainSerial{
@@ -298,6 +320,15 @@ func (spec *GuestSpec) check() (profile.Profile, error) {
 		}
 		if spec.Disk == nil {
 			return bad("install media without a disk to install on")
+		}
+	}
+	if v := spec.VNC; v != nil {
+		ip := net.ParseIP(v.Listen)
+		if ip == nil || ip.IsUnspecified() {
+			return bad("VNC listen address %q: give the node's management address or loopback, an IP address of one interface (never 0.0.0.0 or ::)", v.Listen)
+		}
+		if n := len(v.Password); n == 0 || n > MaxVNCPassword || strings.IndexFunc(v.Password, func(r rune) bool { return r < '!' || r > '~' }) >= 0 {
+			return bad("VNC password: give 1 to %d printable ASCII characters without spaces", MaxVNCPassword)
 		}
 	}
 	if l := spec.Lock; l != nil {
@@ -412,9 +443,10 @@ func ParseMetadata(s string) (GuestMetadata, bool) {
 		ConsoleSpeed int    `xml:"console-speed"`
 		Failover     string `xml:"failover"`
 		ISO          string `xml:"iso"`
+		VNC          bool   `xml:"vnc"`
 	}
 	if s == "" || xml.Unmarshal([]byte(s), &m) != nil || m.Name == "" {
 		return GuestMetadata{}, false
 	}
-	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover, ISO: m.ISO}, true
+	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover, ISO: m.ISO, VNC: m.VNC}, true
 }

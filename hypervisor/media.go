@@ -4,6 +4,8 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 
 	"libvirt.org/go/libvirt"
@@ -83,7 +85,7 @@ func (n *Node) EjectISO(name string) error {
 	// A running domain keeps its live metadata until it stops: the node lists guests
 	// by it, and would eject again on every pass.
 	if active, _ := d.IsActive(); active {
-		px, err := xml.Marshal(plainMetadata{Name: meta.Name, OS: meta.OS, ConsoleSpeed: meta.ConsoleSpeed, Failover: meta.Failover, ISO: meta.ISO})
+		px, err := xml.Marshal(plainMetadata{Name: meta.Name, OS: meta.OS, ConsoleSpeed: meta.ConsoleSpeed, Failover: meta.Failover, ISO: meta.ISO, VNC: meta.VNC})
 		if err != nil {
 			return err
 		}
@@ -92,6 +94,29 @@ func (n *Node) EjectISO(name string) error {
 		}
 	}
 	return nil
+}
+
+// VNCDisplay is where a running guest's VNC display listens, "ADDRESS:PORT"; "" when
+// it has none, does not run, or its port is not known (libvirt's test driver gives
+// none).
+func (n *Node) VNCDisplay(name string) (string, error) {
+	x, err := n.DomainXML(name)
+	if err != nil {
+		return "", err
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(x); err != nil {
+		return "", fmt.Errorf("guest %q: parse its domain: %w", name, err)
+	}
+	if d.ID == nil || d.Devices == nil {
+		return "", nil
+	}
+	for _, g := range d.Devices.Graphics {
+		if v := g.VNC; v != nil && v.Port > 0 {
+			return net.JoinHostPort(v.Listen, strconv.Itoa(v.Port)), nil
+		}
+	}
+	return "", nil
 }
 
 // metadataXML is dvm's element of a domain's metadata.
@@ -110,6 +135,7 @@ type plainMetadata struct {
 	ConsoleSpeed int      `xml:"console-speed"`
 	Failover     string   `xml:"failover,omitempty"`
 	ISO          string   `xml:"iso,omitempty"`
+	VNC          bool     `xml:"vnc,omitempty"`
 }
 
 // dvmElement is the metadata element of dvm's namespace in a domain's <metadata>

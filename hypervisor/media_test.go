@@ -126,3 +126,49 @@ func inactiveXML(t *testing.T, n *Node, name string) libvirtxml.Domain {
 	}
 	return def
 }
+
+// TestVNCDisplay: a guest's VNC display listens on the one address given, behind its
+// password; every address, no address and a password VNC cannot carry are refused;
+// a node's listen address is its management address's host, or loopback; a migration
+// moves the display to the destination's address, on a port the destination chooses.
+func TestVNCDisplay(t *testing.T) {
+	spec := GuestSpec{Name: "inst", OS: "linux", CPUs: 1, MemoryBytes: 1 << 30, Disk: &Disk{Path: "/d/inst.qcow2"},
+		VNC: &VNC{Listen: "10.0.0.5", Password: "abcd2345"}}
+	d := roundTrip(t, spec, AccelTCG)
+	if len(d.Devices.Graphics) != 1 {
+		t.Fatalf("graphics %+v", d.Devices.Graphics)
+	}
+	v := d.Devices.Graphics[0].VNC
+	if v == nil || v.Listen != "10.0.0.5" || v.Passwd != "abcd2345" || v.AutoPort != "yes" ||
+		len(v.Listeners) != 1 || v.Listeners[0].Address == nil || v.Listeners[0].Address.Address != "10.0.0.5" {
+		t.Fatalf("vnc %+v", v)
+	}
+	if m, ok := ParseMetadata(d.Metadata.XML); !ok || !m.VNC {
+		t.Errorf("metadata %q does not say vnc", d.Metadata.XML)
+	}
+	for _, bad := range []VNC{{Listen: "0.0.0.0", Password: "x"}, {Listen: "::", Password: "x"}, {Listen: "", Password: "x"},
+		{Listen: "node1", Password: "x"}, {Listen: "127.0.0.1"}, {Listen: "127.0.0.1", Password: "123456789"}, {Listen: "127.0.0.1", Password: "a b"}} {
+		s := spec
+		s.VNC = &bad
+		if _, err := BuildDomain(s, AccelTCG); err == nil || !strings.Contains(err.Error(), "VNC") {
+			t.Errorf("VNC %+v: %v", bad, err)
+		}
+	}
+	for in, want := range map[string]string{"10.0.0.5:7460": "10.0.0.5", "10.0.0.5": "10.0.0.5", "0.0.0.0:7460": "127.0.0.1",
+		"[::]:7460": "127.0.0.1", ":7460": "127.0.0.1", "node1:7460": "127.0.0.1", "": "127.0.0.1", "[fd00::5]:7460": "fd00::5"} {
+		if got := VNCListen(in); got != want {
+			t.Errorf("VNCListen(%q) = %q, want %q", in, got, want)
+		}
+	}
+	x, _ := d.Marshal()
+	moved, ok, err := vncMoved(strings.Replace(x, "autoport=\"yes\"", "port=\"5901\" autoport=\"yes\"", 1), VNCListen(migrateHost("tcp://10.0.0.6")))
+	if err != nil || !ok || !strings.Contains(moved, `listen="10.0.0.6"`) || strings.Contains(moved, "10.0.0.5") || strings.Contains(moved, "5901") {
+		t.Fatalf("moved %v %v:\n%s", ok, err, moved)
+	}
+	plain := spec
+	plain.VNC = nil
+	px, _ := roundTrip(t, plain, AccelTCG).Marshal()
+	if _, ok, err := vncMoved(px, "10.0.0.6"); ok || err != nil {
+		t.Errorf("a guest without VNC moved: %v %v", ok, err)
+	}
+}
