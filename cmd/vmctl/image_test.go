@@ -237,3 +237,47 @@ func TestISOFlags(t *testing.T) {
 		t.Fatalf("show: %v\n%s", err, out)
 	}
 }
+
+// TestVNCFlags: vm create --vnc asks for a display; vm vnc prints where it is and its
+// password; vm show prints both to a token that may read the password, and to one
+// that may not (403), the display and how to get it.
+func TestVNCFlags(t *testing.T) {
+	var bodies []api.CreateGuest
+	forbid := false
+	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v1/guests":
+			var req api.CreateGuest
+			json.NewDecoder(r.Body).Decode(&req)
+			bodies = append(bodies, req)
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestRunning})
+		case r.URL.Path == "/v1/guests/gui/vnc" && forbid:
+			w.WriteHeader(http.StatusForbidden)
+			json.NewEncoder(w).Encode(api.Error{Error: "token viewer has scope read; this needs operator"})
+		case r.URL.Path == "/v1/guests/gui/vnc":
+			json.NewEncoder(w).Encode(api.VNC{Guest: "gui", Node: "n1", Display: "10.0.0.5:5900", Password: "abcd2345"})
+		case r.URL.Path == "/v1/guests/gui":
+			json.NewEncoder(w).Encode(api.Guest{Name: "gui", State: api.GuestRunning, VNC: &api.GuestVNC{Display: "10.0.0.5:5900"}})
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(api.Error{Error: "not found"})
+		}
+	})
+	if _, err := vmctl(append(g, "vm", "create", "gui", "--vnc", "--no-wait")...); err != nil || len(bodies) != 1 || !bodies[0].VNC {
+		t.Fatalf("create: %v, sent %+v", err, bodies)
+	}
+	out, err := vmctl(append(g, "vm", "vnc", "gui")...)
+	if err != nil || !strings.Contains(out, "10.0.0.5:5900") || !strings.Contains(out, "abcd2345") {
+		t.Fatalf("vnc: %v\n%s", err, out)
+	}
+	out, err = vmctl(append(g, "vm", "show", "gui")...)
+	if err != nil || !strings.Contains(out, "VNC:") || !strings.Contains(out, "10.0.0.5:5900, password abcd2345") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	forbid = true
+	out, err = vmctl(append(g, "vm", "show", "gui")...)
+	if err != nil || strings.Contains(out, "abcd2345") || !strings.Contains(out, "10.0.0.5:5900; its password is shown to operator tokens (vmctl vm vnc gui)") {
+		t.Fatalf("show with a read token: %v\n%s", err, out)
+	}
+}

@@ -235,6 +235,11 @@ func vmCommand() *cli.Command {
 					"wherever it is defined again: it boots from its disk from then on. Its image is then free\n" +
 					"to delete.\n\nExample:\n  vmctl vm eject dfly",
 				Action: vmEject},
+			{Name: "vnc", Usage: "say where a guest's VNC display listens, and its password (operator token)", ArgsUsage: "NAME",
+				Description: "For a guest created with --vnc. The display is on the guest's node, on that node's\n" +
+					"management address (or loopback): reach it from there, or through an SSH tunnel.\n\n" +
+					"Examples:\n  vmctl vm vnc dfly\n  vmctl -o json vm vnc dfly",
+				Action: vmVNC},
 		},
 	}
 }
@@ -257,7 +262,9 @@ func vmCreate() *cli.Command {
 			"  vmctl vm create lab2 --os linux --image lab --memory 128MiB --net blue\n" +
 			"  vmctl vm create dfly --iso dfly-6.4 --disk 20GiB     # then: vmctl vm console dfly; vmctl vm eject dfly\n\n" +
 			"With --iso the guest boots the ISO (a read-only cdrom) before its empty disk: install on\n" +
-			"the console, then vmctl vm eject NAME, and it boots from its disk from then on.\n\n" +
+			"the console, then vmctl vm eject NAME, and it boots from its disk from then on.\n" +
+			"With --vnc it also has a VNC display (off by default: the serial console is vmctl vm\n" +
+			"console), on its node's management address, with a password: vmctl vm vnc NAME.\n\n" +
 			"With --net each network gives the guest a NIC with its own MAC (52:54:00:xx:xx:xx) and\n" +
 			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
 			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
@@ -273,6 +280,7 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE[,SIZE…]`, such as 20G or 20G,50G: the first made from --image, the others empty (default 20GiB without --image, the image's size with a disk image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` (vmctl image ls; lab: the lab guest)"},
 			&cli.StringFlag{Name: "iso", Usage: "install media: an image `NAME` of format iso, booted before the empty disk until vmctl vm eject"},
+			&cli.BoolFlag{Name: "vnc", Usage: "a VNC display for graphical installers, on the node's management address, with a password (vmctl vm vnc NAME)"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
 			&cli.BoolFlag{Name: "stopped", Usage: "create it without starting it"},
@@ -284,7 +292,7 @@ func vmCreate() *cli.Command {
 				return err
 			}
 			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover"),
-				ISO: c.String("iso")}
+				ISO: c.String("iso"), VNC: c.Bool("vnc")}
 			if req.MemoryBytes, err = units.ParseBytes(c.String("memory")); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
@@ -444,6 +452,9 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 	if g.ISO != "" {
 		p("ISO", g.ISO+" (in its cdrom, booted first; vmctl vm eject "+g.Name+" takes it out)")
 	}
+	if g.VNC != nil {
+		p("VNC", vncLine(c, cl, g))
+	}
 	p("Failover", g.Failover)
 	p("Constraints", labels(g.Constraints))
 	p("NICs", nicsLine(g.NICs))
@@ -550,6 +561,52 @@ func vmDesired(verb, want string) cli.ActionFunc {
 		printGuest(c, g)
 		return nil
 	}
+}
+
+// vncLine says where a guest's VNC display is and, to an operator token, its password.
+func vncLine(c *cli.Context, cl *api.Client, g api.Guest) string {
+	var v api.VNC
+	err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(g.Name)+"/vnc", nil, &v)
+	display := g.VNC.Display
+	if err == nil && v.Display != "" {
+		display = v.Display
+	}
+	if display == "" {
+		display = "port not known yet (it does not run, or its node has not said)"
+	}
+	var se *api.StatusError
+	switch {
+	case errors.As(err, &se) && se.Code == http.StatusForbidden:
+		return display + "; its password is shown to operator tokens (vmctl vm vnc " + g.Name + ")"
+	case err != nil:
+		return display + "; its password could not be read: " + err.Error()
+	}
+	return display + ", password " + v.Password
+}
+
+func vmVNC(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	var v api.VNC
+	if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/vnc", nil, &v); err != nil {
+		return err
+	}
+	if jsonOut(c) {
+		printJSON(c, v)
+		return nil
+	}
+	display := v.Display
+	if display == "" {
+		display = "-"
+	}
+	table(c, "GUEST\tNODE\tDISPLAY\tPASSWORD", [][]string{{v.Guest, v.Node, display, v.Password}})
+	return nil
 }
 
 func vmEject(c *cli.Context) error {

@@ -406,6 +406,10 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	if err := a.attachISO(&spec, g); err != nil {
 		return err
 	}
+	if g.VNCPassword != "" {
+		// Reached on the node's management address, or loopback: never every address.
+		spec.VNC = &hypervisor.VNC{Listen: hypervisor.VNCListen(a.cfg.Address), Password: g.VNCPassword}
+	}
 	return a.cfg.Node.Define(spec)
 }
 
@@ -476,10 +480,16 @@ func (a *Agent) status() api.NodeStatus {
 	if err != nil {
 		a.cfg.Log.Warn("list guests", "err", err)
 	}
+	displays := map[string]string{}
+	for _, g := range list {
+		if g.VNC && g.State == hypervisor.StateRunning {
+			displays[g.Name], _ = a.cfg.Node.VNCDisplay(g.Name)
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, g := range list {
-		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.guestError(g.Name)})
+		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.guestError(g.Name), VNC: displays[g.Name]})
 	}
 	for name, e := range a.errs {
 		if !containsGuest(list, name) {

@@ -88,3 +88,36 @@ func TestISOInstallThenEject(t *testing.T) {
 		t.Fatalf("define with install media not there: %v", err)
 	}
 }
+
+// TestVNCOnManagementAddress: a guest assigned a VNC password gets a display on the
+// host of the node's management address, or on loopback when that is every address,
+// and the node reports it as a guest with one.
+func TestVNCOnManagementAddress(t *testing.T) {
+	for address, want := range map[string]string{"10.0.0.5:7460": "10.0.0.5", "0.0.0.0:7460": "127.0.0.1"} {
+		dir := t.TempDir()
+		node := testNode(t, dir)
+		a := &Agent{cfg: Config{Name: "n1", Node: node, Address: address, Log: slog.New(slog.DiscardHandler)}}
+		g := api.AssignedGuest{Name: "gui", UUID: "5c338286-c360-4b65-a1c1-a97ca933a4a3", OS: "linux", CPUs: 1, MemoryBytes: 64 << 20,
+			Failover: api.FailoverNone, DiskBytes: 1 << 30, VNCPassword: "abcd2345"}
+		if err := node.EnsureDiskPool(filepath.Join(dir, "disks")); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.define(g); err != nil {
+			t.Fatal(err)
+		}
+		x, err := node.DomainXML("gui")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d libvirtxml.Domain
+		if err := d.Unmarshal(x); err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Devices.Graphics) != 1 || d.Devices.Graphics[0].VNC == nil || d.Devices.Graphics[0].VNC.Listen != want {
+			t.Fatalf("%s: graphics %+v, want VNC on %s", address, d.Devices.Graphics, want)
+		}
+		if list, _ := node.List(); len(list) != 1 || !list[0].VNC {
+			t.Fatalf("%s: listed %+v", address, list)
+		}
+	}
+}

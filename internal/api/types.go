@@ -61,6 +61,23 @@ type Guest struct {
 	// ISO is the image (of format iso) in the guest's cdrom, until it is ejected
 	// (POST /v1/guests/NAME/eject).
 	ISO string `json:"iso,omitempty"`
+	// VNC is the guest's VNC display, when it has one: where it listens, once its node
+	// said. Its password is only in GET /v1/guests/NAME/vnc.
+	VNC *GuestVNC `json:"vnc,omitempty"`
+}
+
+// GuestVNC is where a guest's VNC display listens: ADDRESS:PORT on its node ("" until
+// the guest runs and its node reported the port libvirt chose).
+type GuestVNC struct {
+	Display string `json:"display,omitempty"`
+}
+
+// VNC is GET /v1/guests/NAME/vnc (operator scope): how to reach a guest's VNC display.
+type VNC struct {
+	Guest    string `json:"guest"`
+	Node     string `json:"node,omitempty"`
+	Display  string `json:"display,omitempty"` // ADDRESS:PORT, "" until known
+	Password string `json:"password"`
 }
 
 // CreateGuest is the body of POST /v1/guests.
@@ -85,6 +102,9 @@ type CreateGuest struct {
 	// ISO names an image of format iso: install media in a read-only cdrom, booted
 	// before the guest's first disk (made empty), until it is ejected.
 	ISO string `json:"iso,omitempty"`
+	// VNC gives the guest a VNC display, on its node's management address (or
+	// loopback), with a password the master makes.
+	VNC bool `json:"vnc,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -133,6 +153,8 @@ type ObservedGuest struct {
 	Name  string `json:"name"`
 	State string `json:"state"`           // hypervisor state: running, stopped, …
 	Error string `json:"error,omitempty"` // the last reconcile step that failed
+	// VNC is where its VNC display listens, ADDRESS:PORT, while it runs with one.
+	VNC string `json:"vnc,omitempty"`
 }
 
 // Assignment is what the master wants of a node: GET /v1/nodes/{name}/assignment.
@@ -195,6 +217,9 @@ type AssignedGuest struct {
 	// ISO names the image (of format iso) in the guest's cdrom; a node ejects the
 	// media of a guest defined with it when it is gone from here.
 	ISO string `json:"iso,omitempty"`
+	// VNCPassword, when set, gives the guest a VNC display with this password, on the
+	// node's management address (or loopback).
+	VNCPassword string `json:"vnc_password,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.

@@ -108,7 +108,7 @@ func TestISOInstallOnDevCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	var g api.Guest
-	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "inst", CPUs: 1, MemoryBytes: 256 << 20, ISO: "dfly"}, &g); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "inst", CPUs: 1, MemoryBytes: 256 << 20, ISO: "dfly", VNC: true}, &g); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "inst running", func() bool { return guest(t, c, "inst").State == api.GuestRunning })
@@ -117,7 +117,8 @@ func TestISOInstallOnDevCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"<boot dev='cdrom'/>\n    <boot dev='hd'/>", "device='cdrom'", "<source file='" + media + "'", "<readonly/>", "inst.qcow2'/>"} {
+	for _, want := range []string{"<boot dev='cdrom'/>\n    <boot dev='hd'/>", "device='cdrom'", "<source file='" + media + "'", "<readonly/>", "inst.qcow2'/>",
+		"<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>"} {
 		if !strings.Contains(x, want) {
 			t.Fatalf("inst's domain lacks %s:\n%s", want, x)
 		}

@@ -276,6 +276,13 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	if err := m.guestISO(req); err != nil {
 		return api.Guest{}, err
 	}
+	vncPassword := ""
+	if req.VNC {
+		if err := m.nodesRun("a guest with a VNC display", disksSince); err != nil {
+			return api.Guest{}, err
+		}
+		vncPassword = newVNCPassword()
+	}
 	desired := store.DesiredRunning
 	if req.Start != nil && !*req.Start {
 		desired = store.DesiredStopped
@@ -284,6 +291,7 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
 		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes, ISO: req.ISO,
+		VNCPassword: vncPassword,
 	}
 	res := m.createBatched(&createReq{g: g, networks: req.Networks, image: recorded, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
@@ -421,6 +429,9 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
 		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes, ISO: g.ISO,
+	}
+	if g.VNCPassword != "" {
+		out.VNC = &api.GuestVNC{Display: m.vncDisplay(g)}
 	}
 	if len(g.LastMigration) > 0 {
 		var mig api.Migration

@@ -79,6 +79,9 @@ type GuestRecord struct {
 	// ISO names the image of format iso in the guest's cdrom, until it is ejected
 	// (since 0.2.0).
 	ISO string `json:"iso,omitempty"`
+	// VNCPassword is the password of the guest's VNC display, which it has when this
+	// is set (since 0.2.0). Only operators read it (GET /v1/guests/NAME/vnc).
+	VNCPassword string `json:"vnc_password,omitempty"`
 }
 
 // NICRecord is one guest network interface.
@@ -485,6 +488,8 @@ func (c Command) fieldsSince() (what, since string) {
 			return "a guest deleted keeping its disks", "0.3.0"
 		case g.ISO != "":
 			return "a guest with install media", "0.3.0"
+		case g.VNCPassword != "":
+			return "a guest with a VNC display", "0.3.0"
 		}
 	}
 	return "", ""
