@@ -59,7 +59,10 @@ type GuestSpec struct {
 	ISO string
 	// VNC, when set, gives the guest a graphical console (a VNC display, with a video
 	// card), for installers that need one.
-	VNC        *VNC
+	VNC *VNC
+	// Seed is a cloud-init NoCloud seed (an ISO image labelled cidata): a second
+	// read-only cdrom, never booted. "" for none.
+	Seed       string
 	NICs       []NIC
 	ConsoleLog string // file that receives the serial console's output; "" for none
 	// Failover is the guest's policy (none, restart, twin), kept in the domain's
@@ -195,6 +198,11 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if spec.ISO != "" {
 		d.Devices.Disks = append(d.Devices.Disks, isoDrive(prof, spec.ISO))
 	}
+	if spec.Seed != "" {
+		seed := isoDrive(prof, spec.Seed)
+		seed.Target.Dev = prof.CDROMTargetPrefix + "b"
+		d.Devices.Disks = append(d.Devices.Disks, seed)
+	}
 	if l := spec.Lock; l != nil {
 		// virtlockd joins <target path> and <lockspace> with '/' into the lockspace's
 		// name: split the directory so the join gives it back.
@@ -320,6 +328,11 @@ func (spec *GuestSpec) check() (profile.Profile, error) {
 		}
 		if spec.Disk == nil {
 			return bad("install media without a disk to install on")
+		}
+	}
+	if spec.Seed != "" {
+		if err := checkPath("cloud-init seed", spec.Seed); err != nil {
+			return bad("%w", err)
 		}
 	}
 	if v := spec.VNC; v != nil {

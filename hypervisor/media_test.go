@@ -172,3 +172,43 @@ func TestVNCDisplay(t *testing.T) {
 		t.Errorf("a guest without VNC moved: %v %v", ok, err)
 	}
 }
+
+// TestSeedDrive: a cloud-init seed is a second read-only cdrom, after the install
+// media's, never in the boot order; ejecting the media leaves it.
+func TestSeedDrive(t *testing.T) {
+	n := openTestNode(t, Capacity{CPUs: 4, MemoryBytes: 8 << 30})
+	spec := GuestSpec{Name: "web", OS: "linux", CPUs: 1, MemoryBytes: 1 << 30, Disk: &Disk{Path: "/d/web.qcow2"},
+		ISO: "/images/deb/disk.iso", Seed: "/d/web.cidata.iso"}
+	if err := n.Define(spec); err != nil {
+		t.Fatal(err)
+	}
+	drives := func() string {
+		var out []string
+		for _, d := range inactiveXML(t, n, "web").Devices.Disks {
+			src := "empty"
+			if d.Source != nil && d.Source.File != nil && d.Source.File.File != "" {
+				src = d.Source.File.File
+			}
+			ro := ""
+			if d.ReadOnly != nil {
+				ro = ",ro"
+			}
+			out = append(out, d.Device+":"+d.Target.Dev+"="+src+ro)
+		}
+		return strings.Join(out, " ")
+	}
+	if got := drives(); got != "disk:vda=/d/web.qcow2 cdrom:sda=/images/deb/disk.iso,ro cdrom:sdb=/d/web.cidata.iso,ro" {
+		t.Fatalf("drives %s", got)
+	}
+	if err := n.EjectISO("web"); err != nil {
+		t.Fatal(err)
+	}
+	if got := drives(); got != "disk:vda=/d/web.qcow2 cdrom:sda=empty,ro cdrom:sdb=/d/web.cidata.iso,ro" {
+		t.Fatalf("drives after the eject %s", got)
+	}
+	bad := spec
+	bad.Name, bad.Seed = "bad", "seed.iso"
+	if _, err := BuildDomain(bad, AccelTCG); err == nil || !strings.Contains(err.Error(), "cloud-init seed") {
+		t.Errorf("relative seed: %v", err)
+	}
+}

@@ -281,3 +281,69 @@ func TestVNCFlags(t *testing.T) {
 		t.Fatalf("show with a read token: %v\n%s", err, out)
 	}
 }
+
+// TestCloudInitFlags: --cloud-init sends the keys of every --ssh-key file (comments
+// and blank lines left out) and the --user-data file; a private key, a key file with
+// no key, a missing file, --ssh-key or --user-data without --cloud-init, and a
+// DragonFly guest are refused before anything is sent, naming the flag; vm show
+// summarises the seed.
+func TestCloudInitFlags(t *testing.T) {
+	var bodies []api.CreateGuest
+	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v1/guests":
+			var req api.CreateGuest
+			json.NewDecoder(r.Body).Decode(&req)
+			bodies = append(bodies, req)
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestRunning})
+		case r.URL.Path == "/v1/guests/web":
+			json.NewEncoder(w).Encode(api.Guest{Name: "web", State: api.GuestRunning, CloudInit: &api.GuestCloudInit{SSHKeys: []string{"k"}, UserDataBytes: 2048}})
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(api.Error{Error: "not found"})
+		}
+	})
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.pub")
+	os.WriteFile(keys, []byte("# mine\nssh-ed25519 AAAAC3Nz a@h\n\nssh-rsa AAAAB3Nz b@h\n"), 0o644)
+	more := filepath.Join(dir, "id_ed25519.pub")
+	os.WriteFile(more, []byte("ssh-ed25519 AAAAC3Nz c@h\n"), 0o644)
+	user := filepath.Join(dir, "user-data")
+	os.WriteFile(user, []byte("#cloud-config\npackages: [nginx]\n"), 0o644)
+	private := filepath.Join(dir, "id_ed25519")
+	os.WriteFile(private, []byte("-----BEGIN OPENSSH PRIVATE KEY-----\n"), 0o600)
+	empty := filepath.Join(dir, "empty.pub")
+	os.WriteFile(empty, []byte("# nothing\n"), 0o644)
+	if _, err := vmctl(append(g, "vm", "create", "web", "--os", "linux", "--cloud-init", "--ssh-key", keys, "--ssh-key", more, "--user-data", user, "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if len(bodies) != 1 || bodies[0].CloudInit == nil || strings.Join(bodies[0].CloudInit.SSHKeys, "|") != "ssh-ed25519 AAAAC3Nz a@h|ssh-rsa AAAAB3Nz b@h|ssh-ed25519 AAAAC3Nz c@h" ||
+		bodies[0].CloudInit.UserData != "#cloud-config\npackages: [nginx]\n" {
+		t.Fatalf("create sent %+v", bodies)
+	}
+	for _, b := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--os", "linux", "--cloud-init", "--ssh-key", private}, "this is a private key: give the public one"},
+		{[]string{"--os", "linux", "--cloud-init", "--ssh-key", empty}, "holds no key"},
+		{[]string{"--os", "linux", "--cloud-init", "--user-data", filepath.Join(dir, "nope")}, "--user-data: open"},
+		{[]string{"--os", "linux", "--ssh-key", more}, "--ssh-key goes in a cloud-init seed: give --cloud-init too"},
+		{[]string{"--os", "linux", "--user-data", user}, "give --cloud-init too"},
+		{[]string{"--cloud-init"}, "--cloud-init: os dragonfly: DragonFly BSD has no cloud-init"},
+		{[]string{"--os", "linux", "--cloud-init", "--ssh-key", user}, "--ssh-key: "},
+	} {
+		_, err := vmctl(append(append(g, "vm", "create", "x", "--no-wait"), b.args...)...)
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%v: %v, want %q", b.args, err, b.want)
+		}
+	}
+	if len(bodies) != 1 {
+		t.Fatalf("refused creates were sent: %+v", bodies[1:])
+	}
+	out, err := vmctl(append(g, "vm", "show", "web")...)
+	if err != nil || !strings.Contains(out, "NoCloud seed: hostname web, addresses of its NICs, 1 SSH keys, user data of 2KiB") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+}

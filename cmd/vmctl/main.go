@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -264,7 +265,11 @@ func vmCreate() *cli.Command {
 			"With --iso the guest boots the ISO (a read-only cdrom) before its empty disk: install on\n" +
 			"the console, then vmctl vm eject NAME, and it boots from its disk from then on.\n" +
 			"With --vnc it also has a VNC display (off by default: the serial console is vmctl vm\n" +
-			"console), on its node's management address, with a password: vmctl vm vnc NAME.\n\n" +
+			"console), on its node's management address, with a password: vmctl vm vnc NAME.\n" +
+			"With --cloud-init (linux, freebsd) a second cdrom holds a cloud-init NoCloud seed:\n" +
+			"hostname NAME, the addresses of its networks, --ssh-key keys for the image's default\n" +
+			"user, --user-data as given.\n" +
+			"  vmctl vm create web --os linux --image debian-12 --net blue --cloud-init --ssh-key ~/.ssh/id_ed25519.pub\n\n" +
 			"With --net each network gives the guest a NIC with its own MAC (52:54:00:xx:xx:xx) and\n" +
 			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
 			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
@@ -280,6 +285,9 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE[,SIZE…]`, such as 20G or 20G,50G: the first made from --image, the others empty (default 20GiB without --image, the image's size with a disk image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` (vmctl image ls; lab: the lab guest)"},
 			&cli.StringFlag{Name: "iso", Usage: "install media: an image `NAME` of format iso, booted before the empty disk until vmctl vm eject"},
+			&cli.BoolFlag{Name: "cloud-init", Usage: "a cloud-init NoCloud seed (os linux or freebsd): hostname, addresses, --ssh-key, --user-data"},
+			&cli.StringSliceFlag{Name: "ssh-key", Usage: "`FILE` of SSH public keys (one a line, as id_ed25519.pub) for the seed; repeat for more"},
+			&cli.StringFlag{Name: "user-data", Usage: "`FILE` of cloud-init user data (#cloud-config, or a #! script) for the seed"},
 			&cli.BoolFlag{Name: "vnc", Usage: "a VNC display for graphical installers, on the node's management address, with a password (vmctl vm vnc NAME)"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
@@ -309,6 +317,9 @@ func vmCreate() *cli.Command {
 			if c.Bool("stopped") {
 				f := false
 				req.Start = &f
+			}
+			if req.CloudInit, err = cloudInitFlags(c); err != nil {
+				return err
 			}
 			if req.Networks, err = parseNetFlag(c.String("net")); err != nil {
 				return err
@@ -355,6 +366,48 @@ func vmCreate() *cli.Command {
 	}
 }
 
+// cloudInitFlags reads --cloud-init, --ssh-key FILE… and --user-data FILE: nil without
+// --cloud-init, which the other two need.
+func cloudInitFlags(c *cli.Context) (*api.CloudInit, error) {
+	keys, user := c.StringSlice("ssh-key"), c.String("user-data")
+	if !c.Bool("cloud-init") {
+		switch {
+		case len(keys) > 0:
+			return nil, errors.New("--ssh-key goes in a cloud-init seed: give --cloud-init too")
+		case user != "":
+			return nil, errors.New("--user-data goes in a cloud-init seed: give --cloud-init too")
+		}
+		return nil, nil
+	}
+	ci := &api.CloudInit{}
+	for _, file := range keys {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--ssh-key: %w", err)
+		}
+		if bytes.Contains(b, []byte("PRIVATE KEY")) {
+			return nil, fmt.Errorf("--ssh-key %s: this is a private key: give the public one (%s.pub), which is all a guest needs", file, file)
+		}
+		n := len(ci.SSHKeys)
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				ci.SSHKeys = append(ci.SSHKeys, line)
+			}
+		}
+		if len(ci.SSHKeys) == n {
+			return nil, fmt.Errorf("--ssh-key %s: holds no key: give a public key file such as ~/.ssh/id_ed25519.pub", file)
+		}
+	}
+	if user != "" {
+		b, err := os.ReadFile(user)
+		if err != nil {
+			return nil, fmt.Errorf("--user-data: %w", err)
+		}
+		ci.UserData = string(b)
+	}
+	return ci, nil
+}
+
 // parseDisks reads --disk SIZE[,SIZE…]: the first disk, then the extra ones.
 func parseDisks(s string) (int64, []int64, error) {
 	var sizes []int64
@@ -386,6 +439,12 @@ func flagOf(field string) string {
 		return "memory"
 	case "disk_bytes", "extra_disk_bytes":
 		return "disk"
+	case "cloud_init":
+		return "cloud-init"
+	case "cloud_init.ssh_keys":
+		return "ssh-key"
+	case "cloud_init.user_data":
+		return "user-data"
 	case "constraints":
 		return "constraint"
 	case "networks":
@@ -454,6 +513,13 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 	}
 	if g.VNC != nil {
 		p("VNC", vncLine(c, cl, g))
+	}
+	if ci := g.CloudInit; ci != nil {
+		seed := fmt.Sprintf("NoCloud seed: hostname %s, addresses of its NICs, %d SSH keys", g.Name, len(ci.SSHKeys))
+		if ci.UserDataBytes > 0 {
+			seed += ", user data of " + units.FormatBytes(int64(ci.UserDataBytes))
+		}
+		p("Cloud-init", seed)
 	}
 	p("Failover", g.Failover)
 	p("Constraints", labels(g.Constraints))

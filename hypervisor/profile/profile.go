@@ -33,15 +33,23 @@ type Profile struct {
 	RNG          bool // a virtio RNG device, for OSes with a driver for it
 	Balloon      bool // a virtio balloon, for OSes whose driver is reliable
 	ACPI         bool
+	// CloudInit says the OS's images run cloud-init, which reads a NoCloud seed (vm
+	// create --cloud-init); NoCloudInit says, for an OS whose images do not, what
+	// configures such a guest instead.
+	CloudInit   bool
+	NoCloudInit string
 }
 
 // All are the OS profiles dvm knows. DragonFly BSD is the default.
 var All = map[string]Profile{
-	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true},
-	"freebsd":   {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
-	"netbsd":    {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
-	"openbsd":   {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
-	"linux":     {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "sata", CDROMTargetPrefix: "sd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
+	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true,
+		NoCloudInit: "DragonFly BSD has no cloud-init: the guest configures itself from its image (its rc.conf: hostname, addresses, sshd and authorized_keys, prepared in the image you import), or on its serial console (vmctl vm console); leave out --cloud-init, --ssh-key and --user-data"},
+	"freebsd": {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true, CloudInit: true},
+	"netbsd": {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true,
+		NoCloudInit: "dvm's NetBSD profile makes no cloud-init seed: configure the guest in its image, or on its serial console (vmctl vm console); leave out --cloud-init"},
+	"openbsd": {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true,
+		NoCloudInit: "dvm's OpenBSD profile makes no cloud-init seed: configure the guest in its image, or on its serial console (vmctl vm console); leave out --cloud-init"},
+	"linux": {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "sata", CDROMTargetPrefix: "sd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true, CloudInit: true},
 }
 
 // Default is the profile of a guest that names none.

@@ -406,6 +406,9 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	if err := a.attachISO(&spec, g); err != nil {
 		return err
 	}
+	if err := a.attachSeed(&spec, g); err != nil {
+		return err
+	}
 	if g.VNCPassword != "" {
 		// Reached on the node's management address, or loopback: never every address.
 		spec.VNC = &hypervisor.VNC{Listen: hypervisor.VNCListen(a.cfg.Address), Password: g.VNCPassword}

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -119,5 +121,55 @@ func TestVNCOnManagementAddress(t *testing.T) {
 		if list, _ := node.List(); len(list) != 1 || !list[0].VNC {
 			t.Fatalf("%s: listed %+v", address, list)
 		}
+	}
+}
+
+// TestCloudInitSeed: a guest assigned a cloud-init seed gets one written beside its
+// disks (0600: user data may hold secrets), holding its hostname, UUID, keys, user
+// data and its NIC's address, in a second cdrom; the delete removes it, disks kept
+// or not.
+func TestCloudInitSeed(t *testing.T) {
+	dir := t.TempDir()
+	node := testNode(t, dir)
+	disks := filepath.Join(dir, "disks")
+	if err := node.EnsureDiskPool(disks); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: Config{Name: "n1", Node: node, DisksDir: disks, Log: slog.New(slog.DiscardHandler)}}
+	g := api.AssignedGuest{Name: "web", UUID: "5c338286-c360-4b65-a1c1-a97ca933a4a4", OS: "linux", CPUs: 1, MemoryBytes: 64 << 20,
+		Failover: api.FailoverNone, DiskBytes: 1 << 30, NICs: []api.AssignedNIC{{Network: "blue", VNI: 42, MAC: "52:54:00:aa:bb:01", IP: "10.1.0.2/24"}},
+		CloudInit: &api.CloudInit{SSHKeys: []string{"ssh-ed25519 AAAAC3Nz you@host"}, UserData: "#cloud-config\npackages: [nginx]\n"}}
+	if err := a.define(g); err != nil {
+		t.Fatal(err)
+	}
+	seed := filepath.Join(disks, "web.cidata.iso")
+	st, err := os.Stat(seed)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("seed: %v, %v", st, err)
+	}
+	b, _ := os.ReadFile(seed)
+	for _, want := range []string{`local-hostname: "web"`, `instance-id: "5c338286-c360-4b65-a1c1-a97ca933a4a4"`, "ssh-ed25519 AAAAC3Nz you@host",
+		"packages: [nginx]", `macaddress: "52:54:00:aa:bb:01"`, `- "10.1.0.2/24"`} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("the seed lacks %s", want)
+		}
+	}
+	x, _ := node.DomainXML("web")
+	if !strings.Contains(x, "<source file='"+seed+"'/>") || !strings.Contains(x, "dev='sdb' bus='sata'") {
+		t.Fatalf("web's domain has no seed drive:\n%s", x)
+	}
+	g.KeepDisks = true
+	if err := a.deleteDisks(g); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(seed); !os.IsNotExist(err) {
+		t.Fatalf("seed after the delete: %v", err)
+	}
+	if err := a.deleteDisks(g); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	a.cfg.DisksDir = ""
+	if err := a.define(g); err == nil || !strings.Contains(err.Error(), "set disks_dir") {
+		t.Fatalf("a seed without disks_dir: %v", err)
 	}
 }

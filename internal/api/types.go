@@ -64,6 +64,25 @@ type Guest struct {
 	// VNC is the guest's VNC display, when it has one: where it listens, once its node
 	// said. Its password is only in GET /v1/guests/NAME/vnc.
 	VNC *GuestVNC `json:"vnc,omitempty"`
+	// CloudInit is what the guest's cloud-init seed holds past its hostname and
+	// addresses: the SSH keys, and how long its user data is (which may hold secrets,
+	// and is not shown).
+	CloudInit *GuestCloudInit `json:"cloud_init,omitempty"`
+}
+
+// GuestCloudInit is a guest's cloud-init seed as the API shows it.
+type GuestCloudInit struct {
+	SSHKeys       []string `json:"ssh_keys,omitempty"`
+	UserDataBytes int      `json:"user_data_bytes,omitempty"`
+}
+
+// CloudInit asks for a cloud-init NoCloud seed, for guests whose OS profile runs
+// cloud-init (linux, freebsd): a cdrom labelled cidata holding the guest's hostname
+// (its name), its addresses (from its networks), SSHKeys for the image's default user,
+// and UserData as given.
+type CloudInit struct {
+	SSHKeys  []string `json:"ssh_keys,omitempty"`
+	UserData string   `json:"user_data,omitempty"`
 }
 
 // GuestVNC is where a guest's VNC display listens: ADDRESS:PORT on its node ("" until
@@ -105,6 +124,8 @@ type CreateGuest struct {
 	// VNC gives the guest a VNC display, on its node's management address (or
 	// loopback), with a password the master makes.
 	VNC bool `json:"vnc,omitempty"`
+	// CloudInit, when set, gives the guest a cloud-init NoCloud seed.
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -220,6 +241,9 @@ type AssignedGuest struct {
 	// VNCPassword, when set, gives the guest a VNC display with this password, on the
 	// node's management address (or loopback).
 	VNCPassword string `json:"vnc_password,omitempty"`
+	// CloudInit, when set, has the node make the guest's NoCloud seed and put it in a
+	// second cdrom.
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.

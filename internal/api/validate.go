@@ -118,6 +118,15 @@ func (c *CreateGuest) Normalize() *FieldError {
 	if c.Failover == FailoverTwin && len(c.ExtraDiskBytes) > 0 {
 		return fieldErr("extra_disk_bytes", "a twin guest has one disk, the one mirrored to its twin: give one disk size, or failover restart")
 	}
+	if ci := c.CloudInit; ci != nil {
+		prof, _ := profile.Lookup(c.OS)
+		if !prof.CloudInit {
+			return fieldErr("cloud_init", "os %s: %s", c.OS, prof.NoCloudInit)
+		}
+		if e := ci.Validate(); e != nil {
+			return e
+		}
+	}
 	for k, v := range c.Constraints {
 		if !labelRE.MatchString(k) || (v != "" && !labelRE.MatchString(v)) {
 			return fieldErr("constraints", "%q=%q is not a valid label: use letters, digits, dots, dashes, underscores and slashes", k, v)

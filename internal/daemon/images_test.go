@@ -155,3 +155,56 @@ func TestISOInstallOnDevCluster(t *testing.T) {
 		t.Fatalf("inst restarted elsewhere after its eject:\n%s", x)
 	}
 }
+
+// TestCloudInitOnDevCluster: a linux guest created with a cloud-init seed on a network
+// runs with the seed in its second cdrom, a cidata image on the shared disks
+// directory holding its hostname, key and address; a DragonFly guest is refused with
+// what it does instead, nothing created; the guest's delete removes the seed.
+func TestCloudInitOnDevCluster(t *testing.T) {
+	d, c := startDev(t, t.TempDir(), 2)
+	ctx := context.Background()
+	if err := c.Do(ctx, "POST", "/v1/networks", api.CreateNetwork{Name: "blue", VNI: 7, CIDR: "10.7.0.0/24"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDvm you@host"
+	err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "bsd", CPUs: 1, MemoryBytes: 256 << 20, CloudInit: &api.CloudInit{}}, nil)
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != 400 || se.Field != "cloud_init" || !strings.Contains(se.Msg, "DragonFly BSD has no cloud-init") {
+		t.Fatalf("a DragonFly guest with a seed: %v", err)
+	}
+	var g api.Guest
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "web", OS: "linux", CPUs: 1, MemoryBytes: 256 << 20, Networks: []string{"blue"},
+		CloudInit: &api.CloudInit{SSHKeys: []string{key}}}, &g); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "web running", func() bool { return guest(t, c, "web").State == api.GuestRunning })
+	x, err := nodeNamed(d, g.Node).DomainXML("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(x, "<source file='")
+	seed, _, _ := strings.Cut(rest, "'")
+	for ok && !strings.HasSuffix(seed, "web.cidata.iso") {
+		_, rest, ok = strings.Cut(rest, "<source file='")
+		seed, _, _ = strings.Cut(rest, "'")
+	}
+	if !ok || !strings.Contains(x, "dev='sdb' bus='sata'") {
+		t.Fatalf("web's domain has no seed drive:\n%s", x)
+	}
+	b, err := os.ReadFile(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"CD001", "cidata", `local-hostname: "web"`, key, `- "` + guest(t, c, "web").NICs[0].IP + `"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the seed lacks %s", want)
+		}
+	}
+	if err := c.Do(ctx, "DELETE", "/v1/guests/web", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "web's seed removed", func() bool {
+		_, err := os.Stat(seed)
+		return os.IsNotExist(err)
+	})
+}

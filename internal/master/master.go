@@ -283,6 +283,13 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 		}
 		vncPassword = newVNCPassword()
 	}
+	var seed *store.CloudInitRecord
+	if ci := req.CloudInit; ci != nil {
+		if err := m.nodesRun("a guest with a cloud-init seed", disksSince); err != nil {
+			return api.Guest{}, err
+		}
+		seed = &store.CloudInitRecord{SSHKeys: ci.SSHKeys, UserData: ci.UserData}
+	}
 	desired := store.DesiredRunning
 	if req.Start != nil && !*req.Start {
 		desired = store.DesiredStopped
@@ -291,7 +298,7 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
 		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes, ISO: req.ISO,
-		VNCPassword: vncPassword,
+		VNCPassword: vncPassword, CloudInit: seed,
 	}
 	res := m.createBatched(&createReq{g: g, networks: req.Networks, image: recorded, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
@@ -432,6 +439,9 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 	}
 	if g.VNCPassword != "" {
 		out.VNC = &api.GuestVNC{Display: m.vncDisplay(g)}
+	}
+	if ci := g.CloudInit; ci != nil {
+		out.CloudInit = &api.GuestCloudInit{SSHKeys: ci.SSHKeys, UserDataBytes: len(ci.UserData)}
 	}
 	if len(g.LastMigration) > 0 {
 		var mig api.Migration

@@ -82,6 +82,15 @@ type GuestRecord struct {
 	// VNCPassword is the password of the guest's VNC display, which it has when this
 	// is set (since 0.2.0). Only operators read it (GET /v1/guests/NAME/vnc).
 	VNCPassword string `json:"vnc_password,omitempty"`
+	// CloudInit, when set, is what the guest's cloud-init NoCloud seed holds past its
+	// hostname and addresses (since 0.2.0).
+	CloudInit *CloudInitRecord `json:"cloud_init,omitempty"`
+}
+
+// CloudInitRecord is a guest's cloud-init seed as asked: SSH keys and user data.
+type CloudInitRecord struct {
+	SSHKeys  []string `json:"ssh_keys,omitempty"`
+	UserData string   `json:"user_data,omitempty"`
 }
 
 // NICRecord is one guest network interface.
@@ -490,6 +499,8 @@ func (c Command) fieldsSince() (what, since string) {
 			return "a guest with install media", "0.3.0"
 		case g.VNCPassword != "":
 			return "a guest with a VNC display", "0.3.0"
+		case g.CloudInit != nil:
+			return "a guest with a cloud-init seed", "0.3.0"
 		}
 	}
 	return "", ""
