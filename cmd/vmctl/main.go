@@ -605,18 +605,22 @@ func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, er
 	return g, err
 }
 
+// postGuest asks POST /v1/guests/NAME/VERB of the guest the command line names.
+func postGuest(c *cli.Context, verb string) (cl *api.Client, name string, g api.Guest, err error) {
+	if name, err = oneArg(c, "name"); err != nil {
+		return nil, "", g, err
+	}
+	if cl, err = client(c); err != nil {
+		return nil, "", g, err
+	}
+	err = cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/"+verb, nil, &g)
+	return cl, name, g, err
+}
+
 func vmDesired(verb, want string) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		name, err := oneArg(c, "name")
+		cl, name, g, err := postGuest(c, verb)
 		if err != nil {
-			return err
-		}
-		cl, err := client(c)
-		if err != nil {
-			return err
-		}
-		var g api.Guest
-		if err := cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/"+verb, nil, &g); err != nil {
 			return err
 		}
 		if !c.Bool("no-wait") && g.State != api.GuestPending {
@@ -655,37 +659,19 @@ func vmVNC(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var v api.VNC
-	if err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(name)+"/vnc", nil, &v); err != nil {
-		return err
-	}
-	if jsonOut(c) {
-		printJSON(c, v)
+	return show(c, "/v1/guests/"+url.PathEscape(name)+"/vnc", func(_ *api.Client, v api.VNC) error {
+		display := v.Display
+		if display == "" {
+			display = "-"
+		}
+		table(c, "GUEST\tNODE\tDISPLAY\tPASSWORD", [][]string{{v.Guest, v.Node, display, v.Password}})
 		return nil
-	}
-	display := v.Display
-	if display == "" {
-		display = "-"
-	}
-	table(c, "GUEST\tNODE\tDISPLAY\tPASSWORD", [][]string{{v.Guest, v.Node, display, v.Password}})
-	return nil
+	})
 }
 
 func vmEject(c *cli.Context) error {
-	name, err := oneArg(c, "name")
+	_, _, g, err := postGuest(c, "eject")
 	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	var g api.Guest
-	if err := cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/eject", nil, &g); err != nil {
 		return err
 	}
 	printGuest(c, g)

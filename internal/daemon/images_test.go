@@ -28,16 +28,7 @@ func TestImagesOnDevCluster(t *testing.T) {
 	}
 	d, c := startDev(t, dir, 2)
 	ctx := context.Background()
-	f, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	var im api.Image
-	if err := c.Upload(ctx, "PUT", "/v1/images/deb?format=qcow2", f, st.Size(), &im); err != nil {
-		t.Fatal(err)
-	}
+	im := importFile(t, c, "deb", "qcow2", src)
 	if im.State != api.ImageReady || im.VirtualBytes != 2<<30 {
 		t.Fatalf("imported %+v", im)
 	}
@@ -83,30 +74,47 @@ func TestImagesOnDevCluster(t *testing.T) {
 	}
 }
 
-// TestISOInstallOnDevCluster: an ISO imported over the dev cluster's API installs a
-// guest: its domain boots the ISO, in a read-only cdrom from the shared images
-// directory, before its empty disk. vmctl vm eject takes the media out of the guest
-// on its node, which keeps running; and when that node dies, the guest is started again on another
-// node with no media (the eject is in the replicated state), booting from its disk.
-func TestISOInstallOnDevCluster(t *testing.T) {
-	dir := t.TempDir()
-	iso := filepath.Join(t.TempDir(), "dfly.iso")
-	// The least an import takes for ISO 9660: a volume descriptor at 32 KiB.
-	b := append(append(make([]byte, 0x8000), "\x01CD001\x01"...), make([]byte, 32<<10)...)
-	if err := os.WriteFile(iso, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d, c := startDev(t, dir, 2)
-	ctx := context.Background()
-	f, err := os.Open(iso)
+// importFile imports file as image name of format over the API.
+func importFile(t *testing.T, c *api.Client, name, format, file string) api.Image {
+	t.Helper()
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var im api.Image
-	if err := c.Upload(ctx, "PUT", "/v1/images/dfly?format=iso", f, int64(len(b)), &im); err != nil {
+	st, err := f.Stat()
+	if err != nil {
 		t.Fatal(err)
 	}
+	var im api.Image
+	if err := c.Upload(context.Background(), "PUT", "/v1/images/"+name+"?format="+format, f, st.Size(), &im); err != nil {
+		t.Fatal(err)
+	}
+	return im
+}
+
+// isoFile writes DIR/install.iso, the least an import takes for ISO 9660: a volume
+// descriptor at 32 KiB.
+func isoFile(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "install.iso")
+	if err := os.WriteFile(p, append(append(make([]byte, 0x8000), "\x01CD001\x01"...), make([]byte, 32<<10)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestISOInstallOnDevCluster: an ISO imported over the dev cluster's API installs a
+// guest: its domain boots the ISO, in a read-only cdrom from the shared images
+// directory, before its empty disk, and it has a VNC display on loopback. vmctl vm
+// eject takes the media out of the guest on its node, which keeps running; and when
+// that node dies, the guest is started again on another node with no media (the
+// eject is in the replicated state), booting from its disk.
+func TestISOInstallOnDevCluster(t *testing.T) {
+	dir := t.TempDir()
+	d, c := startDev(t, dir, 2)
+	ctx := context.Background()
+	importFile(t, c, "dfly", "iso", isoFile(t, t.TempDir()))
 	var g api.Guest
 	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "inst", CPUs: 1, MemoryBytes: 256 << 20, ISO: "dfly", VNC: true}, &g); err != nil {
 		t.Fatal(err)

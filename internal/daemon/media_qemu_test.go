@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,19 +21,7 @@ func TestRealQEMUInstallMedia(t *testing.T) {
 	rn := startRealNode(t, "dvmtest-media")
 	c, n, name := rn.client, rn.node, rn.guest
 	ctx := context.Background()
-	iso := filepath.Join(rn.dir, "install.iso")
-	b := append(append(make([]byte, 0x8000), "\x01CD001\x01"...), make([]byte, 32<<10)...)
-	if err := os.WriteFile(iso, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(iso)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := c.Upload(ctx, "PUT", "/v1/images/install?format=iso", f, int64(len(b)), nil); err != nil {
-		t.Fatal(err)
-	}
+	importFile(t, c, "install", "iso", isoFile(t, rn.dir))
 	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: name, OS: "linux", CPUs: 1, MemoryBytes: 128 << 20, DiskBytes: 64 << 20,
 		ISO: "install", VNC: true, Failover: api.FailoverNone, CloudInit: &api.CloudInit{SSHKeys: []string{"ssh-ed25519 AAAAC3Nz you@host"}}}, nil); err != nil {
 		t.Fatal(err)

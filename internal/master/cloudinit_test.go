@@ -52,14 +52,8 @@ func TestCloudInitCreate(t *testing.T) {
 		{"dragonfly", "dragonfly", "cloud_init", "DragonFly BSD has no cloud-init", api.CloudInit{}},
 		{"a private key", "linux", "cloud_init.ssh_keys", "not an SSH public key", api.CloudInit{SSHKeys: []string{"-----BEGIN OPENSSH PRIVATE KEY-----"}}},
 	} {
-		err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "x", OS: b.os, CPUs: 1, MemoryBytes: 1 << 30, CloudInit: &b.ci}, nil)
-		wantStatus(t, b.what, err, 400, b.text)
-		if _, field := statusOf(err); field != b.field {
-			t.Errorf("%s: field %q, want %q", b.what, field, b.field)
-		}
-		if _, ok := m.st.Guest("x"); ok {
-			t.Fatalf("%s: x was created", b.what)
-		}
+		_, err := createSmall(c, api.CreateGuest{Name: "x", OS: b.os, CloudInit: &b.ci})
+		refusal{what: b.what, code: 400, field: b.field, text: b.text}.check(t, m, err)
 	}
 	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.1.3"})
 	err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "x", OS: "linux", CPUs: 1, MemoryBytes: 1 << 30, CloudInit: &api.CloudInit{}}, nil)

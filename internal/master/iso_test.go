@@ -29,12 +29,8 @@ func isoFile(t *testing.T, path string) {
 // how to free it) until the guest's media is ejected, which a read token may not
 // do, which is an event naming the token, and which a second time is refused.
 func TestISOInstall(t *testing.T) {
-	dir := t.TempDir()
-	images := filepath.Join(dir, "images")
-	os.Mkdir(images, 0o755)
-	m, admin := capacityMaster(t, Options{ImagesDir: images})
-	ops := as(t, admin, mustToken(t, admin, "ops", api.ScopeOperator))
-	reader := as(t, admin, mustToken(t, admin, "viewer", api.ScopeRead))
+	r := newImagesRig(t, capacityMaster)
+	dir, m, admin, ops, reader := r.dir, r.m, r.admin, r.ops, r.reader
 	ctx := context.Background()
 	report(t, admin, "n1", 8, 16)
 	iso := filepath.Join(dir, "dfly.iso")
@@ -47,19 +43,8 @@ func TestISOInstall(t *testing.T) {
 	if _, err := importImage(ops, "plain", "raw", "", disk); err != nil {
 		t.Fatal(err)
 	}
-	createWith := func(req api.CreateGuest) (api.Guest, error) {
-		req.CPUs, req.MemoryBytes = 1, 1<<30
-		var g api.Guest
-		err := ops.Do(ctx, "POST", "/v1/guests", req, &g)
-		return g, err
-	}
-	for _, b := range []struct {
-		what  string
-		req   api.CreateGuest
-		code  int
-		field string
-		text  string
-	}{
+	createWith := func(req api.CreateGuest) (api.Guest, error) { return createSmall(ops, req) }
+	for _, b := range []refusal{
 		{"an iso as --image", api.CreateGuest{Name: "x", Image: "dfly"}, 400, "image", "install media"},
 		{"a disk image as --iso", api.CreateGuest{Name: "x", ISO: "plain"}, 400, "iso", `image "plain" is a raw image, not install media (iso): give it as --image`},
 		{"no such iso", api.CreateGuest{Name: "x", ISO: "nope"}, 400, "iso", `no image "nope"`},
@@ -68,13 +53,7 @@ func TestISOInstall(t *testing.T) {
 		{"a bad name", api.CreateGuest{Name: "x", ISO: "Dfly!"}, 400, "iso", "not a valid image name"},
 	} {
 		_, err := createWith(b.req)
-		wantStatus(t, b.what, err, b.code, b.text)
-		if code, field := statusOf(err); code == 400 && field != b.field {
-			t.Errorf("%s: field %q, want %q", b.what, field, b.field)
-		}
-		if _, ok := m.st.Guest("x"); ok {
-			t.Fatalf("%s: guest x was created", b.what)
-		}
+		b.check(t, m, err)
 	}
 
 	g, err := createWith(api.CreateGuest{Name: "inst", ISO: "dfly"})
