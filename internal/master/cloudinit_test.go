@@ -55,7 +55,7 @@ func TestCloudInitCreate(t *testing.T) {
 		_, err := createSmall(c, api.CreateGuest{Name: "x", OS: b.os, CloudInit: &b.ci})
 		refusal{what: b.what, code: 400, field: b.field, text: b.text}.check(t, m, err)
 	}
-	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.1.3"})
+	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.2.0-dev"})
 	err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "x", OS: "linux", CPUs: 1, MemoryBytes: 1 << 30, CloudInit: &api.CloudInit{}}, nil)
-	wantStatus(t, "a seed with a 0.1.3 node", err, 409, "node old runs 0.1.3")
+	wantStatus(t, "a seed with a 0.2.0-dev node", err, 409, "node old runs 0.2.0-dev")
 }

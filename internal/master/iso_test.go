@@ -114,7 +114,7 @@ func TestISOInstall(t *testing.T) {
 	if _, err := importImage(ops, "dfly", "iso", "", iso); err != nil {
 		t.Fatal(err)
 	}
-	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.1.3"})
+	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.2.0-dev"})
 	_, err = createWith(api.CreateGuest{Name: "x", ISO: "dfly"})
-	wantStatus(t, "an iso with a 0.1.3 node", err, 409, "node old runs 0.1.3")
+	wantStatus(t, "an iso with a 0.2.0-dev node", err, 409, "node old runs 0.2.0-dev")
 }

@@ -80,9 +80,9 @@ func TestGuestVNC(t *testing.T) {
 	create(t, ops, "plain", 1, 1)
 	wantStatus(t, "vnc of a guest without", ops.Do(ctx, "GET", "/v1/guests/plain/vnc", nil, nil), 409, "has no VNC display: conflict; it has one when created with --vnc")
 	wantStatus(t, "vnc of no guest", ops.Do(ctx, "GET", "/v1/guests/nope/vnc", nil, nil), 404, `guest "nope"`)
-	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.1.3"})
+	putNode(t, m, store.NodeRecord{Name: "old", CPUs: 4, MemoryBytes: 8 << 30, Version: "0.2.0-dev"})
 	err := ops.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "x", CPUs: 1, MemoryBytes: 1 << 30, VNC: true}, nil)
-	wantStatus(t, "vnc with a 0.1.3 node", err, 409, "node old runs 0.1.3")
+	wantStatus(t, "vnc with a 0.2.0-dev node", err, 409, "node old runs 0.2.0-dev")
 	if _, ok := m.st.Guest("x"); ok {
 		t.Fatal("x was created")
 	}

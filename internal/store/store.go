@@ -77,13 +77,13 @@ type GuestRecord struct {
 	// KeepDisks: the guest is being deleted and its disks are to be kept (since 0.2.0).
 	KeepDisks bool `json:"keep_disks,omitempty"`
 	// ISO names the image of format iso in the guest's cdrom, until it is ejected
-	// (since 0.2.0).
+	// (since 0.3.0).
 	ISO string `json:"iso,omitempty"`
 	// VNCPassword is the password of the guest's VNC display, which it has when this
-	// is set (since 0.2.0). Only operators read it (GET /v1/guests/NAME/vnc).
+	// is set (since 0.3.0). Only operators read it (GET /v1/guests/NAME/vnc).
 	VNCPassword string `json:"vnc_password,omitempty"`
 	// CloudInit, when set, is what the guest's cloud-init NoCloud seed holds past its
-	// hostname and addresses (since 0.2.0).
+	// hostname and addresses (since 0.3.0).
 	CloudInit *CloudInitRecord `json:"cloud_init,omitempty"`
 }
 
