@@ -54,8 +54,13 @@ func (m *Master) GuestVNC(name string) (api.VNC, error) {
 	return api.VNC{Guest: name, Node: g.Node, Display: m.vncDisplay(g), Password: g.VNCPassword}, nil
 }
 
+// vnc answers GET /v1/guests/NAME/vnc. The password opens a console, so, as a
+// console attach is, it is given only once its reading is an event naming the token.
 func (h *handler) vnc(w http.ResponseWriter, r *http.Request) {
 	v, err := h.m.GuestVNC(r.PathValue("name"))
+	if err == nil {
+		err = h.m.recordConsole(callerOf(r).token, v.Node, v.Guest, "VNC display's password read")
+	}
 	if err != nil {
 		fail(w, err)
 		return

@@ -14,7 +14,8 @@ import (
 // from the master, in its node's assignment; the password is shown by GET
 // /v1/guests/NAME/vnc to an operator token only (a read token gets 403), and never in
 // the guest's answer, the guest list, an event or the create's answer; the display's
-// address is what its node reports. A guest without one is a 409 that says how to get
+// address is what its node reports; each reading of the password is an event naming
+// the token. A guest without one is a 409 that says how to get
 // one; a node of an older dvmd refuses the create.
 func TestGuestVNC(t *testing.T) {
 	m, admin := capacityMaster(t, Options{})
@@ -63,6 +64,18 @@ func TestGuestVNC(t *testing.T) {
 	var v api.VNC
 	if err := ops.Do(ctx, "GET", "/v1/guests/gui/vnc", nil, &v); err != nil || v.Password != pw || v.Node != "n1" || v.Display != "" {
 		t.Fatalf("vnc: %+v, %v", v, err)
+	}
+	read := 0
+	for _, e := range m.st.Events(0) {
+		if e.Kind == EventConsole && e.Guest == "gui" && e.Token == "ops" && e.Detail == "VNC display's password read" {
+			read++
+		}
+		if strings.Contains(e.Detail, pw) {
+			t.Errorf("the password is in an event: %+v", e)
+		}
+	}
+	if read != 1 {
+		t.Errorf("%d events of the password read by ops, want 1", read)
 	}
 	st := api.NodeStatus{Address: "10.0.0.5:7460", LibvirtURI: "test:///n1", Accelerator: "test", HostCPUs: 8, HostMemoryBytes: 16 * gib,
 		CPUs: 8, MemoryBytes: 16 * gib, Guests: []api.ObservedGuest{{Name: "gui", State: "running", VNC: "10.0.0.5:5900"}}}
