@@ -53,6 +53,16 @@ type GuestSpec struct {
 	// ExtraDisks follow the first disk on the same bus (vdb, vdc, … for virtio).
 	ExtraDisks []Disk
 	Boot       *DirectBoot // nil: boot from the disk
+	// ISO is install media (an image file of format iso): a read-only cdrom, booted
+	// before the disk, so an installer runs first and, once the media is ejected
+	// (EjectISO), the disk it installed boots. "" for none.
+	ISO string
+	// VNC, when set, gives the guest a graphical console (a VNC display, with a video
+	// card), for installers that need one.
+	VNC *VNC
+	// Seed is a cloud-init NoCloud seed (an ISO image labelled cidata): a second
+	// read-only cdrom, never booted. "" for none.
+	Seed       string
 	NICs       []NIC
 	ConsoleLog string // file that receives the serial console's output; "" for none
 	// Failover is the guest's policy (none, restart, twin), kept in the domain's
@@ -63,6 +73,17 @@ type GuestSpec struct {
 	// any host that shares the lockspace refuses to start another.
 	Lock *GuestLock
 }
+
+// VNC is a guest's VNC display: on one address of its node (never all of them: the
+// node's management address or loopback), on a port libvirt chooses (5900 and up),
+// behind a password. QEMU's VNC authentication reads at most 8 characters of it.
+type VNC struct {
+	Listen   string // an IP address
+	Password string // 1 to MaxVNCPassword printable ASCII characters
+}
+
+// MaxVNCPassword is the longest password VNC authentication reads.
+const MaxVNCPassword = 8
 
 // GuestLock names a guest's lock in the lock manager's lockspace. With libvirt's
 // virtlockd (lock_manager = "lockd"), Lockspace must be the lockspace directory
@@ -104,6 +125,11 @@ type GuestMetadata struct {
 	OS           string   `xml:"dvm:os"`
 	ConsoleSpeed int      `xml:"dvm:console-speed"`
 	Failover     string   `xml:"dvm:failover,omitempty"`
+	// ISO is the install media in the guest's cdrom, until it is ejected: what a node
+	// compares with its assignment to know whether to eject it.
+	ISO string `xml:"dvm:iso,omitempty"`
+	// VNC says the guest has a VNC display, whose port its node reports.
+	VNC bool `xml:"dvm:vnc,omitempty"`
 }
 
 var errNoName = errors.New("guest has no name")
@@ -116,7 +142,7 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if err != nil {
 		return nil, err
 	}
-	meta, err := xml.Marshal(GuestMetadata{NS: MetadataNS, Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover})
+	meta, err := metadataXML(GuestMetadata{Name: spec.Name, OS: prof.Name, ConsoleSpeed: prof.ConsoleSpeed, Failover: spec.Failover, ISO: spec.ISO, VNC: spec.VNC != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +150,7 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		Type:     accel.domainType(),
 		Name:     spec.Name,
 		UUID:     spec.UUID,
-		Metadata: &libvirtxml.DomainMetadata{XML: string(meta)},
+		Metadata: &libvirtxml.DomainMetadata{XML: meta},
 		Memory:   &libvirtxml.DomainMemory{Value: uint(spec.MemoryBytes >> 10), Unit: "KiB"},
 		VCPU:     &libvirtxml.DomainVCPU{Value: uint(spec.CPUs)},
 		OS: &libvirtxml.DomainOS{
@@ -150,6 +176,8 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 	if b := spec.Boot; b != nil {
 		d.OS.Kernel, d.OS.Initrd = b.Kernel, b.Initrd
 		d.OS.Cmdline = withConsole(b.Cmdline, prof.ConsoleSpeed)
+	} else if spec.ISO != "" {
+		d.OS.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "cdrom"}, {Dev: "hd"}}
 	} else {
 		d.OS.BootDevices = []libvirtxml.DomainBootDevice{{Dev: "hd"}}
 	}
@@ -166,6 +194,14 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 				Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + string(rune('a'+i)), Bus: prof.DiskBus},
 			})
 		}
+	}
+	if spec.ISO != "" {
+		d.Devices.Disks = append(d.Devices.Disks, isoDrive(prof, spec.ISO))
+	}
+	if spec.Seed != "" {
+		seed := isoDrive(prof, spec.Seed)
+		seed.Target.Dev = prof.CDROMTargetPrefix + "b"
+		d.Devices.Disks = append(d.Devices.Disks, seed)
 	}
 	if l := spec.Lock; l != nil {
 		// virtlockd joins <target path> and <lockspace> with '/' into the lockspace's
@@ -194,6 +230,12 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		}
 		d.Devices.Interfaces = append(d.Devices.Interfaces, iface)
 	}
+	if v := spec.VNC; v != nil {
+		d.Devices.Graphics = []libvirtxml.DomainGraphic{{VNC: &libvirtxml.DomainGraphicVNC{
+			AutoPort: "yes", Listen: v.Listen, Passwd: v.Password,
+			Listeners: []libvirtxml.DomainGraphicListener{{Address: &libvirtxml.DomainGraphicListenerAddress{Address: v.Listen}}},
+		}}}
+	}
 	port := uint(0)
 	serial := libvirtxml.DomainSerial{
 		Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
@@ -216,6 +258,21 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		d.Devices.MemBalloon = &libvirtxml.DomainMemBalloon{Model: "none"}
 	}
 	return d, nil
+}
+
+// isoDrive is the guest's first cdrom, holding install media at path ("" for an
+// empty drive: the media ejected).
+func isoDrive(prof profile.Profile, path string) libvirtxml.DomainDisk {
+	d := libvirtxml.DomainDisk{
+		Device:   "cdrom",
+		Driver:   &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw"},
+		Target:   &libvirtxml.DomainDiskTarget{Dev: prof.CDROMTargetPrefix + "a", Bus: prof.CDROMBus},
+		ReadOnly: &libvirtxml.DomainDiskReadOnly{},
+	}
+	if path != "" {
+		d.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}}
+	}
+	return d
 }
 
 // MaxCPUs bounds a guest's virtual CPUs: QEMU's pc and q35 machines take no more
@@ -263,6 +320,28 @@ func (spec *GuestSpec) check() (profile.Profile, error) {
 			if !slices.Contains(diskFormats, d.Format) {
 				return bad("disk format %q: use qcow2 or raw (or one of %s)", d.Format, strings.Join(diskFormats[3:], ", "))
 			}
+		}
+	}
+	if spec.ISO != "" {
+		if err := checkPath("iso", spec.ISO); err != nil {
+			return bad("%w", err)
+		}
+		if spec.Disk == nil {
+			return bad("install media without a disk to install on")
+		}
+	}
+	if spec.Seed != "" {
+		if err := checkPath("cloud-init seed", spec.Seed); err != nil {
+			return bad("%w", err)
+		}
+	}
+	if v := spec.VNC; v != nil {
+		ip := net.ParseIP(v.Listen)
+		if ip == nil || ip.IsUnspecified() {
+			return bad("VNC listen address %q: give the node's management address or loopback, an IP address of one interface (never 0.0.0.0 or ::)", v.Listen)
+		}
+		if n := len(v.Password); n == 0 || n > MaxVNCPassword || strings.IndexFunc(v.Password, func(r rune) bool { return r < '!' || r > '~' }) >= 0 {
+			return bad("VNC password: give 1 to %d printable ASCII characters without spaces", MaxVNCPassword)
 		}
 	}
 	if l := spec.Lock; l != nil {
@@ -376,9 +455,11 @@ func ParseMetadata(s string) (GuestMetadata, bool) {
 		OS           string `xml:"os"`
 		ConsoleSpeed int    `xml:"console-speed"`
 		Failover     string `xml:"failover"`
+		ISO          string `xml:"iso"`
+		VNC          bool   `xml:"vnc"`
 	}
 	if s == "" || xml.Unmarshal([]byte(s), &m) != nil || m.Name == "" {
 		return GuestMetadata{}, false
 	}
-	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover}, true
+	return GuestMetadata{Name: m.Name, OS: m.OS, ConsoleSpeed: m.ConsoleSpeed, Failover: m.Failover, ISO: m.ISO, VNC: m.VNC}, true
 }

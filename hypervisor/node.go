@@ -400,6 +400,8 @@ type Guest struct {
 	UUID     string // the domain's, which is the guest's
 	OS       string
 	Failover string // from the domain's metadata
+	ISO      string // install media in its cdrom, from the domain's metadata
+	VNC      bool   // it has a VNC display (VNCDisplay says where)
 	State    State
 	// PausedByCall: paused by a suspend call (libvirt's reason "user": dvm's fence, its
 	// fence guard, or virsh suspend), not by a migration, an I/O error or QEMU itself.
@@ -426,7 +428,7 @@ func (n *Node) List() ([]Guest, error) {
 				}
 				name, _ := d.GetName()
 				uuid, _ := d.GetUUIDString()
-				out = append(out, Guest{Name: name, UUID: uuid, OS: m.OS, Failover: m.Failover, State: st, PausedByCall: byCall})
+				out = append(out, Guest{Name: name, UUID: uuid, OS: m.OS, Failover: m.Failover, ISO: m.ISO, VNC: m.VNC, State: st, PausedByCall: byCall})
 			}
 		}
 		d.Free()

@@ -6,10 +6,11 @@ say() { echo "== $*" >&2; }
 
 # Packages dvm builds and tests with. libvirt-dev for the cgo binding; qemu and libvirtd
 # for real guests; busybox-static, cpio and tini for the lab guest and nodes; iproute2
-# and nftables for the lab network; prometheus for promtool.
+# and nftables for the lab network; prometheus for promtool; libarchive-tools (bsdtar)
+# to read back the cloud-init seeds dvm writes.
 DVM_PACKAGES="gcc pkg-config libc6-dev libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu \
 libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio tini iproute2 nftables prometheus \
-ca-certificates git vagrant vagrant-libvirt shellcheck"
+ca-certificates git vagrant vagrant-libvirt shellcheck libarchive-tools"
 
 ensure_root() {
 	if [ "$(id -u)" -ne 0 ]; then

@@ -143,29 +143,20 @@ func TestImageImport(t *testing.T) {
 // TestDiskFlags: --disk takes the first disk's size and the extra ones', and vm
 // delete --keep-disks asks to keep them.
 func TestDiskFlags(t *testing.T) {
-	var bodies []api.CreateGuest
 	var deletes []string
-	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.Method == "POST" && r.URL.Path == "/v1/guests":
-			var req api.CreateGuest
-			json.NewDecoder(r.Body).Decode(&req)
-			bodies = append(bodies, req)
-			w.WriteHeader(http.StatusCreated)
-			json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestRunning})
-		case r.Method == "DELETE":
-			deletes = append(deletes, r.URL.String())
-			w.WriteHeader(http.StatusAccepted)
-		default:
-			w.WriteHeader(http.StatusNotFound)
-			json.NewEncoder(w).Encode(api.Error{Error: "guest not found"})
+	g, created := createAPI(t, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != "DELETE" {
+			return false
 		}
+		deletes = append(deletes, r.URL.String())
+		w.WriteHeader(http.StatusAccepted)
+		return true
 	})
 	if _, err := vmctl(append(g, "vm", "create", "web", "--image", "deb", "--disk", "20GiB, 50GiB", "--no-wait")...); err != nil {
 		t.Fatal(err)
 	}
-	if len(bodies) != 1 || bodies[0].DiskBytes != 20<<30 || len(bodies[0].ExtraDiskBytes) != 1 || bodies[0].ExtraDiskBytes[0] != 50<<30 {
-		t.Fatalf("create sent %+v", bodies)
+	if len(*created) != 1 || (*created)[0].DiskBytes != 20<<30 || len((*created)[0].ExtraDiskBytes) != 1 || (*created)[0].ExtraDiskBytes[0] != 50<<30 {
+		t.Fatalf("create sent %+v", *created)
 	}
 	for _, d := range []string{"20G,0", "20G,lots"} {
 		if _, err := vmctl(append(g, "vm", "create", "web", "--disk", d, "--no-wait")...); err == nil || !strings.Contains(err.Error(), "--disk") {
@@ -181,8 +172,8 @@ func TestDiskFlags(t *testing.T) {
 	if strings.Join(deletes, " ") != "/v1/guests/web?keep_disks=true /v1/guests/web" {
 		t.Fatalf("deletes %v", deletes)
 	}
-	if len(bodies) != 1 {
-		t.Fatalf("a bad --disk was sent: %+v", bodies)
+	if len(*created) != 1 {
+		t.Fatalf("a bad --disk was sent: %+v", *created)
 	}
 }
 
@@ -193,4 +184,157 @@ func readAll(t *testing.T, file string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestISOFlags: vm create --iso sends the install media (the disk then empty, of the
+// default size, as the master makes it), --iso beside --image is refused before
+// anything is sent, vm eject asks the guest's eject, and vm show names the ISO.
+func TestISOFlags(t *testing.T) {
+	var ejects []string
+	g, created := createAPI(t, func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v1/guests/inst/eject":
+			ejects = append(ejects, r.URL.Path)
+			json.NewEncoder(w).Encode(api.Guest{Name: "inst", State: api.GuestRunning})
+		case r.Method == "GET" && r.URL.Path == "/v1/guests/inst":
+			json.NewEncoder(w).Encode(api.Guest{Name: "inst", State: api.GuestRunning, ISO: "dfly", DiskBytes: 20 << 30})
+		default:
+			return false
+		}
+		return true
+	})
+	if _, err := vmctl(append(g, "vm", "create", "inst", "--iso", "dfly", "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if len(*created) != 1 || (*created)[0].ISO != "dfly" || (*created)[0].Image != "" {
+		t.Fatalf("create sent %+v", *created)
+	}
+	_, err := vmctl(append(g, "vm", "create", "inst", "--iso", "dfly", "--image", "deb", "--no-wait")...)
+	if err == nil || !strings.Contains(err.Error(), "--iso: ") || !strings.Contains(err.Error(), "not both") || len(*created) != 1 {
+		t.Fatalf("--iso with --image: %v (sent %d)", err, len(*created))
+	}
+	if _, err := vmctl(append(g, "vm", "eject", "inst")...); err != nil || len(ejects) != 1 {
+		t.Fatalf("eject: %v, %v", err, ejects)
+	}
+	out, err := vmctl(append(g, "vm", "show", "inst")...)
+	if err != nil || !strings.Contains(out, "ISO:") || !strings.Contains(out, "dfly (in its cdrom, booted first; vmctl vm eject inst takes it out)") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+}
+
+// TestVNCFlags: vm create --vnc asks for a display; vm vnc prints where it is and its
+// password; vm show prints both to a token that may read the password, and to one
+// that may not (403), the display and how to get it.
+func TestVNCFlags(t *testing.T) {
+	forbid := false
+	g, created := createAPI(t, func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.URL.Path == "/v1/guests/gui/vnc" && forbid:
+			w.WriteHeader(http.StatusForbidden)
+			json.NewEncoder(w).Encode(api.Error{Error: "token viewer has scope read; this needs operator"})
+		case r.URL.Path == "/v1/guests/gui/vnc":
+			json.NewEncoder(w).Encode(api.VNC{Guest: "gui", Node: "n1", Display: "10.0.0.5:5900", Password: "abcd2345"})
+		case r.URL.Path == "/v1/guests/gui":
+			json.NewEncoder(w).Encode(api.Guest{Name: "gui", State: api.GuestRunning, VNC: &api.GuestVNC{Display: "10.0.0.5:5900"}})
+		default:
+			return false
+		}
+		return true
+	})
+	if _, err := vmctl(append(g, "vm", "create", "gui", "--vnc", "--no-wait")...); err != nil || len(*created) != 1 || !(*created)[0].VNC {
+		t.Fatalf("create: %v, sent %+v", err, *created)
+	}
+	out, err := vmctl(append(g, "vm", "vnc", "gui")...)
+	if err != nil || !strings.Contains(out, "10.0.0.5:5900") || !strings.Contains(out, "abcd2345") {
+		t.Fatalf("vnc: %v\n%s", err, out)
+	}
+	out, err = vmctl(append(g, "vm", "show", "gui")...)
+	if err != nil || !strings.Contains(out, "VNC:") || !strings.Contains(out, "10.0.0.5:5900, password abcd2345") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	forbid = true
+	out, err = vmctl(append(g, "vm", "show", "gui")...)
+	if err != nil || strings.Contains(out, "abcd2345") || !strings.Contains(out, "10.0.0.5:5900; its password is shown to operator tokens (vmctl vm vnc gui)") {
+		t.Fatalf("show with a read token: %v\n%s", err, out)
+	}
+}
+
+// TestCloudInitFlags: --cloud-init sends the keys of every --ssh-key file (comments
+// and blank lines left out) and the --user-data file; a private key, a key file with
+// no key, a missing file, --ssh-key or --user-data without --cloud-init, and a
+// DragonFly guest are refused before anything is sent, naming the flag; vm show
+// summarises the seed.
+func TestCloudInitFlags(t *testing.T) {
+	g, created := createAPI(t, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/v1/guests/web" {
+			return false
+		}
+		json.NewEncoder(w).Encode(api.Guest{Name: "web", State: api.GuestRunning, CloudInit: &api.GuestCloudInit{SSHKeys: []string{"k"}, UserDataBytes: 2048}})
+		return true
+	})
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.pub")
+	os.WriteFile(keys, []byte("# mine\nssh-ed25519 AAAAC3Nz a@h\n\nssh-rsa AAAAB3Nz b@h\n"), 0o644)
+	more := filepath.Join(dir, "id_ed25519.pub")
+	os.WriteFile(more, []byte("ssh-ed25519 AAAAC3Nz c@h\n"), 0o644)
+	user := filepath.Join(dir, "user-data")
+	os.WriteFile(user, []byte("#cloud-config\npackages: [nginx]\n"), 0o644)
+	private := filepath.Join(dir, "id_ed25519")
+	os.WriteFile(private, []byte("-----BEGIN OPENSSH PRIVATE KEY-----\n"), 0o600)
+	empty := filepath.Join(dir, "empty.pub")
+	os.WriteFile(empty, []byte("# nothing\n"), 0o644)
+	if _, err := vmctl(append(g, "vm", "create", "web", "--os", "linux", "--cloud-init", "--ssh-key", keys, "--ssh-key", more, "--user-data", user, "--no-wait")...); err != nil {
+		t.Fatal(err)
+	}
+	if len(*created) != 1 || (*created)[0].CloudInit == nil || strings.Join((*created)[0].CloudInit.SSHKeys, "|") != "ssh-ed25519 AAAAC3Nz a@h|ssh-rsa AAAAB3Nz b@h|ssh-ed25519 AAAAC3Nz c@h" ||
+		(*created)[0].CloudInit.UserData != "#cloud-config\npackages: [nginx]\n" {
+		t.Fatalf("create sent %+v", *created)
+	}
+	for _, b := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--os", "linux", "--cloud-init", "--ssh-key", private}, "this is a private key: give the public one"},
+		{[]string{"--os", "linux", "--cloud-init", "--ssh-key", empty}, "holds no key"},
+		{[]string{"--os", "linux", "--cloud-init", "--user-data", filepath.Join(dir, "nope")}, "--user-data: open"},
+		{[]string{"--os", "linux", "--ssh-key", more}, "--ssh-key goes in a cloud-init seed: give --cloud-init too"},
+		{[]string{"--os", "linux", "--user-data", user}, "give --cloud-init too"},
+		{[]string{"--cloud-init"}, "--cloud-init: os dragonfly: DragonFly BSD has no cloud-init"},
+		{[]string{"--os", "linux", "--cloud-init", "--ssh-key", user}, "--ssh-key: "},
+	} {
+		_, err := vmctl(append(append(g, "vm", "create", "x", "--no-wait"), b.args...)...)
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%v: %v, want %q", b.args, err, b.want)
+		}
+	}
+	if len(*created) != 1 {
+		t.Fatalf("refused creates were sent: %+v", (*created)[1:])
+	}
+	out, err := vmctl(append(g, "vm", "show", "web")...)
+	if err != nil || !strings.Contains(out, "NoCloud seed: hostname web, addresses of its NICs, 1 SSH keys, user data of 2KiB") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+}
+
+// createAPI answers POST /v1/guests as the master does (the guest running), keeping
+// every body, and hands other requests to other, which says whether it answered them
+// (else 404).
+func createAPI(t *testing.T, other func(http.ResponseWriter, *http.Request) bool) ([]string, *[]api.CreateGuest) {
+	t.Helper()
+	var bodies []api.CreateGuest
+	g := tlsAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" && r.URL.Path == "/v1/guests" {
+			var req api.CreateGuest
+			json.NewDecoder(r.Body).Decode(&req)
+			bodies = append(bodies, req)
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(api.Guest{Name: req.Name, State: api.GuestRunning, ISO: req.ISO})
+			return
+		}
+		if !other(w, r) {
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(api.Error{Error: "not found"})
+		}
+	})
+	return g, &bodies
 }

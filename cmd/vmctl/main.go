@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -230,6 +231,16 @@ func vmCommand() *cli.Command {
 				Flags:       []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "destination `NODE`"}},
 				Action:      vmMigrate},
 			vmConsoleCommand(),
+			{Name: "eject", Usage: "take a guest's install media (--iso) out of its cdrom", ArgsUsage: "NAME",
+				Description: "Out of the running guest's drive at once, and out of its definition, on its node and\n" +
+					"wherever it is defined again: it boots from its disk from then on. Its image is then free\n" +
+					"to delete.\n\nExample:\n  vmctl vm eject dfly",
+				Action: vmEject},
+			{Name: "vnc", Usage: "say where a guest's VNC display listens, and its password (operator token)", ArgsUsage: "NAME",
+				Description: "For a guest created with --vnc. The display is on the guest's node, on that node's\n" +
+					"management address (or loopback): reach it from there, or through an SSH tunnel.\n\n" +
+					"Examples:\n  vmctl vm vnc dfly\n  vmctl -o json vm vnc dfly",
+				Action: vmVNC},
 		},
 	}
 }
@@ -249,7 +260,16 @@ func vmCreate() *cli.Command {
 		Description: "Examples:\n" +
 			"  vmctl vm create web --os dragonfly --cpus 2 --memory 2GiB --disk 20GiB\n" +
 			"  vmctl vm create lab1 --os linux --image lab --cpus 1 --memory 128MiB\n" +
-			"  vmctl vm create lab2 --os linux --image lab --memory 128MiB --net blue\n\n" +
+			"  vmctl vm create lab2 --os linux --image lab --memory 128MiB --net blue\n" +
+			"  vmctl vm create dfly --iso dfly-6.4 --disk 20GiB     # then: vmctl vm console dfly; vmctl vm eject dfly\n\n" +
+			"With --iso the guest boots the ISO (a read-only cdrom) before its empty disk: install on\n" +
+			"the console, then vmctl vm eject NAME, and it boots from its disk from then on.\n" +
+			"With --vnc it also has a VNC display (off by default: the serial console is vmctl vm\n" +
+			"console), on its node's management address, with a password: vmctl vm vnc NAME.\n" +
+			"With --cloud-init (linux, freebsd) a second cdrom holds a cloud-init NoCloud seed:\n" +
+			"hostname NAME, the addresses of its networks, --ssh-key keys for the image's default\n" +
+			"user, --user-data as given.\n" +
+			"  vmctl vm create web --os linux --image debian-12 --net blue --cloud-init --ssh-key ~/.ssh/id_ed25519.pub\n\n" +
 			"With --net each network gives the guest a NIC with its own MAC (52:54:00:xx:xx:xx) and\n" +
 			"the lowest free address of the network's CIDR; both stay with the guest when it moves.\n" +
 			"A direct-boot image gets the first NIC's address as dvm.ip=ADDR/PREFIX on its kernel\n" +
@@ -264,6 +284,11 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "memory", Value: "1GiB", Usage: "memory `SIZE`, such as 512M or 2G (powers of 1024: 2G, 2GB and 2GiB alike)"},
 			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE[,SIZE…]`, such as 20G or 20G,50G: the first made from --image, the others empty (default 20GiB without --image, the image's size with a disk image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` (vmctl image ls; lab: the lab guest)"},
+			&cli.StringFlag{Name: "iso", Usage: "install media: an image `NAME` of format iso, booted before the empty disk until vmctl vm eject"},
+			&cli.BoolFlag{Name: "cloud-init", Usage: "a cloud-init NoCloud seed (os linux or freebsd): hostname, addresses, --ssh-key, --user-data"},
+			&cli.StringSliceFlag{Name: "ssh-key", Usage: "`FILE` of SSH public keys (one a line, as id_ed25519.pub) for the seed; repeat for more"},
+			&cli.StringFlag{Name: "user-data", Usage: "`FILE` of cloud-init user data (#cloud-config, or a #! script) for the seed"},
+			&cli.BoolFlag{Name: "vnc", Usage: "a VNC display for graphical installers, on the node's management address, with a password (vmctl vm vnc NAME)"},
 			&cli.StringFlag{Name: "failover", Value: api.FailoverRestart, Usage: "what happens when its node is lost: none, restart or twin"},
 			&cli.StringFlag{Name: "constraint", Usage: "node labels the guest needs, `k=v,k=v`"},
 			&cli.BoolFlag{Name: "stopped", Usage: "create it without starting it"},
@@ -274,7 +299,8 @@ func vmCreate() *cli.Command {
 			if err != nil {
 				return err
 			}
-			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover")}
+			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover"),
+				ISO: c.String("iso"), VNC: c.Bool("vnc")}
 			if req.MemoryBytes, err = units.ParseBytes(c.String("memory")); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
@@ -291,6 +317,9 @@ func vmCreate() *cli.Command {
 			if c.Bool("stopped") {
 				f := false
 				req.Start = &f
+			}
+			if req.CloudInit, err = cloudInitFlags(c); err != nil {
+				return err
 			}
 			if req.Networks, err = parseNetFlag(c.String("net")); err != nil {
 				return err
@@ -337,6 +366,48 @@ func vmCreate() *cli.Command {
 	}
 }
 
+// cloudInitFlags reads --cloud-init, --ssh-key FILE… and --user-data FILE: nil without
+// --cloud-init, which the other two need.
+func cloudInitFlags(c *cli.Context) (*api.CloudInit, error) {
+	keys, user := c.StringSlice("ssh-key"), c.String("user-data")
+	if !c.Bool("cloud-init") {
+		switch {
+		case len(keys) > 0:
+			return nil, errors.New("--ssh-key goes in a cloud-init seed: give --cloud-init too")
+		case user != "":
+			return nil, errors.New("--user-data goes in a cloud-init seed: give --cloud-init too")
+		}
+		return nil, nil
+	}
+	ci := &api.CloudInit{}
+	for _, file := range keys {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--ssh-key: %w", err)
+		}
+		if bytes.Contains(b, []byte("PRIVATE KEY")) {
+			return nil, fmt.Errorf("--ssh-key %s: this is a private key: give the public one (%s.pub), which is all a guest needs", file, file)
+		}
+		n := len(ci.SSHKeys)
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+				ci.SSHKeys = append(ci.SSHKeys, line)
+			}
+		}
+		if len(ci.SSHKeys) == n {
+			return nil, fmt.Errorf("--ssh-key %s: holds no key: give a public key file such as ~/.ssh/id_ed25519.pub", file)
+		}
+	}
+	if user != "" {
+		b, err := os.ReadFile(user)
+		if err != nil {
+			return nil, fmt.Errorf("--user-data: %w", err)
+		}
+		ci.UserData = string(b)
+	}
+	return ci, nil
+}
+
 // parseDisks reads --disk SIZE[,SIZE…]: the first disk, then the extra ones.
 func parseDisks(s string) (int64, []int64, error) {
 	var sizes []int64
@@ -368,6 +439,12 @@ func flagOf(field string) string {
 		return "memory"
 	case "disk_bytes", "extra_disk_bytes":
 		return "disk"
+	case "cloud_init":
+		return "cloud-init"
+	case "cloud_init.ssh_keys":
+		return "ssh-key"
+	case "cloud_init.user_data":
+		return "user-data"
 	case "constraints":
 		return "constraint"
 	case "networks":
@@ -431,6 +508,19 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 		p("Disks", strings.Join(disks, ", "))
 	}
 	p("Image", g.Image)
+	if g.ISO != "" {
+		p("ISO", g.ISO+" (in its cdrom, booted first; vmctl vm eject "+g.Name+" takes it out)")
+	}
+	if g.VNC != nil {
+		p("VNC", vncLine(c, cl, g))
+	}
+	if ci := g.CloudInit; ci != nil {
+		seed := fmt.Sprintf("NoCloud seed: hostname %s, addresses of its NICs, %d SSH keys", g.Name, len(ci.SSHKeys))
+		if ci.UserDataBytes > 0 {
+			seed += ", user data of " + units.FormatBytes(int64(ci.UserDataBytes))
+		}
+		p("Cloud-init", seed)
+	}
 	p("Failover", g.Failover)
 	p("Constraints", labels(g.Constraints))
 	p("NICs", nicsLine(g.NICs))
@@ -515,18 +605,22 @@ func waitState(c *cli.Context, cl *api.Client, name, want string) (api.Guest, er
 	return g, err
 }
 
+// postGuest asks POST /v1/guests/NAME/VERB of the guest the command line names.
+func postGuest(c *cli.Context, verb string) (cl *api.Client, name string, g api.Guest, err error) {
+	if name, err = oneArg(c, "name"); err != nil {
+		return nil, "", g, err
+	}
+	if cl, err = client(c); err != nil {
+		return nil, "", g, err
+	}
+	err = cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/"+verb, nil, &g)
+	return cl, name, g, err
+}
+
 func vmDesired(verb, want string) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		name, err := oneArg(c, "name")
+		cl, name, g, err := postGuest(c, verb)
 		if err != nil {
-			return err
-		}
-		cl, err := client(c)
-		if err != nil {
-			return err
-		}
-		var g api.Guest
-		if err := cl.Do(c.Context, "POST", "/v1/guests/"+url.PathEscape(name)+"/"+verb, nil, &g); err != nil {
 			return err
 		}
 		if !c.Bool("no-wait") && g.State != api.GuestPending {
@@ -537,6 +631,51 @@ func vmDesired(verb, want string) cli.ActionFunc {
 		printGuest(c, g)
 		return nil
 	}
+}
+
+// vncLine says where a guest's VNC display is and, to an operator token, its password.
+func vncLine(c *cli.Context, cl *api.Client, g api.Guest) string {
+	var v api.VNC
+	err := cl.Do(c.Context, "GET", "/v1/guests/"+url.PathEscape(g.Name)+"/vnc", nil, &v)
+	display := g.VNC.Display
+	if err == nil && v.Display != "" {
+		display = v.Display
+	}
+	if display == "" {
+		display = "port not known yet (it does not run, or its node has not said)"
+	}
+	var se *api.StatusError
+	switch {
+	case errors.As(err, &se) && se.Code == http.StatusForbidden:
+		return display + "; its password is shown to operator tokens (vmctl vm vnc " + g.Name + ")"
+	case err != nil:
+		return display + "; its password could not be read: " + err.Error()
+	}
+	return display + ", password " + v.Password
+}
+
+func vmVNC(c *cli.Context) error {
+	name, err := oneArg(c, "name")
+	if err != nil {
+		return err
+	}
+	return show(c, "/v1/guests/"+url.PathEscape(name)+"/vnc", func(_ *api.Client, v api.VNC) error {
+		display := v.Display
+		if display == "" {
+			display = "-"
+		}
+		table(c, "GUEST\tNODE\tDISPLAY\tPASSWORD", [][]string{{v.Guest, v.Node, display, v.Password}})
+		return nil
+	})
+}
+
+func vmEject(c *cli.Context) error {
+	_, _, g, err := postGuest(c, "eject")
+	if err != nil {
+		return err
+	}
+	printGuest(c, g)
+	return nil
 }
 
 func vmDelete(c *cli.Context) error {

@@ -18,7 +18,11 @@ type Profile struct {
 	DiskBus string // "virtio" gives virtio-blk: /dev/vbdN on DragonFly, vtbdN on FreeBSD, ld on NetBSD, sd on OpenBSD
 	// DiskTargetPrefix names the disk target dev ("vd" for virtio-blk).
 	DiskTargetPrefix string
-	NICModel         string // "virtio": vtnet(4) on DragonFly and FreeBSD, vioif(4) on NetBSD, vio(4) on OpenBSD
+	// CDROMBus is the bus of the guest's cdroms (install media, a cloud-init seed):
+	// "ide" on the pc machine, whose firmware and every BSD installer boot from an ATAPI
+	// drive; "sata" on q35, which has no IDE. CDROMTargetPrefix names their target dev.
+	CDROMBus, CDROMTargetPrefix string
+	NICModel                    string // "virtio": vtnet(4) on DragonFly and FreeBSD, vioif(4) on NetBSD, vio(4) on OpenBSD
 	// NICNoTSO switches TCP segmentation offload off on the host and guest side of the
 	// NIC: DragonFly's vtnet is known to mishandle TSO, so its default is off.
 	NICNoTSO bool
@@ -29,15 +33,23 @@ type Profile struct {
 	RNG          bool // a virtio RNG device, for OSes with a driver for it
 	Balloon      bool // a virtio balloon, for OSes whose driver is reliable
 	ACPI         bool
+	// CloudInit says the OS's images run cloud-init, which reads a NoCloud seed (vm
+	// create --cloud-init); NoCloudInit says, for an OS whose images do not, what
+	// configures such a guest instead.
+	CloudInit   bool
+	NoCloudInit string
 }
 
 // All are the OS profiles dvm knows. DragonFly BSD is the default.
 var All = map[string]Profile{
-	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true},
-	"freebsd":   {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
-	"netbsd":    {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
-	"openbsd":   {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true},
-	"linux":     {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true},
+	"dragonfly": {Name: "dragonfly", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", NICNoTSO: true, ConsoleSpeed: 115200, ACPI: true,
+		NoCloudInit: "DragonFly BSD has no cloud-init: the guest configures itself from its image (its rc.conf: hostname, addresses, sshd and authorized_keys, prepared in the image you import), or on its serial console (vmctl vm console); leave out --cloud-init, --ssh-key and --user-data"},
+	"freebsd": {Name: "freebsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true, CloudInit: true},
+	"netbsd": {Name: "netbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true,
+		NoCloudInit: "dvm's NetBSD profile makes no cloud-init seed: configure the guest in its image, or on its serial console (vmctl vm console); leave out --cloud-init"},
+	"openbsd": {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true,
+		NoCloudInit: "dvm's OpenBSD profile makes no cloud-init seed: configure the guest in its image, or on its serial console (vmctl vm console); leave out --cloud-init"},
+	"linux": {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "sata", CDROMTargetPrefix: "sd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true, CloudInit: true},
 }
 
 // Default is the profile of a guest that names none.

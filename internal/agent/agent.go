@@ -285,10 +285,12 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 	a.reconcileNetworks(asg)
 	present := map[string]hypervisor.State{}
 	pausedByCall := map[string]bool{}
+	media := map[string]string{} // install media in a guest's cdrom
 	if list, err := a.cfg.Node.List(); err == nil {
 		for _, g := range list {
 			present[g.Name] = g.State
 			pausedByCall[g.Name] = g.PausedByCall
+			media[g.Name] = g.ISO
 		}
 	} else {
 		a.cfg.Log.Warn("list guests", "err", err)
@@ -345,6 +347,14 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 					continue
 				}
 				state = hypervisor.StateStopped
+			} else if media[g.Name] != "" && g.ISO == "" {
+				// Ejected in the cluster's state (vmctl vm eject): out of the drive
+				// now, and out of the definition, so the next boot is from the disk.
+				if err := a.cfg.Node.EjectISO(g.Name); err != nil {
+					a.setErr(g.Name, err)
+					continue
+				}
+				a.cfg.Log.Info("install media ejected", "guest", g.Name, "iso", media[g.Name])
 			}
 			switch {
 			case g.Desired == store.DesiredRunning && state != hypervisor.StateRunning && state != hypervisor.StatePaused:
@@ -392,6 +402,16 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	a.attachNICs(&spec, g)
 	if err := a.attachDisks(&spec, g, base); err != nil {
 		return err
+	}
+	if err := a.attachISO(&spec, g); err != nil {
+		return err
+	}
+	if err := a.attachSeed(&spec, g); err != nil {
+		return err
+	}
+	if g.VNCPassword != "" {
+		// Reached on the node's management address, or loopback: never every address.
+		spec.VNC = &hypervisor.VNC{Listen: hypervisor.VNCListen(a.cfg.Address), Password: g.VNCPassword}
 	}
 	return a.cfg.Node.Define(spec)
 }
@@ -463,10 +483,16 @@ func (a *Agent) status() api.NodeStatus {
 	if err != nil {
 		a.cfg.Log.Warn("list guests", "err", err)
 	}
+	displays := map[string]string{}
+	for _, g := range list {
+		if g.VNC && g.State == hypervisor.StateRunning {
+			displays[g.Name], _ = a.cfg.Node.VNCDisplay(g.Name)
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, g := range list {
-		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.guestError(g.Name)})
+		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.guestError(g.Name), VNC: displays[g.Name]})
 	}
 	for name, e := range a.errs {
 		if !containsGuest(list, name) {

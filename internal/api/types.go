@@ -58,6 +58,45 @@ type Guest struct {
 
 	// ExtraDiskBytes are the sizes of the guest's disks past its first.
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// ISO is the image (of format iso) in the guest's cdrom, until it is ejected
+	// (POST /v1/guests/NAME/eject).
+	ISO string `json:"iso,omitempty"`
+	// VNC is the guest's VNC display, when it has one: where it listens, once its node
+	// said. Its password is only in GET /v1/guests/NAME/vnc.
+	VNC *GuestVNC `json:"vnc,omitempty"`
+	// CloudInit is what the guest's cloud-init seed holds past its hostname and
+	// addresses: the SSH keys, and how long its user data is (which may hold secrets,
+	// and is not shown).
+	CloudInit *GuestCloudInit `json:"cloud_init,omitempty"`
+}
+
+// GuestCloudInit is a guest's cloud-init seed as the API shows it.
+type GuestCloudInit struct {
+	SSHKeys       []string `json:"ssh_keys,omitempty"`
+	UserDataBytes int      `json:"user_data_bytes,omitempty"`
+}
+
+// CloudInit asks for a cloud-init NoCloud seed, for guests whose OS profile runs
+// cloud-init (linux, freebsd): a cdrom labelled cidata holding the guest's hostname
+// (its name), its addresses (from its networks), SSHKeys for the image's default user,
+// and UserData as given.
+type CloudInit struct {
+	SSHKeys  []string `json:"ssh_keys,omitempty"`
+	UserData string   `json:"user_data,omitempty"`
+}
+
+// GuestVNC is where a guest's VNC display listens: ADDRESS:PORT on its node ("" until
+// the guest runs and its node reported the port libvirt chose).
+type GuestVNC struct {
+	Display string `json:"display,omitempty"`
+}
+
+// VNC is GET /v1/guests/NAME/vnc (operator scope): how to reach a guest's VNC display.
+type VNC struct {
+	Guest    string `json:"guest"`
+	Node     string `json:"node,omitempty"`
+	Display  string `json:"display,omitempty"` // ADDRESS:PORT, "" until known
+	Password string `json:"password"`
 }
 
 // CreateGuest is the body of POST /v1/guests.
@@ -79,6 +118,14 @@ type CreateGuest struct {
 	// image's virtual size, never less. ExtraDiskBytes are the sizes of more disks,
 	// made empty.
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
+	// ISO names an image of format iso: install media in a read-only cdrom, booted
+	// before the guest's first disk (made empty), until it is ejected.
+	ISO string `json:"iso,omitempty"`
+	// VNC gives the guest a VNC display, on its node's management address (or
+	// loopback), with a password the master makes.
+	VNC bool `json:"vnc,omitempty"`
+	// CloudInit, when set, gives the guest a cloud-init NoCloud seed.
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -127,6 +174,8 @@ type ObservedGuest struct {
 	Name  string `json:"name"`
 	State string `json:"state"`           // hypervisor state: running, stopped, …
 	Error string `json:"error,omitempty"` // the last reconcile step that failed
+	// VNC is where its VNC display listens, ADDRESS:PORT, while it runs with one.
+	VNC string `json:"vnc,omitempty"`
 }
 
 // Assignment is what the master wants of a node: GET /v1/nodes/{name}/assignment.
@@ -186,6 +235,15 @@ type AssignedGuest struct {
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
 	// KeepDisks, on a guest to delete, keeps its disks (vmctl vm delete --keep-disks).
 	KeepDisks bool `json:"keep_disks,omitempty"`
+	// ISO names the image (of format iso) in the guest's cdrom; a node ejects the
+	// media of a guest defined with it when it is gone from here.
+	ISO string `json:"iso,omitempty"`
+	// VNCPassword, when set, gives the guest a VNC display with this password, on the
+	// node's management address (or loopback).
+	VNCPassword string `json:"vnc_password,omitempty"`
+	// CloudInit, when set, has the node make the guest's NoCloud seed and put it in a
+	// second cdrom.
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.

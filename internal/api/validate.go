@@ -80,6 +80,14 @@ func (c *CreateGuest) Normalize() *FieldError {
 			return e
 		}
 	}
+	if c.ISO != "" {
+		if e := ValidateImageName("iso", c.ISO); e != nil {
+			return e
+		}
+		if c.Image != "" {
+			return fieldErr("iso", "an ISO install boots image %q onto an empty disk, and image %q would make the disk: give --iso or --image, not both", c.ISO, c.Image)
+		}
+	}
 	if c.DiskBytes == 0 && c.Image == "" {
 		c.DiskBytes = DefaultDisk
 	}
@@ -104,8 +112,20 @@ func (c *CreateGuest) Normalize() *FieldError {
 	default:
 		return fieldErr("failover", "%q is not a failover policy: use none, restart or twin", c.Failover)
 	}
+	if c.Failover == FailoverTwin && c.ISO != "" {
+		return fieldErr("iso", "a twin guest has no install media (its twin mirrors one disk of a running guest): install with --failover restart or none")
+	}
 	if c.Failover == FailoverTwin && len(c.ExtraDiskBytes) > 0 {
 		return fieldErr("extra_disk_bytes", "a twin guest has one disk, the one mirrored to its twin: give one disk size, or failover restart")
+	}
+	if ci := c.CloudInit; ci != nil {
+		prof, _ := profile.Lookup(c.OS)
+		if !prof.CloudInit {
+			return fieldErr("cloud_init", "os %s: %s", c.OS, prof.NoCloudInit)
+		}
+		if e := ci.Validate(); e != nil {
+			return e
+		}
 	}
 	for k, v := range c.Constraints {
 		if !labelRE.MatchString(k) || (v != "" && !labelRE.MatchString(v)) {

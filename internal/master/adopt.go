@@ -187,7 +187,8 @@ func (m *Master) adoptingAssignment(a *api.Assignment, node string, guests []sto
 			continue
 		}
 		a.Guests = append(a.Guests, api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
-			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: store.DesiredRunning, ExtraDiskBytes: g.ExtraDiskBytes})
+			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: store.DesiredRunning, ExtraDiskBytes: g.ExtraDiskBytes,
+			ISO: g.ISO, VNCPassword: g.VNCPassword, CloudInit: cloudInit(g)})
 	}
 }
 

@@ -117,6 +117,12 @@ func (m *Master) writeCreates() {
 				continue
 			}
 		}
+		if g.ISO != "" {
+			if err := m.imageStill(g.ISO); err != nil {
+				out[i].err = err
+				continue
+			}
+		}
 		if len(r.networks) > 0 {
 			if nb == nil {
 				_, guests, _ := m.st.Snapshot()

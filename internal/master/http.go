@@ -66,10 +66,12 @@ func handlerFor(m *Master, nodeName, token string, reg *metrics.Registry, forwar
 		h.route(mux, "GET /v1/guests/{name}", h.getGuest)
 		h.route(mux, "GET /v1/guests/{name}/why", h.why)
 		h.route(mux, "GET /v1/guests/{name}/console", h.console)
+		h.route(mux, "GET /v1/guests/{name}/vnc", h.vnc)
 		h.route(mux, "DELETE /v1/guests/{name}", h.durable(h.deleteGuest))
 		h.route(mux, "POST /v1/guests/{name}/start", h.durable(h.desired(store.DesiredRunning)))
 		h.route(mux, "POST /v1/guests/{name}/stop", h.durable(h.desired(store.DesiredStopped)))
 		h.route(mux, "POST /v1/guests/{name}/migrate", h.durable(h.migrate))
+		h.route(mux, "POST /v1/guests/{name}/eject", h.durable(h.ejectISO))
 		h.route(mux, "POST /v1/guests/{name}/migration", h.migrationDone)
 		h.route(mux, "POST /v1/cluster/join", h.join)
 		h.route(mux, "POST /v1/cluster/credentials", h.joinHost)
@@ -191,8 +193,9 @@ func scopeFor(method, path string) string {
 		return api.ScopeAdmin
 	case path == "/v1/cluster/credentials":
 		return api.ScopeJoin
-	case path == "/v1/guests/{name}/console":
-		// A console types into the guest: guest work, though it is a GET.
+	case path == "/v1/guests/{name}/console", path == "/v1/guests/{name}/vnc":
+		// A console types into the guest: guest work, though it is a GET; and a VNC
+		// display's password opens one.
 		return api.ScopeOperator
 	case method == http.MethodGet:
 		return api.ScopeRead

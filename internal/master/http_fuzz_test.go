@@ -179,6 +179,8 @@ func postCreate[T any, P normalizer[T]](t *testing.T, c *fuzzCluster, path strin
 
 func FuzzCreateGuestBody(f *testing.F) {
 	f.Add([]byte(`{"name":"web","os":"dragonfly","cpus":2,"memory_bytes":2147483648,"failover":"restart","networks":["blue"]}`))
+	f.Add([]byte(`{"name":"web","os":"linux","cpus":1,"memory_bytes":1073741824,"vnc":true,"cloud_init":{"ssh_keys":["ssh-ed25519 AAAA a@b"],"user_data":"#cloud-config\n"}}`))
+	f.Add([]byte(`{"name":"inst","cpus":1,"memory_bytes":1073741824,"iso":"dfly"}`))
 	c := newFuzzCluster(f, false)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		// No node: a guest that is created waits, pending.
@@ -192,7 +194,8 @@ func FuzzCreateGuestBody(f *testing.F) {
 		}
 		if got.Name != want.Name || got.OS != want.OS || got.CPUs != want.CPUs || got.MemoryBytes != want.MemoryBytes ||
 			got.DiskBytes != want.DiskBytes || got.Image != want.Image || got.Failover != want.Failover ||
-			len(got.Constraints) != len(want.Constraints) || len(got.NICs) != len(want.Networks) || got.State != api.GuestPending {
+			len(got.Constraints) != len(want.Constraints) || len(got.NICs) != len(want.Networks) || got.State != api.GuestPending ||
+			got.ISO != want.ISO || (got.VNC != nil) != want.VNC || (got.CloudInit != nil) != (want.CloudInit != nil) {
 			t.Fatalf("created %+v from %+v", got, want)
 		}
 		for i, nic := range got.NICs {

@@ -93,11 +93,12 @@ func imageView(r store.ImageRecord, guests []store.GuestRecord) api.Image {
 		State: r.State, CreatedAt: r.CreatedAt, CreatedBy: r.CreatedBy, UsedBy: usersOf(r.Name, guests)}
 }
 
-// usersOf names the guests made from an image, sorted.
+// usersOf names the guests that use an image, sorted: made from it, or with it, install
+// media, in their cdrom.
 func usersOf(image string, guests []store.GuestRecord) []string {
 	var out []string
 	for _, g := range guests {
-		if g.Image == image {
+		if g.Image == image || g.ISO == image {
 			out = append(out, g.Name)
 		}
 	}
@@ -478,11 +479,19 @@ func (m *Master) forgetImage(name string) (store.ImageRecord, error) {
 	}
 	_, guests, _ := m.st.Snapshot()
 	if users := usersOf(name, guests); len(users) > 0 {
-		return rec, fmt.Errorf("image %q is used by %d guests (%s): %w: their disks are made on it; delete them first; nothing was changed",
-			name, len(users), joinNames(users), ErrConflict)
+		return rec, fmt.Errorf("image %q is used by %d guests (%s): %w: %s; nothing was changed",
+			name, len(users), joinNames(users), ErrConflict, usedHow(rec.Format))
 	}
 	_, err := m.st.Apply(store.Command{Op: store.OpDeleteImage, Name: name})
 	return rec, err
+}
+
+// usedHow says why an image in use stays, and what frees it.
+func usedHow(format string) string {
+	if format == api.ImageISO {
+		return "it is in their cdrom; eject it (vmctl vm eject GUEST) or delete them first"
+	}
+	return "their disks are made on it; delete them first"
 }
 
 // joinNames lists names for a message, the first ten of them.
@@ -553,6 +562,65 @@ func (m *Master) imageStill(name string) error {
 		return fmt.Errorf("image %q was deleted while the guest was being created: %w; nothing was created", name, ErrConflict)
 	}
 	return imageReady(im)
+}
+
+// guestISO checks the install media a create names: an image of format iso, ready,
+// and every node's agent must know install media (an older one would refuse its
+// whole assignment).
+func (m *Master) guestISO(req api.CreateGuest) error {
+	if req.ISO == "" {
+		return nil
+	}
+	im, ok := m.st.Image(req.ISO)
+	if !ok {
+		return &api.FieldError{Field: "iso", Msg: fmt.Sprintf("no image %q: vmctl image ls lists the images, vmctl image import NAME FILE.iso makes one", req.ISO)}
+	}
+	if err := imageReady(im); err != nil {
+		return err
+	}
+	if im.Format != api.ImageISO {
+		return &api.FieldError{Field: "iso", Msg: fmt.Sprintf("image %q is a %s image, not install media (iso): give it as --image, which makes the guest's disk from it, or import an ISO (vmctl image import NAME FILE.iso)", im.Name, im.Format)}
+	}
+	return m.nodesRun("a guest with install media", disksSince)
+}
+
+// EjectISO takes a guest's install media out of its cdrom, in the replicated state:
+// its node ejects it (from the running guest too), and wherever the guest is defined
+// again (restarted elsewhere, moved), it has none; it then boots from its disk.
+func (m *Master) EjectISO(name string) (api.Guest, string, error) {
+	if err := m.mustAct(); err != nil {
+		return api.Guest{}, "", err
+	}
+	iso := ""
+	g, err := m.updateGuest(name, func(g *store.GuestRecord) (store.Op, error) {
+		switch {
+		case g.Desired == store.DesiredDeleted:
+			return "", fmt.Errorf("guest %q is being deleted: %w", name, ErrConflict)
+		case g.ISO == "":
+			return "", fmt.Errorf("guest %q has no install media in its cdrom: %w; nothing was changed (vmctl vm show %s)", name, ErrConflict, name)
+		}
+		iso, g.ISO = g.ISO, ""
+		return store.OpPutGuest, nil
+	})
+	if err != nil {
+		return api.Guest{}, "", err
+	}
+	m.log.Info("install media ejected", "guest", name, "image", iso)
+	return m.view(g, time.Now()), iso, nil
+}
+
+func (h *handler) ejectISO(w http.ResponseWriter, r *http.Request) {
+	if err := decodeNone(r); err != nil {
+		fail(w, err)
+		return
+	}
+	g, iso, err := h.m.EjectISO(r.PathValue("name"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	callerOf(r).detail = "image " + iso + " ejected"
+	writeJSON(w, http.StatusOK, g)
 }
 
 // disksSince is the first dvmd whose agents make extra disks and keep disks on a

@@ -79,14 +79,10 @@ func listDir(t *testing.T, dir string) []string {
 // its import is an event naming the token; a raw image without a checksum is
 // recorded with the one computed.
 func TestImageImport(t *testing.T) {
-	dir := t.TempDir()
-	images := filepath.Join(dir, "images")
-	os.Mkdir(images, 0o755)
+	r := newImagesRig(t, func(t *testing.T, o Options) (*Master, *api.Client) { return newTestMasterWith(t, o) })
+	dir, images, m, ops, reader := r.dir, r.images, r.m, r.ops, r.reader
 	src := filepath.Join(dir, "debian.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", src, "3G")
-	m, admin := newTestMasterWith(t, Options{ImagesDir: images})
-	ops := as(t, admin, mustToken(t, admin, "ops", api.ScopeOperator))
-	reader := as(t, admin, mustToken(t, admin, "viewer", api.ScopeRead))
 
 	sum := sumOf(t, src)
 	im, err := importImage(ops, "debian-12", "qcow2", strings.ToUpper(sum), src)
@@ -142,12 +138,8 @@ func TestImageImport(t *testing.T) {
 // images_dir: each refused with what was wrong, and nothing changed: no record, no
 // file, not even a temporary one.
 func TestImageImportBadInput(t *testing.T) {
-	dir := t.TempDir()
-	images := filepath.Join(dir, "images")
-	os.Mkdir(images, 0o755)
-	m, admin := newTestMasterWith(t, Options{ImagesDir: images})
-	ops := as(t, admin, mustToken(t, admin, "ops", api.ScopeOperator))
-	reader := as(t, admin, mustToken(t, admin, "viewer", api.ScopeRead))
+	r := newImagesRig(t, func(t *testing.T, o Options) (*Master, *api.Client) { return newTestMasterWith(t, o) })
+	dir, images, m, ops, reader := r.dir, r.images, r.m, r.ops, r.reader
 	good := filepath.Join(dir, "good.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", good, "1G")
 	overlay := filepath.Join(dir, "overlay.qcow2")
@@ -220,12 +212,7 @@ func TestGuestsFromImages(t *testing.T) {
 	if _, err := importImage(c, "debian", "qcow2", "", src); err != nil {
 		t.Fatal(err)
 	}
-	createWith := func(req api.CreateGuest) (api.Guest, error) {
-		req.CPUs, req.MemoryBytes = 1, 1<<30
-		var g api.Guest
-		err := c.Do(ctx, "POST", "/v1/guests", req, &g)
-		return g, err
-	}
+	createWith := func(req api.CreateGuest) (api.Guest, error) { return createSmall(c, req) }
 	g, err := createWith(api.CreateGuest{Name: "web1", Image: "debian"})
 	if err != nil || g.DiskBytes != 4<<30 || g.Node != "n1" {
 		t.Fatalf("web1: %+v, %v", g, err)
@@ -247,13 +234,7 @@ func TestGuestsFromImages(t *testing.T) {
 
 	m.st.Apply(store.Command{Op: store.OpPutImage, Image: &store.ImageRecord{Name: "half", Format: "raw", State: store.ImageImporting}})
 	m.st.Apply(store.Command{Op: store.OpPutImage, Image: &store.ImageRecord{Name: "media", Format: "iso", State: store.ImageReady, VirtualBytes: 1 << 20}})
-	for _, b := range []struct {
-		what  string
-		req   api.CreateGuest
-		code  int
-		field string
-		text  string
-	}{
+	for _, b := range []refusal{
 		{"disk smaller than the image", api.CreateGuest{Name: "x", Image: "debian", DiskBytes: 1 << 30}, 400, "disk_bytes", "smaller than image \"debian\"'s virtual size, 4GiB"},
 		{"no such image", api.CreateGuest{Name: "x", Image: "nope"}, 400, "image", `no image "nope"`},
 		{"install media", api.CreateGuest{Name: "x", Image: "media"}, 400, "image", "install media"},
@@ -262,13 +243,7 @@ func TestGuestsFromImages(t *testing.T) {
 		{"too many extra disks", api.CreateGuest{Name: "x", DiskBytes: 1 << 30, ExtraDiskBytes: make([]int64, 26)}, 400, "extra_disk_bytes", "at most 25"},
 	} {
 		_, err := createWith(b.req)
-		wantStatus(t, b.what, err, b.code, b.text)
-		if code, field := statusOf(err); code == 400 && field != b.field {
-			t.Errorf("%s: field %q, want %q", b.what, field, b.field)
-		}
-		if _, ok := m.st.Guest("x"); ok {
-			t.Fatalf("%s: guest x was created", b.what)
-		}
+		b.check(t, m, err)
 	}
 
 	// A node of an older dvmd would refuse an assignment with extra disks.
@@ -316,6 +291,59 @@ func TestGuestsFromImages(t *testing.T) {
 	if err := c.Do(ctx, "DELETE", "/v1/images/half", nil, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// imagesRig is a master with an images directory and tokens of each scope that
+// guests and images need.
+type imagesRig struct {
+	dir, images        string // a temporary directory, and images_dir in it
+	m                  *Master
+	admin, ops, reader *api.Client
+}
+
+// newImagesRig starts a master with newMaster (newTestMasterWith, or capacityMaster
+// for one that places guests).
+func newImagesRig(t *testing.T, newMaster func(*testing.T, Options) (*Master, *api.Client)) imagesRig {
+	t.Helper()
+	r := imagesRig{dir: t.TempDir()}
+	r.images = filepath.Join(r.dir, "images")
+	if err := os.Mkdir(r.images, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.m, r.admin = newMaster(t, Options{ImagesDir: r.images})
+	r.ops = as(t, r.admin, mustToken(t, r.admin, "ops", api.ScopeOperator))
+	r.reader = as(t, r.admin, mustToken(t, r.admin, "viewer", api.ScopeRead))
+	return r
+}
+
+// refusal is a create of guest x that must be refused with code (and, for a 400,
+// field) and a message holding text.
+type refusal struct {
+	what  string
+	req   api.CreateGuest
+	code  int
+	field string
+	text  string
+}
+
+// check checks that err is the refusal and that nothing was created.
+func (b refusal) check(t *testing.T, m *Master, err error) {
+	t.Helper()
+	wantStatus(t, b.what, err, b.code, b.text)
+	if c, f := statusOf(err); c == 400 && f != b.field {
+		t.Errorf("%s: field %q, want %q", b.what, f, b.field)
+	}
+	if _, ok := m.st.Guest("x"); ok {
+		t.Fatalf("%s: guest x was created", b.what)
+	}
+}
+
+// createSmall creates a guest of 1 CPU and 1 GiB as asked otherwise.
+func createSmall(c *api.Client, req api.CreateGuest) (api.Guest, error) {
+	req.CPUs, req.MemoryBytes = 1, 1<<30
+	var g api.Guest
+	err := c.Do(context.Background(), "POST", "/v1/guests", req, &g)
+	return g, err
 }
 
 // tarOf is a tar archive of files, in order, as vmctl sends a kernel image.

@@ -273,6 +273,23 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	if err := m.extraDisks(req); err != nil {
 		return api.Guest{}, err
 	}
+	if err := m.guestISO(req); err != nil {
+		return api.Guest{}, err
+	}
+	vncPassword := ""
+	if req.VNC {
+		if err := m.nodesRun("a guest with a VNC display", disksSince); err != nil {
+			return api.Guest{}, err
+		}
+		vncPassword = newVNCPassword()
+	}
+	var seed *store.CloudInitRecord
+	if ci := req.CloudInit; ci != nil {
+		if err := m.nodesRun("a guest with a cloud-init seed", disksSince); err != nil {
+			return api.Guest{}, err
+		}
+		seed = &store.CloudInitRecord{SSHKeys: ci.SSHKeys, UserData: ci.UserData}
+	}
 	desired := store.DesiredRunning
 	if req.Start != nil && !*req.Start {
 		desired = store.DesiredStopped
@@ -280,7 +297,8 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	g := store.GuestRecord{
 		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
-		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes,
+		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes, ISO: req.ISO,
+		VNCPassword: vncPassword, CloudInit: seed,
 	}
 	res := m.createBatched(&createReq{g: g, networks: req.Networks, image: recorded, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
@@ -417,7 +435,13 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		Name: g.Name, UUID: g.UUID, Node: g.Node, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
-		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes,
+		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes, ISO: g.ISO,
+	}
+	if g.VNCPassword != "" {
+		out.VNC = &api.GuestVNC{Display: m.vncDisplay(g)}
+	}
+	if ci := g.CloudInit; ci != nil {
+		out.CloudInit = &api.GuestCloudInit{SSHKeys: ci.SSHKeys, UserDataBytes: len(ci.UserData)}
 	}
 	if len(g.LastMigration) > 0 {
 		var mig api.Migration

@@ -255,7 +255,8 @@ func (m *Master) assignmentNow(node string) api.Assignment {
 	for _, g := range guests {
 		ag := api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: g.Desired,
-			ExtraDiskBytes: g.ExtraDiskBytes, KeepDisks: g.KeepDisks}
+			ExtraDiskBytes: g.ExtraDiskBytes, KeepDisks: g.KeepDisks, ISO: g.ISO,
+			VNCPassword: g.VNCPassword, CloudInit: cloudInit(g)}
 		switch {
 		case g.Node == node:
 			if g.MigrateTo != "" {

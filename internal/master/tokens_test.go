@@ -274,9 +274,9 @@ func TestScopeFor(t *testing.T) {
 	for route, want := range map[string]string{
 		"GET /v1/nodes": api.ScopeRead, "GET /v1/guests/{name}/why": api.ScopeRead, "GET /v1/events": api.ScopeRead,
 		"POST /v1/guests": api.ScopeOperator, "DELETE /v1/nodes/{name}": api.ScopeOperator, "POST /v1/nodes/{name}/drain": api.ScopeOperator,
-		"POST /v1/networks": api.ScopeOperator, "POST /v1/guests/{name}/migrate": api.ScopeOperator,
-		"GET /v1/guests/{name}/console": api.ScopeOperator,
-		"GET /v1/images":                api.ScopeRead, "GET /v1/images/{name}": api.ScopeRead,
+		"POST /v1/networks": api.ScopeOperator, "POST /v1/guests/{name}/migrate": api.ScopeOperator, "POST /v1/guests/{name}/eject": api.ScopeOperator,
+		"GET /v1/guests/{name}/console": api.ScopeOperator, "GET /v1/guests/{name}/vnc": api.ScopeOperator,
+		"GET /v1/images": api.ScopeRead, "GET /v1/images/{name}": api.ScopeRead,
 		"PUT /v1/images/{name}": api.ScopeOperator, "DELETE /v1/images/{name}": api.ScopeOperator,
 		"GET /v1/tokens": api.ScopeAdmin, "POST /v1/tokens": api.ScopeAdmin, "DELETE /v1/tokens/{name}": api.ScopeAdmin,
 		"POST /v1/cluster/credentials": api.ScopeJoin,

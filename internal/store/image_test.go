@@ -121,6 +121,18 @@ func TestImageOpsAreChecked(t *testing.T) {
 	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", KeepDisks: true}}); !errors.Is(err, ErrTooOld) {
 		t.Fatalf("keep_disks with a 0.2.0-dev replica: %v", err)
 	}
+	_, err = s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", ISO: "dfly"}})
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with install media needs dvmd 0.3.0") {
+		t.Fatalf("install media with a 0.2.0-dev replica: %v", err)
+	}
+	_, err = s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", VNCPassword: "abcd2345"}})
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with a VNC display needs dvmd 0.3.0") {
+		t.Fatalf("a VNC display with a 0.2.0-dev replica: %v", err)
+	}
+	_, err = s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", CloudInit: &CloudInitRecord{}}})
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with a cloud-init seed needs dvmd 0.3.0") {
+		t.Fatalf("a cloud-init seed with a 0.2.0-dev replica: %v", err)
+	}
 	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -76,6 +76,21 @@ type GuestRecord struct {
 	ExtraDiskBytes []int64 `json:"extra_disk_bytes,omitempty"`
 	// KeepDisks: the guest is being deleted and its disks are to be kept (since 0.2.0).
 	KeepDisks bool `json:"keep_disks,omitempty"`
+	// ISO names the image of format iso in the guest's cdrom, until it is ejected
+	// (since 0.3.0).
+	ISO string `json:"iso,omitempty"`
+	// VNCPassword is the password of the guest's VNC display, which it has when this
+	// is set (since 0.3.0). Only operators read it (GET /v1/guests/NAME/vnc).
+	VNCPassword string `json:"vnc_password,omitempty"`
+	// CloudInit, when set, is what the guest's cloud-init NoCloud seed holds past its
+	// hostname and addresses (since 0.3.0).
+	CloudInit *CloudInitRecord `json:"cloud_init,omitempty"`
+}
+
+// CloudInitRecord is a guest's cloud-init seed as asked: SSH keys and user data.
+type CloudInitRecord struct {
+	SSHKeys  []string `json:"ssh_keys,omitempty"`
+	UserData string   `json:"user_data,omitempty"`
 }
 
 // NICRecord is one guest network interface.
@@ -480,6 +495,12 @@ func (c Command) fieldsSince() (what, since string) {
 			return "a guest with extra disks", "0.3.0"
 		case g.KeepDisks:
 			return "a guest deleted keeping its disks", "0.3.0"
+		case g.ISO != "":
+			return "a guest with install media", "0.3.0"
+		case g.VNCPassword != "":
+			return "a guest with a VNC display", "0.3.0"
+		case g.CloudInit != nil:
+			return "a guest with a cloud-init seed", "0.3.0"
 		}
 	}
 	return "", ""
