@@ -309,6 +309,10 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 		t.Logf("%s upgraded to %s and back in a whole group %.1f s after its dvmd stopped", node, version.Version, time.Since(restarted).Seconds())
 	}
 	time.Sleep(2 * time.Second) // a last few writes and samples with every node new
+	// Guests the old master's step restarted may still be on their way (a fenced
+	// node waits for an assignment from the master that holds its lease, which may
+	// be the restarted old master taking raft's leadership back).
+	waitFor(t, "every guest running after the last step", time.Minute, func() bool { return c.allRunning(guests) })
 	acked, gap, gapEnd := w.finish()
 	s.finish(t)
 
