@@ -69,11 +69,10 @@ type Agent struct {
 	report chan struct{}     // asks for a status report now
 
 	latest *heldAssignment // the last assignment read; guarded by mu
-	// basis is the loss count and whether it was counted last written to the paused
-	// guests' record (pause.go); guarded by mu.
-	basis      [2]uint64
-	basisKnown bool
-	resync     chan struct{} // asks for a reconcile of latest now
+	// basis is what was last written to the paused guests' record as the basis of
+	// the next pause (pause.go), nil before the first write; guarded by mu.
+	basis  *lossBasis
+	resync chan struct{} // asks for a reconcile of latest now
 
 	net netAgent // guest networks (networks.go)
 

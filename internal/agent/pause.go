@@ -34,28 +34,28 @@ func (a *Agent) noteBasis(asg api.Assignment) {
 	if _, _, live := a.cfg.Lease(); !live {
 		return
 	}
-	counted := asg.LossesCounted && version.AtLeast(asg.Version, api.LossesSince)
+	b := lossBasis{losses: asg.Losses, counted: asg.LossesCounted && version.AtLeast(asg.Version, api.LossesSince)}
 	a.mu.Lock()
-	same := a.basisKnown && a.basis == [2]uint64{asg.Losses, b2u(counted)}
+	same := a.basis != nil && *a.basis == b
 	a.mu.Unlock()
 	if same {
 		return
 	}
-	err := fenceguard.UpdatePaused(a.cfg.PausedFile, func(p *fenceguard.Paused) { p.Losses, p.Counted = asg.Losses, counted })
+	err := fenceguard.UpdatePaused(a.cfg.PausedFile, func(p *fenceguard.Paused) { p.Losses, p.Counted = b.losses, b.counted })
 	if err != nil {
 		a.cfg.Log.Error("paused guests' record", "err", err)
 		return
 	}
 	a.mu.Lock()
-	a.basis, a.basisKnown = [2]uint64{asg.Losses, b2u(counted)}, true
+	a.basis = &b
 	a.mu.Unlock()
 }
 
-func b2u(b bool) uint64 {
-	if b {
-		return 1
-	}
-	return 0
+// lossBasis is a node's loss count as an assignment gave it, and whether that
+// master counted losses at all.
+type lossBasis struct {
+	losses  uint64
+	counted bool
 }
 
 // readPaused reads the paused guests' record; an unreadable one is empty (its guests
