@@ -52,24 +52,38 @@ func TestSeedISO(t *testing.T) {
 		t.Fatalf("image of %d bytes, the same twice: %v", a.Len(), bytes.Equal(a.Bytes(), b.Bytes()))
 	}
 	file := filepath.Join(t.TempDir(), "seed.iso")
-	os.WriteFile(file, a.Bytes(), 0o644)
-	if _, err := exec.LookPath("blkid"); err == nil {
+	if err := os.WriteFile(file, a.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The readers are Debian's (util-linux, libarchive-tools, which scripts/test
+	// installs): missing, they fail the test in CI and are passed over elsewhere.
+	have := func(tool, pkg string) bool {
+		if _, err := exec.LookPath(tool); err == nil {
+			return true
+		}
+		if os.Getenv("CI") == "true" {
+			t.Errorf("no %s (Debian: apt-get install %s)", tool, pkg)
+		} else {
+			t.Logf("no %s (Debian: apt-get install %s): not read back with it", tool, pkg)
+		}
+		return false
+	}
+	if have("blkid", "util-linux") {
 		out, err := exec.Command("blkid", "-p", "-o", "value", "-s", "LABEL", file).CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "cidata" {
 			t.Errorf("blkid: %v: %s", err, out)
 		}
 	}
-	if _, err := exec.LookPath("bsdtar"); err != nil {
-		t.Skip("no bsdtar (Debian: apt-get install libarchive-tools)")
-	}
-	out, err := exec.Command("bsdtar", "-tf", file).CombinedOutput()
-	if err != nil || strings.Join(strings.Fields(string(out)), " ") != ". meta-data network-config user-data" {
-		t.Fatalf("bsdtar -t: %v: %s", err, out)
-	}
-	for _, f := range seed.Files() {
-		got, err := exec.Command("bsdtar", "-xOf", file, f.Name).Output()
-		if err != nil || !bytes.Equal(got, f.Data) {
-			t.Errorf("%s read back as %q (%v), want %q", f.Name, got, err, f.Data)
+	if have("bsdtar", "libarchive-tools") {
+		out, err := exec.Command("bsdtar", "-tf", file).CombinedOutput()
+		if err != nil || strings.Join(strings.Fields(string(out)), " ") != ". meta-data network-config user-data" {
+			t.Fatalf("bsdtar -t: %v: %s", err, out)
+		}
+		for _, f := range seed.Files() {
+			got, err := exec.Command("bsdtar", "-xOf", file, f.Name).Output()
+			if err != nil || !bytes.Equal(got, f.Data) {
+				t.Errorf("%s read back as %q (%v), want %q", f.Name, got, err, f.Data)
+			}
 		}
 	}
 
