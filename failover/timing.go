@@ -144,6 +144,10 @@ func (t Timing) Validate() error {
 			"a node whose lease lapsed must have stopped its guests before the master may restart them elsewhere; "+
 			"raise lease_margin or lower fence_grace", t.LeaseMargin, t.FenceGrace, t.Tick, t.FenceCheck, t.MaxClockSkew, need)
 	}
+	if t.GuardWindow() < minGuardWindow {
+		return bad("lease_margin", "%v leaves the fence guard (which acts when dvmd is gone) no window after max_clock_skew %v and its own %v: use at least %v",
+			t.LeaseMargin, t.MaxClockSkew, guardAllowance, t.MaxClockSkew+guardAllowance+minGuardWindow)
+	}
 	if t.MaxClockSkew >= t.LeaseDuration/4 {
 		return bad("max_clock_skew", "%v must be under a quarter of lease_duration %v: a master counts each lease for lease_duration - max_clock_skew", t.MaxClockSkew, t.LeaseDuration)
 	}
@@ -159,6 +163,21 @@ func (t Timing) Validate() error {
 			"survivors must give raft the time to elect a backup before they re-form the group", t.ConfirmTimeout, t.ElectionTimeout)
 	}
 	return nil
+}
+
+// The fence guard (internal/fenceguard) stops a node's HA guests when dvmd is gone:
+// it acts GuardWindow after the lease its dvmd last wrote, polling, then pausing or
+// destroying (guardAllowance), within LeaseMargin less what the clocks may differ.
+const (
+	guardAllowance = 200 * time.Millisecond
+	minGuardWindow = 100 * time.Millisecond
+)
+
+// GuardWindow is how long after its lease lapsed the fence guard lets the node's
+// HA guests run: short of LeaseMargin by MaxClockSkew and the guard's own polling
+// and stopping, so they are down before the master may restart them elsewhere.
+func (t Timing) GuardWindow() time.Duration {
+	return t.LeaseMargin - t.MaxClockSkew - guardAllowance
 }
 
 // leaseCount is how long a master counts a grant, from its request's SentAt: less

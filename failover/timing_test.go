@@ -29,6 +29,11 @@ func TestTimingValidate(t *testing.T) {
 		{"confirm within an election", failover.Timing{ConfirmTimeout: time.Second}, "confirm_timeout"},
 		{"tight but valid", failover.Timing{LeaseDuration: 2 * time.Second, LeaseMargin: 800 * ms, RenewInterval: 300 * ms,
 			FenceGrace: 500 * ms, Tick: 100 * ms, FenceCheck: 50 * ms, MaxClockSkew: 100 * ms}, ""},
+		{"no window for the fence guard", failover.Timing{LeaseDuration: time.Second, LeaseMargin: 300 * ms, RenewInterval: 150 * ms,
+			FenceGrace: 50 * ms, MaxClockSkew: 50 * ms}, "lease_margin"},
+		// The fast profile of docs/operator-guide.md and scripts/bench-recovery.
+		{"fast profile", failover.Timing{LeaseDuration: 1200 * ms, LeaseMargin: 350 * ms, RenewInterval: 200 * ms,
+			FenceGrace: 150 * ms, MaxClockSkew: 50 * ms, ElectionTimeout: 300 * ms}, ""},
 	} {
 		err := tc.t.Validate()
 		var te *failover.TimingError

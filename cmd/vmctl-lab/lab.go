@@ -23,19 +23,25 @@ func labCommands() []*cli.Command {
 			Name:  "up",
 			Usage: "bring a lab up",
 			Description: "Needs root. Writes DIR/env with DVM_ADDR, DVM_TOKEN, DVM_CA and DVM_LAB_DIR.\n\n" +
-				"Examples:\n  vmctl lab up --nodes 3\n  set -a; . /var/lib/dvm-lab/env; set +a; vmctl node ls",
+				"Examples:\n  vmctl lab up --nodes 3\n  vmctl lab up --set lease_duration=1s --set lease_margin=500ms --set renew_interval=200ms --set fence_grace=250ms\n  set -a; . /var/lib/dvm-lab/env; set +a; vmctl node ls",
 			Flags: []cli.Flag{
 				&cli.IntFlag{Name: "nodes", Value: lab.DefaultNodes, Usage: fmt.Sprintf("number of nodes, 1 to %d", lab.MaxNodes)},
 				&cli.StringFlag{Name: "dvmd", Usage: "dvmd binary run as agent in every node (default: dvmd next to vmctl-lab, else in $PATH)"},
 				&cli.BoolFlag{Name: "no-agent", Usage: "start nodes with libvirt only, without dvmd"},
 				&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long to wait for libvirtd and the master"},
+				&cli.StringSliceFlag{Name: "set", Usage: "KEY=VALUE: a dvmd.conf key for every node, such as lease_duration=1s (repeat the flag for more)"},
 			},
 			Action: func(c *cli.Context) error {
 				if c.NArg() > 0 {
 					return fmt.Errorf("vmctl lab up takes no arguments (got %q): use --nodes N and --dir DIR", c.Args().Slice())
 				}
+				settings, err := lab.ParseSettings(c.StringSlice("set"))
+				if err != nil {
+					return err
+				}
 				start := time.Now()
 				l, err := lab.Up(c.Context, lab.Options{
+					Settings: settings,
 					Nodes:    c.Int("nodes"),
 					Dir:      c.String("dir"),
 					DvmdPath: c.String("dvmd"),

@@ -297,6 +297,12 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 	}
 	paused := a.readPaused()
 	a.prunePaused(paused, present)
+	// Guests to start are started together once the assignment is read through: a
+	// QEMU start takes a few hundred milliseconds, and the guests of a lost node
+	// placed here would otherwise wait for each other. Each was allowed (its HA
+	// lease checked) where it is queued, as a start in the loop would be.
+	var starts []func()
+	defer func() { runAll(starts, maxParallelStarts) }()
 	for _, g := range asg.Guests {
 		g := g
 		if g.Incoming {
@@ -363,13 +369,15 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 						continue
 					}
 				}
-				err := a.cfg.Node.Start(g.Name)
-				if err == nil {
-					// Which assignment a start rests on is what a double run is traced back to.
-					a.cfg.Log.Info("guest started", "guest", g.Name, "failover", g.Failover, "master", asg.Master,
-						"generation", asg.Generation, "index", asg.Index)
-				}
-				a.setErr(g.Name, err)
+				starts = append(starts, func() {
+					err := a.cfg.Node.Start(g.Name)
+					if err == nil {
+						// Which assignment a start rests on is what a double run is traced back to.
+						a.cfg.Log.Info("guest started", "guest", g.Name, "failover", g.Failover, "master", asg.Master,
+							"generation", asg.Generation, "index", asg.Index)
+					}
+					a.setErr(g.Name, err)
+				})
 			case g.Desired == store.DesiredStopped && state == hypervisor.StateRunning:
 				a.startSlow(g.Name, func() {
 					a.setErr(g.Name, a.cfg.Node.Shutdown(ctx, g.Name, a.cfg.ShutdownTimeout))
@@ -379,6 +387,30 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 			}
 		}
 	}
+}
+
+// maxParallelStarts bounds the guest starts a reconcile runs at once: libvirt
+// serves each on a worker thread of its own (max_workers defaults to 20).
+const maxParallelStarts = 8
+
+// runAll runs fns, at most limit at a time, and returns when all have.
+func runAll(fns []func(), limit int) {
+	if len(fns) == 1 {
+		fns[0]()
+		return
+	}
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			fn()
+			<-sem
+		}()
+	}
+	wg.Wait()
 }
 
 // define builds a guest's domain from its assignment, the image it names and its disk.

@@ -200,6 +200,11 @@ func (c *Client) Watch(ctx context.Context, path, index string, wait time.Durati
 	return got, err
 }
 
+// retryInterval is how long retry waits between rounds: short, because the
+// round that waits for a new master (elected in about a second) ends when the
+// master answers, and each round costs a node one refused request.
+const retryInterval = 100 * time.Millisecond
+
 // retry calls send again while it ends with a *NoAnswerError, for RetryFor.
 func (c *Client) retry(ctx context.Context, send func() error) error {
 	deadline := time.Now().Add(c.RetryFor)
@@ -212,7 +217,7 @@ func (c *Client) retry(ctx context.Context, send func() error) error {
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(retryInterval):
 		}
 	}
 }

@@ -5,19 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dvmproject/dvm/internal/config"
 )
 
 // agentConfig is node k's DIR/nodes/nK/dvmd.conf, the format dvmd agent reads:
 // one `key = value` a line, # comments.
-func agentConfig(dir string, k, nodes int) string {
+func agentConfig(dir string, k, nodes int, settings map[string]string) string {
 	var b strings.Builder
 	name, addr := nodeName(k), nodeAddr(k)
 	fmt.Fprintf(&b, "# dvm lab node %s: written by vmctl lab up\n", name)
@@ -45,7 +49,62 @@ func agentConfig(dir string, k, nodes int) string {
 	kv("memory_overcommit", "1.5")
 	kv("accelerator", "tcg")
 	kv("labels", fmt.Sprintf("rack=r%d", k))
+	if len(settings) > 0 {
+		b.WriteString("# set with vmctl lab up --set\n")
+		for _, key := range slices.Sorted(maps.Keys(settings)) {
+			kv(key, settings[key])
+		}
+	}
 	return b.String()
+}
+
+// ParseSettings reads KEY=VALUE pairs (vmctl lab up --set, DVM_LAB_SET) into
+// Options.Settings.
+func ParseSettings(pairs []string) (map[string]string, error) {
+	settings := map[string]string{}
+	for _, p := range pairs {
+		key, value, ok := strings.Cut(p, "=")
+		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
+		if !ok || key == "" {
+			return nil, fmt.Errorf("--set %q: give KEY=VALUE, such as lease_duration=1s", p)
+		}
+		if _, dup := settings[key]; dup {
+			return nil, fmt.Errorf("--set %s given twice: give each key once", key)
+		}
+		settings[key] = value
+	}
+	return settings, nil
+}
+
+// checkSettings refuses settings the lab cannot pass on: keys the lab writes itself
+// (a second value would be ambiguous), malformed lines, and any file dvmd's own
+// parser refuses (a timing combination that breaks the fencing rule, say), so that
+// a bad --set fails before the lab changes anything rather than in every node.
+func checkSettings(dir string, nodes int, settings map[string]string) error {
+	if len(settings) == 0 {
+		return nil
+	}
+	own := map[string]bool{}
+	for _, line := range strings.Split(agentConfig(dir, 1, nodes, nil), "\n") {
+		if key, _, ok := strings.Cut(line, " = "); ok && !strings.HasPrefix(line, "#") {
+			own[key] = true
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(settings)) {
+		value := settings[key]
+		switch {
+		case key == "" || strings.ContainsAny(key, " =#\n\t"):
+			return fmt.Errorf("--set %q=%q: a key is a dvmd.conf key such as lease_duration", key, value)
+		case own[key]:
+			return fmt.Errorf("--set %s: the lab writes %s itself; set another key", key, key)
+		case strings.TrimSpace(value) == "" || strings.ContainsAny(value, "\n\r"):
+			return fmt.Errorf("--set %s: give a value on one line, such as %s=1s", key, key)
+		}
+	}
+	if _, err := config.Parse(strings.NewReader(agentConfig(dir, 1, nodes, settings))); err != nil {
+		return fmt.Errorf("--set: dvmd would refuse the nodes' config: %w", err)
+	}
+	return nil
 }
 
 // findDvmd resolves the agent binary: path if given, else dvmd next to the running

@@ -64,6 +64,10 @@ type Options struct {
 	Timeout time.Duration
 	// Log receives one line per step; nil discards them.
 	Log io.Writer
+	// Settings are dvmd.conf keys every node gets besides the lab's own (the timing
+	// keys, say: lease_duration = 1s), kept for the nodes' restarts. Keys the lab
+	// writes itself are refused, and the whole file must pass dvmd's own parser.
+	Settings map[string]string
 }
 
 // Lab is a lab that is (or was) up, as recorded in DIR/lab.json.
@@ -85,6 +89,8 @@ type state struct {
 	Image   string      `json:"image"`
 	Nodes   []nodeState `json:"nodes"`
 	Cuts    []Cut       `json:"cuts,omitempty"`
+	// Settings: see Options.Settings.
+	Settings map[string]string `json:"settings,omitempty"`
 }
 
 // nodeState is what the lab remembers of a node between commands.
@@ -373,6 +379,9 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkSettings(dir, opts.Nodes, opts.Settings); err != nil {
+		return nil, err
+	}
 	if opts.ImageCache == "" {
 		opts.ImageCache = DefaultImageCache
 	}
@@ -427,7 +436,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 			return nil, fmt.Errorf("lab credentials of %s: %w", nodeName(k), err)
 		}
 	}
-	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Image: img.Version}
+	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Image: img.Version, Settings: opts.Settings}
 	for k := 1; k <= opts.Nodes; k++ {
 		u, err := newUUID()
 		if err != nil {

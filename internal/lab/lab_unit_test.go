@@ -17,7 +17,7 @@ import (
 // key the lab writes and dvmd does not know fails here, not in a lab.
 func TestAgentConfig(t *testing.T) {
 	for k := 1; k <= 3; k++ {
-		text := agentConfig("/var/lib/dvm-lab", k, 3)
+		text := agentConfig("/var/lib/dvm-lab", k, 3, nil)
 		n, err := config.Parse(strings.NewReader(text))
 		if err != nil {
 			t.Fatalf("config of n%d does not parse: %v\n%s", k, err, text)
@@ -219,5 +219,39 @@ func TestUpNamesMissingPackages(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("Up without the packages wrote %v into %s", ents, dir)
+	}
+}
+
+// TestSettings: --set keys reach every node's dvmd.conf, and what dvmd would refuse
+// is refused before the lab changes anything.
+func TestSettings(t *testing.T) {
+	fast := map[string]string{"lease_duration": "1s", "lease_margin": "500ms", "renew_interval": "200ms", "fence_grace": "250ms"}
+	if err := checkSettings("/var/lib/dvm-lab", 3, fast); err != nil {
+		t.Fatalf("a valid timing refused: %v", err)
+	}
+	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, fast)))
+	if err != nil || n.Timing.LeaseDuration.String() != "1s" || n.Timing.FenceGrace.String() != "250ms" {
+		t.Fatalf("settings not in the node's config: %+v, %v", n.Timing, err)
+	}
+	for _, c := range []struct {
+		settings map[string]string
+		want     string
+	}{
+		{map[string]string{"name": "x"}, "the lab writes name itself"},
+		{map[string]string{"lease_duration": "1s"}, "lease_margin"}, // 1s margin is not under 1s
+		{map[string]string{"no_such_key": "1"}, "no_such_key"},
+		{map[string]string{"fence_grace": ""}, "give a value"},
+		{map[string]string{"a b": "1"}, "a key is a dvmd.conf key"},
+	} {
+		err := checkSettings("/var/lib/dvm-lab", 3, c.settings)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error naming %q", c.settings, err, c.want)
+		}
+	}
+	if _, err := ParseSettings([]string{"lease_duration=1s", "lease_duration=2s"}); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("a key given twice: %v", err)
+	}
+	if _, err := ParseSettings([]string{"lease_duration"}); err == nil || !strings.Contains(err.Error(), "KEY=VALUE") {
+		t.Errorf("no value: %v", err)
 	}
 }

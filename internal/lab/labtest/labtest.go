@@ -38,11 +38,21 @@ func Up(t testing.TB, n int) *lab.Lab {
 
 // Start brings up the lab opts describe (Dir defaults to a temporary directory)
 // and brings it down when the test ends. With opts.NoAgent it builds nothing.
+// DVM_LAB_SET (KEY=VALUE pairs separated by spaces) gives Settings a test left
+// empty: how the benches run a lab with other timing.
 func Start(t testing.TB, opts lab.Options) *lab.Lab {
 	t.Helper()
 	Require(t)
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
+	}
+	if env := strings.Fields(os.Getenv("DVM_LAB_SET")); opts.Settings == nil && len(env) > 0 {
+		s, err := lab.ParseSettings(env)
+		if err != nil {
+			t.Fatalf("DVM_LAB_SET: %v", err)
+		}
+		opts.Settings = s
+		t.Logf("lab nodes' dvmd.conf adds %v (DVM_LAB_SET)", s)
 	}
 	if opts.Log == nil {
 		opts.Log = logWriter{t}
