@@ -20,6 +20,7 @@ import (
 	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/units"
 	"github.com/dvmproject/dvm/scheduler"
 )
@@ -38,6 +39,14 @@ type Node struct {
 	GossipListen        string // memberlist (UDP and TCP); default: listen's host, port 7462
 	AgentListen         string // the agents' API over mutual TLS (management nodes); default: listen's host, port 7463
 	GossipPeers         []string
+	// Gossip's failure detector (memberlist): how often each node probes another,
+	// how long it waits for the answer, and the suspicion multiplier (a suspected
+	// member is declared dead about gossip_suspicion_mult probe intervals later).
+	// A node is declared lost only when gossip no longer vouches for it and its
+	// lease is out; zero takes the defaults (internal/cluster).
+	GossipProbeInterval time.Duration
+	GossipProbeTimeout  time.Duration
+	GossipSuspicionMult int
 	CredentialsDir      string // ca.crt, gossip.key, node-NAME.crt/key from `dvmd cluster issue`
 	// APITLSCert and APITLSKey are an operator's certificate (PEM, leaf first) and key
 	// for the API listener; empty: the node's certificate from the cluster's CA.
@@ -190,6 +199,16 @@ func (n *Node) set(key, val string) error {
 			return fmt.Errorf("%q is not host:port", val)
 		}
 		n.GossipListen = val
+	case "gossip_probe_interval":
+		n.GossipProbeInterval, err = parseDuration(val)
+	case "gossip_probe_timeout":
+		n.GossipProbeTimeout, err = parseDuration(val)
+	case "gossip_suspicion_mult":
+		k, perr := strconv.Atoi(val)
+		if perr != nil || k < 1 || k > 10 {
+			return fmt.Errorf("%q is not a whole number from 1 to 10", val)
+		}
+		n.GossipSuspicionMult = k
 	case "gossip_peers":
 		for _, p := range strings.Split(val, ",") {
 			p = strings.TrimSpace(p)
@@ -357,6 +376,16 @@ func (n *Node) Validate() error {
 		}
 	}
 	// The guarantee that a guest never runs twice rests on these together.
+	pi, pt := n.GossipProbeInterval, n.GossipProbeTimeout
+	if pi == 0 {
+		pi = cluster.DefaultProbeInterval
+	}
+	if pt == 0 {
+		pt = cluster.DefaultProbeTimeout
+	}
+	if pt >= pi {
+		return fmt.Errorf("gossip_probe_timeout %v is not below gossip_probe_interval %v: the indirect probes need the rest of the interval", pt, pi)
+	}
 	if err := n.Timing.Validate(); err != nil {
 		return err
 	}

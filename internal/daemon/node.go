@@ -125,6 +125,7 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 		Version: version.Version}
 	n.members, err = cluster.Join(cluster.MemberConfig{
 		Credentials: creds, BindAddr: gh, BindPort: gport, Peers: cfg.GossipPeers, Meta: meta,
+		ProbeInterval: cfg.GossipProbeInterval, ProbeTimeout: cfg.GossipProbeTimeout, SuspicionMult: cfg.GossipSuspicionMult,
 		Log: log.With("component", "gossip"),
 	})
 	if err != nil {
