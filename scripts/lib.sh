@@ -91,3 +91,16 @@ build() {
 	mkdir -p bin
 	go build -o bin/ ./cmd/dvmd ./cmd/vmctl ./cmd/vmctl-lab || die "go build failed"
 }
+
+# bench_profile sets DVM_LAB_SET, the dvmd.conf settings of the benches' lab nodes:
+# the fast profile of docs/operator-guide.md section 4 unless PROFILE=default.
+bench_profile() {
+	case "${PROFILE:-fast}" in
+	fast)
+		export DVM_LAB_SET="lease_duration=1s lease_margin=350ms renew_interval=150ms fence_grace=150ms max_clock_skew=50ms raft_election_timeout=300ms gossip_probe_interval=200ms gossip_probe_timeout=100ms gossip_suspicion_mult=2"
+		;;
+	default) export DVM_LAB_SET="" ;;
+	*) die "PROFILE=$PROFILE: use fast or default" ;;
+	esac
+	say "timing profile ${PROFILE:-fast}: ${DVM_LAB_SET:-the defaults of dvmd}"
+}
