@@ -19,8 +19,8 @@ import (
 	"github.com/creack/pty"
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
-	"github.com/dvmproject/dvm/internal/imagebuild"
 	"github.com/dvmproject/dvm/internal/lab"
+	"github.com/dvmproject/dvm/internal/lab/imagebuild"
 	"github.com/dvmproject/dvm/internal/lab/labtest"
 	"github.com/dvmproject/dvm/internal/units"
 )
@@ -28,7 +28,7 @@ import (
 // TestRealQEMUBootImage is issue 13's images and ISO installs, through the real
 // vmctl and dvmd on this host's libvirtd under TCG:
 //
-//   - a bootable disk made here from Debian's packages (internal/imagebuild: the lab
+//   - a bootable disk made here from Debian's packages (internal/lab/imagebuild: the lab
 //     kernel, a busybox system and extlinux on an MBR-partitioned ext4 disk, as qcow2)
 //     is imported with its SHA-256; three guests made from it (--image, --cloud-init)
 //     boot from their disks, and each, seen on `vmctl vm console` in a terminal as a
