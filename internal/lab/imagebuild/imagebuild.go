@@ -43,7 +43,7 @@ const (
 
 // tools are the programs a build runs, with the Debian package of each.
 var tools = [][2]string{
-	{"sfdisk", "fdisk"}, {"mke2fs", "e2fsprogs"}, {"extlinux", "extlinux"}, {"losetup", "mount"},
+	{"sfdisk", "fdisk"}, {"mke2fs", "e2fsprogs"}, {"extlinux", "extlinux"}, {"unshare", "util-linux"},
 	{"mount", "mount"}, {"umount", "mount"}, {"xorriso", "xorriso"}, {"qemu-img", "qemu-utils"},
 	{"cpio", "cpio"}, {"dpkg", "dpkg"}, {"busybox", "busybox-static"}, {"apt-get", "apt"},
 }
@@ -247,38 +247,23 @@ func (k *Kit) Disk(ctx context.Context, out, hostname string) error {
 	if err := run(ctx, "dd", "if="+MBR, "of="+tmp, "bs=440", "count=1", "conv=notrunc", "status=none"); err != nil {
 		return err
 	}
-	// The partition on a loop device of its own, by offset (partition devices of a
-	// loop device, losetup -P, need a kernel with MBR partition support, which some
-	// hosts' kernels lack).
-	dev, err := output(ctx, "losetup", "--find", "--show", "--offset", fmt.Sprint(partStart), "--sizelimit", fmt.Sprint(DiskSize-partStart), tmp)
-	if err != nil {
+	// The file system is written into the partition, by its offset in the file.
+	if err := run(ctx, "mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", "root", "-d", root,
+		"-E", fmt.Sprintf("offset=%d", partStart), tmp, fmt.Sprint((DiskSize-partStart)/4096)); err != nil {
 		return err
 	}
-	detached := false
-	defer func() {
-		if !detached {
-			run(context.Background(), "losetup", "--detach", dev) //nolint:errcheck // the build failed already
-		}
-	}()
-	if err := run(ctx, "mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", "root", "-d", root, dev); err != nil {
-		return err
-	}
+	// extlinux installs into a mounted file system. The mount is in a mount namespace
+	// of its own, on a loop device (by offset: partition devices of a loop device need
+	// a host kernel with MBR partition support, which some lack) that the kernel
+	// detaches at its unmount: whatever happens to this process, neither the mount nor
+	// the loop device outlives the namespace.
 	mnt := filepath.Join(k.dir, "mnt")
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return err
 	}
-	if err := run(ctx, "mount", "-t", "ext4", dev, mnt); err != nil {
-		return err
-	}
-	ierr := run(ctx, "extlinux", "--install", filepath.Join(mnt, "boot", "extlinux"))
-	if uerr := run(context.Background(), "umount", mnt); ierr == nil {
-		ierr = uerr
-	}
-	if ierr != nil {
-		return ierr
-	}
-	detached = true
-	if err := run(ctx, "losetup", "--detach", dev); err != nil {
+	script := `mount -t ext4 -o loop,offset="$1",sizelimit="$2" "$3" "$4" && extlinux --install "$4/boot/extlinux"; s=$?; umount "$4" 2>/dev/null; exit $s`
+	if err := run(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+		fmt.Sprint(partStart), fmt.Sprint(DiskSize-partStart), tmp, mnt); err != nil {
 		return err
 	}
 	// extlinux wrote its boot sector for a device that starts at sector 0 (the loop
@@ -365,17 +350,6 @@ func runIn(ctx context.Context, stdin io.Reader, name string, args ...string) er
 		return fmt.Errorf("imagebuild: %s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-func output(ctx context.Context, name string, args ...string) (string, error) {
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("imagebuild: %s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // waitForFile waits for a partition's device node, which devtmpfs makes once the
