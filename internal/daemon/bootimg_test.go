@@ -150,7 +150,9 @@ func TestRealQEMUBootImage(t *testing.T) {
 	con.detach()
 	t.Logf("installed from the ISO and rebooted from the disk in %s", time.Since(installed).Round(time.Millisecond))
 
-	v.ok("vm", "stop", name, "--timeout", "1m")
+	// Longer than the node's shutdown timeout (60 s), after which it forces the guest
+	// off: a guest that ignored the power button is told apart below.
+	v.ok("vm", "stop", name, "--timeout", "2m")
 	if log := v.consoleLog(name); !strings.Contains(log, "dvm-bootimg: power button: powering off") {
 		t.Fatalf("the installed system did not power off on ACPI:\n%s", log)
 	}
