@@ -203,6 +203,12 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 		seed.Target.Dev = prof.CDROMTargetPrefix + "b"
 		d.Devices.Disks = append(d.Devices.Disks, seed)
 	}
+	if prof.CDROMBus == "scsi" && (spec.ISO != "" || spec.Seed != "") {
+		// A cdrom on the scsi bus is on this controller; without it libvirt picks an
+		// emulated LSI adapter, which the guests' kernels need not have a driver for.
+		zero := uint(0)
+		d.Devices.Controllers = append(d.Devices.Controllers, libvirtxml.DomainController{Type: "scsi", Index: &zero, Model: "virtio-scsi"})
+	}
 	if l := spec.Lock; l != nil {
 		// virtlockd joins <target path> and <lockspace> with '/' into the lockspace's
 		// name: split the directory so the join gives it back.

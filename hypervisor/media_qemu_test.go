@@ -25,14 +25,21 @@ func TestRealQEMUVNCMoved(t *testing.T) {
 		}
 		t.Skipf("no libvirtd at qemu:///system: %v", err)
 	}
-	defer n.Close()
+	// Closed after the guest is undefined (cleanups run last first): a deferred Close
+	// ran before the cleanup, whose Undefine then failed on the closed connection and
+	// left the domain defined on the host after every run.
+	t.Cleanup(func() { n.Close() })
 	name := fmt.Sprintf("dvmtest-vncmove-%d", os.Getpid())
 	spec := GuestSpec{Name: name, OS: "linux", CPUs: 1, MemoryBytes: 128 << 20, Disk: &Disk{Path: "/nonexistent/" + name + ".qcow2"},
 		ISO: "/nonexistent/install.iso", Seed: "/nonexistent/" + name + ".cidata.iso", VNC: &VNC{Listen: "127.0.0.1", Password: "abcd2345"}}
 	if err := n.Define(spec); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.Undefine(name) })
+	t.Cleanup(func() {
+		if err := n.Undefine(name); err != nil {
+			t.Errorf("undefine %s: %v", name, err)
+		}
+	})
 	d, err := n.lookup(name)
 	if err != nil {
 		t.Fatal(err)

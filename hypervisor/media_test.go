@@ -9,7 +9,7 @@ import (
 )
 
 func TestISODrivePerProfile(t *testing.T) {
-	for os, want := range map[string]string{"dragonfly": "hda/ide", "linux": "sda/sata"} {
+	for os, want := range map[string]string{"dragonfly": "hda/ide", "linux": "sda/scsi"} {
 		spec := GuestSpec{Name: "inst", OS: os, CPUs: 1, MemoryBytes: 1 << 30,
 			Disk: &Disk{Path: "/d/inst.qcow2"}, ISO: "/images/dfly/disk.iso"}
 		d := roundTrip(t, spec, AccelTCG)
@@ -23,6 +23,16 @@ func TestISODrivePerProfile(t *testing.T) {
 		cd := d.Devices.Disks[len(d.Devices.Disks)-1]
 		if cd.Device != "cdrom" || cd.ReadOnly == nil || cd.Source.File.File != spec.ISO || cd.Target.Dev+"/"+cd.Target.Bus != want {
 			t.Errorf("%s: cdrom %+v target %+v, want read-only %s on %s", os, cd, cd.Target, spec.ISO, want)
+		}
+		// Linux's cdroms are on virtio-scsi: Debian's cloud kernel has no AHCI driver.
+		var ctl []string
+		for _, c := range d.Devices.Controllers {
+			if c.Type == "scsi" {
+				ctl = append(ctl, c.Model)
+			}
+		}
+		if wantCtl := map[string]string{"dragonfly": "", "linux": "virtio-scsi"}[os]; strings.Join(ctl, ",") != wantCtl {
+			t.Errorf("%s: scsi controllers %v, want %q", os, ctl, wantCtl)
 		}
 	}
 	noDisk := GuestSpec{Name: "inst", CPUs: 1, MemoryBytes: 1 << 30, Boot: &DirectBoot{Kernel: "/k"}, ISO: "/i.iso"}

@@ -7,10 +7,14 @@ say() { echo "== $*" >&2; }
 # Packages dvm builds and tests with. libvirt-dev for the cgo binding; qemu and libvirtd
 # for real guests; busybox-static, cpio and tini for the lab guest and nodes; iproute2
 # and nftables for the lab network; prometheus for promtool; libarchive-tools (bsdtar)
-# to read back the cloud-init seeds dvm writes.
+# to read back the cloud-init seeds dvm writes; fdisk (sfdisk), e2fsprogs, mount (a
+# loop mount), extlinux, syslinux-common (mbr.bin, ldlinux.c32), isolinux and xorriso
+# for the boot disk and install ISO that internal/lab/imagebuild makes for the image
+# tests.
 DVM_PACKAGES="gcc pkg-config libc6-dev libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu \
 libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio tini iproute2 nftables prometheus \
-ca-certificates git vagrant vagrant-libvirt shellcheck libarchive-tools"
+ca-certificates git vagrant vagrant-libvirt shellcheck libarchive-tools \
+fdisk e2fsprogs mount extlinux syslinux-common isolinux xorriso"
 
 ensure_root() {
 	if [ "$(id -u)" -ne 0 ]; then

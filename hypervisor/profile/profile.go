@@ -20,7 +20,10 @@ type Profile struct {
 	DiskTargetPrefix string
 	// CDROMBus is the bus of the guest's cdroms (install media, a cloud-init seed):
 	// "ide" on the pc machine, whose firmware and every BSD installer boot from an ATAPI
-	// drive; "sata" on q35, which has no IDE. CDROMTargetPrefix names their target dev.
+	// drive; "scsi" (on a virtio-scsi controller) for Linux on q35, which has no IDE:
+	// Debian's cloud kernel, that of its genericcloud images and of dvm's lab guest, has
+	// virtio-scsi but no AHCI driver, so it never sees a SATA cdrom, nor the seed on it.
+	// SeaBIOS boots from a virtio-scsi cdrom. CDROMTargetPrefix names their target dev.
 	CDROMBus, CDROMTargetPrefix string
 	NICModel                    string // "virtio": vtnet(4) on DragonFly and FreeBSD, vioif(4) on NetBSD, vio(4) on OpenBSD
 	// NICNoTSO switches TCP segmentation offload off on the host and guest side of the
@@ -49,7 +52,7 @@ var All = map[string]Profile{
 		NoCloudInit: "dvm's NetBSD profile makes no cloud-init seed: configure the guest in its image, or on its serial console (vmctl vm console); leave out --cloud-init"},
 	"openbsd": {Name: "openbsd", Machine: "pc", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "ide", CDROMTargetPrefix: "hd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, ACPI: true,
 		NoCloudInit: "dvm's OpenBSD profile makes no cloud-init seed: configure the guest in its image, or on its serial console (vmctl vm console); leave out --cloud-init"},
-	"linux": {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "sata", CDROMTargetPrefix: "sd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true, CloudInit: true},
+	"linux": {Name: "linux", Machine: "q35", DiskBus: "virtio", DiskTargetPrefix: "vd", CDROMBus: "scsi", CDROMTargetPrefix: "sd", NICModel: "virtio", ConsoleSpeed: 115200, RNG: true, Balloon: true, ACPI: true, CloudInit: true},
 }
 
 // Default is the profile of a guest that names none.

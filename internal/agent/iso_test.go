@@ -155,7 +155,7 @@ func TestCloudInitSeed(t *testing.T) {
 		}
 	}
 	x, _ := node.DomainXML("web")
-	if !strings.Contains(x, "<source file='"+seed+"'/>") || !strings.Contains(x, "dev='sdb' bus='sata'") {
+	if !strings.Contains(x, "<source file='"+seed+"'/>") || !strings.Contains(x, "dev='sdb' bus='scsi'") {
 		t.Fatalf("web's domain has no seed drive:\n%s", x)
 	}
 	g.KeepDisks = true

@@ -196,7 +196,7 @@ func TestCloudInitOnDevCluster(t *testing.T) {
 		_, rest, ok = strings.Cut(rest, "<source file='")
 		seed, _, _ = strings.Cut(rest, "'")
 	}
-	if !ok || !strings.Contains(x, "dev='sdb' bus='sata'") {
+	if !ok || !strings.Contains(x, "dev='sdb' bus='scsi'") {
 		t.Fatalf("web's domain has no seed drive:\n%s", x)
 	}
 	b, err := os.ReadFile(seed)

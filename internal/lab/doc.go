@@ -13,7 +13,9 @@
 // are made with an nftables table of the lab's own (bridge family, "dvmlab"), by
 // killing a node's PID 1 (Kill), and by stopping every process of its PID namespace
 // with SIGSTOP (Pause) until SIGCONT (Resume). Package faults (internal/lab/faults)
-// chains them into seeded schedules and checks what dvm promises.
+// chains them into seeded schedules and checks what dvm promises; package imagebuild
+// (internal/lab/imagebuild) makes bootable disk images and install ISOs from the lab
+// guest's kernel and busybox, for tests of images and installs.
 // DIR/shared/images and DIR/shared/disks are the same path in every node and stand in
 // for shared storage.
 //

@@ -144,6 +144,35 @@ func EnsureImage(ctx context.Context, cacheDir string, log io.Writer) (Image, er
 	return img, nil
 }
 
+// KernelDeb returns the Debian package of the lab guest's kernel (the versioned
+// package KernelMeta depends on) in cacheDir/debs, downloading it first when it is not
+// there: what EnsureImage builds the lab image from, for others that build images
+// from the same kernel and its modules. It takes the cache's lock, as EnsureImage does.
+// Without apt's lists, a package downloaded before is used.
+func KernelDeb(ctx context.Context, cacheDir string) (string, error) {
+	debs := filepath.Join(cacheDir, "debs")
+	if err := os.MkdirAll(debs, 0o755); err != nil {
+		return "", fmt.Errorf("guest kernel: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cacheDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("guest kernel: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("guest kernel: lock: %w", err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
+	pkg, err := kernelPackage(ctx)
+	if err != nil {
+		if m, _ := filepath.Glob(filepath.Join(debs, "linux-image-*.deb")); len(m) == 1 {
+			return m[0], nil
+		}
+		return "", err
+	}
+	return downloadKernel(ctx, debs, pkg)
+}
+
 // kernelPackage is the versioned kernel package KernelMeta depends on
 // (linux-image-6.1.0-NN-cloud-amd64).
 func kernelPackage(ctx context.Context) (string, error) {
@@ -244,7 +273,7 @@ func buildImage(ctx context.Context, deb, dir string) error {
 	if err != nil {
 		return fmt.Errorf("no busybox: apt-get install busybox-static")
 	}
-	if !isStatic(bb) {
+	if !IsStatic(bb) {
 		return fmt.Errorf("%s is not statically linked: apt-get install busybox-static", bb)
 	}
 	if err := copyFile(bb, filepath.Join(root, "bin", "busybox"), 0o755); err != nil {
@@ -306,12 +335,12 @@ func buildImage(ctx context.Context, deb, dir string) error {
 			return fmt.Errorf("mknod /dev/%s: %w", n.name, err)
 		}
 	}
-	return packInitramfs(ctx, root, filepath.Join(dir, "initrd"))
+	return PackInitramfs(ctx, root, filepath.Join(dir, "initrd"))
 }
 
-// packInitramfs writes root as a gzip'ed cpio (newc) archive owned by root, in a
-// stable file order.
-func packInitramfs(ctx context.Context, root, dst string) error {
+// PackInitramfs writes root as a gzip'ed cpio (newc) archive owned by root, in a
+// stable file order: an initramfs for the lab kernel.
+func PackInitramfs(ctx context.Context, root, dst string) error {
 	var names []string
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

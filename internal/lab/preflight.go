@@ -95,7 +95,7 @@ func CheckPackages() error {
 			add(r.pkg, fmt.Sprintf("no %s (package %s)", r.program, r.pkg))
 		}
 	}
-	if p, err := exec.LookPath("busybox"); err == nil && !isStatic(p) {
+	if p, err := exec.LookPath("busybox"); err == nil && !IsStatic(p) {
 		add("busybox-static", fmt.Sprintf("%s is not statically linked (package busybox-static)", p))
 	}
 	if _, err := os.Stat(qemuDriver); err != nil {
@@ -107,9 +107,9 @@ func CheckPackages() error {
 	return nil
 }
 
-// isStatic says whether the ELF file at path needs no program interpreter: the
+// IsStatic says whether the ELF file at path needs no program interpreter: the
 // guest's initramfs has no C library.
-func isStatic(path string) bool {
+func IsStatic(path string) bool {
 	f, err := elf.Open(path)
 	if err != nil {
 		return false
