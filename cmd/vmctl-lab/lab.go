@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/lab"
 )
 
@@ -23,7 +25,7 @@ func labCommands() []*cli.Command {
 			Name:  "up",
 			Usage: "bring a lab up",
 			Description: "Needs root. Writes DIR/env with DVM_ADDR, DVM_TOKEN, DVM_CA and DVM_LAB_DIR.\n\n" +
-				"Examples:\n  vmctl lab up --nodes 3\n  vmctl lab up --set lease_duration=1s --set lease_margin=500ms --set renew_interval=200ms --set fence_grace=250ms\n  set -a; . /var/lib/dvm-lab/env; set +a; vmctl node ls",
+				"Examples:\n  vmctl lab up --nodes 3\n  vmctl lab up --set lease_duration=1s --set lease_margin=350ms --set renew_interval=150ms --set fence_grace=150ms --set max_clock_skew=50ms\n  set -a; . /var/lib/dvm-lab/env; set +a; vmctl node ls",
 			Flags: []cli.Flag{
 				&cli.IntFlag{Name: "nodes", Value: lab.DefaultNodes, Usage: fmt.Sprintf("number of nodes, 1 to %d", lab.MaxNodes)},
 				&cli.StringFlag{Name: "dvmd", Usage: "dvmd binary run as agent in every node (default: dvmd next to vmctl-lab, else in $PATH)"},
@@ -41,13 +43,14 @@ func labCommands() []*cli.Command {
 				}
 				start := time.Now()
 				l, err := lab.Up(c.Context, lab.Options{
-					Settings: settings,
-					Nodes:    c.Int("nodes"),
-					Dir:      c.String("dir"),
-					DvmdPath: c.String("dvmd"),
-					NoAgent:  c.Bool("no-agent"),
-					Timeout:  c.Duration("timeout"),
-					Log:      os.Stderr,
+					Settings:    settings,
+					ParseConfig: func(r io.Reader) error { _, err := config.Parse(r); return err },
+					Nodes:       c.Int("nodes"),
+					Dir:         c.String("dir"),
+					DvmdPath:    c.String("dvmd"),
+					NoAgent:     c.Bool("no-agent"),
+					Timeout:     c.Duration("timeout"),
+					Log:         os.Stderr,
 				})
 				if err != nil {
 					return err

@@ -68,6 +68,10 @@ type Options struct {
 	// keys, say: lease_duration = 1s), kept for the nodes' restarts. Keys the lab
 	// writes itself are refused, and the whole file must pass dvmd's own parser.
 	Settings map[string]string
+	// ParseConfig is dvmd's own config parser (config.Parse, which this package
+	// cannot import: the hypervisor's tests use the lab), run on a node's dvmd.conf
+	// with Settings before the lab changes anything; nil skips that check.
+	ParseConfig func(io.Reader) error
 }
 
 // Lab is a lab that is (or was) up, as recorded in DIR/lab.json.
@@ -379,7 +383,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSettings(dir, opts.Nodes, opts.Settings); err != nil {
+	if err := checkSettings(dir, opts.Nodes, opts.Settings, opts.ParseConfig); err != nil {
 		return nil, err
 	}
 	if opts.ImageCache == "" {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/dvmproject/dvm/internal/config"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,7 +227,7 @@ func TestUpNamesMissingPackages(t *testing.T) {
 // is refused before the lab changes anything.
 func TestSettings(t *testing.T) {
 	fast := map[string]string{"lease_duration": "1s", "lease_margin": "500ms", "renew_interval": "200ms", "fence_grace": "250ms"}
-	if err := checkSettings("/var/lib/dvm-lab", 3, fast); err != nil {
+	if err := checkSettings("/var/lib/dvm-lab", 3, fast, parseConfig); err != nil {
 		t.Fatalf("a valid timing refused: %v", err)
 	}
 	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, fast)))
@@ -243,7 +244,7 @@ func TestSettings(t *testing.T) {
 		{map[string]string{"fence_grace": ""}, "give a value"},
 		{map[string]string{"a b": "1"}, "a key is a dvmd.conf key"},
 	} {
-		err := checkSettings("/var/lib/dvm-lab", 3, c.settings)
+		err := checkSettings("/var/lib/dvm-lab", 3, c.settings, parseConfig)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want an error naming %q", c.settings, err, c.want)
 		}
@@ -254,4 +255,9 @@ func TestSettings(t *testing.T) {
 	if _, err := ParseSettings([]string{"lease_duration"}); err == nil || !strings.Contains(err.Error(), "KEY=VALUE") {
 		t.Errorf("no value: %v", err)
 	}
+}
+
+func parseConfig(r io.Reader) error {
+	_, err := config.Parse(r)
+	return err
 }

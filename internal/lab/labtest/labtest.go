@@ -10,6 +10,7 @@ package labtest
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/lab"
 )
 
@@ -53,6 +55,9 @@ func Start(t testing.TB, opts lab.Options) *lab.Lab {
 		}
 		opts.Settings = s
 		t.Logf("lab nodes' dvmd.conf adds %v (DVM_LAB_SET)", s)
+	}
+	if opts.ParseConfig == nil {
+		opts.ParseConfig = func(r io.Reader) error { _, err := config.Parse(r); return err }
 	}
 	if opts.Log == nil {
 		opts.Log = logWriter{t}
