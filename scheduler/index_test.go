@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// The class searches (within a block, then over the block tops) agree with a plain scan
-// over the classes, with enough classes for many blocks and several words of block tops.
+// The class searches (up and down the tree of tops) agree with a plain scan over the
+// classes, with class counts from one word to five levels of tree, levels not full.
 func TestCapIndexAgainstScan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, classes := range []int{1, 2, 3, 7, 64, 65, 100, 700, 8192} {
