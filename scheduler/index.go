@@ -158,7 +158,7 @@ func (x *capIndex) settle(bucket int32) {
 
 // setTop records class c's top and updates its ancestors in the tree of tops, up to
 // the first that does not change: a rise only raises them, a fall recomputes a parent
-// only when the child was its maximum. Each level is read and written a word at a
+// only when no byte of the child's word still reaches the parent's old maximum. Each level is read and written a word at a
 // time, and the word just written is carried to the next level in a register: reading a
 // word back right after writing one of its bytes would stall on the store.
 func (x *capIndex) setTop(c int, v byte) {
@@ -167,7 +167,9 @@ func (x *capIndex) setTop(c int, v byte) {
 		c >>= 3
 		parent := x.tops[k][c]
 		switch {
-		case v > old && v <= parent, v < old && old < parent:
+		case v > old && v <= parent, v < old && (old < parent || atLeast(w, old) != 0):
+			// Risen, but not above the parent; or fallen, but the parent's maximum is
+			// still reached (by another child, or in the child's word).
 			return
 		case v < old && w == 0: // the child's word emptied: common where nodes are sparse
 			v = 0
