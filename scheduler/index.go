@@ -38,6 +38,10 @@ type capIndex struct {
 	head  []int32 // per bucket (class*cpuBuckets+b): first node+1, 0 = empty
 	links []nodeLink
 	size  int // nodes indexed
+	// A pool's index lags behind: the nodes that moved since it last caught up, and a
+	// flag per node for being among them (see Scheduler.catchUp).
+	lateNodes []int32
+	late      []bool
 }
 
 // nodeLink is a node's place in its bucket's list, kept together so moving a node
@@ -62,6 +66,7 @@ func newCapIndex(nodes, classes int, shift uint) *capIndex {
 		tops:    tops,
 		head:    make([]int32, classes*cpuBuckets),
 		links:   make([]nodeLink, nodes),
+		late:    make([]bool, nodes),
 	}
 }
 
@@ -80,9 +85,22 @@ func cpuBucket(freeCPU int32) int {
 	return int(freeCPU)
 }
 
-// put indexes node n under its free capacity, moving it if it was indexed elsewhere. A
-// node that cannot take even the smallest guest (1 CPU, 1 byte) is left out.
-func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) {
+// put indexes node n under its free capacity, moving it if it was indexed elsewhere, and
+// says whether it moved (or went in or out). A node that cannot take even the smallest
+// guest (1 CPU, 1 byte) is left out.
+func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) (moved bool) {
+	if freeCPU < 1 || freeMem < 1 {
+		return x.remove(n)
+	}
+	if x.links[n].at == int32(x.class(freeMem)*cpuBuckets+cpuBucket(freeCPU))+1 {
+		return false
+	}
+	x.putFirst(n, freeCPU, freeMem)
+	return true
+}
+
+// putFirst is put, but the node goes first in its bucket even when it is there already.
+func (x *capIndex) putFirst(n int32, freeCPU int32, freeMem int64) {
 	if freeCPU < 1 || freeMem < 1 {
 		x.remove(n)
 		return
@@ -92,9 +110,6 @@ func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) {
 	bucket := int32(c*cpuBuckets + b)
 	l := &x.links[n]
 	from := l.at
-	if from == bucket+1 {
-		return
-	}
 	emptied := x.unlink(n)
 	// Most nodes move into an empty bucket: the mask says so without reading its head,
 	// whose array (a few MB) is mostly out of cache.
@@ -116,14 +131,34 @@ func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) {
 	}
 	// The old bucket is settled after the new one: a top falling there then stops at
 	// the first ancestor the new place shares, instead of going up and back.
-	if emptied {
+	if emptied && from != bucket+1 {
 		x.settle(from - 1)
 	}
 }
 
-func (x *capIndex) remove(n int32) {
-	if at := x.links[n].at; at != 0 && x.unlink(n) {
+// remove takes node n out of the index and says whether it was in.
+func (x *capIndex) remove(n int32) bool {
+	at := x.links[n].at
+	if at == 0 {
+		return false
+	}
+	if x.unlink(n) {
 		x.settle(at - 1)
+	}
+	return true
+}
+
+// addNode makes room for one more node, not indexed.
+func (x *capIndex) addNode() {
+	x.links = append(x.links, nodeLink{})
+	x.late = append(x.late, false)
+}
+
+// mark notes that node n moved since the index took it in (see Scheduler.catchUp).
+func (x *capIndex) mark(n int32) {
+	if !x.late[n] {
+		x.late[n] = true
+		x.lateNodes = append(x.lateNodes, n)
 	}
 }
 

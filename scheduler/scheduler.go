@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"fmt"
 	"hash/maphash"
 	"maps"
@@ -45,6 +46,8 @@ type Scheduler struct {
 	haDirty                    bool // a key may have grown: the cached sums may be low
 	haExact                    bool // the cached sums are exact (no key shrank since)
 
+	clock uint64 // counts the global index's moves (see reindex)
+
 	keyBuf, reqBuf []byte
 	keysBuf        []string
 }
@@ -61,10 +64,11 @@ type nodeState struct {
 	accel        string
 	profiles     []string
 	labels       map[string]string
-	first        int32 // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
-	count        int32 // guests whose primary or twin is here
-	haCPU, haMem int64 // demand of restart and twin guests here, for HA admission
-	inCPU, inMem int64 // room held here by moves in flight to this node
+	first        int32  // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
+	count        int32  // guests whose primary or twin is here
+	haCPU, haMem int64  // demand of restart and twin guests here, for HA admission
+	inCPU, inMem int64  // room held here by moves in flight to this node
+	moved        uint64 // Scheduler.clock when the global index last moved the node
 	// failureDomains has, per failure-domain level, the id of the node's failure
 	// domain there (-1: the node lacks the level's label).
 	failureDomains []int32
@@ -480,8 +484,56 @@ func (s *Scheduler) take(n int32, cpu int32, mem int64) {
 	s.reindex(n)
 }
 
-// reindex puts node n into, or takes it out of, every capacity index it belongs to.
+// reindex moves node n in the global capacity index after its free capacity changed,
+// and marks it in the pool indexes it belongs to, which catch up when next searched
+// (see catchUp): most placements search only the global index, and a node filling up
+// moves many times between two searches of a pool.
 func (s *Scheduler) reindex(n int32) {
+	ns := &s.nodes[n]
+	var moved bool
+	if ns.accepting() {
+		moved = s.global.put(n, ns.freeCPU, ns.freeMem)
+	} else {
+		moved = s.global.remove(n)
+	}
+	if !moved {
+		return // every pool has it where the global index has it
+	}
+	s.clock++
+	ns.moved = s.clock
+	for _, a := range s.pools {
+		if a.has(n) {
+			a.pool.mark(n)
+		}
+	}
+}
+
+// catchUp brings a's pool index to where putting every node as it moved would have: the
+// nodes that moved since, in the order of their last moves, each go first in their
+// bucket (or out), so every bucket lists its nodes as the global index does.
+func (s *Scheduler) catchUp(a *atom) {
+	x := a.pool
+	if len(x.lateNodes) == 0 {
+		return
+	}
+	slices.SortFunc(x.lateNodes, func(m, n int32) int { return cmp.Compare(s.nodes[m].moved, s.nodes[n].moved) })
+	for _, n := range x.lateNodes {
+		x.late[n] = false
+		if ns := &s.nodes[n]; ns.accepting() && a.has(n) {
+			x.putFirst(n, ns.freeCPU, ns.freeMem)
+		} else {
+			x.remove(n)
+		}
+	}
+	x.lateNodes = x.lateNodes[:0]
+}
+
+// reindexNow puts node n into, or takes it out of, every capacity index it belongs to at
+// once, for a change of state or membership rather than of free capacity.
+func (s *Scheduler) reindexNow(n int32) {
+	for _, a := range s.pools {
+		s.catchUp(a)
+	}
 	ns := &s.nodes[n]
 	if !ns.accepting() {
 		s.global.remove(n)
@@ -511,7 +563,7 @@ func (s *Scheduler) setExcluded(n int32, on bool) {
 		s.freeMemTotal += max(ns.freeMem, 0)
 	}
 	s.haDirty = true
-	s.reindex(n)
+	s.reindexNow(n)
 }
 
 func (s *Scheduler) strategy(g *Guest) Strategy {
@@ -691,6 +743,9 @@ func (s *Scheduler) UpdateNode(n Node) error {
 	if !ok {
 		id = s.addNode(n.Name)
 	}
+	for _, a := range s.pools {
+		s.catchUp(a) // before any membership changes: see reindex
+	}
 	ns := &s.nodes[id]
 	if ns.accepting() {
 		s.freeCPUTotal -= int64(max(ns.freeCPU, 0))
@@ -731,7 +786,7 @@ func (s *Scheduler) UpdateNode(n Node) error {
 			s.plan(w)
 		}
 	}
-	s.reindex(id)
+	s.reindexNow(id)
 	s.haDirty = true
 	return nil
 }
@@ -742,7 +797,7 @@ func (s *Scheduler) addNode(name string) int32 {
 	s.nodes = append(s.nodes, nodeState{name: name, failureDomains: make([]int32, len(s.opts.FailureDomains))})
 	s.byNode[name] = id
 	for _, x := range append([]*capIndex{s.global}, s.poolIndexes()...) {
-		x.links = append(x.links, nodeLink{})
+		x.addNode()
 	}
 	for _, a := range s.atomList {
 		if int(id)/64 >= len(a.members) {
@@ -767,6 +822,9 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		return s.searchList(r, strat, cpu, mem, p, level)
 	}
 	x := r.pool
+	if x != s.global {
+		s.catchUp(r.covered)
+	}
 	need := int8(cpuBucket(cpu))
 	lo := x.class(mem)
 	if strat == Pack {
