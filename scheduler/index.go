@@ -9,6 +9,12 @@ import (
 // exactly b free CPUs, the last one nodes with cpuBuckets-1 or more.
 const cpuBuckets = 64
 
+// headBlock is how many buckets' heads are allocated together: those of 16 memory
+// classes, 4 KB. A node fills up through a few classes of the thousands (at 10 000 nodes
+// a fourth of the blocks ever holds a node), so an index whose heads were allocated
+// whole would cost the garbage collector 2 MB it mostly never touches.
+const headBlock = 16 * cpuBuckets
+
 // capIndex orders the nodes of one pool (all accepting nodes, or those carrying one
 // label) by free capacity, so the best-fitting node is found without looking at the
 // others. A node sits in one bucket (memory class, CPU bucket): the memory class is its
@@ -34,8 +40,10 @@ type capIndex struct {
 	// tops[0][c] is class c's highest non-empty bucket + 1 (0: none); tops[k+1][i] is the
 	// maximum of tops[k][8i:8i+8]. Every level is padded with zeros to whole words; the
 	// last is one word.
-	tops  [][]byte
-	head  []int32 // per bucket (class*cpuBuckets+b): first node+1, 0 = empty
+	tops [][]byte
+	// The first node+1 of each bucket (class*cpuBuckets+b), 0 = empty, by blocks of
+	// headBlock buckets allocated when a node first enters one (see head).
+	heads []*[headBlock]int32
 	links []nodeLink
 	size  int // nodes indexed
 	// A pool's index lags behind: the nodes that moved since it last caught up, and a
@@ -64,7 +72,7 @@ func newCapIndex(nodes, classes int, shift uint) *capIndex {
 		classes: classes,
 		mask:    make([]uint64, classes),
 		tops:    tops,
-		head:    make([]int32, classes*cpuBuckets),
+		heads:   make([]*[headBlock]int32, (classes*cpuBuckets+headBlock-1)/headBlock),
 		links:   make([]nodeLink, nodes),
 		late:    make([]bool, nodes),
 	}
@@ -115,13 +123,13 @@ func (x *capIndex) putFirst(n int32, freeCPU int32, freeMem int64) {
 	// whose array (a few MB) is mostly out of cache.
 	var h int32
 	if x.mask[c]&(1<<b) != 0 {
-		h = x.head[bucket]
+		h = x.head(bucket)
 	}
 	l.next, l.prev, l.at = h, 0, bucket+1
 	if h != 0 {
 		x.links[h-1].prev = n + 1
 	}
-	x.head[bucket] = n + 1
+	x.setHead(bucket, n+1)
 	x.size++
 	if x.mask[c]&(1<<b) == 0 {
 		x.mask[c] |= 1 << b
@@ -134,6 +142,23 @@ func (x *capIndex) putFirst(n int32, freeCPU int32, freeMem int64) {
 	if emptied && from != bucket+1 {
 		x.settle(from - 1)
 	}
+}
+
+// head returns the first node+1 of bucket, 0 if it is empty.
+func (x *capIndex) head(bucket int32) int32 {
+	if blk := x.heads[bucket/headBlock]; blk != nil {
+		return blk[bucket%headBlock]
+	}
+	return 0
+}
+
+func (x *capIndex) setHead(bucket, first int32) {
+	blk := x.heads[bucket/headBlock]
+	if blk == nil {
+		blk = new([headBlock]int32)
+		x.heads[bucket/headBlock] = blk
+	}
+	blk[bucket%headBlock] = first
 }
 
 // remove takes node n out of the index and says whether it was in.
@@ -173,7 +198,7 @@ func (x *capIndex) unlink(n int32) (emptied bool) {
 	if p != 0 {
 		x.links[p-1].next = nx
 	} else {
-		x.head[l.at-1] = nx
+		x.setHead(l.at-1, nx)
 	}
 	if nx != 0 {
 		x.links[nx-1].prev = p

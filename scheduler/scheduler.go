@@ -836,7 +836,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 			for m != 0 {
 				b := bits.TrailingZeros64(m)
 				m &= m - 1
-				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
+				for id := x.head(int32(c*cpuBuckets + b)); id != 0; id = x.links[id-1].next {
 					n := id - 1
 					if !s.fits(n, r, cpu, mem, p, level) {
 						continue
@@ -865,7 +865,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		for m != 0 {
 			b := 63 - bits.LeadingZeros64(m)
 			m &^= 1 << uint(b)
-			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
+			for id := x.head(int32(c*cpuBuckets + b)); id != 0; id = x.links[id-1].next {
 				n := id - 1
 				if !s.fits(n, r, cpu, mem, p, level) {
 					continue
