@@ -576,8 +576,24 @@ func (s *Scheduler) strategy(g *Guest) Strategy {
 	return Spread
 }
 
-// checkGuest rejects a guest the scheduler cannot reason about; nothing is changed.
+// checkGuest rejects a guest the scheduler cannot reason about, or whose name it knows;
+// nothing is changed.
 func (s *Scheduler) checkGuest(g *Guest) error {
+	if err := s.checkFields(g); err != nil {
+		return err
+	}
+	if _, dup := s.findGuest(g.Name); dup {
+		return errExists(g.Name)
+	}
+	return nil
+}
+
+func errExists(name string) error {
+	return fmt.Errorf("guest %q: %w; release it first", name, ErrGuestExists)
+}
+
+// checkFields is checkGuest without looking the name up.
+func (s *Scheduler) checkFields(g *Guest) error {
 	if s.optsErr != nil {
 		return fmt.Errorf("scheduler options: %w", s.optsErr)
 	}
@@ -599,22 +615,25 @@ func (s *Scheduler) checkGuest(g *Guest) error {
 	default:
 		return fmt.Errorf("%w %q: strategy %q unknown: use %q or %q", ErrInvalidGuest, g.Name, g.Strategy, Pack, Spread)
 	}
-	if _, dup := s.findGuest(g.Name); dup {
-		return fmt.Errorf("guest %q: %w; release it first", g.Name, ErrGuestExists)
-	}
 	return nil
 }
 
 // Place chooses a node (and a twin node for Failover "twin") and records the allocation,
 // so successive calls see each other. When nothing fits the error is *Unplaceable.
 func (s *Scheduler) Place(g Guest) (Placement, error) {
-	if err := s.checkGuest(&g); err != nil {
+	if err := s.checkFields(&g); err != nil {
 		return Placement{}, err
 	}
+	// The name must be new: the read of its slot is under way while the node is
+	// searched, which neither depends on it nor changes the name table.
+	probe := s.names.startFind(g.Name)
 	r := s.resolve(&g)
 	strat := s.strategy(&g)
 	cpu, mem := int32(g.CPUs), g.MemoryBytes
 	p := s.search(r, strat, cpu, mem, -1, -1)
+	if _, dup := s.finishFind(g.Name, probe); dup {
+		return Placement{}, errExists(g.Name)
+	}
 	if p < 0 {
 		return Placement{}, s.unplaceable(&g, r, -1, -1)
 	}
