@@ -38,6 +38,7 @@ type Scheduler struct {
 	problems    []string
 	// failureDomainIDs numbers the failure domains, each by its path of label values.
 	failureDomainIDs map[string]int32
+	sharedWarnings   []string // by failure domain id (see sharedWarning)
 
 	// HA admission control: free capacity over accepting nodes, and a cached sum of the
 	// K largest per-node keys (see ha.go).
@@ -1038,8 +1039,7 @@ func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p i
 			var warn string
 			for broad := len(doms) - 1; broad > lv; broad-- {
 				if doms[broad] >= 0 {
-					warn = fmt.Sprintf("twin shares %s %q with its primary: no other %s has room",
-						s.opts.FailureDomains[broad], s.nodes[p].labels[s.opts.FailureDomains[broad]], s.opts.FailureDomains[broad])
+					warn = s.sharedWarning(p, broad)
 					break
 				}
 			}
@@ -1050,6 +1050,20 @@ func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p i
 		return -1, specific, ""
 	}
 	return s.search(r, strat, cpu, mem, p, -1), -1, ""
+}
+
+// sharedWarning is the warning for a twin that shares primary p's failure domain at
+// level broad, made once per failure domain.
+func (s *Scheduler) sharedWarning(p int32, broad int) string {
+	id := s.nodes[p].failureDomains[broad]
+	if int(id) >= len(s.sharedWarnings) {
+		s.sharedWarnings = append(s.sharedWarnings, make([]string, int(id)+1-len(s.sharedWarnings))...)
+	}
+	if s.sharedWarnings[id] == "" {
+		key := s.opts.FailureDomains[broad]
+		s.sharedWarnings[id] = fmt.Sprintf("twin shares %s %q with its primary: no other %s has room", key, s.nodes[p].labels[key], key)
+	}
+	return s.sharedWarnings[id]
 }
 
 // unplaceable counts, over every node, the first filter rejecting the guest (or its twin
