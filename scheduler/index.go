@@ -9,33 +9,47 @@ import (
 // exactly b free CPUs, the last one nodes with cpuBuckets-1 or more.
 const cpuBuckets = 64
 
-// classBlock is how many memory classes share one summary byte: a block's tops are one
-// 64-byte cache line.
-const classBlock = 64
+// headBlock is how many buckets' heads are allocated together: those of 16 memory
+// classes, 4 KB. A node fills up through a few classes of the thousands (at 10 000 nodes
+// a fourth of the blocks ever holds a node), so an index whose heads were allocated
+// whole would cost the garbage collector 2 MB it mostly never touches.
+const headBlock = 16 * cpuBuckets
 
 // capIndex orders the nodes of one pool (all accepting nodes, or those carrying one
 // label) by free capacity, so the best-fitting node is found without looking at the
 // others. A node sits in one bucket (memory class, CPU bucket): the memory class is its
 // free memory shifted right by shift, so classes are ordered by free memory. Each class
 // has a 64-bit mask of its non-empty CPU buckets and a top byte (its highest non-empty
-// bucket + 1, 0 when empty); each block of 64 classes has a bound on the tops of its
-// classes (their maximum, or more until a search finds the block stale and fixes it). "The first class at or above m with a node of at least c free CPUs" compares
-// eight tops at a time (see atLeast) within m's block, then the block tops, then within
-// the block found: a few cache lines, where a binary tree over 8192 classes walked up to
-// 13 levels and missed the cache at most of them, on every update too.
+// bucket + 1, 0 when empty).
 //
-// Every operation is O(classes/64/8) word compares at worst, O(1) cache lines in
-// practice; nothing depends on the number of nodes except the walk along one bucket's
-// list, which only continues past nodes that fail a filter the pool does not cover.
+// "The first class at or above m with a node of at least c free CPUs" is answered by a
+// tree of tops: level 0 is the classes' tops, and each byte of level k+1 is the maximum
+// of eight bytes (one word) of level k, up to a level of one word. A search compares the
+// eight bytes of one word at a time (see atLeast): upwards from m's word until a word
+// holds a byte high enough, then down that byte's words, one word a level (5 levels
+// over 8192 classes). The tree is kept exact, so a search never visits a word in vain on
+// its way down; a class whose top changes updates its ancestors until one is unchanged.
+//
+// Every operation is O(log8 classes) word operations; nothing depends on the number of
+// nodes except the walk along one bucket's list, which only continues past nodes that
+// fail a filter the pool does not cover.
 type capIndex struct {
-	shift    uint
-	classes  int
-	mask     []uint64 // per class: bit b set when bucket (class, b) is non-empty
-	top      []byte   // per class, padded to whole blocks: highest non-empty bucket + 1, 0 = none
-	blockTop []byte   // per block, padded to 8: at least the highest top of its classes
-	head     []int32  // per bucket (class*cpuBuckets+b): first node+1, 0 = empty
-	links    []nodeLink
-	size     int // nodes indexed
+	shift   uint
+	classes int
+	mask    []uint64 // per class: bit b set when bucket (class, b) is non-empty
+	// tops[0][c] is class c's highest non-empty bucket + 1 (0: none); tops[k+1][i] is the
+	// maximum of tops[k][8i:8i+8]. Every level is padded with zeros to whole words; the
+	// last is one word.
+	tops [][]byte
+	// The first node+1 of each bucket (class*cpuBuckets+b), 0 = empty, by blocks of
+	// headBlock buckets allocated when a node first enters one (see head).
+	heads []*[headBlock]int32
+	links []nodeLink
+	size  int // nodes indexed
+	// A pool's index lags behind: the nodes that moved since it last caught up, and a
+	// flag per node for being among them (see Scheduler.catchUp).
+	lateNodes []int32
+	late      []bool
 }
 
 // nodeLink is a node's place in its bucket's list, kept together so moving a node
@@ -46,15 +60,21 @@ type nodeLink struct {
 }
 
 func newCapIndex(nodes, classes int, shift uint) *capIndex {
-	blocks := (classes + classBlock - 1) / classBlock
+	var tops [][]byte
+	for n := classes; ; n = (n + 7) / 8 {
+		tops = append(tops, make([]byte, (n+7)/8*8))
+		if n <= 8 {
+			break
+		}
+	}
 	return &capIndex{
-		shift:    shift,
-		classes:  classes,
-		mask:     make([]uint64, classes),
-		top:      make([]byte, blocks*classBlock),
-		blockTop: make([]byte, (blocks+7)/8*8),
-		head:     make([]int32, classes*cpuBuckets),
-		links:    make([]nodeLink, nodes),
+		shift:   shift,
+		classes: classes,
+		mask:    make([]uint64, classes),
+		tops:    tops,
+		heads:   make([]*[headBlock]int32, (classes*cpuBuckets+headBlock-1)/headBlock),
+		links:   make([]nodeLink, nodes),
+		late:    make([]bool, nodes),
 	}
 }
 
@@ -73,9 +93,22 @@ func cpuBucket(freeCPU int32) int {
 	return int(freeCPU)
 }
 
-// put indexes node n under its free capacity, moving it if it was indexed elsewhere. A
-// node that cannot take even the smallest guest (1 CPU, 1 byte) is left out.
-func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) {
+// put indexes node n under its free capacity, moving it if it was indexed elsewhere, and
+// says whether it moved (or went in or out). A node that cannot take even the smallest
+// guest (1 CPU, 1 byte) is left out.
+func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) (moved bool) {
+	if freeCPU < 1 || freeMem < 1 {
+		return x.remove(n)
+	}
+	if x.links[n].at == int32(x.class(freeMem)*cpuBuckets+cpuBucket(freeCPU))+1 {
+		return false
+	}
+	x.putFirst(n, freeCPU, freeMem)
+	return true
+}
+
+// putFirst is put, but the node goes first in its bucket even when it is there already.
+func (x *capIndex) putFirst(n int32, freeCPU int32, freeMem int64) {
 	if freeCPU < 1 || freeMem < 1 {
 		x.remove(n)
 		return
@@ -84,72 +117,145 @@ func (x *capIndex) put(n int32, freeCPU int32, freeMem int64) {
 	b := cpuBucket(freeCPU)
 	bucket := int32(c*cpuBuckets + b)
 	l := &x.links[n]
-	if l.at == bucket+1 {
-		return
+	from := l.at
+	emptied := x.unlink(n)
+	// Most nodes move into an empty bucket: the mask says so without reading its head,
+	// whose array (a few MB) is mostly out of cache.
+	var h int32
+	if x.mask[c]&(1<<b) != 0 {
+		h = x.head(bucket)
 	}
-	x.remove(n)
-	h := x.head[bucket]
 	l.next, l.prev, l.at = h, 0, bucket+1
 	if h != 0 {
 		x.links[h-1].prev = n + 1
 	}
-	x.head[bucket] = n + 1
+	x.setHead(bucket, n+1)
 	x.size++
 	if x.mask[c]&(1<<b) == 0 {
 		x.mask[c] |= 1 << b
-		if byte(b+1) > x.top[c] {
+		if byte(b+1) > x.tops[0][c] {
 			x.setTop(c, byte(b+1))
 		}
 	}
+	// The old bucket is settled after the new one: a top falling there then stops at
+	// the first ancestor the new place shares, instead of going up and back.
+	if emptied && from != bucket+1 {
+		x.settle(from - 1)
+	}
 }
 
-func (x *capIndex) remove(n int32) {
+// head returns the first node+1 of bucket, 0 if it is empty.
+func (x *capIndex) head(bucket int32) int32 {
+	if blk := x.heads[bucket/headBlock]; blk != nil {
+		return blk[bucket%headBlock]
+	}
+	return 0
+}
+
+func (x *capIndex) setHead(bucket, first int32) {
+	blk := x.heads[bucket/headBlock]
+	if blk == nil {
+		blk = new([headBlock]int32)
+		x.heads[bucket/headBlock] = blk
+	}
+	blk[bucket%headBlock] = first
+}
+
+// remove takes node n out of the index and says whether it was in.
+func (x *capIndex) remove(n int32) bool {
+	at := x.links[n].at
+	if at == 0 {
+		return false
+	}
+	if x.unlink(n) {
+		x.settle(at - 1)
+	}
+	return true
+}
+
+// addNode makes room for one more node, not indexed.
+func (x *capIndex) addNode() {
+	x.links = append(x.links, nodeLink{})
+	x.late = append(x.late, false)
+}
+
+// mark notes that node n moved since the index took it in (see Scheduler.catchUp).
+func (x *capIndex) mark(n int32) {
+	if !x.late[n] {
+		x.late[n] = true
+		x.lateNodes = append(x.lateNodes, n)
+	}
+}
+
+// unlink takes node n out of its bucket's list and says whether that left the bucket
+// empty; the bucket's mask bit and its class's top are left to settle.
+func (x *capIndex) unlink(n int32) (emptied bool) {
 	l := &x.links[n]
 	if l.at == 0 {
-		return
+		return false
 	}
-	bucket := l.at - 1
 	p, nx := l.prev, l.next
 	if p != 0 {
 		x.links[p-1].next = nx
 	} else {
-		x.head[bucket] = nx
+		x.setHead(l.at-1, nx)
 	}
 	if nx != 0 {
 		x.links[nx-1].prev = p
 	}
 	*l = nodeLink{}
 	x.size--
-	if x.head[bucket] == 0 {
-		c := int(bucket) / cpuBuckets
-		b := int(bucket) % cpuBuckets
-		x.mask[c] &^= 1 << b
-		x.setTop(c, byte(bits.Len64(x.mask[c])))
-	}
+	return p == 0 && nx == 0
 }
 
-// setTop records class c's top. Its block's top is only raised here: when the class
-// goes down, the block's top stays an upper bound until a search finds nothing in the
-// block (see fixBlock). Most blocks a node leaves on its way down are not searched again
-// before another node arrives, so they are not recomputed on every move.
+// settle clears the mask bit of a bucket a node left empty and lowers its class's top.
+func (x *capIndex) settle(bucket int32) {
+	c := int(bucket) / cpuBuckets
+	b := int(bucket) % cpuBuckets
+	x.mask[c] &^= 1 << b
+	x.setTop(c, byte(bits.Len64(x.mask[c])))
+}
+
+// setTop records class c's top and updates its ancestors in the tree of tops, up to
+// the first that does not change: a rise only raises them, a fall recomputes a parent
+// only when no byte of the child's word still reaches the parent's old maximum. Each level is read and written a word at a
+// time, and the word just written is carried to the next level in a register: reading a
+// word back right after writing one of its bytes would stall on the store.
 func (x *capIndex) setTop(c int, v byte) {
-	x.top[c] = v
-	if blk := c / classBlock; v > x.blockTop[blk] {
-		x.blockTop[blk] = v
+	w, old := setByte(x.tops[0], c, v)
+	for k := 1; k < len(x.tops) && v != old; k++ {
+		c >>= 3
+		parent := x.tops[k][c]
+		switch {
+		case v > old && v <= parent, v < old && (old < parent || atLeast(w, old) != 0):
+			// Risen, but not above the parent; or fallen, but the parent's maximum is
+			// still reached (by another child, or in the child's word).
+			return
+		case v < old && w == 0: // the child's word emptied: common where nodes are sparse
+			v = 0
+		case v < old:
+			v = maxByte(w)
+		}
+		w, old = setByte(x.tops[k], c, v)
 	}
 }
 
-// fixBlock sets block blk's top to the highest top of its classes.
-func (x *capIndex) fixBlock(blk int) {
-	tops := x.top[blk*classBlock : (blk+1)*classBlock]
-	// Pairwise, so the eight words are not one long chain of dependent steps.
-	m := maxBytes(
-		maxBytes(maxBytes(word(tops, 0), word(tops, 8)), maxBytes(word(tops, 16), word(tops, 24))),
-		maxBytes(maxBytes(word(tops, 32), word(tops, 40)), maxBytes(word(tops, 48), word(tops, 56))))
-	m = maxBytes(m, m>>32)
-	m = maxBytes(m, m>>16)
-	m = maxBytes(m, m>>8)
-	x.blockTop[blk] = byte(m)
+// setByte sets b[i] to v and returns the word of b holding it, as written, and the
+// byte's old value.
+func setByte(b []byte, i int, v byte) (w uint64, old byte) {
+	at, shift := i&^7, 8*uint(i&7)
+	w = word(b, at)
+	old = byte(w >> shift)
+	w = w&^(0xff<<shift) | uint64(v)<<shift
+	binary.LittleEndian.PutUint64(b[at:], w)
+	return w, old
+}
+
+// maxByte returns the largest byte of w, whose bytes are all below 128.
+func maxByte(w uint64) byte {
+	w = maxBytes(w, w>>32)
+	w = maxBytes(w, w>>16)
+	return byte(maxBytes(w, w>>8))
 }
 
 // maxBytes returns the bytewise maximum of a and b, whose bytes are all below 128: a
@@ -175,40 +281,6 @@ func atLeast(w uint64, v byte) uint64 {
 
 func word(b []byte, i int) uint64 { return binary.LittleEndian.Uint64(b[i:]) }
 
-// firstAtLeast returns the index of the first byte of b at or after from that is >= v,
-// or -1; len(b) is a multiple of 8.
-func firstAtLeast(b []byte, from int, v byte) int {
-	if from >= len(b) {
-		return -1
-	}
-	i := from &^ 7
-	m := atLeast(word(b, i), v) &^ (1<<(8*(from&7)) - 1)
-	for m == 0 {
-		if i += 8; i >= len(b) {
-			return -1
-		}
-		m = atLeast(word(b, i), v)
-	}
-	return i + bits.TrailingZeros64(m)/8
-}
-
-// lastAtLeast returns the index of the last byte of b at or before to that is >= v, or
-// -1; len(b) is a multiple of 8.
-func lastAtLeast(b []byte, to int, v byte) int {
-	i := to &^ 7
-	m := atLeast(word(b, i), v)
-	if k := to & 7; k < 7 {
-		m &= 1<<(8*(k+1)) - 1
-	}
-	for m == 0 {
-		if i -= 8; i < 0 {
-			return -1
-		}
-		m = atLeast(word(b, i), v)
-	}
-	return i + (63-bits.LeadingZeros64(m))/8
-}
-
 // nextClass returns the first class >= lo holding a node with CPU bucket >= need, or -1.
 func (x *capIndex) nextClass(lo int, need int8) int {
 	if lo < 0 {
@@ -218,19 +290,22 @@ func (x *capIndex) nextClass(lo int, need int8) int {
 		return -1
 	}
 	v := byte(max(need, 0)) + 1
-	blk := lo / classBlock
-	if c := firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], lo%classBlock, v); c >= 0 {
-		return blk*classBlock + c
-	}
-	for {
-		if blk = firstAtLeast(x.blockTop, blk+1, v); blk < 0 {
+	i := lo
+	for k, level := range x.tops {
+		// The bytes of i's word from i on; the rest of the level is under the parent
+		// bytes after i's.
+		if m := atLeast(word(level, i&^7), v) &^ (1<<(8*(i&7)) - 1); m != 0 {
+			i = i&^7 + bits.TrailingZeros64(m)/8
+			for k--; k >= 0; k-- {
+				i = i*8 + bits.TrailingZeros64(atLeast(word(x.tops[k], i*8), v))/8
+			}
+			return i
+		}
+		if i = i>>3 + 1; k+1 < len(x.tops) && i >= len(x.tops[k+1]) {
 			return -1
 		}
-		if c := firstAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], 0, v); c >= 0 {
-			return blk*classBlock + c
-		}
-		x.fixBlock(blk) // its top was stale: now below v
 	}
+	return -1
 }
 
 // prevClass returns the last class <= hi holding a node with CPU bucket >= need, or -1.
@@ -242,18 +317,24 @@ func (x *capIndex) prevClass(hi int, need int8) int {
 		return -1
 	}
 	v := byte(max(need, 0)) + 1
-	blk := hi / classBlock
-	if c := lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], hi%classBlock, v); c >= 0 {
-		return blk*classBlock + c
-	}
-	for blk > 0 {
-		if blk = lastAtLeast(x.blockTop, blk-1, v); blk < 0 {
+	i := hi
+	for k, level := range x.tops {
+		// The bytes of i's word up to i; the rest of the level is under the parent
+		// bytes before i's.
+		m := atLeast(word(level, i&^7), v)
+		if j := i & 7; j < 7 {
+			m &= 1<<(8*(j+1)) - 1
+		}
+		if m != 0 {
+			i = i&^7 + (63-bits.LeadingZeros64(m))/8
+			for k--; k >= 0; k-- {
+				i = i*8 + (63-bits.LeadingZeros64(atLeast(word(x.tops[k], i*8), v)))/8
+			}
+			return i
+		}
+		if i = i>>3 - 1; i < 0 {
 			return -1
 		}
-		if c := lastAtLeast(x.top[blk*classBlock:(blk+1)*classBlock], classBlock-1, v); c >= 0 {
-			return blk*classBlock + c
-		}
-		x.fixBlock(blk)
 	}
 	return -1
 }

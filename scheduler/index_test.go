@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
-// The class searches (within a block, then over the block tops) agree with a plain scan
-// over the classes, with enough classes for many blocks and several words of block tops.
+// The class searches (up and down the tree of tops) agree with a plain scan over the
+// classes, with class counts from one word to five levels of tree, levels not full.
 func TestCapIndexAgainstScan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, classes := range []int{1, 2, 3, 7, 64, 65, 100, 700, 8192} {
@@ -203,5 +204,93 @@ func TestMaxBytes(t *testing.T) {
 				t.Fatalf("maxBytes(%v, %v): byte %d is %d", a, b, i, g)
 			}
 		}
+	}
+}
+
+// A pool index that catches up when searched lists every bucket's nodes as one that
+// catches up after every change does (kept as it was before pool indexes lagged),
+// whatever moved meanwhile: placements, releases, node changes.
+func TestPoolCatchUpKeepsOrder(t *testing.T) {
+	for _, strat := range []Strategy{Pack, Spread} {
+		t.Run(string(strat), func(t *testing.T) { testPoolCatchUp(t, strat) })
+	}
+}
+
+// sameHeads: two blocks of bucket heads hold the same, a block not allocated holding
+// zeros.
+func sameHeads(a, b *[headBlock]int32) bool {
+	var empty [headBlock]int32
+	if a == nil {
+		a = &empty
+	}
+	if b == nil {
+		b = &empty
+	}
+	return *a == *b
+}
+
+func testPoolCatchUp(t *testing.T, strat Strategy) {
+	nodes := benchNodes(1200, 5) // zones of 400 nodes get pool indexes
+	opts := Options{Strategy: strat, FailureDomains: []string{"rack", "zone"}}
+	lazy, eager := New(nodes, nil, opts), New(nodes, nil, opts)
+	guests := benchGuests(4000, 6)
+	rng := rand.New(rand.NewPCG(5, 6))
+	var placed []string
+	// do applies one change to both schedulers; eager's pools catch up at once.
+	do := func(f func(s *Scheduler)) {
+		f(lazy)
+		f(eager)
+		for _, a := range eager.pools {
+			eager.catchUp(a)
+		}
+	}
+	for i, g := range guests {
+		switch {
+		case i%97 == 0:
+			nd := nodes[rng.IntN(len(nodes))]
+			nd.Draining = !nd.Draining
+			do(func(s *Scheduler) {
+				if err := s.UpdateNode(nd); err != nil {
+					t.Fatal(err)
+				}
+			})
+		case len(placed) > 0 && rng.IntN(3) == 0:
+			k := rng.IntN(len(placed))
+			do(func(s *Scheduler) { s.Release(placed[k]) })
+			placed[k] = placed[len(placed)-1]
+			placed = placed[:len(placed)-1]
+		}
+		var errs []error
+		do(func(s *Scheduler) {
+			_, err := s.Place(g)
+			errs = append(errs, err)
+		})
+		if (errs[0] == nil) != (errs[1] == nil) {
+			t.Fatalf("guest %d: placed by one scheduler only: %v, %v", i, errs[0], errs[1])
+		}
+		if errs[0] == nil {
+			placed = append(placed, g.Name)
+			if i%5 == 0 {
+				// Its node goes back to the bucket it left, and first in it.
+				do(func(s *Scheduler) { s.Release(g.Name) })
+				placed = placed[:len(placed)-1]
+			}
+		}
+		if i%20 != 0 {
+			continue
+		}
+		if len(lazy.pools) != len(eager.pools) {
+			t.Fatalf("guest %d: %d pool indexes, and %d", i, len(lazy.pools), len(eager.pools))
+		}
+		for k, a := range lazy.pools {
+			lazy.catchUp(a)
+			x, y := a.pool, eager.pools[k].pool
+			if !slices.EqualFunc(x.heads, y.heads, sameHeads) || !slices.Equal(x.links, y.links) {
+				t.Fatalf("guest %d: pool %s=%s lists its nodes otherwise than when caught up at once", i, a.key, a.value)
+			}
+		}
+	}
+	if len(lazy.pools) == 0 {
+		t.Fatal("no pool index was built")
 	}
 }

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"fmt"
 	"hash/maphash"
 	"maps"
@@ -37,6 +38,7 @@ type Scheduler struct {
 	problems    []string
 	// failureDomainIDs numbers the failure domains, each by its path of label values.
 	failureDomainIDs map[string]int32
+	sharedWarnings   []string // by failure domain id (see sharedWarning)
 
 	// HA admission control: free capacity over accepting nodes, and a cached sum of the
 	// K largest per-node keys (see ha.go).
@@ -44,6 +46,8 @@ type Scheduler struct {
 	haTopCPU, haTopMem         int64
 	haDirty                    bool // a key may have grown: the cached sums may be low
 	haExact                    bool // the cached sums are exact (no key shrank since)
+
+	clock uint64 // counts the global index's moves (see reindex)
 
 	keyBuf, reqBuf []byte
 	keysBuf        []string
@@ -61,10 +65,11 @@ type nodeState struct {
 	accel        string
 	profiles     []string
 	labels       map[string]string
-	first        int32 // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
-	count        int32 // guests whose primary or twin is here
-	haCPU, haMem int64 // demand of restart and twin guests here, for HA admission
-	inCPU, inMem int64 // room held here by moves in flight to this node
+	first        int32  // guests here: first slot+1 (slot = id*2, +1 for a twin copy)
+	count        int32  // guests whose primary or twin is here
+	haCPU, haMem int64  // demand of restart and twin guests here, for HA admission
+	inCPU, inMem int64  // room held here by moves in flight to this node
+	moved        uint64 // Scheduler.clock when the global index last moved the node
 	// failureDomains has, per failure-domain level, the id of the node's failure
 	// domain there (-1: the node lacks the level's label).
 	failureDomains []int32
@@ -480,8 +485,56 @@ func (s *Scheduler) take(n int32, cpu int32, mem int64) {
 	s.reindex(n)
 }
 
-// reindex puts node n into, or takes it out of, every capacity index it belongs to.
+// reindex moves node n in the global capacity index after its free capacity changed,
+// and marks it in the pool indexes it belongs to, which catch up when next searched
+// (see catchUp): most placements search only the global index, and a node filling up
+// moves many times between two searches of a pool.
 func (s *Scheduler) reindex(n int32) {
+	ns := &s.nodes[n]
+	var moved bool
+	if ns.accepting() {
+		moved = s.global.put(n, ns.freeCPU, ns.freeMem)
+	} else {
+		moved = s.global.remove(n)
+	}
+	if !moved {
+		return // every pool has it where the global index has it
+	}
+	s.clock++
+	ns.moved = s.clock
+	for _, a := range s.pools {
+		if a.has(n) {
+			a.pool.mark(n)
+		}
+	}
+}
+
+// catchUp brings a's pool index to where putting every node as it moved would have: the
+// nodes that moved since, in the order of their last moves, each go first in their
+// bucket (or out), so every bucket lists its nodes as the global index does.
+func (s *Scheduler) catchUp(a *atom) {
+	x := a.pool
+	if len(x.lateNodes) == 0 {
+		return
+	}
+	slices.SortFunc(x.lateNodes, func(m, n int32) int { return cmp.Compare(s.nodes[m].moved, s.nodes[n].moved) })
+	for _, n := range x.lateNodes {
+		x.late[n] = false
+		if ns := &s.nodes[n]; ns.accepting() && a.has(n) {
+			x.putFirst(n, ns.freeCPU, ns.freeMem)
+		} else {
+			x.remove(n)
+		}
+	}
+	x.lateNodes = x.lateNodes[:0]
+}
+
+// reindexNow puts node n into, or takes it out of, every capacity index it belongs to at
+// once, for a change of state or membership rather than of free capacity.
+func (s *Scheduler) reindexNow(n int32) {
+	for _, a := range s.pools {
+		s.catchUp(a)
+	}
 	ns := &s.nodes[n]
 	if !ns.accepting() {
 		s.global.remove(n)
@@ -511,7 +564,7 @@ func (s *Scheduler) setExcluded(n int32, on bool) {
 		s.freeMemTotal += max(ns.freeMem, 0)
 	}
 	s.haDirty = true
-	s.reindex(n)
+	s.reindexNow(n)
 }
 
 func (s *Scheduler) strategy(g *Guest) Strategy {
@@ -524,8 +577,24 @@ func (s *Scheduler) strategy(g *Guest) Strategy {
 	return Spread
 }
 
-// checkGuest rejects a guest the scheduler cannot reason about; nothing is changed.
+// checkGuest rejects a guest the scheduler cannot reason about, or whose name it knows;
+// nothing is changed.
 func (s *Scheduler) checkGuest(g *Guest) error {
+	if err := s.checkFields(g); err != nil {
+		return err
+	}
+	if _, dup := s.findGuest(g.Name); dup {
+		return errExists(g.Name)
+	}
+	return nil
+}
+
+func errExists(name string) error {
+	return fmt.Errorf("guest %q: %w; release it first", name, ErrGuestExists)
+}
+
+// checkFields is checkGuest without looking the name up.
+func (s *Scheduler) checkFields(g *Guest) error {
 	if s.optsErr != nil {
 		return fmt.Errorf("scheduler options: %w", s.optsErr)
 	}
@@ -547,22 +616,25 @@ func (s *Scheduler) checkGuest(g *Guest) error {
 	default:
 		return fmt.Errorf("%w %q: strategy %q unknown: use %q or %q", ErrInvalidGuest, g.Name, g.Strategy, Pack, Spread)
 	}
-	if _, dup := s.findGuest(g.Name); dup {
-		return fmt.Errorf("guest %q: %w; release it first", g.Name, ErrGuestExists)
-	}
 	return nil
 }
 
 // Place chooses a node (and a twin node for Failover "twin") and records the allocation,
 // so successive calls see each other. When nothing fits the error is *Unplaceable.
 func (s *Scheduler) Place(g Guest) (Placement, error) {
-	if err := s.checkGuest(&g); err != nil {
+	if err := s.checkFields(&g); err != nil {
 		return Placement{}, err
 	}
+	// The name must be new: the read of its slot is under way while the node is
+	// searched, which neither depends on it nor changes the name table.
+	probe := s.names.startFind(g.Name)
 	r := s.resolve(&g)
 	strat := s.strategy(&g)
 	cpu, mem := int32(g.CPUs), g.MemoryBytes
 	p := s.search(r, strat, cpu, mem, -1, -1)
+	if _, dup := s.finishFind(g.Name, probe); dup {
+		return Placement{}, errExists(g.Name)
+	}
 	if p < 0 {
 		return Placement{}, s.unplaceable(&g, r, -1, -1)
 	}
@@ -691,6 +763,9 @@ func (s *Scheduler) UpdateNode(n Node) error {
 	if !ok {
 		id = s.addNode(n.Name)
 	}
+	for _, a := range s.pools {
+		s.catchUp(a) // before any membership changes: see reindex
+	}
 	ns := &s.nodes[id]
 	if ns.accepting() {
 		s.freeCPUTotal -= int64(max(ns.freeCPU, 0))
@@ -731,7 +806,7 @@ func (s *Scheduler) UpdateNode(n Node) error {
 			s.plan(w)
 		}
 	}
-	s.reindex(id)
+	s.reindexNow(id)
 	s.haDirty = true
 	return nil
 }
@@ -742,7 +817,7 @@ func (s *Scheduler) addNode(name string) int32 {
 	s.nodes = append(s.nodes, nodeState{name: name, failureDomains: make([]int32, len(s.opts.FailureDomains))})
 	s.byNode[name] = id
 	for _, x := range append([]*capIndex{s.global}, s.poolIndexes()...) {
-		x.links = append(x.links, nodeLink{})
+		x.addNode()
 	}
 	for _, a := range s.atomList {
 		if int(id)/64 >= len(a.members) {
@@ -767,6 +842,9 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		return s.searchList(r, strat, cpu, mem, p, level)
 	}
 	x := r.pool
+	if x != s.global {
+		s.catchUp(r.covered)
+	}
 	need := int8(cpuBucket(cpu))
 	lo := x.class(mem)
 	if strat == Pack {
@@ -778,7 +856,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 			for m != 0 {
 				b := bits.TrailingZeros64(m)
 				m &= m - 1
-				for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
+				for id := x.head(int32(c*cpuBuckets + b)); id != 0; id = x.links[id-1].next {
 					n := id - 1
 					if !s.fits(n, r, cpu, mem, p, level) {
 						continue
@@ -807,7 +885,7 @@ func (s *Scheduler) search(r *req, strat Strategy, cpu int32, mem int64, p int32
 		for m != 0 {
 			b := 63 - bits.LeadingZeros64(m)
 			m &^= 1 << uint(b)
-			for id := x.head[c*cpuBuckets+b]; id != 0; id = x.links[id-1].next {
+			for id := x.head(int32(c*cpuBuckets + b)); id != 0; id = x.links[id-1].next {
 				n := id - 1
 				if !s.fits(n, r, cpu, mem, p, level) {
 					continue
@@ -961,8 +1039,7 @@ func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p i
 			var warn string
 			for broad := len(doms) - 1; broad > lv; broad-- {
 				if doms[broad] >= 0 {
-					warn = fmt.Sprintf("twin shares %s %q with its primary: no other %s has room",
-						s.opts.FailureDomains[broad], s.nodes[p].labels[s.opts.FailureDomains[broad]], s.opts.FailureDomains[broad])
+					warn = s.sharedWarning(p, broad)
 					break
 				}
 			}
@@ -973,6 +1050,20 @@ func (s *Scheduler) searchTwin(r *req, strat Strategy, cpu int32, mem int64, p i
 		return -1, specific, ""
 	}
 	return s.search(r, strat, cpu, mem, p, -1), -1, ""
+}
+
+// sharedWarning is the warning for a twin that shares primary p's failure domain at
+// level broad, made once per failure domain.
+func (s *Scheduler) sharedWarning(p int32, broad int) string {
+	id := s.nodes[p].failureDomains[broad]
+	if int(id) >= len(s.sharedWarnings) {
+		s.sharedWarnings = append(s.sharedWarnings, make([]string, int(id)+1-len(s.sharedWarnings))...)
+	}
+	if s.sharedWarnings[id] == "" {
+		key := s.opts.FailureDomains[broad]
+		s.sharedWarnings[id] = fmt.Sprintf("twin shares %s %q with its primary: no other %s has room", key, s.nodes[p].labels[key], key)
+	}
+	return s.sharedWarnings[id]
 }
 
 // unplaceable counts, over every node, the first filter rejecting the guest (or its twin
