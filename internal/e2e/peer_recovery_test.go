@@ -113,15 +113,17 @@ func killToRunning(t *testing.T, side string, survivors []string, guests []strin
 	}
 }
 
-// dvmPhases is where a dvm recovery's time went, from the master's events: kill to
+// phases3 is where a recovery's time went. For dvm, from the master's events: kill to
 // the node declared lost (failure detection and the node's lease running out), to the
 // recovery placement written, to the guests seen running (the node's agent starting
-// them, and libvirt and QEMU).
-type dvmPhases struct{ detect, place, start time.Duration }
+// them, libvirt and QEMU). For Pacemaker, from the DC's logs: kill to Corosync's new
+// membership without the host, to the DC initiating the starts, to the guests seen
+// running (VirtualDomain's virsh define and start).
+type phases3 struct{ detect, place, start time.Duration }
 
 // phasesOf reads the events after seq and splits the run that killed node at killed
 // and saw the guests running at done.
-func (c *cluster) phasesOf(t *testing.T, node string, guests []string, killed, done time.Time) dvmPhases {
+func (c *cluster) phasesOf(t *testing.T, node string, guests []string, killed, done time.Time) phases3 {
 	t.Helper()
 	dec := json.NewDecoder(strings.NewReader(c.run("-o", "json", "events")))
 	var lost, placed time.Time
@@ -147,7 +149,16 @@ func (c *cluster) phasesOf(t *testing.T, node string, guests []string, killed, d
 	if lost.IsZero() || placed.IsZero() {
 		t.Fatalf("events after the kill of %s lack node-lost (%v) or recovery of %v (%v)", node, lost, guests, placed)
 	}
-	return dvmPhases{detect: lost.Sub(killed), place: placed.Sub(lost), start: done.Sub(placed)}
+	return phases3{detect: lost.Sub(killed), place: placed.Sub(lost), start: done.Sub(placed)}
+}
+
+// phaseMedians is the median of each phase.
+func phaseMedians(ps []phases3) (detect, place, start time.Duration) {
+	var d, p, s []time.Duration
+	for _, x := range ps {
+		d, p, s = append(d, x.detect), append(p, x.place), append(s, x.start)
+	}
+	return median(d), median(p), median(s)
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -203,7 +214,7 @@ func TestRecoveryBesidePacemaker(t *testing.T) {
 
 	dvmVictim := c.victim(t)
 	var dvmT, pcmkT []time.Duration
-	var phases []dvmPhases
+	var phases, pphases []phases3
 	for run := 0; run < runs; run++ {
 		// dvm: fresh guests gathered on the victim, as TestKillNodeRestartsItsGuests does.
 		var guests []string
@@ -253,9 +264,15 @@ func TestRecoveryBesidePacemaker(t *testing.T) {
 				survivors = append(survivors, n.LibvirtURI)
 			}
 		}
-		p, _ := killToRunning(t, "Pacemaker", survivors, pguests, func() error { return peer.Kill(ctx, victim) })
-		pcmkT = append(pcmkT, p)
-		t.Logf("run %d: Pacemaker %.2f s (host %s killed, DC %s)", run+1, p.Seconds(), victim, st.DC)
+		p, pkilled := killToRunning(t, "Pacemaker", survivors, pguests, func() error { return peer.Kill(ctx, victim) })
+		member, start, err := peer.Timeline(st.DC, pkilled, pguests)
+		if err != nil {
+			t.Fatalf("Pacemaker's timeline from the DC's logs: %v", err)
+		}
+		pph := phases3{detect: member.Sub(pkilled), place: start.Sub(member), start: pkilled.Add(p).Sub(start)}
+		pcmkT, pphases = append(pcmkT, p), append(pphases, pph)
+		t.Logf("run %d: Pacemaker %.2f s (host %s killed, DC %s; membership without it %.2f, start initiated %.2f, start %.2f)",
+			run+1, p.Seconds(), victim, st.DC, pph.detect.Seconds(), pph.place.Seconds(), pph.start.Seconds())
 		if run == 0 {
 			// For the reader to see the two sides ran the same guest.
 			var dvmURIs, peerURIs []string
@@ -284,16 +301,16 @@ func TestRecoveryBesidePacemaker(t *testing.T) {
 			c.run("vm", "delete", g)
 		}
 	}
-	var det, plc, sta []time.Duration
-	for _, p := range phases {
-		det, plc, sta = append(det, p.detect), append(plc, p.place), append(sta, p.start)
-	}
 	dm, pm := median(dvmT), median(pcmkT)
 	t.Logf("FIGURE Pacemaker config: corosync %s, stonith-enabled=false (%s)", coro, bestCorosyncWhy)
 	t.Logf("FIGURE kill to %d guest(s) running elsewhere, %d runs a side, alternated: dvm median %.2f s p90 %.2f s; Pacemaker median %.2f s p90 %.2f s; ratio dvm/Pacemaker medians %.2f",
 		nguests, runs, dm.Seconds(), p90(dvmT).Seconds(), pm.Seconds(), p90(pcmkT).Seconds(), dm.Seconds()/pm.Seconds())
+	det, plc, sta := phaseMedians(phases)
 	t.Logf("FIGURE dvm phases, medians: kill to node-lost (detection+lease) %.2f s; node-lost to recovery placement %.2f s; placement to running %.2f s",
-		median(det).Seconds(), median(plc).Seconds(), median(sta).Seconds())
+		det.Seconds(), plc.Seconds(), sta.Seconds())
+	det, plc, sta = phaseMedians(pphases)
+	t.Logf("FIGURE Pacemaker phases, medians: kill to Corosync membership without the host %.2f s; to the DC initiating the start %.2f s; start to running %.2f s",
+		det.Seconds(), plc.Seconds(), sta.Seconds())
 }
 
 // testLog sends the peer lab's step lines to the test log.

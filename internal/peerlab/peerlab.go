@@ -614,8 +614,35 @@ func (l *Lab) MoveGuest(ctx context.Context, guest, node string, start bool) err
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	_, err = l.Exec(ctx, any, "crm_resource", "--resource", guest, "--clear")
-	return err
+	if _, err := l.Exec(ctx, any, "crm_resource", "--resource", guest, "--clear"); err != nil {
+		return err
+	}
+	return l.WaitIdle(wctx)
+}
+
+// WaitIdle waits until the DC has no transition in progress (its controller is in
+// S_IDLE), so that a kill finds the cluster at rest, as a host's failure finds a
+// production cluster: a kill during a transition (the first result of a guest's
+// recurring monitor still awaited) has been seen to cost Pacemaker a second more.
+func (l *Lab) WaitIdle(ctx context.Context) error {
+	var last string
+	for {
+		st, err := l.Status(ctx)
+		if err == nil && st.DC != "" && !st.Pending {
+			out, err := l.Exec(ctx, st.DC, "crmadmin", "-S", st.DC)
+			if err == nil && strings.Contains(out, "S_IDLE") {
+				return nil
+			}
+			last = fmt.Sprintf("%s %v", strings.TrimSpace(out), err)
+		} else {
+			last = fmt.Sprintf("%+v %v", st, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("peer lab not idle: %w (last: %s)", ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Kill ends every process of host name at once (SIGKILL to its PID 1): a power loss.
@@ -723,3 +750,58 @@ func addVeth(k, pid int) error {
 }
 
 func delVeth(k int) error { return lab.DelVeth(vethName(k)) }
+
+// logTime is the timestamp at the head of a Corosync (timestamp: hires) or Pacemaker
+// log line, in local time and without a year.
+const logTime = "Jan 02 15:04:05.000"
+
+// Timeline is what the DC's own logs say of a recovery after since: when Corosync
+// formed a membership that a host left (failure detection: token and consensus), and
+// when the DC initiated the start of the last of guests elsewhere (Pacemaker's
+// decision: the scheduler's transition).
+func (l *Lab) Timeline(dc string, since time.Time, guests []string) (membership, start time.Time, err error) {
+	priv := filepath.Join(l.nodeDir(dc), "private", "var", "log")
+	membership, err = firstLogLine(filepath.Join(priv, "corosync", "corosync.log"), since, func(s string) bool {
+		return strings.Contains(s, "A new membership") && strings.Contains(s, "Members left")
+	})
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+	for _, g := range guests {
+		t, err := firstLogLine(filepath.Join(priv, "pacemaker", "pacemaker.log"), since, func(s string) bool {
+			return strings.Contains(s, "Initiating start operation "+g+"_start_0")
+		})
+		if err != nil {
+			return time.Time{}, time.Time{}, err
+		}
+		if t.After(start) {
+			start = t
+		}
+	}
+	return membership, start, nil
+}
+
+// firstLogLine is the time of the first line of the log at path stamped after since
+// for which match holds.
+func firstLogLine(path string, since time.Time, match func(string) bool) (time.Time, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return time.Time{}, err
+	}
+	since = since.Local()
+	for _, line := range strings.Split(string(b), "\n") {
+		if len(line) < len(logTime) || !match(line) {
+			continue
+		}
+		t, err := time.ParseInLocation(logTime, line[:len(logTime)], time.Local)
+		if err != nil {
+			continue
+		}
+		t = t.AddDate(since.Year(), 0, 0)
+		if t.Before(since.Truncate(time.Millisecond)) {
+			continue
+		}
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%s has no such line after %s", path, since.Format(logTime))
+}
