@@ -805,3 +805,28 @@ func firstLogLine(path string, since time.Time, match func(string) bool) (time.T
 	}
 	return time.Time{}, fmt.Errorf("%s has no such line after %s", path, since.Format(logTime))
 }
+
+// KeepLogs copies every host's logs (node, Corosync, Pacemaker) into dir as
+// peer-HOST-NAME, before the lab's DIR goes.
+func (l *Lab) KeepLogs(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var errs []error
+	for _, h := range l.hosts {
+		nd := l.nodeDir(h.Name)
+		for _, f := range []string{"node.log", "corosync.out", "pacemakerd.out", "private/var/log/corosync/corosync.log", "private/var/log/pacemaker/pacemaker.log"} {
+			b, err := os.ReadFile(filepath.Join(nd, f))
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, "peer-"+h.Name+"-"+filepath.Base(f)), b, 0o644)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
