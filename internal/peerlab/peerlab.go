@@ -348,8 +348,10 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if _, err := os.Stat("/usr/lib/ocf/resource.d/heartbeat/VirtualDomain"); err != nil {
 		return nil, fmt.Errorf("peer lab: no VirtualDomain resource agent: apt-get install resource-agents")
 	}
-	if err := DownLeftover(ctx); err != nil {
+	if left, err := DownLeftover(ctx); err != nil {
 		return nil, err
+	} else if left != "" && opts.Log != nil {
+		fmt.Fprintf(opts.Log, "brought down the peer lab a killed run left in %s\n", left)
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -711,20 +713,21 @@ func downHosts(ctx context.Context, dir string, hosts []*host) error {
 			errs = append(errs, fmt.Errorf("delete bridge %s: %w", Bridge, err))
 		}
 	}
-	if b, err := json.MarshalIndent(hosts, "", "  "); err == nil {
+	if b, err := json.MarshalIndent(hosts, "", "  "); err == nil && filepath.IsAbs(dir) {
 		os.WriteFile(filepath.Join(dir, stateFile), append(b, '\n'), 0o600) //nolint:errcheck // only a record
 	}
 	return errors.Join(errs...)
 }
 
-// DownLeftover brings down a peer lab that a killed run left up: the bridge's alias
-// names its DIR, whose peerlab.json names its hosts' PIDs. Peer labs are run only by
+// DownLeftover brings down a peer lab that a killed run left up, and returns its DIR
+// ("" when there was none): the bridge's alias names the DIR, whose peerlab.json names
+// its hosts' PIDs. Peer labs are run only by
 // benches under the machine's lab lock, so one that is up when another comes up is a
 // leftover.
-func DownLeftover(ctx context.Context) error {
+func DownLeftover(ctx context.Context) (dir string, err error) {
 	link, err := netlink.LinkByName(Bridge)
 	if err != nil {
-		return nil
+		return "", nil
 	}
 	dir, ok := strings.CutPrefix(link.Attrs().Alias, bridgeAliasPrefix)
 	var hosts []*host
@@ -732,17 +735,19 @@ func DownLeftover(ctx context.Context) error {
 		if b, err := os.ReadFile(filepath.Join(dir, stateFile)); err == nil {
 			json.Unmarshal(b, &hosts) //nolint:errcheck // a damaged record: only the bridge goes
 		}
+	} else {
+		dir = "(unknown: " + Bridge + " has no lab's mark)"
 	}
 	if err := downHosts(ctx, dir, hosts); err != nil {
-		return fmt.Errorf("peer lab left in %s: %w", dir, err)
+		return dir, fmt.Errorf("peer lab left in %s: %w", dir, err)
 	}
 	// A bridge without a readable alias is ours by its name alone.
 	if link, err := netlink.LinkByName(Bridge); err == nil {
 		if err := netlink.LinkDel(link); err != nil {
-			return fmt.Errorf("delete bridge %s: %w", Bridge, err)
+			return dir, fmt.Errorf("delete bridge %s: %w", Bridge, err)
 		}
 	}
-	return nil
+	return dir, nil
 }
 
 func addVeth(k, pid int) error {
