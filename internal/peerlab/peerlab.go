@@ -49,6 +49,10 @@ const (
 	stateFile         = "peerlab.json"
 )
 
+// LoadThreshold is Pacemaker's load-threshold in the peer lab (Pacemaker's default
+// is 80%): see Up.
+var LoadThreshold = "10000%"
+
 // Corosync is the Corosync timing of a peer lab: what decides how soon a lost host
 // is noticed.
 type Corosync struct {
@@ -411,10 +415,14 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	// Fencing off: there is no fence device in the lab (see the package comment).
 	// Stickiness: a recovered guest stays where it was restarted when its old host
-	// returns, as dvm's does.
+	// returns, as dvm's does. Load threshold: Pacemaker throttles its recovery (one
+	// job at a time) when the CPU load nears it, which on this shared 2-core machine
+	// is always; dvm starts a lost node's guests at once whatever the load, so
+	// Pacemaker is let do the same.
 	for _, args := range [][]string{
 		{"crm_attribute", "--type", "crm_config", "--name", "stonith-enabled", "--update", "false"},
 		{"crm_attribute", "--type", "rsc_defaults", "--name", "resource-stickiness", "--update", "100"},
+		{"crm_attribute", "--type", "crm_config", "--name", "load-threshold", "--update", LoadThreshold},
 	} {
 		if _, err := l.Exec(ctx, l.hosts[0].Name, args...); err != nil {
 			return fail(err)
