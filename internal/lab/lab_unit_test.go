@@ -261,3 +261,32 @@ func parseConfig(r io.Reader) error {
 	_, err := config.Parse(r)
 	return err
 }
+
+// TestHostService: a Host with a Service and private mounts (package peerlab's) gets
+// a node script that binds them and runs the Service in place of any agent.
+func TestHostService(t *testing.T) {
+	dir := t.TempDir()
+	h := Host{Name: "p1", Dir: filepath.Join(dir, "nodes", "p1"), LabDir: dir, Addr: "10.78.0.11",
+		Lockspace: filepath.Join(dir, "shared", "locks"), Mounts: []string{"/etc/corosync"}, Service: "exec corosync -f"}
+	if err := h.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(h.Dir, "node.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, want := range []string{`mount --bind "$nodedir/private/etc/corosync" '/etc/corosync'`, "exec corosync -f", "ip addr add 10.78.0.11/24 dev eth0"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("node script lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "dvmd") || strings.Contains(s, "sleep infinity") {
+		t.Errorf("node script with a Service runs an agent or sleeps:\n%s", s)
+	}
+	sh := exec.Command("sh", "-n")
+	sh.Stdin = strings.NewReader(s)
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Errorf("node script is not valid sh: %v: %s", err, out)
+	}
+}

@@ -28,25 +28,34 @@ const bridgeAliasPrefix = "dvm-lab "
 
 // createNetwork makes dvmlab0 with 10.77.0.1/24 and the empty nftables table.
 func createNetwork(dir string) error {
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge, HardwareAddr: labMAC(0, 1)}}
-	if err := netlink.LinkAdd(br); err != nil {
-		return fmt.Errorf("create bridge %s: %w", Bridge, err)
-	}
-	link, err := netlink.LinkByName(Bridge)
-	if err != nil {
-		return fmt.Errorf("bridge %s: %w", Bridge, err)
-	}
-	if err := netlink.LinkSetAlias(link, bridgeAliasPrefix+dir); err != nil {
-		return fmt.Errorf("bridge %s: set alias: %w", Bridge, err)
-	}
-	addr, _ := netlink.ParseAddr(BridgeAddr + "/24")
-	if err := netlink.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("bridge %s: add %s: %w", Bridge, addr, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("bridge %s: up: %w", Bridge, err)
+	if err := CreateBridge(Bridge, BridgeAddr, bridgeAliasPrefix+dir, labMAC(0, 1)); err != nil {
+		return err
 	}
 	return applyCuts(nil)
+}
+
+// CreateBridge makes bridge name, up, with addr/24 and the alias that marks whose it
+// is, and a fixed MAC (see labMAC).
+func CreateBridge(name, addr, alias string, mac net.HardwareAddr) error {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return fmt.Errorf("create bridge %s: %w", name, err)
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", name, err)
+	}
+	if err := netlink.LinkSetAlias(link, alias); err != nil {
+		return fmt.Errorf("bridge %s: set alias: %w", name, err)
+	}
+	a, _ := netlink.ParseAddr(addr + "/24")
+	if err := netlink.AddrAdd(link, a); err != nil {
+		return fmt.Errorf("bridge %s: add %s: %w", name, a, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bridge %s: up: %w", name, err)
+	}
+	return nil
 }
 
 // removeNetwork deletes what createNetwork and addVeth made for the lab in dir;
@@ -90,21 +99,27 @@ func BridgeOwner() (dir string, ok bool) {
 // addVeth makes the veth pair of node k: dvmlab-nK on the bridge, eth0 in the
 // network namespace of pid (the node script configures it).
 func addVeth(k, pid int) error {
-	br, err := netlink.LinkByName(Bridge)
+	return AddVeth(Bridge, vethName(k), pid, labMAC(1, k), labMAC(0, 10+k))
+}
+
+// AddVeth makes a veth pair: veth, up, on bridge, and eth0 in the network namespace
+// of pid, with fixed MACs (see labMAC).
+func AddVeth(bridge, veth string, pid int, vethMAC, eth0MAC net.HardwareAddr) error {
+	br, err := netlink.LinkByName(bridge)
 	if err != nil {
-		return fmt.Errorf("bridge %s: %w", Bridge, err)
+		return fmt.Errorf("bridge %s: %w", bridge, err)
 	}
-	veth := &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: vethName(k), MasterIndex: br.Attrs().Index, HardwareAddr: labMAC(1, k)},
+	v := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: veth, MasterIndex: br.Attrs().Index, HardwareAddr: vethMAC},
 		PeerName:         "eth0",
 		PeerNamespace:    netlink.NsPid(pid),
-		PeerHardwareAddr: labMAC(0, 10+k),
+		PeerHardwareAddr: eth0MAC,
 	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", vethName(k), err)
+	if err := netlink.LinkAdd(v); err != nil {
+		return fmt.Errorf("create veth %s: %w", veth, err)
 	}
-	if err := netlink.LinkSetUp(veth); err != nil {
-		return fmt.Errorf("veth %s up: %w", vethName(k), err)
+	if err := netlink.LinkSetUp(v); err != nil {
+		return fmt.Errorf("veth %s up: %w", veth, err)
 	}
 	return nil
 }
@@ -119,19 +134,22 @@ func labMAC(hi, lo int) net.HardwareAddr {
 }
 
 // delVeth deletes node k's veth pair if it still exists.
-func delVeth(k int) error {
-	link, err := netlink.LinkByName(vethName(k))
+func delVeth(k int) error { return DelVeth(vethName(k)) }
+
+// DelVeth deletes the veth pair called name if it still exists.
+func DelVeth(name string) error {
+	link, err := netlink.LinkByName(name)
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("veth %s: %w", vethName(k), err)
+		return fmt.Errorf("veth %s: %w", name, err)
 	}
 	// The pair goes away by itself when the node's namespace dies, which may happen
 	// between the lookup and the delete: ENODEV is that, not a failure.
 	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &nf) && !errors.Is(err, syscall.ENODEV) {
-		return fmt.Errorf("delete veth %s: %w", vethName(k), err)
+		return fmt.Errorf("delete veth %s: %w", name, err)
 	}
 	return nil
 }

@@ -17,9 +17,10 @@ import (
 
 // nodeScript is run by tini as the only child of a node's PID 1. It makes the
 // node's private mounts, configures eth0 (which the root namespace moves in), starts
-// virtlogd and libvirtd, marks libvirtd ready, then runs the dvmd agent again and
-// again as a service manager would, unless held (StopAgent), or sleeps, for a lab
-// without agent. When the script ends, tini ends and with it the node.
+// virtlogd and libvirtd, marks libvirtd ready, then runs the host's Service if it has
+// one (another cluster stack: package peerlab), else the dvmd agent again and again
+// as a service manager would, unless held (StopAgent), or sleeps, for a lab without
+// agent. When the script ends, tini ends and with it the node.
 var nodeScript = template.Must(template.New("node.sh").Funcs(template.FuncMap{"q": shellQuote}).Parse(`#!/bin/sh
 # Node {{.Name}} of the dvm lab in {{.Dir}}; written by vmctl lab up. PID 1 is tini.
 set -eu
@@ -39,7 +40,8 @@ mount --bind "$nodedir/etc/libvirt" /etc/libvirt
 mount --bind "$nodedir/lib/libvirt" /var/lib/libvirt
 mount --bind "$nodedir/log/libvirt" /var/log/libvirt
 mount --bind "$nodedir/cache/libvirt" /var/cache/libvirt
-
+{{range .Mounts}}mount --bind "$nodedir/private{{.}}" {{q .}}
+{{end}}
 ip link set lo up
 i=0
 while ! ip link show eth0 >/dev/null 2>&1; do
@@ -82,7 +84,9 @@ if ! libvirtd_ready; then
 fi
 log "libvirtd ready at {{.LibvirtURI}}"
 touch "$nodedir/libvirtd.ready"
-{{if .Dvmd}}
+{{if .Service}}
+{{.Service}}
+{{else if .Dvmd}}
 while :; do
 	# dvmd.hold keeps dvmd stopped (Lab.StopAgent) until it is removed (StartAgent).
 	while [ -e "$nodedir/dvmd.hold" ]; do sleep 0.2; done
@@ -149,33 +153,54 @@ const virtlogdConf = `# dvm lab node %s: written by vmctl lab up
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
 `
 
-// prepareNode writes the node's files. fresh clears the libvirt state a host loses
-// when it reboots (and, since a rebooted lab node comes back empty of guests, the
-// persistent domain definitions in etc/libvirt); logs and the agent's data stay.
-func (l *Lab) prepareNode(n *nodeState) error {
-	nd := l.nodeDir(n.Name)
+// Host is one namespace host of the lab's kind: its own mounts, eth0, virtlogd,
+// virtlockd and libvirtd (with the lab's libvirt configuration), under tini as PID 1.
+// The lab's nodes are Hosts running dvmd; package peerlab runs another cluster stack
+// (Pacemaker) on Hosts of exactly this kind, so that the two are compared on equal
+// hosts.
+type Host struct {
+	Name      string // its hostname
+	Dir       string // its files (node.sh, node.log, libvirt's state and config)
+	LabDir    string // the lab's DIR: named in node.sh's log lines
+	Addr      string // its address on the lab's bridge (a /24)
+	HostUUID  string // libvirtd's host_uuid
+	Lockspace string // virtlockd's lockspace on the shared storage
+	Hosts     string // its /etc/hosts
+	// Mounts are more paths the host keeps to itself: Dir/private/PATH is bound over
+	// PATH; Prepare leaves those directories to the caller.
+	Mounts []string
+	// Service is shell run once libvirtd is ready, in place of the dvmd agent; the
+	// node ends when it ends.
+	Service string
+	// Dvmd is the agent run when there is no Service ("" sleeps: a lab without agent).
+	Dvmd string
+}
+
+// LibvirtURI is the host's libvirtd over TCP.
+func (h Host) LibvirtURI() string { return "qemu+tcp://" + h.Addr + "/system" }
+
+// Prepare writes the host's files, clearing the libvirt state a host loses when it
+// reboots (and, since a rebooted lab node comes back empty of guests, the persistent
+// domain definitions in etc/libvirt); logs and Dir's other files stay.
+func (h Host) Prepare() error {
+	nd := h.Dir
 	for _, d := range []string{"etc", "lib", "cache", "libvirtd.ready"} {
 		if err := os.RemoveAll(filepath.Join(nd, d)); err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
+			return fmt.Errorf("node %s: %w", h.Name, err)
 		}
 	}
 	for _, d := range []string{"etc/libvirt/qemu", "lib/libvirt/qemu", "lib/libvirt/images", "log/libvirt/qemu", "cache/libvirt", "data"} {
 		if err := os.MkdirAll(filepath.Join(nd, d), 0o755); err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
+			return fmt.Errorf("node %s: %w", h.Name, err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(l.dir, "shared", "locks"), 0o755); err != nil {
-		return fmt.Errorf("node %s: lockspace: %w", n.Name, err)
-	}
-	var hosts strings.Builder
-	hosts.WriteString("# dvm lab: written by vmctl lab up\n127.0.0.1\tlocalhost\n::1\tlocalhost\n")
-	for _, o := range l.st.Nodes {
-		fmt.Fprintf(&hosts, "%s\t%s\n", nodeAddr(o.Index), o.Name)
+	if err := os.MkdirAll(h.Lockspace, 0o755); err != nil {
+		return fmt.Errorf("node %s: lockspace: %w", h.Name, err)
 	}
 	var script bytes.Buffer
-	err := nodeScript.Execute(&script, map[string]string{
-		"Name": n.Name, "Dir": l.dir, "NodeDir": nd, "Addr": nodeAddr(n.Index),
-		"LibvirtURI": libvirtURI(n.Index), "Dvmd": l.st.Dvmd,
+	err := nodeScript.Execute(&script, map[string]any{
+		"Name": h.Name, "Dir": h.LabDir, "NodeDir": nd, "Addr": h.Addr,
+		"LibvirtURI": h.LibvirtURI(), "Dvmd": h.Dvmd, "Mounts": h.Mounts, "Service": h.Service,
 	})
 	if err != nil {
 		return err
@@ -184,20 +209,77 @@ func (l *Lab) prepareNode(n *nodeState) error {
 		path, data string
 		mode       os.FileMode
 	}{
-		{"etc/libvirt/libvirtd.conf", fmt.Sprintf(libvirtdConf, n.Name, n.HostUUID), 0o644},
-		{"etc/libvirt/qemu.conf", fmt.Sprintf(qemuConf, n.Name), 0o644},
-		{"etc/libvirt/virtlogd.conf", fmt.Sprintf(virtlogdConf, n.Name), 0o644},
-		{"etc/libvirt/qemu-lockd.conf", fmt.Sprintf(qemuLockdConf, n.Name, filepath.Join(l.dir, "shared", "locks")), 0o644},
+		{"etc/libvirt/libvirtd.conf", fmt.Sprintf(libvirtdConf, h.Name, h.HostUUID), 0o644},
+		{"etc/libvirt/qemu.conf", fmt.Sprintf(qemuConf, h.Name), 0o644},
+		{"etc/libvirt/virtlogd.conf", fmt.Sprintf(virtlogdConf, h.Name), 0o644},
+		{"etc/libvirt/qemu-lockd.conf", fmt.Sprintf(qemuLockdConf, h.Name, h.Lockspace), 0o644},
 		{"etc/libvirt/libvirt.conf", "", 0o644},
 		{"qemu-nolock", qemuNoLock, 0o755},
-		{"hosts", hosts.String(), 0o644},
+		{"hosts", h.Hosts, 0o644},
 		{"node.sh", script.String(), 0o755},
-		{"dvmd.conf", agentConfig(l.dir, n.Index, len(l.st.Nodes), l.st.Settings), 0o644},
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(nd, f.path), []byte(f.data), f.mode); err != nil {
-			return fmt.Errorf("node %s: %w", n.Name, err)
+			return fmt.Errorf("node %s: %w", h.Name, err)
 		}
+	}
+	return nil
+}
+
+// StartHost starts the host's namespaces and PID 1 (tini running node.sh, output
+// appended to Dir/node.log), then calls attach with that PID to give it its eth0. It
+// does not wait for libvirtd. pid and start identify the PID 1 (see HostAlive).
+func StartHost(h Host, attach func(pid int) error) (pid int, start uint64, err error) {
+	logf, err := os.OpenFile(filepath.Join(h.Dir, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, 0, fmt.Errorf("node %s: %w", h.Name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("unshare", "--mount", "--net", "--uts", "--pid", "--fork", "--mount-proc",
+		"--propagation", "private", "tini", "--", "/bin/sh", filepath.Join(h.Dir, "node.sh"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root"}
+	// Its own session: the node outlives vmctl and takes no signal from its terminal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, 0, fmt.Errorf("node %s: start unshare: %w", h.Name, err)
+	}
+	// unshare waits for tini and ends with it; reap it while this process lives.
+	go cmd.Wait() //nolint:errcheck
+
+	pid, err = childOf(cmd.Process.Pid, 5*time.Second)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return 0, 0, fmt.Errorf("node %s: %w (see %s)", h.Name, err, filepath.Join(h.Dir, "node.log"))
+	}
+	start = procStart(pid)
+	if err := attach(pid); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return 0, 0, fmt.Errorf("node %s: %w", h.Name, err)
+	}
+	return pid, start, nil
+}
+
+// host is node n as a Host.
+func (l *Lab) host(n *nodeState) Host {
+	var hosts strings.Builder
+	hosts.WriteString("# dvm lab: written by vmctl lab up\n127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+	for _, o := range l.st.Nodes {
+		fmt.Fprintf(&hosts, "%s\t%s\n", nodeAddr(o.Index), o.Name)
+	}
+	return Host{
+		Name: n.Name, Dir: l.nodeDir(n.Name), LabDir: l.dir, Addr: nodeAddr(n.Index), HostUUID: n.HostUUID,
+		Lockspace: filepath.Join(l.dir, "shared", "locks"), Hosts: hosts.String(), Dvmd: l.st.Dvmd,
+	}
+}
+
+// prepareNode writes the node's files: the Host's and the agent's config.
+func (l *Lab) prepareNode(n *nodeState) error {
+	if err := l.host(n).Prepare(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(l.nodeDir(n.Name), "dvmd.conf"), []byte(agentConfig(l.dir, n.Index, len(l.st.Nodes), l.st.Settings)), 0o644); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	return nil
 }
@@ -208,35 +290,11 @@ func (l *Lab) startNode(n *nodeState) error {
 	if err := l.prepareNode(n); err != nil {
 		return err
 	}
-	nd := l.nodeDir(n.Name)
-	logf, err := os.OpenFile(filepath.Join(nd, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	pid, start, err := StartHost(l.host(n), func(pid int) error { return addVeth(n.Index, pid) })
 	if err != nil {
-		return fmt.Errorf("node %s: %w", n.Name, err)
+		return err
 	}
-	defer logf.Close()
-	cmd := exec.Command("unshare", "--mount", "--net", "--uts", "--pid", "--fork", "--mount-proc",
-		"--propagation", "private", "tini", "--", "/bin/sh", filepath.Join(nd, "node.sh"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root"}
-	// Its own session: the node outlives vmctl and takes no signal from its terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("node %s: start unshare: %w", n.Name, err)
-	}
-	// unshare waits for tini and ends with it; reap it while this process lives.
-	go cmd.Wait() //nolint:errcheck
-
-	pid, err := childOf(cmd.Process.Pid, 5*time.Second)
-	if err != nil {
-		_ = cmd.Process.Kill()
-		return fmt.Errorf("node %s: %w (see %s)", n.Name, err, filepath.Join(nd, "node.log"))
-	}
-	n.PID, n.PIDStart = pid, procStart(pid)
-	if err := addVeth(n.Index, pid); err != nil {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		n.PID, n.PIDStart = 0, 0
-		return fmt.Errorf("node %s: %w", n.Name, err)
-	}
+	n.PID, n.PIDStart = pid, start
 	l.logf("node %s: PID %d, %s on %s", n.Name, pid, nodeAddr(n.Index), vethName(n.Index))
 	return nil
 }
@@ -282,6 +340,9 @@ func procStart(pid int) uint64 {
 func alive(pid int, start uint64) bool {
 	return pid > 0 && start != 0 && procStart(pid) == start
 }
+
+// HostAlive says whether the PID 1 StartHost returned still runs.
+func HostAlive(pid int, start uint64) bool { return alive(pid, start) }
 
 // pidNS is the PID namespace of pid ("pid:[4026532…]"), "" if pid is gone.
 func pidNS(pid int) string {
@@ -338,25 +399,36 @@ func (l *Lab) NodeProcesses(name string) ([]int, error) {
 // dies the same way: SIGKILL ends stopped processes too, and the end of PID 1 kills
 // the rest of its namespace.
 func (l *Lab) killNode(ctx context.Context, n *nodeState) error {
-	if alive(n.PID, n.PIDStart) {
-		ns := pidNS(n.PID)
-		if err := syscall.Kill(n.PID, syscall.SIGKILL); err != nil {
-			return fmt.Errorf("kill node %s (PID %d): %w", n.Name, n.PID, err)
-		}
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		for ns != "" && len(nsMembers(ns)) > 0 {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("kill node %s: processes %v still alive after SIGKILL of its PID 1", n.Name, nsMembers(ns))
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+	if err := KillHost(ctx, n.Name, n.PID, n.PIDStart); err != nil {
+		return err
 	}
 	n.PID, n.PIDStart, n.Paused = 0, 0, false
 	// The veth goes with the node's network namespace, a moment after its last
 	// process; delete it here so that a restart can create it again at once.
 	return delVeth(n.Index)
+}
+
+// KillHost ends every process of the host whose PID 1 is pid (started at start) at
+// once, with SIGKILL to that PID 1, and waits until they are gone. A host that is
+// not running is no error.
+func KillHost(ctx context.Context, name string, pid int, start uint64) error {
+	if !alive(pid, start) {
+		return nil
+	}
+	ns := pidNS(pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill node %s (PID %d): %w", name, pid, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for ns != "" && len(nsMembers(ns)) > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kill node %s: processes %v still alive after SIGKILL of its PID 1", name, nsMembers(ns))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // waitNode waits until the node's libvirtd is ready: the node script marked it
