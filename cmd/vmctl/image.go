@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -30,11 +31,14 @@ func imageCommand() *cli.Command {
 			{
 				Name:      "import",
 				Usage:     "upload an image file to the cluster",
-				ArgsUsage: "NAME FILE|DIR",
+				ArgsUsage: "NAME FILE|DIR|URL",
 				Description: "Examples:\n" +
 					"  vmctl image import debian-12 debian-12-generic-amd64.qcow2 --sha256 SUM\n" +
 					"  vmctl image import dfly dfly-x86_64-6.4.0_REL.img --format raw\n" +
-					"  vmctl image import lab2 /var/lib/dvm-lab/shared/images/lab   # a kernel image\n\n" +
+					"  vmctl image import lab2 /var/lib/dvm-lab/shared/images/lab   # a kernel image\n" +
+					"  vmctl image import deb12 https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2\n\n" +
+					"A URL (http or https) is fetched by vmctl into a temporary file first, with\n" +
+					"progress, then imported as that file: the cluster itself fetches nothing.\n" +
 					"The file is streamed to the master, which writes it to the images directory\n" +
 					"(images_dir, shared by every node) and computes its SHA-256 on the way; with\n" +
 					"--sha256 the image is kept only if the sums match. It is usable (ready) once it is\n" +
@@ -61,7 +65,7 @@ func imageCommand() *cli.Command {
 
 func imageImport(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("give an image name and a file (or a kernel image's directory): vmctl image import NAME FILE")
+		return errors.New("give an image name and a file, a URL or a kernel image's directory: vmctl image import NAME FILE|URL")
 	}
 	name, file := c.Args().Get(0), c.Args().Get(1)
 	if fe := api.ValidateImageName("name", name); fe != nil {
@@ -76,6 +80,18 @@ func imageImport(c *cli.Context) error {
 		sum = s
 	}
 	format := c.String("format")
+	shown := file // what the messages name: the URL, not the file it was fetched into
+	if isURL(file) {
+		if format == api.ImageKernel {
+			return fmt.Errorf("--format kernel: a kernel image is a directory, not a URL")
+		}
+		tmp, err := download(c, file)
+		if err != nil {
+			return fmt.Errorf("URL: %w", err)
+		}
+		defer os.Remove(tmp)
+		file = tmp
+	}
 	if st, err := os.Stat(file); err == nil && st.IsDir() {
 		if format != "" && format != api.ImageKernel {
 			return fmt.Errorf("FILE: %s is a directory: a %s image is one file; a directory is a kernel image (kernel, initrd, cmdline)", file, format)
@@ -101,11 +117,11 @@ func imageImport(c *cli.Context) error {
 	case err != nil:
 		return fmt.Errorf("FILE: %w", err)
 	case !st.Mode().IsRegular():
-		return fmt.Errorf("FILE: %s is not a regular file", file)
+		return fmt.Errorf("FILE: %s is not a regular file", shown)
 	case st.Size() == 0:
-		return fmt.Errorf("FILE: %s is empty", file)
+		return fmt.Errorf("FILE: %s is empty", shown)
 	case st.Size() > api.MaxImageBytes:
-		return fmt.Errorf("FILE: %s is %s, larger than the largest image, %s", file, units.FormatBytes(st.Size()), units.FormatBytes(api.MaxImageBytes))
+		return fmt.Errorf("FILE: %s is %s, larger than the largest image, %s", shown, units.FormatBytes(st.Size()), units.FormatBytes(api.MaxImageBytes))
 	}
 	if format == "" {
 		if format, err = sniffFormat(f); err != nil {
@@ -138,12 +154,69 @@ func imageImport(c *cli.Context) error {
 	// The master checked what it received against --sha256; this checks it against
 	// what was sent when no sum was given.
 	if sent := body.sum(); im.SHA256 != sent {
-		return fmt.Errorf("image %s was received with SHA-256 %s, but %s has %s: delete it (vmctl image delete %s) and import it again", name, im.SHA256, file, sent, name)
+		return fmt.Errorf("image %s was received with SHA-256 %s, but %s has %s: delete it (vmctl image delete %s) and import it again", name, im.SHA256, shown, sent, name)
 	}
 	if jsonOut(c) {
 		return printJSON(c, im)
 	}
 	return showImage(c, im)
+}
+
+// isURL says whether an import's FILE is a URL to fetch.
+func isURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
+
+// download fetches an image by its URL into a temporary file, which it returns (the
+// caller removes it), showing progress as an upload does. vmctl fetches, not the
+// cluster: the management nodes reach out to no address an operator names, and the
+// upload that follows can start over at another management node from the file.
+func download(c *cli.Context, raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("%q is not a URL such as https://cloud.debian.org/images/…/debian-12-genericcloud-amd64.qcow2", raw)
+	}
+	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s answered %s", u.Redacted(), resp.Status)
+	}
+	if resp.ContentLength > api.MaxImageBytes {
+		return "", fmt.Errorf("%s is %s, larger than the largest image, %s", u.Redacted(), units.FormatBytes(resp.ContentLength), units.FormatBytes(api.MaxImageBytes))
+	}
+	out, err := os.CreateTemp("", "vmctl-download-*")
+	if err != nil {
+		return "", err
+	}
+	fail := func(err error) (string, error) {
+		out.Close()
+		os.Remove(out.Name())
+		return "", err
+	}
+	got := &sending{h: sha256.New()}
+	stop := showProgress(c.App.ErrWriter, "downloading "+u.Redacted(), got, resp.ContentLength)
+	// One byte past the limit tells an image too large from one just at it.
+	n, err := io.Copy(out, io.TeeReader(io.LimitReader(resp.Body, api.MaxImageBytes+1), got))
+	stop(err == nil)
+	switch {
+	case err != nil:
+		return fail(fmt.Errorf("GET %s: %w", u.Redacted(), err))
+	case n > api.MaxImageBytes:
+		return fail(fmt.Errorf("%s is larger than the largest image, %s", u.Redacted(), units.FormatBytes(api.MaxImageBytes)))
+	case resp.ContentLength >= 0 && n != resp.ContentLength:
+		return fail(fmt.Errorf("GET %s ended after %d of %d bytes", u.Redacted(), n, resp.ContentLength))
+	}
+	if err := out.Close(); err != nil {
+		return fail(err)
+	}
+	return out.Name(), nil
 }
 
 // kernelArchive writes the files of a kernel image in dir (kernel, and initrd and
@@ -231,6 +304,15 @@ func (s *sending) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write counts and hashes p as if it were read: a download's progress.
+func (s *sending) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	s.h.Write(p)
+	s.n += int64(len(p))
+	s.mu.Unlock()
+	return len(p), nil
+}
+
 func (s *sending) Seek(off int64, whence int) (int64, error) {
 	pos, err := s.f.Seek(off, whence)
 	if err == nil && pos == 0 {
@@ -268,6 +350,9 @@ func showProgress(w io.Writer, what string, body *sending, size int64) func(ok b
 	line := func() string {
 		n := body.sent()
 		rate := float64(n) / max(time.Since(start).Seconds(), 0.001)
+		if size <= 0 { // a download of unknown length
+			return fmt.Sprintf("%s: %s, %s/s", what, units.FormatBytes(n), units.FormatBytes(int64(rate)))
+		}
 		return fmt.Sprintf("%s: %s of %s (%d%%), %s/s", what, units.FormatBytes(n), units.FormatBytes(size), n*100/max(size, 1), units.FormatBytes(int64(rate)))
 	}
 	done := make(chan struct{})

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -337,4 +339,58 @@ func createAPI(t *testing.T, other func(http.ResponseWriter, *http.Request) bool
 		}
 	})
 	return g, &bodies
+}
+
+// TestImageImportURL: a URL is fetched by vmctl (on loopback here) and imported as
+// the file it fetched, its checksum checked; a URL that answers an error, a body cut
+// short or a kernel format is refused with nothing sent to the cluster.
+func TestImageImportURL(t *testing.T) {
+	body := append([]byte{'Q', 'F', 'I', 0xfb}, bytes.Repeat([]byte{3}, 70000)...)
+	sum := sha256.Sum256(body)
+	files := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/deb.qcow2":
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.Write(body)
+		case "/chunked.qcow2":
+			w.Write(body) // no length: sent in chunks
+		case "/short.qcow2":
+			w.Header().Set("Content-Length", "90000")
+			w.Write(body) // the connection ends 20 000 bytes early
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer files.Close()
+	g, seen := imageAPI(t, false)
+
+	out, errOut, err := vmctlErr(append(g, "image", "import", "deb", files.URL+"/deb.qcow2", "--sha256", hex.EncodeToString(sum[:]))...)
+	if err != nil || !strings.Contains(out, "Format:    qcow2") || !strings.Contains(out, hex.EncodeToString(sum[:])) {
+		t.Fatalf("import from a URL: %v\n%s", err, out)
+	}
+	if !strings.Contains(errOut, "downloading "+files.URL+"/deb.qcow2: 68KiB of 68KiB (100%)") {
+		t.Errorf("download progress: %q", errOut)
+	}
+	if _, errOut, err = vmctlErr(append(g, "image", "import", "deb1", files.URL+"/chunked.qcow2")...); err != nil || !strings.Contains(errOut, "downloading "+files.URL+"/chunked.qcow2: 68KiB, ") {
+		t.Fatalf("import from a URL of unknown length: %v\n%s", err, errOut)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"image", "import", "deb2", files.URL + "/missing.qcow2"}, "URL: GET " + files.URL + "/missing.qcow2 answered 404 Not Found"},
+		{[]string{"image", "import", "deb2", files.URL + "/short.qcow2"}, "URL: GET " + files.URL + "/short.qcow2"},
+		{[]string{"image", "import", "deb2", files.URL + "/deb.qcow2", "--format", "kernel"}, "a kernel image is a directory, not a URL"},
+		{[]string{"image", "import", "deb2", "http://"}, "is not a URL"},
+	} {
+		if _, _, err := vmctlErr(append(g, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+	}
+	if want := "format=qcow2&sha256=" + hex.EncodeToString(sum[:]) + " 100-continue|format=qcow2 100-continue"; strings.Join(*seen, "|") != want {
+		t.Errorf("imports sent %q, want only %q", *seen, want)
+	}
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "vmctl-download-*")); len(left) > 0 {
+		t.Errorf("downloads left behind: %v", left)
+	}
 }
