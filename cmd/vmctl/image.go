@@ -191,13 +191,8 @@ func download(c *cli.Context, raw string) (string, error) {
 	if resp.ContentLength > api.MaxImageBytes {
 		return "", fmt.Errorf("%s is %s, larger than the largest image, %s", u.Redacted(), units.FormatBytes(resp.ContentLength), units.FormatBytes(api.MaxImageBytes))
 	}
-	out, err := os.CreateTemp("", "vmctl-download-*")
+	out, fail, err := tempFile("vmctl-download-*")
 	if err != nil {
-		return "", err
-	}
-	fail := func(err error) (string, error) {
-		out.Close()
-		os.Remove(out.Name())
 		return "", err
 	}
 	got := &sending{h: sha256.New()}
@@ -219,18 +214,27 @@ func download(c *cli.Context, raw string) (string, error) {
 	return out.Name(), nil
 }
 
+// tempFile makes a temporary file for an import to send, and the way to give up on
+// it: fail closes and removes it and returns err.
+func tempFile(pattern string) (*os.File, func(error) (string, error), error) {
+	out, err := os.CreateTemp("", pattern)
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, func(err error) (string, error) {
+		out.Close()
+		os.Remove(out.Name())
+		return "", err
+	}, nil
+}
+
 // kernelArchive writes the files of a kernel image in dir (kernel, and initrd and
 // cmdline when there) as a tar archive in a temporary file, which it returns: what
 // an import of a kernel image sends. The archive is the same for the same files
 // (no times, owners or modes of their own), so its SHA-256 is too.
 func kernelArchive(dir string) (string, error) {
-	out, err := os.CreateTemp("", "vmctl-kernel-*.tar")
+	out, fail, err := tempFile("vmctl-kernel-*.tar")
 	if err != nil {
-		return "", err
-	}
-	fail := func(err error) (string, error) {
-		out.Close()
-		os.Remove(out.Name())
 		return "", err
 	}
 	tw := tar.NewWriter(out)
