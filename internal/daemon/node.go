@@ -475,6 +475,16 @@ func (n *Node) memberVersion(node string) string {
 			return m.Meta.Version
 		}
 	}
+	// A replica that is down (a lost node, whose guests are being recovered) runs the
+	// dvmd its agent last reported, which the replicated state keeps: when it comes
+	// back, it reads the entries written meanwhile with that dvmd or a newer one
+	// (upgrades go forward). Without this, recovering a guest with a field newer than
+	// an old release would wait for the dead replica to answer.
+	if n.master != nil && n.master.st != nil {
+		if rec, ok := n.master.st.Node(node); ok {
+			return rec.Version
+		}
+	}
 	return ""
 }
 
