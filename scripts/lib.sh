@@ -7,10 +7,12 @@ say() { echo "== $*" >&2; }
 # Packages dvm builds and tests with. libvirt-dev for the cgo binding; qemu and libvirtd
 # for real guests; busybox-static, cpio and tini for the lab guest and nodes; iproute2
 # and nftables for the lab network; prometheus for promtool; libarchive-tools (bsdtar)
-# to read back the cloud-init seeds dvm writes.
+# to read back the cloud-init seeds dvm writes; ceph-mon, ceph-mgr, ceph-osd and ceph-common
+# for the lab's one-node Ceph (vmctl lab up --ceph), qemu-block-extra for QEMU's rbd driver.
 DVM_PACKAGES="gcc pkg-config libc6-dev libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu \
 libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio tini iproute2 nftables prometheus \
-ca-certificates git vagrant vagrant-libvirt shellcheck libarchive-tools"
+ca-certificates git vagrant vagrant-libvirt shellcheck libarchive-tools \
+ceph-mon ceph-mgr ceph-osd ceph-common qemu-block-extra"
 
 ensure_root() {
 	if [ "$(id -u)" -ne 0 ]; then

@@ -17,7 +17,7 @@ import (
 
 // agentConfig is node k's DIR/nodes/nK/dvmd.conf, the format dvmd agent reads:
 // one `key = value` a line, # comments.
-func agentConfig(dir string, k, nodes int) string {
+func agentConfig(dir string, k, nodes int, ceph bool) string {
 	var b strings.Builder
 	name, addr := nodeName(k), nodeAddr(k)
 	fmt.Fprintf(&b, "# dvm lab node %s: written by vmctl lab up\n", name)
@@ -45,6 +45,15 @@ func agentConfig(dir string, k, nodes int) string {
 	kv("memory_overcommit", "1.5")
 	kv("accelerator", "tcg")
 	kv("labels", fmt.Sprintf("rack=r%d", k))
+	if ceph {
+		// Storage pools, one of each kind: a directory of the node's own, a shared
+		// directory (the lab's stand-in for NFS) and the lab's Ceph. Only in a lab
+		// with Ceph: a dvmd from before pools (the rolling upgrade test's) refuses
+		// the keys.
+		kv("pool.local", "kind=dir,path="+filepath.Join(dir, "nodes", name, "pool-local"))
+		kv("pool.shared", "kind=shared,path="+filepath.Join(dir, "shared", "pool-shared"))
+		kv("pool."+CephStoragePool, cephPoolConfig(dir))
+	}
 	return b.String()
 }
 

@@ -17,7 +17,7 @@ import (
 // key the lab writes and dvmd does not know fails here, not in a lab.
 func TestAgentConfig(t *testing.T) {
 	for k := 1; k <= 3; k++ {
-		text := agentConfig("/var/lib/dvm-lab", k, 3)
+		text := agentConfig("/var/lib/dvm-lab", k, 3, false)
 		n, err := config.Parse(strings.NewReader(text))
 		if err != nil {
 			t.Fatalf("config of n%d does not parse: %v\n%s", k, err, text)
@@ -30,6 +30,30 @@ func TestAgentConfig(t *testing.T) {
 		if n.Bootstrap != (k == 1) {
 			t.Errorf("n%d: bootstrap = %v; exactly n1 forms the cluster", k, n.Bootstrap)
 		}
+	}
+}
+
+// TestAgentConfigCeph: a lab with Ceph names a storage pool of each kind, which
+// dvmd reads; one without names none (a dvmd from before pools refuses the keys).
+func TestAgentConfigCeph(t *testing.T) {
+	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, true)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ceph": "rbd", "local": "dir", "shared": "shared"}
+	if got := n.PoolKinds(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("pools %v, want %v", got, want)
+	}
+	ceph, _ := n.Pool("ceph")
+	if strings.Join(ceph.Monitors, ",") != CephMonAddr || ceph.RBDPool != CephPool || ceph.Client != CephClient ||
+		ceph.Keyring != CephKeyring("/var/lib/dvm-lab") {
+		t.Fatalf("ceph pool %+v", ceph)
+	}
+	if local, _ := n.Pool("local"); local.Path != "/var/lib/dvm-lab/nodes/n2/pool-local" {
+		t.Fatalf("local pool %+v: want a directory of n2's own", local)
+	}
+	if n, _ := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, false))); len(n.Pools) != 0 {
+		t.Fatalf("a lab without Ceph names pools %+v", n.Pools)
 	}
 }
 

@@ -192,7 +192,7 @@ func (l *Lab) prepareNode(n *nodeState) error {
 		{"qemu-nolock", qemuNoLock, 0o755},
 		{"hosts", hosts.String(), 0o644},
 		{"node.sh", script.String(), 0o755},
-		{"dvmd.conf", agentConfig(l.dir, n.Index, len(l.st.Nodes)), 0o644},
+		{"dvmd.conf", agentConfig(l.dir, n.Index, len(l.st.Nodes), l.st.Ceph), 0o644},
 	}
 	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(nd, f.path), []byte(f.data), f.mode); err != nil {
