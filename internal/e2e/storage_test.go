@@ -110,6 +110,39 @@ func TestStoragePools(t *testing.T) {
 		})
 	})
 
+	t.Run("rbd from an image", func(t *testing.T) {
+		// A qcow2 image placed by hand in images_dir, its first bytes a marker: the
+		// guest's disk on Ceph is a copy of it (qemu-img convert), grown to --disk.
+		dir := filepath.Join(l.Dir(), "shared", "images", "tiny")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		raw := filepath.Join(t.TempDir(), "tiny.raw")
+		if err := os.WriteFile(raw, append([]byte("dvm-image-marker\n"), make([]byte, 4<<20)...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, filepath.Join(dir, "disk.qcow2")).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img convert: %v %s", err, out)
+		}
+		c.run("vm", "create", "img1", "--os", "linux", "--image", "tiny", "--memory", "128MiB", "--disk", "64MiB",
+			"--pool", "ceph", "--failover", "none")
+		waitFor(t, "img1 running", 2*time.Minute, func() bool { return c.guest("img1").State == api.GuestRunning })
+		if got := cephSector(t, l, "img1.disk0"); got != "dvm-image-marker" {
+			t.Fatalf("img1.disk0 begins %q, want the image's marker", got)
+		}
+		var info struct {
+			Size int64 `json:"size"`
+		}
+		if err := json.Unmarshal(rbdAdmin(t, l, "info", "--format", "json", lab.CephPool+"/img1.disk0"), &info); err != nil || info.Size != 64<<20 {
+			t.Fatalf("img1.disk0 is %d bytes (%v), want 64 MiB", info.Size, err)
+		}
+		if imgs := cephImages(t, l); strings.Join(imgs, " ") != "img1.disk0" {
+			t.Fatalf("the Ceph pool holds %v, want img1.disk0 alone (no unfinished copy)", imgs)
+		}
+		c.run("vm", "delete", "img1")
+		waitFor(t, "img1's image gone from the Ceph pool", time.Minute, func() bool { return len(cephImages(t, l)) == 0 })
+	})
+
 	t.Run("rbd restart", func(t *testing.T) {
 		// The test kills the guest's node, which must not be n1: n1 runs the master,
 		// whose loss is another test's business. The guest boots (and writes) where
