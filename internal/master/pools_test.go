@@ -20,7 +20,7 @@ func reportPools(t *testing.T, c *api.Client, name string, pools map[string]stri
 }
 
 func TestStoragePoolPlacement(t *testing.T) {
-	_, c := newTestMaster(t)
+	m, c := newTestMaster(t)
 	ctx := context.Background()
 	reportPools(t, c, "n1", map[string]string{"ceph": "rbd", "local": "dir"})
 	reportPools(t, c, "n2", map[string]string{"ceph": "rbd", "local": "dir"})
@@ -87,5 +87,31 @@ func TestStoragePoolPlacement(t *testing.T) {
 	err := c.Do(ctx, "POST", "/v1/guests/loc/migrate", api.MigrateRequest{Node: to}, nil)
 	if code, _ := statusOf(err); code != http.StatusConflict || !strings.Contains(err.Error(), "kind dir") {
 		t.Fatalf("migrate of a guest on a dir pool: %v, want a 409 naming kind dir", err)
+	}
+	// Neither does a drain move it, running or stopped: it stays, reported.
+	for _, stopped := range []bool{false, true} {
+		if stopped {
+			if err := c.Do(ctx, "POST", "/v1/guests/loc/stop", nil, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var lines []api.DrainProgress
+		sum, err := m.Drain(ctx, loc.Node, false, func(p api.DrainProgress) { lines = append(lines, p) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		failed := false
+		for _, p := range lines {
+			failed = failed || (p.Guest == "loc" && p.Status == "failed" && strings.Contains(p.Error, "kind dir"))
+		}
+		if !failed || sum.Failed == 0 {
+			t.Fatalf("drain of %s (loc stopped: %v): %+v, want loc failed naming kind dir", loc.Node, stopped, lines)
+		}
+		if g, _ := m.st.Guest("loc"); g.Node != loc.Node {
+			t.Fatalf("a drain moved loc, on a dir pool, from %s to %s", loc.Node, g.Node)
+		}
+		if err := m.Undrain(loc.Node); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
