@@ -9,7 +9,6 @@ import (
 
 	"github.com/dvmproject/dvm/internal/api"
 	"github.com/dvmproject/dvm/internal/config"
-	"libvirt.org/go/libvirtxml"
 )
 
 // TestPoolDisks: a guest assigned with a dir or shared pool gets its disks in that
@@ -32,16 +31,8 @@ func TestPoolDisks(t *testing.T) {
 	if err := a.define(g); err != nil {
 		t.Fatal(err)
 	}
-	x, err := node.DomainXML("web1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d libvirtxml.Domain
-	if err := d.Unmarshal(x); err != nil {
-		t.Fatal(err)
-	}
 	var got []string
-	for _, disk := range d.Devices.Disks {
+	for _, disk := range diskFiles(t, node, "web1") {
 		got = append(got, disk.Source.File.File)
 	}
 	want := filepath.Join(dir, "local", "web1.qcow2") + " " + filepath.Join(dir, "local", "web1.disk1.qcow2")
