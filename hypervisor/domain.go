@@ -99,10 +99,12 @@ type GuestLock struct {
 // a to z on their bus.
 const MaxExtraDisks = 25
 
-// Disk is a guest disk, a file on the node (usually on shared storage).
+// Disk is a guest disk: a file on the node (usually on shared storage), or, when RBD
+// is set, an RBD image QEMU reaches through its own librbd.
 type Disk struct {
 	Path   string
 	Format string // "qcow2" (also when empty) or "raw"; other QEMU formats: see diskFormats
+	RBD    *RBDDisk
 }
 
 // DirectBoot boots a kernel and initrd given as files, as the lab guest does.
@@ -187,12 +189,18 @@ func BuildDomain(spec GuestSpec, accel Accelerator) (*libvirtxml.Domain, error) 
 			if format == "" {
 				format = "qcow2"
 			}
-			d.Devices.Disks = append(d.Devices.Disks, libvirtxml.DomainDisk{
+			dd := libvirtxml.DomainDisk{
 				Device: "disk",
 				Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: format, Cache: "none", IO: "native"},
 				Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: disk.Path}},
 				Target: &libvirtxml.DomainDiskTarget{Dev: prof.DiskTargetPrefix + string(rune('a'+i)), Bus: prof.DiskBus},
-			})
+			}
+			if r := disk.RBD; r != nil {
+				// A network disk: raw, through librbd, which has no native AIO.
+				dd.Driver = &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "raw", Cache: "none"}
+				dd.Source = &libvirtxml.DomainDiskSource{Network: r.source()}
+			}
+			d.Devices.Disks = append(d.Devices.Disks, dd)
 		}
 	}
 	if spec.ISO != "" {
@@ -320,6 +328,12 @@ func (spec *GuestSpec) check() (profile.Profile, error) {
 	}
 	if spec.Disk != nil {
 		for _, d := range append([]Disk{*spec.Disk}, spec.ExtraDisks...) {
+			if d.RBD != nil {
+				if err := d.RBD.check(); err != nil {
+					return bad("%w", err)
+				}
+				continue
+			}
 			if err := checkPath("disk", d.Path); err != nil {
 				return bad("%w", err)
 			}

@@ -16,13 +16,20 @@ import (
 // node, which is what lets a guest restart on another node.
 const DiskPool = "dvm-disks"
 
+// DirPool is the name of the libvirt storage pool of dvm's storage pool name, of
+// kind dir or shared (a directory of the node's own, or one every node mounts).
+func DirPool(name string) string { return "dvm-pool-" + name }
+
 // EnsureDiskPool defines, builds and starts the disk pool at dir, or refreshes it when it
 // exists, so volumes made by other nodes on the shared directory become visible.
-func (n *Node) EnsureDiskPool(dir string) error {
+func (n *Node) EnsureDiskPool(dir string) error { return n.EnsureDirPool(DiskPool, dir) }
+
+// EnsureDirPool is EnsureDiskPool for the libvirt storage pool named pool.
+func (n *Node) EnsureDirPool(poolName, dir string) error {
 	if !filepath.IsAbs(dir) {
 		return fmt.Errorf("disk pool directory %q must be an absolute path", dir)
 	}
-	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
+	pool, err := n.conn.LookupStoragePoolByName(poolName)
 	if err == nil {
 		// A pool left from an earlier configuration may point elsewhere: follow the
 		// configuration. Volumes are files in the directory; nothing is deleted.
@@ -44,7 +51,7 @@ func (n *Node) EnsureDiskPool(dir string) error {
 		if !errors.As(err, &lv) || lv.Code != libvirt.ERR_NO_STORAGE_POOL {
 			return n.fail("pool", fmt.Errorf("look up disk pool: %w", err))
 		}
-		def := libvirtxml.StoragePool{Type: "dir", Name: DiskPool, Target: &libvirtxml.StoragePoolTarget{Path: dir}}
+		def := libvirtxml.StoragePool{Type: "dir", Name: poolName, Target: &libvirtxml.StoragePoolTarget{Path: dir}}
 		x, err := def.Marshal()
 		if err != nil {
 			return err
@@ -100,9 +107,14 @@ func DiskVolume(guest string, i int) string {
 // never recreated: it holds the guest's data (a guest restarted on another node finds
 // its disks on the shared directory).
 func (n *Node) EnsureDisk(guest string, i int, sizeBytes int64, base *Base) (string, error) {
-	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
+	return n.EnsureDiskIn(DiskPool, guest, i, sizeBytes, base)
+}
+
+// EnsureDiskIn is EnsureDisk in the libvirt storage pool named poolName.
+func (n *Node) EnsureDiskIn(poolName, guest string, i int, sizeBytes int64, base *Base) (string, error) {
+	pool, err := n.conn.LookupStoragePoolByName(poolName)
 	if err != nil {
-		return "", n.fail("pool", fmt.Errorf("disk pool %s: %w (is disks_dir set?)", DiskPool, err))
+		return "", n.fail("pool", fmt.Errorf("disk pool %s: %w (is disks_dir set?)", poolName, err))
 	}
 	defer pool.Free()
 	name := DiskVolume(guest, i)
@@ -142,8 +154,11 @@ func (n *Node) EnsureDisk(guest string, i int, sizeBytes int64, base *Base) (str
 
 // DeleteDisks removes every disk volume of a guest (DiskVolume); missing disks are
 // not an error.
-func (n *Node) DeleteDisks(guest string) error {
-	pool, err := n.conn.LookupStoragePoolByName(DiskPool)
+func (n *Node) DeleteDisks(guest string) error { return n.DeleteDisksIn(DiskPool, guest) }
+
+// DeleteDisksIn is DeleteDisks in the libvirt storage pool named poolName.
+func (n *Node) DeleteDisksIn(poolName, guest string) error {
+	pool, err := n.conn.LookupStoragePoolByName(poolName)
 	if err != nil {
 		return nil
 	}

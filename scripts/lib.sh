@@ -10,11 +10,13 @@ say() { echo "== $*" >&2; }
 # to read back the cloud-init seeds dvm writes; fdisk (sfdisk), e2fsprogs, mount (a
 # loop mount), extlinux, syslinux-common (mbr.bin, ldlinux.c32), isolinux and xorriso
 # for the boot disk and install ISO that internal/lab/imagebuild makes for the image
-# tests.
+# tests; ceph-mon, ceph-mgr, ceph-osd and ceph-common for the lab's one-node Ceph
+# (vmctl lab up --ceph), qemu-block-extra for QEMU's rbd driver.
 DVM_PACKAGES="gcc pkg-config libc6-dev libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu \
 libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio tini iproute2 nftables prometheus \
 ca-certificates git vagrant vagrant-libvirt shellcheck libarchive-tools \
-fdisk e2fsprogs mount extlinux syslinux-common isolinux xorriso"
+fdisk e2fsprogs mount extlinux syslinux-common isolinux xorriso \
+ceph-mon ceph-mgr ceph-osd ceph-common qemu-block-extra"
 
 ensure_root() {
 	if [ "$(id -u)" -ne 0 ]; then

@@ -30,6 +30,7 @@ func labCommands() []*cli.Command {
 				&cli.IntFlag{Name: "nodes", Value: lab.DefaultNodes, Usage: fmt.Sprintf("number of nodes, 1 to %d", lab.MaxNodes)},
 				&cli.StringFlag{Name: "dvmd", Usage: "dvmd binary run as agent in every node (default: dvmd next to vmctl-lab, else in $PATH)"},
 				&cli.BoolFlag{Name: "no-agent", Usage: "start nodes with libvirt only, without dvmd"},
+				&cli.BoolFlag{Name: "ceph", Usage: "also start a one-node Ceph (mon, mgr, one OSD on a file) on the bridge address: the storage pool \"ceph\" of every node (vmctl vm create --pool ceph)"},
 				&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long to wait for libvirtd and the master"},
 				&cli.StringSliceFlag{Name: "set", Usage: "KEY=VALUE: a dvmd.conf key for every node, such as lease_duration=1s (repeat the flag for more)"},
 			},
@@ -49,6 +50,7 @@ func labCommands() []*cli.Command {
 					Dir:         c.String("dir"),
 					DvmdPath:    c.String("dvmd"),
 					NoAgent:     c.Bool("no-agent"),
+					Ceph:        c.Bool("ceph"),
 					Timeout:     c.Duration("timeout"),
 					Log:         os.Stderr,
 				})

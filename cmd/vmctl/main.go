@@ -285,6 +285,7 @@ func vmCreate() *cli.Command {
 			&cli.StringFlag{Name: "disk", Usage: "disk `SIZE[,SIZE…]`, such as 20G or 20G,50G: the first made from --image, the others empty (default 20GiB without --image, the image's size with a disk image, none with a kernel image)"},
 			&cli.StringFlag{Name: "image", Usage: "image `NAME` (vmctl image ls; lab: the lab guest)"},
 			&cli.StringFlag{Name: "iso", Usage: "install media: an image `NAME` of format iso, booted before the empty disk until vmctl vm eject"},
+			&cli.StringFlag{Name: "pool", Usage: "storage pool `NAME` (a pool.NAME of the nodes' dvmd.conf; vmctl -o json node ls shows each node's) for its disks: dir, shared or rbd (Ceph); default: disks_dir"},
 			&cli.BoolFlag{Name: "cloud-init", Usage: "a cloud-init NoCloud seed (os linux or freebsd): hostname, addresses, --ssh-key, --user-data"},
 			&cli.StringSliceFlag{Name: "ssh-key", Usage: "`FILE` of SSH public keys (one a line, as id_ed25519.pub) for the seed; repeat for more"},
 			&cli.StringFlag{Name: "user-data", Usage: "`FILE` of cloud-init user data (#cloud-config, or a #! script) for the seed"},
@@ -300,7 +301,7 @@ func vmCreate() *cli.Command {
 				return err
 			}
 			req := api.CreateGuest{Name: name, OS: c.String("os"), CPUs: c.Int("cpus"), Image: c.String("image"), Failover: c.String("failover"),
-				ISO: c.String("iso"), VNC: c.Bool("vnc")}
+				ISO: c.String("iso"), VNC: c.Bool("vnc"), Pool: c.String("pool")}
 			if req.MemoryBytes, err = units.ParseBytes(c.String("memory")); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
@@ -508,6 +509,7 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 		p("Disks", strings.Join(disks, ", "))
 	}
 	p("Image", g.Image)
+	p("Storage pool", g.Pool)
 	if g.ISO != "" {
 		p("ISO", g.ISO+" (in its cdrom, booted first; vmctl vm eject "+g.Name+" takes it out)")
 	}

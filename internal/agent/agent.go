@@ -18,6 +18,7 @@ import (
 	"github.com/dvmproject/dvm/failover"
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/store"
 	"github.com/dvmproject/dvm/internal/strictjson"
 	"github.com/dvmproject/dvm/internal/version"
@@ -34,6 +35,9 @@ type Config struct {
 	LibvirtURI string // this node's libvirt as peers reach it, for migration
 	ImagesDir  string // images, by name: DIR/NAME/{kernel,initrd,cmdline} or DIR/NAME/disk.qcow2
 	DisksDir   string // guest disks (shared storage on a real cluster)
+	// Pools are the node's storage pools (dvmd.conf's pool.NAME keys): a guest
+	// assigned with one has its disks there (pools.go).
+	Pools []config.Pool
 	// LockspaceDir is libvirt's lockspace on the shared storage (config.Node); when
 	// set, every restart guest runs under a lock there, disk or no disk.
 	LockspaceDir string
@@ -63,10 +67,13 @@ type Agent struct {
 	cfg  Config
 	pool hypervisor.Capacity
 
-	mu     sync.Mutex
-	errs   map[string]string // guest -> last failed step
-	busy   map[string]bool   // guests with a slow step (shutdown, migration) in flight
-	report chan struct{}     // asks for a status report now
+	mu   sync.Mutex
+	errs map[string]string // guest -> last failed step
+	busy map[string]bool   // guests with a slow step (shutdown, migration) in flight
+	// deleting are the deleted guests whose disks are being removed: reported until
+	// that ends, so the master keeps the guest (and asks again) if it fails.
+	deleting map[string]bool
+	report   chan struct{} // asks for a status report now
 
 	latest *heldAssignment // the last assignment read; guarded by mu
 	// basis is what was last written to the paused guests' record as the basis of
@@ -116,6 +123,9 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if err := ensurePools(cfg); err != nil {
+		return nil, err
+	}
 	if cfg.ConsoleDir != "" {
 		if err := os.MkdirAll(cfg.ConsoleDir, 0o750); err != nil {
 			return nil, fmt.Errorf("console log directory: %w", err)
@@ -129,7 +139,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	// A node with a role machine starts fenced, as its machine does: it has no lease
 	// until the master's first request arrives.
-	a := &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, report: make(chan struct{}, 1),
+	a := &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, deleting: map[string]bool{}, report: make(chan struct{}, 1),
 		resync: make(chan struct{}, 1), fenced: cfg.Fencing, fencedAt: time.Now()}
 	return a, nil
 }
@@ -335,11 +345,17 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 			a.setErr(g.Name, nil)
 		case g.Desired == store.DesiredDeleted:
 			a.startSlow(g.Name, func() {
+				a.mu.Lock()
+				a.deleting[g.Name] = true
+				a.mu.Unlock()
 				err := a.cfg.Node.Undefine(g.Name)
 				if err == nil {
 					err = a.deleteDisks(g)
 				}
 				a.setErr(g.Name, err)
+				a.mu.Lock()
+				delete(a.deleting, g.Name)
+				a.mu.Unlock()
 			})
 		case g.MigrateTo != "":
 			if state == hypervisor.StateRunning {
@@ -522,12 +538,20 @@ func (a *Agent) status() api.NodeStatus {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.latest != nil && version.AtLeast(a.latest.Version, api.PoolsSince) {
+		st.Pools = poolKinds(a.cfg.Pools)
+	}
 	for _, g := range list {
 		st.Guests = append(st.Guests, api.ObservedGuest{Name: g.Name, State: string(g.State), Error: a.guestError(g.Name), VNC: displays[g.Name]})
 	}
 	for name, e := range a.errs {
 		if !containsGuest(list, name) {
 			st.Guests = append(st.Guests, api.ObservedGuest{Name: name, State: "absent", Error: e})
+		}
+	}
+	for name := range a.deleting {
+		if _, failed := a.errs[name]; !failed && !containsGuest(list, name) {
+			st.Guests = append(st.Guests, api.ObservedGuest{Name: name, State: "absent"})
 		}
 	}
 	return st

@@ -66,6 +66,18 @@ func (a *Agent) attachDisks(spec *hypervisor.GuestSpec, g api.AssignedGuest, bas
 		if i > 0 {
 			b = nil
 		}
+		if g.Pool != "" {
+			d, err := a.ensurePoolDisk(g, i, size, b)
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				spec.Disk = &d
+			} else {
+				spec.ExtraDisks = append(spec.ExtraDisks, d)
+			}
+			continue
+		}
 		path, err := a.cfg.Node.EnsureDisk(g.Name, i, size, b)
 		if err != nil {
 			return err
@@ -147,6 +159,9 @@ func (a *Agent) deleteDisks(g api.AssignedGuest) error {
 	if g.KeepDisks {
 		a.cfg.Log.Info("guest deleted, its disks kept", "guest", g.Name)
 		return nil
+	}
+	if g.Pool != "" {
+		return a.deletePoolDisks(g)
 	}
 	return a.cfg.Node.DeleteDisks(g.Name)
 }

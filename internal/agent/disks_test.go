@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
 	"libvirt.org/go/libvirtxml"
 )
@@ -29,16 +30,8 @@ func TestGuestDisksFromAnImage(t *testing.T) {
 	if err := a.define(guest("web1", "debian", 30<<30, 50<<30)); err != nil {
 		t.Fatal(err)
 	}
-	x, err := node.DomainXML("web1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d libvirtxml.Domain
-	if err := d.Unmarshal(x); err != nil {
-		t.Fatal(err)
-	}
 	var disks []string
-	for _, disk := range d.Devices.Disks {
+	for _, disk := range diskFiles(t, node, "web1") {
 		disks = append(disks, disk.Target.Dev+"="+filepath.Base(disk.Source.File.File))
 	}
 	if strings.Join(disks, " ") != "vda=web1.qcow2 vdb=web1.disk1.qcow2" {
@@ -63,4 +56,18 @@ func TestGuestDisksFromAnImage(t *testing.T) {
 	if err := a.deleteDisks(guest("web1", "debian", 30<<30, 50<<30)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// diskFiles are the disks of guest's domain as node defined it.
+func diskFiles(t *testing.T, node *hypervisor.Node, guest string) []libvirtxml.DomainDisk {
+	t.Helper()
+	x, err := node.DomainXML(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(x); err != nil {
+		t.Fatal(err)
+	}
+	return d.Devices.Disks
 }

@@ -68,6 +68,8 @@ type Guest struct {
 	// addresses: the SSH keys, and how long its user data is (which may hold secrets,
 	// and is not shown).
 	CloudInit *GuestCloudInit `json:"cloud_init,omitempty"`
+	// Pool is the storage pool of the guest's disks ("": disks_dir).
+	Pool string `json:"pool,omitempty"`
 }
 
 // GuestCloudInit is a guest's cloud-init seed as the API shows it.
@@ -126,6 +128,9 @@ type CreateGuest struct {
 	VNC bool `json:"vnc,omitempty"`
 	// CloudInit, when set, gives the guest a cloud-init NoCloud seed.
 	CloudInit *CloudInit `json:"cloud_init,omitempty"`
+	// Pool names the storage pool (of the nodes' dvmd.conf) that holds the guest's
+	// disks; "" for disks_dir, as before pools. Since PoolsSince.
+	Pool string `json:"pool,omitempty"`
 }
 
 // Node is a node as the API shows it.
@@ -143,10 +148,12 @@ type Node struct {
 	AllocatedMemoryBytes int64             `json:"allocated_memory_bytes"`
 	Guests               int               `json:"guests"`
 	Labels               map[string]string `json:"labels,omitempty"`
-	Schedulable          bool              `json:"schedulable"`
-	Draining             bool              `json:"draining,omitempty"`
-	Maintenance          bool              `json:"maintenance,omitempty"`
-	LastSeen             time.Time         `json:"last_seen"`
+	// Pools are the node's storage pools, kind by name (dir, shared, rbd).
+	Pools       map[string]string `json:"pools,omitempty"`
+	Schedulable bool              `json:"schedulable"`
+	Draining    bool              `json:"draining,omitempty"`
+	Maintenance bool              `json:"maintenance,omitempty"`
+	LastSeen    time.Time         `json:"last_seen"`
 	// Version is the dvmd version the node's agent last reported ("" before it did,
 	// or for a dvmd from before versions were carried).
 	Version string `json:"version,omitempty"`
@@ -163,6 +170,10 @@ type NodeStatus struct {
 	MemoryBytes     int64             `json:"memory_bytes"`
 	Labels          map[string]string `json:"labels,omitempty"`
 	Guests          []ObservedGuest   `json:"guests"`
+	// Pools are the node's storage pools, kind by name (dir, shared, rbd). Sent only
+	// to a master of PoolsSince or newer (an older one refuses a field it does not
+	// know).
+	Pools map[string]string `json:"pools,omitempty"`
 	// Version is the agent's dvmd version. It travels in the request's Dvm-Version
 	// header, not in the body, which a master of an earlier release would refuse
 	// for a field it does not know.
@@ -205,6 +216,10 @@ type Assignment struct {
 	LossesCounted bool   `json:"losses_counted,omitempty"`
 }
 
+// PoolsSince is the first dvmd version that knows storage pools: agents that report
+// them and make disks in them, masters that read them.
+const PoolsSince = "0.3.0"
+
 // LossesSince is the first dvmd version whose agents read Assignment.Losses.
 const LossesSince = "0.3.0"
 
@@ -244,6 +259,9 @@ type AssignedGuest struct {
 	// CloudInit, when set, has the node make the guest's NoCloud seed and put it in a
 	// second cdrom.
 	CloudInit *CloudInit `json:"cloud_init,omitempty"`
+	// Pool names the storage pool of the node's dvmd.conf that holds the guest's
+	// disks; "" for disks_dir.
+	Pool string `json:"pool,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.

@@ -118,6 +118,14 @@ func (c *CreateGuest) Normalize() *FieldError {
 	if c.Failover == FailoverTwin && len(c.ExtraDiskBytes) > 0 {
 		return fieldErr("extra_disk_bytes", "a twin guest has one disk, the one mirrored to its twin: give one disk size, or failover restart")
 	}
+	if c.Pool != "" {
+		if e := ValidateName("pool", c.Pool); e != nil {
+			return e
+		}
+		if c.Failover == FailoverTwin {
+			return fieldErr("pool", "a twin guest mirrors its disk to its twin's node itself, in disks_dir: give --failover restart or none with --pool %s, or leave --pool out", c.Pool)
+		}
+	}
 	if ci := c.CloudInit; ci != nil {
 		prof, _ := profile.Lookup(c.OS)
 		if !prof.CloudInit {

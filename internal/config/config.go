@@ -65,6 +65,10 @@ type Node struct {
 	Master    string // comma-separated API addresses of management nodes
 	ImagesDir string
 	DisksDir  string
+	// Pools are the node's storage pools (`pool.NAME = …` keys), sorted by name:
+	// `vmctl vm create --pool NAME` puts a guest's disks in one; without it they go to
+	// disks_dir as always.
+	Pools []Pool
 	// LockspaceDir is libvirt's lockspace (qemu-lockd.conf's file_lockspace_dir, spelt
 	// the same) where dvmd keeps a lock for every restart guest; "": none.
 	LockspaceDir    string
@@ -159,6 +163,14 @@ func (n *Node) set(key, val string) error {
 		d, err := parseDuration(val)
 		*p = d
 		return err
+	}
+	if name, ok := strings.CutPrefix(key, poolKeyPrefix); ok {
+		p, err := parsePool(name, val)
+		if err != nil {
+			return err
+		}
+		n.Pools = append(n.Pools, p)
+		return nil
 	}
 	var err error
 	switch key {
@@ -390,6 +402,9 @@ func (n *Node) Validate() error {
 		return err
 	}
 	if err := n.Balance.Validate(); err != nil {
+		return err
+	}
+	if err := n.checkPools(); err != nil {
 		return err
 	}
 	if n.AdvertiseLibvirtURI == "" {

@@ -116,7 +116,7 @@ func agentOver(node *hypervisor.Node, cfg config.Node, client *api.Client, log *
 	a, err := agent.New(agent.Config{
 		Name: cfg.Name, Node: node, Share: cfg.Share, Labels: cfg.Labels, Client: client,
 		Address: cfg.Advertise, LibvirtURI: cfg.AdvertiseLibvirtURI, ImagesDir: cfg.ImagesDir,
-		DisksDir: disks, LockspaceDir: cfg.LockspaceDir, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
+		DisksDir: disks, Pools: cfg.Pools, LockspaceDir: cfg.LockspaceDir, ConsoleDir: filepath.Join(cfg.DataDir, "console"),
 		PausedFile:      filepath.Join(cfg.DataDir, "paused-guests.json"),
 		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
 		Fencing: fencing, FenceGrace: cfg.Timing.FenceGrace, FenceCheck: cfg.Timing.FenceCheck, Lease: lease,

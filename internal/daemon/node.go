@@ -470,13 +470,15 @@ func (n *Node) memberVersion(node string) string {
 			return m.Meta.Version
 		}
 	}
-	// Not alive in gossip: a dead or lost node, or one not yet seen since this dvmd
-	// started. Its replica applies nothing until it runs again, and a binary changes
-	// only across a restart; the version its agent last reported (replicated, so
-	// known after this dvmd's own restart too) is the best word on it. Without this
-	// every gated write, the count of the very loss that made it silent among
-	// them, would be refused while any management node is down.
-	if n.master != nil {
+	// Not alive in gossip: a dead or lost node (whose guests are being recovered), or
+	// one not yet seen since this dvmd started. Its replica applies nothing until it
+	// runs again, and a binary changes only across a restart; the version its agent
+	// last reported (replicated, so known after this dvmd's own restart too) is the
+	// best word on it: when it comes back it reads what was written meanwhile with
+	// that dvmd or a newer one (upgrades go forward). Without this every gated write,
+	// the count of the very loss that made it silent and the recovery of a guest
+	// with a newer field among them, would be refused while a management node is down.
+	if n.master != nil && n.master.st != nil {
 		if rec, ok := n.master.st.Node(node); ok {
 			return rec.Version
 		}

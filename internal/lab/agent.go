@@ -20,7 +20,7 @@ import (
 
 // agentConfig is node k's DIR/nodes/nK/dvmd.conf, the format dvmd agent reads:
 // one `key = value` a line, # comments.
-func agentConfig(dir string, k, nodes int, settings map[string]string) string {
+func agentConfig(dir string, k, nodes int, ceph bool, settings map[string]string) string {
 	var b strings.Builder
 	name, addr := nodeName(k), nodeAddr(k)
 	fmt.Fprintf(&b, "# dvm lab node %s: written by vmctl lab up\n", name)
@@ -48,6 +48,15 @@ func agentConfig(dir string, k, nodes int, settings map[string]string) string {
 	kv("memory_overcommit", "1.5")
 	kv("accelerator", "tcg")
 	kv("labels", fmt.Sprintf("rack=r%d", k))
+	if ceph {
+		// Storage pools, one of each kind: a directory of the node's own, a shared
+		// directory (the lab's stand-in for NFS) and the lab's Ceph. Only in a lab
+		// with Ceph: a dvmd from before pools (the rolling upgrade test's) refuses
+		// the keys.
+		kv("pool.local", "kind=dir,path="+filepath.Join(dir, "nodes", name, "pool-local"))
+		kv("pool.shared", "kind=shared,path="+filepath.Join(dir, "shared", "pool-shared"))
+		kv("pool."+CephStoragePool, cephPoolConfig(dir))
+	}
 	if len(settings) > 0 {
 		b.WriteString("# set with vmctl lab up --set\n")
 		for _, key := range slices.Sorted(maps.Keys(settings)) {
@@ -80,12 +89,12 @@ func ParseSettings(pairs []string) (map[string]string, error) {
 // parser refuses (Options.ParseConfig: a timing combination that breaks the fencing
 // rule, say), so that
 // a bad --set fails before the lab changes anything rather than in every node.
-func checkSettings(dir string, nodes int, settings map[string]string, parse func(io.Reader) error) error {
+func checkSettings(dir string, nodes int, ceph bool, settings map[string]string, parse func(io.Reader) error) error {
 	if len(settings) == 0 {
 		return nil
 	}
 	own := map[string]bool{}
-	for _, line := range strings.Split(agentConfig(dir, 1, nodes, nil), "\n") {
+	for _, line := range strings.Split(agentConfig(dir, 1, nodes, ceph, nil), "\n") {
 		if key, _, ok := strings.Cut(line, " = "); ok && !strings.HasPrefix(line, "#") {
 			own[key] = true
 		}
@@ -104,7 +113,7 @@ func checkSettings(dir string, nodes int, settings map[string]string, parse func
 	if parse == nil {
 		return nil
 	}
-	if err := parse(strings.NewReader(agentConfig(dir, 1, nodes, settings))); err != nil {
+	if err := parse(strings.NewReader(agentConfig(dir, 1, nodes, ceph, settings))); err != nil {
 		return fmt.Errorf("--set: dvmd would refuse the nodes' config: %w", err)
 	}
 	return nil

@@ -54,6 +54,10 @@ type Options struct {
 	// DvmdPath is the dvmd binary started as agent in every node. Empty means dvmd
 	// next to the running executable, else dvmd in $PATH.
 	DvmdPath string
+	// Ceph starts a one-node Ceph (monitor, manager, one OSD) on the bridge address
+	// before the nodes, and names it in every node's dvmd.conf as the storage pool
+	// CephStoragePool (see ceph.go).
+	Ceph bool
 	// NoAgent starts nodes with libvirt only (no dvmd): for tests of the lab itself.
 	NoAgent bool
 	// ImageCache is where the guest image is built and cached; empty means
@@ -90,6 +94,7 @@ type state struct {
 	Created time.Time   `json:"created"`
 	Dvmd    string      `json:"dvmd,omitempty"`
 	NoAgent bool        `json:"no_agent"`
+	Ceph    bool        `json:"ceph,omitempty"`
 	Image   string      `json:"image"`
 	Nodes   []nodeState `json:"nodes"`
 	Cuts    []Cut       `json:"cuts,omitempty"`
@@ -383,7 +388,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSettings(dir, opts.Nodes, opts.Settings, opts.ParseConfig); err != nil {
+	if err := checkSettings(dir, opts.Nodes, opts.Ceph, opts.Settings, opts.ParseConfig); err != nil {
 		return nil, err
 	}
 	if opts.ImageCache == "" {
@@ -400,6 +405,11 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}
 	if err := Preflight(); err != nil {
 		return nil, err
+	}
+	if opts.Ceph {
+		if err := CheckCephPackages(); err != nil {
+			return nil, err
+		}
 	}
 	dvmd := ""
 	if !opts.NoAgent {
@@ -440,7 +450,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 			return nil, fmt.Errorf("lab credentials of %s: %w", nodeName(k), err)
 		}
 	}
-	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Image: img.Version, Settings: opts.Settings}
+	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Ceph: opts.Ceph, Image: img.Version, Settings: opts.Settings}
 	for k := 1; k <= opts.Nodes; k++ {
 		u, err := newUUID()
 		if err != nil {
@@ -472,6 +482,12 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		return fail(err)
 	}
 	l.logf("bridge %s %s/24, nftables table bridge %s", Bridge, BridgeAddr, nftTable)
+	if opts.Ceph {
+		// Before the nodes: their agents read the keyring and define its secret.
+		if err := l.startCeph(ctx, opts.Timeout); err != nil {
+			return fail(err)
+		}
+	}
 	for i := range l.st.Nodes {
 		err := l.startNode(&l.st.Nodes[i])
 		if err == nil {
@@ -534,7 +550,7 @@ func (l *Lab) writeEnv(token string) error {
 // resetDir removes what a previous lab left in dir (only the lab's own entries:
 // dir may hold other files) and creates the layout.
 func resetDir(dir string) error {
-	for _, e := range []string{"nodes", "shared", "credentials", "token", "env", stateFile, stateFile + ".tmp"} {
+	for _, e := range []string{"nodes", "shared", "credentials", "ceph", "token", "env", stateFile, stateFile + ".tmp"} {
 		if err := os.RemoveAll(filepath.Join(dir, e)); err != nil {
 			return fmt.Errorf("clean lab directory: %w", err)
 		}
@@ -589,6 +605,11 @@ func (l *Lab) down(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if l.st.Ceph {
+		if err := stopCeph(l.dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := removeNetwork(l.dir, l.st.Nodes); err != nil {
 		errs = append(errs, err)
 	}
@@ -609,7 +630,7 @@ func (l *Lab) Purge() error {
 	if l.IsUp() {
 		return fmt.Errorf("lab in %s is up: bring it down before purging", l.dir)
 	}
-	for _, e := range []string{"nodes", "shared", "credentials", "token", "env", stateFile, "lab.lock"} {
+	for _, e := range []string{"nodes", "shared", "credentials", "ceph", "token", "env", stateFile, "lab.lock"} {
 		if err := os.RemoveAll(filepath.Join(l.dir, e)); err != nil {
 			return fmt.Errorf("purge lab: %w", err)
 		}

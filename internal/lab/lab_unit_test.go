@@ -18,7 +18,7 @@ import (
 // key the lab writes and dvmd does not know fails here, not in a lab.
 func TestAgentConfig(t *testing.T) {
 	for k := 1; k <= 3; k++ {
-		text := agentConfig("/var/lib/dvm-lab", k, 3, nil)
+		text := agentConfig("/var/lib/dvm-lab", k, 3, false, nil)
 		n, err := config.Parse(strings.NewReader(text))
 		if err != nil {
 			t.Fatalf("config of n%d does not parse: %v\n%s", k, err, text)
@@ -31,6 +31,30 @@ func TestAgentConfig(t *testing.T) {
 		if n.Bootstrap != (k == 1) {
 			t.Errorf("n%d: bootstrap = %v; exactly n1 forms the cluster", k, n.Bootstrap)
 		}
+	}
+}
+
+// TestAgentConfigCeph: a lab with Ceph names a storage pool of each kind, which
+// dvmd reads; one without names none (a dvmd from before pools refuses the keys).
+func TestAgentConfigCeph(t *testing.T) {
+	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, true, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ceph": "rbd", "local": "dir", "shared": "shared"}
+	if got := n.PoolKinds(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("pools %v, want %v", got, want)
+	}
+	ceph, _ := n.Pool("ceph")
+	if strings.Join(ceph.Monitors, ",") != CephMonAddr || ceph.RBDPool != CephPool || ceph.Client != CephClient ||
+		ceph.Keyring != CephKeyring("/var/lib/dvm-lab") {
+		t.Fatalf("ceph pool %+v", ceph)
+	}
+	if local, _ := n.Pool("local"); local.Path != "/var/lib/dvm-lab/nodes/n2/pool-local" {
+		t.Fatalf("local pool %+v: want a directory of n2's own", local)
+	}
+	if n, _ := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, false, nil))); len(n.Pools) != 0 {
+		t.Fatalf("a lab without Ceph names pools %+v", n.Pools)
 	}
 }
 
@@ -227,10 +251,10 @@ func TestUpNamesMissingPackages(t *testing.T) {
 // is refused before the lab changes anything.
 func TestSettings(t *testing.T) {
 	fast := map[string]string{"lease_duration": "1s", "lease_margin": "500ms", "renew_interval": "200ms", "fence_grace": "250ms"}
-	if err := checkSettings("/var/lib/dvm-lab", 3, fast, parseConfig); err != nil {
+	if err := checkSettings("/var/lib/dvm-lab", 3, false, fast, parseConfig); err != nil {
 		t.Fatalf("a valid timing refused: %v", err)
 	}
-	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, fast)))
+	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, false, fast)))
 	if err != nil || n.Timing.LeaseDuration.String() != "1s" || n.Timing.FenceGrace.String() != "250ms" {
 		t.Fatalf("settings not in the node's config: %+v, %v", n.Timing, err)
 	}
@@ -244,7 +268,7 @@ func TestSettings(t *testing.T) {
 		{map[string]string{"fence_grace": ""}, "give a value"},
 		{map[string]string{"a b": "1"}, "a key is a dvmd.conf key"},
 	} {
-		err := checkSettings("/var/lib/dvm-lab", 3, c.settings, parseConfig)
+		err := checkSettings("/var/lib/dvm-lab", 3, false, c.settings, parseConfig)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want an error naming %q", c.settings, err, c.want)
 		}

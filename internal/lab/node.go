@@ -278,7 +278,7 @@ func (l *Lab) prepareNode(n *nodeState) error {
 	if err := l.host(n).Prepare(); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(l.nodeDir(n.Name), "dvmd.conf"), []byte(agentConfig(l.dir, n.Index, len(l.st.Nodes), l.st.Settings)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(l.nodeDir(n.Name), "dvmd.conf"), []byte(agentConfig(l.dir, n.Index, len(l.st.Nodes), l.st.Ceph, l.st.Settings)), 0o644); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	return nil

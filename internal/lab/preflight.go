@@ -84,25 +84,37 @@ func Preflight() error {
 // CheckPackages says which of the lab's packages are missing, as a *MissingError.
 func CheckPackages() error {
 	miss := &MissingError{}
-	add := func(pkg, detail string) {
-		if !contains(miss.Packages, pkg) {
-			miss.Packages = append(miss.Packages, pkg)
-		}
-		miss.Details = append(miss.Details, detail)
-	}
-	for _, r := range requirements {
-		if _, err := exec.LookPath(r.program); err != nil {
-			add(r.pkg, fmt.Sprintf("no %s (package %s)", r.program, r.pkg))
-		}
-	}
+	miss.lookFor(requirements)
 	if p, err := exec.LookPath("busybox"); err == nil && !IsStatic(p) {
-		add("busybox-static", fmt.Sprintf("%s is not statically linked (package busybox-static)", p))
+		miss.add("busybox-static", fmt.Sprintf("%s is not statically linked (package busybox-static)", p))
 	}
 	if _, err := os.Stat(qemuDriver); err != nil {
-		add("libvirt-daemon-driver-qemu", "no libvirt QEMU driver (package libvirt-daemon-driver-qemu)")
+		miss.add("libvirt-daemon-driver-qemu", "no libvirt QEMU driver (package libvirt-daemon-driver-qemu)")
 	}
-	if len(miss.Packages) > 0 {
-		return miss
+	return miss.orNil()
+}
+
+// add records a missing part and its package.
+func (e *MissingError) add(pkg, detail string) {
+	if !contains(e.Packages, pkg) {
+		e.Packages = append(e.Packages, pkg)
+	}
+	e.Details = append(e.Details, detail)
+}
+
+// lookFor records each program of reqs that is not on PATH.
+func (e *MissingError) lookFor(reqs []requirement) {
+	for _, r := range reqs {
+		if _, err := exec.LookPath(r.program); err != nil {
+			e.add(r.pkg, fmt.Sprintf("no %s (package %s)", r.program, r.pkg))
+		}
+	}
+}
+
+// orNil is e when something is missing, else nil.
+func (e *MissingError) orNil() error {
+	if len(e.Packages) > 0 {
+		return e
 	}
 	return nil
 }

@@ -188,7 +188,7 @@ func (m *Master) adoptingAssignment(a *api.Assignment, node string, guests []sto
 		}
 		a.Guests = append(a.Guests, api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: store.DesiredRunning, ExtraDiskBytes: g.ExtraDiskBytes,
-			ISO: g.ISO, VNCPassword: g.VNCPassword, CloudInit: cloudInit(g)})
+			ISO: g.ISO, VNCPassword: g.VNCPassword, CloudInit: cloudInit(g), Pool: g.Pool})
 	}
 }
 

@@ -79,6 +79,9 @@ func (m *Master) Drain(ctx context.Context, node string, maintenance bool, progr
 		p := api.DrainProgress{Node: node, Guest: g.Name, To: mv.To}
 		move := func(to string) error {
 			switch {
+			case m.onNodePool(g):
+				// Its disks stay on this node: placed elsewhere, it would find none.
+				return fmt.Errorf("guest %q has its disks on storage pool %s, a directory of node %s's own (kind dir): %w; it stays (delete it, or move its disks by hand)", g.Name, g.Pool, node, ErrConflict)
 			case g.MigrateTo != "":
 				return m.awaitMove(ctx, g.Name, to)
 			case g.Desired != store.DesiredRunning:

@@ -216,7 +216,7 @@ func (m *Master) schedulerViewWith(nodes []store.NodeRecord, guests []store.Gues
 		sn = append(sn, scheduler.Node{
 			Name: n.Name, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
 			Schedulable: !n.Unschedulable && n.LostAt.IsZero() && m.nodeReady(n.Name, now),
-			Draining:    n.Draining, Accelerator: n.Accelerator, Labels: n.Labels,
+			Draining:    n.Draining, Accelerator: n.Accelerator, Labels: schedLabels(n),
 		})
 	}
 	var existing []scheduler.Assignment
@@ -242,7 +242,7 @@ func (m *Master) schedulerViewWith(nodes []store.NodeRecord, guests []store.Gues
 }
 
 func schedGuest(g store.GuestRecord) scheduler.Guest {
-	return scheduler.Guest{Name: g.Name, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes, Failover: g.Failover, Constraints: g.Constraints}
+	return scheduler.Guest{Name: g.Name, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes, Failover: g.Failover, Constraints: schedConstraints(g)}
 }
 
 // CreateGuest validates, records and places a new guest. A guest that fits nowhere is
@@ -276,6 +276,9 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 	if err := m.guestISO(req); err != nil {
 		return api.Guest{}, err
 	}
+	if _, err := m.guestPool(req); err != nil {
+		return api.Guest{}, err
+	}
 	vncPassword := ""
 	if req.VNC {
 		if err := m.nodesRun("a guest with a VNC display", disksSince); err != nil {
@@ -298,7 +301,7 @@ func (m *Master) createGuest(req api.CreateGuest, event func(pending bool) store
 		Name: req.Name, UUID: newUUID(), OS: req.OS, CPUs: req.CPUs, MemoryBytes: req.MemoryBytes,
 		DiskBytes: req.DiskBytes, Image: req.Image, Failover: req.Failover, Constraints: req.Constraints,
 		Desired: desired, CreatedAt: time.Now().UTC(), ExtraDiskBytes: req.ExtraDiskBytes, ISO: req.ISO,
-		VNCPassword: vncPassword, CloudInit: seed,
+		VNCPassword: vncPassword, CloudInit: seed, Pool: req.Pool,
 	}
 	res := m.createBatched(&createReq{g: g, networks: req.Networks, image: recorded, event: event, done: make(chan createResult, 1)})
 	if res.err != nil {
@@ -435,7 +438,7 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		Name: g.Name, UUID: g.UUID, Node: g.Node, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
-		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes, ISO: g.ISO,
+		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes, ISO: g.ISO, Pool: g.Pool,
 	}
 	if g.VNCPassword != "" {
 		out.VNC = &api.GuestVNC{Display: m.vncDisplay(g)}

@@ -47,7 +47,12 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	rec := old
 	rec.Name, rec.Address, rec.LibvirtURI, rec.Accelerator = name, st.Address, st.LibvirtURI, st.Accelerator
 	rec.HostCPUs, rec.HostMemory, rec.CPUs, rec.MemoryBytes = st.HostCPUs, st.HostMemoryBytes, st.CPUs, st.MemoryBytes
-	rec.Labels, rec.Version = st.Labels, st.Version
+	rec.Labels, rec.Version, rec.Pools = st.Labels, st.Version, st.Pools
+	if len(rec.Pools) > 0 && !maps.Equal(old.Pools, rec.Pools) && m.st.MayWriteCommand(store.Command{Op: store.OpPutNode, Node: &rec}) != nil {
+		// A management node of an older dvmd would halt on the field: the pools are
+		// recorded once every one knows them, and no guest is put on one until then.
+		rec.Pools = nil
+	}
 	if !ok {
 		rec.RegisteredAt = now.UTC()
 		m.log.Info("node registered", "node", name, "cpus", st.CPUs, "memory_bytes", st.MemoryBytes)
@@ -104,7 +109,8 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 func sameNode(a, b store.NodeRecord) bool {
 	return a.Address == b.Address && a.LibvirtURI == b.LibvirtURI && a.Accelerator == b.Accelerator &&
 		a.HostCPUs == b.HostCPUs && a.HostMemory == b.HostMemory && a.CPUs == b.CPUs &&
-		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels) && a.Version == b.Version
+		a.MemoryBytes == b.MemoryBytes && maps.Equal(a.Labels, b.Labels) && a.Version == b.Version &&
+		maps.Equal(a.Pools, b.Pools)
 }
 
 // Nodes lists the nodes with their allocation.
@@ -119,7 +125,7 @@ func (m *Master) Nodes() []api.Node {
 		v := api.Node{
 			Name: n.Name, Address: n.Address, LibvirtURI: n.LibvirtURI, Accelerator: n.Accelerator,
 			HostCPUs: n.HostCPUs, HostMemoryBytes: n.HostMemory, CPUs: n.CPUs, MemoryBytes: n.MemoryBytes,
-			Labels: n.Labels, Schedulable: !n.Unschedulable && !n.Draining, State: api.NodeUnreachable,
+			Labels: n.Labels, Pools: n.Pools, Schedulable: !n.Unschedulable && !n.Draining, State: api.NodeUnreachable,
 			Draining: n.Draining, Maintenance: n.Maintenance, Version: n.Version,
 		}
 		if m.nodeReady(n.Name, now) {
@@ -256,7 +262,7 @@ func (m *Master) assignmentNow(node string) api.Assignment {
 		ag := api.AssignedGuest{Name: g.Name, UUID: g.UUID, OS: g.OS, CPUs: g.CPUs, MemoryBytes: g.MemoryBytes,
 			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: g.Desired,
 			ExtraDiskBytes: g.ExtraDiskBytes, KeepDisks: g.KeepDisks, ISO: g.ISO,
-			VNCPassword: g.VNCPassword, CloudInit: cloudInit(g)}
+			VNCPassword: g.VNCPassword, CloudInit: cloudInit(g), Pool: g.Pool}
 		switch {
 		case g.Node == node:
 			if g.MigrateTo != "" {
@@ -311,6 +317,9 @@ func (m *Master) Migrate(ctx context.Context, name, to string) (api.Migration, e
 	case g.Desired != store.DesiredRunning:
 		m.mu.Unlock()
 		return api.Migration{}, fmt.Errorf("guest %q is not running (desired %s): %w; live migration moves running guests", name, g.Desired, ErrConflict)
+	case m.onNodePool(g):
+		m.mu.Unlock()
+		return api.Migration{}, fmt.Errorf("guest %q has its disks on storage pool %s, a directory of node %s's own (kind dir): %w; live migration moves guests on shared storage only", name, g.Pool, g.Node, ErrConflict)
 	}
 	if _, ok := m.st.Node(to); !ok {
 		m.mu.Unlock()

@@ -23,6 +23,7 @@ const (
 	stayStarting = "not running yet" // starting, failed, or its state unknown
 	stayMoving   = "moving"          // a migration or a drain's planned move is under way
 	stayRecent   = "moved recently"  // the automatic balancer's cooldown
+	stayNodePool = "node's own pool" // its disks are on a storage pool of kind dir
 )
 
 // stayReason says why g may not move in a rebalance now, "" when it may. cooldown > 0
@@ -31,6 +32,8 @@ func (m *Master) stayReason(g *store.GuestRecord, holds map[string]hold, now tim
 	switch {
 	case g.Failover == api.FailoverTwin:
 		return stayTwin
+	case m.onNodePool(*g):
+		return stayNodePool
 	case g.Desired != store.DesiredRunning:
 		return stayStopped
 	case moveTo(g, holds) != "":

@@ -133,6 +133,17 @@ func TestImageOpsAreChecked(t *testing.T) {
 	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest with a cloud-init seed needs dvmd 0.3.0") {
 		t.Fatalf("a cloud-init seed with a 0.2.0-dev replica: %v", err)
 	}
+	_, err = s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web", Pool: "ceph"}})
+	if !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a guest on a storage pool needs dvmd 0.3.0") {
+		t.Fatalf("a storage pool with a 0.2.0-dev replica: %v", err)
+	}
+	pools := Command{Op: OpPutNode, Node: &NodeRecord{Name: "n3", CPUs: 1, MemoryBytes: 1 << 30, Pools: map[string]string{"ceph": "rbd"}}}
+	if err := s.MayWriteCommand(pools); !errors.Is(err, ErrTooOld) || !strings.Contains(err.Error(), "a node with storage pools needs dvmd 0.3.0") {
+		t.Fatalf("a node's storage pools with a 0.2.0-dev replica: %v", err)
+	}
+	if _, err := s.Apply(pools); !errors.Is(err, ErrTooOld) {
+		t.Fatalf("a node's storage pools with a 0.2.0-dev replica applied: %v", err)
+	}
 	if _, err := s.Apply(Command{Op: OpPutGuest, Guest: &GuestRecord{Name: "web"}}); err != nil {
 		t.Fatal(err)
 	}

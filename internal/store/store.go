@@ -46,6 +46,9 @@ type NodeRecord struct {
 	// count is what it was at the pause: a loss in between means the guest was
 	// recovered elsewhere, and the paused copy is stale.
 	Losses uint64 `json:"losses,omitempty"`
+	// Pools are the node's storage pools, kind by name, as it reported them (since
+	// 0.3.0).
+	Pools map[string]string `json:"pools,omitempty"`
 }
 
 // GuestRecord is a guest the cluster keeps, with where it runs and what is wanted of it.
@@ -85,6 +88,9 @@ type GuestRecord struct {
 	// CloudInit, when set, is what the guest's cloud-init NoCloud seed holds past its
 	// hostname and addresses (since 0.3.0).
 	CloudInit *CloudInitRecord `json:"cloud_init,omitempty"`
+	// Pool names the storage pool of the guest's disks; "" for disks_dir (since
+	// 0.3.0).
+	Pool string `json:"pool,omitempty"`
 }
 
 // CloudInitRecord is a guest's cloud-init seed as asked: SSH keys and user data.
@@ -477,6 +483,18 @@ func (c Command) check() error {
 	return nil
 }
 
+// MayWriteCommand says whether this group may take c now, its fields included: a
+// writer that can do without a newer field asks first.
+func (s *Store) MayWriteCommand(c Command) error {
+	if err := s.mayWrite(c.Op); err != nil {
+		return err
+	}
+	if what, since := c.fieldsSince(); since != "" {
+		return s.mayWriteSince(what, since)
+	}
+	return nil
+}
+
 // MayWrite says whether this group may take op now: nil, or why a replica would
 // not apply it (ErrTooOld). A writer that can do without the op asks first.
 func (s *Store) MayWrite(op Op) error { return s.mayWrite(op) }
@@ -501,7 +519,12 @@ func (c Command) fieldsSince() (what, since string) {
 			return "a guest with a VNC display", "0.3.0"
 		case g.CloudInit != nil:
 			return "a guest with a cloud-init seed", "0.3.0"
+		case g.Pool != "":
+			return "a guest on a storage pool", "0.3.0"
 		}
+	}
+	if n := c.Node; c.Op == OpPutNode && n != nil && len(n.Pools) > 0 {
+		return "a node with storage pools", "0.3.0"
 	}
 	return "", ""
 }
