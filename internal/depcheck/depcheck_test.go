@@ -163,11 +163,11 @@ func TestImportRules(t *testing.T) {
 		}
 	}
 
-	// The lab is a test rig: vmctl-lab, the lab's own packages and the end-to-end
-	// tests use it, and nothing that ships to hosts (tests elsewhere may borrow its
-	// guest image).
+	// The lab is a test rig: vmctl-lab, the lab's own packages, the peer lab built on
+	// its hosts and the end-to-end tests use it, and nothing that ships to hosts
+	// (tests elsewhere may borrow its guest image).
 	labUsers := func(path string) bool {
-		return short(path) == "cmd/vmctl-lab" || under(path, "internal/lab") || under(path, "internal/e2e")
+		return short(path) == "cmd/vmctl-lab" || under(path, "internal/lab") || under(path, "internal/peerlab") || under(path, "internal/e2e")
 	}
 	matching(t, pkgs, "the lab", func(path string) bool { return under(path, "internal/lab") })
 	for path, p := range pkgs {
@@ -176,7 +176,7 @@ func TestImportRules(t *testing.T) {
 		}
 		for _, i := range p.Imports {
 			if ours(i) && under(i, "internal/lab") {
-				t.Errorf("%s imports %s: only cmd/vmctl-lab, internal/lab and internal/e2e use the lab", short(path), short(i))
+				t.Errorf("%s imports %s: only cmd/vmctl-lab, internal/lab, internal/peerlab and internal/e2e use the lab", short(path), short(i))
 			}
 		}
 	}

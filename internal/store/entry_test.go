@@ -293,6 +293,10 @@ func TestCountLossRaisesOnlyThatNode(t *testing.T) {
 	s.Close()
 	s = single(t, dir)
 	defer s.Close()
+	// Leadership comes before the log is applied again: wait for the replay.
+	if err := s.Raft().Barrier(10 * time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
 	if n, _ := s.Node("n1"); n.Losses != 2 {
 		t.Fatalf("after reopen n1 losses %d, want 2", n.Losses)
 	}
