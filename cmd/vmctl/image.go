@@ -1,7 +1,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -228,40 +226,14 @@ func tempFile(pattern string) (*os.File, func(error) (string, error), error) {
 	}, nil
 }
 
-// kernelArchive writes the files of a kernel image in dir (kernel, and initrd and
-// cmdline when there) as a tar archive in a temporary file, which it returns: what
-// an import of a kernel image sends. The archive is the same for the same files
-// (no times, owners or modes of their own), so its SHA-256 is too.
+// kernelArchive writes the kernel image in dir as the archive an import sends
+// (api.WriteKernelArchive) to a temporary file, which it returns.
 func kernelArchive(dir string) (string, error) {
 	out, fail, err := tempFile("vmctl-kernel-*.tar")
 	if err != nil {
 		return "", err
 	}
-	tw := tar.NewWriter(out)
-	for _, name := range []string{"kernel", "initrd", "cmdline"} {
-		f, err := os.Open(filepath.Join(dir, name))
-		if errors.Is(err, os.ErrNotExist) && name != "kernel" {
-			continue
-		}
-		if err != nil {
-			return fail(fmt.Errorf("a kernel image directory holds kernel, and optionally initrd and cmdline: %w", err))
-		}
-		st, err := f.Stat()
-		if err == nil && !st.Mode().IsRegular() {
-			err = fmt.Errorf("%s is not a regular file", f.Name())
-		}
-		if err == nil {
-			err = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: st.Size(), ModTime: time.Unix(0, 0), Format: tar.FormatUSTAR})
-		}
-		if err == nil {
-			_, err = io.Copy(tw, f)
-		}
-		f.Close()
-		if err != nil {
-			return fail(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
+	if err := api.WriteKernelArchive(out, dir); err != nil {
 		return fail(err)
 	}
 	if err := out.Close(); err != nil {

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dvmproject/dvm/internal/api"
 )
 
 // agentConfig is node k's DIR/nodes/nK/dvmd.conf, the format dvmd agent reads:
@@ -236,4 +240,66 @@ func masterURLs(n int) string {
 		urls = append(urls, agentURL(k))
 	}
 	return strings.Join(urls, ",")
+}
+
+// importGuestImage imports the guest image (GuestDir) into the cluster as image
+// GuestImage, format kernel, through the master's API as `vmctl image import`
+// does: recorded in the replicated state with its SHA-256 and written by the
+// master into images_dir. A dvmd from before images (the rolling upgrade test's
+// previous release) has no import: the image is then placed in images_dir by
+// hand, as operators of that release did.
+func (l *Lab) importGuestImage(ctx context.Context, token string) error {
+	var archive bytes.Buffer
+	if err := api.WriteKernelArchive(&archive, l.GuestDir()); err != nil {
+		return fmt.Errorf("guest image: %w", err)
+	}
+	size := archive.Len()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut,
+		MasterURL()+"/v1/images/"+GuestImage+"?"+url.Values{api.ImportFormat: {api.ImageKernel}}.Encode(), &archive)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = int64(size)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	client := l.apiClient(&http.Transport{})
+	client.Timeout = time.Minute
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("import the guest image: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		l.logf("guest image: this dvmd imports no images (%s): placed in %s by hand", resp.Status, l.ImageDir())
+		return copyDir(l.GuestDir(), l.ImageDir())
+	case resp.StatusCode/100 != 2:
+		return fmt.Errorf("import the guest image: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	var im api.Image
+	if err := json.Unmarshal(body, &im); err != nil || im.State != api.ImageReady {
+		return fmt.Errorf("import the guest image: the master answered %s %q", resp.Status, body)
+	}
+	l.logf("guest image imported as image %s (%s, sha256 %s)", im.Name, im.Format, im.SHA256)
+	return nil
+}
+
+// copyDir copies the regular files of src into dst, made if missing.
+func copyDir(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			if err := copyFile(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name()), 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -185,8 +185,15 @@ func (l *Lab) Token() (string, error) {
 }
 
 // ImageDir is DIR/shared/images/lab: the guest image's kernel, initrd and cmdline,
-// seen at the same path by every node.
-func (l *Lab) ImageDir() string { return filepath.Join(l.dir, "shared", "images", "lab") }
+// seen at the same path by every node, where the master writes the image "lab" when
+// the lab imports it.
+func (l *Lab) ImageDir() string { return filepath.Join(l.dir, "shared", "images", GuestImage) }
+
+// GuestImage is the name of the lab guest's image in the cluster (vm create --image lab).
+const GuestImage = "lab"
+
+// GuestDir is DIR/guest: the guest image as the lab built it, which it imports.
+func (l *Lab) GuestDir() string { return filepath.Join(l.dir, "guest") }
 
 // Nodes lists the lab's nodes in order.
 func (l *Lab) Nodes() []Node {
@@ -428,7 +435,9 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err := resetDir(dir); err != nil {
 		return nil, err
 	}
-	if err := img.CopyTo(l.ImageDir()); err != nil {
+	// The guest image is imported through the cluster's API once the master is up,
+	// as an operator imports one (importGuestImage); until then it waits here.
+	if err := img.CopyTo(l.GuestDir()); err != nil {
 		return nil, err
 	}
 	token, err := newToken()
@@ -506,8 +515,16 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err := l.writeEnv(token); err != nil {
 		return fail(err)
 	}
-	if !opts.NoAgent {
+	if opts.NoAgent {
+		// No cluster to import into: the lab's own tests boot the image from here.
+		if err := img.CopyTo(l.ImageDir()); err != nil {
+			return fail(err)
+		}
+	} else {
 		if err := l.waitMaster(ctx, opts.Timeout, token); err != nil {
+			return fail(err)
+		}
+		if err := l.importGuestImage(ctx, token); err != nil {
 			return fail(err)
 		}
 	}
