@@ -24,9 +24,10 @@ import (
 )
 
 // previousRelease is the commit of the release before this tree, N-1 of the rolling
-// upgrade test: the last landing on main (stop 19, dvmd 0.2.0-dev). Move it forward
-// when a release is made, so that the test always upgrades from the one before.
-const previousRelease = "d5ac6275f73d64b86701af4ef104c5706030090e"
+// upgrade test: the last landing on main (stop 20, dvmd 0.3.0-dev, the first whose
+// master hands over). Move it forward when a release is made, so that the test always
+// upgrades from the one before.
+const previousRelease = "2c27577b5d9b002e4acd0507b4ed80feacb2657e"
 
 // handOverSince is the first dvmd release whose master hands its role over when its
 // dvmd stops (failover.HandOver).
@@ -361,8 +362,12 @@ func TestRollingUpgradeKeepsGuests(t *testing.T) {
 	if missing := c.missing(acked, 15*time.Second); len(missing) > 0 {
 		t.Errorf("acknowledged creates no longer listed: %v", missing)
 	}
-	t.Logf("FIGURE rolling upgrade %s -> %s of 3 nodes with %d guests running: %d restarted (at the step of a master that cannot hand over); %d creates acknowledged, the longest time with no write accepted %.2f s (ended %s)",
-		from, version.Version, len(guests), restarted, len(acked), gap.Seconds(), gapEnd.Format("15:04:05.000"))
+	why := "its master hands over: none may be"
+	if !handsOver {
+		why = "at the step of a master that cannot hand over"
+	}
+	t.Logf("FIGURE rolling upgrade %s -> %s of 3 nodes with %d guests running: %d restarted (%s); %d creates acknowledged, the longest time with no write accepted %.2f s (ended %s)",
+		from, version.Version, len(guests), restarted, why, len(acked), gap.Seconds(), gapEnd.Format("15:04:05.000"))
 	if gap > writeBound {
 		t.Errorf("no write accepted for %.2f s, over the %s bound", gap.Seconds(), writeBound)
 	}
