@@ -455,8 +455,8 @@ func (j *qmpJob) finished() bool {
 // StartMirror starts copying the guest's (first) disk to t in full and then keeps the
 // copy in step synchronously: once the job is ready (MirrorStatus), every guest write
 // completes only after the target acknowledged it. It never pivots: the guest keeps its
-// own disk. A healthy mirror already running: nil. A failed one is cleaned up and
-// started anew. The node must be the local hypervisor (the creds dir is written here
+// own disk. A healthy mirror to t already running: nil (to another target: an error).
+// A failed one is cleaned up and started anew. The node must be the local hypervisor (the creds dir is written here
 // for its QEMU).
 func (n *Node) StartMirror(name string, t MirrorTarget) error {
 	host, port, err := net.SplitHostPort(t.Addr)
@@ -476,6 +476,14 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 		return n.fail("mirror", fmt.Errorf("mirror of %s: %w", name, err))
 	}
 	if job != nil && !job.finished() {
+		addr, err := mirrorAddr(d)
+		if err != nil {
+			return n.fail("mirror", fmt.Errorf("mirror of %s: %w", name, err))
+		}
+		if addr != t.Addr {
+			return fmt.Errorf("mirror of %s: a mirror to %s runs: stop it first", name, addr)
+		}
+		n.mirrorTo.Store(name, t.Addr)
 		return nil
 	}
 	// A failed or leftover mirror: its job, node and creds go before a new one.

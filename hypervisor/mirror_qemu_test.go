@@ -399,30 +399,47 @@ func TestRealQEMUMirror(t *testing.T) {
 	t.Log("the standby's copy equals the primary's disk")
 	t.Logf("guest write with dd oflag=direct, 32 MiB, not mirrored: %s", g.write(16))
 
-	// 2. The standby stops answering while the guest writes.
-	s2 := startTestStandby(t, filepath.Join(dir, "s2"), g.name, size, creds)
-	g.mirrorTo(s2, creds, credsDir, 60*time.Second)
-	if _, err := fmt.Fprintf(g.con, "(i=0; while [ $i -lt 100000 ]; do dd if=/dev/urandom of=/dev/vda bs=64k count=1 seek=$((i %% 200)) oflag=direct 2>/dev/null; i=$((i+1)); done) & echo $! >/tmp/writer\n"); err != nil {
-		t.Fatal(err)
+	// 2. The standby stops answering while the guest writes; StopMirror called by the
+	// process that started the mirror, then by one that did not (an agent restarted:
+	// the target's address comes from QEMU).
+	for i, restarted := range []bool{false, true} {
+		s2 := startTestStandby(t, filepath.Join(dir, fmt.Sprintf("s2-%d", i)), g.name, size, creds)
+		g.mirrorTo(s2, creds, credsDir, 60*time.Second)
+		if err := n.StartMirror(g.name, MirrorTarget{Addr: "127.0.0.1:1", Export: g.name, Creds: creds, CredsDir: credsDir}); err == nil {
+			t.Fatal("StartMirror to another target succeeded while a mirror runs")
+		}
+		if _, err := fmt.Fprintf(g.con, "(i=0; while [ $i -lt 100000 ]; do dd if=/dev/urandom of=/dev/vda bs=64k count=1 seek=$((i %% 200)) oflag=direct 2>/dev/null; i=$((i+1)); done) & echo $! >/tmp/writer\n"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		if err := syscall.Kill(s2.Pid(), syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second) // the guest's writes now wait for the standby
+		stopper := n
+		if restarted {
+			var err error
+			if stopper, err = Open(Options{URI: "qemu:///system", Accelerator: "tcg"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		if err := stopper.StopMirror(g.name); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		if restarted {
+			stopper.Close()
+		}
+		t.Logf("StopMirror with the standby stopped (by another process: %v) took %s", restarted, took.Round(time.Millisecond))
+		if took > 10*time.Second {
+			t.Errorf("StopMirror took %s with a dead standby", took)
+		}
+		if st, err := n.State(g.name); err != nil || st != StateRunning {
+			t.Fatalf("the guest after StopMirror: %v, %v", st, err)
+		}
+		g.run("kill $(cat /tmp/writer); dd if=/dev/urandom of=/dev/vda bs=1M count=4 seek=40 oflag=direct 2>/dev/null", 30*time.Second)
 	}
-	time.Sleep(2 * time.Second)
-	if err := syscall.Kill(s2.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(3 * time.Second) // the guest's writes now wait for the standby
-	start := time.Now()
-	if err := n.StopMirror(g.name); err != nil {
-		t.Fatal(err)
-	}
-	took := time.Since(start)
-	t.Logf("StopMirror with the standby stopped took %s", took.Round(time.Millisecond))
-	if took > 10*time.Second {
-		t.Errorf("StopMirror took %s with a dead standby", took)
-	}
-	if st, err := n.State(g.name); err != nil || st != StateRunning {
-		t.Fatalf("the guest after StopMirror: %v, %v", st, err)
-	}
-	g.run("kill $(cat /tmp/writer); dd if=/dev/urandom of=/dev/vda bs=1M count=4 seek=40 oflag=direct 2>/dev/null", 30*time.Second)
 	t.Log("the guest writes on, unprotected")
 
 	// 3. A standby that ends (its host's kernel resets the connection): the mirror
