@@ -382,6 +382,9 @@ const (
 // long as the kernel retries the SYN.
 const mirrorConnectTimeout = 5 * time.Second
 
+// mirrorOpenTimeout (seconds) is how long QEMU tries to open the target's export.
+const mirrorOpenTimeout = 5
+
 // qmpError is an error QEMU answered a QMP command with.
 type qmpError struct{ Class, Desc string }
 
@@ -522,6 +525,11 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 		"driver": "nbd", "node-name": mirrorNode,
 		"server": map[string]any{"type": "inet", "host": host, "port": port},
 		"export": t.Export, "tls-creds": mirrorTLS,
+		// Bounds the wait in blockdev-add for a target that accepts the TCP
+		// connection but then says nothing (its process stopped, its host gone just
+		// after the dial above): the open fails after this long, instead of holding
+		// QEMU's main loop, and with it the guest, for good.
+		"open-timeout": mirrorOpenTimeout,
 	}, nil); err != nil {
 		return n.fail("mirror", fmt.Errorf("mirror of %s to %s: %w", name, t.Addr, err))
 	}

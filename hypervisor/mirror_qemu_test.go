@@ -322,7 +322,8 @@ func mirrorDir(t *testing.T) string {
 
 // TestRealQEMUMirror: a guest's writes reach the standby's copy; the export wants the
 // cluster's TLS; a standby that stops answering (SIGSTOP: no RST, as for a host gone)
-// does not hang StopMirror nor the guest.
+// does not hang StopMirror nor the guest, nor StartMirror when it stopped before; a
+// mirror whose standby ended fails, and a new mirror replaces it.
 func TestRealQEMUMirror(t *testing.T) {
 	n := requireMirrorHost(t)
 	dir := mirrorDir(t)
@@ -441,6 +442,30 @@ func TestRealQEMUMirror(t *testing.T) {
 		g.run("kill $(cat /tmp/writer); dd if=/dev/urandom of=/dev/vda bs=1M count=4 seek=40 oflag=direct 2>/dev/null", 30*time.Second)
 	}
 	t.Log("the guest writes on, unprotected")
+
+	// 2b. A standby that stopped before the mirror starts: its kernel accepts the
+	// connection, nothing answers. StartMirror fails in bounded time, the guest runs.
+	s2 := startTestStandby(t, filepath.Join(dir, "s2-stopped"), g.name, size, creds)
+	if err := syscall.Kill(s2.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := n.StartMirror(g.name, MirrorTarget{Addr: s2.Addr(), Export: g.name, Creds: creds, CredsDir: credsDir})
+	t.Logf("StartMirror to a stopped standby: %v, after %s", err, time.Since(start).Round(time.Millisecond))
+	if err == nil {
+		t.Fatal("StartMirror to a stopped standby succeeded")
+	}
+	if time.Since(start) > (mirrorOpenTimeout+10)*time.Second {
+		t.Errorf("StartMirror to a stopped standby took %s", time.Since(start))
+	}
+	// Stop kills a stopped daemon as well.
+	if err := s2.Stop(); err != nil || s2.Running() {
+		t.Fatalf("Stop of a stopped standby: %v, running %v", err, s2.Running())
+	}
+	g.run("dd if=/dev/urandom of=/dev/vda bs=1M count=1 seek=40 oflag=direct 2>/dev/null", 30*time.Second)
+	if st, err := n.MirrorStatus(g.name); err != nil || st != (MirrorStatus{}) {
+		t.Fatalf("after a failed StartMirror: %+v, %v", st, err)
+	}
 
 	// 3. A standby that ends (its host's kernel resets the connection): the mirror
 	// fails, the guest writes on, and the failed job is replaced by a new mirror.
