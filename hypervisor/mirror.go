@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -376,11 +377,38 @@ const (
 	mirrorTLS  = "dvm-mirror-tls"
 )
 
-// mirrorConnectTimeout bounds the check that the target answers at all, made before
-// blockdev-add: QEMU 7.2 connects to an NBD server inside blockdev-add, on its main
-// loop, so an unreachable host would freeze the guest's monitor (and its I/O) for as
-// long as the kernel retries the SYN.
-const mirrorConnectTimeout = 5 * time.Second
+// mirrorConnectTimeout bounds the check that the target answers at all (probeNBD),
+// made before blockdev-add: QEMU 7.2 opens an NBD export inside blockdev-add with its
+// main loop waiting, and the guest with it (measured: the guest's console stops for
+// the whole wait). Unchecked, an unreachable host would stall it for as long as the
+// kernel retries the SYN, a stopped server until open-timeout.
+const mirrorConnectTimeout = 2 * time.Second
+
+// nbdGreeting is what an NBD server sends first, at once, on every connection
+// (before TLS): "NBDMAGIC", the IHAVEOPT magic, 16 bits of handshake flags.
+var nbdGreeting = []byte("NBDMAGICIHAVEOPT")
+
+// probeNBD checks that an NBD server answers at addr: it connects and reads the
+// server's greeting, then hangs up. A server whose host is gone, or whose process is
+// stopped (its kernel still accepts connections), fails within mirrorConnectTimeout.
+func probeNBD(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, mirrorConnectTimeout)
+	if err != nil {
+		return fmt.Errorf("target %s does not answer: %w", addr, err)
+	}
+	defer c.Close()
+	if err := c.SetReadDeadline(time.Now().Add(mirrorConnectTimeout)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(nbdGreeting)+2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("target %s does not greet as an NBD server: %w", addr, err)
+	}
+	if !bytes.Equal(buf[:len(nbdGreeting)], nbdGreeting) {
+		return fmt.Errorf("target %s is not an NBD server (it says %q)", addr, buf)
+	}
+	return nil
+}
 
 // mirrorOpenTimeout (seconds) is how long QEMU tries to open the target's export.
 const mirrorOpenTimeout = 5
@@ -504,11 +532,9 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 	if err := WriteQEMUCreds(t.CredsDir, t.Creds, TLSClient, uid, gid); err != nil {
 		return fmt.Errorf("mirror of %s: %w", name, err)
 	}
-	c, err := net.DialTimeout("tcp", t.Addr, mirrorConnectTimeout)
-	if err != nil {
-		return fmt.Errorf("mirror of %s: target %s does not answer: %w", name, t.Addr, err)
+	if err := probeNBD(t.Addr); err != nil {
+		return fmt.Errorf("mirror of %s: %w", name, err)
 	}
-	c.Close()
 	n.mirrorTo.Store(name, t.Addr)
 	ok := false
 	defer func() {
@@ -525,10 +551,9 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 		"driver": "nbd", "node-name": mirrorNode,
 		"server": map[string]any{"type": "inet", "host": host, "port": port},
 		"export": t.Export, "tls-creds": mirrorTLS,
-		// Bounds the wait in blockdev-add for a target that accepts the TCP
-		// connection but then says nothing (its process stopped, its host gone just
-		// after the dial above): the open fails after this long, instead of holding
-		// QEMU's main loop, and with it the guest, for good.
+		// Bounds the wait in blockdev-add for a target that stopped answering
+		// since probeNBD: the open fails after this long, instead of holding QEMU's
+		// main loop, and with it the guest, for good.
 		"open-timeout": mirrorOpenTimeout,
 	}, nil); err != nil {
 		return n.fail("mirror", fmt.Errorf("mirror of %s to %s: %w", name, t.Addr, err))
