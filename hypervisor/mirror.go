@@ -494,6 +494,11 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 	if err != nil {
 		return fmt.Errorf("mirror of %s: target %q: %w", name, t.Addr, err)
 	}
+	if ip := net.ParseIP(host); ip == nil || ip.To4() == nil {
+		// StopMirror could not cut the connection: SOCK_DESTROY through the netlink
+		// package takes IPv4 addresses only.
+		return fmt.Errorf("mirror of %s: target %q: want an IPv4 address and port", name, t.Addr)
+	}
 	if t.Export == "" || t.CredsDir == "" {
 		return fmt.Errorf("mirror of %s: no export name or creds dir", name)
 	}
@@ -558,6 +563,9 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 	}, nil); err != nil {
 		return n.fail("mirror", fmt.Errorf("mirror of %s to %s: %w", name, t.Addr, err))
 	}
+	if err := sameSize(d, node, mirrorNode); err != nil {
+		return fmt.Errorf("mirror of %s to %s: %w", name, t.Addr, err)
+	}
 	if err := domainQMP(d, "blockdev-mirror", map[string]any{
 		"job-id": mirrorJob, "device": node, "target": mirrorNode,
 		"sync": "full", "copy-mode": "write-blocking",
@@ -610,6 +618,28 @@ func diskNode(d *libvirt.Domain) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("QEMU shows no block device of disk %s", alias)
+}
+
+// sameSize checks that the target shows the size of the guest's disk: QEMU's mirror
+// would try to resize an export, which NBD cannot, and fail only after it started.
+func sameSize(d *libvirt.Domain, source, target string) error {
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+		Image    struct {
+			VirtualSize uint64 `json:"virtual-size"`
+		} `json:"image"`
+	}
+	if err := domainQMP(d, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return err
+	}
+	size := map[string]uint64{}
+	for _, nd := range nodes {
+		size[nd.NodeName] = nd.Image.VirtualSize
+	}
+	if size[source] != size[target] {
+		return fmt.Errorf("the guest's disk has %d bytes, the target's export %d", size[source], size[target])
+	}
+	return nil
 }
 
 // qemuOwner is the user and group the guest's QEMU runs as (libvirt's pid file, then

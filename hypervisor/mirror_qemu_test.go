@@ -450,6 +450,17 @@ func TestRealQEMUMirror(t *testing.T) {
 	}
 	t.Log("the guest writes on, unprotected")
 
+	// 2a. A standby of another size: refused before any copy.
+	small := startTestStandby(t, filepath.Join(dir, "small"), g.name, size/2, creds)
+	if err := n.StartMirror(g.name, MirrorTarget{Addr: small.Addr(), Export: g.name, Creds: creds, CredsDir: credsDir}); err == nil {
+		t.Fatal("StartMirror to a smaller export succeeded")
+	} else {
+		t.Logf("StartMirror to a smaller export: %v", err)
+	}
+	if st, err := n.MirrorStatus(g.name); err != nil || st != (MirrorStatus{}) {
+		t.Fatalf("after a refused StartMirror: %+v, %v", st, err)
+	}
+
 	// 2b. A standby that stopped before the mirror starts: its kernel accepts the
 	// connection, nothing answers. StartMirror fails in bounded time (probeNBD), the
 	// guest runs on.
