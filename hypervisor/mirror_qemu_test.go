@@ -127,25 +127,33 @@ type mirrorGuest struct {
 	con *Console
 }
 
-// startMirrorGuest boots the lab guest with a raw disk of diskBytes: zeroes, or
-// random data in full when fill.
-func startMirrorGuest(t *testing.T, n *Node, dir string, diskBytes int64, fill bool) *mirrorGuest {
+// primaryDisk makes a raw disk of diskBytes in dir: zeroes, or random data in full
+// when fill.
+func primaryDisk(t *testing.T, dir string, diskBytes int64, fill bool) *Disk {
 	t.Helper()
-	img := requireLabImage(t)
-	g := &mirrorGuest{t: t, n: n, name: fmt.Sprintf("dvmtest-mirror-%d", os.Getpid()), disk: filepath.Join(dir, "primary.raw")}
-	mk := exec.Command("qemu-img", "create", "-q", "-f", "raw", g.disk, fmt.Sprint(diskBytes))
+	p := filepath.Join(dir, "primary.raw")
+	mk := exec.Command("qemu-img", "create", "-q", "-f", "raw", p, fmt.Sprint(diskBytes))
 	if fill {
 		// Random data from the first sector on: the guest leaves a disk that holds
 		// other data than its boot count alone.
-		mk = exec.Command("dd", "if=/dev/urandom", "of="+g.disk, "bs=1M", fmt.Sprint("count=", diskBytes>>20), "status=none")
+		mk = exec.Command("dd", "if=/dev/urandom", "of="+p, "bs=1M", fmt.Sprint("count=", diskBytes>>20), "status=none")
 	}
 	if out, err := mk.CombinedOutput(); err != nil {
 		t.Fatalf("primary disk: %v: %s", err, out)
 	}
+	return &Disk{Path: p, Format: "raw"}
+}
+
+// startMirrorGuest boots the lab guest dvmtest-mirror-PID(-suffix) from disk and
+// waits until it sees the disk.
+func startMirrorGuest(t *testing.T, n *Node, suffix string, disk *Disk) *mirrorGuest {
+	t.Helper()
+	img := requireLabImage(t)
+	g := &mirrorGuest{t: t, n: n, name: fmt.Sprintf("dvmtest-mirror-%d%s", os.Getpid(), suffix), disk: disk.Path}
 	_ = n.Undefine(g.name) // a leftover of a killed run
 	spec := GuestSpec{
 		Name: g.name, OS: "linux", CPUs: 1, MemoryBytes: 128 << 20,
-		Disk: &Disk{Path: g.disk, Format: "raw"},
+		Disk: disk,
 		Boot: &DirectBoot{Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline},
 	}
 	if err := n.Define(spec); err != nil {
@@ -336,7 +344,7 @@ func TestRealQEMUMirror(t *testing.T) {
 	dir := mirrorDir(t)
 	creds, other := testCreds(t, dir)
 	const size = 64 << 20
-	g := startMirrorGuest(t, n, dir, size, false)
+	g := startMirrorGuest(t, n, "", primaryDisk(t, dir, size, false))
 	credsDir := filepath.Join(dir, "client-tls")
 
 	// 1. In step, then a copy equal to the primary's disk.
@@ -405,6 +413,13 @@ func TestRealQEMUMirror(t *testing.T) {
 		t.Fatal("FindStandby found a stopped standby")
 	}
 	t.Log("the standby's copy equals the primary's disk")
+	// Promotion: the copy boots, and holds what the primary's guest wrote at its boot.
+	promoted := startMirrorGuest(t, n, "-promoted", &Disk{Path: s.Disk(), Format: "qcow2"})
+	promoted.waitFor("disk: boots before this one: 1", 30*time.Second)
+	if err := n.Destroy(promoted.name); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("the guest booted from the standby's copy found the primary's boot count")
 	t.Logf("guest write with dd oflag=direct, 32 MiB, not mirrored: %s", g.write(16))
 
 	// 2. The standby stops answering while the guest writes; StopMirror called by the
@@ -552,7 +567,7 @@ func TestRealQEMUMirrorSync1GiB(t *testing.T) {
 	dir := mirrorDir(t)
 	creds, _ := testCreds(t, dir)
 	const size = 1 << 30
-	g := startMirrorGuest(t, n, dir, size, true)
+	g := startMirrorGuest(t, n, "", primaryDisk(t, dir, size, true))
 	s := startTestStandby(t, filepath.Join(dir, "s"), g.name, size, creds)
 	took := g.mirrorTo(s, creds, filepath.Join(dir, "client-tls"), 10*time.Minute)
 	t.Logf("1 GiB of data in step after %s (%.0f MiB/s)", took.Round(time.Millisecond), 1024/took.Seconds())
