@@ -327,12 +327,16 @@ func (s *Standby) Stop() error {
 	// A pidfd pins the process: the checks and the kill address the same one even if
 	// it ends meanwhile and its pid is reused.
 	pidfd, err := unix.PidfdOpen(s.pid, 0)
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("standby %s: pidfd of %d: %w", s.guest, s.pid, err)
+	}
 	if err == nil {
 		defer unix.Close(pidfd)
-		if isQSD(s.pid, pidFile) {
-			if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("standby %s: kill %d: %w", s.guest, s.pid, err)
-			}
+	}
+	// Not a QSD of this guest (any more): ended already, a zombie, or its pid reused.
+	if err == nil && isQSD(s.pid, pidFile) {
+		if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("standby %s: kill %d: %w", s.guest, s.pid, err)
 		}
 		// Readable once the process has ended (a zombie: its files are closed).
 		deadline := time.Now().Add(30 * time.Second)
@@ -349,8 +353,6 @@ func (s *Standby) Stop() error {
 				return fmt.Errorf("standby %s: %d still runs 30s after SIGKILL", s.guest, s.pid)
 			}
 		}
-	} else if !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("standby %s: pidfd of %d: %w", s.guest, s.pid, err)
 	}
 	for _, p := range []string{pidFile, qmpSock, stateFile} {
 		os.Remove(p)
