@@ -62,6 +62,9 @@ type Node struct {
 	events chan Event
 	onErr  func(op string)
 	cbID   int
+	// mirrorTo maps a guest to its mirror's target address (StartMirror), so that
+	// StopMirror cuts the connection before it sends QEMU anything.
+	mirrorTo sync.Map
 }
 
 // Event says a guest's state changed on the node.

@@ -36,15 +36,7 @@ type twinLab struct {
 func newTwinLab(t testing.TB, bridge string) *twinLab {
 	t.Helper()
 	requireQEMU(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	img, err := lab.EnsureImage(ctx, lab.DefaultImageCache, io.Discard)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("lab guest image: %v", err)
-		}
-		t.Skipf("lab guest image: %v", err)
-	}
+	img := requireLabImage(t)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}
 	_ = netlink.LinkDel(br) // a leftover of a killed run
 	if err := netlink.LinkAdd(br); err != nil {
@@ -71,6 +63,22 @@ func newTwinLab(t testing.TB, bridge string) *twinLab {
 		os.RemoveAll(dir)
 	})
 	return &twinLab{t: t, img: img, bridge: bridge, dir: dir}
+}
+
+// requireLabImage is the lab guest image, built first if need be; none skips the test
+// (fails it under CI=true).
+func requireLabImage(t testing.TB) lab.Image {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := lab.EnsureImage(ctx, lab.DefaultImageCache, io.Discard)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("lab guest image: %v", err)
+		}
+		t.Skipf("lab guest image: %v", err)
+	}
+	return img
 }
 
 // freePort is a loopback port nothing listens on now.
