@@ -60,6 +60,8 @@ type Config struct {
 	Lease func() (holder string, generation uint64, live bool)
 	Log   *slog.Logger
 	Net   NetConfig // guest networking (networks.go)
+	// Mirror serves mirrored twins' standby copies and mirrors to them (mirror.go).
+	Mirror MirrorConfig
 }
 
 // Agent runs one node.
@@ -73,7 +75,11 @@ type Agent struct {
 	// deleting are the deleted guests whose disks are being removed: reported until
 	// that ends, so the master keeps the guest (and asks again) if it fails.
 	deleting map[string]bool
-	report   chan struct{} // asks for a status report now
+	// standbys are the addresses of the standby copies this node serves, and
+	// protection the mirrors of its guests, by guest, for the report (mirror.go).
+	standbys   map[string]string
+	protection map[string]*api.Protection
+	report     chan struct{} // asks for a status report now
 
 	latest *heldAssignment // the last assignment read; guarded by mu
 	// basis is what was last written to the paused guests' record as the basis of
@@ -140,6 +146,7 @@ func New(cfg Config) (*Agent, error) {
 	// A node with a role machine starts fenced, as its machine does: it has no lease
 	// until the master's first request arrives.
 	a := &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, deleting: map[string]bool{}, report: make(chan struct{}, 1),
+		standbys: map[string]string{}, protection: map[string]*api.Protection{},
 		resync: make(chan struct{}, 1), fenced: cfg.Fencing, fencedAt: time.Now()}
 	return a, nil
 }
@@ -329,7 +336,17 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 					a.cfg.Log.Warn("removing a guest the cluster moved away while this node was lost", "guest", g.Name)
 					a.setErr(g.Name, a.cfg.Node.Undefine(g.Name)) // the disk stays: the guest's node uses it
 				})
+			} else if g.Mirrored {
+				// A standby this node no longer holds: its copy goes.
+				a.setErr(g.Name, a.dropStandby(g))
 			}
+		case g.Twin && g.Mirrored:
+			// The standby of a mirrored twin: a copy served, no domain, never running.
+			if defined && (state == hypervisor.StateRunning || state == hypervisor.StatePaused) {
+				a.setErr(g.Name, a.cfg.Node.Destroy(g.Name))
+				continue
+			}
+			a.serveStandby(g)
 		case g.Twin:
 			// The guest's twin: defined, never running here while its primary runs.
 			if !defined {
@@ -362,6 +379,19 @@ func (a *Agent) reconcile(ctx context.Context, held heldAssignment) {
 				a.startSlow(g.Name, func() { a.migrate(ctx, g) })
 			}
 		default:
+			if g.Mirrored {
+				// Promoted here, or placed here afresh: a standby this node served
+				// for the guest ends before the guest may use the copy.
+				if err := a.promote(g); err != nil {
+					a.setErr(g.Name, err)
+					continue
+				}
+				if state == hypervisor.StateRunning {
+					a.reconcileMirror(g)
+				} else {
+					a.setProtection(g.Name, nil)
+				}
+			}
 			if !defined {
 				if err := a.define(g); err != nil {
 					a.setErr(g.Name, err)
@@ -536,6 +566,7 @@ func (a *Agent) status() api.NodeStatus {
 			displays[g.Name], _ = a.cfg.Node.VNCDisplay(g.Name)
 		}
 	}
+	a.refreshProtection(list)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.latest != nil && version.AtLeast(a.latest.Version, api.PoolsSince) {
@@ -554,6 +585,7 @@ func (a *Agent) status() api.NodeStatus {
 			st.Guests = append(st.Guests, api.ObservedGuest{Name: name, State: "absent"})
 		}
 	}
+	a.mirrorReport(&st, list)
 	return st
 }
 

@@ -70,7 +70,38 @@ type Guest struct {
 	CloudInit *GuestCloudInit `json:"cloud_init,omitempty"`
 	// Pool is the storage pool of the guest's disks ("": disks_dir).
 	Pool string `json:"pool,omitempty"`
+	// TwinNode is the node that holds a twin guest's standby ("" while it has none).
+	TwinNode string `json:"twin_node,omitempty"`
+	// Protection says whether a twin guest survives the loss of its node now.
+	Protection *Protection `json:"protection,omitempty"`
 }
+
+// Twin protection states (Protection.State). A twin on shared storage is protected as
+// soon as its standby is placed: both nodes reach the one disk. A mirrored twin (its
+// disk on a node's own storage, pool kind dir) is protected only while the standby's
+// copy is in step with every write the guest's disk acknowledged.
+const (
+	ProtectionProtected   = "protected"   // the standby can take over with nothing lost
+	ProtectionSyncing     = "syncing"     // the standby's copy is being filled: Done of Total bytes
+	ProtectionUnprotected = "unprotected" // the guest would not survive its node: Reason says why
+)
+
+// Protection is a twin guest's protection, as its node reports it (ObservedGuest)
+// and the API shows it (Guest).
+type Protection struct {
+	State string `json:"state"`
+	// Node is the standby's node the state is about (a report about an earlier
+	// standby says nothing about the one placed since).
+	Node   string `json:"node,omitempty"`
+	Done   uint64 `json:"done_bytes,omitempty"`
+	Total  uint64 `json:"total_bytes,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// MirrorSince is the first dvmd version that runs mirrored twins: agents that serve a
+// standby's copy and mirror a guest's disk to it, and report both; masters that read
+// those reports. Nothing of a mirror is sent to or asked of an older dvmd.
+const MirrorSince = "0.4.0"
 
 // GuestCloudInit is a guest's cloud-init seed as the API shows it.
 type GuestCloudInit struct {
@@ -187,6 +218,11 @@ type ObservedGuest struct {
 	Error string `json:"error,omitempty"` // the last reconcile step that failed
 	// VNC is where its VNC display listens, ADDRESS:PORT, while it runs with one.
 	VNC string `json:"vnc,omitempty"`
+	// Standby is where this node serves its copy of a mirrored twin's disk
+	// (ADDRESS:PORT, NBD over TLS), while it holds the guest's standby.
+	Standby string `json:"standby,omitempty"`
+	// Protection is a mirrored twin's protection as the guest's node sees it.
+	Protection *Protection `json:"protection,omitempty"`
 }
 
 // Assignment is what the master wants of a node: GET /v1/nodes/{name}/assignment.
@@ -262,10 +298,29 @@ type AssignedGuest struct {
 	// Pool names the storage pool of the node's dvmd.conf that holds the guest's
 	// disks; "" for disks_dir.
 	Pool string `json:"pool,omitempty"`
+	// Mirrored marks a twin whose disk is on a node's own storage: its standby is a
+	// copy kept in step by a synchronous mirror, not a definition over a shared disk.
+	// On the standby's node (Twin): serve the copy. On the guest's node: mirror to
+	// Mirror; after a promotion, the disk is the copy this node served.
+	Mirrored bool `json:"mirrored,omitempty"`
+	// Mirror is where the guest's node mirrors a mirrored twin's disk: nil while the
+	// guest has no standby that serves its copy yet.
+	Mirror *MirrorTarget `json:"mirror,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
 	// and leaves its disk alone, which the guest's new node uses.
 	Evict bool `json:"evict,omitempty"`
+}
+
+// MirrorTarget is a mirrored twin's standby, as the guest's node is told of it.
+type MirrorTarget struct {
+	Node    string `json:"node"`
+	Address string `json:"address"` // ADDRESS:PORT of its NBD export (TLS)
+	// Protected: the cluster records the standby's copy as in step, so a promotion
+	// would boot from it. A node whose mirror broke while this holds pauses the guest
+	// until the cluster records otherwise: a write acknowledged in between would be
+	// missing from a copy the cluster may still boot from.
+	Protected bool `json:"protected,omitempty"`
 }
 
 // Migration is a finished (or failed) live migration.

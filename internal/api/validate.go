@@ -113,17 +113,14 @@ func (c *CreateGuest) Normalize() *FieldError {
 		return fieldErr("failover", "%q is not a failover policy: use none, restart or twin", c.Failover)
 	}
 	if c.Failover == FailoverTwin && c.ISO != "" {
-		return fieldErr("iso", "a twin guest has no install media (its twin mirrors one disk of a running guest): install with --failover restart or none")
+		return fieldErr("iso", "a twin guest has no install media (its standby holds one disk of a running guest): install with --failover restart or none")
 	}
 	if c.Failover == FailoverTwin && len(c.ExtraDiskBytes) > 0 {
-		return fieldErr("extra_disk_bytes", "a twin guest has one disk, the one mirrored to its twin: give one disk size, or failover restart")
+		return fieldErr("extra_disk_bytes", "a twin guest has one disk, the one its standby holds: give one disk size, or failover restart")
 	}
 	if c.Pool != "" {
 		if e := ValidateName("pool", c.Pool); e != nil {
 			return e
-		}
-		if c.Failover == FailoverTwin {
-			return fieldErr("pool", "a twin guest mirrors its disk to its twin's node itself, in disks_dir: give --failover restart or none with --pool %s, or leave --pool out", c.Pool)
 		}
 	}
 	if ci := c.CloudInit; ci != nil {

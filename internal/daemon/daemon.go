@@ -17,6 +17,7 @@ import (
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/agent"
 	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/cluster"
 	"github.com/dvmproject/dvm/internal/config"
 	"github.com/dvmproject/dvm/internal/master"
 	"github.com/dvmproject/dvm/internal/metrics"
@@ -121,7 +122,8 @@ func agentOver(node *hypervisor.Node, cfg config.Node, client *api.Client, log *
 		ShutdownTimeout: cfg.ShutdownTimeout, Log: log.With("node", cfg.Name),
 		Fencing: fencing, FenceGrace: cfg.Timing.FenceGrace, FenceCheck: cfg.Timing.FenceCheck, Lease: lease,
 		// On libvirt's test driver (dvmd dev) guests have no taps: networks stay objects.
-		Net: agent.NetConfig{Disabled: node.Accelerator() == hypervisor.AccelTest},
+		Net:    agent.NetConfig{Disabled: node.Accelerator() == hypervisor.AccelTest},
+		Mirror: mirrorConfig(cfg),
 	})
 	if err != nil {
 		return nil, err
@@ -130,6 +132,29 @@ func agentOver(node *hypervisor.Node, cfg config.Node, client *api.Client, log *
 		"host_cpus", node.HostCapacity().CPUs, "host_memory_bytes", node.HostCapacity().MemoryBytes,
 		"pool_cpus", a.PoolShare().CPUs, "pool_memory_bytes", a.PoolShare().MemoryBytes)
 	return a, nil
+}
+
+// mirrorConfig is what the node's agent needs for mirrored twins: the cluster's
+// credentials (the standby copies' NBD exports and the mirrors to them are TLS with
+// them, both ends checked) and the node's address as peers reach it. Empty without
+// credentials (dvmd dev): such a node refuses mirrored twins, saying why.
+func mirrorConfig(cfg config.Node) agent.MirrorConfig {
+	if cfg.CredentialsDir == "" {
+		return agent.MirrorConfig{}
+	}
+	host, _, err := net.SplitHostPort(cfg.Advertise)
+	if err != nil {
+		host = cfg.Advertise
+	}
+	return agent.MirrorConfig{
+		Creds: hypervisor.MirrorCreds{
+			CACert: filepath.Join(cfg.CredentialsDir, cluster.CACertFile),
+			Cert:   filepath.Join(cfg.CredentialsDir, cluster.NodeCertFile(cfg.Name)),
+			Key:    filepath.Join(cfg.CredentialsDir, cluster.NodeKeyFile(cfg.Name)),
+		},
+		RunDir: filepath.Join(cfg.DataDir, "mirrors"),
+		Host:   host,
+	}
 }
 
 // WriteEnv writes the env file that points vmctl at a cluster: DVM_ADDR, DVM_TOKEN and

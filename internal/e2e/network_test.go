@@ -212,22 +212,7 @@ func readFile(p string) []byte {
 // pingImage makes image name: the lab image with dvm.ping=peer on its command line.
 func pingImage(t *testing.T, l *lab.Lab, name, peer string) {
 	t.Helper()
-	dir := filepath.Join(filepath.Dir(l.ImageDir()), name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"kernel", "initrd"} {
-		if err := os.Link(filepath.Join(l.ImageDir(), f), filepath.Join(dir, f)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmdline, err := os.ReadFile(filepath.Join(l.ImageDir(), "cmdline"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cmdline"), []byte(strings.TrimSpace(string(cmdline))+" dvm.ping="+peer), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	labImage(t, l, name, "dvm.ping="+peer)
 }
 
 // probe is one ping line of a console: a probe answered or lost, or a restart of ping.

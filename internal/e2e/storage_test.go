@@ -55,7 +55,7 @@ func TestStoragePools(t *testing.T) {
 			{[]string{"--pool", "nope"}, `no node has storage pool "nope": the nodes have ceph, local, shared`},
 			{[]string{"--pool", "local"}, `storage pool "local" is a directory of each node's own (kind dir): a restart guest on it could not come back`},
 			{[]string{"--pool", "local", "--failover", "restart"}, "give --failover none, or a pool of kind shared or rbd"},
-			{[]string{"--pool", "ceph", "--failover", "twin"}, "a twin guest mirrors its disk to its twin's node itself"},
+			{[]string{"--pool", "local", "--failover", "twin", "--iso", "lab"}, "a twin guest has no install media"},
 			{[]string{"--pool", "Bad_Name"}, "pool"},
 		} {
 			args := append([]string{"vm", "create", "bad1", "--os", "linux", "--image", "lab", "--memory", "128MiB", "--disk", "64MiB"}, tc.args...)

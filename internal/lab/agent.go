@@ -52,13 +52,12 @@ func agentConfig(dir string, k, nodes int, ceph bool, settings map[string]string
 	kv("memory_overcommit", "1.5")
 	kv("accelerator", "tcg")
 	kv("labels", fmt.Sprintf("rack=r%d", k))
+	// Storage pools, one of each kind: a directory of the node's own, a shared
+	// directory (the lab's stand-in for NFS) and, in a lab with Ceph, the lab's Ceph.
+	// (dvmd knows pools since 0.3.0, which the rolling upgrade test starts from.)
+	kv("pool.local", "kind=dir,path="+filepath.Join(dir, "nodes", name, "pool-local"))
+	kv("pool.shared", "kind=shared,path="+filepath.Join(dir, "shared", "pool-shared"))
 	if ceph {
-		// Storage pools, one of each kind: a directory of the node's own, a shared
-		// directory (the lab's stand-in for NFS) and the lab's Ceph. Only in a lab
-		// with Ceph: a dvmd from before pools (the rolling upgrade test's) refuses
-		// the keys.
-		kv("pool.local", "kind=dir,path="+filepath.Join(dir, "nodes", name, "pool-local"))
-		kv("pool.shared", "kind=shared,path="+filepath.Join(dir, "shared", "pool-shared"))
 		kv("pool."+CephStoragePool, cephPoolConfig(dir))
 	}
 	if len(settings) > 0 {

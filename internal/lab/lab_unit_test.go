@@ -35,7 +35,7 @@ func TestAgentConfig(t *testing.T) {
 }
 
 // TestAgentConfigCeph: a lab with Ceph names a storage pool of each kind, which
-// dvmd reads; one without names none (a dvmd from before pools refuses the keys).
+// dvmd reads; one without names the local and shared pools only.
 func TestAgentConfigCeph(t *testing.T) {
 	n, err := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, true, nil)))
 	if err != nil {
@@ -53,8 +53,12 @@ func TestAgentConfigCeph(t *testing.T) {
 	if local, _ := n.Pool("local"); local.Path != "/var/lib/dvm-lab/nodes/n2/pool-local" {
 		t.Fatalf("local pool %+v: want a directory of n2's own", local)
 	}
-	if n, _ := config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, false, nil))); len(n.Pools) != 0 {
-		t.Fatalf("a lab without Ceph names pools %+v", n.Pools)
+	n, err = config.Parse(strings.NewReader(agentConfig("/var/lib/dvm-lab", 2, 3, false, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := n.PoolKinds(), map[string]string{"local": "dir", "shared": "shared"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("a lab without Ceph names pools %v, want %v", got, want)
 	}
 }
 

@@ -27,7 +27,7 @@ var (
 	descGuestsPolicy  = prometheus.NewDesc("dvm_guests_by_failover", "Guests by failover policy.", []string{"failover"}, nil)
 	descGuestInfo     = prometheus.NewDesc("dvm_guest_info", "A guest and where it is placed, as labels; domain is the libvirt domain name.", []string{"domain", "node", "os", "failover", "state"}, nil)
 	descNodeLost      = prometheus.NewDesc("dvm_node_lost_seconds", "How long ago the role machine declared the node lost; absent while it is not.", []string{"node"}, nil)
-	descTwinProtected = prometheus.NewDesc("dvm_twin_protected", "1 when a twin guest has its twin placed on another node, 0 when it runs unprotected.", []string{"domain"}, nil)
+	descTwinProtected = prometheus.NewDesc("dvm_twin_protected", "1 when a twin guest survives the loss of its node now: its standby is placed (shared storage) or holds a copy of its disk in step (a mirrored twin); 0 when it runs unprotected or its copy is syncing.", []string{"domain"}, nil)
 	descNodeDraining  = prometheus.NewDesc("dvm_node_draining", "1 while a node is drained or in maintenance.", []string{"node"}, nil)
 	descHalted        = prometheus.NewDesc("dvm_replica_halted", "1 when this management node's replica of the cluster state met a log entry or snapshot its dvmd cannot read and applies nothing more (GET /v1/health says which).", nil, nil)
 	allGuestStates    = []string{api.GuestLost, api.GuestPending, api.GuestStarting, api.GuestRunning, api.GuestStopping, api.GuestStopped, api.GuestMigrating, api.GuestDeleting, api.GuestFailed, api.GuestUnknown}
@@ -60,7 +60,7 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, g := range records {
 		if g.Failover == api.FailoverTwin {
 			p := 0.0
-			if g.TwinNode != "" && g.TwinNode != g.Node {
+			if c.m.protectionOf(g).State == api.ProtectionProtected {
 				p = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descTwinProtected, prometheus.GaugeValue, p, g.Name)

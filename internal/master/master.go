@@ -439,6 +439,7 @@ func (m *Master) view(g store.GuestRecord, now time.Time) api.Guest {
 		DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Constraints: g.Constraints,
 		Desired: g.Desired, MigrateTo: g.MigrateTo, PendingReason: g.PendingReason, CreatedAt: g.CreatedAt,
 		NICs: nicViews(g.NICs), ExtraDiskBytes: g.ExtraDiskBytes, ISO: g.ISO, Pool: g.Pool,
+		TwinNode: g.TwinNode, Protection: m.protectionOf(g),
 	}
 	if g.VNCPassword != "" {
 		out.VNC = &api.GuestVNC{Display: m.vncDisplay(g)}

@@ -71,7 +71,24 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		cmds = append(cmds, acmds...)
 	}
 	var found []string
+	type protectionEvent struct{ guest, kind, detail string }
+	var protection []protectionEvent
 	for _, g := range guests {
+		if g.Node == name && g.Failover == api.FailoverTwin && g.Desired != store.DesiredDeleted {
+			if rec, detail := protectionReport(g, obs[g.Name]); rec != nil {
+				c := store.Command{Op: store.OpPutGuest, Guest: rec}
+				if err := m.st.MayWriteCommand(c); err != nil {
+					m.log.Warn("twin's protection not recorded", "guest", g.Name, "err", err)
+				} else {
+					cmds = append(cmds, c)
+					kind := "twin-unprotected"
+					if rec.TwinProtected {
+						kind = "twin-protected"
+					}
+					protection = append(protection, protectionEvent{g.Name, kind, detail})
+				}
+			}
+		}
 		if g.Node == name && obs[g.Name].State == "running" {
 			m.recoveryDone(name, g.Name)
 		}
@@ -93,6 +110,9 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		if _, err := m.st.Apply(cmds...); err != nil {
 			return err
 		}
+	}
+	for _, e := range protection {
+		go m.Record(e.kind, name, e.guest, e.detail)
 	}
 	for _, g := range found {
 		go m.Record("recovered", name, g, fmt.Sprintf("guest %s, lost with node %s, runs there still now that the node is back: no longer lost", g, name))
@@ -263,8 +283,12 @@ func (m *Master) assignmentNow(node string) api.Assignment {
 			DiskBytes: g.DiskBytes, Image: g.Image, Failover: g.Failover, Desired: g.Desired,
 			ExtraDiskBytes: g.ExtraDiskBytes, KeepDisks: g.KeepDisks, ISO: g.ISO,
 			VNCPassword: g.VNCPassword, CloudInit: cloudInit(g), Pool: g.Pool}
+		mirrored := mirroredIn(&g, byName) && version.AtLeast(byName[node].Version, api.MirrorSince)
 		switch {
 		case g.Node == node:
+			if mirrored {
+				ag.Mirrored, ag.Mirror = true, m.mirrorTarget(&g)
+			}
 			if g.MigrateTo != "" {
 				dest := byName[g.MigrateTo]
 				ag.MigrateTo, ag.MigrateLibvirtURI, ag.MigrateAddress = g.MigrateTo, dest.LibvirtURI, hostOf(dest.Address)
@@ -274,7 +298,7 @@ func (m *Master) assignmentNow(node string) api.Assignment {
 			ag.Incoming = true
 			a.Guests = append(a.Guests, ag)
 		case g.TwinNode == node && g.Desired != store.DesiredDeleted && !g.Lost:
-			ag.Twin = true
+			ag.Twin, ag.Mirrored = true, mirrored
 			a.Guests = append(a.Guests, ag)
 		case observed[g.Name]:
 			// This node still holds a guest the cluster moved away while the node was

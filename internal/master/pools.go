@@ -100,6 +100,13 @@ func (m *Master) guestPool(req api.CreateGuest) (string, error) {
 	if err := m.nodesRun("a guest on a storage pool", api.PoolsSince); err != nil {
 		return "", err
 	}
+	if kind == "dir" && req.Failover == api.FailoverTwin {
+		// A mirrored twin: its one disk (api.CreateGuest.Validate) is copied to its
+		// standby's node.
+		if err := m.nodesRun("a mirrored twin (a twin on a pool of kind dir)", api.MirrorSince); err != nil {
+			return "", err
+		}
+	}
 	return kind, nil
 }
 

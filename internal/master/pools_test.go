@@ -41,7 +41,6 @@ func TestStoragePoolPlacement(t *testing.T) {
 		{api.CreateGuest{Pool: "nope"}, `no node has storage pool "nope": the nodes have ceph, local, mixed`},
 		{api.CreateGuest{Pool: "local"}, "a restart guest on it could not come back on another node with its data"},
 		{api.CreateGuest{Pool: "mixed", Failover: api.FailoverNone}, "is of kinds rbd,shared on different nodes"},
-		{api.CreateGuest{Pool: "ceph", Failover: api.FailoverTwin}, "a twin guest mirrors its disk"},
 		{api.CreateGuest{Pool: "Bad_Name"}, "pool"},
 	} {
 		tc.req.Name, tc.req.CPUs, tc.req.MemoryBytes = "bad", 1, gib

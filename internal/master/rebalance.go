@@ -18,7 +18,7 @@ import (
 // Why a guest on a node that takes guests stays where it is in a rebalance: only a
 // guest that runs, and can move live now, moves.
 const (
-	stayTwin     = "twin"            // its QEMUs run outside libvirt, mirrored to its twin
+	stayTwin     = "twin"            // its standby is placed against its node (a mirrored twin's copy is filled from it)
 	stayStopped  = "not running"     // desired stopped or deleted: nothing to move live
 	stayStarting = "not running yet" // starting, failed, or its state unknown
 	stayMoving   = "moving"          // a migration or a drain's planned move is under way

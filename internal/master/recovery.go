@@ -140,6 +140,15 @@ func (m *Master) RecoverNode(node, why string) {
 			g.Node, g.MigrateTo = mv.To, ""
 			events = append(events, outcome{g.Name, fmt.Sprintf("restarting on %s", mv.To)})
 		case scheduler.ActionPromote:
+			if m.mirrored(g) && !g.TwinProtected {
+				// The standby's copy was never recorded in step: booting from it could
+				// lose acknowledged writes. The guest waits for its node and its disk
+				// (started again there once the node is taken back in); its standby
+				// stays and is filled again then.
+				events = append(events, outcome{g.Name, fmt.Sprintf("twin not promoted: its standby's copy on %s was not in step; it waits for %s and its disk", g.TwinNode, node)})
+				delete(byName, g.Name)
+				continue
+			}
 			g.Node, g.TwinNode, g.MigrateTo = mv.To, mv.NewTwin, ""
 			events = append(events, outcome{g.Name, fmt.Sprintf("twin promoted on %s, new twin on %s", mv.To, orNone(mv.NewTwin))})
 		case scheduler.ActionNewTwin:

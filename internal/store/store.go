@@ -91,6 +91,11 @@ type GuestRecord struct {
 	// Pool names the storage pool of the guest's disks; "" for disks_dir (since
 	// 0.3.0).
 	Pool string `json:"pool,omitempty"`
+	// TwinProtected: the standby on TwinNode holds a copy of the guest's disk in step
+	// with it (a mirrored twin, on a pool of kind dir), as the guest's node reported;
+	// a promotion boots from that copy only then. Cleared with every change of
+	// TwinNode and every report that the mirror is not in step (since 0.4.0).
+	TwinProtected bool `json:"twin_protected,omitempty"`
 }
 
 // CloudInitRecord is a guest's cloud-init seed as asked: SSH keys and user data.
@@ -347,6 +352,12 @@ func (s *Store) apply(c Command) {
 		}
 	case OpPutGuest:
 		g := *c.Guest
+		if old, ok := s.guests[g.Name]; ok && (old.Node != g.Node || old.TwinNode != g.TwinNode) {
+			// A standby's copy was in step with the guest on one node, mirrored to
+			// one standby: any move of either starts over (TwinProtected's contract,
+			// kept here so that no writer can carry it across a move).
+			g.TwinProtected = false
+		}
 		s.guests[g.Name] = &g
 	case OpDeleteGuest:
 		delete(s.guests, c.Name)
@@ -509,6 +520,8 @@ func (s *Store) mayWrite(op Op) error { return s.mayWriteSince(string(op), opSin
 func (c Command) fieldsSince() (what, since string) {
 	if g := c.Guest; c.Op == OpPutGuest && g != nil {
 		switch {
+		case g.TwinProtected: // the newest first
+			return "a twin with its copy in step", "0.4.0"
 		case len(g.ExtraDiskBytes) > 0:
 			return "a guest with extra disks", "0.3.0"
 		case g.KeepDisks:

@@ -41,10 +41,15 @@ func Up(t testing.TB, n int) *lab.Lab {
 // Start brings up the lab opts describe (Dir defaults to a temporary directory)
 // and brings it down when the test ends. With opts.NoAgent it builds nothing.
 // DVM_LAB_SET (KEY=VALUE pairs separated by spaces) gives Settings a test left
-// empty: how the benches run a lab with other timing.
+// empty: how the benches run a lab with other timing. DVM_LAB_DIR, when set, is the
+// lab's directory instead of a temporary one, left with the nodes' logs after the
+// test (it must not hold a lab that is up).
 func Start(t testing.TB, opts lab.Options) *lab.Lab {
 	t.Helper()
 	Require(t)
+	if opts.Dir == "" {
+		opts.Dir = os.Getenv("DVM_LAB_DIR")
+	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}

@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dvmproject/dvm/hypervisor"
+	"github.com/dvmproject/dvm/internal/api"
+	"github.com/dvmproject/dvm/internal/config"
+	"github.com/dvmproject/dvm/internal/version"
+)
+
+// Mirrored twins (see internal/master/mirror.go for the cluster's side). On the
+// standby's node the agent serves a copy of the guest's disk: a qemu-storage-daemon
+// per guest, NBD over TLS with the cluster's certificates, on the node's own pool
+// directory at the path the guest's disk would have there, so that a promotion is an
+// ordinary start over that file once the export is stopped. On the guest's node the
+// agent mirrors the running guest's disk to the export the assignment names, in
+// write-blocking mode: a write completes when both copies hold it.
+//
+// What an agent reports: the export's address (ObservedGuest.Standby), and the
+// mirror's state (ObservedGuest.Protection); the master records the copy in step
+// only from the guest's node's word.
+
+// MirrorConfig is what a node needs to hold mirrored twins' standbys and mirror to
+// them. A node without it (no cluster credentials: `dvmd dev`) refuses both.
+type MirrorConfig struct {
+	Creds  hypervisor.MirrorCreds // the cluster's CA, this node's certificate and key
+	RunDir string                 // the standbys' processes' files and the mirrors' targets
+	Host   string                 // the address standbys listen on: the node's, as peers reach it
+}
+
+func (c MirrorConfig) usable() error {
+	if c.RunDir == "" || c.Creds.CACert == "" {
+		return errors.New("this node has no cluster credentials (credentials_dir in dvmd.conf): it can neither serve a mirrored twin's copy nor mirror to one")
+	}
+	return nil
+}
+
+// copyPath is where this node keeps g's standby copy: the path of g's first disk in
+// its pool (a directory of this node's own), where a promotion finds it.
+func (a *Agent) copyPath(g api.AssignedGuest) (string, error) {
+	p, err := a.guestPool(g)
+	if err != nil {
+		return "", err
+	}
+	if p.Kind != config.PoolDir {
+		return "", fmt.Errorf("guest %s is a mirrored twin on storage pool %s of kind %s: only a pool of kind dir holds a copy", g.Name, p.Name, p.Kind)
+	}
+	return filepath.Join(p.Path, hypervisor.DiskVolume(g.Name, 0)), nil
+}
+
+// diskSize is the size of g's first disk, as attachDisks makes it.
+func diskSize(g api.AssignedGuest) uint64 {
+	if g.DiskBytes == 0 {
+		return uint64(api.DefaultDisk)
+	}
+	return uint64(g.DiskBytes)
+}
+
+// serveStandby makes sure this node serves g's standby copy. A running export
+// (after a dvmd restart too) is kept with the copy it filled; a new one starts on a
+// fresh copy, which the guest's node then fills from the start.
+func (a *Agent) serveStandby(g api.AssignedGuest) {
+	if err := a.cfg.Mirror.usable(); err != nil {
+		a.setErr(g.Name, err)
+		return
+	}
+	if s, ok := hypervisor.FindStandby(a.cfg.Mirror.RunDir, g.Name); ok && s.Running() {
+		a.setStandby(g.Name, s.Addr())
+		a.setErr(g.Name, nil)
+		return
+	}
+	a.startSlow(g.Name, func() {
+		path, err := a.copyPath(g)
+		if err == nil {
+			// Whatever a file there holds is an earlier copy (or an old disk of the
+			// guest's from before it moved away): the mirror fills the copy anew.
+			if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
+				err = nil
+			}
+		}
+		if err != nil {
+			a.setErr(g.Name, err)
+			return
+		}
+		s, err := hypervisor.StartStandby(hypervisor.StandbySpec{
+			Guest: g.Name, Disk: path, SizeBytes: diskSize(g),
+			Listen: net.JoinHostPort(a.cfg.Mirror.Host, "0"), Creds: a.cfg.Mirror.Creds, RunDir: a.cfg.Mirror.RunDir,
+		})
+		if err != nil {
+			a.setErr(g.Name, fmt.Errorf("serve the standby copy: %w", err))
+			return
+		}
+		a.cfg.Log.Info("standby copy served", "guest", g.Name, "address", s.Addr(), "copy", path)
+		a.setStandby(g.Name, s.Addr())
+		a.setErr(g.Name, nil)
+	})
+}
+
+// stopStandby stops serving g's copy, if this node does; afterwards nothing writes
+// to the copy. It returns the copy's path when there was one.
+func (a *Agent) stopStandby(name string) (bool, error) {
+	s, ok := hypervisor.FindStandby(a.cfg.Mirror.RunDir, name)
+	if !ok {
+		a.setStandby(name, "")
+		return false, nil
+	}
+	if err := s.Stop(); err != nil {
+		return true, fmt.Errorf("stop serving the standby copy: %w", err)
+	}
+	a.setStandby(name, "")
+	return true, nil
+}
+
+func (a *Agent) setStandby(name, addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if addr == "" {
+		delete(a.standbys, name)
+		return
+	}
+	a.standbys[name] = addr
+}
+
+// promote ends g's standby on this node before g is defined and started here from
+// its copy: the export must be gone first, so that nothing else writes the file the
+// guest boots from.
+func (a *Agent) promote(g api.AssignedGuest) error {
+	if a.cfg.Mirror.RunDir == "" {
+		return nil
+	}
+	was, err := a.stopStandby(g.Name)
+	if err == nil && was {
+		a.cfg.Log.Info("standby promoted: its copy is the guest's disk now", "guest", g.Name)
+	}
+	return err
+}
+
+// dropStandby ends a standby this node no longer holds (the guest moved, got
+// another standby, or was deleted) and removes its copy.
+func (a *Agent) dropStandby(g api.AssignedGuest) error {
+	was, err := a.stopStandby(g.Name)
+	if err != nil || !was {
+		return err
+	}
+	path, err := a.copyPath(g)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	a.cfg.Log.Info("standby copy removed: the node holds the guest's standby no longer", "guest", g.Name)
+	return nil
+}
+
+// mirrorTargetFile records which export a guest's mirror job copies to, so that an
+// agent restarted under a running job knows it (the job itself does not say).
+func (a *Agent) mirrorTargetFile(name string) string {
+	return filepath.Join(a.cfg.Mirror.RunDir, "mirror-"+name+".target")
+}
+
+// mirrorCheck reads g's mirror (g runs here): its protection now, and what the
+// mirror needs: mirrorStart (none runs to the export the assignment names, or it
+// failed), mirrorStop (it runs, and no standby serves a copy now), or "".
+func (a *Agent) mirrorCheck(g api.AssignedGuest) (p *api.Protection, active bool, need string) {
+	if err := a.cfg.Mirror.usable(); err != nil {
+		return &api.Protection{State: api.ProtectionUnprotected, Reason: err.Error()}, false, ""
+	}
+	st, err := a.cfg.Node.MirrorStatus(g.Name)
+	if err != nil {
+		return &api.Protection{State: api.ProtectionUnprotected, Reason: "mirror state unknown: " + err.Error()}, false, ""
+	}
+	want := g.Mirror
+	if want == nil {
+		if st.Active {
+			need = mirrorStop
+		}
+		return &api.Protection{State: api.ProtectionUnprotected, Reason: "no standby serves a copy yet"}, st.Active, need
+	}
+	raw, _ := os.ReadFile(a.mirrorTargetFile(g.Name))
+	if st.Active && st.Err == "" && strings.TrimSpace(string(raw)) == mirrorTarget(want) {
+		p := &api.Protection{State: api.ProtectionSyncing, Node: want.Node, Done: st.Done, Total: st.Total}
+		if st.Ready {
+			p.State = api.ProtectionProtected
+		}
+		return p, true, ""
+	}
+	reason := "mirror starting to " + want.Node
+	if st.Err != "" {
+		reason = "mirror failed: " + st.Err
+	}
+	return &api.Protection{State: api.ProtectionUnprotected, Node: want.Node, Reason: reason}, st.Active, mirrorStart
+}
+
+const (
+	mirrorStart = "start"
+	mirrorStop  = "stop"
+)
+
+// mirrorTarget names an export as the target file records it.
+func mirrorTarget(t *api.MirrorTarget) string { return t.Node + " " + t.Address }
+
+// reconcileMirror makes g's mirror (g runs here) copy to the export its assignment
+// names.
+func (a *Agent) reconcileMirror(g api.AssignedGuest) {
+	p, active, need := a.mirrorCheck(g)
+	a.setProtection(g.Name, p)
+	switch need {
+	case mirrorStop:
+		a.startSlow(g.Name, func() { a.stopMirror(g.Name, "no standby serves a copy now") })
+	case mirrorStart:
+		want := *g.Mirror
+		a.startSlow(g.Name, func() {
+			if active {
+				a.stopMirror(g.Name, "the standby changed or the mirror failed")
+			}
+			os.Remove(a.mirrorTargetFile(g.Name))
+			err := a.cfg.Node.StartMirror(g.Name, hypervisor.MirrorTarget{Addr: want.Address, Export: g.Name, Creds: a.cfg.Mirror.Creds,
+				CredsDir: filepath.Join(a.cfg.Mirror.RunDir, "mirror-"+g.Name+".tls")})
+			if err != nil {
+				a.setProtection(g.Name, &api.Protection{State: api.ProtectionUnprotected, Node: want.Node, Reason: "mirror failed to start: " + err.Error()})
+				a.cfg.Log.Warn("mirror to the standby failed to start", "guest", g.Name, "standby", want.Node, "address", want.Address, "err", err)
+				return
+			}
+			if err := os.WriteFile(a.mirrorTargetFile(g.Name), []byte(mirrorTarget(&want)+"\n"), 0o600); err != nil {
+				a.cfg.Log.Warn("mirror target not recorded", "guest", g.Name, "err", err)
+			}
+			a.cfg.Log.Info("mirror to the standby started", "guest", g.Name, "standby", want.Node, "address", want.Address)
+		})
+	}
+}
+
+// refreshProtection reads the mirrors of the latest assignment's running mirrored
+// guests, for a report. Called without a.mu.
+func (a *Agent) refreshProtection(list []hypervisor.Guest) {
+	a.mu.Lock()
+	held := a.latest
+	a.mu.Unlock()
+	if held == nil {
+		return
+	}
+	running := map[string]bool{}
+	for _, g := range list {
+		running[g.Name] = g.State == hypervisor.StateRunning
+	}
+	for _, g := range held.Guests {
+		if g.Mirrored && !g.Twin && !g.Evict && !g.Incoming && running[g.Name] {
+			p, _, _ := a.mirrorCheck(g)
+			a.setProtection(g.Name, p)
+		}
+	}
+}
+
+// stopMirror ends g's mirror job (no pivot: the guest keeps its own disk).
+func (a *Agent) stopMirror(name, why string) {
+	if err := a.cfg.Node.StopMirror(name); err != nil {
+		a.cfg.Log.Warn("mirror not stopped", "guest", name, "err", err)
+		return
+	}
+	os.Remove(a.mirrorTargetFile(name))
+	a.cfg.Log.Info("mirror stopped", "guest", name, "why", why)
+}
+
+func (a *Agent) setProtection(name string, p *api.Protection) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p == nil {
+		delete(a.protection, name)
+		return
+	}
+	a.protection[name] = p
+}
+
+// mirrorReport adds standbys and mirrors to a report, to a master that reads them.
+// Called with a.mu held.
+func (a *Agent) mirrorReport(st *api.NodeStatus, list []hypervisor.Guest) {
+	if a.latest == nil || !version.AtLeast(a.latest.Version, api.MirrorSince) {
+		return
+	}
+	for i := range st.Guests {
+		o := &st.Guests[i]
+		o.Standby = a.standbys[o.Name]
+		if p := a.protection[o.Name]; p != nil && o.State == string(hypervisor.StateRunning) {
+			c := *p
+			o.Protection = &c
+		}
+	}
+	for name, addr := range a.standbys {
+		if !containsGuest(list, name) && !reported(st.Guests, name) {
+			st.Guests = append(st.Guests, api.ObservedGuest{Name: name, State: "standby", Standby: addr})
+		}
+	}
+}
+
+func reported(gs []api.ObservedGuest, name string) bool {
+	for _, g := range gs {
+		if g.Name == name {
+			return true
+		}
+	}
+	return false
+}
