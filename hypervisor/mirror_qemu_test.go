@@ -6,6 +6,7 @@ package hypervisor
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,6 +14,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -24,7 +26,45 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dvmproject/dvm/internal/lab"
 )
+
+// requireQEMU skips (fails under CI=true) unless QEMU, its tools and root are here.
+func requireQEMU(t testing.TB) {
+	t.Helper()
+	why := ""
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		why = "no qemu-system-x86_64 (apt-get install qemu-system-x86 qemu-utils)"
+	} else if _, err := exec.LookPath("qemu-img"); err != nil {
+		why = "no qemu-img (apt-get install qemu-utils)"
+	} else if os.Geteuid() != 0 {
+		why = "not root: the mirror tests run guests on qemu:///system"
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+// requireLabImage is the lab guest image, built first if need be; none skips the test
+// (fails it under CI=true).
+func requireLabImage(t testing.TB) lab.Image {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := lab.EnsureImage(ctx, lab.DefaultImageCache, io.Discard)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("lab guest image: %v", err)
+		}
+		t.Skipf("lab guest image: %v", err)
+	}
+	return img
+}
 
 // requireMirrorHost skips (fails under CI=true) unless this host can run the mirror
 // tests: root, QEMU's tools, and a libvirtd at qemu:///system.
@@ -241,7 +281,10 @@ func (g *mirrorGuest) run(cmd string, limit time.Duration) string {
 	return last
 }
 
-// tickCount is how many heartbeats the guest printed so far (tickRE: the twin tests').
+// tickRE is the lab guest's heartbeat line (guest/lab.d/tick.sh).
+var tickRE = regexp.MustCompile(`dvm-lab-guest: tick (\d+)`)
+
+// tickCount is how many heartbeats the guest printed so far.
 func (g *mirrorGuest) tickCount() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -572,4 +615,12 @@ func TestRealQEMUMirrorSync1GiB(t *testing.T) {
 	took := g.mirrorTo(s, creds, filepath.Join(dir, "client-tls"), 10*time.Minute)
 	t.Logf("1 GiB of data in step after %s (%.0f MiB/s)", took.Round(time.Millisecond), 1024/took.Seconds())
 	g.endMirror(s)
+}
+
+// lastBytes is the end of b, at most n bytes: a console's last lines for a log.
+func lastBytes(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
 }

@@ -2,8 +2,9 @@
 # disk and tells a client each value only once the disk holds it. Sector 8 of /dev/vda
 # holds "dvm-lab-counter N"; each step writes N+1 there with an fsync (conv=fsync:
 # the write and a flush of the virtual disk), then sends "counter N+1" to ADDR:PORT
-# over TCP. The value found at boot is said on the console:
+# over TCP, and says it on the console. The value found at boot is said too:
 #   dvm-lab-guest: counter: found N
+#   dvm-lab-guest: counter: at N
 # If the connection breaks, counting goes on from what the disk holds once it is open
 # again.
 . /lib/lab.sh
@@ -28,6 +29,7 @@ while :; do
 		n=$((n + 1))
 		printf 'dvm-lab-counter %d\n' "$n" | dd of=/dev/vda bs=512 seek=8 count=1 conv=sync,fsync 2>/dev/null || exit 1
 		echo "counter $n"
+		say "counter: at $n"
 		sleep 0.05
 	done | nc "$host" "$port"
 	sleep 0.5

@@ -1,5 +1,6 @@
 # ddbench: with dvm.ddbench=SECONDS on the kernel command line, measures the guest's
-# direct (uncached) write throughput to its disk every SECONDS: 16 MiB in 64 KiB
+# direct (uncached) write throughput to its disk every SECONDS, the first time SECONDS
+# after boot: 16 MiB in 64 KiB
 # writes from 1 MiB into /dev/vda (oflag=direct, then fsync), timed on /proc/uptime
 # (hundredths of a second), and says it on the console:
 #   dvm-lab-guest: ddbench: 16777216 bytes in 123 cs
