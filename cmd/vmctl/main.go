@@ -475,6 +475,27 @@ func guestRow(g api.Guest) []string {
 	return []string{g.Name, g.State, node, g.OS, fmt.Sprint(g.CPUs), units.FormatBytes(g.MemoryBytes), g.Failover}
 }
 
+// protectionLine says a twin's protection: "protected", "syncing 1.2GiB of 20GiB to n3",
+// "unprotected: REASON".
+func protectionLine(pr api.Protection) string {
+	switch pr.State {
+	case api.ProtectionSyncing:
+		line := "syncing"
+		if pr.Total > 0 {
+			line += fmt.Sprintf(" %s of %s (%d%%)", units.FormatBytes(int64(pr.Done)), units.FormatBytes(int64(pr.Total)), pr.Done*100/pr.Total)
+		}
+		if pr.Node != "" {
+			line += " to " + pr.Node
+		}
+		return line
+	case api.ProtectionUnprotected:
+		if pr.Reason != "" {
+			return "unprotected: " + pr.Reason
+		}
+	}
+	return pr.State
+}
+
 func vmList(c *cli.Context) error { return list(c, "/v1/guests", guestHeader, guestRow) }
 
 func vmShow(c *cli.Context) error {
@@ -524,6 +545,10 @@ func showGuest(c *cli.Context, cl *api.Client, g api.Guest) error {
 		p("Cloud-init", seed)
 	}
 	p("Failover", g.Failover)
+	p("Standby", g.TwinNode)
+	if pr := g.Protection; pr != nil {
+		p("Protection", protectionLine(*pr))
+	}
 	p("Constraints", labels(g.Constraints))
 	p("NICs", nicsLine(g.NICs))
 	p("Pending", g.PendingReason)

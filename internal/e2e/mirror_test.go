@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +32,8 @@ import (
 //     acknowledged write lost); a new standby is placed on a third node and brought in
 //     step with no operator action;
 //   - the new standby's node is killed: the twin runs on where it ran (same libvirt
-//     domain ID), counts on after a stall, and is protected again on the node left.
+//     domain ID), counts on after a stall, and is protected again on the node left;
+//   - dvmd restarts on that standby's node: its export runs on, still in step.
 //
 // Figures: kill to running on the standby, time to protected (first sync, and each
 // re-protection), the write stall while a standby's node dies, and the guest's direct
@@ -44,18 +47,7 @@ func TestMirroredTwin(t *testing.T) {
 	l := labtest.Start(t, lab.Options{Nodes: len(nodes), DvmdPath: dvmd})
 	c := newNetLab(t, l, vmctl)
 
-	waitNet(t, "every node to report pool local", time.Minute, func() bool {
-		var listed []api.Node
-		if err := json.Unmarshal([]byte(c.run("-o", "json", "node", "ls")), &listed); err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range listed {
-			if n.Pools["local"] != "dir" {
-				return false
-			}
-		}
-		return len(listed) == len(nodes)
-	})
+	waitPools(t, func() string { return c.run("-o", "json", "node", "ls") }, len(nodes), map[string]string{"local": "dir"})
 	c.run("net", "create", "blue", "--vni", "43", "--cidr", "192.168.43.0/24")
 	// The twin is created first and gets .1; the sink gets .2.
 	const sinkAddr, sinkPort = "192.168.43.2", "7000"
@@ -161,6 +153,48 @@ func TestMirroredTwin(t *testing.T) {
 	})
 	protectedOn(t, c, "tw", fourth, 3*time.Minute)
 	t.Logf("FIGURE mirrored twin: protected again on %s %.1f s after its standby's node was killed", fourth, time.Since(killed).Seconds())
+
+	// dvmd restarts on the standby's node (an upgrade's step): the export it started
+	// runs on, and the copy stays in step throughout.
+	pidFile := filepath.Join(l.Dir(), "nodes", fourth, "data", "mirrors", "qsd-tw.pid")
+	pid := readFile(pidFile)
+	if len(pid) == 0 {
+		t.Fatalf("no standby export's pid file %s", pidFile)
+	}
+	if err := l.StopAgent(fourth); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAgent(context.Background(), fourth); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if g := c.guest("tw"); g.Protection == nil || g.Protection.State != api.ProtectionProtected || g.TwinNode != fourth {
+			t.Fatalf("after dvmd restarted on the standby's node %s: standby %s, protection %+v", fourth, g.TwinNode, g.Protection)
+		}
+	}
+	if now := readFile(pidFile); !bytes.Equal(now, pid) {
+		t.Fatalf("the standby export was restarted with dvmd: pid %s, now %s", pid, now)
+	}
+}
+
+// waitPools waits until nodeLs (vmctl -o json node ls) lists n nodes, each with the
+// pools of want (name: kind).
+func waitPools(t *testing.T, nodeLs func() string, n int, want map[string]string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("every node to report its storage pools %v", want), time.Minute, func() bool {
+		var listed []api.Node
+		if err := json.Unmarshal([]byte(nodeLs()), &listed); err != nil {
+			t.Fatal(err)
+		}
+		for _, node := range listed {
+			for name, kind := range want {
+				if node.Pools[name] != kind {
+					return false
+				}
+			}
+		}
+		return len(listed) == n
+	})
 }
 
 // labImage places image name beside the lab image: the lab image with extra on its
@@ -289,18 +323,7 @@ func domainID(t *testing.T, l *lab.Lab, node, guest string) int {
 func TestMirroredTwinKills(t *testing.T) {
 	runs := runsFromEnv(t, "DVM_TWIN_KILLS")
 	c := upCluster(t, 4)
-	waitFor(t, "every node to report pool local", time.Minute, func() bool {
-		var listed []api.Node
-		if err := json.Unmarshal([]byte(c.run("-o", "json", "node", "ls")), &listed); err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range listed {
-			if n.Pools["local"] != "dir" {
-				return false
-			}
-		}
-		return len(listed) == 4
-	})
+	waitPools(t, func() string { return c.run("-o", "json", "node", "ls") }, 4, map[string]string{"local": "dir"})
 	dir := t.TempDir()
 	raw, img := filepath.Join(dir, "fill.raw"), filepath.Join(dir, "fill.qcow2")
 	for _, args := range [][]string{

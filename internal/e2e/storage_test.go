@@ -34,18 +34,7 @@ func TestStoragePools(t *testing.T) {
 	l := labtest.Start(t, lab.Options{Nodes: 3, DvmdPath: dvmd, Ceph: true})
 	t.Logf("lab with Ceph up in %.1fs", time.Since(start).Seconds())
 	c := newCluster(t, l, vmctl)
-	waitFor(t, "every node to report its storage pools", time.Minute, func() bool {
-		var nodes []api.Node
-		if err := json.Unmarshal([]byte(c.run("-o", "json", "node", "ls")), &nodes); err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range nodes {
-			if n.Pools["ceph"] != "rbd" || n.Pools["shared"] != "shared" || n.Pools["local"] != "dir" {
-				return false
-			}
-		}
-		return len(nodes) == 3
-	})
+	waitPools(t, func() string { return c.run("-o", "json", "node", "ls") }, 3, map[string]string{"ceph": "rbd", "shared": "shared", "local": "dir"})
 
 	t.Run("bad input", func(t *testing.T) {
 		for _, tc := range []struct {

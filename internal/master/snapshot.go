@@ -47,7 +47,7 @@ func (m *Master) SaveSnapshot(w io.Writer) (snapshot.Header, error) {
 // holds no guest and no network takes it, so a restore never takes a running
 // cluster's state back in time. The restored state keeps this group's generation,
 // ends every migration it records as in flight (each is over one way or another),
-// and starts an adoption (see store.Adoption) that waits for the snapshot's nodes
+// holds no mirrored twin's copy in step until its node reports it again, and starts an adoption (see store.Adoption) that waits for the snapshot's nodes
 // until adoptTimeout.
 func (m *Master) RestoreSnapshot(r io.Reader, adoptTimeout time.Duration) (api.SnapshotRestored, error) {
 	h, snap, err := store.ReadSnapshot(r)
@@ -85,7 +85,9 @@ func (m *Master) RestoreSnapshot(r io.Reader, adoptTimeout time.Duration) (api.S
 		a.DoneAt = now
 	}
 	for i := range snap.Guests {
-		snap.Guests[i].MigrateTo = ""
+		// A mirror in step when the snapshot was taken may have broken since: the
+		// guests' nodes say again (a promotion meanwhile waits for its node).
+		snap.Guests[i].MigrateTo, snap.Guests[i].TwinProtected = "", false
 	}
 	// The generation is the group's, not the data's: the group that took the
 	// snapshot is gone, and this one's raft epoch and terms are its own.
