@@ -134,6 +134,20 @@ func standbyPaths(runDir, guest string) (pid, qmp, state, tls string) {
 	return b + ".pid", b + ".qmp", b + ".json", b + ".tls"
 }
 
+// Standbys lists the standby exports running from runDir (after a restart of the
+// caller: each adopted as FindStandby does), by guest.
+func Standbys(runDir string) map[string]*Standby {
+	out := map[string]*Standby{}
+	pids, _ := filepath.Glob(filepath.Join(runDir, "qsd-*.pid"))
+	for _, p := range pids {
+		guest := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "qsd-"), ".pid")
+		if s, ok := FindStandby(runDir, guest); ok {
+			out[guest] = s
+		}
+	}
+	return out
+}
+
 // StartStandby starts the guest's qemu-storage-daemon, detached in its own session
 // (it outlives the caller: FindStandby adopts it after a restart), and returns once it
 // listens. The export is writable and writethrough (a write is on the disk, flushed,

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -207,5 +208,48 @@ func TestTwinWithoutItsTwin(t *testing.T) {
 	s = New(nodes, []Assignment{{Guest: twin("u", 6, 4), Node: "a", TwinNode: "a"}}, Options{Strategy: Spread})
 	if cpus, _, _ := s.Free("a"); cpus != 2 || len(s.Problems()) != 1 {
 		t.Errorf("a has %d CPUs free, problems %v; want 2 and the problem named", cpus, s.Problems())
+	}
+}
+
+// TestPlaceTwin: a twin guest recorded without a twin gets one in another failure
+// domain, with its room held there; with none that can take it the guest stays as it
+// was and the answer says why.
+func TestPlaceTwin(t *testing.T) {
+	nodes := []Node{
+		{Name: "n1", CPUs: 8, MemoryBytes: 16 * gib, Schedulable: true, Labels: map[string]string{"rack": "r1"}},
+		{Name: "n2", CPUs: 8, MemoryBytes: 16 * gib, Schedulable: true, Labels: map[string]string{"rack": "r1"}},
+		{Name: "n3", CPUs: 8, MemoryBytes: 16 * gib, Schedulable: false, Labels: map[string]string{"rack": "r2"}},
+	}
+	opts := Options{FailureDomains: []string{"rack"}}
+	tw := Guest{Name: "tw", CPUs: 2, MemoryBytes: 4 * gib, Failover: FailoverTwin}
+	s := New(nodes, []Assignment{{Guest: tw, Node: "n1"}}, opts)
+	if _, _, err := s.PlaceTwin("nope"); !errors.Is(err, ErrInvalidGuest) {
+		t.Fatalf("unknown guest: %v", err)
+	}
+	// Only n2 takes guests, in the guest's own rack: refused, nothing changed.
+	var u *Unplaceable
+	if _, _, err := s.PlaceTwin("tw"); !errors.As(err, &u) || !u.Twin {
+		t.Fatalf("no other rack: %v, want an *Unplaceable for a twin", err)
+	}
+	if a, ok := s.Lookup("tw"); !ok || a.Node != "n1" || a.TwinNode != "" {
+		t.Fatalf("after a refusal: %+v (%v)", a, ok)
+	}
+	if cpus, _, _ := s.Free("n1"); cpus != 6 {
+		t.Fatalf("n1 has %d CPUs free, want 6", cpus)
+	}
+	// n3 (another rack) takes guests now: the twin goes there, its room held.
+	nodes[2].Schedulable = true
+	s = New(nodes, []Assignment{{Guest: tw, Node: "n1"}}, opts)
+	if node, warn, err := s.PlaceTwin("tw"); err != nil || node != "n3" || warn != "" {
+		t.Fatalf("PlaceTwin = %q, %q, %v; want n3, no warning", node, warn, err)
+	}
+	if a, _ := s.Lookup("tw"); a.Node != "n1" || a.TwinNode != "n3" {
+		t.Fatalf("recorded %+v", a)
+	}
+	if cpus, _, _ := s.Free("n3"); cpus != 6 {
+		t.Fatalf("n3 has %d CPUs free, want 6: the twin's room is held", cpus)
+	}
+	if node, _, err := s.PlaceTwin("tw"); err != nil || node != "n3" {
+		t.Fatalf("again: %q, %v; want n3 as it is", node, err)
 	}
 }

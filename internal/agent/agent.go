@@ -148,6 +148,13 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, pool: pool, errs: map[string]string{}, busy: map[string]bool{}, deleting: map[string]bool{}, report: make(chan struct{}, 1),
 		standbys: map[string]string{}, protection: map[string]*api.Protection{},
 		resync: make(chan struct{}, 1), fenced: cfg.Fencing, fencedAt: time.Now()}
+	if cfg.Mirror.RunDir != "" {
+		// Exports a previous dvmd started run on: the first report names them, so
+		// that no mirror to them is dropped while this dvmd finds its feet.
+		for guest, s := range hypervisor.Standbys(cfg.Mirror.RunDir) {
+			a.standbys[guest] = s.Addr()
+		}
+	}
 	return a, nil
 }
 

@@ -28,6 +28,7 @@ var (
 	descGuestInfo     = prometheus.NewDesc("dvm_guest_info", "A guest and where it is placed, as labels; domain is the libvirt domain name.", []string{"domain", "node", "os", "failover", "state"}, nil)
 	descNodeLost      = prometheus.NewDesc("dvm_node_lost_seconds", "How long ago the role machine declared the node lost; absent while it is not.", []string{"node"}, nil)
 	descTwinProtected = prometheus.NewDesc("dvm_twin_protected", "1 when a twin guest survives the loss of its node now: its standby is placed (shared storage) or holds a copy of its disk in step (a mirrored twin); 0 when it runs unprotected or its copy is syncing.", []string{"domain"}, nil)
+	descTwinSync      = prometheus.NewDesc("dvm_twin_sync_remaining_bytes", "Bytes a mirrored twin's standby copy still lacks while it is filled (syncing), 0 once in step; absent while no mirror runs to its standby.", []string{"domain", "standby"}, nil)
 	descNodeDraining  = prometheus.NewDesc("dvm_node_draining", "1 while a node is drained or in maintenance.", []string{"node"}, nil)
 	descHalted        = prometheus.NewDesc("dvm_replica_halted", "1 when this management node's replica of the cluster state met a log entry or snapshot its dvmd cannot read and applies nothing more (GET /v1/health says which).", nil, nil)
 	allGuestStates    = []string{api.GuestLost, api.GuestPending, api.GuestStarting, api.GuestRunning, api.GuestStopping, api.GuestStopped, api.GuestMigrating, api.GuestDeleting, api.GuestFailed, api.GuestUnknown}
@@ -35,7 +36,7 @@ var (
 )
 
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo, descNodeLost, descTwinProtected, descNodeDraining, descHalted} {
+	for _, d := range []*prometheus.Desc{descNodeCPUs, descNodeMemory, descNodeAllocCPU, descNodeAllocMem, descNodeHostCPUs, descNodeHostMem, descNodeUp, descNodeInfo, descGuests, descGuestsPolicy, descGuestInfo, descNodeLost, descTwinProtected, descTwinSync, descNodeDraining, descHalted} {
 		ch <- d
 	}
 }
@@ -59,11 +60,18 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, g := range records {
 		if g.Failover == api.FailoverTwin {
-			p := 0.0
-			if c.m.protectionOf(g).State == api.ProtectionProtected {
+			p, pr := 0.0, c.m.protectionOf(g)
+			if pr.State == api.ProtectionProtected {
 				p = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descTwinProtected, prometheus.GaugeValue, p, g.Name)
+			if pr.Total > 0 && (pr.State == api.ProtectionSyncing || pr.State == api.ProtectionProtected) {
+				left := float64(pr.Total - min(pr.Done, pr.Total))
+				if pr.State == api.ProtectionProtected {
+					left = 0
+				}
+				ch <- prometheus.MustNewConstMetric(descTwinSync, prometheus.GaugeValue, left, g.Name, pr.Node)
+			}
 		}
 	}
 	for _, n := range c.m.Nodes() {

@@ -98,6 +98,10 @@ type Master struct {
 
 	obsMu    sync.RWMutex
 	lastSeen map[string]time.Time                    // node -> last status report
+	// standbyAt is where each mirrored twin's standby was last reported to serve its
+	// copy (guest -> node and address): a report that lacks it (a dvmd that just
+	// restarted, a report lost) does not take the mirror's target away.
+	standbyAt map[string]api.MirrorTarget
 	observed map[string]map[string]api.ObservedGuest // node -> guest -> state
 	// obsChanged is closed, and replaced, when a report changes what a node observes
 	// or comes from a node that was not reporting: it wakes WatchGuest.
@@ -143,7 +147,7 @@ func New(st *store.Store, opts Options) (*Master, error) {
 	}
 	return &Master{
 		st: st, opts: opts, log: opts.Log,
-		lastSeen: map[string]time.Time{},
+		lastSeen: map[string]time.Time{}, standbyAt: map[string]api.MirrorTarget{},
 		observed: map[string]map[string]api.ObservedGuest{},
 		pending:  map[string]chan api.Migration{},
 		holds:    map[string]hold{},
@@ -378,8 +382,12 @@ func (m *Master) placePending() {
 		out[r.Guest] = true
 	}
 	for _, c := range changes {
-		if c.next.Node != "" && !out[c.next.Name] {
+		switch {
+		case out[c.next.Name]:
+		case c.base.Node == "" && c.next.Node != "":
 			m.log.Info("pending guest placed", "guest", c.next.Name, "node", c.next.Node)
+		case c.base.Node != "" && c.base.TwinNode == "" && c.next.TwinNode != "":
+			go m.Record("recovery", c.next.Node, c.next.Name, fmt.Sprintf("twin without a standby: new standby on %s", c.next.TwinNode))
 		}
 	}
 	if len(refused) > 0 {
@@ -390,13 +398,17 @@ func (m *Master) placePending() {
 // planPending plans every pending guest, in creation order; a pending guest waits,
 // whatever the reason, and is written only when placed or when its reason changed.
 func (m *Master) planPending(nodes []store.NodeRecord, guests []store.GuestRecord) []change {
-	var todo []store.GuestRecord
+	var todo, twinless []store.GuestRecord
 	for _, g := range guests {
-		if g.Node == "" && g.Desired != store.DesiredDeleted {
+		switch {
+		case g.Desired == store.DesiredDeleted:
+		case g.Node == "":
 			todo = append(todo, g)
+		case g.Failover == api.FailoverTwin && g.TwinNode == "" && !g.Lost && g.MigrateTo == "":
+			twinless = append(twinless, g)
 		}
 	}
-	if len(todo) == 0 {
+	if len(todo) == 0 && len(twinless) == 0 {
 		return nil
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].CreatedAt.Before(todo[j].CreatedAt) })
@@ -407,6 +419,16 @@ func (m *Master) planPending(nodes []store.NodeRecord, guests []store.GuestRecor
 		m.place(&g, s)
 		if g.Node != "" || g.PendingReason != todo[i].PendingReason {
 			changes = append(changes, change{base: &todo[i], next: g})
+		}
+	}
+	// A twin left without a standby (none could be placed when its last one was lost:
+	// no room then, or no node had reported to a master that had just taken over)
+	// gets one as soon as a node can take it.
+	for i := range twinless {
+		if node, _, err := s.PlaceTwin(twinless[i].Name); err == nil {
+			g := twinless[i]
+			g.TwinNode = node
+			changes = append(changes, change{base: &twinless[i], next: g})
 		}
 	}
 	return changes

@@ -47,16 +47,19 @@ func (m *Master) mirrored(g store.GuestRecord) bool {
 }
 
 // mirrorTarget is where g's node mirrors its disk: the standby's export as the
-// standby's node last reported it; nil while it reported none.
+// standby's node last reported it (a report without it changes nothing); nil while
+// the standby's node has reported none.
 func (m *Master) mirrorTarget(g *store.GuestRecord) *api.MirrorTarget {
 	if g.TwinNode == "" || g.TwinNode == g.Node {
 		return nil
 	}
-	addr := m.observedOn(g.TwinNode, g.Name).Standby
-	if addr == "" {
+	m.obsMu.RLock()
+	at, ok := m.standbyAt[g.Name]
+	m.obsMu.RUnlock()
+	if !ok || at.Node != g.TwinNode {
 		return nil
 	}
-	return &api.MirrorTarget{Node: g.TwinNode, Address: addr, Protected: g.TwinProtected}
+	return &api.MirrorTarget{Node: g.TwinNode, Address: at.Address, Protected: g.TwinProtected}
 }
 
 // protectionOf is a twin guest's protection as the API shows it; nil for other
@@ -78,6 +81,10 @@ func (m *Master) protectionOf(g store.GuestRecord) *api.Protection {
 	}
 	obs := m.observedOn(g.Node, g.Name).Protection
 	switch {
+	case obs == nil && g.TwinProtected:
+		// No word from the guest's node yet (this master just took over): what the
+		// state records holds until it reports.
+		return &api.Protection{State: api.ProtectionProtected, Node: g.TwinNode}
 	case obs == nil || obs.Node != g.TwinNode:
 		return &api.Protection{State: api.ProtectionUnprotected, Node: g.TwinNode,
 			Reason: fmt.Sprintf("node %s has not reported a mirror to the standby on %s yet", g.Node, g.TwinNode)}

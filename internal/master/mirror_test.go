@@ -168,3 +168,30 @@ func TestTwinProtectedClearedOnMove(t *testing.T) {
 		t.Fatalf("standby moved %s -> %s with the copy still marked in step", g.TwinNode, got.TwinNode)
 	}
 }
+
+// TestTwinWithoutStandbyGetsOne: a twin left without a standby (none could be placed
+// when its last one was lost) gets one once a node can take it, with no operator
+// action, and an event says so.
+func TestTwinWithoutStandbyGetsOne(t *testing.T) {
+	m, c := newTestMaster(t)
+	for _, n := range []string{"n1", "n2"} {
+		reportGuests(t, c, n)
+	}
+	var g api.Guest
+	if err := c.Do(context.Background(), "POST", "/v1/guests", api.CreateGuest{Name: "tw", CPUs: 1, MemoryBytes: gib, Pool: "local", Failover: api.FailoverTwin}, &g); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := m.st.Guest("tw")
+	rec.TwinNode = ""
+	if _, err := m.st.Apply(store.Command{Op: store.OpPutGuest, Guest: &rec}); err != nil {
+		t.Fatal(err)
+	}
+	if p := m.view(rec, time.Now()).Protection; p.State != api.ProtectionUnprotected || p.Reason == "" {
+		t.Fatalf("without a standby: %+v", p)
+	}
+	m.placePending()
+	got, _ := m.st.Guest("tw")
+	if got.TwinNode == "" || got.TwinNode == got.Node || got.Node != rec.Node {
+		t.Fatalf("after placePending: node %q, standby %q; want a standby beside %s", got.Node, got.TwinNode, rec.Node)
+	}
+}

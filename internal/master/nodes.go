@@ -38,6 +38,11 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 	}
 	m.lastSeen[name] = now
 	m.observed[name] = obs
+	for _, g := range obs {
+		if g.Standby != "" {
+			m.standbyAt[g.Name] = api.MirrorTarget{Node: name, Address: g.Standby}
+		}
+	}
 	m.obsMu.Unlock()
 
 	m.mu.Lock()
@@ -103,6 +108,9 @@ func (m *Master) ReportStatus(name string, st api.NodeStatus) error {
 		if g.Node == name && g.Desired == store.DesiredDeleted {
 			if _, present := obs[g.Name]; !present {
 				cmds = append(cmds, store.Command{Op: store.OpDeleteGuest, Name: g.Name})
+				m.obsMu.Lock()
+				delete(m.standbyAt, g.Name)
+				m.obsMu.Unlock()
 			}
 		}
 	}
