@@ -97,12 +97,12 @@ type Master struct {
 	rebalancing atomic.Bool // a rebalance runs (one at a time, the balancer's included)
 
 	obsMu    sync.RWMutex
-	lastSeen map[string]time.Time                    // node -> last status report
+	lastSeen map[string]time.Time // node -> last status report
 	// standbyAt is where each mirrored twin's standby was last reported to serve its
 	// copy (guest -> node and address): a report that lacks it (a dvmd that just
 	// restarted, a report lost) does not take the mirror's target away.
 	standbyAt map[string]api.MirrorTarget
-	observed map[string]map[string]api.ObservedGuest // node -> guest -> state
+	observed  map[string]map[string]api.ObservedGuest // node -> guest -> state
 	// obsChanged is closed, and replaced, when a report changes what a node observes
 	// or comes from a node that was not reporting: it wakes WatchGuest.
 	obsChanged chan struct{}
