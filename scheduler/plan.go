@@ -179,8 +179,8 @@ func (n *nodeState) use(cpu int32, mem int64) float64 {
 // Rebalance plans at most maxMoves live migrations that even out load: each move takes a
 // guest off the most used node (dominant share of CPU or memory) to the node Spread would
 // choose for it, when that lowers the larger of the two nodes' shares; a node none of
-// whose guests can go anywhere better is passed over. Twin guests stay (moving a lockstep
-// pair costs more than it evens out), so do guests already moving and those that must
+// whose guests can go anywhere better is passed over. Twin guests stay (a move would have to
+// carry the standby's room and copy along, which costs more than it evens out), so do guests already moving and those that must
 // stay (Assignment.Stay); filters apply; each guest moves at most once. Each move costs
 // one pass over the nodes plus an index search per guest of the hot node. The snapshot
 // is not changed.
