@@ -167,7 +167,7 @@ func (a *Agent) Run(ctx context.Context) {
 	// the libvirt connection after Run (a call on a closed connection crashes in C).
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	loops := []func(context.Context){a.reportLoop, a.eventLoop, a.reconcileLoop, a.consoleLoop}
+	loops := []func(context.Context){a.reportLoop, a.eventLoop, a.reconcileLoop, a.consoleLoop, a.mirrorWatchLoop}
 	if a.cfg.Fencing {
 		loops = append(loops, a.fenceLoop)
 	}

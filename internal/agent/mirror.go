@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/dvmproject/dvm/hypervisor"
 	"github.com/dvmproject/dvm/internal/api"
@@ -305,4 +307,69 @@ func reported(gs []api.ObservedGuest, name string) bool {
 		}
 	}
 	return false
+}
+
+// A mirror whose standby stops answering holds the guest's writes (write-blocking):
+// TCP retries for many minutes before it gives up on a peer that vanished or is cut
+// off from this node alone. So the agent dials each running mirror's export every
+// mirrorProbeEvery, and after mirrorDeadAfter without an answer ends the mirror: the
+// guest writes on, unprotected (reported at once), until the standby answers again
+// or the cluster places another.
+const (
+	mirrorProbeEvery = time.Second
+	mirrorDeadAfter  = 3 * time.Second
+)
+
+// mirrorWatchLoop probes the exports of this node's running mirrors until ctx ends.
+func (a *Agent) mirrorWatchLoop(ctx context.Context) {
+	if a.cfg.Mirror.usable() != nil {
+		return
+	}
+	t := time.NewTicker(mirrorProbeEvery)
+	defer t.Stop()
+	silentSince := map[string]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		held := a.latest
+		a.mu.Unlock()
+		if held == nil {
+			continue
+		}
+		for _, g := range held.Guests {
+			if !g.Mirrored || g.Twin || g.Evict || g.Mirror == nil {
+				delete(silentSince, g.Name)
+				continue
+			}
+			raw, _ := os.ReadFile(a.mirrorTargetFile(g.Name))
+			if strings.TrimSpace(string(raw)) != mirrorTarget(g.Mirror) {
+				delete(silentSince, g.Name) // no mirror runs to it: nothing waits on it
+				continue
+			}
+			c, err := net.DialTimeout("tcp", g.Mirror.Address, mirrorProbeEvery)
+			if err == nil {
+				c.Close()
+				delete(silentSince, g.Name)
+				continue
+			}
+			first, ok := silentSince[g.Name]
+			if !ok {
+				silentSince[g.Name] = time.Now()
+				continue
+			}
+			if time.Since(first) < mirrorDeadAfter {
+				continue
+			}
+			delete(silentSince, g.Name)
+			why := fmt.Sprintf("the standby on %s does not answer at %s (%v) for %v", g.Mirror.Node, g.Mirror.Address, err, mirrorDeadAfter)
+			a.setProtection(g.Name, &api.Protection{State: api.ProtectionUnprotected, Node: g.Mirror.Node, Reason: why})
+			a.cfg.Log.Warn("mirror ended: its standby does not answer", "guest", g.Name, "standby", g.Mirror.Node, "address", g.Mirror.Address, "err", err)
+			a.startSlow(g.Name, func() { a.stopMirror(g.Name, why) })
+			a.requestReport()
+		}
+	}
 }

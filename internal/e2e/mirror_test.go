@@ -33,7 +33,10 @@ import (
 //     step with no operator action;
 //   - the new standby's node is killed: the twin runs on where it ran (same libvirt
 //     domain ID), counts on after a stall, and is protected again on the node left;
-//   - dvmd restarts on that standby's node: its export runs on, still in step.
+//   - dvmd restarts on that standby's node: its export runs on, still in step;
+//   - the link between the twin's node and its standby's alone is cut: the twin's
+//     writes go on within seconds (its node ends the mirror), and it is protected
+//     again once the link is healed.
 //
 // Figures: kill to running on the standby, time to protected (first sync, and each
 // re-protection), the write stall while a standby's node dies, and the guest's direct
@@ -175,6 +178,32 @@ func TestMirroredTwin(t *testing.T) {
 	if now := readFile(pidFile); !bytes.Equal(now, pid) {
 		t.Fatalf("the standby export was restarted with dvmd: pid %s, now %s", pid, now)
 	}
+
+	// The link between the twin's node and its standby's alone is cut (both still
+	// talk to the rest): no node is lost, yet the twin's writes must not wait for TCP
+	// to give up. Its node ends the mirror; once healed, the copy is filled again.
+	before = lastAt(twCon)
+	cut := time.Now()
+	if err := l.Cut(standby, []string{fourth}); err != nil {
+		t.Fatal(err)
+	}
+	stall = 0
+	waitNet(t, "the twin to count on with its standby cut off", 2*time.Minute, func() bool {
+		if lastAt(twCon) > before+1 {
+			stall = time.Since(cut)
+		}
+		return stall > 0
+	})
+	t.Logf("FIGURE mirrored twin: link to its standby cut; writes went on %.2f s later", stall.Seconds())
+	if g := c.guest("tw"); g.Protection == nil || g.Protection.State == api.ProtectionProtected {
+		t.Errorf("with its standby cut off the twin shows %+v, want not protected", g.Protection)
+	}
+	if err := l.Heal(standby); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	protectedOn(t, c, "tw", c.guest("tw").TwinNode, 3*time.Minute)
+	t.Logf("FIGURE mirrored twin: protected again %.1f s after the cut was healed", time.Since(healed).Seconds())
 }
 
 // waitPools waits until nodeLs (vmctl -o json node ls) lists n nodes, each with the
@@ -322,8 +351,9 @@ func domainID(t *testing.T, l *lab.Lab, node, guest string) int {
 // kill its node, time it to running on its standby's node, bring the killed node back.
 func TestMirroredTwinKills(t *testing.T) {
 	runs := runsFromEnv(t, "DVM_TWIN_KILLS")
-	c := upCluster(t, 4)
-	waitPools(t, func() string { return c.run("-o", "json", "node", "ls") }, 4, map[string]string{"local": "dir"})
+	labtest.Require(t)
+	// The image first, before the lab: a gigabyte written while the lab's nodes run
+	// can stall them past a short lease.
 	dir := t.TempDir()
 	raw, img := filepath.Join(dir, "fill.raw"), filepath.Join(dir, "fill.qcow2")
 	for _, args := range [][]string{
@@ -335,6 +365,8 @@ func TestMirroredTwinKills(t *testing.T) {
 		}
 	}
 	os.Remove(raw)
+	c := upCluster(t, 4)
+	waitPools(t, func() string { return c.run("-o", "json", "node", "ls") }, 4, map[string]string{"local": "dir"})
 	c.run("image", "import", "fill", img)
 	c.run("vm", "create", "tk", "--os", "linux", "--image", "fill", "--memory", "64MiB", "--pool", "local", "--failover", "twin")
 
