@@ -404,10 +404,10 @@ const mirrorConnectTimeout = 2 * time.Second
 // (before TLS): "NBDMAGIC", the IHAVEOPT magic, 16 bits of handshake flags.
 var nbdGreeting = []byte("NBDMAGICIHAVEOPT")
 
-// probeNBD checks that an NBD server answers at addr: it connects and reads the
+// ProbeNBD checks that an NBD server answers at addr: it connects and reads the
 // server's greeting, then hangs up. A server whose host is gone, or whose process is
 // stopped (its kernel still accepts connections), fails within mirrorConnectTimeout.
-func probeNBD(addr string) error {
+func ProbeNBD(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, mirrorConnectTimeout)
 	if err != nil {
 		return fmt.Errorf("target %s does not answer: %w", addr, err)
@@ -553,7 +553,7 @@ func (n *Node) StartMirror(name string, t MirrorTarget) error {
 	if err := WriteQEMUCreds(t.CredsDir, t.Creds, TLSClient, uid, gid); err != nil {
 		return fmt.Errorf("mirror of %s: %w", name, err)
 	}
-	if err := probeNBD(t.Addr); err != nil {
+	if err := ProbeNBD(t.Addr); err != nil {
 		return fmt.Errorf("mirror of %s: %w", name, err)
 	}
 	n.mirrorTo.Store(name, t.Addr)

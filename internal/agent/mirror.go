@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dvmproject/dvm/hypervisor"
@@ -311,10 +312,10 @@ func reported(gs []api.ObservedGuest, name string) bool {
 
 // A mirror whose standby stops answering holds the guest's writes (write-blocking):
 // TCP retries for many minutes before it gives up on a peer that vanished or is cut
-// off from this node alone. So the agent dials each running mirror's export every
-// mirrorProbeEvery, and after mirrorDeadAfter without an answer ends the mirror: the
-// guest writes on, unprotected (reported at once), until the standby answers again
-// or the cluster places another.
+// off from this node alone, and a stopped export never answers at all. So the agent
+// asks each running mirror's export for its NBD greeting every mirrorProbeEvery, and
+// after mirrorDeadAfter without one ends the mirror: the guest writes on, unprotected
+// (reported at once), until the export answers again or the cluster places another.
 const (
 	mirrorProbeEvery = time.Second
 	mirrorDeadAfter  = 3 * time.Second
@@ -340,32 +341,41 @@ func (a *Agent) mirrorWatchLoop(ctx context.Context) {
 		if held == nil {
 			continue
 		}
+		var probed []api.AssignedGuest
 		for _, g := range held.Guests {
-			if !g.Mirrored || g.Twin || g.Evict || g.Mirror == nil {
-				delete(silentSince, g.Name)
-				continue
-			}
 			raw, _ := os.ReadFile(a.mirrorTargetFile(g.Name))
-			if strings.TrimSpace(string(raw)) != mirrorTarget(g.Mirror) {
-				delete(silentSince, g.Name) // no mirror runs to it: nothing waits on it
+			if !g.Mirrored || g.Twin || g.Evict || g.Mirror == nil || strings.TrimSpace(string(raw)) != mirrorTarget(g.Mirror) {
+				delete(silentSince, g.Name) // no mirror of ours runs to it: nothing waits on it
 				continue
 			}
-			c, err := net.DialTimeout("tcp", g.Mirror.Address, mirrorProbeEvery)
-			if err == nil {
-				c.Close()
+			probed = append(probed, g)
+		}
+		// Together: a probe of an export that does not answer takes its timeout.
+		errs := make([]error, len(probed))
+		var wg sync.WaitGroup
+		for i, g := range probed {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = hypervisor.ProbeNBD(g.Mirror.Address)
+			}()
+		}
+		wg.Wait()
+		for i, g := range probed {
+			err := errs[i]
+			first, silent := silentSince[g.Name]
+			switch {
+			case err == nil:
 				delete(silentSince, g.Name)
 				continue
-			}
-			first, ok := silentSince[g.Name]
-			if !ok {
+			case !silent:
 				silentSince[g.Name] = time.Now()
 				continue
-			}
-			if time.Since(first) < mirrorDeadAfter {
+			case time.Since(first) < mirrorDeadAfter:
 				continue
 			}
 			delete(silentSince, g.Name)
-			why := fmt.Sprintf("the standby on %s does not answer at %s (%v) for %v", g.Mirror.Node, g.Mirror.Address, err, mirrorDeadAfter)
+			why := fmt.Sprintf("the standby on %s has not answered for %v: %v", g.Mirror.Node, mirrorDeadAfter, err)
 			a.setProtection(g.Name, &api.Protection{State: api.ProtectionUnprotected, Node: g.Mirror.Node, Reason: why})
 			a.cfg.Log.Warn("mirror ended: its standby does not answer", "guest", g.Name, "standby", g.Mirror.Node, "address", g.Mirror.Address, "err", err)
 			a.startSlow(g.Name, func() { a.stopMirror(g.Name, why) })

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,9 +35,9 @@ import (
 //   - the new standby's node is killed: the twin runs on where it ran (same libvirt
 //     domain ID), counts on after a stall, and is protected again on the node left;
 //   - dvmd restarts on that standby's node: its export runs on, still in step;
-//   - the link between the twin's node and its standby's alone is cut: the twin's
-//     writes go on within seconds (its node ends the mirror), and it is protected
-//     again once the link is healed.
+//   - the standby's export hangs (SIGSTOP; nothing is lost): the twin's writes go on
+//     within seconds (its node ends the mirror), and it is protected again once the
+//     export runs again.
 //
 // Figures: kill to running on the standby, time to protected (first sync, and each
 // re-protection), the write stall while a standby's node dies, and the guest's direct
@@ -179,31 +180,51 @@ func TestMirroredTwin(t *testing.T) {
 		t.Fatalf("the standby export was restarted with dvmd: pid %s, now %s", pid, now)
 	}
 
-	// The link between the twin's node and its standby's alone is cut (both still
-	// talk to the rest): no node is lost, yet the twin's writes must not wait for TCP
-	// to give up. Its node ends the mirror; once healed, the copy is filled again.
+	// The standby's export hangs (its process stopped; its node and every link are
+	// fine, so nothing is declared lost): the twin's writes must not wait on it for
+	// good. Its node ends the mirror; once the export runs again, the copy is filled
+	// again and the twin protected.
+	qsd := standbyProcess(t, l, fourth, "tw")
 	before = lastAt(twCon)
-	cut := time.Now()
-	if err := l.Cut(standby, []string{fourth}); err != nil {
+	stopped := time.Now()
+	if err := syscall.Kill(qsd, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	stall = 0
-	waitNet(t, "the twin to count on with its standby cut off", 2*time.Minute, func() bool {
+	waitNet(t, "the twin to count on with its standby's export stopped", 2*time.Minute, func() bool {
 		if lastAt(twCon) > before+1 {
-			stall = time.Since(cut)
+			stall = time.Since(stopped)
 		}
 		return stall > 0
 	})
-	t.Logf("FIGURE mirrored twin: link to its standby cut; writes went on %.2f s later", stall.Seconds())
+	t.Logf("FIGURE mirrored twin: standby's export stopped (SIGSTOP); writes went on %.2f s later", stall.Seconds())
 	if g := c.guest("tw"); g.Protection == nil || g.Protection.State == api.ProtectionProtected {
-		t.Errorf("with its standby cut off the twin shows %+v, want not protected", g.Protection)
+		t.Errorf("with its standby's export stopped the twin shows %+v, want not protected", g.Protection)
 	}
-	if err := l.Heal(standby); err != nil {
+	if err := syscall.Kill(qsd, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	healed := time.Now()
-	protectedOn(t, c, "tw", c.guest("tw").TwinNode, 3*time.Minute)
-	t.Logf("FIGURE mirrored twin: protected again %.1f s after the cut was healed", time.Since(healed).Seconds())
+	resumed := time.Now()
+	protectedOn(t, c, "tw", fourth, 3*time.Minute)
+	t.Logf("FIGURE mirrored twin: protected again %.1f s after the export ran again", time.Since(resumed).Seconds())
+}
+
+// standbyProcess is the root namespace PID of the qemu-storage-daemon that serves
+// guest's standby copy on node.
+func standbyProcess(t *testing.T, l *lab.Lab, node, guest string) int {
+	t.Helper()
+	pids, err := l.NodeProcesses(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(cmd, []byte("qemu-storage-daemon")) && bytes.Contains(cmd, []byte("qsd-"+guest+".pid")) {
+			return pid
+		}
+	}
+	t.Fatalf("no qemu-storage-daemon for %s among %s's processes", guest, node)
+	return 0
 }
 
 // waitPools waits until nodeLs (vmctl -o json node ls) lists n nodes, each with the
