@@ -389,7 +389,13 @@ func TestMirroredTwinKills(t *testing.T) {
 	c := upCluster(t, 4)
 	waitPools(t, func() string { return c.run("-o", "json", "node", "ls") }, 4, map[string]string{"local": "dir"})
 	c.run("image", "import", "fill", img)
-	c.run("vm", "create", "tk", "--os", "linux", "--image", "fill", "--memory", "64MiB", "--pool", "local", "--failover", "twin")
+	// Writing the gigabyte can stall the master's node past its lease (its raft log
+	// shares the disk); the guest then starts once the lease is back, which vm create
+	// does not wait for.
+	if out, code := c.try("vm", "create", "tk", "--os", "linux", "--image", "fill", "--memory", "64MiB", "--pool", "local", "--failover", "twin"); code != 0 {
+		t.Logf("vm create tk: exit %d: %s", code, strings.TrimSpace(out))
+		waitFor(t, "tk running", 2*time.Minute, func() bool { return c.guest("tk").State == api.GuestRunning })
+	}
 
 	var kills, syncs []float64
 	since := time.Now()
