@@ -184,21 +184,38 @@ func (a *Agent) mirrorCheck(g api.AssignedGuest) (p *api.Protection, active bool
 		if st.Active {
 			need = mirrorStop
 		}
-		return &api.Protection{State: api.ProtectionUnprotected, Reason: "no standby serves a copy yet"}, st.Active, need
+		return &api.Protection{State: api.ProtectionUnprotected, Reason: "no node holds its standby"}, st.Active, need
 	}
 	raw, _ := os.ReadFile(a.mirrorTargetFile(g.Name))
-	if st.Active && st.Err == "" && strings.TrimSpace(string(raw)) == mirrorTarget(want) {
-		p := &api.Protection{State: api.ProtectionSyncing, Node: want.Node, Done: st.Done, Total: st.Total}
-		if st.Ready {
-			p.State = api.ProtectionProtected
+	cur := strings.TrimSpace(string(raw))
+	if want.Address == "" {
+		// The standby's address is not known to the master yet (it just took over):
+		// a mirror running to that node goes on; one to another node ends.
+		if st.Active && st.Err == "" && strings.HasPrefix(cur, want.Node+" ") {
+			return runningProtection(want.Node, st), true, ""
 		}
-		return p, true, ""
+		if st.Active {
+			need = mirrorStop
+		}
+		return &api.Protection{State: api.ProtectionUnprotected, Node: want.Node, Reason: "the standby on " + want.Node + " serves no copy yet"}, st.Active, need
+	}
+	if st.Active && st.Err == "" && cur == mirrorTarget(want) {
+		return runningProtection(want.Node, st), true, ""
 	}
 	reason := "mirror starting to " + want.Node
 	if st.Err != "" {
 		reason = "mirror failed: " + st.Err
 	}
 	return &api.Protection{State: api.ProtectionUnprotected, Node: want.Node, Reason: reason}, st.Active, mirrorStart
+}
+
+// runningProtection is the protection a running mirror to node gives.
+func runningProtection(node string, st hypervisor.MirrorStatus) *api.Protection {
+	p := &api.Protection{State: api.ProtectionSyncing, Node: node, Done: st.Done, Total: st.Total}
+	if st.Ready {
+		p.State = api.ProtectionProtected
+	}
+	return p
 }
 
 const (
@@ -341,23 +358,27 @@ func (a *Agent) mirrorWatchLoop(ctx context.Context) {
 		if held == nil {
 			continue
 		}
+		// The mirrors that run, to the export each last started on: its standby's
+		// node is the assignment's (the address may not be known to a new master yet).
 		var probed []api.AssignedGuest
+		var addrs []string
 		for _, g := range held.Guests {
 			raw, _ := os.ReadFile(a.mirrorTargetFile(g.Name))
-			if !g.Mirrored || g.Twin || g.Evict || g.Mirror == nil || strings.TrimSpace(string(raw)) != mirrorTarget(g.Mirror) {
+			node, addr, _ := strings.Cut(strings.TrimSpace(string(raw)), " ")
+			if !g.Mirrored || g.Twin || g.Evict || g.Mirror == nil || node != g.Mirror.Node || addr == "" {
 				delete(silentSince, g.Name) // no mirror of ours runs to it: nothing waits on it
 				continue
 			}
-			probed = append(probed, g)
+			probed, addrs = append(probed, g), append(addrs, addr)
 		}
 		// Together: a probe of an export that does not answer takes its timeout.
 		errs := make([]error, len(probed))
 		var wg sync.WaitGroup
-		for i, g := range probed {
+		for i := range probed {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = hypervisor.ProbeNBD(g.Mirror.Address)
+				errs[i] = hypervisor.ProbeNBD(addrs[i])
 			}()
 		}
 		wg.Wait()
@@ -377,7 +398,7 @@ func (a *Agent) mirrorWatchLoop(ctx context.Context) {
 			delete(silentSince, g.Name)
 			why := fmt.Sprintf("the standby on %s has not answered for %v: %v", g.Mirror.Node, mirrorDeadAfter, err)
 			a.setProtection(g.Name, &api.Protection{State: api.ProtectionUnprotected, Node: g.Mirror.Node, Reason: why})
-			a.cfg.Log.Warn("mirror ended: its standby does not answer", "guest", g.Name, "standby", g.Mirror.Node, "address", g.Mirror.Address, "err", err)
+			a.cfg.Log.Warn("mirror ended: its standby does not answer", "guest", g.Name, "standby", g.Mirror.Node, "address", addrs[i], "err", err)
 			a.startSlow(g.Name, func() { a.stopMirror(g.Name, why) })
 			a.requestReport()
 		}

@@ -304,7 +304,7 @@ type AssignedGuest struct {
 	// Mirror; after a promotion, the disk is the copy this node served.
 	Mirrored bool `json:"mirrored,omitempty"`
 	// Mirror is where the guest's node mirrors a mirrored twin's disk: nil while the
-	// guest has no standby that serves its copy yet.
+	// guest has no standby.
 	Mirror *MirrorTarget `json:"mirror,omitempty"`
 	// Evict marks a guest this node still has although the cluster placed it elsewhere
 	// (it was recovered while this node was lost): the node stops and undefines it,
@@ -314,8 +314,10 @@ type AssignedGuest struct {
 
 // MirrorTarget is a mirrored twin's standby, as the guest's node is told of it.
 type MirrorTarget struct {
-	Node    string `json:"node"`
-	Address string `json:"address"` // ADDRESS:PORT of its NBD export (TLS)
+	Node string `json:"node"`
+	// Address is ADDRESS:PORT of its NBD export (TLS); "" while the master has not
+	// heard it from the standby's node: a mirror already running to that node goes on.
+	Address string `json:"address"`
 	// Protected: the cluster records the standby's copy as in step, so a promotion
 	// would boot from it. A node whose mirror broke while this holds pauses the guest
 	// until the cluster records otherwise: a write acknowledged in between would be

@@ -47,8 +47,9 @@ func (m *Master) mirrored(g store.GuestRecord) bool {
 }
 
 // mirrorTarget is where g's node mirrors its disk: the standby's export as the
-// standby's node last reported it (a report without it changes nothing); nil while
-// the standby's node has reported none.
+// standby's node last reported it (a report without it changes nothing); with no
+// address while that node has reported none to this master (one that just took over
+// has heard from nobody yet); nil when g has no standby.
 func (m *Master) mirrorTarget(g *store.GuestRecord) *api.MirrorTarget {
 	if g.TwinNode == "" || g.TwinNode == g.Node {
 		return nil
@@ -56,10 +57,11 @@ func (m *Master) mirrorTarget(g *store.GuestRecord) *api.MirrorTarget {
 	m.obsMu.RLock()
 	at, ok := m.standbyAt[g.Name]
 	m.obsMu.RUnlock()
-	if !ok || at.Node != g.TwinNode {
-		return nil
+	t := &api.MirrorTarget{Node: g.TwinNode, Protected: g.TwinProtected}
+	if ok && at.Node == g.TwinNode {
+		t.Address = at.Address
 	}
-	return &api.MirrorTarget{Node: g.TwinNode, Address: at.Address, Protected: g.TwinProtected}
+	return t
 }
 
 // protectionOf is a twin guest's protection as the API shows it; nil for other

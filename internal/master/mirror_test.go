@@ -65,8 +65,8 @@ func TestMirroredTwinProtection(t *testing.T) {
 	if ag, ok := assignedOn(t, c, s, "tw"); !ok || !ag.Twin || !ag.Mirrored {
 		t.Fatalf("standby's assignment on %s: %+v (listed %v), want twin and mirrored", s, ag, ok)
 	}
-	if ag, _ := assignedOn(t, c, p, "tw"); !ag.Mirrored || ag.Mirror != nil {
-		t.Fatalf("before the standby serves: %+v, want mirrored with no target", ag)
+	if ag, _ := assignedOn(t, c, p, "tw"); !ag.Mirrored || ag.Mirror == nil || ag.Mirror.Node != s || ag.Mirror.Address != "" {
+		t.Fatalf("before the standby serves: %+v, want mirrored to %s, no address yet", ag.Mirror, s)
 	}
 	const export = "10.0.0.9:10809"
 	reportGuests(t, c, s, api.ObservedGuest{Name: "tw", State: "standby", Standby: export})
