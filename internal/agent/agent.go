@@ -39,7 +39,7 @@ type Config struct {
 	// assigned with one has its disks there (pools.go).
 	Pools []config.Pool
 	// LockspaceDir is libvirt's lockspace on the shared storage (config.Node); when
-	// set, every restart guest runs under a lock there, disk or no disk.
+	// set, every restart and twin guest runs under a lock there, disk or no disk.
 	LockspaceDir string
 	ConsoleDir   string // serial console logs
 	// PausedFile records the HA guests this node paused when its lease lapsed
@@ -476,7 +476,10 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	if err != nil {
 		return err
 	}
-	if g.Failover == api.FailoverRestart && a.cfg.LockspaceDir != "" {
+	if isHA(g.Failover) && a.cfg.LockspaceDir != "" {
+		// A twin too: a mirrored twin's copies are two disks, which no disk lease
+		// keeps apart, so only the guest's own lock stops its standby from starting
+		// while a paused primary can still run on.
 		lock, err := guestLock(a.cfg.LockspaceDir, g)
 		if err != nil {
 			return err
@@ -500,7 +503,7 @@ func (a *Agent) define(g api.AssignedGuest) error {
 	return a.cfg.Node.Define(spec)
 }
 
-// guestLock makes sure the file of a restart guest's lock exists in the lockspace
+// guestLock makes sure the file of an HA guest's lock exists in the lockspace
 // (virtlockd opens a domain lease's file but does not create it) and names it. The
 // key is the guest's UUID, the same on every node and for the guest's whole life, so
 // the copy a node restarts and the copy a node that was paused resumes contend for

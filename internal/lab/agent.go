@@ -43,7 +43,7 @@ func agentConfig(dir string, k, nodes int, ceph bool, settings map[string]string
 	kv("master", masterURLs(nodes))
 	kv("images_dir", filepath.Join(dir, "shared", "images"))
 	kv("disks_dir", filepath.Join(dir, "shared", "disks"))
-	// The same lockspace as the node's virtlockd (qemuLockdConf): every restart guest
+	// The same lockspace as the node's virtlockd (qemuLockdConf): every restart and twin guest
 	// runs under a lock there, the lab's diskless guest too.
 	kv("lockspace_dir", filepath.Join(dir, "shared", "locks"))
 	kv("reserved_cpus", "0")
