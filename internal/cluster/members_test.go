@@ -145,7 +145,10 @@ func TestMembersSend(t *testing.T) {
 	_, creds := newCluster(t, "n1", "n2")
 	n1 := mustJoin(t, creds["n1"], Meta{})
 	n2 := mustJoin(t, creds["n2"], Meta{}, n1.Addr())
+	// Each sends to the other: each must see the other alive (n2 takes n1 in only
+	// once n1 has proved its name, which may come after n1 sees n2).
 	waitJoined(t, n1, "n1", "n2")
+	waitJoined(t, n2, "n1", "n2")
 
 	if err := n1.Send("n2", []byte("lease g7")); err != nil {
 		t.Fatal(err)
