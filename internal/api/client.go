@@ -42,8 +42,12 @@ type Client struct {
 	tls  bool
 }
 
-func (c *Client) addrs() []string {
-	addrs := c.Addrs
+// addrs is the order in which one round of a request tries the management nodes.
+// The first reached of them accepted a TCP connection just now (all of them when no
+// race was run); the rest did not, and a round in which a node answered that it has
+// no master skips them (see send).
+func (c *Client) addrs() (addrs []string, reached int) {
+	addrs = c.Addrs
 	if c.Discover != nil {
 		if a := c.Discover(); len(a) > 0 {
 			addrs = a
@@ -57,32 +61,39 @@ func (c *Client) addrs() []string {
 				out = append(out, a)
 			}
 		}
-		return out
+		return out, len(out)
 	}
 	if c.tls {
 		// Agents (mutual TLS) are long-lived and keep to the node that answered last;
 		// a bare connection race would only fill the listeners' logs with aborted
 		// handshakes.
-		return addrs
+		return addrs, len(addrs)
 	}
 	return raceConnect(addrs, time.Second)
 }
 
-// raceConnect puts first the address that accepts a TCP connection first, the others
-// after it in their listed order (all of them as listed when none connects within
-// timeout). A management
-// node that died does not answer at all: trying the list in order would wait out its
-// connect timeout before the next address; racing, the first node that answers is
-// the first tried.
-func raceConnect(addrs []string, timeout time.Duration) []string {
+// raceGrace is how long, past the first connection, the race waits for the other
+// nodes' connections: live nodes on one network connect within milliseconds of each
+// other, and a dead one does not connect at all.
+const raceGrace = 25 * time.Millisecond
+
+// raceConnect orders addrs by a race of TCP connections to all of them: first the
+// address that connected first, then the others that connected within raceGrace (or
+// twice the first one's time) of it, in their listed order, and last those that did
+// not, in their listed order. reached is how many connected (all of them, listed as
+// given, when none connected within timeout). A management node that died does not
+// answer at all: tried in listed order, it would cost a whole connect timeout per
+// round of a request that waits for a new master.
+func raceConnect(addrs []string, timeout time.Duration) (out []string, reached int) {
 	if len(addrs) < 2 {
-		return addrs
+		return addrs, len(addrs)
 	}
 	type result struct {
 		i  int
 		ok bool
 	}
 	ch := make(chan result, len(addrs))
+	start := time.Now()
 	for i, a := range addrs {
 		go func() {
 			u, err := url.Parse(a)
@@ -105,32 +116,42 @@ func raceConnect(addrs []string, timeout time.Duration) []string {
 			ch <- result{i, err == nil}
 		}()
 	}
-	// The first to connect is enough to start; the others keep their listed order, for
-	// the retries within this request.
 	winner := -1
+	ok := make([]bool, len(addrs))
 	deadline := time.After(timeout + 100*time.Millisecond)
 wait:
 	for range addrs {
 		select {
 		case r := <-ch:
-			if r.ok {
+			if !r.ok {
+				continue
+			}
+			ok[r.i] = true
+			if winner < 0 {
 				winner = r.i
-				break wait
+				d := time.Since(start)
+				deadline = time.After(max(raceGrace, d))
 			}
 		case <-deadline:
 			break wait
 		}
 	}
 	if winner < 0 {
-		return addrs
+		return addrs, len(addrs)
 	}
-	out := []string{addrs[winner]}
+	out = []string{addrs[winner]}
 	for i, a := range addrs {
-		if i != winner {
+		if i != winner && ok[i] {
 			out = append(out, a)
 		}
 	}
-	return out
+	reached = len(out)
+	for i, a := range addrs {
+		if !ok[i] {
+			out = append(out, a)
+		}
+	}
+	return out, reached
 }
 
 // NewClient reads a comma-separated address list ("https://a:7460,https://b:7460").
@@ -304,8 +325,15 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 		}
 	}
 	var lastErr, tlsErr error
-	addrs := c.addrs()
-	for _, addr := range addrs {
+	addrs, reached := c.addrs()
+	answered := false
+	for i, addr := range addrs {
+		if i >= reached && answered {
+			// A node answered that there is no master now, and the nodes left did not
+			// connect in this round's race: the next round, a moment from now, races
+			// them again rather than wait out a dead node's connect timeout here.
+			break
+		}
 		done, err := func() (bool, error) {
 			actx, cancel := context.WithCancel(ctx)
 			if d, ok := readTimeout(method, path, c.ReadTimeout); ok {
@@ -350,6 +378,7 @@ func (c *Client) send(ctx context.Context, method, path string, body any, answer
 				// election, a partition): another listed node may.
 				data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 				lastErr = fmt.Errorf("%s: %s", addr, strings.TrimSpace(string(data)))
+				answered = true
 				return false, nil
 			}
 			if resp.StatusCode >= 300 {

@@ -2,9 +2,12 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -32,8 +35,8 @@ func TestClientUsesTheNodeThatAnswers(t *testing.T) {
 	defer srv.Close()
 	dead := closedAddr(t)
 
-	if got := raceConnect([]string{dead, srv.URL}, 0); len(got) != 2 || got[0] != srv.URL || got[1] != dead {
-		t.Fatalf("raceConnect(dead, live) = %v, want the live node first, the dead one kept last", got)
+	if got, reached := raceConnect([]string{dead, srv.URL}, 0); len(got) != 2 || got[0] != srv.URL || got[1] != dead || reached != 1 {
+		t.Fatalf("raceConnect(dead, live) = %v, %d reached; want the live node first, the dead one kept last", got, reached)
 	}
 
 	c, err := NewClient(dead+","+srv.URL, "tok")
@@ -45,7 +48,7 @@ func TestClientUsesTheNodeThatAnswers(t *testing.T) {
 		t.Fatalf("Do through a dead and a live node: %+v, %v", st, err)
 	}
 	// The node that answered goes first from now on, without a new race.
-	if got := c.addrs(); got[0] != srv.URL {
+	if got, _ := c.addrs(); got[0] != srv.URL {
 		t.Fatalf("after an answer from %s, addresses are %v", srv.URL, got)
 	}
 }
@@ -135,5 +138,82 @@ func TestStreamMovesOnAsDoDoes(t *testing.T) {
 	err = none.Stream(context.Background(), "POST", "/v1/nodes/n2/drain", nil, func([]byte) error { return nil })
 	if _, ok := err.(*NoAnswerError); !ok {
 		t.Fatalf("no node with a master: %#v, want a *NoAnswerError", err)
+	}
+}
+
+// silentAddr is the URL of a loopback listener whose accept queue is full, so the
+// kernel drops new connections' SYNs and a connect hangs as it does to a dead host.
+func silentAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// Fill the queue (never accepted) until a connect no longer completes at once.
+	for i := 0; i < 8; i++ {
+		conn, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err != nil {
+			return "http://" + addr
+		}
+		t.Cleanup(func() { conn.Close() })
+	}
+	t.Fatalf("the accept queue of %s never filled", addr)
+	return ""
+}
+
+// TestClientSkipsANodeThatDoesNotConnectWhileNoMaster: a dead management node (its
+// connect hangs) listed before the live ones costs a round nothing once a live node
+// has answered that there is no master now; the request waits for the master in
+// rounds of its own, and succeeds as soon as there is one.
+func TestClientSkipsANodeThatDoesNotConnectWhileNoMaster(t *testing.T) {
+	silent := silentAddr(t)
+	var answers atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if answers.Add(1) <= 3 {
+			http.Error(w, `{"error":"no master is elected right now: retry in a moment"}`, http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte(`{"generation":9}`))
+	}))
+	defer srv.Close()
+
+	got, reached := raceConnect([]string{silent, srv.URL}, time.Second)
+	if len(got) != 2 || got[0] != srv.URL || reached != 1 {
+		t.Fatalf("raceConnect(silent, live) = %v, %d reached; want the live node alone reached", got, reached)
+	}
+	c, err := NewClient(silent+","+srv.URL, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := c.HTTP.Transport.(*http.Transport)
+	dial := tr.DialContext
+	var silentDials atomic.Int32
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if "http://"+addr == silent {
+			silentDials.Add(1)
+		}
+		return dial(ctx, network, addr)
+	}
+	var st ClusterStatus
+	if err := c.Do(context.Background(), "POST", "/v1/guests", map[string]string{"name": "g"}, &st); err != nil || st.Generation != 9 {
+		t.Fatalf("Do: %+v, %v", st, err)
+	}
+	if n := answers.Load(); n != 4 {
+		t.Fatalf("the live node was asked %d times, want 4 (3 refusals, then the answer)", n)
+	}
+	if n := silentDials.Load(); n != 0 {
+		t.Fatalf("the request was sent to the node that does not connect %d times, want none", n)
 	}
 }

@@ -168,8 +168,12 @@ func (c *Client) console(ctx context.Context, guest string) (io.ReadWriteCloser,
 		header.Set("Authorization", "Bearer "+c.Token)
 	}
 	var lastErr, tlsErr error
-	addrs := c.addrs()
-	for _, addr := range addrs {
+	addrs, reached := c.addrs()
+	answered := false
+	for i, addr := range addrs {
+		if i >= reached && answered {
+			break // as in send
+		}
 		rwc, h, err := DialConsole(ctx, addr+ConsolePath(guest), header, cfg)
 		if err == nil {
 			c.last.Store(addr)
@@ -179,6 +183,7 @@ func (c *Client) console(ctx context.Context, guest string) (io.ReadWriteCloser,
 		if errors.As(err, &se) {
 			if se.Code == http.StatusServiceUnavailable || se.Code == http.StatusBadGateway {
 				lastErr = fmt.Errorf("%s: %s", addr, se.Msg)
+				answered = true
 				continue
 			}
 			c.last.Store(addr)

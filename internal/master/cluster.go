@@ -113,7 +113,7 @@ func (m *Master) forward(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	leader := m.st.Leader()
 	go func() {
-		t := time.NewTicker(250 * time.Millisecond)
+		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
