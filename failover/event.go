@@ -30,6 +30,15 @@ type Probe struct {
 	Via       string
 }
 
+// PoweredOff is the answer of the power fence agent the caller ran for a
+// PowerFence: OK when it confirmed Node powered off (or rebooted), else Why it
+// failed.
+type PoweredOff struct {
+	Node string
+	OK   bool
+	Why  string
+}
+
 // Health is a node's HealthReport, as gossiped.
 type Health struct {
 	Node   string
@@ -102,6 +111,7 @@ func (Health) isEvent()     {}
 func (Replica) isEvent()    {}
 func (Message) isEvent()    {}
 func (HandOver) isEvent()   {}
+func (PoweredOff) isEvent() {}
 
 // MsgType is the kind of a Message.
 type MsgType string
@@ -216,6 +226,12 @@ type ReplaceVoter struct{ Old, New string }
 // restarted or their twins promoted. The node has fenced itself by now.
 type DeclareLost struct{ Node, Why string }
 
+// PowerFence asks the caller to power Node off through the cluster's power fence
+// agent (Config.PowerFenceAfter) and to step the agent's answer back as PoweredOff.
+// Only an acting master emits it, for a node it would declare lost but for the
+// lease rule's wait.
+type PowerFence struct{ Node string }
+
 // Fence stops Node's restart and twin guests: its lease lapsed at Since (its
 // own clock). The agent destroys them FenceGrace after Since, not after it hears
 // of it: a node that was paused past its lease must not give its guests a grace
@@ -293,6 +309,7 @@ func (Promote) isAction()            {}
 func (Demote) isAction()             {}
 func (ReplaceVoter) isAction()       {}
 func (DeclareLost) isAction()        {}
+func (PowerFence) isAction()         {}
 func (Fence) isAction()              {}
 func (Unfence) isAction()            {}
 func (ReForm) isAction()             {}
@@ -314,6 +331,7 @@ func (a Demote) String() string       { return fmt.Sprintf("demote %s to %s", a.
 func (a ReplaceVoter) String() string { return fmt.Sprintf("replace-voter %s with %s", a.Old, a.New) }
 func (a DeclareLost) String() string  { return fmt.Sprintf("declare-lost %s (%s)", a.Node, a.Why) }
 func (a Fence) String() string        { return "fence " + a.Node }
+func (a PowerFence) String() string   { return "power-fence " + a.Node }
 func (a Unfence) String() string      { return "unfence " + a.Node }
 func (a ReForm) String() string {
 	return fmt.Sprintf("re-form generation %d voters %s", a.Generation, strings.Join(a.Voters, ","))

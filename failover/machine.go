@@ -114,6 +114,10 @@ type Machine struct {
 	ledRaft              time.Time // last time this node led raft (or was no master)
 	handedBack, synced   time.Time
 	declaredAt, readmit  map[string]time.Time // per node: last DeclareLost / Readmit asked
+	// Power fencing (Config.PowerFenceAfter), per node: when this master last asked
+	// for it, and when the agent's confirmation arrived. In memory only: a new
+	// master asks again, and powering off a node that is off changes nothing.
+	powerFenceAsked, poweredOff map[string]time.Time
 
 	// handedOver is when this node last handed its master's role over (HandOver); it
 	// does not take the role back from raft for ConfirmTimeout after, while raft's
@@ -183,6 +187,9 @@ func NewMachine(cfg Config, view ClusterView) (*Machine, error) {
 		declaredAt: map[string]time.Time{},
 		behind:     map[string]time.Time{},
 		readmit:    map[string]time.Time{},
+
+		powerFenceAsked: map[string]time.Time{},
+		poweredOff:      map[string]time.Time{},
 	}
 	m.role = m.view.Role(cfg.Self)
 	return m, nil
@@ -324,6 +331,8 @@ func (m *Machine) Step(ev Event) []Action {
 		}
 	case HandOver:
 		m.handOver()
+	case PoweredOff:
+		m.powerFenceAnswer(e)
 	}
 	out := m.out
 	m.out = nil
@@ -1373,12 +1382,51 @@ func (m *Machine) checkLost(n *NodeState) bool {
 		return false
 	}
 	if m.now.Before(last.Add(m.cfg.LeaseDuration + m.cfg.LeaseMargin)) {
-		return false
+		if !m.powerFenced(n.Name, last) {
+			return false
+		}
+		why += "; powered off by its power fence agent"
 	}
 	n.Role, n.LostAt = RoleLost, m.now
 	m.declaredAt[n.Name] = m.now
 	m.emit(DeclareLost{Node: n.Name, Why: why})
 	return true
+}
+
+// powerFenced reports whether the power fence agent confirmed node off since its
+// last grant (last), the one thing that lets a master declare it lost before the
+// lease rule's wait: it runs nothing once it is off. Until then it asks for power
+// fencing once PowerFenceAfter has passed since last, and again every retryRaft
+// while no confirmation comes. Without power fencing it is always false.
+func (m *Machine) powerFenced(node string, last time.Time) bool {
+	if m.cfg.PowerFenceAfter == 0 {
+		return false
+	}
+	if off := m.poweredOff[node]; off.After(last) {
+		return true
+	}
+	asked := m.powerFenceAsked[node]
+	if m.now.Before(last.Add(m.cfg.PowerFenceAfter)) || asked.After(last) && m.now.Sub(asked) < retryRaft {
+		return false
+	}
+	m.powerFenceAsked[node] = m.now
+	m.emit(PowerFence{Node: node})
+	return false
+}
+
+// powerFenceAnswer takes the power fence agent's answer. A confirmation counts
+// from the moment it arrives, and only for a node this master asked about: one
+// that came back and was granted anew since is no longer off.
+func (m *Machine) powerFenceAnswer(e PoweredOff) {
+	if m.role != RoleMaster || m.powerFenceAsked[e.Node].IsZero() || m.view.node(e.Node) == nil {
+		return
+	}
+	if !e.OK {
+		m.emit(Notify{Node: e.Node, Kind: "power-fence-failed", Detail: e.Why + ": it is declared lost by the lease rule alone"})
+		return
+	}
+	m.poweredOff[e.Node] = m.now
+	m.emit(Notify{Node: e.Node, Kind: "power-fenced", Detail: "its power fence agent confirmed it off"})
 }
 
 // checkReturn: a lost node back in direct contact that has granted a lease
@@ -1442,7 +1490,7 @@ func (m *Machine) deregister(e Deregister) {
 	}
 	m.view.Nodes = slices.DeleteFunc(m.view.Nodes, func(x NodeState) bool { return x.Name == e.Node })
 	m.view.Voters = slices.DeleteFunc(m.view.Voters, func(v string) bool { return v == e.Node })
-	for _, t := range []map[string]time.Time{m.lastGrant, m.suspect, m.declaredAt, m.readmit} {
+	for _, t := range []map[string]time.Time{m.lastGrant, m.suspect, m.declaredAt, m.readmit, m.powerFenceAsked, m.poweredOff} {
 		delete(t, e.Node)
 	}
 	delete(m.leases, e.Node)

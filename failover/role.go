@@ -75,6 +75,15 @@ type Config struct {
 	// functional node; below it a node is held instead of put on the list.
 	// 0 means DefaultMinHealth.
 	MinHealth float64
+	// PowerFenceAfter, when set, makes the master power a silent node off through
+	// the cluster's power fence agent (PowerFence) once the node has been out of
+	// reach as checkLost requires and PowerFenceAfter has passed since its last
+	// grant arrived; once the agent confirms (PoweredOff), the node may be declared
+	// lost without waiting out LeaseDuration + LeaseMargin. Zero: no power fencing,
+	// the lease rule alone. Shorter than LeaseDuration, it powers off a node whose
+	// lease has not lapsed yet (as Corosync's token timeout does): the price of
+	// recovering sooner than the lease allows.
+	PowerFenceAfter time.Duration
 }
 
 // ErrBadConfig wraps every Config validation error.
@@ -114,6 +123,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Self == "":
 		return bad("Self is empty: set it to this node's registered name")
+	case c.PowerFenceAfter != 0 && c.PowerFenceAfter < 2*c.RenewInterval:
+		return bad("PowerFenceAfter %v is shorter than two renew intervals (%v): one late renewal would power a node off", c.PowerFenceAfter, 2*c.RenewInterval)
 	case c.GiveUpAfter < 0, c.SolitudeAfter < 0, c.LostPenalty < 0:
 		return bad("a duration is negative: use 0 for the default or a positive value")
 	case c.MinHealth < 0 || c.MinHealth > 1:

@@ -55,7 +55,7 @@ func TestSimulation(t *testing.T) {
 	for _, kind := range []string{"kill", "revive", "pause", "resume", "partition", "cut", "heal", "health", "isolate", "one-way",
 		"declare-lost", "replace-voter", "raft-elected", "semi-master", "re-form", "rejoin", "merge",
 		"hold", "demote", "readmit", "set-membership", "transfer-leadership", "give-up", "solitude-shutdown",
-		"fence", "unfence", "starts", "stops", "hand-over", "stop"} {
+		"fence", "unfence", "starts", "stops", "hand-over", "stop", "power-fence", "powered"} {
 		if stats[kind] == 0 {
 			t.Errorf("the fixed seeds never reached %q: widen the fault mix", kind)
 		}
@@ -83,11 +83,20 @@ func simCluster(rng *rand.Rand) (*failovertest.Cluster, error) {
 		health[n.Name] = randomHealth(rng, true)
 	}
 	cfg := failover.Config{GiveUpAfter: 20 * time.Second, SolitudeAfter: 20 * time.Second}
+	powerFencing := rng.IntN(3) == 0
+	if powerFencing {
+		// Sooner than the lease (2 s): nodes are powered off while their lease holds.
+		cfg.PowerFenceAfter = time.Duration(6+rng.IntN(15)) * 100 * time.Millisecond
+	}
 	c, err := failovertest.NewWithGuests(cfg, view, health, 3)
 	if err != nil {
 		return nil, err
 	}
 	c.Rand, c.Writes = rng, true
+	if powerFencing {
+		c.PowerFenceDelay = time.Duration(rng.IntN(10)) * 100 * time.Millisecond
+		c.PowerFenceFail = 0.2
+	}
 	if rng.IntN(3) != 0 {
 		c.Faults = failovertest.Faults{Drop: 0.02, Duplicate: 0.02, MaxDelay: 2, Skew: cfg.WithDefaults().MaxClockSkew}
 	}

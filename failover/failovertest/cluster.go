@@ -68,6 +68,13 @@ type Cluster struct {
 	Faults Faults
 	// Writes makes the acting master write once a step, as clients do.
 	Writes bool
+	// PowerFenceDelay is how long the simulated power fence device takes to power a
+	// node off after a master asks (PowerFence); PowerFenceFail is the share of
+	// requests it fails (needs Rand). A node it powers off is killed, its guests
+	// with it, before the answer reaches the master.
+	PowerFenceDelay time.Duration
+	PowerFenceFail  float64
+	powerFences     []powerFence
 
 	cfg     failover.Config
 	start   time.Time
@@ -412,6 +419,7 @@ func (c *Cluster) Step() {
 			c.stopGuests(n)
 		}
 	}
+	c.powerDevice()
 	c.deliver()
 	c.probe()
 	c.raftStep()
@@ -476,6 +484,8 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 			c.transfer(n, a.To)
 		case failover.SetMembership:
 			c.setMembership(n, a)
+		case failover.PowerFence:
+			c.powerFences = append(c.powerFences, powerFence{node: a.Node, asker: n, at: c.now.Add(c.PowerFenceDelay)})
 		}
 		c.record(n, a.String())
 	}
@@ -498,6 +508,38 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 			c.record(n, "stops acting")
 		}
 	}
+}
+
+// powerFence is a power fence request the simulated device has yet to carry out.
+type powerFence struct {
+	node, asker string
+	at          time.Time
+}
+
+// powerDevice carries out the power fence requests that are due: it kills the node
+// (its host: machine and guests) and answers the master that asked, if it still
+// runs; or fails, with the share PowerFenceFail, leaving the node as it is.
+func (c *Cluster) powerDevice() {
+	var later []powerFence
+	for _, f := range c.powerFences {
+		if c.now.Before(f.at) {
+			later = append(later, f)
+			continue
+		}
+		ok := c.Rand == nil || c.Rand.Float64() >= c.PowerFenceFail
+		if ok {
+			c.Kill(f.node)
+			c.record(f.node, "powered off by the power fence device")
+		}
+		if c.up(f.asker) {
+			ev := failover.PoweredOff{Node: f.node, OK: ok}
+			if !ok {
+				ev.Why = "simulated device failure"
+			}
+			c.stepNode(f.asker, ev)
+		}
+	}
+	c.powerFences = later
 }
 
 // probe plays memberlist: each running node learns when another node becomes
