@@ -327,7 +327,8 @@ func (h *harness) do1(cmd string, input []string) ([]string, error) {
 func (h *harness) cluster(kv map[string]string, input []string) ([]string, error) {
 	cfg := failover.Config{}
 	for k, p := range map[string]*time.Duration{"confirm": &cfg.ConfirmTimeout, "lease": &cfg.LeaseDuration,
-		"giveup": &cfg.GiveUpAfter, "solitude": &cfg.SolitudeAfter, "penalty": &cfg.LostPenalty} {
+		"giveup": &cfg.GiveUpAfter, "solitude": &cfg.SolitudeAfter, "penalty": &cfg.LostPenalty,
+		"powerfence": &cfg.PowerFenceAfter} {
 		if err := duration(kv, k, p); err != nil {
 			return nil, err
 		}
@@ -379,6 +380,12 @@ func (h *harness) cluster(kv map[string]string, input []string) ([]string, error
 		return nil, err
 	}
 	c.Writes = kv["writes"] == "true"
+	if err := duration(kv, "fencedelay", &c.PowerFenceDelay); err != nil {
+		return nil, err
+	}
+	if kv["fencefails"] == "true" {
+		c.PowerFenceFail = 1
+	}
 	h.c, h.cfg = c, cfg
 	c.Observe = func(r failovertest.Record) { h.log = append(h.log, r.String()) }
 	if err := c.Run(3 * time.Second); err != nil {

@@ -70,7 +70,7 @@ type Cluster struct {
 	Writes bool
 	// PowerFenceDelay is how long the simulated power fence device takes to power a
 	// node off after a master asks (PowerFence); PowerFenceFail is the share of
-	// requests it fails (needs Rand). A node it powers off is killed, its guests
+	// requests it fails (1: all; a share between needs Rand). A node it powers off is killed, its guests
 	// with it, before the answer reaches the master.
 	PowerFenceDelay time.Duration
 	PowerFenceFail  float64
@@ -526,7 +526,7 @@ func (c *Cluster) powerDevice() {
 			later = append(later, f)
 			continue
 		}
-		ok := c.Rand == nil || c.Rand.Float64() >= c.PowerFenceFail
+		ok := c.PowerFenceFail <= 0 || c.PowerFenceFail < 1 && c.Rand != nil && c.Rand.Float64() >= c.PowerFenceFail
 		if ok {
 			c.Kill(f.node)
 			c.record(f.node, "powered off by the power fence device")

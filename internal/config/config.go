@@ -72,6 +72,9 @@ type Node struct {
 	// LockspaceDir is libvirt's lockspace (qemu-lockd.conf's file_lockspace_dir, spelt
 	// the same) where dvmd keeps a lock for every restart guest; "": none.
 	LockspaceDir    string
+	// PowerFence is the power fence agent the master runs to power off a node it
+	// would declare lost (power_fence_* keys); no Agent: none, the lease rule alone.
+	PowerFence      PowerFence
 	Share           hypervisor.Share
 	Accelerator     string
 	Labels          map[string]string
@@ -277,6 +280,17 @@ func (n *Node) set(key, val string) error {
 			return fmt.Errorf("%q is not a clean absolute directory below another (such as /srv/dvm/locks): write it exactly as file_lockspace_dir in /etc/libvirt/qemu-lockd.conf", val)
 		}
 		n.LockspaceDir = val
+	case "power_fence_agent":
+		n.PowerFence.Agent, err = absPath(val)
+	case "power_fence_after":
+		n.PowerFence.After, err = parseDuration(val)
+	case "power_fence_action":
+		if val != "reboot" && val != "off" {
+			return fmt.Errorf("%q is not reboot or off", val)
+		}
+		n.PowerFence.Action = val
+	case "power_fence_options_dir":
+		n.PowerFence.OptionsDir, err = absPath(val)
 	case "reserved_cpus":
 		n.Share.ReservedCPUs, err = strconv.Atoi(val)
 		if err != nil || n.Share.ReservedCPUs < 0 {
@@ -308,6 +322,42 @@ func (n *Node) set(key, val string) error {
 		return fmt.Errorf("unknown key: see configs/dvmd.conf for the keys dvmd reads")
 	}
 	return err
+}
+
+// PowerFence configures power fencing: see docs/operator-guide.md, "Power fencing".
+type PowerFence struct {
+	// Agent is an executable that speaks the fence-agents protocol (options as
+	// name=value lines on standard input; exit 0 when done), such as fence_ipmilan.
+	Agent string
+	// After is how long after a silent node's last grant the master asks the agent
+	// (default: lease_duration, so that only a node whose lease has lapsed is
+	// powered off).
+	After time.Duration
+	// Action is the agent's action: reboot (default) or off.
+	Action string
+	// OptionsDir holds a file per node, named as the node, of more name=value
+	// lines for its agent (its BMC's address, user, password).
+	OptionsDir string
+}
+
+func (p *PowerFence) validate(t failover.Timing) error {
+	if p.Agent == "" {
+		if p.After != 0 || p.Action != "" || p.OptionsDir != "" {
+			return errors.New("power_fence_after, power_fence_action and power_fence_options_dir need power_fence_agent: name the agent, or leave them out")
+		}
+		return nil
+	}
+	t = t.WithDefaults()
+	if p.After == 0 {
+		p.After = t.LeaseDuration
+	}
+	if p.Action == "" {
+		p.Action = "reboot"
+	}
+	if p.After < 2*t.RenewInterval {
+		return fmt.Errorf("power_fence_after %v is shorter than two renew_interval (%v): one late renewal would power a node off", p.After, 2*t.RenewInterval)
+	}
+	return nil
 }
 
 // absPath accepts an absolute path only: dvmd runs from systemd, whose working
@@ -399,6 +449,9 @@ func (n *Node) Validate() error {
 		return fmt.Errorf("gossip_probe_timeout %v is not below gossip_probe_interval %v: the indirect probes need the rest of the interval", pt, pi)
 	}
 	if err := n.Timing.Validate(); err != nil {
+		return err
+	}
+	if err := n.PowerFence.validate(n.Timing); err != nil {
 		return err
 	}
 	if err := n.Balance.Validate(); err != nil {

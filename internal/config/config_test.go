@@ -106,3 +106,27 @@ func TestParseBalance(t *testing.T) {
 		}
 	}
 }
+
+func TestPowerFenceKeys(t *testing.T) {
+	n, err := Parse(strings.NewReader("name = n1\nmanagement = true\npower_fence_agent = /usr/sbin/fence_ipmilan\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.PowerFence.Agent != "/usr/sbin/fence_ipmilan" || n.PowerFence.Action != "reboot" || n.PowerFence.After != n.Timing.WithDefaults().LeaseDuration {
+		t.Fatalf("defaults: %+v", n.PowerFence)
+	}
+	n, err = Parse(strings.NewReader("name = n1\nmanagement = true\npower_fence_agent = /x/agent\npower_fence_after = 700ms\npower_fence_action = off\npower_fence_options_dir = /etc/dvm/fence\n"))
+	if err != nil || n.PowerFence != (PowerFence{Agent: "/x/agent", After: 700 * time.Millisecond, Action: "off", OptionsDir: "/etc/dvm/fence"}) {
+		t.Fatalf("all keys: %+v, %v", n.PowerFence, err)
+	}
+	for _, tc := range []struct{ text, want string }{
+		{"name = n1\nmanagement = true\npower_fence_agent = fence_ipmilan\n", "not an absolute path"},
+		{"name = n1\nmanagement = true\npower_fence_agent = /x/agent\npower_fence_action = cycle\n", "not reboot or off"},
+		{"name = n1\nmanagement = true\npower_fence_agent = /x/agent\npower_fence_after = 100ms\n", "shorter than two renew_interval"},
+		{"name = n1\nmanagement = true\npower_fence_after = 1s\n", "need power_fence_agent"},
+	} {
+		if _, err := Parse(strings.NewReader(tc.text)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error naming %q", tc.text, err, tc.want)
+		}
+	}
+}

@@ -223,9 +223,19 @@ func StartNode(ctx context.Context, cfg config.Node, log *slog.Logger) (*Node, e
 			}
 		}
 	}
+	fcfg := failover.Config{Timing: cfg.Timing}
+	if pf := cfg.PowerFence; pf.Agent != "" && cfg.Management {
+		// Only a master powers nodes off; a node that can never be master needs no agent.
+		if err := checkExecutable(pf.Agent); err != nil {
+			ln.Close()
+			return fail(fmt.Errorf("power_fence_agent: %w", err))
+		}
+		fcfg.PowerFenceAfter = pf.After
+		hooks.PowerFence = roles.PowerFenceAgent{Agent: pf.Agent, Action: pf.Action, OptionsDir: pf.OptionsDir}.Run
+	}
 	n.Roles, err = roles.New(roles.Config{
 		Self: cfg.Name, Capable: cfg.Management, Bootstrap: cfg.Bootstrap,
-		Failover:  failover.Config{Timing: cfg.Timing},
+		Failover:  fcfg,
 		StateFile: filepath.Join(cfg.DataDir, "roles.json"), Members: n.members, Store: st.store(), Hooks: hooks,
 		Log: log, Health: selfHealth(cfg.DataDir), ProbeTLS: creds.PeerAPITLS,
 	})
@@ -632,4 +642,16 @@ func agentURLs(cfg config.Node) string {
 		urls = append(urls, "https://"+cfg.AgentListen)
 	}
 	return strings.Join(urls, ",")
+}
+
+// checkExecutable says why path cannot be run as a program, or nil.
+func checkExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not an executable file: install the agent (such as fence-agents' fence_ipmilan) or fix its mode", path)
+	}
+	return nil
 }

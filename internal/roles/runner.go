@@ -44,6 +44,10 @@ type Hooks struct {
 	// Event records something operators should see (a node on hold, given up, a
 	// generation change, a merge).
 	Event func(kind, node, detail string)
+	// PowerFence powers node off through its power fence agent and returns nil only
+	// once the agent confirmed it; nil: no power fencing (the machine asks for none
+	// unless Failover.PowerFenceAfter is set). It runs off the machine's goroutine.
+	PowerFence func(ctx context.Context, node string) error
 }
 
 // Config says how to run the role machine on one node.
@@ -461,6 +465,10 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			if h.DeclareLost != nil {
 				r.ordered(func() { h.DeclareLost(a.Node, a.Why) })
 			}
+		case failover.PowerFence:
+			if h.PowerFence != nil {
+				r.powerFence(a.Node)
+			}
 		case failover.Readmit:
 			if h.Readmit != nil {
 				r.ordered(func() { h.Readmit(a.Node) })
@@ -496,6 +504,24 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			r.event("request-votes", r.cfg.Self, fmt.Sprintf("asking witness votes for generation %d", a.Generation))
 		}
 	}
+}
+
+// powerFence runs the power fence agent for node, one run per node at a time, and
+// steps its answer into the machine.
+func (r *Runner) powerFence(node string) {
+	r.duty("power-fence "+node, func() {
+		r.log.Warn("powering off a silent node through its power fence agent", "node", node)
+		start := time.Now()
+		err := r.cfg.Hooks.PowerFence(context.Background(), node)
+		ev := failover.PoweredOff{Node: node, OK: err == nil}
+		if err != nil {
+			ev.Why = err.Error()
+			r.log.Error("power fence", "node", node, "err", err)
+		} else {
+			r.log.Warn("node powered off by its power fence agent", "node", node, "took", time.Since(start).Round(time.Millisecond))
+		}
+		r.step(ev)
+	})
 }
 
 // ordered runs f on the lost-node worker, after what was asked before it.
