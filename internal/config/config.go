@@ -71,7 +71,7 @@ type Node struct {
 	Pools []Pool
 	// LockspaceDir is libvirt's lockspace (qemu-lockd.conf's file_lockspace_dir, spelt
 	// the same) where dvmd keeps a lock for every restart guest; "": none.
-	LockspaceDir    string
+	LockspaceDir string
 	// PowerFence is the power fence agent the master runs to power off a node it
 	// would declare lost (power_fence_* keys); no Agent: none, the lease rule alone.
 	PowerFence      PowerFence
