@@ -332,7 +332,9 @@ func (m *Machine) Step(ev Event) []Action {
 	case HandOver:
 		m.handOver()
 	case PoweredOff:
-		m.powerFenceAnswer(e)
+		if m.powerFenceAnswer(e) {
+			m.tick() // declare the node lost now, not a tick later
+		}
 	}
 	out := m.out
 	m.out = nil
@@ -1417,16 +1419,18 @@ func (m *Machine) powerFenced(node string, last time.Time) bool {
 // powerFenceAnswer takes the power fence agent's answer. A confirmation counts
 // from the moment it arrives, and only for a node this master asked about: one
 // that came back and was granted anew since is no longer off.
-func (m *Machine) powerFenceAnswer(e PoweredOff) {
+// It reports whether the node is now known off.
+func (m *Machine) powerFenceAnswer(e PoweredOff) bool {
 	if m.role != RoleMaster || m.powerFenceAsked[e.Node].IsZero() || m.view.node(e.Node) == nil {
-		return
+		return false
 	}
 	if !e.OK {
 		m.emit(Notify{Node: e.Node, Kind: "power-fence-failed", Detail: e.Why + ": it is declared lost by the lease rule alone"})
-		return
+		return false
 	}
 	m.poweredOff[e.Node] = m.now
 	m.emit(Notify{Node: e.Node, Kind: "power-fenced", Detail: "its power fence agent confirmed it off"})
+	return true
 }
 
 // checkReturn: a lost node back in direct contact that has granted a lease

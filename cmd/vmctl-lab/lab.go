@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +35,7 @@ func labCommands() []*cli.Command {
 				&cli.BoolFlag{Name: "ceph", Usage: "also start a one-node Ceph (mon, mgr, one OSD on a file) on the bridge address: the storage pool \"ceph\" of every node (vmctl vm create --pool ceph)"},
 				&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long to wait for libvirtd and the master"},
 				&cli.StringSliceFlag{Name: "set", Usage: "KEY=VALUE: a dvmd.conf key for every node, such as lease_duration=1s (repeat the flag for more)"},
+				&cli.BoolFlag{Name: "power-fence", Usage: "run the lab's power switch (vmctl lab power) and give every node its power fence agent: the master powers a silent node off and declares it lost at once (docs/operator-guide.md, power fencing); with --set power_fence_after=500ms and power_fence_action=off or reboot"},
 			},
 			Action: func(c *cli.Context) error {
 				if c.NArg() > 0 {
@@ -51,6 +54,7 @@ func labCommands() []*cli.Command {
 					DvmdPath:    c.String("dvmd"),
 					NoAgent:     c.Bool("no-agent"),
 					Ceph:        c.Bool("ceph"),
+					PowerFence:  c.Bool("power-fence"),
 					Timeout:     c.Duration("timeout"),
 					Log:         os.Stderr,
 				})
@@ -108,6 +112,45 @@ func labCommands() []*cli.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", s.Name, s.State, s.PID, yes(s.Libvirt), yes(s.Agent), cut, s.LibvirtURI)
 				}
 				return tw.Flush()
+			},
+		},
+		{
+			Name:  "power",
+			Usage: "run the lab's power switch (vmctl lab up --power-fence starts it; lab down stops it)",
+			Description: "Serves DIR/power.sock, which the nodes' power fence agents ask: off NODE kills the node as\n" +
+				"vmctl lab kill does, reboot NODE kills it and starts it again, status NODE says on or off.",
+			Action: func(c *cli.Context) error {
+				if c.NArg() > 0 {
+					return fmt.Errorf("vmctl lab power takes no arguments (got %q)", c.Args().Slice())
+				}
+				l, err := loadUp(c.String("dir"))
+				if err != nil {
+					return err
+				}
+				l.SetLog(os.Stderr)
+				ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+				defer stop()
+				return l.ServePower(ctx)
+			},
+		},
+		{
+			Name:  "power-fence-agent",
+			Usage: "the lab's power fence agent: fence-agents' options on standard input (action=off|reboot|status|monitor, plug=NODE)",
+			Description: "dvmd runs it as power_fence_agent in a lab brought up with --power-fence. Example:\n" +
+				"  printf 'action=status\\nplug=n2\\n' | vmctl lab power-fence-agent --socket /var/lib/dvm-lab/power.sock",
+			Flags: []cli.Flag{&cli.StringFlag{Name: "socket", Required: true, Usage: "the lab's power switch socket (DIR/power.sock)"}},
+			Action: func(c *cli.Context) error {
+				if c.NArg() > 0 {
+					return fmt.Errorf("vmctl lab power-fence-agent takes no arguments (got %q): its options come on standard input", c.Args().Slice())
+				}
+				state, err := lab.PowerFenceAgent(os.Stdin, c.String("socket"))
+				if err != nil {
+					return err
+				}
+				if state != "" {
+					fmt.Println(state)
+				}
+				return nil
 			},
 		},
 		{

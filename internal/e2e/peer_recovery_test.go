@@ -320,11 +320,16 @@ func TestRecoveryBesidePacemaker(t *testing.T) {
 	if coro.String() != bestCorosync.String() {
 		why = "set by DVM_PEER_TOKEN / DVM_PEER_TOKEN_COEFFICIENT, not the best configuration (" + bestCorosync.String() + ")"
 	}
+	dvmFencing := "the lease alone (declared lost lease_duration + lease_margin after the last grant)"
+	if c.lab.PowerFenced() {
+		dvmFencing = "the lease, and the lab's power switch through each node's power_fence_agent (declared lost once the switch confirms the node off)"
+	}
+	t.Logf("FIGURE dvm fencing: %s; dvmd.conf adds %s", dvmFencing, os.Getenv("DVM_LAB_SET"))
 	t.Logf("FIGURE Pacemaker config: corosync %s, stonith-enabled=false, resource-stickiness=100, load-threshold=%s (%s)", coro, peerlab.LoadThreshold, why)
 	t.Logf("FIGURE kill to %d guest(s) running elsewhere, %d runs a side, alternated: dvm median %.2f s p90 %.2f s; Pacemaker median %.2f s p90 %.2f s; ratio dvm/Pacemaker medians %.2f",
 		nguests, runs, dm.Seconds(), p90(dvmT).Seconds(), pm.Seconds(), p90(pcmkT).Seconds(), dm.Seconds()/pm.Seconds())
 	det, plc, sta := phaseMedians(phases)
-	t.Logf("FIGURE dvm phases, medians: kill to node-lost (detection+lease) %.2f s; node-lost to recovery placement %.2f s; placement to running %.2f s",
+	t.Logf("FIGURE dvm phases, medians: kill to node-lost (detection, then the lease or the power switch) %.2f s; node-lost to recovery placement %.2f s; placement to running %.2f s",
 		det.Seconds(), plc.Seconds(), sta.Seconds())
 	det, plc, sta = phaseMedians(pphases)
 	t.Logf("FIGURE Pacemaker phases, medians: kill to Corosync membership without the host %.2f s; to the DC initiating the start %.2f s; start to running %.2f s",

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"github.com/dvmproject/dvm/internal/cluster"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -72,6 +73,10 @@ type Options struct {
 	// keys, say: lease_duration = 1s), kept for the nodes' restarts. Keys the lab
 	// writes itself are refused, and the whole file must pass dvmd's own parser.
 	Settings map[string]string
+	// PowerFence gives the lab a power switch (`vmctl lab power`, see power.go) and
+	// names its agent in every node's dvmd.conf as power_fence_agent: the master
+	// powers a silent node off through it. Needs an agent (not NoAgent).
+	PowerFence bool
 	// ParseConfig is dvmd's own config parser (config.Parse, which this package
 	// cannot import: the hypervisor's tests use the lab), run on a node's dvmd.conf
 	// with Settings before the lab changes anything; nil skips that check.
@@ -89,15 +94,17 @@ type Lab struct {
 
 // state is the content of DIR/lab.json.
 type state struct {
-	Dir     string      `json:"dir"`
-	Up      bool        `json:"up"`
-	Created time.Time   `json:"created"`
-	Dvmd    string      `json:"dvmd,omitempty"`
-	NoAgent bool        `json:"no_agent"`
-	Ceph    bool        `json:"ceph,omitempty"`
-	Image   string      `json:"image"`
-	Nodes   []nodeState `json:"nodes"`
-	Cuts    []Cut       `json:"cuts,omitempty"`
+	Dir     string    `json:"dir"`
+	Up      bool      `json:"up"`
+	Created time.Time `json:"created"`
+	Dvmd    string    `json:"dvmd,omitempty"`
+	NoAgent bool      `json:"no_agent"`
+	Ceph    bool      `json:"ceph,omitempty"`
+	// PowerFence: the lab runs its power switch (Options.PowerFence).
+	PowerFence bool        `json:"power_fence,omitempty"`
+	Image      string      `json:"image"`
+	Nodes      []nodeState `json:"nodes"`
+	Cuts       []Cut       `json:"cuts,omitempty"`
 	// Settings: see Options.Settings.
 	Settings map[string]string `json:"settings,omitempty"`
 }
@@ -395,6 +402,20 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.PowerFence {
+		if opts.NoAgent {
+			return nil, errors.New("--power-fence needs the nodes' agents: leave out --no-agent")
+		}
+		if _, ok := opts.Settings["power_fence_agent"]; ok {
+			return nil, errors.New("--set power_fence_agent: with --power-fence the lab names its own agent; leave one of them out")
+		}
+		settings := maps.Clone(opts.Settings)
+		if settings == nil {
+			settings = map[string]string{}
+		}
+		settings["power_fence_agent"] = filepath.Join(dir, PowerFenceAgentFile)
+		opts.Settings = settings
+	}
 	if err := checkSettings(dir, opts.Nodes, opts.Ceph, opts.Settings, opts.ParseConfig); err != nil {
 		return nil, err
 	}
@@ -422,6 +443,14 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	if !opts.NoAgent {
 		if dvmd, err = findDvmd(opts.DvmdPath); err != nil {
 			return nil, err
+		}
+	}
+	labBin := ""
+	if opts.PowerFence {
+		// The switch and the nodes' agent are vmctl-lab, built beside dvmd.
+		labBin = filepath.Join(filepath.Dir(dvmd), "vmctl-lab")
+		if _, err := os.Stat(labBin); err != nil {
+			return nil, fmt.Errorf("--power-fence needs vmctl-lab beside dvmd: %w", err)
 		}
 	}
 
@@ -459,7 +488,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 			return nil, fmt.Errorf("lab credentials of %s: %w", nodeName(k), err)
 		}
 	}
-	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Ceph: opts.Ceph, Image: img.Version, Settings: opts.Settings}
+	l.st = state{Dir: dir, Up: true, Created: time.Now().UTC(), Dvmd: dvmd, NoAgent: opts.NoAgent, Ceph: opts.Ceph, PowerFence: opts.PowerFence, Image: img.Version, Settings: opts.Settings}
 	for k := 1; k <= opts.Nodes; k++ {
 		u, err := newUUID()
 		if err != nil {
@@ -496,6 +525,15 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		if err := l.startCeph(ctx, opts.Timeout); err != nil {
 			return fail(err)
 		}
+	}
+	if opts.PowerFence {
+		if err := writeFileAtomic(filepath.Join(dir, PowerFenceAgentFile), []byte(powerAgentScript(labBin, dir)), 0o755); err != nil {
+			return fail(err)
+		}
+		if err := startPowerSwitch(dir, labBin); err != nil {
+			return fail(err)
+		}
+		l.logf("power switch on %s (vmctl lab power): every node's power_fence_agent", l.PowerSocket())
 	}
 	for i := range l.st.Nodes {
 		err := l.startNode(&l.st.Nodes[i])
@@ -617,6 +655,10 @@ func (l *Lab) Down(ctx context.Context) error {
 // down is Down with l.mu held, on the state in memory.
 func (l *Lab) down(ctx context.Context) error {
 	var errs []error
+	// The switch first: a reboot it carries out must not start a node again.
+	if err := stopPowerSwitch(l.dir); err != nil {
+		errs = append(errs, err)
+	}
 	for i := range l.st.Nodes {
 		if err := l.killNode(ctx, &l.st.Nodes[i]); err != nil {
 			errs = append(errs, err)
@@ -627,6 +669,7 @@ func (l *Lab) down(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+
 	if err := removeNetwork(l.dir, l.st.Nodes); err != nil {
 		errs = append(errs, err)
 	}

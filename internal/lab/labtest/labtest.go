@@ -43,7 +43,8 @@ func Up(t testing.TB, n int) *lab.Lab {
 // DVM_LAB_SET (KEY=VALUE pairs separated by spaces) gives Settings a test left
 // empty: how the benches run a lab with other timing. DVM_LAB_DIR, when set, is the
 // lab's directory instead of a temporary one, left with the nodes' logs after the
-// test (it must not hold a lab that is up).
+// test (it must not hold a lab that is up). DVM_LAB_POWER_FENCE=1 sets
+// opts.PowerFence for a lab with agents.
 func Start(t testing.TB, opts lab.Options) *lab.Lab {
 	t.Helper()
 	Require(t)
@@ -60,6 +61,10 @@ func Start(t testing.TB, opts lab.Options) *lab.Lab {
 		}
 		opts.Settings = s
 		t.Logf("lab nodes' dvmd.conf adds %v (DVM_LAB_SET)", s)
+	}
+	if os.Getenv("DVM_LAB_POWER_FENCE") == "1" && !opts.NoAgent {
+		opts.PowerFence = true
+		t.Logf("lab with its power switch: every node's power_fence_agent (DVM_LAB_POWER_FENCE)")
 	}
 	if opts.ParseConfig == nil {
 		opts.ParseConfig = func(r io.Reader) error { _, err := config.Parse(r); return err }
