@@ -49,6 +49,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// ReportInterval is the period of status reports (the master's liveness signal).
 	ReportInterval time.Duration
+	// ReportTimeout bounds one report, its tries at every management node included;
+	// 0: 5 s or five report intervals, whichever is longer.
+	ReportTimeout time.Duration
 	// Fencing makes the node start fenced and obey Fence/Unfence from its role machine.
 	// Off for `dvmd dev`, which has no role machine.
 	Fencing bool
@@ -120,6 +123,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ReportInterval <= 0 {
 		cfg.ReportInterval = time.Second
+	}
+	if cfg.ReportTimeout <= 0 {
+		cfg.ReportTimeout = max(5*time.Second, 5*cfg.ReportInterval)
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -613,7 +619,14 @@ func (a *Agent) reportLoop(ctx context.Context) {
 	defer t.Stop()
 	path := "/v1/nodes/" + url.PathEscape(a.cfg.Name) + "/status"
 	for {
-		if err := a.cfg.Client.Do(ctx, "PUT", path, a.status(), nil); err != nil && ctx.Err() == nil {
+		// A report is bounded: a master paused whole (SIGSTOP, a hung host) accepts the
+		// connection and never answers, and the reports must go on to its successor
+		// once gossip drops it from the management nodes. A report sent twice is
+		// harmless (it is the node's whole state).
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReportTimeout)
+		err := a.cfg.Client.Do(rctx, "PUT", path, a.status(), nil)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			a.cfg.Log.Warn("report status", "err", err)
 		}
 		select {
