@@ -362,6 +362,13 @@ func TestPausedNodeResumesAfterItsGuestsMoved(t *testing.T) {
 	waitFor(t, "every guest running once after the resume", 90*time.Second, func() bool { return c.allRunningElsewhere(guests, node) })
 	t.Logf("every guest running %.2f s after the resume", time.Since(resumed).Seconds())
 	time.Sleep(3 * time.Second)
+	checkNeverTwice(t, s)
+}
+
+// checkNeverTwice stops the faults sampler s and fails the test if any sample saw a
+// guest running on two nodes, or if too few samples were taken to say.
+func checkNeverTwice(t *testing.T, s *faults.Sampler) {
+	t.Helper()
 	rep := s.Stop()
 	if rep.Twice > 0 {
 		t.Errorf("a guest ran on two nodes in %d of %d samples: %v", rep.Twice, rep.Samples, rep.Examples)
