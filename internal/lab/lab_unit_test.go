@@ -1,11 +1,13 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"github.com/dvmproject/dvm/internal/config"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,6 +123,8 @@ func TestUpRejectsBadOptions(t *testing.T) {
 		{Options{Dir: "/run/lab"}, "under /run"},
 		{Options{Dir: "/var/lib/libvirt/lab"}, "under /var/lib/libvirt"},
 		{Options{Dir: "/"}, "cannot be /"},
+		{Options{Dir: dir, PowerFence: true, NoAgent: true}, "--power-fence needs the nodes' agents"},
+		{Options{Dir: dir, PowerFence: true, Settings: map[string]string{"power_fence_agent": "/bin/true"}}, "names its own agent"},
 	} {
 		_, err := Up(context.Background(), tc.opts)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -316,5 +320,63 @@ func TestHostService(t *testing.T) {
 	sh.Stdin = strings.NewReader(s)
 	if out, err := sh.CombinedOutput(); err != nil {
 		t.Errorf("node script is not valid sh: %v: %s", err, out)
+	}
+}
+
+// TestPowerFenceAgentProtocol: the lab's agent reads fence-agents' options (plug, or
+// port, or nodename; action, reboot by default), asks the switch one line, and takes
+// only an "ok" answer as done.
+func TestPowerFenceAgentProtocol(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "power.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	asked := make(chan string, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			line = strings.TrimSpace(line)
+			asked <- line
+			if strings.HasSuffix(line, " n9") {
+				fmt.Fprintln(c, "error: no node n9 in this lab")
+			} else {
+				fmt.Fprintln(c, "ok off")
+			}
+			c.Close()
+		}
+	}()
+	for _, tc := range []struct{ in, ask, err string }{
+		{"action=off\nplug=n2\n", "off n2", ""},
+		{"port=n3\n", "reboot n3", ""},
+		{"nodename=n1\naction=status\n", "status n1", ""},
+		{"plug=n9\naction=off\n", "off n9", "no node n9"},
+		{"action=off\n", "", "no plug"},
+		{"action=cycle\nplug=n2\n", "", "knows off, reboot"},
+	} {
+		state, err := PowerFenceAgent(strings.NewReader(tc.in), sock)
+		switch {
+		case tc.err == "" && (err != nil || state != "off"):
+			t.Errorf("%q: %q, %v", tc.in, state, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: %v, want an error naming %q", tc.in, err, tc.err)
+		}
+		if tc.ask != "" {
+			if got := <-asked; got != tc.ask {
+				t.Errorf("%q asked the switch %q, want %q", tc.in, got, tc.ask)
+			}
+		}
+	}
+	if _, err := PowerFenceAgent(strings.NewReader("action=monitor\n"), sock); err != nil {
+		t.Errorf("monitor with the switch listening: %v", err)
+	}
+	<-asked // monitor's bare connection
+	if _, err := PowerFenceAgent(strings.NewReader("action=off\nplug=n2\n"), sock+".gone"); err == nil {
+		t.Error("no switch listening: the agent said done")
 	}
 }
