@@ -136,6 +136,6 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 
 type fenceError struct{}
 
-func (fenceError) Error() string { return "stopped by fencing: the node lost its lease" }
+func (fenceError) Error() string { return api.FencedHold }
 
 var errFenced error = fenceError{}

@@ -19,6 +19,13 @@ const (
 	GuestLost      = "lost"    // its node was lost and its policy is none: not restarted
 )
 
+// FencedHold is the error an agent reports for an HA guest it holds back (a start
+// refused, a guest paused) while its node holds no lease: not a failure, since the
+// agent starts or resumes the guest once the lease is back (or destroys it if the
+// node was declared lost meanwhile). The master shows such a guest starting, with
+// this as its error.
+const FencedHold = "stopped by fencing: the node lost its lease"
+
 // Node states.
 const (
 	NodeReady       = "ready"

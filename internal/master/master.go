@@ -498,6 +498,9 @@ func (m *Master) state(g store.GuestRecord, now time.Time, errOut *string) strin
 		return api.GuestDeleting
 	case g.MigrateTo != "":
 		return api.GuestMigrating
+	case obs.Error == api.FencedHold && g.Desired == store.DesiredRunning:
+		// Held while its node holds no lease: it starts once the lease is back.
+		return api.GuestStarting
 	case obs.Error != "" && obs.State != "running":
 		return api.GuestFailed
 	case g.Desired == store.DesiredRunning && seen && obs.State == "running":

@@ -89,3 +89,40 @@ func TestGuestBlockingQuery(t *testing.T) {
 		t.Fatalf("a bad wait: %d %q; want 400 wait", code, field)
 	}
 }
+
+// TestFencedHoldIsStarting: a guest its node holds back while it has no lease (the
+// agent's FencedHold) is starting, with that as its error, not failed: the agent
+// starts it once the lease is back, and vmctl's wait for it goes on.
+func TestFencedHoldIsStarting(t *testing.T) {
+	m, c := newTestMaster(t)
+	ctx := context.Background()
+	report := func(guests ...api.ObservedGuest) {
+		t.Helper()
+		st := api.NodeStatus{Address: "127.0.0.1:7460", LibvirtURI: "test:///n1", CPUs: 8, MemoryBytes: 16 << 30, Guests: guests}
+		if err := m.ReportStatus("n1", st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report()
+	if err := c.Do(ctx, "POST", "/v1/guests", api.CreateGuest{Name: "web", CPUs: 1, MemoryBytes: 128 << 20, Failover: api.FailoverRestart}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		obs  api.ObservedGuest
+		want string
+	}{
+		{api.ObservedGuest{Name: "web", State: "stopped", Error: api.FencedHold}, api.GuestStarting},
+		{api.ObservedGuest{Name: "web", State: "paused", Error: api.FencedHold}, api.GuestStarting},
+		{api.ObservedGuest{Name: "web", State: "stopped", Error: "start: no such image"}, api.GuestFailed},
+		{api.ObservedGuest{Name: "web", State: "running"}, api.GuestRunning},
+	} {
+		report(tc.obs)
+		g, err := m.Guest("web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.State != tc.want || g.Error != tc.obs.Error {
+			t.Errorf("reported %+v: guest %s (%q), want %s (%q)", tc.obs, g.State, g.Error, tc.want, tc.obs.Error)
+		}
+	}
+}
