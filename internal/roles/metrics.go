@@ -13,6 +13,7 @@ var (
 	descActing      = prometheus.NewDesc("dvm_master_acting", "1 when this node is the master and holds leases from a majority of nodes.", nil, nil)
 	descFenced      = prometheus.NewDesc("dvm_node_fenced", "1 when this node holds no lease and may not run HA guests.", nil, nil)
 	descVoters      = prometheus.NewDesc("dvm_management_voters", "Voters of the management group (master and backups) in this node's view.", nil, nil)
+	descPowerFences = prometheus.NewDesc("dvm_power_fences_total", "Runs of the power fence agent by this node as master, by node and result (off: confirmed; failed: any other end).", []string{"node", "result"}, nil)
 )
 
 type collector struct{ r *Runner }
@@ -21,13 +22,16 @@ type collector struct{ r *Runner }
 func (r *Runner) Collector() prometheus.Collector { return collector{r} }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRole, descGeneration, descTransitions, descLease, descActing, descFenced, descVoters} {
+	for _, d := range []*prometheus.Desc{descRole, descGeneration, descTransitions, descLease, descActing, descFenced, descVoters, descPowerFences} {
 		ch <- d
 	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	st, view, ok := c.r.Status()
+	for k, v := range c.r.PowerFences() {
+		ch <- prometheus.MustNewConstMetric(descPowerFences, prometheus.CounterValue, float64(v), k[0], k[1])
+	}
 	for k, v := range c.r.Transitions() {
 		from, to := splitTransition(k)
 		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(v), from, to)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -84,6 +85,7 @@ type Runner struct {
 	m           *failover.Machine    // nil until this node knows a view (a joining node waits for its first lease)
 	direct      map[string]time.Time // node -> last answered direct probe
 	transitions map[string]int
+	powerFences map[[2]string]int // node, result (off or failed) -> agent runs
 
 	// Raft duties run one at a time each, off the machine's goroutine: a duty asked
 	// while the last is still running is dropped (the machine asks again).
@@ -111,7 +113,7 @@ func New(cfg Config) (*Runner, error) {
 	}
 	cfg.Failover = cfg.Failover.WithDefaults()
 	r := &Runner{cfg: cfg, log: cfg.Log.With("component", "roles"), http: &http.Client{Timeout: 400 * time.Millisecond},
-		direct: map[string]time.Time{}, transitions: map[string]int{}, busy: map[string]bool{}, lost: make(chan func(), 64)}
+		direct: map[string]time.Time{}, transitions: map[string]int{}, powerFences: map[[2]string]int{}, busy: map[string]bool{}, lost: make(chan func(), 64)}
 	hs, err := r.loadHardState()
 	switch {
 	case err == nil:
@@ -514,14 +516,25 @@ func (r *Runner) powerFence(node string) {
 		start := time.Now()
 		err := r.cfg.Hooks.PowerFence(context.Background(), node)
 		ev := failover.PoweredOff{Node: node, OK: err == nil}
+		result := "off"
 		if err != nil {
-			ev.Why = err.Error()
+			ev.Why, result = err.Error(), "failed"
 			r.log.Error("power fence", "node", node, "err", err)
 		} else {
 			r.log.Warn("node powered off by its power fence agent", "node", node, "took", time.Since(start).Round(time.Millisecond))
 		}
+		r.mu.Lock()
+		r.powerFences[[2]string{node, result}]++
+		r.mu.Unlock()
 		r.step(ev)
 	})
+}
+
+// PowerFences counts the power fence agent's runs by node and result.
+func (r *Runner) PowerFences() map[[2]string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.powerFences)
 }
 
 // ordered runs f on the lost-node worker, after what was asked before it.
