@@ -29,7 +29,19 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	st, view, ok := c.r.Status()
-	for k, v := range c.r.PowerFences() {
+	fences := c.r.PowerFences()
+	if ok {
+		// Every node's counters from zero, so that an alert on an increase sees the
+		// first failure too.
+		for _, n := range view.Nodes {
+			for _, result := range []string{"off", "failed"} {
+				if _, seen := fences[[2]string{n.Name, result}]; !seen && n.Name != st.Self {
+					fences[[2]string{n.Name, result}] = 0
+				}
+			}
+		}
+	}
+	for k, v := range fences {
 		ch <- prometheus.MustNewConstMetric(descPowerFences, prometheus.CounterValue, float64(v), k[0], k[1])
 	}
 	for k, v := range c.r.Transitions() {
