@@ -69,7 +69,7 @@ func (a *Agent) mayStartHA(held heldAssignment) error {
 	case fenced:
 		return errFenced
 	case stale:
-		return errors.New("waiting for an assignment read since this node got its lease back")
+		return errors.New(api.HoldPrefix + "waiting for an assignment read since this node got its lease back")
 	case a.cfg.Lease == nil:
 		return nil
 	}
@@ -78,9 +78,9 @@ func (a *Agent) mayStartHA(held heldAssignment) error {
 	case !live:
 		return errFenced
 	case asg.NodeLost:
-		return errors.New("the cluster holds this node lost: its restart and twin guests were recovered elsewhere; it starts them again only once taken in")
+		return errors.New(api.HoldPrefix + "the cluster holds this node lost: its restart and twin guests were recovered elsewhere; it starts them again only once taken in")
 	case asg.Master != holder:
-		return fmt.Errorf("the assignment comes from %s (raft's leader of generation %d), but this node's lease is held by %s: waiting for that master's",
+		return fmt.Errorf(api.HoldPrefix+"the assignment comes from %s (raft's leader of generation %d), but this node's lease is held by %s: waiting for that master's",
 			asg.Master, asg.Generation, holder)
 	}
 	return nil

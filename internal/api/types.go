@@ -2,7 +2,10 @@
 // master's server and the client that vmctl and agents use.
 package api
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Guest states as the API reports them. A guest's state joins what the cluster wants
 // (its desired state) with what its node last reported.
@@ -25,6 +28,15 @@ const (
 // node was declared lost meanwhile). The master shows such a guest starting, with
 // this as its error.
 const FencedHold = "stopped by fencing: the node lost its lease"
+
+// HoldPrefix starts the error an agent reports for an HA guest whose start it holds
+// back until the cluster vouches for it (an assignment read since the lease came back,
+// one from the master the lease names): like FencedHold, not a failure.
+const HoldPrefix = "held: "
+
+// IsHold says whether a guest's reported error is an agent's hold (FencedHold or
+// HoldPrefix), which the master shows as starting rather than failed.
+func IsHold(err string) bool { return err == FencedHold || strings.HasPrefix(err, HoldPrefix) }
 
 // Node states.
 const (

@@ -498,8 +498,8 @@ func (m *Master) state(g store.GuestRecord, now time.Time, errOut *string) strin
 		return api.GuestDeleting
 	case g.MigrateTo != "":
 		return api.GuestMigrating
-	case obs.Error == api.FencedHold && g.Desired == store.DesiredRunning:
-		// Held while its node holds no lease: it starts once the lease is back.
+	case api.IsHold(obs.Error) && g.Desired == store.DesiredRunning:
+		// Held back by its node until the cluster vouches for the start: it starts then.
 		return api.GuestStarting
 	case obs.Error != "" && obs.State != "running":
 		return api.GuestFailed

@@ -91,7 +91,7 @@ func TestGuestBlockingQuery(t *testing.T) {
 }
 
 // TestFencedHoldIsStarting: a guest its node holds back while it has no lease (the
-// agent's FencedHold) is starting, with that as its error, not failed: the agent
+// agent's FencedHold), or until the cluster vouches for its start (HoldPrefix), is starting, with that as its error, not failed: the agent
 // starts it once the lease is back, and vmctl's wait for it goes on.
 func TestFencedHoldIsStarting(t *testing.T) {
 	m, c := newTestMaster(t)
@@ -113,6 +113,7 @@ func TestFencedHoldIsStarting(t *testing.T) {
 	}{
 		{api.ObservedGuest{Name: "web", State: "stopped", Error: api.FencedHold}, api.GuestStarting},
 		{api.ObservedGuest{Name: "web", State: "paused", Error: api.FencedHold}, api.GuestStarting},
+		{api.ObservedGuest{Name: "web", State: "stopped", Error: api.HoldPrefix + "waiting for an assignment read since this node got its lease back"}, api.GuestStarting},
 		{api.ObservedGuest{Name: "web", State: "stopped", Error: "start: no such image"}, api.GuestFailed},
 		{api.ObservedGuest{Name: "web", State: "running"}, api.GuestRunning},
 	} {
