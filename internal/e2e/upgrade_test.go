@@ -24,10 +24,10 @@ import (
 )
 
 // previousRelease is the commit of the release before this tree, N-1 of the rolling
-// upgrade test: the last landing on main (stop 20, dvmd 0.3.0-dev, the first whose
-// master hands over). Move it forward when a release is made, so that the test always
-// upgrades from the one before.
-const previousRelease = "2c27577b5d9b002e4acd0507b4ed80feacb2657e"
+// upgrade test: the last landing on main (stop 21, dvmd 0.4.0-dev: mirrored twins).
+// Move it forward when a release is made, so that the test always upgrades from the
+// one before.
+const previousRelease = "0ffc54bca968bd318b3a59e75ee68d03b67974c6"
 
 // handOverSince is the first dvmd release whose master hands its role over when its
 // dvmd stops (failover.HandOver).

@@ -15,7 +15,7 @@ import (
 )
 
 // Version of this build: MAJOR.MINOR.PATCH, with an optional -PRERELEASE.
-var Version = "0.4.0-dev"
+var Version = "0.5.0-dev"
 
 // Unknown stands for the version of a build from before versions were carried: it
 // sorts below every real version.
