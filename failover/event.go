@@ -32,11 +32,13 @@ type Probe struct {
 
 // PoweredOff is the answer of the power fence agent the caller ran for a
 // PowerFence: OK when it confirmed Node powered off (or rebooted), else Why it
-// failed.
+// failed. Asked is the PowerFence's, given back: the node was off at some moment
+// after it.
 type PoweredOff struct {
-	Node string
-	OK   bool
-	Why  string
+	Node  string
+	Asked time.Time
+	OK    bool
+	Why   string
 }
 
 // Health is a node's HealthReport, as gossiped.
@@ -230,7 +232,10 @@ type DeclareLost struct{ Node, Why string }
 // agent (Config.PowerFenceAfter) and to step the agent's answer back as PoweredOff.
 // Only an acting master emits it, for a node it would declare lost but for the
 // lease rule's wait.
-type PowerFence struct{ Node string }
+type PowerFence struct {
+	Node  string
+	Asked time.Time // this machine's clock when it asked; PoweredOff gives it back
+}
 
 // Fence stops Node's restart and twin guests: its lease lapsed at Since (its
 // own clock). The agent destroys them FenceGrace after Since, not after it hears

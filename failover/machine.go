@@ -1404,7 +1404,7 @@ func (m *Machine) powerFenced(node string, last time.Time) bool {
 	if m.cfg.PowerFenceAfter == 0 {
 		return false
 	}
-	if off := m.poweredOff[node]; off.After(last) {
+	if off := m.poweredOff[node]; !off.IsZero() && !off.Before(last) {
 		return true
 	}
 	asked := m.powerFenceAsked[node]
@@ -1412,23 +1412,28 @@ func (m *Machine) powerFenced(node string, last time.Time) bool {
 		return false
 	}
 	m.powerFenceAsked[node] = m.now
-	m.emit(PowerFence{Node: node})
+	m.emit(PowerFence{Node: node, Asked: m.now})
 	return false
 }
 
-// powerFenceAnswer takes the power fence agent's answer. A confirmation counts
-// from the moment it arrives, and only for a node this master asked about: one
-// that came back and was granted anew since is no longer off.
-// It reports whether the node is now known off.
+// powerFenceAnswer takes the power fence agent's answer, for a node this master
+// asked about. A confirmation says the node was off at some moment after e.Asked;
+// it counts as of e.Asked, and not at all if the node was heard from since (a
+// reboot that brought it back before the answer came): only a node silent from
+// the moment it was asked about until now is known off. It reports whether the
+// node is now known off.
 func (m *Machine) powerFenceAnswer(e PoweredOff) bool {
-	if m.role != RoleMaster || m.powerFenceAsked[e.Node].IsZero() || m.view.node(e.Node) == nil {
+	if m.role != RoleMaster || m.powerFenceAsked[e.Node].IsZero() || e.Asked.IsZero() || m.view.node(e.Node) == nil {
 		return false
 	}
 	if !e.OK {
 		m.emit(Notify{Node: e.Node, Kind: "power-fence-failed", Detail: e.Why + ": it is declared lost by the lease rule alone"})
 		return false
 	}
-	m.poweredOff[e.Node] = m.now
+	if m.lastGrant[e.Node].After(e.Asked) {
+		return false
+	}
+	m.poweredOff[e.Node] = e.Asked
 	m.emit(Notify{Node: e.Node, Kind: "power-fenced", Detail: "its power fence agent confirmed it off"})
 	return true
 }

@@ -89,3 +89,59 @@ func TestPowerFence(t *testing.T) {
 		t.Errorf("PowerFenceAfter below two renew intervals: %v", err)
 	}
 }
+
+// TestPowerFenceAnswerAfterReturn: a confirmation that comes after the node was heard
+// from again (a reboot that brought it back first) says nothing of now: the node is
+// not declared lost on it, and a later silence waits for the lease rule (or a new
+// confirmation).
+func TestPowerFenceAnswerAfterReturn(t *testing.T) {
+	c, err := failovertest.New(failover.Config{PowerFenceAfter: 600 * time.Millisecond}, testView(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.PowerFenceDelay = time.Hour // the device never answers by itself here
+	var asked time.Time
+	var notes, lost []string
+	c.Observe = func(r failovertest.Record) {
+		switch {
+		case r.Text == "power-fence n5" && asked.IsZero():
+			asked = c.Now()
+		case strings.HasPrefix(r.Text, "notify power-fence"):
+			notes = append(notes, r.Text)
+		case strings.HasPrefix(r.Text, "declare-lost n5"):
+			lost = append(lost, r.Text)
+		}
+	}
+	if err := c.Run(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill("n5"); err != nil {
+		t.Fatal(err)
+	}
+	for asked.IsZero() && c.Elapsed() < time.Minute {
+		c.Step()
+	}
+	if asked.IsZero() {
+		t.Fatal("no power fence asked for the silent n5")
+	}
+	if err := c.Revive("n5"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m := c.Machine("n1")
+	m.Step(failover.PoweredOff{Node: "n5", Asked: asked, OK: true})
+	if len(notes) != 0 || len(lost) != 0 {
+		t.Fatalf("a confirmation asked before n5 came back counted: notes %v, declared %v", notes, lost)
+	}
+	if err := c.Kill("n5"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) != 1 || strings.Contains(lost[0], "powered off") {
+		t.Fatalf("n5 silent again with no new confirmation: declared %v, want once by the lease rule", lost)
+	}
+}

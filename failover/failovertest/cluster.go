@@ -173,6 +173,9 @@ func (c *Cluster) Nodes() []string { return slices.Clone(c.names) }
 // Elapsed is the simulated time since the cluster started.
 func (c *Cluster) Elapsed() time.Duration { return c.now.Sub(c.start) }
 
+// Now returns the cluster's clock (a node's clock differs from it by its skew).
+func (c *Cluster) Now() time.Time { return c.now }
+
 // Machine returns the running Machine of node n, or nil if n is down.
 func (c *Cluster) Machine(n string) *failover.Machine { return c.machines[n] }
 
@@ -485,7 +488,7 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 		case failover.SetMembership:
 			c.setMembership(n, a)
 		case failover.PowerFence:
-			c.powerFences = append(c.powerFences, powerFence{node: a.Node, asker: n, at: c.now.Add(c.PowerFenceDelay)})
+			c.powerFences = append(c.powerFences, powerFence{node: a.Node, asker: n, asked: a.Asked, at: c.now.Add(c.PowerFenceDelay)})
 		}
 		c.record(n, a.String())
 	}
@@ -513,7 +516,7 @@ func (c *Cluster) stepNode(n string, ev failover.Event) {
 // powerFence is a power fence request the simulated device has yet to carry out.
 type powerFence struct {
 	node, asker string
-	at          time.Time
+	asked, at   time.Time
 }
 
 // powerDevice carries out the power fence requests that are due: it kills the node
@@ -532,7 +535,7 @@ func (c *Cluster) powerDevice() {
 			c.record(f.node, "powered off by the power fence device")
 		}
 		if c.up(f.asker) {
-			ev := failover.PoweredOff{Node: f.node, OK: ok}
+			ev := failover.PoweredOff{Node: f.node, Asked: f.asked, OK: ok}
 			if !ok {
 				ev.Why = "simulated device failure"
 			}

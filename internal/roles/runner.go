@@ -469,7 +469,7 @@ func (r *Runner) carryOut(acts []failover.Action) {
 			}
 		case failover.PowerFence:
 			if h.PowerFence != nil {
-				r.powerFence(a.Node)
+				r.powerFence(a)
 			}
 		case failover.Readmit:
 			if h.Readmit != nil {
@@ -510,12 +510,13 @@ func (r *Runner) carryOut(acts []failover.Action) {
 
 // powerFence runs the power fence agent for node, one run per node at a time, and
 // steps its answer into the machine.
-func (r *Runner) powerFence(node string) {
+func (r *Runner) powerFence(a failover.PowerFence) {
+	node := a.Node
 	r.duty("power-fence "+node, func() {
 		r.log.Warn("powering off a silent node through its power fence agent", "node", node)
 		start := time.Now()
 		err := r.cfg.Hooks.PowerFence(context.Background(), node)
-		ev := failover.PoweredOff{Node: node, OK: err == nil}
+		ev := failover.PoweredOff{Node: node, Asked: a.Asked, OK: err == nil}
 		result := "off"
 		if err != nil {
 			ev.Why, result = err.Error(), "failed"
