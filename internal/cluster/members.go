@@ -36,6 +36,11 @@ const (
 	// leaveNoticeWindow is how long after a member's leave notice its departure is
 	// reported as a leave rather than a failure: Leave's timeout, with room.
 	leaveNoticeWindow = 30 * time.Second
+	// lateNoticeWindow is how long after a member was recorded failed its leave notice
+	// still makes it a leave: the notice and the departure travel apart.
+	lateNoticeWindow = 5 * time.Second
+	// leaveGrace is how long Leave lets its notices be handled before it departs.
+	leaveGrace = 200 * time.Millisecond
 	// DefaultMessageBuffer is how many received messages wait unread before newer ones
 	// are dropped (and counted): the role machine's messages tolerate loss.
 	DefaultMessageBuffer = 1024
@@ -388,6 +393,8 @@ func (m *Members) Leave(timeout time.Duration) error {
 	go func() { wg.Wait(); close(sent) }()
 	select {
 	case <-sent:
+		// Sent is not yet handled: give the receivers a moment before the departure.
+		time.Sleep(min(leaveGrace, max(time.Until(deadline), 0)))
 	case <-time.After(time.Until(deadline)):
 	}
 	if err := m.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
@@ -440,7 +447,19 @@ func (d *delegate) NotifyMsg(b []byte) {
 	if kind == kindLeaving {
 		m.tableMu.Lock()
 		m.leaving[from] = time.Now()
+		// The notice comes over TCP and the departure over UDP: the departure may be
+		// handled first. A member recorded failed a moment ago is taken as left.
+		var ev *Event
+		if mem, ok := m.table[from]; ok && mem.State == StateDead && time.Since(mem.Since) < lateNoticeWindow {
+			mem.State, mem.Since = StateLeft, time.Now()
+			m.table[from] = mem
+			delete(m.leaving, from)
+			ev = &Event{Kind: EventLeave, Member: mem}
+		}
 		m.tableMu.Unlock()
+		if ev != nil {
+			m.events.push(*ev)
+		}
 		return
 	}
 	if !m.msgs.push(Message{From: from, Payload: payload}) {
