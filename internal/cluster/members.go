@@ -39,8 +39,6 @@ const (
 	// lateNoticeWindow is how long after a member was recorded failed its leave notice
 	// still makes it a leave: the notice and the departure travel apart.
 	lateNoticeWindow = 5 * time.Second
-	// leaveGrace is how long Leave lets its notices be handled before it departs.
-	leaveGrace = 200 * time.Millisecond
 	// DefaultMessageBuffer is how many received messages wait unread before newer ones
 	// are dropped (and counted): the role machine's messages tolerate loss.
 	DefaultMessageBuffer = 1024
@@ -393,8 +391,6 @@ func (m *Members) Leave(timeout time.Duration) error {
 	go func() { wg.Wait(); close(sent) }()
 	select {
 	case <-sent:
-		// Sent is not yet handled: give the receivers a moment before the departure.
-		time.Sleep(min(leaveGrace, max(time.Until(deadline), 0)))
 	case <-time.After(time.Until(deadline)):
 	}
 	if err := m.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
